@@ -1,0 +1,1 @@
+"""Sub-commands of ``python -m dual_adapter``: one module each, each with ``register(subparsers)``."""

@@ -1,0 +1,17 @@
+"""Errors raised by the library.
+
+Every error a user can cause (bad input, missing files, mismatched weights) is a
+:class:`DualAdapterError` whose message names the input and what was expected, so
+that ComfyUI shows a readable message instead of a stack trace from deep inside torch.
+"""
+
+
+class DualAdapterError(ValueError):
+    """A user-facing error: the message names the offending input and what was expected."""
+
+
+class InterruptedByUser(RuntimeError):
+    """Raised by a progress callback to stop long work (training, sampling) cleanly.
+
+    Trainers catch it, write their last checkpoint, and re-raise it.
+    """

@@ -1,0 +1,136 @@
+"""The one place that talks to ComfyUI internals.
+
+Every ComfyUI-only call (progress bar, interrupt check, model folders, output folder)
+goes through here and degrades to a no-op / local default when ComfyUI is absent, so
+node classes import and run in plain pytest.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:  # pragma: no cover - exercised only inside ComfyUI
+    import comfy.model_management as _mm  # type: ignore
+    import comfy.utils as _cu  # type: ignore
+    import folder_paths as _fp  # type: ignore
+
+    IN_COMFY = True
+except Exception:  # ComfyUI absent: tests, scripts
+    _mm = _cu = _fp = None
+    IN_COMFY = False
+
+from dual_adapter.errors import InterruptedByUser
+
+# model folders this pack registers: name -> sub-folder of ComfyUI's models/
+MODEL_FOLDERS = {"CogVideo": "CogVideo", "dualreal": "dualreal", "loras": "loras", "clip_vision": "clip_vision"}
+_SAFETENSORS = {".safetensors"}
+_DUALREAL_EXT = {".safetensors", ".pth"}
+
+
+def register_folders() -> None:
+    """Register ``models/CogVideo`` and ``models/dualreal`` with folder_paths (no-op outside ComfyUI)."""
+    if not IN_COMFY:
+        return
+    for name, exts in (("CogVideo", set()), ("dualreal", _DUALREAL_EXT)):
+        path = os.path.join(_fp.models_dir, name)
+        if name in _fp.folder_names_and_paths:
+            paths, old = _fp.folder_names_and_paths[name]
+            if path not in paths:
+                paths.append(path)
+            _fp.folder_names_and_paths[name] = (paths, set(old) | exts)
+        else:
+            _fp.folder_names_and_paths[name] = ([path], exts)
+
+
+def _local_models_dir() -> Path:
+    return Path(os.environ.get("DUAL_ADAPTER_MODELS", "models"))
+
+
+def folder_dirs(name: str) -> list[Path]:
+    """Folders searched for model kind ``name`` (``CogVideo``, ``dualreal``, ``loras``, ``clip_vision``)."""
+    if IN_COMFY:
+        try:
+            return [Path(p) for p in _fp.get_folder_paths(name)]
+        except Exception:
+            return [Path(_fp.models_dir) / name]
+    return [_local_models_dir() / MODEL_FOLDERS.get(name, name)]
+
+
+def list_model_dirs(name: str) -> list[str]:
+    """Sub-folders of every ``models/<name>`` directory (diffusers model folders)."""
+    out: list[str] = []
+    for d in folder_dirs(name):
+        if d.is_dir():
+            out += sorted(p.name for p in d.iterdir() if p.is_dir())
+    return out
+
+
+def list_files(name: str) -> list[str]:
+    """Weight files (relative names) under every ``models/<name>`` directory."""
+    if IN_COMFY:
+        try:
+            return list(_fp.get_filename_list(name))
+        except Exception:
+            pass
+    out: list[str] = []
+    for d in folder_dirs(name):
+        if d.is_dir():
+            out += sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.suffix in _DUALREAL_EXT)
+    return out
+
+
+def resolve(name: str, rel: str) -> Path:
+    """Full path of ``rel`` inside the ``models/<name>`` folders (first match), or ``rel`` itself."""
+    if IN_COMFY:
+        try:
+            p = _fp.get_full_path(name, rel)
+            if p:
+                return Path(p)
+        except Exception:
+            pass
+    for d in folder_dirs(name):
+        if (d / rel).exists():
+            return d / rel
+    return Path(rel)
+
+
+def output_dir() -> Path:
+    """ComfyUI's output folder, or ``$DUAL_ADAPTER_OUTPUT`` / ``./output`` outside ComfyUI."""
+    if IN_COMFY:
+        return Path(_fp.get_output_directory())
+    return Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output"))
+
+
+def temp_dir() -> Path:
+    if IN_COMFY:
+        return Path(_fp.get_temp_directory())
+    return output_dir() / "temp"
+
+
+def throw_if_interrupted() -> None:
+    """Raise :class:`InterruptedByUser` if the ComfyUI queue asked to stop (no-op outside ComfyUI)."""
+    if IN_COMFY:
+        try:
+            _mm.throw_exception_if_processing_interrupted()
+        except Exception as e:  # comfy raises its own InterruptProcessingException
+            raise InterruptedByUser(str(e) or "interrupted by the ComfyUI queue") from None
+
+
+class Progress:
+    """A progress bar: ComfyUI's ``ProgressBar`` when present, else nothing.
+
+    Use as the library's ``callback``: ``cb(step, total, info)`` updates the bar and checks for interrupt.
+    """
+
+    def __init__(self, total: int):
+        self.total = max(int(total), 1)
+        self.bar = _cu.ProgressBar(self.total) if IN_COMFY else None
+
+    def __call__(self, step: int, total: int | None = None, info: dict | None = None, preview=None) -> None:
+        throw_if_interrupted()
+        if self.bar is not None:
+            self.bar.update_absolute(min(step, self.total), total or self.total, preview)
+
+
+def interrupt_exception_types() -> tuple[type, ...]:
+    return (InterruptedByUser,)
