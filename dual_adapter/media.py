@@ -1,0 +1,850 @@
+"""Read photos and clips into frame tensors, shape them for CogVideoX, and write results.
+
+Layouts used throughout (the ComfyUI ``IMAGE`` convention):
+
+* an image is ``[H, W, 3]`` float32 in ``0..1`` (RGB, sRGB-encoded);
+* a clip is ``[F, H, W, 3]`` float32 in ``0..1`` (F frames);
+* the CogVideoX VAE (diffusers ``AutoencoderKLCogVideoX``) takes ``[B, 3, F, H, W]`` in
+  ``-1..1``; :func:`frames_to_video_tensor` / :func:`video_tensor_to_frames` convert.
+
+Frame-rate and length policy of :func:`load_clip`, in one place:
+
+* ``fps=None`` keeps the source frame rate (every decoded frame from ``start_s`` on);
+* ``fps=r`` resamples: output frame ``k`` is the source frame whose timestamp is nearest to
+  ``start_s + k / r`` seconds (frames are repeated when ``r`` is above the source rate and
+  skipped when below; no blending);
+* ``num_frames=n`` takes exactly ``n`` output frames; ``None`` takes every output frame until
+  the clip ends;
+* a clip that runs out first is completed by ``short_policy``: ``"loop"`` repeats the frames
+  that were read from the first one again (a plain loop, not ping-pong: output frame ``i`` is
+  read frame ``i % m``), ``"hold"`` repeats the last frame, ``"error"`` raises;
+* only what is needed is decoded: decoding stops as soon as the last wanted frame is known.
+
+CogVideoX takes ``4k + 1`` frames (its VAE compresses time by 4 and keeps the first frame):
+:func:`nearest_valid_frames` rounds a count to such a number.
+
+Every failure a user can cause raises :class:`~dual_adapter.errors.DualAdapterError` whose
+message names the file and what was expected; no raw PyAV or Pillow exception escapes.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DualAdapterError
+from .io import atomic_write_bytes
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "SHORT_POLICIES",
+    "load_image",
+    "load_images",
+    "load_clip",
+    "probe_clip",
+    "fit_frames",
+    "pad_or_trim_frames",
+    "frames_to_video_tensor",
+    "video_tensor_to_frames",
+    "nearest_valid_frames",
+    "write_video",
+    "save_image",
+    "write_png_frames",
+]
+
+#: File extensions :func:`load_images` treats as images when it expands a directory.
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".tga", ".ppm", ".pgm"}
+)
+#: File extensions :func:`write_video` can write (``.mp4`` via PyAV/H.264, the others via Pillow).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".gif", ".webp"})
+#: Accepted values of ``short_policy`` / ``policy``.
+SHORT_POLICIES = ("loop", "hold", "error")
+
+_NAMED_BACKGROUNDS = {
+    "white": (1.0, 1.0, 1.0),
+    "black": (0.0, 0.0, 0.0),
+    "gray": (0.5, 0.5, 0.5),
+    "grey": (0.5, 0.5, 0.5),
+}
+
+
+# --------------------------------------------------------------------------------------
+# images
+# --------------------------------------------------------------------------------------
+def _background_rgb(background) -> np.ndarray:
+    """``background`` (name, 0..1 floats or 0..255 ints) -> float32 array [3] in 0..1."""
+    if isinstance(background, str):
+        key = background.strip().lower()
+        if key not in _NAMED_BACKGROUNDS:
+            raise DualAdapterError(
+                f"background {background!r} is not known; expected one of "
+                f"{sorted(_NAMED_BACKGROUNDS)} or an (r, g, b) triple"
+            )
+        return np.asarray(_NAMED_BACKGROUNDS[key], dtype=np.float32)
+    try:
+        vals = [float(v) for v in background]
+    except TypeError:
+        vals = []
+    if len(vals) != 3:
+        raise DualAdapterError(
+            f"background {background!r} must be a colour name or an (r, g, b) triple"
+        )
+    arr = np.asarray(vals, dtype=np.float32)
+    if arr.max() > 1.0:  # given as 0..255
+        arr = arr / 255.0
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _to_srgb(im, path: Path):
+    """Convert an image with an embedded ICC profile to sRGB; unchanged when that is not possible."""
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "RGBA"):
+        return im
+    try:
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        dst = ImageCms.createProfile("sRGB")
+        return ImageCms.profileToProfile(im, src, dst, outputMode=im.mode)
+    except Exception:  # broken profile or no LittleCMS: keep the pixels as stored
+        return im
+
+
+def load_image(path, background="white", color_manage: bool = True) -> torch.Tensor:
+    """Load one image file as an RGB tensor.
+
+    Args:
+        path: image file (anything Pillow reads: PNG, JPEG, WebP, BMP, TIFF, GIF ...).
+        background: colour that transparent pixels are composited over: ``"white"`` (default),
+            ``"black"``, ``"gray"``, or an ``(r, g, b)`` triple in ``0..1`` (floats) or
+            ``0..255``. Compositing is ``rgb * a + background * (1 - a)`` in the stored (sRGB)
+            values; it applies to RGBA/LA images and to palette or grayscale images with a
+            transparency entry.
+        color_manage: when the file embeds an ICC profile (e.g. Display P3 phone photos),
+            convert its pixels to sRGB, the space the models were trained in.
+
+    Grayscale (8- or 16-bit) is replicated to three channels; palette, CMYK and other modes
+    are converted to RGB; EXIF orientation is applied; of an animated file the first frame
+    is used.
+
+    Returns:
+        ``torch.Tensor`` ``[H, W, 3]`` float32 in ``0..1`` (H, W in pixels after EXIF rotation).
+
+    Raises:
+        DualAdapterError: the file does not exist, is not an image, or is corrupted/truncated.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise DualAdapterError(f"image file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise DualAdapterError(
+            f"image path {str(path)!r} is a directory; expected an image file (use load_images for folders)"
+        )
+    bg = _background_rgb(background)
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                arr = np.asarray(im, dtype=np.float32) / 65535.0
+                rgb = np.repeat(np.clip(arr, 0.0, 1.0)[..., None], 3, axis=2)
+                alpha = None
+            elif mode == "F":
+                arr = np.asarray(im, dtype=np.float32)
+                if arr.size and float(arr.max()) > 1.0:
+                    arr = arr / 255.0
+                rgb = np.repeat(np.clip(arr, 0.0, 1.0)[..., None], 3, axis=2)
+                alpha = None
+            else:
+                has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+                if has_alpha:
+                    im = im.convert("RGBA")
+                elif mode != "RGB":
+                    im = im.convert("RGB")
+                if color_manage:
+                    im = _to_srgb(im, path)
+                arr = np.asarray(im, dtype=np.float32) / 255.0
+                rgb = arr[..., :3]
+                alpha = arr[..., 3:4] if has_alpha else None
+    except DualAdapterError:
+        raise
+    except FileNotFoundError as e:
+        raise DualAdapterError(f"image file {str(path)!r} does not exist") from e
+    except UnidentifiedImageError as e:
+        raise DualAdapterError(
+            f"{str(path)!r} is not an image Pillow can read; expected PNG, JPEG, WebP, BMP, TIFF or GIF"
+        ) from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DualAdapterError(f"image file {str(path)!r} is corrupted or truncated: {e}") from e
+    except Exception as e:  # anything else Pillow raises on a malformed file
+        raise DualAdapterError(f"image file {str(path)!r} could not be read: {e}") from e
+    if alpha is not None:
+        rgb = rgb * alpha + bg[None, None, :] * (1.0 - alpha)
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise DualAdapterError(f"image file {str(path)!r} has no pixels")
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).clamp_(0.0, 1.0)
+
+
+def _natural_key(p: Path):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def load_images(paths_or_dirs, background="white", color_manage: bool = True) -> list[torch.Tensor]:
+    """Load several images; directories expand to the image files directly inside them.
+
+    Args:
+        paths_or_dirs: a list of files and/or directories (a single path is accepted too).
+            A directory contributes its files whose extension is in :data:`IMAGE_EXTENSIONS`,
+            in natural name order (``2.png`` before ``10.png``), not recursing, skipping hidden
+            files; other files in it are skipped silently. A file named explicitly must be an image.
+        background, color_manage: as in :func:`load_image`.
+
+    Returns:
+        list of ``[H, W, 3]`` float32 tensors in ``0..1``, in input order (sizes may differ).
+
+    Raises:
+        DualAdapterError: the list is empty, a path does not exist, a directory holds no
+            image files, or a file is not a readable image.
+    """
+    if isinstance(paths_or_dirs, (str, os.PathLike)):
+        paths_or_dirs = [paths_or_dirs]
+    entries = list(paths_or_dirs or [])
+    if not entries:
+        raise DualAdapterError("image list is empty; expected at least one image file or folder")
+    files: list[Path] = []
+    for entry in entries:
+        p = Path(entry)
+        if p.is_dir():
+            found = sorted(
+                (
+                    c
+                    for c in p.iterdir()
+                    if c.is_file() and not c.name.startswith(".") and c.suffix.lower() in IMAGE_EXTENSIONS
+                ),
+                key=_natural_key,
+            )
+            if not found:
+                raise DualAdapterError(
+                    f"folder {str(p)!r} contains no image files; expected files ending in "
+                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
+                )
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DualAdapterError(f"image path {str(p)!r} does not exist")
+    return [load_image(f, background=background, color_manage=color_manage) for f in files]
+
+
+# --------------------------------------------------------------------------------------
+# clips
+# --------------------------------------------------------------------------------------
+def _check_policy(policy: str) -> str:
+    if policy not in SHORT_POLICIES:
+        raise DualAdapterError(f"short_policy {policy!r} is not known; expected one of {SHORT_POLICIES}")
+    return policy
+
+
+def pad_or_trim_frames(frames: torch.Tensor, n: int, policy: str = "loop", name: str | None = None) -> torch.Tensor:
+    """Return exactly ``n`` frames: trim the tail, or complete a short clip by ``policy``.
+
+    Args:
+        frames: ``[M, ...]`` (typically ``[M, H, W, 3]``), ``M >= 1``.
+        n: wanted number of frames, ``>= 1``.
+        policy: ``"loop"`` (output frame ``i`` is ``frames[i % M]``: a plain loop from the start,
+            not ping-pong), ``"hold"`` (repeat the last frame) or ``"error"`` (raise when ``M < n``).
+        name: what the frames come from (a file path), used in error messages.
+
+    Returns:
+        ``[n, ...]`` tensor, same dtype/device (``frames`` itself when ``M == n``).
+
+    Raises:
+        DualAdapterError: ``n < 1``, no frames, unknown policy, or ``M < n`` with ``"error"``.
+    """
+    what = f"clip {name!r}" if name else "clip"
+    _check_policy(policy)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DualAdapterError(f"number of frames for {what} must be an integer >= 1, got {n!r}")
+    n = int(n)
+    m = int(frames.shape[0])
+    if m == 0:
+        raise DualAdapterError(f"{what} has no frames")
+    if m == n:
+        return frames
+    if m > n:
+        return frames[:n]
+    if policy == "error":
+        raise DualAdapterError(
+            f"{what} has only {m} frame(s) where {n} were asked for (short_policy='error'); "
+            f"ask for fewer frames, a lower fps, or use short_policy 'loop' or 'hold'"
+        )
+    if policy == "loop":
+        idx = torch.arange(n, device=frames.device) % m
+    else:  # hold
+        idx = torch.clamp(torch.arange(n, device=frames.device), max=m - 1)
+    return frames.index_select(0, idx)
+
+
+def _open_container(path: Path):
+    import av
+
+    if not path.exists():
+        raise DualAdapterError(f"video file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise DualAdapterError(f"video path {str(path)!r} is a directory; expected a video file")
+    try:
+        container = av.open(str(path), mode="r")
+    except Exception as e:
+        raise DualAdapterError(
+            f"{str(path)!r} is not a readable video file (corrupted, truncated or not a video): {e}"
+        ) from e
+    if not container.streams.video:
+        container.close()
+        raise DualAdapterError(f"{str(path)!r} has no video stream; expected a video clip")
+    return container
+
+
+def _stream_facts(container, stream) -> dict:
+    """Frame rate, declared frame count and duration of a video stream (best effort)."""
+    rate = None
+    for attr in ("average_rate", "guessed_rate", "base_rate"):
+        try:
+            r = getattr(stream, attr, None)
+        except Exception:
+            r = None
+        if r:
+            rate = float(r)
+            break
+    duration = None
+    if stream.duration is not None and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000.0
+    declared = int(stream.frames or 0)
+    if rate is None and declared and duration:
+        rate = declared / duration
+    if duration is None and declared and rate:
+        duration = declared / rate
+    start = 0.0
+    if stream.start_time is not None and stream.time_base:
+        start = float(stream.start_time * stream.time_base)
+    return {"fps": rate, "declared": declared, "duration": duration, "start": start}
+
+
+def probe_clip(path) -> dict:
+    """Read a clip's metadata without decoding it.
+
+    Returns:
+        ``{"fps": float | None, "n_frames": int (0 when the container does not declare it),
+        "duration_s": float | None, "width": int, "height": int, "codec": str}``.
+
+    Raises:
+        DualAdapterError: missing file, not a video, or no video stream.
+    """
+    path = Path(path)
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        facts = _stream_facts(container, stream)
+        return {
+            "fps": facts["fps"],
+            "n_frames": facts["declared"],
+            "duration_s": facts["duration"],
+            "width": int(stream.codec_context.width),
+            "height": int(stream.codec_context.height),
+            "codec": str(stream.codec_context.name),
+        }
+    finally:
+        container.close()
+
+
+def load_clip(
+    path,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    start_s: float = 0.0,
+    short_policy: str = "loop",
+) -> tuple[torch.Tensor, dict]:
+    """Decode a video clip into frames, resampling its frame rate and fixing its length.
+
+    Args:
+        path: a video file PyAV/FFmpeg reads (MP4, AVI, MKV, WebM, MOV, GIF ...); the first
+            video stream is used.
+        num_frames: number of output frames (``>= 1``); ``None`` = every output frame until
+            the clip ends.
+        fps: output frame rate in frames per second (``> 0``); output frame ``k`` is the source
+            frame nearest to ``start_s + k / fps`` seconds. ``None`` keeps the source rate.
+        start_s: where to start, in seconds from the first frame (``>= 0``).
+        short_policy: when the clip ends before ``num_frames`` output frames: ``"loop"``
+            (plain loop of the frames read, from the first again), ``"hold"`` (repeat the last
+            frame) or ``"error"`` (raise).
+
+    Only the frames needed are decoded (decoding stops early in long clips) and only the
+    selected frames are converted to RGB.
+
+    Returns:
+        ``(frames, info)``: ``frames`` is ``[F, H, W, 3]`` float32 in ``0..1`` at the source
+        resolution; ``info`` is a dict with ``fps_src`` (source frames/s), ``n_src`` (source frame
+        count: the declared count, or the count decoded when the clip was read to its end, or an
+        estimate from duration x fps), ``fps_out`` (frames/s of the output), ``duration_s``
+        (source clip duration in seconds), ``n_out`` (= F), ``n_read`` (distinct output frames
+        taken from the clip before ``short_policy`` filled the rest), ``padded`` (bool) and
+        ``start_s``.
+
+    Raises:
+        DualAdapterError: missing file; not a video, corrupted or truncated file (including a
+            clip that declares more frames than can be decoded when those frames are needed);
+            no video stream; ``num_frames < 1``; ``fps <= 0``; ``start_s < 0`` or past the end;
+            unknown ``short_policy``; too short a clip with ``short_policy="error"``.
+    """
+    path = Path(path)
+    _check_policy(short_policy)
+    if num_frames is not None and (
+        isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1
+    ):
+        raise DualAdapterError(f"num_frames for clip {str(path)!r} must be an integer >= 1 or None, got {num_frames!r}")
+    if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps > 0 or not math.isfinite(fps)):
+        raise DualAdapterError(f"fps for clip {str(path)!r} must be a number > 0 or None, got {fps!r}")
+    if not isinstance(start_s, (int, float)) or isinstance(start_s, bool) or not start_s >= 0 or not math.isfinite(start_s):
+        raise DualAdapterError(f"start_s for clip {str(path)!r} must be a number of seconds >= 0, got {start_s!r}")
+
+    container = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        facts = _stream_facts(container, stream)
+        fps_src = facts["fps"]
+        try:
+            stream.thread_type = "AUTO"
+        except Exception:
+            pass
+        picked, n_decoded, reached_end = _decode_selected(container, stream, facts, num_frames, fps, float(start_s), path)
+    finally:
+        container.close()
+
+    declared = facts["declared"]
+    if not picked:
+        if n_decoded == 0:
+            raise DualAdapterError(
+                f"{str(path)!r} has a video stream but no frame could be decoded (corrupted or truncated file)"
+            )
+        raise DualAdapterError(
+            f"start_s={start_s} s is past the end of clip {str(path)!r} "
+            f"(duration {facts['duration'] or n_decoded / (fps_src or 1):.3f} s)"
+        )
+    wanted = num_frames
+    short = wanted is not None and len(picked) < wanted
+    if reached_end and declared and n_decoded + max(2, int(0.02 * declared)) < declared:
+        raise DualAdapterError(
+            f"clip {str(path)!r} declares {declared} frames but only {n_decoded} could be decoded; "
+            f"the file is truncated or corrupted"
+        )
+    # convert each distinct source frame once
+    cache: dict[int, torch.Tensor] = {}
+    out = []
+    for src_idx, frame in picked:
+        t = cache.get(src_idx)
+        if t is None:
+            try:
+                arr = frame.to_ndarray(format="rgb24")
+            except Exception as e:
+                raise DualAdapterError(f"clip {str(path)!r}: frame {src_idx} could not be converted to RGB: {e}") from e
+            t = torch.from_numpy(arr)
+            cache[src_idx] = t
+        out.append(t)
+    frames = torch.stack(out).to(torch.float32).div_(255.0)
+    n_read = frames.shape[0]
+    if wanted is not None:
+        frames = pad_or_trim_frames(frames, wanted, short_policy, name=str(path))
+    n_src = declared or (n_decoded if reached_end else None)
+    if not n_src and facts["duration"] and fps_src:
+        n_src = int(round(facts["duration"] * fps_src))
+    duration = facts["duration"]
+    if duration is None and reached_end and fps_src:
+        duration = n_decoded / fps_src
+    info = {
+        "fps_src": fps_src,
+        "n_src": n_src,
+        "fps_out": float(fps) if fps is not None else fps_src,
+        "duration_s": duration,
+        "n_out": int(frames.shape[0]),
+        "n_read": int(n_read),
+        "padded": bool(short),
+        "start_s": float(start_s),
+    }
+    return frames, info
+
+
+def _decode_selected(container, stream, facts, num_frames, fps, start_s, path):
+    """Decode frames in order and pick those nearest to the wanted timestamps.
+
+    Returns ``(picked, n_decoded, reached_end)`` where ``picked`` is a list of
+    ``(source_index, av.VideoFrame)`` in output order (one entry per output frame).
+    """
+    fps_src = facts["fps"]
+    t0 = facts["start"]
+    half = 0.5 / fps_src if fps_src else 0.0
+    picked: list = []
+    n_decoded = 0
+    prev = None  # (index, time, frame)
+    k = 0  # next output frame
+    reached_end = True
+
+    def frame_time(frame, idx):
+        if frame.pts is not None and frame.time_base:
+            return float(frame.pts * frame.time_base) - t0
+        if fps_src:
+            return idx / fps_src
+        return float(idx)
+
+    def done():
+        return num_frames is not None and len(picked) >= num_frames
+
+    try:
+        for frame in container.decode(stream):
+            idx = n_decoded
+            n_decoded += 1
+            t = frame_time(frame, idx)
+            if fps is None:
+                # native rate: every frame from the first one at/after start_s (half-frame tolerance)
+                if t + half >= start_s - 1e-9:
+                    picked.append((idx, frame))
+                    if done():
+                        reached_end = False
+                        break
+                continue
+            # resampling: fill every target time T_k <= t with the nearer of prev / this frame
+            while True:
+                target = start_s + k / fps
+                if t < target:
+                    break
+                if prev is not None and abs(prev[1] - target) <= abs(t - target):
+                    picked.append((prev[0], prev[2]))
+                else:  # (also when the stream starts after the first target)
+                    picked.append((idx, frame))
+                k += 1
+                if done():
+                    break
+            if done():
+                reached_end = False
+                break
+            prev = (idx, t, frame)
+    except DualAdapterError:
+        raise
+    except Exception as e:
+        raise DualAdapterError(
+            f"clip {str(path)!r} could not be decoded after {n_decoded} frame(s) (corrupted or truncated file): {e}"
+        ) from e
+
+    if fps is not None and reached_end and prev is not None:
+        # targets after the last decoded frame: it still covers those within half a source frame
+        while not done():
+            target = start_s + k / fps
+            if target - prev[1] > half + 1e-9:
+                break
+            picked.append((prev[0], prev[2]))
+            k += 1
+    return picked, n_decoded, reached_end
+
+
+# --------------------------------------------------------------------------------------
+# shaping
+# --------------------------------------------------------------------------------------
+def _check_frames(frames, what: str = "frames") -> torch.Tensor:
+    if not isinstance(frames, torch.Tensor):
+        raise DualAdapterError(f"{what} must be a torch.Tensor [F, H, W, 3], got {type(frames).__name__}")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise DualAdapterError(f"{what} must have shape [F, H, W, 3], got {list(frames.shape)}")
+    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise DualAdapterError(f"{what} is empty: shape {list(frames.shape)}")
+    return frames
+
+
+def fit_frames(frames: torch.Tensor, height: int, width: int, chunk: int = 32) -> torch.Tensor:
+    """Resize to cover ``height x width`` keeping the aspect ratio, then centre-crop.
+
+    The scale is ``max(height / H, width / W)`` so the resized frames cover the target in
+    both directions; the excess of the longer side is cropped equally from both ends
+    (bilinear interpolation with antialiasing, ``torch.nn.functional.interpolate``).
+
+    Args:
+        frames: ``[N, H, W, 3]`` float in ``0..1`` (any float dtype/device).
+        height, width: target size in pixels (``>= 1``).
+        chunk: frames resized at once (bounds peak memory on long clips).
+
+    Returns:
+        ``[N, height, width, 3]`` float32 in ``0..1`` on the input device (a new tensor).
+
+    Raises:
+        DualAdapterError: wrong shape or non-positive target size.
+    """
+    frames = _check_frames(frames)
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise DualAdapterError(f"fit_frames {name} must be an integer >= 1, got {v!r}")
+    height, width = int(height), int(width)
+    n, h, w, _ = frames.shape
+    scale = max(height / h, width / w)
+    rh = max(height, int(round(h * scale)))
+    rw = max(width, int(round(w * scale)))
+    top = (rh - height) // 2
+    left = (rw - width) // 2
+    out = torch.empty((n, height, width, 3), dtype=torch.float32, device=frames.device)
+    for i in range(0, n, max(1, int(chunk))):
+        x = frames[i : i + chunk].to(torch.float32).permute(0, 3, 1, 2)
+        if (rh, rw) != (h, w):
+            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
+        x = x[:, :, top : top + height, left : left + width]
+        out[i : i + chunk] = x.permute(0, 2, 3, 1).clamp(0.0, 1.0)
+    return out
+
+
+def frames_to_video_tensor(frames: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[F, H, W, 3]`` in ``0..1`` -> ``[1, 3, F, H, W]`` in ``-1..1`` (the CogVideoX VAE input).
+
+    Args:
+        frames: ``[F, H, W, 3]`` float in ``0..1``.
+        dtype: output dtype (default: float32 or the input's float dtype).
+
+    Raises:
+        DualAdapterError: wrong shape.
+    """
+    frames = _check_frames(frames)
+    if dtype is None:
+        dtype = frames.dtype if frames.is_floating_point() else torch.float32
+    x = frames.to(dtype).permute(3, 0, 1, 2).unsqueeze(0)
+    return (x * 2.0 - 1.0).contiguous()
+
+
+def video_tensor_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """``[1, 3, F, H, W]`` (or ``[3, F, H, W]``) in ``-1..1`` -> ``[F, H, W, 3]`` float32 in ``0..1``.
+
+    The inverse of :func:`frames_to_video_tensor`; values are clamped to ``0..1`` (VAE decodes
+    overshoot slightly).
+
+    Raises:
+        DualAdapterError: wrong shape, or a batch of more than one video.
+    """
+    if not isinstance(video, torch.Tensor):
+        raise DualAdapterError(f"video must be a torch.Tensor [1, 3, F, H, W], got {type(video).__name__}")
+    if video.ndim == 5:
+        if video.shape[0] != 1:
+            raise DualAdapterError(
+                f"video has a batch of {video.shape[0]}; expected [1, 3, F, H, W] (split the batch first)"
+            )
+        video = video[0]
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise DualAdapterError(f"video must have shape [1, 3, F, H, W] or [3, F, H, W], got {list(video.shape)}")
+    x = video.to(torch.float32).permute(1, 2, 3, 0)
+    return ((x + 1.0) * 0.5).clamp(0.0, 1.0).contiguous()
+
+
+def nearest_valid_frames(n: int, temporal_compression: int = 4, mode: str = "nearest") -> int:
+    """The frame count of the form ``temporal_compression * k + 1`` nearest to ``n``.
+
+    CogVideoX's VAE keeps the first frame and compresses the rest by 4 in time, so it takes
+    1, 5, 9, ..., 49 frames. ``mode="nearest"`` rounds ties up (``3 -> 5``); ``"down"`` gives
+    the largest valid count ``<= n``; ``"up"`` the smallest ``>= n``. Never less than 1.
+
+    Raises:
+        DualAdapterError: ``n < 1``, ``temporal_compression < 1`` or an unknown mode.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DualAdapterError(f"frame count must be an integer >= 1, got {n!r}")
+    c = temporal_compression
+    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+        raise DualAdapterError(f"temporal_compression must be an integer >= 1, got {c!r}")
+    n, c = int(n), int(c)
+    down = ((n - 1) // c) * c + 1
+    up = down if down == n else down + c
+    if mode == "down":
+        return down
+    if mode == "up":
+        return up
+    if mode != "nearest":
+        raise DualAdapterError(f"mode {mode!r} is not known; expected 'nearest', 'down' or 'up'")
+    return up if (up - n) <= (n - down) else down
+
+
+# --------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    x = frames.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round_()
+    return x.to(torch.uint8).numpy()
+
+
+def _atomic_file(path: Path, write_fn, overwrite: bool = False) -> Path:
+    """Write through ``write_fn(tmp_path)`` to a temp file beside ``path``, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise DualAdapterError(f"output file {str(path)!r} already exists; choose another name")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_video(
+    frames: torch.Tensor,
+    path,
+    fps: float = 8,
+    crf: int = 18,
+    overwrite: bool = False,
+) -> Path:
+    """Write frames as a video file, atomically, never replacing an existing file.
+
+    Args:
+        frames: ``[F, H, W, 3]`` float in ``0..1`` (clamped, rounded to 8 bit).
+        path: output file; the extension picks the format: ``.mp4`` (H.264, yuv420p, via PyAV;
+            odd widths/heights are padded to even by repeating the last row/column), ``.gif``
+            (Pillow, 256-colour palette, looping) or ``.webp`` (Pillow, animated, lossless).
+        fps: frames per second (``> 0``).
+        crf: H.264 quality for ``.mp4`` (0 = lossless .. 51; 18 is visually near-lossless).
+        overwrite: replace an existing file (default: refuse).
+
+    The file is written to a temporary file in the same folder and moved into place with
+    ``os.replace``, so a reader never sees a half-written video.
+
+    Returns:
+        the ``Path`` written.
+
+    Raises:
+        DualAdapterError: wrong shape, bad fps, unsupported extension, existing file, or an
+            encoder failure.
+    """
+    frames = _check_frames(frames)
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in VIDEO_EXTENSIONS:
+        raise DualAdapterError(
+            f"cannot write video {str(path)!r}: extension {ext!r} is not supported; expected one of {sorted(VIDEO_EXTENSIONS)}"
+        )
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0 or not math.isfinite(fps):
+        raise DualAdapterError(f"fps for video {str(path)!r} must be a number > 0, got {fps!r}")
+    data = _to_uint8(frames)
+
+    if ext == ".mp4":
+        h, w = data.shape[1:3]
+        ph, pw = h % 2, w % 2
+        if ph or pw:
+            data = np.pad(data, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+
+        def _w(tmp):
+            import av
+
+            rate = Fraction(fps).limit_denominator(1001)
+            with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+                st = out.add_stream("libx264" if "libx264" in av.codecs_available else "h264", rate=rate)
+                st.width = int(data.shape[2])
+                st.height = int(data.shape[1])
+                st.pix_fmt = "yuv420p"
+                st.options = {"crf": str(int(crf))}
+                for arr in data:
+                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+                    for pkt in st.encode(vf):
+                        out.mux(pkt)
+                for pkt in st.encode(None):
+                    out.mux(pkt)
+
+    else:
+        from PIL import Image
+
+        def _w(tmp):
+            imgs = [Image.fromarray(a, mode="RGB") for a in data]
+            duration = max(1, int(round(1000.0 / fps)))
+            kwargs = dict(save_all=True, append_images=imgs[1:], duration=duration, loop=0)
+            if ext == ".webp":
+                imgs[0].save(tmp, format="WEBP", lossless=True, **kwargs)
+            else:
+                imgs[0].save(tmp, format="GIF", optimize=False, **kwargs)
+
+    try:
+        return _atomic_file(path, _w, overwrite=overwrite)
+    except DualAdapterError:
+        raise
+    except Exception as e:
+        raise DualAdapterError(f"could not write video {str(path)!r}: {e}") from e
+
+
+def _encode_image(image: torch.Tensor, fmt: str) -> bytes:
+    from PIL import Image
+
+    arr = _to_uint8(image.unsqueeze(0))[0]
+    buf = io.BytesIO()
+    im = Image.fromarray(arr, mode="RGB")
+    if fmt == "JPEG":
+        im.save(buf, format=fmt, quality=95)
+    else:
+        im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
+def save_image(image: torch.Tensor, path, overwrite: bool = False) -> Path:
+    """Save one ``[H, W, 3]`` float image in ``0..1`` (clamped, 8 bit), atomically.
+
+    The extension picks the format: ``.png`` (lossless), ``.jpg``/``.jpeg`` (quality 95),
+    ``.webp``, ``.bmp``. An existing file is refused unless ``overwrite=True``.
+
+    Returns:
+        the ``Path`` written.
+
+    Raises:
+        DualAdapterError: wrong shape, unsupported extension, or an existing file.
+    """
+    path = Path(path)
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[-1] != 3:
+        shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise DualAdapterError(f"image for {str(path)!r} must be a tensor [H, W, 3], got {shape}")
+    fmt = _IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DualAdapterError(
+            f"cannot save image {str(path)!r}: extension {path.suffix!r} not supported; expected one of {sorted(_IMAGE_FORMATS)}"
+        )
+    return atomic_write_bytes(path, _encode_image(image, fmt), overwrite=overwrite)
+
+
+def write_png_frames(
+    frames: torch.Tensor, folder, prefix: str = "frame_", start: int = 0, overwrite: bool = False
+) -> list[Path]:
+    """Save each frame of ``[F, H, W, 3]`` (``0..1``) as ``folder/{prefix}{index:05d}.png``, atomically.
+
+    Every target name is checked before anything is written, so an existing file fails the
+    call without leaving a partial sequence (unless ``overwrite=True``).
+
+    Returns:
+        the list of ``Path`` written, in frame order.
+
+    Raises:
+        DualAdapterError: wrong shape or an existing file.
+    """
+    frames = _check_frames(frames)
+    folder = Path(folder)
+    paths = [folder / f"{prefix}{start + i:05d}.png" for i in range(frames.shape[0])]
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise DualAdapterError(f"output file {str(p)!r} already exists; choose another folder or prefix")
+    return [save_image(frames[i], p, overwrite=overwrite) for i, p in enumerate(paths)]
