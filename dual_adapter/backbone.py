@@ -1,0 +1,511 @@
+"""CogVideoX backbone: load from a diffusers folder, build the offline ``tiny`` model, encode text.
+
+A :class:`CogVideoXBundle` holds the four parts every method needs (transformer, VAE, T5 text
+encoder + tokenizer) and the noise-scheduler config. It is what the ComfyUI type
+``COGVIDEOX_MODEL`` carries.
+
+Layouts used throughout the library:
+  * transformer latents: ``[B, F, C, h, w]`` (diffusers' CogVideoX layout), in the VAE's *scaled*
+    latent space (``vae_latent * scaling_factor``);
+  * ComfyUI LATENT: ``{"samples": [B, C, T, h, w]}`` (same values, channels before time);
+  * text embeddings: ``[B, L, D_text]`` with ``L`` = the model's text length (226 on the real models).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .errors import DualAdapterError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CogVideoXBundle",
+    "TINY_VARIANTS",
+    "build_tiny",
+    "build_tiny_tokenizer",
+    "load_cogvideox",
+    "load_model",
+    "encode_prompt",
+    "config_fingerprint",
+    "check_video_size",
+    "latent_frames_for",
+    "rotary_embeddings",
+    "transformer_forward",
+    "parse_dtype",
+]
+
+REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+# Scheduler config of the released CogVideoX models (scheduler/scheduler_config.json of CogVideoX-2b);
+# used for the tiny model and as the fallback when a folder's scheduler/ has no config.
+DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": True,
+    "snr_shift_scale": 3.0,
+    "steps_offset": 0,
+    "timestep_spacing": "trailing",
+    "trained_betas": None,
+}
+
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bf16" | "fp16" | "fp32"`` (or a torch dtype) -> torch dtype.
+
+    Raises:
+        DualAdapterError: unknown name.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise DualAdapterError(f"dtype {dtype!r} is not one of bf16, fp16, fp32") from None
+
+
+@dataclass
+class CogVideoXBundle:
+    """A loaded CogVideoX model: transformer, VAE, T5 encoder, tokenizer and scheduler config.
+
+    Attributes:
+        name: ``"tiny"`` or the folder it was loaded from.
+        device: the execution device (``"cuda"``, ``"cpu"``...).
+        dtype: weights dtype of the transformer (the VAE and T5 follow it except on CPU fp16).
+        cpu_offload: keep parts on CPU and move each to ``device`` only while it runs.
+        max_text_len: the text length the transformer was trained with (226 on real models).
+    """
+
+    transformer: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    name: str = "tiny"
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    cpu_offload: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def max_text_len(self) -> int:
+        return int(self.transformer.config.max_text_seq_length)
+
+    @property
+    def vae_scale_spatial(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def vae_scale_temporal(self) -> int:
+        return int(self.vae.config.temporal_compression_ratio)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    @property
+    def default_size(self) -> tuple[int, int, int]:
+        """(frames, height, width) the model was trained at: 49x480x720 on the real models."""
+        c = self.transformer.config
+        frames = int(c.sample_frames)
+        return frames, int(c.sample_height) * self.vae_scale_spatial, int(c.sample_width) * self.vae_scale_spatial
+
+    @contextlib.contextmanager
+    def use(self, part: str) -> Iterator[Any]:
+        """Context manager yielding ``self.<part>`` on the execution device (CPU-offload aware)."""
+        module = getattr(self, part)
+        if not self.cpu_offload or self.device == "cpu":
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def release(self, *parts: str) -> None:
+        """Move ``parts`` (e.g. ``"vae", "text_encoder"``) to CPU to free accelerator memory."""
+        for p in parts:
+            m = getattr(self, p, None)
+            if m is not None and self.device != "cpu":
+                m.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# the built-in tiny model
+
+
+# Sizes of the tiny variants. All are random, seeded and built offline in well under a second.
+# "tiny" mirrors CogVideoX-2B (sincos positions), "tiny-5b" CogVideoX-5B (RoPE),
+# "tiny-1.5" CogVideoX1.5-5B (RoPE, patch_size_t=2).
+TINY_VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(use_rotary_positional_embeddings=False, patch_size_t=None),
+    "tiny-5b": dict(use_rotary_positional_embeddings=True, patch_size_t=None),
+    "tiny-1.5": dict(use_rotary_positional_embeddings=True, patch_size_t=2),
+}
+
+_TINY_CORPUS = [
+    "dog * is playing guitar",
+    "a person is playing guitar",
+    "a car is turning on a road",
+    "a photo of a dog * sitting on the grass",
+    "a cat, a plush toy, a person, a car, a dog, a bear, a horse, a bird",
+    "walking running jumping dancing swimming riding turning spinning waving",
+    "in the park, on the beach, in a city street, at night, in the snow, under the sea",
+    "high quality, cinematic, detailed, realistic, blurry, low quality, distorted",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 384):
+    """A T5-style tokenizer built offline with the ``tokenizers`` library (no download).
+
+    Metaspace pre-tokenizer and BPE trained on a fixed English corpus, ``<pad>`` = 0, ``</s>`` = 1,
+    ``<unk>`` = 2 as in T5, ``</s>`` appended to every sequence. Deterministic.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    alphabet = [chr(c) for c in range(32, 127)] + ["\u2581"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny(variant: str = "tiny", seed: int = 0, device: str = "cpu", dtype: str | torch.dtype = "fp32",
+               num_layers: int = 4) -> CogVideoXBundle:
+    """Build a tiny random CogVideoX (transformer, VAE, T5, tokenizer), fully offline and seeded.
+
+    Default video size: 9 frames x 64 x 96 px (latent 3 x 8 x 12, 4 channels), text length 16,
+    transformer width D = 64 (4 heads x 16), ``num_layers`` blocks, time-embedding width 32.
+    Same ``seed`` -> bit-identical weights.
+
+    Raises:
+        DualAdapterError: unknown ``variant`` (see :data:`TINY_VARIANTS`).
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    if variant not in TINY_VARIANTS:
+        raise DualAdapterError(f"tiny variant {variant!r} is not one of {sorted(TINY_VARIANTS)}")
+    tokenizer = build_tiny_tokenizer()
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        text_encoder = T5EncoderModel(
+            T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, dropout_rate=0.0)
+        ).eval()
+        torch.manual_seed(seed + 1)
+        transformer = CogVideoXTransformer3DModel(
+            num_attention_heads=4,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=32,
+            text_embed_dim=32,
+            num_layers=num_layers,
+            sample_width=12,
+            sample_height=8,
+            sample_frames=9,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=16,
+            **TINY_VARIANTS[variant],
+        ).eval()
+        torch.manual_seed(seed + 2)
+        vae = AutoencoderKLCogVideoX(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+        ).eval()
+    for m in (text_encoder, transformer, vae):
+        m.requires_grad_(False)
+    dt = parse_dtype(dtype)
+    for m in (transformer, vae, text_encoder):
+        m.to(device=device) if dt == torch.float32 else m.to(device=device, dtype=dt)
+    return CogVideoXBundle(transformer, vae, text_encoder, tokenizer, dict(DEFAULT_SCHEDULER_CONFIG),
+                           name=variant, device=device, dtype=dt)
+
+
+# --------------------------------------------------------------------------------------------
+# loading real models
+
+
+def _missing_parts(folder: Path) -> list[str]:
+    missing = []
+    for part in REQUIRED_PARTS:
+        d = folder / part
+        if not d.is_dir():
+            missing.append(f"{part}/ (folder missing)")
+            continue
+        if part == "tokenizer":
+            if not any((d / f).exists() for f in ("spiece.model", "tokenizer.json")):
+                missing.append("tokenizer/spiece.model or tokenizer/tokenizer.json")
+        elif part == "scheduler":
+            if not (d / "scheduler_config.json").exists():
+                missing.append("scheduler/scheduler_config.json")
+        else:
+            if not (d / "config.json").exists():
+                missing.append(f"{part}/config.json")
+            has_weights = any(d.glob("*.safetensors")) or any(d.glob("*.safetensors.index.json"))
+            if not has_weights:
+                missing.append(f"{part}/*.safetensors (weights)")
+    return missing
+
+
+def load_cogvideox(
+    folder: str | os.PathLike,
+    dtype: str | torch.dtype = "bf16",
+    device: str | None = None,
+    vae_tiling: bool = True,
+    vae_slicing: bool = True,
+    cpu_offload: bool = False,
+) -> CogVideoXBundle:
+    """Load CogVideoX-2B / -5B / 1.5-5B from a local diffusers folder.
+
+    The folder must hold ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``
+    (the layout of the ``THUDM/CogVideoX-*`` repositories). Weights load with safetensors only.
+
+    Args:
+        folder: path of the diffusers folder.
+        dtype: ``"bf16"`` (recommended for 5B), ``"fp16"`` (2B's training dtype) or ``"fp32"``.
+        device: execution device; default ``"cuda"`` when available else ``"cpu"``.
+        vae_tiling / vae_slicing: decode in spatial tiles / one video at a time (less VRAM).
+        cpu_offload: keep every part on CPU and move it to ``device`` only while it runs.
+
+    Raises:
+        DualAdapterError: the folder does not exist or lacks a part; the message lists every
+            missing file and the folder it looked in.
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected a diffusers CogVideoX folder "
+                               f"with {', '.join(p + '/' for p in REQUIRED_PARTS)})")
+    missing = _missing_parts(root)
+    if missing:
+        raise DualAdapterError(f"model folder {str(root)!r} is incomplete; missing: " + "; ".join(missing))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dt = parse_dtype(dtype)
+    load_device = "cpu" if cpu_offload else device
+    try:
+        transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt,
+                                                                  use_safetensors=True)
+        vae = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae", torch_dtype=dt, use_safetensors=True)
+        text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dt, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    except (OSError, ValueError, KeyError) as e:
+        raise DualAdapterError(f"could not load CogVideoX from {str(root)!r}: {e}") from None
+    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
+    for m in (transformer, vae, text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(load_device)
+    if vae_tiling:
+        vae.enable_tiling()
+    if vae_slicing:
+        vae.enable_slicing()
+    return CogVideoXBundle(transformer, vae, text_encoder, tokenizer, sched_cfg, name=str(root), device=device,
+                           dtype=dt, cpu_offload=cpu_offload)
+
+
+def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str | None = None,
+               seed: int = 0, **kw) -> CogVideoXBundle:
+    """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; anything else is a diffusers folder.
+
+    ``dtype`` defaults to fp32 for tiny models and bf16 for real ones.
+    """
+    if name_or_path in TINY_VARIANTS:
+        return build_tiny(name_or_path, seed=seed, device=device or "cpu", dtype=dtype or "fp32")
+    return load_cogvideox(name_or_path, dtype=dtype or "bf16", device=device, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# text
+
+
+@torch.no_grad()
+def encode_prompt(bundle: CogVideoXBundle, prompts: str | list[str], on_long: str = "truncate") -> torch.Tensor:
+    """Encode prompts with T5, padded / truncated to the model's text length.
+
+    Args:
+        prompts: one prompt or a list.
+        on_long: ``"truncate"`` (default: drop the tokens past the model's text length, with a
+            logged warning naming what was dropped, as the official pipeline does) or ``"error"``.
+
+    Returns:
+        ``[B, L, D_text]`` in the transformer's dtype on the execution device (L = 226 on the real models).
+
+    Raises:
+        DualAdapterError: a prompt is not a string, or is too long with ``on_long="error"``.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise DualAdapterError(f"prompt must be a string or a list of strings, got {type(prompts).__name__}")
+    L = bundle.max_text_len
+    tok = bundle.tokenizer
+    ids = tok(list(prompts), padding="max_length", max_length=L, truncation=True, add_special_tokens=True,
+              return_tensors="pt").input_ids
+    full = tok(list(prompts), padding="longest", add_special_tokens=True, return_tensors="pt").input_ids
+    if full.shape[-1] > L:
+        for i, p in enumerate(prompts):
+            n = int((full[i] != tok.pad_token_id).sum())
+            if n > L:
+                dropped = tok.decode(full[i, L - 1: n - 1])
+                msg = f"prompt {i} ({p[:40]!r}...) has {n} tokens, more than the model's {L}"
+                if on_long == "error":
+                    raise DualAdapterError(msg + "; shorten it")
+                log.warning("%s; truncated, dropping: %r", msg, dropped)
+    with bundle.use("text_encoder") as te:
+        dev = next(te.parameters()).device
+        emb = te(ids.to(dev))[0]
+    return emb.to(device=bundle.device, dtype=bundle.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# shapes
+
+
+def latent_frames_for(bundle_or_cfg, num_frames: int) -> int:
+    """Latent frames of a ``num_frames`` video: ``(num_frames - 1) // 4 + 1`` (13 for 49)."""
+    t = getattr(bundle_or_cfg, "vae_scale_temporal", 4)
+    return (int(num_frames) - 1) // t + 1
+
+
+def check_video_size(bundle: CogVideoXBundle, num_frames: int, height: int, width: int) -> None:
+    """Check that a ``num_frames x height x width`` video fits the model.
+
+    CogVideoX takes ``4k+1`` frames (the VAE compresses time by 4 after the first frame) and sizes
+    that are multiples of ``8 * patch_size`` (16 on all released models).
+
+    Raises:
+        DualAdapterError: naming the input and the nearest valid values.
+    """
+    t = bundle.vae_scale_temporal
+    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % t:
+        lo = max(1, (int(num_frames) - 1) // t * t + 1) if isinstance(num_frames, int) else 1
+        raise DualAdapterError(f"frames={num_frames}: CogVideoX takes {t}k+1 frames (e.g. {lo} or {lo + t}; "
+                               f"49 on the released models)")
+    m = bundle.vae_scale_spatial * int(bundle.config.patch_size)
+    for name, v in (("height", height), ("width", width)):
+        if not isinstance(v, int) or v < m or v % m:
+            near = max(m, int(v) // m * m) if isinstance(v, (int, float)) else m
+            raise DualAdapterError(f"{name}={v}: must be a positive multiple of {m} for this model "
+                                   f"(e.g. {near}); the released models use 480x720")
+
+
+def config_fingerprint(transformer) -> str:
+    """Short hash of the transformer's architecture config (block count, width, positions...).
+
+    Stored in saved adapters so that loading them on another architecture fails clearly.
+    """
+    c = dict(transformer.config)
+    keys = ["num_layers", "num_attention_heads", "attention_head_dim", "time_embed_dim", "text_embed_dim",
+            "in_channels", "patch_size", "patch_size_t", "use_rotary_positional_embeddings"]
+    blob = json.dumps({k: c.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def transformer_width(transformer) -> int:
+    c = transformer.config
+    return int(c.num_attention_heads) * int(c.attention_head_dim)
+
+
+# --------------------------------------------------------------------------------------------
+# forward
+
+
+_ROPE_CACHE: dict = {}
+
+
+def rotary_embeddings(transformer, latent_frames: int, latent_h: int, latent_w: int, device) -> tuple | None:
+    """RoPE (cos, sin) for a latent video, as the diffusers pipeline builds them; None for sincos models.
+
+    Follows ``CogVideoXPipeline._prepare_rotary_positional_embeddings`` (grid crops for 1.0,
+    ``grid_type="slice"`` for 1.5).
+    """
+    c = transformer.config
+    if not c.use_rotary_positional_embeddings:
+        return None
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+    key = (id(transformer.config), latent_frames, latent_h, latent_w, str(device))
+    if key in _ROPE_CACHE:
+        return _ROPE_CACHE[key]
+    p, p_t = c.patch_size, c.patch_size_t
+    gh, gw = latent_h // p, latent_w // p
+    bw, bh = c.sample_width // p, c.sample_height // p
+    if p_t is None:
+        crops = get_resize_crop_region_for_grid((gh, gw), bw, bh)
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=c.attention_head_dim, crops_coords=crops, grid_size=(gh, gw),
+                                           temporal_size=latent_frames, device=device)
+    else:
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=c.attention_head_dim, crops_coords=None, grid_size=(gh, gw),
+                                           temporal_size=(latent_frames + p_t - 1) // p_t, grid_type="slice",
+                                           max_size=(bh, bw), device=device)
+    if len(_ROPE_CACHE) > 32:
+        _ROPE_CACHE.clear()
+    _ROPE_CACHE[key] = (cos, sin)
+    return cos, sin
+
+
+def transformer_forward(transformer, latents: torch.Tensor, prompt_embeds: torch.Tensor,
+                        timestep: torch.Tensor) -> torch.Tensor:
+    """One transformer call: ``latents [B, F, C, h, w]``, ``prompt_embeds [B, L, D]``, ``timestep [B]``
+    -> model output (v-prediction) ``[B, F, C, h, w]``. Builds RoPE when the model uses it."""
+    B, F, C, h, w = latents.shape
+    rope = rotary_embeddings(transformer, F, h, w, latents.device)
+    return transformer(hidden_states=latents, encoder_hidden_states=prompt_embeds, timestep=timestep,
+                       image_rotary_emb=rope, return_dict=False)[0]

@@ -1,0 +1,251 @@
+"""Denoising loop, classifier-free guidance, schedulers, VAE encode / decode.
+
+The loop follows diffusers' ``CogVideoXPipeline`` (CogVideoXDPMScheduler or CogVideoXDDIMScheduler
+with trailing spacing, v-prediction, CFG on a [negative; positive] batch, 1.5-model frame padding),
+written out so that it can take *model patches*, report progress every step and stop cleanly.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .backbone import CogVideoXBundle, check_video_size, latent_frames_for, transformer_forward
+from .errors import DualAdapterError
+from .patches import ModelPatch, patched_copy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SCHEDULERS", "make_scheduler", "sample", "decode_latents", "encode_frames", "to_comfy_latent",
+           "from_comfy_latent"]
+
+SCHEDULERS = ("dpm", "ddim")
+
+# callback(step, total, info) -> None; may raise InterruptedByUser to stop.
+Callback = Callable[[int, int, dict], None]
+
+
+def make_scheduler(bundle_or_config, name: str = "dpm"):
+    """A fresh CogVideoX scheduler (``"dpm"`` = CogVideoXDPMScheduler, ``"ddim"`` = CogVideoXDDIMScheduler)
+    from the model's scheduler config, always with ``timestep_spacing="trailing"``.
+
+    Raises:
+        DualAdapterError: unknown name.
+    """
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    cfg = dict(getattr(bundle_or_config, "scheduler_config", bundle_or_config))
+    cfg["timestep_spacing"] = "trailing"
+    cls = {"dpm": CogVideoXDPMScheduler, "ddim": CogVideoXDDIMScheduler}.get(str(name).lower())
+    if cls is None:
+        raise DualAdapterError(f"scheduler {name!r} is not one of {SCHEDULERS}")
+    return cls.from_config(cfg)
+
+
+def to_comfy_latent(latents: torch.Tensor) -> dict:
+    """``[B, F, C, h, w]`` transformer latents -> ComfyUI LATENT ``{"samples": [B, C, F, h, w]}``."""
+    return {"samples": latents.permute(0, 2, 1, 3, 4).contiguous()}
+
+
+def from_comfy_latent(latent: dict | torch.Tensor) -> torch.Tensor:
+    """ComfyUI LATENT (``{"samples": [B, C, T, h, w]}``) -> ``[B, T, C, h, w]`` transformer latents.
+
+    Raises:
+        DualAdapterError: not a 5-D video latent.
+    """
+    x = latent["samples"] if isinstance(latent, dict) else latent
+    if not torch.is_tensor(x) or x.ndim != 5:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise DualAdapterError(f"latent must be a video LATENT with samples [B, C, T, H, W], got {shape}")
+    return x.permute(0, 2, 1, 3, 4)
+
+
+def _expand_embeds(e: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if e.ndim != 3:
+        raise DualAdapterError(f"{name} must be text embeddings [B, L, D], got shape {tuple(e.shape)}")
+    if e.shape[0] == batch:
+        return e
+    if e.shape[0] == 1:
+        return e.expand(batch, -1, -1)
+    raise DualAdapterError(f"{name} has batch {e.shape[0]}, expected 1 or {batch}")
+
+
+@torch.no_grad()
+def sample(
+    bundle: CogVideoXBundle,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor | None = None,
+    *,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int = 50,
+    cfg: float = 6.0,
+    seed: int = 0,
+    batch_size: int = 1,
+    scheduler: str = "dpm",
+    patches: Sequence[ModelPatch] = (),
+    callback: Callback | None = None,
+    latents: torch.Tensor | None = None,
+    use_dynamic_cfg: bool = False,
+    return_all: bool = False,
+) -> torch.Tensor:
+    """Generate video latents.
+
+    Args:
+        prompt_embeds: ``[1 or B, L, D_text]`` from :func:`~dual_adapter.backbone.encode_prompt`.
+        negative_embeds: same shape; ``None`` = the empty prompt's embedding. Used when ``cfg > 1``.
+        num_frames, height, width: video size in frames / pixels; default: the model's training size
+            (49 x 480 x 720 on the released models, 9 x 64 x 96 on ``tiny``). Checked with
+            :func:`~dual_adapter.backbone.check_video_size` (4k+1 frames, multiples of 16 px).
+        steps: denoising steps (>= 1). cfg: guidance scale (1 = no guidance; 6 in the papers).
+        seed: seeds the initial noise (a CPU generator, so results match across devices).
+        scheduler: ``"dpm"`` (CogVideoXDPMScheduler, the CogVideoX default) or ``"ddim"``.
+        patches: model patches applied to a weight-sharing copy for this call only (the bundle's
+            transformer is never modified).
+        callback: ``callback(step, total, info)`` after every step (1-based); may raise
+            :class:`~dual_adapter.errors.InterruptedByUser` to stop.
+        latents: optional initial noise ``[B, F, C, h, w]`` (overrides ``seed``).
+        use_dynamic_cfg: the CogVideoX cosine CFG schedule.
+
+    Returns:
+        ``[B, F, C, h, w]`` denoised latents in the scaled latent space (F = 13 for 49 frames;
+        the extra frames that 1.5 models pad are removed).
+
+    Raises:
+        DualAdapterError: invalid size, steps or embeddings.
+    """
+    f0, h0, w0 = bundle.default_size
+    num_frames, height, width = num_frames or f0, height or h0, width or w0
+    check_video_size(bundle, num_frames, height, width)
+    if not isinstance(steps, int) or steps < 1:
+        raise DualAdapterError(f"steps={steps}: must be an integer >= 1")
+    from .backbone import encode_prompt
+
+    device, dtype = bundle.device, bundle.dtype
+    B = batch_size
+    pos = _expand_embeds(prompt_embeds.to(device=device, dtype=dtype), B, "prompt embeddings")
+    do_cfg = cfg > 1.0
+    if do_cfg:
+        neg = negative_embeds if negative_embeds is not None else encode_prompt(bundle, "")
+        neg = _expand_embeds(neg.to(device=device, dtype=dtype), B, "negative prompt embeddings")
+        if neg.shape[1:] != pos.shape[1:]:
+            raise DualAdapterError(f"negative embeddings {tuple(neg.shape)} do not match prompt embeddings "
+                                   f"{tuple(pos.shape)}")
+        text = torch.cat([neg, pos], 0)
+    else:
+        text = pos
+
+    sched = make_scheduler(bundle, scheduler)
+    sched.set_timesteps(steps, device=device)
+    timesteps = sched.timesteps
+
+    T = latent_frames_for(bundle, num_frames)
+    p_t = bundle.config.patch_size_t
+    extra = 0
+    if p_t is not None and T % p_t:
+        extra = p_t - T % p_t
+    C = bundle.latent_channels
+    s = bundle.vae_scale_spatial
+    shape = (B, T + extra, C, height // s, width // s)
+    if latents is None:
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        latents = torch.randn(shape, generator=g, dtype=torch.float32)
+    elif tuple(latents.shape) != shape:
+        raise DualAdapterError(f"initial latents have shape {tuple(latents.shape)}, expected {shape}")
+    latents = (latents.to(device=device, dtype=torch.float32) * sched.init_noise_sigma).to(dtype)
+
+    step_kw = {}
+    if "generator" in inspect.signature(sched.step).parameters:
+        step_kw["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
+    from diffusers import CogVideoXDPMScheduler
+
+    is_dpm = isinstance(sched, CogVideoXDPMScheduler)
+    old_pred = None
+    with bundle.use("transformer") as base:
+        model = patched_copy(base, patches)
+        for i, t in enumerate(timesteps):
+            x_in = torch.cat([latents] * 2) if do_cfg else latents
+            x_in = sched.scale_model_input(x_in, t)
+            tt = t.expand(x_in.shape[0])
+            v = transformer_forward(model, x_in, text, tt).float()
+            scale = cfg
+            if use_dynamic_cfg:
+                scale = 1 + cfg * ((1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2)
+            if do_cfg:
+                v_u, v_c = v.chunk(2)
+                v = v_u + scale * (v_c - v_u)
+            if is_dpm:
+                latents, old_pred = sched.step(v, old_pred, t, timesteps[i - 1] if i > 0 else None, latents,
+                                               return_dict=False, **step_kw)
+            else:
+                latents = sched.step(v, t, latents, return_dict=False, **step_kw)[0]
+            latents = latents.to(dtype)
+            if callback is not None:
+                callback(i + 1, len(timesteps), {"timestep": int(t), "latents": latents})
+    return latents[:, extra:]
+
+
+# --------------------------------------------------------------------------------------------
+# VAE
+
+
+@torch.no_grad()
+def decode_latents(bundle: CogVideoXBundle, latents: torch.Tensor, callback: Callback | None = None) -> torch.Tensor:
+    """Decode ``[B, F, C, h, w]`` scaled latents to frames ``[B, 4(F-1)+1, H, W, 3]`` float 0..1.
+
+    One video at a time (``callback(i, B, {})`` after each); the VAE's tiling applies when enabled.
+    """
+    if latents.ndim != 5:
+        raise DualAdapterError(f"latents must be [B, F, C, h, w], got {tuple(latents.shape)}")
+    if latents.shape[2] != bundle.vae.config.latent_channels:
+        raise DualAdapterError(f"latents have {latents.shape[2]} channels, the VAE expects "
+                               f"{bundle.vae.config.latent_channels} (is this latent from another model?)")
+    out = []
+    with bundle.use("vae") as vae:
+        dev = next(vae.parameters()).device
+        vdt = next(vae.parameters()).dtype
+        for i in range(latents.shape[0]):
+            z = latents[i: i + 1].permute(0, 2, 1, 3, 4).to(dev, vdt) / vae.config.scaling_factor
+            video = vae.decode(z).sample  # [1, 3, F, H, W] in -1..1
+            out.append(((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu())
+            if callback is not None:
+                callback(i + 1, latents.shape[0], {})
+    return torch.cat(out, 0)
+
+
+@torch.no_grad()
+def encode_frames(bundle: CogVideoXBundle, frames: torch.Tensor, sample_posterior: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Encode frames ``[F, H, W, 3]`` (or a batch ``[B, F, H, W, 3]``) float 0..1 to scaled latents
+    ``[B, (F-1)//4+1, C, H/8, W/8]``.
+
+    ``F`` should be 4k+1 (extra frames past the last 4k+1 are dropped by the VAE's temporal
+    compression). ``sample_posterior=False`` uses the posterior mode (deterministic).
+
+    Raises:
+        DualAdapterError: wrong layout, or sizes the model cannot patch.
+    """
+    if frames.ndim == 4:
+        frames = frames.unsqueeze(0)
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+        raise DualAdapterError(f"frames must be [F, H, W, 3] or [B, F, H, W, 3] (0..1), got {tuple(frames.shape)}")
+    if frames.shape[1] < 1:
+        raise DualAdapterError("frames: empty batch (0 frames); expected at least 1 frame")
+    m = bundle.vae_scale_spatial * int(bundle.config.patch_size)
+    if frames.shape[2] % m or frames.shape[3] % m:
+        raise DualAdapterError(f"frames are {frames.shape[2]}x{frames.shape[3]} px; height and width must be "
+                               f"multiples of {m} (resize with dual_adapter.media.fit_frames)")
+    out = []
+    with bundle.use("vae") as vae:
+        dev = next(vae.parameters()).device
+        vdt = next(vae.parameters()).dtype
+        for i in range(frames.shape[0]):
+            x = frames[i: i + 1].permute(0, 4, 1, 2, 3).to(dev, vdt) * 2 - 1  # [1, 3, F, H, W]
+            dist = vae.encode(x).latent_dist
+            z = dist.sample(generator) if sample_posterior else dist.mode()
+            out.append((z * vae.config.scaling_factor).permute(0, 2, 1, 3, 4))
+    return torch.cat(out, 0).to(bundle.device, bundle.dtype)

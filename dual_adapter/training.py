@@ -1,0 +1,373 @@
+"""The one training loop every trainer shares (DualReal, TAP / motion LoRA, CustomTTT).
+
+It owns: the CogVideoX objective, the optimiser (AdamW, 8-bit when bitsandbytes works on the
+device, or Lion for CustomTTT), the learning-rate schedule (cosine with restarts after a warm-up),
+gradient clipping, bf16 autocast on GPU, per-step seeding (so a resumed run replays the same
+batches), periodic checkpoints through a caller-supplied function, resume, and one callback for
+progress, loss and interrupt. Trainers supply only ``step_fn`` (make a batch, return the loss)
+and, where a method needs it, ``before_optimizer_step`` (DualReal's gradient mask).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from .backbone import transformer_forward
+from .errors import DualAdapterError, InterruptedByUser
+from .io import load_safetensors, save_safetensors
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "TrainResult", "diffusion_loss", "make_noise_scheduler", "make_optimizer",
+           "make_lr_schedule", "train_loop", "save_train_state", "load_train_state", "step_generator",
+           "write_loss_log"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of the shared loop. Defaults are DualReal's (METHODS.md section 1).
+
+    Attributes:
+        steps: optimiser steps. lr: peak learning rate.
+        betas, weight_decay, eps: optimiser settings (AdamW; Lion uses betas and weight_decay).
+        optimizer: ``"auto"`` (8-bit AdamW when bitsandbytes runs on the device, else AdamW),
+            ``"adamw"``, ``"adamw8bit"``, ``"lion"`` (needs the ``lion-pytorch`` package).
+        lr_schedule: ``"cosine_with_restarts"``, ``"cosine"`` or ``"constant"`` (all after
+            ``warmup_steps`` of linear warm-up). num_cycles: restarts of the cosine schedule.
+        grad_clip: max global grad norm (0 = off).
+        mixed_precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"bf16"``, ``"fp32"``.
+        gradient_checkpointing: recompute block activations in backward (less memory).
+        seed: seeds every step's randomness (step ``k`` uses ``seed`` and ``k``).
+        checkpoint_every: call the checkpoint function every N steps (0 = only at the end / on stop).
+    """
+
+    steps: int = 1000
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    optimizer: str = "auto"
+    lr_schedule: str = "cosine_with_restarts"
+    warmup_steps: int = 200
+    num_cycles: int = 1
+    grad_clip: float = 1.0
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def validate(self) -> None:
+        """Raise :class:`DualAdapterError` naming the first invalid field."""
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise DualAdapterError(f"steps={self.steps}: must be an integer >= 0")
+        if not (self.lr > 0):
+            raise DualAdapterError(f"lr={self.lr}: must be > 0")
+        if self.optimizer not in ("auto", "adamw", "adamw8bit", "lion"):
+            raise DualAdapterError(f"optimizer={self.optimizer!r}: expected auto, adamw, adamw8bit or lion")
+        if self.lr_schedule not in ("cosine_with_restarts", "cosine", "constant"):
+            raise DualAdapterError(f"lr_schedule={self.lr_schedule!r}: expected cosine_with_restarts, cosine or constant")
+        if self.mixed_precision not in ("auto", "bf16", "fp32"):
+            raise DualAdapterError(f"mixed_precision={self.mixed_precision!r}: expected auto, bf16 or fp32")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_loop` returns: per-step records and whether it ran to the end."""
+
+    losses: list[dict] = field(default_factory=list)
+    completed: bool = True
+    steps_done: int = 0
+    seconds: float = 0.0
+    optimizer_name: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# objective
+
+
+def make_noise_scheduler(bundle_or_config):
+    """The training noise scheduler (CogVideoXDDIMScheduler from the model's scheduler config)."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    cfg = dict(getattr(bundle_or_config, "scheduler_config", bundle_or_config))
+    return CogVideoXDDIMScheduler.from_config(cfg)
+
+
+def step_generator(seed: int, step: int, device: str = "cpu") -> torch.Generator:
+    """The random generator of training step ``step`` (deterministic in ``seed`` and ``step``)."""
+    return torch.Generator(device).manual_seed((int(seed) * 1_000_003 + int(step) * 7919) % (2 ** 63 - 1))
+
+
+def _pad_time(x: torch.Tensor, p_t: int | None) -> torch.Tensor:
+    # CogVideoX 1.5 patches time by 2: pad at the front with copies of the first frame, as the pipeline pads noise.
+    if p_t and x.shape[1] % p_t:
+        n = p_t - x.shape[1] % p_t
+        x = torch.cat([x[:, :1].expand(-1, n, -1, -1, -1), x], 1)
+    return x
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    noise_scheduler,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    generator: torch.Generator | None = None,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """The CogVideoX training objective (METHODS.md, "Training objective").
+
+    ``t ~ U[0, 1000)``, ``x_t = add_noise(x_0, eps, t)``, ``v = model(x_t, t)``,
+    ``x0_pred = scheduler.get_velocity(v, x_t, t)``,
+    ``loss = mean(1 / (1 - alphas_cumprod[t]) * (x0_pred - x_0)^2)``.
+
+    Args:
+        latents: clean scaled latents ``x_0`` ``[B, F, C, h, w]``.
+        prompt_embeds: ``[B or 1, L, D_text]``.
+        generator: CPU generator for ``t`` and ``eps`` (ignored for what is given explicitly).
+        timesteps: optional ``[B]`` integer timesteps. noise: optional ``eps`` like ``latents``.
+        reduce: return the scalar mean (default) or the per-sample loss ``[B]``.
+    """
+    B = latents.shape[0]
+    p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
+    x0 = _pad_time(latents, p_t)
+    n_train = noise_scheduler.config.num_train_timesteps
+    if timesteps is None:
+        timesteps = torch.randint(0, n_train, (B,), generator=generator)
+    timesteps = timesteps.to(x0.device).long()
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+    noise = _pad_time(noise, p_t).to(x0.device, x0.dtype)
+    x_t = noise_scheduler.add_noise(x0, noise, timesteps)
+    if prompt_embeds.shape[0] == 1 and B > 1:
+        prompt_embeds = prompt_embeds.expand(B, -1, -1)
+    v = transformer_forward(model, x_t, prompt_embeds, timesteps)
+    x0_pred = noise_scheduler.get_velocity(v.float(), x_t.float(), timesteps)
+    ac = noise_scheduler.alphas_cumprod.to(x0.device)[timesteps].float()
+    w = 1.0 / (1.0 - ac)
+    err = (x0_pred - x0.float()) ** 2
+    per = (w.view(B, *([1] * (err.ndim - 1))) * err).reshape(B, -1).mean(1)
+    return per.mean() if reduce else per
+
+
+# --------------------------------------------------------------------------------------------
+# optimiser and schedule
+
+
+def _bnb_usable(params: list[torch.Tensor]) -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:
+        return False
+    return all(p.device.type == "cuda" for p in params)
+
+
+def make_optimizer(param_groups: Iterable, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, str]:
+    """Build the optimiser named by ``cfg.optimizer``. Returns ``(optimizer, name_used)``.
+
+    ``"auto"`` takes bitsandbytes' 8-bit AdamW when it is installed and every parameter is on CUDA,
+    else ``torch.optim.AdamW``.
+
+    Raises:
+        DualAdapterError: ``"adamw8bit"`` / ``"lion"`` asked for but their package is missing,
+            or no trainable parameter.
+    """
+    groups = list(param_groups)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    params = [p for g in groups for p in g["params"]]
+    if not params:
+        raise DualAdapterError("nothing to train: no trainable parameters")
+    kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    name = cfg.optimizer
+    if name == "auto":
+        name = "adamw8bit" if _bnb_usable(params) else "adamw"
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except Exception:
+            raise DualAdapterError("optimizer 'adamw8bit' needs bitsandbytes (pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(groups, eps=cfg.eps, **kw), name
+    if name == "lion":
+        try:
+            from lion_pytorch import Lion
+        except Exception:
+            raise DualAdapterError("optimizer 'lion' needs the lion-pytorch package (pip install lion-pytorch)") from None
+        return Lion(groups, **kw), name
+    return torch.optim.AdamW(groups, eps=cfg.eps, **kw), "adamw"
+
+
+def make_lr_schedule(optimizer, cfg: TrainConfig):
+    """Warm-up then cosine-with-restarts / cosine / constant (diffusers.optimization)."""
+    from diffusers.optimization import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                                        get_cosine_with_hard_restarts_schedule_with_warmup)
+
+    warm = min(int(cfg.warmup_steps), max(int(cfg.steps) - 1, 0))
+    total = max(int(cfg.steps), 1)
+    if cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warm)
+    if cfg.lr_schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warm, total)
+    return get_cosine_with_hard_restarts_schedule_with_warmup(optimizer, warm, total, num_cycles=int(cfg.num_cycles))
+
+
+# --------------------------------------------------------------------------------------------
+# resumable state
+
+
+def save_train_state(path: str | Path, optimizer, lr_schedule, step: int, extra: dict | None = None) -> Path:
+    """Write optimiser + schedule state and the step count to a safetensors file (atomic, overwrites
+    the previous state file of the same run)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    meta = {
+        "step": int(step),
+        "param_groups": sd["param_groups"],
+        "scalars": scalars,
+        "lr_schedule": lr_schedule.state_dict() if lr_schedule is not None else None,
+        "extra": extra or {},
+    }
+    return save_safetensors(tensors, path, json.loads(json.dumps(meta, default=str)), overwrite=True)
+
+
+def load_train_state(path: str | Path, optimizer, lr_schedule) -> tuple[int, dict]:
+    """Restore what :func:`save_train_state` wrote. Returns ``(step, extra)``."""
+    tensors, meta = load_safetensors(path)
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        _, idx, name = k.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for k, v in (meta.get("scalars") or {}).items():
+        idx, name = k.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    dev_of = {i: p.device for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    for i, st in state.items():
+        for k, v in list(st.items()):
+            if torch.is_tensor(v) and v.ndim > 0:
+                st[k] = v.to(dev_of.get(i, "cpu"))
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if lr_schedule is not None and meta.get("lr_schedule"):
+        lr_schedule.load_state_dict(meta["lr_schedule"])
+    return int(meta["step"]), meta.get("extra") or {}
+
+
+def write_loss_log(losses: Sequence[dict], path: str | Path) -> Path:
+    """Write per-step records as JSON lines (one ``{"step":..., "loss":..., ...}`` per line), atomically."""
+    from .io import atomic_write_text
+
+    text = "".join(json.dumps(r) + "\n" for r in losses)
+    return atomic_write_text(path, text, overwrite=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+StepFn = Callable[[int, torch.Generator], "tuple[torch.Tensor, dict]"]
+
+
+def autocast_context(device_type: str, cfg: TrainConfig):
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if device_type == "cuda" else "fp32"
+    if mp == "bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def train_loop(
+    param_groups: Sequence,
+    step_fn: StepFn,
+    cfg: TrainConfig,
+    *,
+    device_type: str = "cpu",
+    callback: Callable[[int, int, dict], None] | None = None,
+    before_optimizer_step: Callable[[int, dict], None] | None = None,
+    on_checkpoint: Callable[[int, "torch.optim.Optimizer", Any, list], None] | None = None,
+    resume_state: str | Path | None = None,
+    start_losses: list | None = None,
+) -> TrainResult:
+    """Run ``cfg.steps`` optimiser steps.
+
+    Each step ``k`` (0-based): ``loss, info = step_fn(k, step_generator(cfg.seed, k))`` under autocast,
+    ``loss.backward()``, ``before_optimizer_step(k, info)`` (e.g. DualReal's gradient mask, which sets
+    the inactive adapters' ``.grad`` to None so that AdamW skips them entirely), grad-norm clipping,
+    optimiser and schedule step, then ``callback(k + 1, steps, {"loss", "lr", **info})``.
+
+    ``on_checkpoint(step, optimizer, lr_schedule, losses)`` is called every ``cfg.checkpoint_every`` steps,
+    at the end, and also when the run stops early (interrupt or error) so that what was learned so far
+    is kept; the exception is then re-raised. ``resume_state`` (a file from :func:`save_train_state`)
+    restores the optimiser, schedule and step count, so that the run continues where it stopped.
+
+    Raises:
+        DualAdapterError: invalid config, or a non-finite loss (names the step).
+        InterruptedByUser: re-raised from the callback after checkpointing.
+    """
+    cfg.validate()
+    optimizer, opt_name = make_optimizer(param_groups, cfg)
+    sched = make_lr_schedule(optimizer, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    start = 0
+    losses: list[dict] = list(start_losses or [])
+    if resume_state is not None:
+        start, _ = load_train_state(resume_state, optimizer, sched)
+        losses = [r for r in losses if r.get("step", 0) <= start]
+    result = TrainResult(losses=losses, completed=False, steps_done=start, optimizer_name=opt_name)
+    t0 = time.time()
+    step = start
+    try:
+        for step in range(start, cfg.steps):
+            optimizer.zero_grad(set_to_none=True)
+            with autocast_context(device_type, cfg):
+                loss, info = step_fn(step, step_generator(cfg.seed, step))
+            if not torch.isfinite(loss):
+                raise DualAdapterError(f"training diverged: loss is {loss.item()} at step {step + 1}; "
+                                       f"lower the learning rate (lr={cfg.lr})")
+            loss.backward()
+            if before_optimizer_step is not None:
+                before_optimizer_step(step, info)
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                with_grad = [p for p in params if p.grad is not None]
+                if with_grad:
+                    torch.nn.utils.clip_grad_norm_(with_grad, cfg.grad_clip)
+            optimizer.step()
+            sched.step()
+            rec = {"step": step + 1, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])}
+            rec.update({k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))})
+            losses.append(rec)
+            result.steps_done = step + 1
+            if callback is not None:
+                callback(step + 1, cfg.steps, rec)
+            if on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                    and step + 1 < cfg.steps:
+                on_checkpoint(step + 1, optimizer, sched, losses)
+        result.completed = True
+    except BaseException:
+        result.seconds = time.time() - t0
+        if on_checkpoint is not None and result.steps_done > start:
+            try:
+                on_checkpoint(result.steps_done, optimizer, sched, losses)
+            except Exception as e:  # never hide the original error
+                log.error("could not write the checkpoint after the run stopped: %s", e)
+        raise
+    result.seconds = time.time() - t0
+    if on_checkpoint is not None:
+        on_checkpoint(result.steps_done, optimizer, sched, losses)
+    return result
