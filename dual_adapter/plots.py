@@ -1,0 +1,61 @@
+"""Small plotting helpers (matplotlib, Agg backend) that return ComfyUI-style IMAGE tensors.
+
+IMAGE layout: ``[1, H, W, 3]`` float32 in 0..1.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["figure_to_image", "plot_loss_curve", "new_figure"]
+
+
+def new_figure(width_in: float = 6.4, height_in: float = 3.6, dpi: int = 100):
+    """A matplotlib Figure on the Agg canvas (no display needed)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width_in, height_in), dpi=dpi)
+
+
+def figure_to_image(fig) -> torch.Tensor:
+    """Render a matplotlib Figure to an IMAGE tensor ``[1, H, W, 3]`` float 0..1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba(), dtype=np.uint8)
+    return torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0).unsqueeze(0)
+
+
+def plot_loss_curve(losses: Sequence[dict], title: str = "training loss", key: str = "loss",
+                    group_by: str | None = None, smooth: int = 0) -> torch.Tensor:
+    """Plot per-step records (``{"step", "loss", ...}``) as an IMAGE ``[1, H, W, 3]``.
+
+    ``group_by`` (e.g. ``"phase"``) draws one series per value of that field; ``smooth`` > 1 adds a
+    moving average over that many steps.
+    """
+    fig = new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for r in losses:
+        g = str(r.get(group_by, "")) if group_by else key
+        groups.setdefault(g, []).append((int(r["step"]), float(r[key])))
+    for g, pts in groups.items():
+        if not pts:
+            continue
+        x, y = zip(*pts)
+        ax.plot(x, y, lw=0.8, alpha=0.6 if smooth > 1 else 1.0, label=g if group_by else None)
+        if smooth > 1 and len(y) >= smooth:
+            k = np.ones(smooth) / smooth
+            ax.plot(x[smooth - 1:], np.convolve(y, k, mode="valid"), lw=1.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_yscale("log" if all(v > 0 for p in groups.values() for _, v in p) else "linear")
+    ax.set_title(title)
+    if group_by and len(groups) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_to_image(fig)
