@@ -426,7 +426,8 @@ def latent_frames_for(bundle_or_cfg, num_frames: int) -> int:
 def check_video_size(bundle: CogVideoXBundle, num_frames: int, height: int, width: int) -> None:
     """Check that a ``num_frames x height x width`` video fits the model.
 
-    CogVideoX takes ``4k+1`` frames (the VAE compresses time by 4 after the first frame) and sizes
+    CogVideoX takes ``4k+1`` frames (the VAE compresses time by 4 after the first frame; 1.5 models,
+    which also patch time by 2, take ``8k+1``) and sizes
     that are multiples of ``8 * patch_size`` (16 on all released models).
 
     Raises:
@@ -437,6 +438,10 @@ def check_video_size(bundle: CogVideoXBundle, num_frames: int, height: int, widt
         lo = max(1, (int(num_frames) - 1) // t * t + 1) if isinstance(num_frames, int) else 1
         raise DualAdapterError(f"frames={num_frames}: CogVideoX takes {t}k+1 frames (e.g. {lo} or {lo + t}; "
                                f"49 on the released models)")
+    if bundle.config.patch_size_t and latent_frames_for(bundle, num_frames) % 2 == 0:
+        # 1.5 models patch time by 2 and the VAE decodes an odd number of latent frames: 8k+1 frames
+        raise DualAdapterError(f"frames={num_frames}: CogVideoX 1.5 models take 8k+1 frames "
+                               f"(e.g. {num_frames - t} or {num_frames + t}; 81 on the released 1.5 model)")
     m = bundle.vae_scale_spatial * int(bundle.config.patch_size)
     for name, v in (("height", height), ("width", width)):
         if not isinstance(v, int) or v < m or v % m:

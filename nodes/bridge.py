@@ -101,6 +101,13 @@ def output_dir() -> Path:
     return Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output"))
 
 
+def input_dir() -> Path:
+    """ComfyUI's input folder, or ``$DUAL_ADAPTER_INPUT`` / ``./input`` outside ComfyUI."""
+    if IN_COMFY:
+        return Path(_fp.get_input_directory())
+    return Path(os.environ.get("DUAL_ADAPTER_INPUT", "input"))
+
+
 def temp_dir() -> Path:
     if IN_COMFY:
         return Path(_fp.get_temp_directory())
@@ -108,12 +115,14 @@ def temp_dir() -> Path:
 
 
 def throw_if_interrupted() -> None:
-    """Raise :class:`InterruptedByUser` if the ComfyUI queue asked to stop (no-op outside ComfyUI)."""
+    """Stop if the ComfyUI queue asked to (no-op outside ComfyUI).
+
+    Inside ComfyUI this lets ComfyUI's own ``InterruptProcessingException`` propagate, so the run is
+    reported as *interrupted* (not as an error); the library's loops catch any exception, write
+    their checkpoint and re-raise it.
+    """
     if IN_COMFY:
-        try:
-            _mm.throw_exception_if_processing_interrupted()
-        except Exception as e:  # comfy raises its own InterruptProcessingException
-            raise InterruptedByUser(str(e) or "interrupted by the ComfyUI queue") from None
+        _mm.throw_exception_if_processing_interrupted()
 
 
 class Progress:
@@ -133,4 +142,7 @@ class Progress:
 
 
 def interrupt_exception_types() -> tuple[type, ...]:
+    """Exception types that mean "the user stopped the run"."""
+    if IN_COMFY:
+        return (InterruptedByUser, _mm.InterruptProcessingException)
     return (InterruptedByUser,)

@@ -1,0 +1,109 @@
+"""``python -m dual_adapter generate``: prompt -> video file.
+
+Other command modules add patch options (``--dualreal``, ``--lora``...) by defining
+``add_generate_options(parser)`` and ``generate_patches(args, bundle) -> list``; this command
+collects them, so it needs no edit when a method is added.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+from ..errors import DualAdapterError
+
+
+def _patch_providers():
+    from .. import commands
+
+    mods = []
+    for m in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if m.name.startswith("_") or m.name == "generate":
+            continue
+        mod = importlib.import_module(f"{commands.__name__}.{m.name}")
+        if hasattr(mod, "add_generate_options") and hasattr(mod, "generate_patches"):
+            mods.append(mod)
+    return mods
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload."""
+    p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', or a "
+                   "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
+                   "real models, fp32 for tiny)")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
+    p.add_argument("--cpu-offload", action="store_true", help="keep model parts on CPU until they run")
+
+
+def load_bundle(args):
+    from ..backbone import load_model
+
+    kw = {}
+    if args.model not in ("tiny", "tiny-5b", "tiny-1.5"):
+        kw["cpu_offload"] = bool(getattr(args, "cpu_offload", False))
+    return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
+
+
+class _TextProgress:
+    """A one-line progress display for the terminal: ``label  k/N  info``."""
+
+    def __init__(self, label: str, quiet: bool = False):
+        self.label, self.quiet, self.t0 = label, quiet, time.time()
+
+    def __call__(self, step, total, info=None):
+        if self.quiet:
+            return
+        extra = ""
+        if info and "loss" in info:
+            extra = f"  loss {info['loss']:.4f}"
+        end = "\n" if step >= total else ""
+        sys.stderr.write(f"\r{self.label} {step}/{total}{extra}  {time.time() - self.t0:.1f}s   {end}")
+        sys.stderr.flush()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt (optionally with adapters / LoRAs)",
+                       description="Generate a video with CogVideoX and write it as MP4 (or GIF/WEBP by extension).")
+    add_model_options(p)
+    p.add_argument("--prompt", required=True, help="the text prompt")
+    p.add_argument("--negative-prompt", default="", help="negative prompt (used when --cfg > 1)")
+    p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the model's: 49, tiny 9)")
+    p.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (default 480, tiny 64)")
+    p.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (default 720, tiny 96)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--cfg", type=float, default=6.0, help="guidance scale (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim"], help="CogVideoX DPM (default) or DDIM")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
+    p.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp); never overwritten")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    for mod in _patch_providers():
+        mod.add_generate_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import backbone, media, sampling
+
+    out = Path(args.out)
+    if out.exists():
+        raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
+    if out.suffix.lower() not in (".mp4", ".gif", ".webp"):
+        raise DualAdapterError(f"--out {str(out)!r}: expected a .mp4, .gif or .webp file name")
+    bundle = load_bundle(args)
+    patches = []
+    for mod in _patch_providers():
+        patches += list(mod.generate_patches(args, bundle) or [])
+    pos = backbone.encode_prompt(bundle, args.prompt)
+    neg = backbone.encode_prompt(bundle, args.negative_prompt)
+    lat = sampling.sample(bundle, pos, neg, num_frames=args.frames, height=args.height, width=args.width,
+                          steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=args.scheduler, patches=patches,
+                          callback=_TextProgress("sampling", args.quiet))
+    frames = sampling.decode_latents(bundle, lat)[0]
+    path = media.write_video(frames, out, fps=args.fps)
+    print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")
+    return 0

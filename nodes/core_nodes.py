@@ -1,0 +1,259 @@
+"""Foundation nodes: load CogVideoX, encode prompts, sample, VAE decode / encode, load photos and clips."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dual_adapter import backbone, media, sampling
+from dual_adapter.errors import DualAdapterError
+from dual_adapter.patches import PatchedModel
+
+from . import bridge
+from .common import as_model, image_batch
+
+CAT = "DualAdapter"
+VIDEO_EXT = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v")
+
+
+class CogVideoXLoader:
+    DESCRIPTION = ("Load a CogVideoX model (2B, 5B, 1.5-5B) from a diffusers folder in models/CogVideo/, "
+                   "or build the built-in random 'tiny' model (CPU, seconds; for trying graphs and tests).")
+    CATEGORY = f"{CAT}/Model"
+    RETURN_TYPES = ("COGVIDEOX_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        choices = list(backbone.TINY_VARIANTS) + bridge.list_model_dirs("CogVideo")
+        return {"required": {
+            "model": (choices, {"default": "tiny", "tooltip": "A diffusers folder under models/CogVideo/ (with transformer/, "
+                                "vae/, text_encoder/, tokenizer/, scheduler/), or a built-in random tiny model: "
+                                "'tiny' (2B-like, sincos), 'tiny-5b' (RoPE), 'tiny-1.5' (RoPE, patch_size_t=2)."}),
+            "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Weights dtype. auto = bf16 for "
+                      "real models (fp16 also suits 2B), fp32 for tiny."}),
+            "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "Where the model runs. auto = CUDA if "
+                       "available, else CPU (tiny models always default to CPU)."}),
+            "vae_tiling": ("BOOLEAN", {"default": True, "tooltip": "Decode/encode in spatial tiles (less VRAM)."}),
+            "vae_slicing": ("BOOLEAN", {"default": True, "tooltip": "Decode one video of a batch at a time."}),
+            "cpu_offload": ("BOOLEAN", {"default": False, "tooltip": "Keep parts on CPU and move each to the GPU only "
+                            "while it runs (fits 5B in less VRAM, slower)."}),
+        }}
+
+    def load(self, model, dtype="auto", device="auto", vae_tiling=True, vae_slicing=True, cpu_offload=False):
+        dt = None if dtype == "auto" else dtype
+        if model in backbone.TINY_VARIANTS:
+            dev = "cpu" if device == "auto" else device
+            return (PatchedModel(backbone.build_tiny(model, device=dev, dtype=dt or "fp32")),)
+        path = bridge.resolve("CogVideo", model)
+        dev = None if device == "auto" else device
+        b = backbone.load_cogvideox(path, dtype=dt or "bf16", device=dev, vae_tiling=vae_tiling,
+                                    vae_slicing=vae_slicing, cpu_offload=cpu_offload)
+        return (PatchedModel(b),)
+
+
+class CogVideoXTextEncode:
+    DESCRIPTION = ("Encode a prompt and a negative prompt with the model's T5, padded/truncated to its text length "
+                   "(226 tokens on real models; longer prompts are truncated with a warning in the console).")
+    CATEGORY = f"{CAT}/Model"
+    RETURN_TYPES = ("COGVIDEOX_EMBEDS",)
+    RETURN_NAMES = ("embeds",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX."}),
+            "prompt": ("STRING", {"multiline": True, "default": "dog * is playing guitar",
+                                  "tooltip": "What the video shows. For DualReal use the identity token, e.g. 'dog *'."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": "",
+                                           "tooltip": "What to steer away from (used when cfg > 1)."}),
+        }}
+
+    def encode(self, model, prompt, negative_prompt=""):
+        m = as_model(model)
+        emb = backbone.encode_prompt(m.bundle, [prompt, negative_prompt])
+        return ({"positive": emb[:1], "negative": emb[1:], "prompt": prompt, "negative_prompt": negative_prompt,
+                 "model_name": m.bundle.name},)
+
+
+def _check_embeds(embeds):
+    if not isinstance(embeds, dict) or "positive" not in embeds:
+        raise DualAdapterError("embeds: expected COGVIDEOX_EMBEDS from 'Encode Prompt (CogVideoX)'")
+    return embeds
+
+
+class CogVideoXSampler:
+    DESCRIPTION = ("Generate a video latent with CogVideoX. Adapters and LoRAs applied to the model (Apply DualReal, "
+                   "Apply LoRA) run on a weight-sharing copy for this run only. Progress per step; Cancel stops cleanly.")
+    CATEGORY = f"{CAT}/Sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX, optionally through Apply DualReal / Apply LoRA."}),
+            "embeds": ("COGVIDEOX_EMBEDS", {"tooltip": "From Encode Prompt (CogVideoX)."}),
+            "frames": ("INT", {"default": 0, "min": 0, "max": 1025, "step": 1, "tooltip": "Frames, 4k+1 (49 on the "
+                       "released models). 0 = the model's training size (49 on real models, 9 on tiny)."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, multiple of 16. "
+                       "0 = model default (480; 64 on tiny)."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, multiple of 16. "
+                      "0 = model default (720; 96 on tiny)."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Denoising steps (50 in the papers)."}),
+            "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Seed of the initial noise; the same seed gives the same video."}),
+            "scheduler": (list(sampling.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
+                          "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
+        }}
+
+    def run(self, model, embeds, frames=0, height=0, width=0, steps=50, cfg=6.0, seed=0, scheduler="dpm"):
+        m = as_model(model)
+        e = _check_embeds(embeds)
+        progress = bridge.Progress(steps)
+        lat = sampling.sample(m.bundle, e["positive"], e.get("negative"), num_frames=frames or None,
+                              height=height or None, width=width or None, steps=steps, cfg=cfg, seed=seed % (2 ** 63),
+                              scheduler=scheduler, patches=m.patches, callback=progress)
+        return (sampling.to_comfy_latent(lat.float().cpu()),)
+
+
+class CogVideoXDecode:
+    DESCRIPTION = "Decode a CogVideoX video LATENT into frames (IMAGE [F, H, W, 3]) with the model's VAE (tiled if enabled)."
+    CATEGORY = f"{CAT}/Sampling"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "The model whose VAE made the latent."}),
+            "latent": ("LATENT", {"tooltip": "A video latent {samples: [B, C, T, H, W]}. A batch of B videos is "
+                                  "returned as B*F frames in order."}),
+        }}
+
+    def decode(self, model, latent):
+        m = as_model(model)
+        lat = sampling.from_comfy_latent(latent).to(m.bundle.device, m.bundle.dtype)
+        frames = sampling.decode_latents(m.bundle, lat, callback=bridge.Progress(lat.shape[0]))
+        return (frames.reshape(-1, *frames.shape[2:]),)
+
+
+class CogVideoXEncode:
+    DESCRIPTION = ("Encode frames (IMAGE [F, H, W, 3]) into a CogVideoX video LATENT. Frames are resized and centre-"
+                   "cropped to width x height; F is cut to the largest 4k+1.")
+    CATEGORY = f"{CAT}/Sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "The model whose VAE encodes."}),
+            "frames": ("IMAGE", {"tooltip": "Video frames [F, H, W, 3], 0..1."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = model default."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = model default."}),
+        }}
+
+    def encode(self, model, frames, height=0, width=0):
+        m = as_model(model)
+        x = image_batch(frames, "frames")
+        _, h0, w0 = m.bundle.default_size
+        n = media.nearest_valid_frames(x.shape[0], m.bundle.vae_scale_temporal, mode="down")
+        x = media.fit_frames(x[:n], height or h0, width or w0)
+        return (sampling.to_comfy_latent(sampling.encode_frames(m.bundle, x).float().cpu()),)
+
+
+def _input_videos() -> list[str]:
+    d = bridge.input_dir()
+    if not d.is_dir():
+        return []
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.suffix.lower() in VIDEO_EXT)
+
+
+class LoadClipFrames:
+    DESCRIPTION = ("Read a video clip (any container PyAV reads: MP4/H.264, AVI/MPEG-4, MOV, WEBM...) into frames, "
+                   "sampled at a target fps, resized and centre-cropped. A clip shorter than the frames asked for is "
+                   "looped (or held / refused, see short_policy). Core LoadVideo + GetVideoComponents also work.")
+    CATEGORY = f"{CAT}/Media"
+    RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
+    RETURN_NAMES = ("frames", "frame_count", "fps")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video": ([""] + _input_videos(), {"default": "", "tooltip": "A clip in ComfyUI's input folder (or use path)."}),
+            "path": ("STRING", {"default": "", "tooltip": "Absolute path of a clip; overrides 'video' when set."}),
+            "frames": ("INT", {"default": 49, "min": 1, "max": 1025, "tooltip": "Frames to return (4k+1 for CogVideoX; 49)."}),
+            "fps": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 120.0, "step": 0.5, "tooltip": "Sample at this frame "
+                    "rate (CogVideoX is trained at 8 fps). 0 = every source frame."}),
+            "start_s": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 36000.0, "step": 0.1, "tooltip": "Start time, seconds."}),
+            "height": ("INT", {"default": 480, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = keep source size."}),
+            "width": ("INT", {"default": 720, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = keep source size."}),
+            "short_policy": (["loop", "hold", "error"], {"default": "loop", "tooltip": "A clip with fewer frames than "
+                             "asked: loop it from the start, hold its last frame, or stop with an error."}),
+        }}
+
+    def load(self, video="", path="", frames=49, fps=8.0, start_s=0.0, height=480, width=720, short_policy="loop"):
+        src = Path(path) if path else (bridge.input_dir() / video if video else None)
+        if src is None:
+            raise DualAdapterError("Load Clip Frames: choose a video or give a path")
+        x, info = media.load_clip(src, num_frames=frames, fps=fps or None, start_s=start_s, short_policy=short_policy)
+        if height and width:
+            x = media.fit_frames(x, height, width)
+        return (x, int(x.shape[0]), float(info.get("fps_out") or info.get("fps_src") or fps))
+
+
+class LoadPhotos:
+    DESCRIPTION = ("Load subject photos from a file or folder path as one IMAGE batch, each resized and centre-cropped "
+                   "to width x height (alpha is composited over white). Core LoadImage works for single photos.")
+    CATEGORY = f"{CAT}/Media"
+    RETURN_TYPES = ("IMAGE", "INT")
+    RETURN_NAMES = ("photos", "count")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "path": ("STRING", {"default": "", "tooltip": "An image file or a folder of images (PNG/JPG/WEBP...), "
+                     "absolute or relative to ComfyUI's input folder."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16, "tooltip": "Output height, pixels."}),
+            "width": ("INT", {"default": 720, "min": 16, "max": 2048, "step": 16, "tooltip": "Output width, pixels."}),
+        }}
+
+    def load(self, path, height=480, width=720):
+        if not path:
+            raise DualAdapterError("Load Photos: path is empty; give an image file or a folder of images")
+        p = Path(path)
+        if not p.is_absolute() and not p.exists():
+            p = bridge.input_dir() / p
+        imgs = media.load_images([p])
+        out = torch.cat([media.fit_frames(i.unsqueeze(0), height, width) for i in imgs], 0)
+        return (out, int(out.shape[0]))
+
+
+NODE_CLASS_MAPPINGS = {
+    "DualAdapterCogVideoXLoader": CogVideoXLoader,
+    "DualAdapterTextEncode": CogVideoXTextEncode,
+    "DualAdapterSampler": CogVideoXSampler,
+    "DualAdapterVAEDecode": CogVideoXDecode,
+    "DualAdapterVAEEncode": CogVideoXEncode,
+    "DualAdapterLoadClip": LoadClipFrames,
+    "DualAdapterLoadPhotos": LoadPhotos,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DualAdapterCogVideoXLoader": "Load CogVideoX",
+    "DualAdapterTextEncode": "Encode Prompt (CogVideoX)",
+    "DualAdapterSampler": "Sample (CogVideoX)",
+    "DualAdapterVAEDecode": "Decode (CogVideoX VAE)",
+    "DualAdapterVAEEncode": "Encode Frames (CogVideoX VAE)",
+    "DualAdapterLoadClip": "Load Clip Frames",
+    "DualAdapterLoadPhotos": "Load Photos",
+}

@@ -1,0 +1,41 @@
+"""Shared fixtures: the tiny model (built once per session), paths of ../shared/data."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("DUAL_ADAPTER_OUTPUT", str(ROOT / "output" / "pytest"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip("../shared/data is not beside the project")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The built-in tiny CogVideoX (shared: tests must not modify it; use patches / copies)."""
+    from dual_adapter.backbone import build_tiny
+
+    return build_tiny("tiny", seed=0)
+
+
+@pytest.fixture()
+def out_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh output folder, also used by nodes (bridge.output_dir)."""
+    d = tmp_path / "output"
+    d.mkdir()
+    monkeypatch.setenv("DUAL_ADAPTER_OUTPUT", str(d))
+    monkeypatch.setenv("DUAL_ADAPTER_INPUT", str(tmp_path / "input"))
+    monkeypatch.setenv("DUAL_ADAPTER_MODELS", str(tmp_path / "models"))
+    return d
