@@ -126,7 +126,7 @@ def test_rope_and_15_variants(variant, frames):
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(num_frames=10), "4k\\+1"),
-    (dict(num_frames=0), "4k\\+1"),
+    (dict(num_frames=-3), "4k\\+1"),
     (dict(height=70), "height=70"),
     (dict(width=100), "width=100"),
     (dict(steps=0), "steps=0"),
