@@ -234,7 +234,7 @@ def test_cli_generate_writes_video(tmp_path):
     assert out.stat().st_size > 0
     r2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 2 and "already exists" in r2.stderr
-    bad = cmd[:8] + ["8", "--steps", "3", "--out", str(tmp_path / "x.mp4")]
+    bad = cmd[:9] + ["8", "--steps", "3", "--out", str(tmp_path / "x.mp4")]
     r3 = subprocess.run(bad, cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
     assert r3.returncode == 2 and "4k+1" in r3.stderr and "Traceback" not in r3.stderr
