@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from .errors import DualAdapterError
 
 __all__ = [
+    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
     "save_safetensors",
@@ -29,16 +30,32 @@ __all__ = [
 ]
 
 
-def _atomic_replace(path: Path, write_fn, overwrite: bool) -> Path:
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> Path:
+    """Write a file through ``write_fn(tmp_path)`` into a temporary file beside ``path``, then rename.
+
+    The temporary name ends with ``path``'s suffix (so writers that pick a format by extension work),
+    gets the usual permissions (``0o666 & ~umask``), and is removed if ``write_fn`` fails. A reader
+    never sees a half-written file.
+
+    Raises:
+        DualAdapterError: ``path`` exists and ``overwrite`` is False.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise DualAdapterError(
             f"output file {str(path)!r} already exists; choose another name or pass overwrite=True"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=str(path.parent))
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write_fn(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -46,6 +63,9 @@ def _atomic_replace(path: Path, write_fn, overwrite: bool) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+_atomic_replace = atomic_write
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:

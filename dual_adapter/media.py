@@ -32,7 +32,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DualAdapterError
-from .io import atomic_write_bytes
+from .io import atomic_write, atomic_write_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -688,20 +687,8 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def _atomic_file(path: Path, write_fn, overwrite: bool = False) -> Path:
-    """Write through ``write_fn(tmp_path)`` to a temp file beside ``path``, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise DualAdapterError(f"output file {str(path)!r} already exists; choose another name")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=str(path.parent))
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write through ``write_fn(tmp_path)`` to a temp file beside ``path``, then rename (io.atomic_write)."""
+    return atomic_write(path, write_fn, overwrite)
 
 
 def write_video(

@@ -108,6 +108,21 @@ def input_dir() -> Path:
     return Path(os.environ.get("DUAL_ADAPTER_INPUT", "input"))
 
 
+PACK_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_input(path: str | os.PathLike) -> Path:
+    """Find a user-given input path: as given if absolute or existing, else inside ComfyUI's input
+    folder, else inside the pack (so workflows can name the shipped ``examples/...``)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    for base in (input_dir(), PACK_ROOT):
+        if (base / p).exists():
+            return base / p
+    return p
+
+
 def temp_dir() -> Path:
     if IN_COMFY:
         return Path(_fp.get_temp_directory())

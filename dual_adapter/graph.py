@@ -1,0 +1,231 @@
+"""Run a ComfyUI API-format workflow without the ComfyUI server (headless, for scripted pipelines).
+
+An API-format workflow is ``{node_id: {"class_type": str, "inputs": {name: value | [src_id, slot]}}}``
+(ComfyUI's "Export (API)"). :func:`run_workflow` validates it the way ComfyUI does (unknown node,
+missing required input, combo value not in its list, INT/FLOAT outside min/max), then executes
+every output node and what it depends on, once each, in dependency order, under
+``torch.inference_mode()`` as ComfyUI does.
+
+The node classes are passed in (``node_classes``), so this module stays free of ComfyUI and of the
+pack's ``nodes/`` package; ``python -m dual_adapter run`` supplies them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .errors import DualAdapterError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_workflow", "validate_workflow", "run_workflow", "ui_to_api"]
+
+
+def load_workflow(path: str | Path) -> dict:
+    """Read an API-format workflow JSON (``{id: {"class_type", "inputs"}}``).
+
+    Raises:
+        DualAdapterError: the file is missing, not JSON, or is a UI-format workflow (it says to use
+            the ``workflows/api/`` twin or ComfyUI's "Export (API)").
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DualAdapterError(f"workflow {str(p)!r} does not exist")
+    try:
+        wf = json.loads(p.read_text())
+    except ValueError as e:
+        raise DualAdapterError(f"workflow {str(p)!r} is not valid JSON: {e}") from None
+    if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
+        twin = p.parent / "api" / p.name
+        hint = f" (its API twin is {twin})" if twin.exists() else ""
+        raise DualAdapterError(f"workflow {str(p)!r} is in ComfyUI's UI format; the headless runner takes the "
+                               f"API format (ComfyUI: Workflow > Export (API)){hint}")
+    if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
+        raise DualAdapterError(f"workflow {str(p)!r} is not an API-format workflow ({{id: {{class_type, inputs}}}})")
+    return wf
+
+
+def _is_link(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+
+
+def _input_spec(cls) -> dict[str, tuple]:
+    spec = cls.INPUT_TYPES()
+    out = {}
+    for section in ("required", "optional"):
+        for name, s in (spec.get(section) or {}).items():
+            out[name] = (section, s)
+    return out
+
+
+def validate_workflow(wf: Mapping[str, dict], node_classes: Mapping[str, type]) -> list[str]:
+    """Check a workflow against node definitions; returns a list of problems (empty = valid).
+
+    Mirrors ComfyUI's checks: unknown class, link to a missing node or output slot, missing required
+    input, combo value not in its list, number outside [min, max]; and at least one output node.
+    """
+    errs: list[str] = []
+    outputs = 0
+    for nid, node in wf.items():
+        ct = node.get("class_type")
+        cls = node_classes.get(ct)
+        if cls is None:
+            errs.append(f"node {nid}: class {ct!r} does not exist")
+            continue
+        outputs += bool(getattr(cls, "OUTPUT_NODE", False))
+        inputs = node.get("inputs", {})
+        for name, (section, s) in _input_spec(cls).items():
+            typ = s[0]
+            opts = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
+            if name not in inputs:
+                if section == "required" and "default" not in opts and not isinstance(typ, list):
+                    errs.append(f"node {nid} ({ct}): required input {name!r} is missing")
+                continue
+            v = inputs[name]
+            if _is_link(v):
+                src = wf.get(v[0])
+                if src is None:
+                    errs.append(f"node {nid} ({ct}): input {name!r} links to missing node {v[0]}")
+                elif src.get("class_type") in node_classes:
+                    n_out = len(node_classes[src["class_type"]].RETURN_TYPES)
+                    if not 0 <= v[1] < n_out:
+                        errs.append(f"node {nid} ({ct}): input {name!r} links to output {v[1]} of node {v[0]}, "
+                                    f"which has {n_out}")
+                continue
+            if isinstance(typ, list):
+                if v not in typ:
+                    errs.append(f"node {nid} ({ct}): {name}={v!r} is not one of {typ[:8]}{'...' if len(typ) > 8 else ''}")
+            elif typ in ("INT", "FLOAT"):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    errs.append(f"node {nid} ({ct}): {name}={v!r} is not a number")
+                    continue
+                if "min" in opts and v < opts["min"]:
+                    errs.append(f"node {nid} ({ct}): {name}={v} is below its minimum {opts['min']}")
+                if "max" in opts and v > opts["max"]:
+                    errs.append(f"node {nid} ({ct}): {name}={v} is above its maximum {opts['max']}")
+            elif typ == "BOOLEAN" and not isinstance(v, bool):
+                errs.append(f"node {nid} ({ct}): {name}={v!r} is not a boolean")
+            elif typ == "STRING" and not isinstance(v, str):
+                errs.append(f"node {nid} ({ct}): {name}={v!r} is not a string")
+    if wf and outputs == 0:
+        errs.append("the workflow has no output node (a Save / Preview node)")
+    return errs
+
+
+def run_workflow(
+    wf: Mapping[str, dict],
+    node_classes: Mapping[str, type],
+    on_node: Callable[[str, str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Execute a validated API-format workflow.
+
+    Args:
+        wf: the workflow (see module docstring).
+        node_classes: class_type -> node class (the pack's nodes plus the headless stand-ins of the
+            core nodes it uses).
+        on_node: ``on_node(node_id, class_type, k, n)`` before each node runs (progress display).
+
+    Returns:
+        ``{node_id: outputs}`` for every executed node; an output node's value is its ``"ui"`` dict
+        when it returns one (file names written), else its result tuple.
+
+    Raises:
+        DualAdapterError: the workflow is invalid (all problems listed), or a node failed (names the
+            node id and class, with the node's own message).
+    """
+    errs = validate_workflow(wf, node_classes)
+    if errs:
+        raise DualAdapterError("workflow is not valid:\n  " + "\n  ".join(errs))
+    results: dict[str, tuple] = {}
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(nid: str):
+        if nid in results or nid in order:
+            return
+        if nid in visiting:
+            raise DualAdapterError(f"workflow has a cycle through node {nid}")
+        visiting.add(nid)
+        for v in wf[nid].get("inputs", {}).values():
+            if _is_link(v):
+                visit(v[0])
+        visiting.discard(nid)
+        order.append(nid)
+
+    for nid, node in wf.items():
+        if getattr(node_classes[node["class_type"]], "OUTPUT_NODE", False):
+            visit(nid)
+    ui: dict[str, Any] = {}
+    with torch.inference_mode():
+        for k, nid in enumerate(order):
+            node = wf[nid]
+            ct = node["class_type"]
+            cls = node_classes[ct]
+            if on_node:
+                on_node(nid, ct, k + 1, len(order))
+            kwargs = {}
+            spec = _input_spec(cls)
+            for name, v in node.get("inputs", {}).items():
+                if name not in spec:
+                    continue  # ComfyUI ignores unknown inputs too
+                kwargs[name] = results[v[0]][v[1]] if _is_link(v) else v
+            obj = cls()
+            try:
+                out = getattr(obj, cls.FUNCTION)(**kwargs)
+            except DualAdapterError as e:
+                raise DualAdapterError(f"node {nid} ({ct}) failed: {e}") from None
+            if isinstance(out, dict):
+                ui[nid] = out.get("ui", {})
+                out = tuple(out.get("result", ()))
+            results[nid] = tuple(out) if out is not None else ()
+    return {**{k: v for k, v in results.items()}, **{f"ui:{k}": v for k, v in ui.items()}}
+
+
+def ui_to_api(ui_wf: Mapping[str, Any], node_classes: Mapping[str, type]) -> dict[str, dict]:
+    """Convert a UI-format workflow to API format using the node definitions (widget order).
+
+    Frontend-only nodes (Note, MarkdownNote) and muted / bypassed nodes (mode != 0) are dropped.
+    ``control_after_generate`` values that follow a seed widget are skipped, as the frontend does.
+
+    Raises:
+        DualAdapterError: a node class is unknown or its widget values do not match its definition.
+    """
+    links = {l[0]: l for l in ui_wf.get("links", [])}
+    api: dict[str, dict] = {}
+    for n in ui_wf.get("nodes", []):
+        if n.get("type") in ("Note", "MarkdownNote") or n.get("mode", 0) != 0:
+            continue
+        cls = node_classes.get(n["type"])
+        if cls is None:
+            raise DualAdapterError(f"UI workflow node {n.get('id')}: class {n['type']!r} does not exist")
+        inputs: dict[str, Any] = {}
+        linked = {}
+        for i in n.get("inputs", []):
+            if i.get("link") is not None:
+                l = links[i["link"]]
+                linked[i["name"]] = [str(l[1]), int(l[2])]
+        wv = list(n.get("widgets_values") or [])
+        pos = 0
+        for name, (section, s) in _input_spec(cls).items():
+            typ = s[0]
+            opts = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
+            is_widget = isinstance(typ, list) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN")
+            if name in linked:
+                inputs[name] = linked[name]
+                if is_widget and not opts.get("forceInput"):
+                    pos += 1 + bool(opts.get("control_after_generate"))
+                continue
+            if not is_widget or opts.get("forceInput"):
+                continue
+            if pos >= len(wv):
+                raise DualAdapterError(f"UI workflow node {n.get('id')} ({n['type']}): no widget value for {name!r}")
+            inputs[name] = wv[pos]
+            pos += 1 + bool(opts.get("control_after_generate"))
+            if opts.get("image_upload") or opts.get("video_upload"):
+                pos += 1
+        api[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+    return api
