@@ -156,3 +156,15 @@ def test_headless_run_cli(tmp_path):
                         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and list(tmp_path.rglob("*.webp"))
+
+
+def test_loader_lists_model_folders(classes, out_dir, tmp_path):
+    (tmp_path / "models" / "CogVideo" / "CogVideoX-5b").mkdir(parents=True)
+    (tmp_path / "models" / "CogVideo" / "CogVideoX-2b").mkdir(parents=True)
+    choices = classes["DualAdapterCogVideoXLoader"].INPUT_TYPES()["required"]["model"][0]
+    assert choices[:3] == ["tiny", "tiny-5b", "tiny-1.5"]
+    assert "CogVideoX-5b" in choices and "CogVideoX-2b" in choices
+    from dual_adapter.errors import DualAdapterError
+
+    with pytest.raises(DualAdapterError, match="incomplete"):
+        classes["DualAdapterCogVideoXLoader"]().load("CogVideoX-5b")
