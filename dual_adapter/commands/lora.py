@@ -1,0 +1,187 @@
+"""``python -m dual_adapter train-lora`` / ``lora-info``, and ``generate --lora FILE[:STRENGTH]``.
+
+train-lora trains a motion LoRA (TAP by default, METHODS.md section 2) on one or more clips and
+writes it in the diffusers CogVideoX LoRA format, with the per-step losses as JSON lines beside
+it (``<out>.losses.jsonl``). While it runs, a checkpoint (``<out>.ckpt.safetensors`` and its
+optimiser state) is rewritten every ``--checkpoint-every`` steps and kept if the run stops;
+``--resume`` continues from it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import DualAdapterError
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    if text is None or str(text).strip() in ("", "all"):
+        return None
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def _paths(out: Path) -> dict[str, Path]:
+    stem = out.with_suffix("")
+    return {"losses": Path(f"{stem}.losses.jsonl"), "ckpt": Path(f"{stem}.ckpt.safetensors")}
+
+
+def register(sub) -> None:
+    from .generate import add_model_options
+
+    p = sub.add_parser("train-lora", help="train a motion LoRA (TAP) on clips; writes a diffusers-format LoRA",
+                       description="Train a motion LoRA on CogVideoX (TAP: LoRA on attention query and key only; "
+                                   "presets k_out and full, or explicit modules) and save it in the diffusers "
+                                   "CogVideoX LoRA format (loads with CogVideoXPipeline.load_lora_weights).")
+    add_model_options(p)
+    p.add_argument("--motion", nargs="+", default=[], metavar="CLIP", help="motion clip(s) (MP4, AVI, ...)")
+    p.add_argument("--images", nargs="+", default=[], metavar="IMG",
+                   help="photos or folders of photos, each trained as a 1-frame video (appearance LoRA)")
+    p.add_argument("--prompt", required=True, help="training prompt, e.g. 'a person is playing guitar'")
+    p.add_argument("--preset", default="tap", choices=["tap", "k_out", "full"],
+                   help="tap = attn1.to_q + to_k (default; the paper's TAP on CogVideoX), k_out = to_k + to_out.0 "
+                        "(the authors' code), full = q, k, v, out (plain LoRA)")
+    p.add_argument("--targets", default=None, help="explicit comma-separated modules inside each block "
+                   "(e.g. attn1.to_q,attn1.to_k,ff.net.2); overrides --preset")
+    p.add_argument("--blocks", default=None, help="blocks that get the LoRA, e.g. '0-5,12' (default all)")
+    p.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32, as the authors)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default = rank: scale 1)")
+    p.add_argument("--dropout", type=float, default=0.1, help="LoRA dropout (default 0.1, as the authors)")
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4, as the authors)")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default 1e-2)")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every step's randomness (default 0)")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "lion", "auto"],
+                   help="optimiser (default adamw)")
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "cosine_with_restarts"],
+                   help="learning-rate schedule (default constant)")
+    p.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 0)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip, 4k+1 (default: the model's, 49; tiny 9)")
+    p.add_argument("--height", type=int, default=None, help="training height, multiple of 16 (default 480; tiny 64)")
+    p.add_argument("--width", type=int, default=None, help="training width, multiple of 16 (default 720; tiny 96)")
+    p.add_argument("--fps", type=float, default=8.0, help="sample clips at this frame rate (default 8, CogVideoX's)")
+    p.add_argument("--start", type=float, default=0.0, help="start of each clip, seconds (default 0)")
+    p.add_argument("--spatial-path", action="store_true",
+                   help="MotionDirector's spatial LoRA path on single frames (dropped at inference)")
+    p.add_argument("--debiased-loss", action="store_true", help="add MotionDirector's appearance-debiased loss")
+    p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="rewrite the checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt.safetensors")
+    p.add_argument("--save-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the saved file")
+    p.add_argument("--out", required=True, help="output .safetensors (never overwritten); losses go to "
+                   "<out>.losses.jsonl")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_train)
+
+    q = sub.add_parser("lora-info", help="show what a LoRA file holds (format, rank, alpha, targets, blocks)",
+                       description="Read a LoRA file (ours, diffusers, peft or kohya) and print what it holds.")
+    q.add_argument("file", help="LoRA .safetensors")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=run_info)
+
+
+def run_train(args) -> int:
+    import torch
+
+    from .. import lora, media
+    from ..training import write_loss_log
+    from .generate import _TextProgress, load_bundle
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".safetensors":
+        raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")
+    if out.exists():
+        raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
+    side = _paths(out)
+    if side["losses"].exists():
+        raise DualAdapterError(f"{str(side['losses'])!r} already exists; choose another --out")
+    if not args.motion and not args.images:
+        raise DualAdapterError("give at least one --motion CLIP (or --images for an appearance LoRA)")
+    if args.resume and not side["ckpt"].is_file():
+        raise DualAdapterError(f"--resume: no checkpoint {str(side['ckpt'])!r}")
+    spec = lora.LoraSpec(rank=args.rank, alpha=float(args.alpha if args.alpha is not None else args.rank),
+                         dropout=args.dropout, targets=lora.resolve_targets(args.targets or args.preset),
+                         blocks=_int_list(args.blocks))
+    spec.validate()
+    cfg = lora.lora_train_config(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                                 optimizer=args.optimizer, lr_schedule=args.schedule, warmup_steps=args.warmup,
+                                 gradient_checkpointing=not args.no_gradient_checkpointing,
+                                 checkpoint_every=args.checkpoint_every)
+    cfg.validate()
+    bundle = load_bundle(args)
+    f0, _, _ = bundle.default_size
+    n = args.frames or f0
+    clips = [media.load_clip(c, num_frames=n, fps=args.fps, start_s=args.start, short_policy="loop")[0]
+             for c in args.motion]
+    photos = media.load_images(args.images) if args.images else []
+    lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
+                              spatial_path=args.spatial_path, debiased_loss=args.debiased_loss,
+                              callback=_TextProgress("train-lora", args.quiet), checkpoint_path=side["ckpt"],
+                              resume=args.resume, num_frames=n if clips else None, height=args.height,
+                              width=args.width)
+    lf.metadata["train"] = dict(lf.metadata.get("train") or {}, clip_files=[Path(c).name for c in args.motion])
+    dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
+    path = lf.save(out, dtype=dt)
+    write_loss_log(res.losses, side["losses"])
+    for p in (side["ckpt"], lora._state_path(side["ckpt"]), lora._spatial_path(side["ckpt"])):
+        if p.exists():
+            p.unlink()
+    last = res.losses[-1]["loss"] if res.losses else float("nan")
+    print(f"wrote {path} (rank {lf.rank}, targets {','.join(lf.targets)}, {len(lf.modules)} modules; "
+          f"{res.steps_done} steps, last loss {last:.4f}) and {side['losses']}")
+    return 0
+
+
+def run_info(args) -> int:
+    from .. import lora
+
+    lf = lora.load_lora(args.file)
+    info = {"file": str(args.file), "format": lf.source_format, "rank": lf.rank, "alpha": lf.alpha,
+            "targets": lf.targets, "blocks": lf.blocks, "modules": len(lf.modules),
+            "skipped_keys": len(lf.skipped),
+            "metadata": {k: v for k, v in lf.metadata.items() if k != "lora_adapter_metadata"}}
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        for k, v in info.items():
+            if k != "metadata":
+                print(f"{k}: {v}")
+        for k in ("preset", "base_model", "prompt", "trained_alpha"):
+            if k in lf.metadata:
+                print(f"{k}: {lf.metadata[k]}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- generate hooks
+
+
+def add_generate_options(parser: argparse.ArgumentParser) -> None:
+    """``generate --lora FILE[:STRENGTH]`` (repeatable)."""
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                        help="apply a LoRA (ours, diffusers/peft or kohya format) at STRENGTH (default 1); "
+                             "repeat to stack several")
+
+
+def generate_patches(args, bundle) -> list:
+    """One :class:`~dual_adapter.lora.LoraPatch` per ``--lora``, each checked against the model first."""
+    from .. import lora
+
+    out = []
+    for item in getattr(args, "lora", None) or []:
+        path, strength = lora.parse_lora_arg(item)
+        lf = lora.load_lora(path)
+        lora.check_compatible(lf, bundle.transformer)
+        out.append(lora.LoraPatch(lf, strength, name=Path(path).stem))
+        if not getattr(args, "quiet", False):
+            print(f"LoRA {path} x {strength:g}: rank {lf.rank}, {len(lf.modules)} modules ({lf.source_format})",
+                  file=sys.stderr)
+    return out
