@@ -28,10 +28,10 @@ _DUALREAL_EXT = {".safetensors", ".pth"}
 
 
 def register_folders() -> None:
-    """Register ``models/CogVideo`` and ``models/dualreal`` with folder_paths (no-op outside ComfyUI)."""
+    """Register ``models/CogVideo``, ``models/dualreal`` and ``models/metrics`` with folder_paths (no-op outside ComfyUI)."""
     if not IN_COMFY:
         return
-    for name, exts in (("CogVideo", set()), ("dualreal", _DUALREAL_EXT)):
+    for name, exts in (("CogVideo", set()), ("dualreal", _DUALREAL_EXT), ("metrics", {".safetensors", ".pth"})):
         path = os.path.join(_fp.models_dir, name)
         if name in _fp.folder_names_and_paths:
             paths, old = _fp.folder_names_and_paths[name]
