@@ -185,7 +185,26 @@ def g_generate(classes) -> Graph:
     return g
 
 
-BUILDERS = [g_generate]
+def g_evaluate(classes) -> Graph:
+    g = Graph("evaluate", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
+    prompt = "a dog is playing guitar"
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt=prompt, negative_prompt="")
+    s = g.node("DualAdapterSampler", model=m[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    ph = g.node("DualAdapterLoadPhotos", path="examples/dog", height=64, width=96)
+    ev = g.node("DualAdapterEvaluateVideo", frames=d[0], reference_photos=ph[0], prompt=prompt, metrics="all")
+    g.node("PreviewImage", images=ev[1])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/evaluated", fps=8.0)
+    g.note("Evaluate a video", REAL_WEIGHTS_NOTE + "- CLIP-T / CLIP-I / T-Cons need a CLIP folder, DINO-I and subject "
+           "consistency a DINO ViT-S/16 folder, dynamic degree a RAFT-large state dict, all in `models/metrics/` "
+           "(see the README's Evaluation section). Metrics whose weights are missing are listed as skipped; "
+           "temporal flickering needs none.\n- To evaluate a video file instead, feed *Load Clip Frames* into "
+           "*Evaluate Video*.")
+    return g
+
+
+BUILDERS = [g_generate, g_evaluate]
 
 
 def build_all(classes=None) -> list[Graph]:
