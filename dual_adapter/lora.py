@@ -64,6 +64,10 @@ __all__ = [
     "parse_lora_arg",
     "lora_train_config",
     "train_lora",
+    "train_state_path",
+    "spatial_checkpoint_path",
+    "set_lora_strength",
+    "base_config",
     "LORA_FORMAT",
 ]
 
@@ -936,11 +940,15 @@ def _check_frames(x, what: str, ndim: int) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def _state_path(checkpoint_path: Path) -> Path:
+def train_state_path(checkpoint_path: str | Path) -> Path:
+    """The optimiser-state file written beside a LoRA checkpoint: ``<stem>.state.safetensors``."""
+    checkpoint_path = Path(checkpoint_path)
     return checkpoint_path.with_name(checkpoint_path.stem + ".state.safetensors")
 
 
-def _spatial_path(checkpoint_path: Path) -> Path:
+def spatial_checkpoint_path(checkpoint_path: str | Path) -> Path:
+    """The spatial-path LoRA written beside a checkpoint (``spatial_path=True``): ``<stem>.spatial.safetensors``."""
+    checkpoint_path = Path(checkpoint_path)
     return checkpoint_path.with_name(checkpoint_path.stem + ".spatial.safetensors")
 
 
@@ -1047,7 +1055,7 @@ def train_lora(
     if photos:
         check_video_size(bundle, 1, height, width)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-    if resume and (checkpoint_path is None or not checkpoint_path.is_file() or not _state_path(checkpoint_path).is_file()):
+    if resume and (checkpoint_path is None or not checkpoint_path.is_file() or not train_state_path(checkpoint_path).is_file()):
         raise DualAdapterError(f"resume: no checkpoint at {str(checkpoint_path)!r} (and its .state.safetensors); "
                                f"start without resume")
 
@@ -1064,18 +1072,22 @@ def train_lora(
 
     # ---- the trainable copy
     model = shallow_copy_module(bundle.transformer)
+    _materialize_inference_tensors(model)
     for p in patches or ():
         p.apply(model)
     model.eval()
-    params = inject_lora(model, spec, "default")
-    param_groups = [{"params": params}]
     sspec = None
     spatial_params: list[nn.Parameter] = []
-    if spatial_path:
-        sspec = copy.deepcopy(spatial_spec) if spatial_spec is not None else LoraSpec(
-            rank=spec.rank, alpha=spec.alpha, dropout=spec.dropout, targets=list(PRESETS["full"]), blocks=spec.blocks)
-        spatial_params = inject_lora(model, sspec, "spatial")
-        param_groups.append({"params": spatial_params})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))  # lora_A's random init: the same seed repeats the run
+        params = inject_lora(model, spec, "default")
+        param_groups = [{"params": params}]
+        if spatial_path:
+            sspec = copy.deepcopy(spatial_spec) if spatial_spec is not None else LoraSpec(
+                rank=spec.rank, alpha=spec.alpha, dropout=spec.dropout, targets=list(PRESETS["full"]),
+                blocks=spec.blocks)
+            spatial_params = inject_lora(model, sspec, "spatial")
+            param_groups.append({"params": spatial_params})
     for m in lora_modules(model).values():
         for d in m.lora_dropout.values():
             d.train(True)
@@ -1092,11 +1104,11 @@ def train_lora(
         ck = load_lora(checkpoint_path)
         _load_into(model, "default", ck)
         if spatial_path:
-            sp = _spatial_path(checkpoint_path)
+            sp = spatial_checkpoint_path(checkpoint_path)
             if not sp.is_file():
                 raise DualAdapterError(f"resume with spatial_path: {str(sp)!r} is missing")
             _load_into(model, "spatial", load_lora(sp))
-        resume_state = _state_path(checkpoint_path)
+        resume_state = train_state_path(checkpoint_path)
         from .io import read_safetensors_metadata
 
         start_losses = list((read_safetensors_metadata(resume_state).get("extra") or {}).get("losses") or [])
@@ -1162,8 +1174,8 @@ def train_lora(
         make_file(step, step >= cfg.steps).save(checkpoint_path, overwrite=True)
         if spatial_path:
             smd = lora_metadata(sspec, bundle.transformer, base_model=base_name, role="spatial path (not for inference)")
-            save_lora(_spatial_path(checkpoint_path), lora_state_dict(model, "spatial"), smd, overwrite=True)
-        save_train_state(_state_path(checkpoint_path), optimizer, lr_schedule, step, extra={"losses": list(losses)})
+            save_lora(spatial_checkpoint_path(checkpoint_path), lora_state_dict(model, "spatial"), smd, overwrite=True)
+        save_train_state(train_state_path(checkpoint_path), optimizer, lr_schedule, step, extra={"losses": list(losses)})
 
     offloaded = []
     if getattr(bundle, "device", "cpu") != "cpu" and not getattr(bundle, "cpu_offload", False):
@@ -1184,6 +1196,29 @@ def train_lora(
     lf = make_file(result.steps_done, result.completed)
     # the file convention (alpha == rank): fold the scale in memory too, so that saving / applying agree
     return _folded(lf), result
+
+
+def _materialize_inference_tensors(model: nn.Module) -> int:
+    """Replace, in ``model`` only, parameters / buffers created under ``torch.inference_mode()`` by
+    normal copies: autograd cannot save inference tensors for backward. ComfyUI loads models under
+    inference mode, so this can copy the whole transformer (logged). Returns the number of bytes copied."""
+    memo: dict[int, torch.Tensor] = {}
+    copied = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for mod in model.modules():
+            for store in (mod._parameters, mod._buffers):
+                for k, t in list(store.items()):
+                    if t is None or not t.is_inference():
+                        continue
+                    if id(t) not in memo:
+                        c = t.clone()
+                        memo[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else c
+                        copied += t.numel() * t.element_size()
+                    store[k] = memo[id(t)]
+    if copied:
+        log.warning("the model's weights were created under torch.inference_mode(); training uses a %.2f GB copy "
+                    "(load the model outside inference mode to avoid it)", copied / 1e9)
+    return copied
 
 
 def _folded(lf: LoraFile) -> LoraFile:
