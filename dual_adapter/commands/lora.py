@@ -132,7 +132,7 @@ def run_train(args) -> int:
     dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
     path = lf.save(out, dtype=dt)
     write_loss_log(res.losses, side["losses"])
-    for p in (side["ckpt"], lora._state_path(side["ckpt"]), lora._spatial_path(side["ckpt"])):
+    for p in (side["ckpt"], lora.train_state_path(side["ckpt"]), lora.spatial_checkpoint_path(side["ckpt"])):
         if p.exists():
             p.unlink()
     last = res.losses[-1]["loss"] if res.losses else float("nan")
