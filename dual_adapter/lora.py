@@ -64,6 +64,7 @@ __all__ = [
     "parse_lora_arg",
     "lora_train_config",
     "train_lora",
+    "train_lora_on_latents",
     "train_state_path",
     "spatial_checkpoint_path",
     "set_lora_strength",
@@ -1018,10 +1019,7 @@ def train_lora(
         InterruptedByUser: from the callback (the checkpoint, if any, is written first).
     """
     from .backbone import check_video_size, encode_prompt
-    from .patches import shallow_copy_module
     from .sampling import encode_frames
-    from .training import _pad_time, diffusion_loss, load_train_state, make_noise_scheduler, step_generator, \
-        train_loop
 
     spec = copy.deepcopy(spec) if spec is not None else LoraSpec()
     spec.validate()
@@ -1060,18 +1058,109 @@ def train_lora(
                                f"start without resume")
 
     # ---- precompute latents and text once
-    items: list[tuple[str, int, torch.Tensor]] = []
-    frame_latents: list[torch.Tensor] = []
-    for i, c in enumerate(prepared):
-        items.append(("clip", i, encode_frames(bundle, c)))
-        if spatial_path:
-            frame_latents.append(encode_frames(bundle, c[:, None]))  # [F, 1, C, h, w]
-    for j, p in enumerate(photos):
-        items.append(("photo", j, encode_frames(bundle, fit_frames(p[None], height, width))))
+    latents: list[torch.Tensor] = []
+    kinds: list[str] = []
+    frame_latents: list[torch.Tensor | None] = []
+    for c in prepared:
+        latents.append(encode_frames(bundle, c))
+        kinds.append("clip")
+        frame_latents.append(encode_frames(bundle, c[:, None]) if spatial_path else None)  # [F, 1, C, h, w]
+    for p in photos:
+        latents.append(encode_frames(bundle, fit_frames(p[None], height, width)))
+        kinds.append("photo")
+        frame_latents.append(None)
     emb = encode_prompt(bundle, prompt)
+    meta = dict(prompt=prompt, train=dict(num_frames=[int(c.shape[0]) for c in prepared], height=height, width=width,
+                                          clips=len(prepared), photos=len(photos)))
+
+    offloaded = []
+    if getattr(bundle, "device", "cpu") != "cpu" and not getattr(bundle, "cpu_offload", False):
+        # free accelerator memory for training (T5-XXL is ~9 GB in bf16); put them back afterwards
+        for part in ("text_encoder", "vae"):
+            m = getattr(bundle, part, None)
+            if m is not None and next(m.parameters()).device.type != "cpu":
+                offloaded.append((part, next(m.parameters()).device))
+        bundle.release(*[p for p, _ in offloaded])
+    try:
+        with bundle.use("transformer") as transformer:
+            return train_lora_on_latents(
+                transformer, bundle.scheduler_config, latents=latents, prompt_embeds=emb, kinds=kinds,
+                frame_latents=frame_latents, spec=spec, cfg=cfg, spatial_path=spatial_path,
+                debiased_loss=debiased_loss, callback=callback, checkpoint_path=checkpoint_path, resume=resume,
+                patches=patches, spatial_spec=spatial_spec, fixed_batch=fixed_batch,
+                base_model=base_model or getattr(bundle, "name", None), metadata=meta)
+    finally:
+        for part, d in offloaded:
+            getattr(bundle, part).to(d)
+
+
+def train_lora_on_latents(
+    transformer: nn.Module,
+    scheduler_config: Mapping,
+    *,
+    latents: Sequence[torch.Tensor],
+    prompt_embeds: torch.Tensor,
+    kinds: Sequence[str] | None = None,
+    frame_latents: Sequence[torch.Tensor | None] | None = None,
+    spec: LoraSpec | None = None,
+    cfg=None,
+    spatial_path: bool = False,
+    debiased_loss: bool = False,
+    callback: Callable[[int, int, dict], None] | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    patches: Sequence = (),
+    spatial_spec: LoraSpec | None = None,
+    fixed_batch: bool = False,
+    base_model: str | None = None,
+    metadata: Mapping | None = None,
+):
+    """The training core of :func:`train_lora`, on precomputed latents (also used by the benchmarks).
+
+    Args:
+        transformer: the CogVideoX transformer (never modified: a weight-sharing copy trains), on the
+            training device.
+        scheduler_config: the model's noise-scheduler config (``bundle.scheduler_config``).
+        latents: training samples, each ``[1, F', C, h, w]`` scaled VAE latents (1 latent frame for photos).
+        prompt_embeds: ``[1, L, D_text]`` T5 embedding of the training prompt.
+        kinds: ``"clip"`` / ``"photo"`` per sample (default all clips); the spatial path and the
+            debiased loss apply to clips.
+        frame_latents: per sample, ``[F, 1, C, h, w]`` single-frame latents of its frames (needed for
+            clips when ``spatial_path``), or None.
+        metadata: extra metadata merged into the LoRA's (``train`` dicts are merged).
+        Others: as :func:`train_lora`.
+
+    Returns:
+        ``(LoraFile, TrainResult)``.
+    """
+    from .patches import shallow_copy_module
+    from .training import _pad_time, diffusion_loss, make_noise_scheduler, save_train_state, step_generator, \
+        train_loop
+
+    spec = copy.deepcopy(spec) if spec is not None else LoraSpec()
+    spec.validate()
+    cfg = cfg if cfg is not None else lora_train_config()
+    cfg.validate()
+    items = list(latents)
+    if not items:
+        raise DualAdapterError("nothing to train on: no latents")
+    for i, x in enumerate(items):
+        if not torch.is_tensor(x) or x.ndim != 5 or x.shape[0] != 1:
+            raise DualAdapterError(f"latents[{i}]: expected [1, F, C, h, w], got "
+                                   f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    kinds = list(kinds) if kinds is not None else ["clip"] * len(items)
+    frame_latents = list(frame_latents) if frame_latents is not None else [None] * len(items)
+    if spatial_path and any(k == "clip" and f is None for k, f in zip(kinds, frame_latents)):
+        raise DualAdapterError("spatial_path needs frame_latents for every clip")
+    emb = prompt_embeds
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+    if resume and (checkpoint_path is None or not checkpoint_path.is_file()
+                   or not train_state_path(checkpoint_path).is_file()):
+        raise DualAdapterError(f"resume: no checkpoint at {str(checkpoint_path)!r} (and its .state.safetensors); "
+                               f"start without resume")
 
     # ---- the trainable copy
-    model = shallow_copy_module(bundle.transformer)
+    model = shallow_copy_module(transformer)
     _materialize_inference_tensors(model)
     for p in patches or ():
         p.apply(model)
@@ -1093,16 +1182,14 @@ def train_lora(
             d.train(True)
     if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
-    sched = make_noise_scheduler(bundle)
-    dev = next(bundle.transformer.parameters()).device
-    device_type = dev.type
+    sched = make_noise_scheduler(dict(scheduler_config))
+    device_type = next(transformer.parameters()).device.type
     all_adapters = _adapter_names(model)
 
     resume_state = None
     start_losses: list = []
     if resume:
-        ck = load_lora(checkpoint_path)
-        _load_into(model, "default", ck)
+        _load_into(model, "default", load_lora(checkpoint_path))
         if spatial_path:
             sp = spatial_checkpoint_path(checkpoint_path)
             if not sp.is_file():
@@ -1118,8 +1205,9 @@ def train_lora(
     def step_fn(step: int, gen: torch.Generator):
         if fixed_batch:
             gen = step_generator(cfg.seed, 0)
-        kind, idx, x0 = items[int(torch.randint(len(items), (1,), generator=gen))]
-        info: dict = {"sample": f"{kind}{idx}"}
+        idx = int(torch.randint(len(items), (1,), generator=gen))
+        kind, x0 = kinds[idx], items[idx]
+        info: dict = {"sample": idx}
         stash.clear()
         if spatial_path and kind == "clip":
             fl = frame_latents[idx]
@@ -1127,7 +1215,7 @@ def train_lora(
             _set_active(model, ["spatial"])
             try:
                 ls = diffusion_loss(model, sched, fl[j: j + 1], emb, generator=gen)
-                ls.backward()
+                ls.backward()  # the spatial path's gradient, kept apart from the clip loss's (see below)
             finally:
                 _set_active(model, all_adapters)
             for p in spatial_params:
@@ -1148,51 +1236,36 @@ def train_lora(
         return loss, info
 
     def before_optimizer_step(step: int, info: dict):
-        # the spatial LoRA learns from its single-frame loss only (MotionDirector's dual path)
+        # MotionDirector's dual path: the spatial LoRA runs in the clip step but learns from its
+        # single-frame loss only, so its gradient from the clip loss is replaced by the stashed one
         for p in spatial_params:
             p.grad = stash.get(id(p))
 
-    meta_extra = dict(prompt=prompt, train=dict(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
-                                                optimizer=cfg.optimizer, lr_schedule=cfg.lr_schedule,
-                                                num_frames=[int(c.shape[0]) for c in prepared], height=height,
-                                                width=width, clips=len(prepared), photos=len(photos),
-                                                spatial_path=bool(spatial_path), debiased_loss=bool(debiased_loss),
-                                                fixed_batch=bool(fixed_batch)))
-    base_name = base_model or getattr(bundle, "name", None)
+    extra = dict(metadata or {})
+    train_md = dict(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, optimizer=cfg.optimizer,
+                    lr_schedule=cfg.lr_schedule, spatial_path=bool(spatial_path), debiased_loss=bool(debiased_loss),
+                    fixed_batch=bool(fixed_batch))
+    train_md.update(extra.pop("train", None) or {})
 
     def make_file(steps_done: int, completed: bool) -> LoraFile:
-        md = lora_metadata(spec, bundle.transformer, base_model=base_name, **meta_extra)
-        md["train"] = dict(md["train"], steps_done=int(steps_done), completed=bool(completed))
+        md = lora_metadata(spec, transformer, base_model=base_model, **extra)
+        md["train"] = dict(train_md, steps_done=int(steps_done), completed=bool(completed))
         sd = lora_state_dict(model, "default")
         return LoraFile.from_state_dict(sd, md, alphas={_module_of(k): float(spec.alpha) for k in sd})
 
     def on_checkpoint(step, optimizer, lr_schedule, losses):
         if checkpoint_path is None:
             return
-        from .training import save_train_state
-
         make_file(step, step >= cfg.steps).save(checkpoint_path, overwrite=True)
         if spatial_path:
-            smd = lora_metadata(sspec, bundle.transformer, base_model=base_name, role="spatial path (not for inference)")
+            smd = lora_metadata(sspec, transformer, base_model=base_model, role="spatial path (not for inference)")
             save_lora(spatial_checkpoint_path(checkpoint_path), lora_state_dict(model, "spatial"), smd, overwrite=True)
         save_train_state(train_state_path(checkpoint_path), optimizer, lr_schedule, step, extra={"losses": list(losses)})
 
-    offloaded = []
-    if getattr(bundle, "device", "cpu") != "cpu" and not getattr(bundle, "cpu_offload", False):
-        # free accelerator memory for training; put them back afterwards
-        for part in ("text_encoder", "vae"):
-            m = getattr(bundle, part, None)
-            if m is not None and next(m.parameters()).device.type != "cpu":
-                offloaded.append((part, next(m.parameters()).device))
-        bundle.release(*[p for p, _ in offloaded])
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            result = train_loop(param_groups, step_fn, cfg, device_type=device_type, callback=callback,
-                                before_optimizer_step=before_optimizer_step if spatial_path else None,
-                                on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses)
-    finally:
-        for part, d in offloaded:
-            getattr(bundle, part).to(d)
+    with torch.inference_mode(False), torch.enable_grad():
+        result = train_loop(param_groups, step_fn, cfg, device_type=device_type, callback=callback,
+                            before_optimizer_step=before_optimizer_step if spatial_path else None,
+                            on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses)
     lf = make_file(result.steps_done, result.completed)
     # the file convention (alpha == rank): fold the scale in memory too, so that saving / applying agree
     return _folded(lf), result
