@@ -281,7 +281,7 @@ class InfluenceResult:
         x = np.arange(n)
         for k, c in enumerate(names):
             top = set(self.ranking(c)[:self.top_k])
-            bars = ax.bar(x + (k - (len(names) - 1) / 2) * w, self.scores[c], w, label=f"{c}: {self.concepts[c][:30]}")
+            bars = ax.bar(x + (k - (len(names) - 1) / 2) * w, self.scores[c], w, color=f"C{k}")
             for g, b in enumerate(bars):
                 if g in top:
                     b.set_edgecolor("black")
@@ -292,7 +292,10 @@ class InfluenceResult:
         ax.set_ylabel("influence score")
         ax.axhline(0, color="gray", lw=0.6)
         ax.set_title("Prompt influence: concept injected at one group only")
-        ax.legend(fontsize=8)
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(facecolor=f"C{k}", label=f"{c}: {self.concepts[c][:30]}") for k, c in enumerate(names)],
+                  fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         return figure_to_image(fig)
@@ -485,7 +488,7 @@ def prompt_influence(
             state.text, state.hidden, state.override, state.replay = [None] * n, [None] * (n + 1), [None] * n, None
 
     n_el = len(draws) * math.prod(shape)
-    scores, close, shift, rec = {}, {}, {}, {}
+    scores, close, shift = {}, {}, {}
     for c in names:
         if not den[c] > 1e-20 * n_el:
             raise DualAdapterError(f"concept prompt {concepts[c]!r} ({c}) gives the same prediction as the neutral prompt "
@@ -1001,10 +1004,10 @@ def ttt_merge(
             a diverged loss, ``optimizer="lion"`` without ``lion-pytorch``.
         InterruptedByUser: from the callback.
     """
-    from .backbone import check_video_size, encode_prompt, latent_frames_for
+    from .backbone import check_video_size, encode_prompt
     from .lora import LoraFile, check_compatible, lora_modules
     from .patches import shallow_copy_module
-    from .training import diffusion_loss, make_noise_scheduler, step_generator, train_loop
+    from .training import diffusion_loss, make_noise_scheduler, train_loop
 
     t_start = time.time()
     config = copy.deepcopy(config) if config is not None else TTTConfig()
@@ -1024,6 +1027,10 @@ def ttt_merge(
     nf_a = int(config.appearance_frames or nf)
     check_video_size(bundle, nf_a, h, w)
     cfg = config.train_config()
+    if config.steps > 0:  # fail on a missing optimiser package before the teachers run
+        from .training import make_optimizer
+
+        make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
     prompts = {"appearance": appearance_prompt, "motion": motion_prompt, "combined": prompt,
                "negative": config.negative_prompt}
     base_name = base_model or getattr(bundle, "name", None)

@@ -1,0 +1,209 @@
+"""CustomTTT nodes: Prompt Influence (which blocks carry a concept) and TTT Merge (appearance LoRA +
+motion LoRA -> one LoRA by test-time training). Library: :mod:`dual_adapter.customttt`."""
+from __future__ import annotations
+
+from dual_adapter import customttt as C
+from dual_adapter.errors import DualAdapterError
+from dual_adapter.io import next_free_path
+from dual_adapter.lora import LoraFile
+from dual_adapter.sampling import from_comfy_latent
+
+from . import bridge
+from .common import as_model, training_mode
+
+CAT = "DualAdapter/CustomTTT"
+
+
+def _as_lora(x, name: str) -> LoraFile:
+    if not isinstance(x, LoraFile):
+        raise DualAdapterError(f"{name}: expected a VIDEO_LORA (from Load LoRA or a Train LoRA node), got "
+                               f"{type(x).__name__}")
+    return x
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        out = [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise DualAdapterError(f"{name} {text!r}: expected comma-separated integers, e.g. 250,500,750") from None
+    if not out:
+        raise DualAdapterError(f"{name}: give at least one integer")
+    return out
+
+
+class _ProgressOnce:
+    """bridge.Progress created at the first call (the total is known only then)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, step, total, info=None):
+        if self.bar is None:
+            self.bar = bridge.Progress(total)
+        self.bar(step, total, info)
+
+
+class DualAdapterPromptInfluence:
+    DESCRIPTION = ("CustomTTT prompt-influence analysis: for each transformer block (or group of blocks) the concept "
+                   "prompt is injected there alone (that block's text-stream input comes from the concept prompt, every "
+                   "other block's from the neutral prompt) and the score is how far this moves the prediction toward "
+                   "the full-concept prediction (projection: 1 = all the way, 0 = no effect). Outputs a ranked table, "
+                   "a bar chart and the recommended blocks for an appearance LoRA and a motion LoRA (feed them to a "
+                   "Train LoRA node's 'blocks').")
+    CATEGORY = CAT
+    RETURN_TYPES = ("STRING", "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("table", "plot", "appearance_blocks", "motion_blocks")
+    OUTPUT_TOOLTIPS = ("ranked table of scores per block group and concept",
+                       "bar chart of the scores (recommended groups outlined)",
+                       "recommended appearance blocks, e.g. '2,6' (empty without an appearance prompt)",
+                       "recommended motion blocks, e.g. '2,5' (empty without a motion prompt)")
+    FUNCTION = "analyse"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX (LoRAs applied to it stay on during the analysis)."}),
+            "appearance_prompt": ("STRING", {"multiline": True, "default": "a photo of a dog *",
+                                             "tooltip": "The appearance concept (subject) prompt. Empty = skip."}),
+            "motion_prompt": ("STRING", {"multiline": True, "default": "a car is turning on a road",
+                                         "tooltip": "The motion concept prompt. Empty = skip."}),
+            "neutral_prompt": ("STRING", {"multiline": True, "default": "",
+                                          "tooltip": "What every non-injected block sees (default: the empty prompt)."}),
+            "group_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Contiguous blocks per scored group "
+                               "(1 = every block alone; e.g. 5 on 2B = 6 groups, fewer model calls)."}),
+            "top_k": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Groups per recommended block set "
+                          "(the authors use 2 layers)."}),
+            "timesteps": ("STRING", {"default": "250,500,750", "tooltip": "Timesteps (0..999) of the noisy inputs the "
+                                     "predictions are compared at."}),
+            "seeds": ("STRING", {"default": "0,1", "tooltip": "Noise seeds; draws = seeds x timesteps. Same seeds give "
+                                 "the same scores."}),
+            "space": (list(C.SPACES), {"default": "x0", "tooltip": "Compare clean-latent predictions (x0) or the raw "
+                                       "v-prediction (v)."}),
+        }, "optional": {
+            "reference": ("LATENT", {"tooltip": "Optional clean latent (e.g. an encoded subject photo or clip, from "
+                                     "Encode (CogVideoX)) to noise instead of random latents."}),
+            "frames": ("INT", {"default": 0, "min": 0, "max": 1025, "tooltip": "Video frames without a reference, 4k+1. "
+                               "0 = the model's (49; tiny 9). Fewer frames = faster analysis."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+        }}
+
+    def analyse(self, model, appearance_prompt, motion_prompt, neutral_prompt="", group_size=1, top_k=2,
+                timesteps="250,500,750", seeds="0,1", space="x0", reference=None, frames=0, height=0, width=0):
+        m = as_model(model)
+        concepts = {k: v for k, v in (("appearance", appearance_prompt), ("motion", motion_prompt)) if v and v.strip()}
+        if not concepts:
+            raise DualAdapterError("Prompt Influence: give an appearance_prompt and/or a motion_prompt")
+        lat = from_comfy_latent(reference).clone() if reference is not None else None
+        res = C.prompt_influence(m.bundle, concepts, neutral_prompt or "", group_size=int(group_size),
+                                 timesteps=_ints(timesteps, "timesteps"), seeds=_ints(seeds, "seeds"), latents=lat,
+                                 space=space, top_k=int(top_k), num_frames=frames or None, height=height or None,
+                                 width=width or None, patches=m.patches, callback=_ProgressOnce())
+        table = res.table()
+        blocks = {c: ",".join(map(str, res.recommended.get(c, []))) for c in ("appearance", "motion")}
+        return {"ui": {"text": [table]}, "result": (table, res.plot(), blocks["appearance"], blocks["motion"])}
+
+
+class DualAdapterTTTMerge:
+    DESCRIPTION = ("CustomTTT test-time-training merge: the appearance teacher (model + appearance LoRA, appearance "
+                   "prompt) and the motion teacher (model + motion LoRA, motion prompt) each denoise f steps from "
+                   "noise to a reference latent; the student (model + both LoRAs, all LoRA weights trainable) learns "
+                   "to denoise both references under the combined prompt (L = w_a L_appearance + w_m L_motion). "
+                   "Output: one merged LoRA (rank-concatenated where both LoRAs touch a layer) for Apply LoRA / "
+                   "Save LoRA. Progress per step; Cancel keeps the last state in output/lora_checkpoints/.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
+    RETURN_NAMES = ("lora", "loss_plot")
+    OUTPUT_TOOLTIPS = ("the merged LoRA (diffusers format)", "combined TTT loss per step (and its two terms)")
+    FUNCTION = "merge"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX, without the two LoRAs applied."}),
+            "appearance_lora": ("VIDEO_LORA", {"tooltip": "The appearance (subject) LoRA, e.g. trained on photos on "
+                                "the appearance blocks."}),
+            "appearance_prompt": ("STRING", {"multiline": True, "default": "a photo of a dog *",
+                                             "tooltip": "The prompt the appearance LoRA was trained with (teacher)."}),
+            "motion_lora": ("VIDEO_LORA", {"tooltip": "The motion LoRA, e.g. trained on clips on the motion blocks."}),
+            "motion_prompt": ("STRING", {"multiline": True, "default": "a car is turning on a road",
+                                         "tooltip": "The prompt the motion LoRA was trained with (teacher)."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a dog * is turning on a road",
+                                  "tooltip": "The combined prompt the student learns under (and that you sample with)."}),
+            "steps": ("INT", {"default": 30, "min": 0, "max": 10000, "tooltip": "TTT steps (30 in the paper). 0 = the "
+                              "exact merge of the two LoRAs, no training."}),
+            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
+                                      "runs from noise to its reference (5 in the paper)."}),
+            "teacher_cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Teachers' "
+                                      "guidance scale (6, CogVideoX's; the authors used 9 on AnimateDiff)."}),
+            "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-9, "max": 1.0, "step": 1e-6, "round": False,
+                                        "tooltip": "1e-5 with AdamW (default); the authors' Lion uses 1e-6."}),
+            "optimizer": (["adamw", "lion"], {"default": "adamw", "tooltip": "adamw (weight decay 1e-2) or the "
+                          "authors' lion (weight decay 0.1; needs the lion-pytorch package)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds the teachers' noise and the "
+                             "re-noising draws; the same seed repeats the run."}),
+        }, "optional": {
+            "teacher_schedule": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The f teacher steps are the "
+                                         "first f of a schedule this long (DDIM 25 in the paper)."}),
+            "reference": (list(C.REFERENCES), {"default": "z_f", "tooltip": "Student target: z_f (the teacher latent "
+                          "after f steps, used as the clean sample) or x0_pred (the teacher's clean estimate there)."}),
+            "renoise_min": ("INT", {"default": 0, "min": 0, "max": 999, "tooltip": "Lowest re-noising timestep."}),
+            "renoise_max": ("INT", {"default": 1000, "min": 1, "max": 1000, "tooltip": "Re-noising timesteps are drawn "
+                                    "from [renoise_min, renoise_max)."}),
+            "w_appearance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                       "tooltip": "Weight of the appearance-preservation loss."}),
+            "w_motion": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                   "tooltip": "Weight of the motion-preservation loss."}),
+            "regenerate_references": ("BOOLEAN", {"default": False, "tooltip": "Re-run both teachers with new noise "
+                                      "every step (slower; default: references computed once)."}),
+            "shared_teacher_noise": ("BOOLEAN", {"default": True, "tooltip": "Both teachers start from the same noise."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Teachers' negative prompt."}),
+            "frames": ("INT", {"default": 0, "min": 0, "max": 1025, "tooltip": "Video frames, 4k+1. 0 = the model's."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Less VRAM, about 30% slower."}),
+        }}
+
+    def merge(self, model, appearance_lora, appearance_prompt, motion_lora, motion_prompt, prompt, steps=30,
+              teacher_steps=5, teacher_cfg=6.0, learning_rate=1e-5, optimizer="adamw", seed=0, teacher_schedule=25,
+              reference="z_f", renoise_min=0, renoise_max=1000, w_appearance=1.0, w_motion=1.0,
+              regenerate_references=False, shared_teacher_noise=True, negative_prompt="", frames=0, height=0,
+              width=0, gradient_checkpointing=True):
+        m = as_model(model)
+        a = _as_lora(appearance_lora, "appearance_lora")
+        mo = _as_lora(motion_lora, "motion_lora")
+        wd = 0.1 if optimizer == "lion" else 1e-2
+        cfg = C.TTTConfig(steps=int(steps), teacher_steps=int(teacher_steps), teacher_schedule=int(teacher_schedule),
+                          teacher_cfg=float(teacher_cfg), negative_prompt=negative_prompt or "", teacher_seed=int(seed),
+                          shared_teacher_noise=bool(shared_teacher_noise), reference=reference,
+                          renoise_timesteps=(int(renoise_min), int(renoise_max)), w_appearance=float(w_appearance),
+                          w_motion=float(w_motion), regenerate_references=bool(regenerate_references),
+                          optimizer=optimizer, lr=float(learning_rate), weight_decay=wd, seed=int(seed),
+                          gradient_checkpointing=bool(gradient_checkpointing), num_frames=frames or None,
+                          height=height or None, width=width or None)
+        cfg.validate()
+        ckpt = next_free_path(bridge.output_dir(), "lora_checkpoints/customttt", "safetensors") if steps else None
+        with training_mode():
+            res = C.ttt_merge(m.bundle, a, mo, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
+                              prompt=prompt, config=cfg, patches=m.patches, callback=_ProgressOnce(),
+                              checkpoint_path=ckpt)
+        from dual_adapter.plots import plot_loss_curve
+
+        recs = [dict(step=r["step"], loss=r[k], term=k.replace("loss_", "") if k != "loss" else "combined")
+                for r in res.train.losses for k in ("loss", "loss_appearance", "loss_motion") if k in r]
+        if recs:
+            plot = plot_loss_curve(recs, title="TTT merge loss", group_by="term")
+        else:
+            plot = plot_loss_curve([{"step": 0, "loss": 0.0}], title="TTT merge: 0 steps (exact merge)")
+        return (res.lora, plot)
+
+
+NODE_CLASS_MAPPINGS = {
+    "DualAdapterPromptInfluence": DualAdapterPromptInfluence,
+    "DualAdapterTTTMerge": DualAdapterTTTMerge,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DualAdapterPromptInfluence": "Prompt Influence (CustomTTT)",
+    "DualAdapterTTTMerge": "TTT Merge (CustomTTT)",
+}
