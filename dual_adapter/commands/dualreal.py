@@ -1,0 +1,190 @@
+"""``train-dualreal`` and DualReal's options for ``generate`` (--dualreal, --reference-image, ...).
+
+    python -m dual_adapter train-dualreal --model tiny --subject PHOTO_OR_DIR... --identity-prompt "dog *" \\
+        --motion CLIP... --motion-prompt "a person is playing guitar" --steps N --out adapters.safetensors
+
+writes ``adapters.safetensors`` and ``adapters.losses.jsonl`` (one JSON record per step). While it
+runs, ``adapters.partial.safetensors`` + ``adapters.state.safetensors`` hold the last checkpoint
+(``--resume`` continues from them; they are removed after a successful run).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import DualAdapterError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-dualreal",
+        help="train DualReal identity + motion adapters with the StageBlender controller",
+        description="Joint identity + motion training of DualReal DA-blocks and the StageBlender controller "
+                    "(METHODS.md section 1) on subject photos and motion clips.",
+    )
+    from .generate import add_model_options
+
+    add_model_options(p)
+    p.add_argument("--subject", nargs="+", required=True, metavar="PHOTO_OR_DIR", help="subject photos or folders")
+    p.add_argument("--identity-prompt", required=True, help="identity prompt, e.g. 'dog *'")
+    p.add_argument("--motion", nargs="+", required=True, metavar="CLIP", help="motion clips (video files)")
+    p.add_argument("--motion-prompt", required=True, help="motion prompt, e.g. 'a person is playing guitar'")
+    p.add_argument("--out", required=True, help="output .safetensors (refuses to overwrite)")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (1000)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")
+    p.add_argument("--warmup", type=int, default=200, help="warm-up steps (200; capped at steps-1)")
+    p.add_argument("--motion-ratio", type=float, default=0.5, help="probability of a motion step (0.5)")
+    p.add_argument("--p-image-zero", type=float, default=0.0, help="probability of a zero reference embedding (0)")
+    p.add_argument("--hidden", type=int, default=64, help="adapter bottleneck width (64)")
+    p.add_argument("--groups", type=int, default=7, help="StageBlender weight groups (7)")
+    p.add_argument("--form", choices=("official", "zero_init"), default="official", help="DA-block form (official)")
+    p.add_argument("--no-controller", action="store_true", help="ablation: fixed weights w_id = w_mo = 0.1")
+    p.add_argument("--motion-batch", type=int, default=3, help="clips per motion step (3)")
+    p.add_argument("--identity-batch", type=int, default=1, help="photos per identity step (1)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
+    p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
+    p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to (8, CogVideoX's)")
+    p.add_argument("--reference-encoder", default=None,
+                   help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
+                        "(default: 'tiny' for tiny models, else none = no W_cond term)")
+    p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
+    p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's .partial/.state files")
+    p.set_defaults(func=_train)
+
+
+def _encoder_for(spec: str | None, model_name: str, device: str | None):
+    from ..backbone import TINY_VARIANTS
+    from ..reference import load_reference_encoder
+
+    if spec is None:
+        spec = "tiny" if model_name in TINY_VARIANTS else "none"
+    if str(spec).lower() == "none":
+        return None
+    return load_reference_encoder(spec, device=device)
+
+
+def _train(args) -> int:
+    from ..dualreal import DualRealOptions, run_paths, save_adapters, train_dualreal
+    from ..media import load_clip, load_images
+    from ..training import TrainConfig
+
+    out = Path(args.out)
+    if out.exists():
+        raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
+    if out.suffix != ".safetensors":
+        raise DualAdapterError(f"--out {str(out)!r} must end in .safetensors")
+    from .generate import load_bundle
+
+    bundle = load_bundle(args)
+    f0, h0, w0 = bundle.default_size
+    frames = args.frames or f0
+    photos = load_images(args.subject)
+    clips = [load_clip(c, num_frames=frames, fps=args.fps, short_policy="loop")[0] for c in args.motion]
+    encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
+    options = DualRealOptions(hidden=args.hidden, groups=args.groups, form=args.form,
+                              controller=not args.no_controller, motion_ratio=args.motion_ratio,
+                              p_image_zero=args.p_image_zero, motion_batch=args.motion_batch,
+                              identity_batch=args.identity_batch, num_frames=frames, height=args.height or h0,
+                              width=args.width or w0)
+    train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
+                        checkpoint_every=args.checkpoint_every, seed=args.seed,
+                        gradient_checkpointing=not args.no_gradient_checkpointing)
+    every = max(1, args.steps // 20)
+
+    def progress(step, total, info):
+        if step % every == 0 or step == total:
+            print(f"step {step}/{total}  loss {info.get('loss', float('nan')):.4f}  phase {info.get('phase', '')}",
+                  file=sys.stderr, flush=True)
+
+    res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt, reference_encoder=encoder,
+                         options=options, train=train, callback=progress, out=out, resume=args.resume)
+    path = save_adapters(res.adapters, out)
+    files = run_paths(out)
+    for k in ("partial", "state"):
+        if files[k].exists():
+            files[k].unlink()
+    n = len(res.losses)
+    first = sum(r["loss"] for r in res.losses[: max(1, n // 10)]) / max(1, min(n, max(1, n // 10)))
+    last = sum(r["loss"] for r in res.losses[-max(1, n // 10):]) / max(1, min(n, max(1, n // 10)))
+    print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "
+          f"{res.seconds:.1f} s, {res.optimizer_name}); loss {first:.4f} -> {last:.4f}; "
+          f"losses: {files['losses']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# generate hooks
+
+
+def add_generate_options(parser: argparse.ArgumentParser) -> None:
+    """DualReal options of ``generate``."""
+    g = parser.add_argument_group("DualReal")
+    g.add_argument("--dualreal", default=None, metavar="ADAPTERS",
+                   help="DualReal adapters (.safetensors, or the authors' adapter.pth)")
+    g.add_argument("--reference-image", default=None, metavar="PHOTO",
+                   help="subject photo whose CLIP embedding conditions the motion adapters")
+    g.add_argument("--reference-embedding", default=None, metavar="FILE",
+                   help="precomputed 1024-d reference embedding (.safetensors with one tensor)")
+    g.add_argument("--reference-encoder", dest="dualreal_reference_encoder", default=None,
+                   help="CLIP ViT-H/14 vision folder or 'tiny' (default: the one recorded in the adapters)")
+    g.add_argument("--dualreal-identity-scale", type=float, default=1.0, help="scale of the identity branch (1)")
+    g.add_argument("--dualreal-motion-scale", type=float, default=1.0, help="scale of the motion branch (1)")
+    g.add_argument("--dualreal-fixed-weights", type=float, nargs=2, default=None, metavar=("W_ID", "W_MO"),
+                   help="use fixed weights instead of the StageBlender controller")
+
+
+def _load_reference(args, adapters, bundle):
+    from ..io import load_safetensors
+    from ..reference import as_reference_embedding, encode_reference, load_reference_encoder
+
+    emb_file = getattr(args, "reference_embedding", None)
+    img = getattr(args, "reference_image", None)
+    if emb_file:
+        tensors, _ = load_safetensors(emb_file)
+        if len(tensors) != 1:
+            raise DualAdapterError(f"--reference-embedding {emb_file!r} must hold exactly one tensor, "
+                                   f"found {len(tensors)}")
+        return as_reference_embedding(next(iter(tensors.values())), f"--reference-embedding {emb_file!r}")
+    if img:
+        from ..media import load_image
+
+        spec = getattr(args, "dualreal_reference_encoder", None) or adapters.meta.get("reference_encoder")
+        if not spec or spec in ("precomputed", "OpenCLIP ViT-H/14"):
+            raise DualAdapterError("--reference-image needs an encoder: pass --reference-encoder FOLDER "
+                                   "(a CLIP ViT-H/14 vision model) or --reference-embedding FILE")
+        enc = load_reference_encoder(spec, device=bundle.device)
+        return encode_reference(enc, load_image(img))
+    return None
+
+
+def generate_patches(args, bundle) -> list:
+    """Model patches for ``generate``: ``[DualRealPatch]`` when ``--dualreal`` is given, else ``[]``."""
+    path = getattr(args, "dualreal", None)
+    if not path:
+        if getattr(args, "reference_image", None) or getattr(args, "reference_embedding", None):
+            raise DualAdapterError("--reference-image / --reference-embedding need --dualreal ADAPTERS")
+        return []
+    from ..dualreal import DualRealPatch, check_compatible, load_any
+
+    adapters = load_any(path)
+    check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
+    ref = _load_reference(args, adapters, bundle)
+    if ref is not None and adapters.meta.get("uses_reference") is False:
+        log.warning("these DualReal adapters were trained without reference embeddings (W_cond untrained); "
+                    "the reference is ignored")
+        print("note: adapters were trained without reference embeddings; the reference image is ignored",
+              file=sys.stderr)
+        ref = None
+    elif ref is None and adapters.meta.get("uses_reference"):
+        print("note: no --reference-image / --reference-embedding: the motion adapters run without W_cond",
+              file=sys.stderr)
+    return [DualRealPatch(adapters, ref, fixed_weights=args.dualreal_fixed_weights,
+                          identity_scale=args.dualreal_identity_scale, motion_scale=args.dualreal_motion_scale)]

@@ -1,0 +1,363 @@
+"""The DualReal model patch: DA-blocks + StageBlender on a weight-sharing copy of CogVideoX.
+
+:class:`DualRealPatch` (a model patch, see :mod:`dual_adapter.patches`) replaces every
+``CogVideoXBlock`` of the copy it is applied to by a :class:`DABlock`, which holds the original
+block (same weight tensors) and that block's four adapters, and re-implements
+``CogVideoXBlock.forward`` with the adapter outputs added to the attention / feed-forward outputs
+*before* the gates (METHODS.md section 1)::
+
+    attn_out += w_id * A_id_attn(n1) + w_mo * A_mo_attn(n1, c);   h += gate_msa * attn_out
+    ff_out   += w_id * A_id_ff(n2)   + w_mo * A_mo_ff(n2, c);     h += gate_ff  * ff_out
+
+(the text stream likewise with its own gates). Block 0 runs the StageBlender controller on the
+max-pooled ``[text; visual]`` tokens it receives (the patch embedding's output) and the timestep
+embedding, and shares ``alpha [B, n]`` with the other blocks through a :class:`DualRealContext`.
+
+The two adapters of a sub-layer run as one fused computation (one down-projection GEMM of width
+2h, GELU, one batched up-projection GEMM that also adds the sub-layer output and the per-sample
+bias). It is algebraically the per-adapter formula of :class:`~dual_adapter.dualreal.adapters.Adapter`
+(``down(n + lambda W_cond(c)) = down(n) + down_W (lambda W_cond(c))``), only cheaper; the tests
+check the two agree.
+
+With classifier-free guidance the sampler batches ``[negative; positive]``; the reference
+embedding ``c`` is broadcast so that both branches use the same ``c`` (METHODS.md, inference).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..backbone import config_fingerprint
+from ..errors import DualAdapterError
+from .adapters import IDENTITY_ADAPTERS, MOTION_ADAPTERS, DualRealAdapters, DualRealConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DualRealContext", "DABlock", "DualRealPatch", "check_compatible", "find_context"]
+
+
+def check_compatible(config: DualRealConfig, transformer, fingerprint: str | None = None) -> None:
+    """Check that adapters built for ``config`` fit ``transformer``.
+
+    Raises:
+        DualAdapterError: another width, block count or timestep-embedding width (the message names
+            both the adapters' and the model's values).
+    """
+    c = transformer.config
+    width = int(c.num_attention_heads) * int(c.attention_head_dim)
+    blocks = int(c.num_layers)
+    tdim = int(c.time_embed_dim)
+    problems = []
+    if config.dim != width:
+        problems.append(f"width {config.dim} (model: {width})")
+    if config.num_blocks != blocks:
+        problems.append(f"{config.num_blocks} blocks (model: {blocks})")
+    if config.time_embed_dim != tdim:
+        problems.append(f"timestep-embedding width {config.time_embed_dim} (model: {tdim})")
+    if problems:
+        raise DualAdapterError("DualReal adapters do not fit this model: they were made for "
+                               + ", ".join(problems) + "; use adapters trained on the same CogVideoX model")
+    if fingerprint and fingerprint != config_fingerprint(transformer):
+        log.warning("DualReal adapters were trained on a model with another config fingerprint (%s, model: %s); "
+                    "width and block count match, applying anyway", fingerprint, config_fingerprint(transformer))
+
+
+class DualRealContext:
+    """State shared by the DA-blocks of one patched model during a forward pass.
+
+    Attributes:
+        config: the adapters' :class:`DualRealConfig`.
+        reference: reference-image embedding ``[Bc, 1, 1024]`` or ``None`` (no ``W_cond`` term).
+            Trainers set it per step; with a model batch ``B`` that is a multiple of ``Bc`` it is
+            tiled (``[c; c]`` for the CFG batch ``[negative; positive]``).
+        fixed_weights: ``(w_id, w_mo)`` used instead of the controller, or ``None``.
+        identity_scale, motion_scale: multiply ``w_id`` / ``w_mo`` (inference overrides).
+        recorder: list; when not None, every controller call appends ``alpha`` ``[B, n]`` (CPU float32).
+        alpha: the last controller output ``[B, n]`` (``None`` without controller / fixed weights).
+    """
+
+    def __init__(self, config: DualRealConfig, reference: torch.Tensor | None = None,
+                 fixed_weights: tuple[float, float] | None = None, identity_scale: float = 1.0,
+                 motion_scale: float = 1.0, recorder: list | None = None):
+        self.config = config
+        self.reference = reference
+        self.fixed_weights = fixed_weights
+        self.identity_scale = float(identity_scale)
+        self.motion_scale = float(motion_scale)
+        self.recorder = recorder
+        self.alpha: torch.Tensor | None = None
+
+    def run_controller(self, controller: nn.Module | None, hidden_states, encoder_hidden_states, temb) -> None:
+        """Compute ``alpha`` from the block-0 input tokens (max-pooled) and ``temb``."""
+        if controller is None or self.fixed_weights is not None:
+            self.alpha = None
+            return
+        pool = torch.maximum(encoder_hidden_states.amax(1), hidden_states.amax(1))  # [B, D]
+        w = controller.pool_proj.weight
+        if not torch.is_autocast_enabled(pool.device.type):
+            pool, temb = pool.to(w.dtype), temb.to(w.dtype)
+        self.alpha = controller(pool, temb).float()
+        if self.recorder is not None:
+            self.recorder.append(self.alpha.detach().to("cpu", torch.float32))
+
+    def weights(self, group: int, batch: int, device) -> tuple[Any, Any]:
+        """``(w_id, w_mo)`` of a block in ``group``: python floats or ``[B, 1, 1]`` float32 tensors."""
+        S = self.config.scale
+        if self.fixed_weights is not None:
+            w_id, w_mo = self.fixed_weights
+        elif self.alpha is None:  # no controller: the fixed-weights ablation
+            w_id = w_mo = S / 2
+        else:
+            a = self.alpha[:, group].reshape(-1, 1, 1)
+            if a.shape[0] != batch:
+                a = a.expand(batch, 1, 1) if a.shape[0] == 1 else a
+            return a * self.identity_scale, (S - a) * self.motion_scale
+        return float(w_id) * self.identity_scale, float(w_mo) * self.motion_scale
+
+    def cond_for(self, batch: int, device, dtype) -> torch.Tensor | None:
+        """The reference embedding broadcast to the model batch: ``[batch, 1, 1024]`` or None."""
+        c = self.reference
+        if c is None:
+            return None
+        c = c.to(device=device, dtype=dtype)
+        if c.shape[0] == batch:
+            return c
+        if batch % c.shape[0] == 0:
+            return c.repeat(batch // c.shape[0], 1, 1)
+        raise DualAdapterError(f"reference embedding has batch {c.shape[0]}; the model batch is {batch} "
+                               f"(expected 1 or a divisor of it)")
+
+
+def _is_zero(w) -> bool:
+    return isinstance(w, (int, float)) and w == 0
+
+
+class DABlock(nn.Module):
+    """A CogVideoX block with its four DualReal adapters (a DA-block).
+
+    Holds ``block`` (the original ``CogVideoXBlock``, weights shared with the loaded model),
+    ``adapters`` (a :class:`~dual_adapter.dualreal.adapters.DABlockAdapters`) and, in block 0,
+    the ``controller``. ``forward`` has ``CogVideoXBlock.forward``'s signature and outputs.
+    """
+
+    def __init__(self, block: nn.Module, adapters: nn.Module, index: int, group: int, ctx: DualRealContext,
+                 controller: nn.Module | None = None):
+        super().__init__()
+        self.block = block
+        self.adapters = adapters
+        self.controller = controller
+        self.index = int(index)
+        self.group = int(group)
+        self.ctx = ctx
+        self.skip = ctx.config.form == "official"
+
+    # ---- the fused adapter pair ------------------------------------------------------------
+    def _fused_params(self, kind: str, w_id, w_mo, cond, batch: int, dtype, autocast: bool):
+        """Return ``(Wd [K, D], bd [B, 1, K], wvec [B, 1, K], Wu_ext [B, K + 1, D], s)`` or None.
+
+        K = h per active adapter; ``Wu_ext``'s last row is the per-sample up bias; ``s`` is the
+        official form's skip weight (``w_id + w_mo``) or None.
+        """
+        names = []
+        ws = []
+        if not _is_zero(w_id):
+            names.append(f"id_{kind}_adapter")
+            ws.append(w_id)
+        if not _is_zero(w_mo):
+            names.append(f"motion_{kind}_adapter")
+            ws.append(w_mo)
+        if not names:
+            return None
+        ads = [getattr(self.adapters, n) for n in names]
+        wdt = ads[0].down_linear.weight.dtype
+        cdt = wdt if autocast else dtype  # compute dtype of the small weight tensors
+        lam = self.ctx.config.lam
+        Wd = torch.cat([a.down_linear.weight for a in ads], 0)
+        bds, wvecs, bus = [], [], []
+        for a, w in zip(ads, ws):
+            h = a.down_linear.out_features
+            bd = a.down_linear.bias.view(1, 1, h).expand(batch, 1, h)
+            if a.condition_linear is not None and cond is not None and lam != 0:
+                e = a.condition_linear(cond.to(a.condition_linear.weight.dtype))  # [B, 1, D]
+                bd = bd + lam * F.linear(e, a.down_linear.weight)
+            bds.append(bd)
+            wt = w if torch.is_tensor(w) else torch.full((1, 1, 1), float(w), device=Wd.device)
+            wt = wt.to(device=Wd.device, dtype=torch.float32)
+            wvecs.append(wt.expand(batch, 1, h))
+            bus.append(wt.expand(batch, 1, 1) * a.up_linear.bias.view(1, 1, -1))
+        bd = torch.cat(bds, -1)
+        wvec = torch.cat(wvecs, -1)
+        bu = sum(bus)  # [B, 1, D]
+        Wu = torch.cat([a.up_linear.weight for a in ads], 1).t()  # [K, D]
+        Wu_ext = torch.cat([Wu.unsqueeze(0).expand(batch, -1, -1).to(bu.dtype), bu], 1)  # [B, K+1, D]
+        s = None
+        if self.skip:
+            s = sum(ws)
+        return Wd.to(cdt), bd.to(cdt), wvec.to(cdt), Wu_ext.to(cdt), s
+
+    @staticmethod
+    def _apply_fused(base: torch.Tensor, n: torch.Tensor, params) -> torch.Tensor:
+        """``base + sum_a w_a * A_a(n)`` for the fused adapter pair ``params``."""
+        if params is None:
+            return base
+        Wd, bd, wvec, Wu_ext, s = params
+        H = F.gelu(F.linear(n, Wd) + bd) * wvec  # [B, N, K]
+        ones = torch.ones(H.shape[0], H.shape[1], 1, dtype=H.dtype, device=H.device)
+        G = torch.cat([H, ones], -1)  # [B, N, K+1]
+        if not torch.is_autocast_enabled(G.device.type):
+            Wu_ext = Wu_ext.to(G.dtype)
+        out = torch.baddbmm(base, G, Wu_ext)
+        if s is not None:
+            if torch.is_tensor(s):
+                out = torch.addcmul(out, n, s.to(out.dtype))
+            else:
+                out = torch.add(out, n, alpha=float(s))
+        return out
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
+                image_rotary_emb=None, attention_kwargs: dict | None = None):
+        blk, ctx = self.block, self.ctx
+        text_len = encoder_hidden_states.size(1)
+        attention_kwargs = attention_kwargs or {}
+        B = hidden_states.shape[0]
+        if self.index == 0:
+            ctx.run_controller(self.controller, hidden_states, encoder_hidden_states, temb)
+        w_id, w_mo = ctx.weights(self.group, B, hidden_states.device)
+        autocast = torch.is_autocast_enabled(hidden_states.device.type)
+        a0 = self.adapters.motion_attn_adapter
+        cond = ctx.cond_for(B, hidden_states.device, a0.down_linear.weight.dtype)
+
+        # attention sub-layer
+        n_h, n_e, gate_msa, enc_gate_msa = blk.norm1(hidden_states, encoder_hidden_states, temb)
+        attn_h, attn_e = blk.attn1(hidden_states=n_h, encoder_hidden_states=n_e, image_rotary_emb=image_rotary_emb,
+                                   **attention_kwargs)
+        p = self._fused_params("attn", w_id, w_mo, cond, B, attn_h.dtype, autocast)
+        attn_h = self._apply_fused(attn_h, n_h, p)
+        attn_e = self._apply_fused(attn_e, n_e, p)
+        hidden_states = hidden_states + gate_msa * attn_h
+        encoder_hidden_states = encoder_hidden_states + enc_gate_msa * attn_e
+
+        # feed-forward sub-layer
+        n_h, n_e, gate_ff, enc_gate_ff = blk.norm2(hidden_states, encoder_hidden_states, temb)
+        n = torch.cat([n_e, n_h], dim=1)
+        ff = blk.ff(n)
+        p = self._fused_params("ff", w_id, w_mo, cond, B, ff.dtype, autocast)
+        ff = self._apply_fused(ff, n, p)
+        hidden_states = hidden_states + gate_ff * ff[:, text_len:]
+        encoder_hidden_states = encoder_hidden_states + enc_gate_ff * ff[:, :text_len]
+        return hidden_states, encoder_hidden_states
+
+
+def find_context(model: nn.Module) -> DualRealContext:
+    """The :class:`DualRealContext` of a model patched by :class:`DualRealPatch`.
+
+    Raises:
+        DualAdapterError: the model carries no DualReal patch.
+    """
+    blocks = getattr(model, "transformer_blocks", None)
+    if blocks and isinstance(blocks[0], DABlock):
+        return blocks[0].ctx
+    raise DualAdapterError("this model has no DualReal adapters applied")
+
+
+class DualRealPatch:
+    """Model patch running DualReal's DA-blocks and StageBlender (METHODS.md section 1).
+
+    Args:
+        adapters: a :class:`~dual_adapter.dualreal.adapters.DualRealAdapters` module (used as is:
+            training updates it) or a :class:`~dual_adapter.dualreal.checkpoint.DualRealAdapterSet`
+            (saved/loaded adapters; materialised on the model's device and dtype when applied).
+        reference: reference-image embedding (``[1024]``, ``[B, 1024]`` or ``[B, 1, 1024]``, or an
+            object with ``.image_embeds``, e.g. ComfyUI's CLIP_VISION_OUTPUT) used for the motion
+            adapters' ``W_cond``; ``None`` skips the ``W_cond`` term. The same ``c`` is used for
+            both CFG branches.
+        fixed_weights: ``(w_id, w_mo)`` instead of the controller (e.g. ``(0.1, 0.1)``).
+        identity_scale, motion_scale: multiply each branch's weight (1 = as trained; 0 = off).
+        recorder: a list that collects the controller output ``alpha`` of every model call
+            (used by :func:`~dual_adapter.dualreal.readout.stageblender_readout`).
+
+    Raises:
+        DualAdapterError: bad reference embedding (not 1024-d) or negative scales; on apply,
+            adapters made for another model (names both widths / block counts).
+    """
+
+    def __init__(self, adapters, reference=None, *, fixed_weights: tuple[float, float] | None = None,
+                 identity_scale: float = 1.0, motion_scale: float = 1.0, recorder: list | None = None):
+        from ..reference import as_reference_embedding
+        from .checkpoint import DualRealAdapterSet
+
+        if not isinstance(adapters, (DualRealAdapters, DualRealAdapterSet)):
+            raise DualAdapterError(f"adapters must be DualRealAdapters or DualRealAdapterSet, got "
+                                   f"{type(adapters).__name__}")
+        self.adapters = adapters
+        self.reference = as_reference_embedding(reference) if reference is not None else None
+        if fixed_weights is not None:
+            fixed_weights = tuple(float(x) for x in fixed_weights)
+            if len(fixed_weights) != 2:
+                raise DualAdapterError(f"fixed_weights must be (w_id, w_mo), got {fixed_weights}")
+        self.fixed_weights = fixed_weights
+        for k, v in (("identity_scale", identity_scale), ("motion_scale", motion_scale)):
+            if not isinstance(v, (int, float)) or v < 0:
+                raise DualAdapterError(f"{k}={v!r}: must be a number >= 0")
+        self.identity_scale = float(identity_scale)
+        self.motion_scale = float(motion_scale)
+        self.recorder = recorder
+        self._cache: dict = {}
+
+    @property
+    def config(self) -> DualRealConfig:
+        return self.adapters.config
+
+    def _module_for(self, device, dtype) -> DualRealAdapters:
+        from .checkpoint import DualRealAdapterSet
+
+        if isinstance(self.adapters, DualRealAdapterSet):
+            key = (str(device), dtype)
+            if key not in self._cache:
+                self._cache.clear()
+                self._cache[key] = self.adapters.to_module(device=device, dtype=dtype)
+            return self._cache[key]
+        mod = self.adapters
+        p = next(mod.parameters())
+        if p.device == torch.device(device) and (p.dtype == dtype or p.requires_grad):
+            return mod
+        if any(q.requires_grad for q in mod.parameters()):
+            raise DualAdapterError(f"trainable DualReal adapters are on {p.device}, the model on {device}; "
+                                   f"move them first")
+        key = (str(device), dtype)
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = copy.deepcopy(mod).to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def apply(self, transformer: nn.Module) -> DualRealContext:
+        """Wrap every block of ``transformer`` (a weight-sharing copy) in a :class:`DABlock`.
+
+        Returns the :class:`DualRealContext` (also reachable with :func:`find_context`).
+        """
+        from .checkpoint import DualRealAdapterSet
+
+        fp = self.adapters.meta.get("base_fingerprint") if isinstance(self.adapters, DualRealAdapterSet) else None
+        check_compatible(self.config, transformer, fp)
+        blocks = transformer.transformer_blocks
+        if len(blocks) and isinstance(blocks[0], DABlock):
+            raise DualAdapterError("this model already has DualReal adapters applied; apply one DualReal set only")
+        p0 = next(transformer.parameters())
+        mod = self._module_for(p0.device, p0.dtype)
+        ctx = DualRealContext(self.config, self.reference, self.fixed_weights, self.identity_scale,
+                              self.motion_scale, self.recorder)
+        for i in range(len(blocks)):
+            blocks[i] = DABlock(blocks[i], mod.transformer_blocks[i], i, mod.block_group[i], ctx,
+                                mod.controller if i == 0 else None)
+        return ctx
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"DualRealPatch(blocks={c.num_blocks}, dim={c.dim}, form={c.form}, groups={c.groups}, "
+                f"reference={'yes' if self.reference is not None else 'no'})")

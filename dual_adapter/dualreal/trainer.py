@@ -1,0 +1,463 @@
+"""DualReal's dual-aware joint training (METHODS.md section 1; paper Sec. 3.2, eqs. 4-6).
+
+Each step picks a phase: *motion* with probability ``motion_ratio``, else *identity*.
+
+* identity phase: a batch of subject photos, each a 1-frame video (1 latent frame), with the
+  identity prompt (e.g. ``"dog *"``) and no reference embedding;
+* motion phase: a batch of motion clips with the motion prompt; ``c`` = the reference-image
+  embedding of one frame of that clip (one random frame per clip, fixed for the run), replaced by
+  zeros with probability ``p_image_zero``.
+
+Both adapter sets run in every forward pass (the frozen one is the "prior" of the other
+dimension). The gradient mask (eqs. 4-6) sets the inactive phase's adapter gradients to ``None``
+after backward, so the optimiser leaves them bit-identical (AdamW skips parameters without a
+gradient: no weight decay, no momentum update). The StageBlender trains in both phases.
+
+Everything costly is done once up front: VAE latents of every photo and clip, the two T5 prompt
+embeddings and the reference embeddings; then the VAE and T5 are moved off the accelerator
+(``bundle.release``) for the run and moved back afterwards. Training runs on a weight-sharing copy
+of the transformer (the loaded model is never changed) through the shared
+:func:`dual_adapter.training.train_loop` (AdamW / 8-bit AdamW, cosine-with-restarts after warm-up,
+grad clipping, bf16 autocast on GPU, per-step seeding, checkpoints, resume, callback).
+
+Run files, written next to ``out`` (``X.safetensors``) when given:
+``X.partial.safetensors`` (adapters so far, loadable with :func:`load_adapters`),
+``X.state.safetensors`` (optimiser + schedule + step, for ``resume=True``) and
+``X.losses.jsonl`` (one JSON record per step).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..backbone import CogVideoXBundle, config_fingerprint, encode_prompt, transformer_width
+from ..errors import DualAdapterError
+from ..patches import patched_copy
+from ..training import (TrainConfig, diffusion_loss, load_train_state, make_noise_scheduler, save_train_state,
+                        train_loop, write_loss_log)
+from .adapters import FORMS, DualRealAdapters, DualRealConfig
+from .checkpoint import DualRealAdapterSet, load_adapters, save_adapters
+from .patch import DualRealPatch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "prepare_dualreal_data",
+           "train_dualreal_on_data", "train_dualreal"]
+
+
+@dataclass
+class DualRealOptions:
+    """DualReal-specific training options (the loop's own settings are in :class:`TrainConfig`).
+
+    Attributes:
+        hidden: adapter bottleneck width (64). groups: StageBlender weight groups (7).
+        form: ``"official"`` or ``"zero_init"`` (see :mod:`~dual_adapter.dualreal.adapters`).
+        controller: train the StageBlender (False = fixed w_id = w_mo = 0.1, the ablation).
+        motion_ratio: probability that a step is a motion step (0.5), in [0, 1].
+        p_image_zero: probability of replacing a clip's reference embedding by zeros (0).
+        motion_batch: clips per motion step (3, the authors'). identity_batch: photos per identity step (1).
+            Drawn with replacement from the given clips / photos.
+        num_frames, height, width: training size; default the model's (49 x 480 x 720; tiny: 9 x 64 x 96).
+        lam: weight of ``W_cond(c)`` in the motion adapters' input (1).
+    """
+
+    hidden: int = 64
+    groups: int = 7
+    form: str = "official"
+    controller: bool = True
+    motion_ratio: float = 0.5
+    p_image_zero: float = 0.0
+    motion_batch: int = 3
+    identity_batch: int = 1
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    lam: float = 1.0
+
+    def validate(self) -> None:
+        """Raise :class:`DualAdapterError` naming the first invalid option."""
+        if self.form not in FORMS:
+            raise DualAdapterError(f"form={self.form!r}: expected one of {FORMS}")
+        for k in ("motion_ratio", "p_image_zero"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise DualAdapterError(f"{k}={v!r}: must be a number in [0, 1]")
+        for k in ("hidden", "groups", "motion_batch", "identity_batch"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DualAdapterError(f"{k}={v!r}: must be an integer >= 1")
+
+
+@dataclass
+class DualRealData:
+    """Precomputed training inputs (see :func:`prepare_dualreal_data`).
+
+    Attributes:
+        photo_latents: ``[P, 1, C, h, w]`` (one latent frame per subject photo).
+        clip_latents: ``[M, T, C, h, w]`` (T = 13 for 49 frames).
+        identity_embeds, motion_embeds: ``[1, L, D_text]`` prompt embeddings.
+        clip_references: ``[M, 1024]`` reference embeddings (one frame per clip) or ``None``.
+        identity_prompt, motion_prompt, reference_encoder: recorded in the adapters' metadata.
+    """
+
+    photo_latents: torch.Tensor
+    clip_latents: torch.Tensor
+    identity_embeds: torch.Tensor
+    motion_embeds: torch.Tensor
+    clip_references: torch.Tensor | None = None
+    identity_prompt: str = ""
+    motion_prompt: str = ""
+    reference_encoder: str | None = None
+
+
+@dataclass
+class DualRealResult:
+    """What the trainers return.
+
+    Attributes:
+        adapters: the trained :class:`DualRealAdapterSet` (CPU tensors + metadata).
+        losses: per-step records ``{"step", "loss", "lr", "phase", "w_id"}`` (w_id: mean identity weight).
+        completed, steps_done, seconds, optimizer_name: as :class:`dual_adapter.training.TrainResult`.
+        files: run files written (``partial``, ``state``, ``losses``) when ``out`` was given.
+    """
+
+    adapters: DualRealAdapterSet
+    losses: list = field(default_factory=list)
+    completed: bool = True
+    steps_done: int = 0
+    seconds: float = 0.0
+    optimizer_name: str = ""
+    files: dict = field(default_factory=dict)
+
+
+def run_paths(out: str | Path) -> dict[str, Path]:
+    """Run files for final output ``X.safetensors``: ``partial`` (X.partial.safetensors), ``state``
+    (X.state.safetensors), ``losses`` (X.losses.jsonl)."""
+    out = Path(out)
+    stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
+    return {"partial": out.with_name(stem + ".partial.safetensors"),
+            "state": out.with_name(stem + ".state.safetensors"),
+            "losses": out.with_name(stem + ".losses.jsonl")}
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def _as_photo(x, i: int) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise DualAdapterError(f"subject photo {i} must be a tensor [H, W, 3], got {type(x).__name__}")
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3 or x.shape[-1] != 3 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise DualAdapterError(f"subject photo {i} must be [H, W, 3] (0..1), got {list(x.shape)}")
+    return x.detach().float()
+
+
+def _as_clip(x, i: int) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise DualAdapterError(f"motion clip {i} must be a tensor [F, H, W, 3], got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[:3]) < 1:
+        raise DualAdapterError(f"motion clip {i} must be [F, H, W, 3] (0..1), got {list(x.shape)}")
+    return x.detach().float()
+
+
+def _check_inputs(subject_images, motion_clips, identity_prompt, motion_prompt) -> None:
+    if subject_images is None or len(subject_images) == 0:
+        raise DualAdapterError("DualReal needs both subject photos and motion clips: no subject photo was given")
+    if motion_clips is None or len(motion_clips) == 0:
+        raise DualAdapterError("DualReal needs both subject photos and motion clips: no motion clip was given")
+    for name, v in (("identity prompt", identity_prompt), ("motion prompt", motion_prompt)):
+        if not isinstance(v, str) or not v.strip():
+            raise DualAdapterError(f"{name} must be a non-empty string (e.g. 'dog *' / 'a person is playing guitar')")
+
+
+@torch.no_grad()
+def prepare_dualreal_data(
+    bundle: CogVideoXBundle,
+    subject_images: Sequence[torch.Tensor],
+    identity_prompt: str,
+    motion_clips: Sequence[torch.Tensor],
+    motion_prompt: str,
+    *,
+    reference_encoder: Any = None,
+    clip_references: torch.Tensor | Sequence | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = 0,
+    callback: Callable[[int, int, dict], None] | None = None,
+) -> DualRealData:
+    """Encode everything training needs, once.
+
+    Args:
+        subject_images: photos ``[H, W, 3]`` 0..1 (any sizes: resized to cover and centre-cropped).
+        motion_clips: clips ``[F, H, W, 3]`` 0..1 (any sizes and lengths: resized, then trimmed or
+            looped to ``num_frames``).
+        reference_encoder: anything :func:`dual_adapter.reference.encode_reference` takes; encodes one
+            random frame (seeded) of each clip. ``None`` and no ``clip_references``: no W_cond term.
+        clip_references: precomputed ``[M, 1024]`` (one per clip), instead of an encoder.
+        num_frames, height, width: default the model's training size.
+        callback: ``callback(i, total, {"stage": "encode"})`` after each item (may raise to stop).
+
+    Returns:
+        :class:`DualRealData` on the model's device.
+
+    Raises:
+        DualAdapterError: no photo / no clip, empty prompts, bad tensors, invalid size, or
+            reference embeddings that are not 1024-d / not one per clip.
+    """
+    from ..backbone import check_video_size
+    from ..media import fit_frames, pad_or_trim_frames
+    from ..reference import as_reference_embedding, encode_reference
+    from ..sampling import encode_frames
+
+    _check_inputs(subject_images, motion_clips, identity_prompt, motion_prompt)
+    f0, h0, w0 = bundle.default_size
+    F, H, W = int(num_frames or f0), int(height or h0), int(width or w0)
+    check_video_size(bundle, F, H, W)
+    photos = [_as_photo(x, i) for i, x in enumerate(subject_images)]
+    clips = [_as_clip(x, i) for i, x in enumerate(motion_clips)]
+    total = len(photos) + len(clips)
+    done = 0
+    pl = []
+    for p in photos:
+        pl.append(encode_frames(bundle, fit_frames(p[None], H, W)))  # [1, 1, C, h, w]
+        done += 1
+        if callback:
+            callback(done, total, {"stage": "encode"})
+    cl, fitted = [], []
+    for i, c in enumerate(clips):
+        c = pad_or_trim_frames(c, F, "loop", name=f"motion clip {i}")
+        c = fit_frames(c, H, W)
+        fitted.append(c)
+        cl.append(encode_frames(bundle, c))  # [1, T, C, h, w]
+        done += 1
+        if callback:
+            callback(done, total, {"stage": "encode"})
+    refs = None
+    enc_name = None
+    if clip_references is not None:
+        refs = as_reference_embedding(clip_references if torch.is_tensor(clip_references)
+                                      else torch.stack([as_reference_embedding(r)[0, 0] for r in clip_references]),
+                                      "clip reference embeddings")[:, 0]
+        if refs.shape[0] != len(clips):
+            raise DualAdapterError(f"clip reference embeddings: got {refs.shape[0]}, expected one per motion clip "
+                                   f"({len(clips)})")
+        enc_name = "precomputed"
+    elif reference_encoder is not None:
+        g = torch.Generator("cpu").manual_seed(int(seed) + 12345)
+        picks = [int(torch.randint(0, c.shape[0], (1,), generator=g)) for c in fitted]
+        refs = torch.cat([encode_reference(reference_encoder, c[k: k + 1]) for c, k in zip(fitted, picks)], 0)
+        enc_name = str(getattr(reference_encoder, "name", type(reference_encoder).__name__))
+    id_e = encode_prompt(bundle, identity_prompt)
+    mo_e = encode_prompt(bundle, motion_prompt)
+    return DualRealData(torch.cat(pl, 0), torch.cat(cl, 0), id_e, mo_e,
+                        refs.to(bundle.device) if refs is not None else None, identity_prompt, motion_prompt,
+                        enc_name)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _snapshot(module: DualRealAdapters, meta: dict, steps: int, completed: bool) -> DualRealAdapterSet:
+    m = dict(meta)
+    m["steps"] = int(steps)
+    m["completed"] = bool(completed)
+    return DualRealAdapterSet.from_module(module, **m)
+
+
+def train_dualreal_on_data(
+    transformer: torch.nn.Module,
+    scheduler_config: dict,
+    data: DualRealData,
+    options: DualRealOptions | None = None,
+    train: TrainConfig | None = None,
+    *,
+    adapters: DualRealAdapterSet | None = None,
+    callback: Callable[[int, int, dict], None] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    base_model: str = "",
+) -> DualRealResult:
+    """Joint training on precomputed :class:`DualRealData` (what :func:`train_dualreal` calls; also
+    used by the benchmarks with random latents).
+
+    Args:
+        transformer: the loaded CogVideoX transformer (never modified; a weight-sharing copy trains).
+        scheduler_config: the model's noise-scheduler config.
+        adapters: start from these (else a fresh set from ``options``).
+        callback: ``callback(step, total, {"loss", "lr", "phase", "w_id"})`` after each step; may raise
+            :class:`~dual_adapter.errors.InterruptedByUser` (the checkpoint is written first).
+        out: final output path ``X.safetensors``; run files go next to it (see module docstring).
+            ``None``: no files.
+        resume: continue from ``X.partial.safetensors`` + ``X.state.safetensors`` when they exist.
+
+    Raises:
+        DualAdapterError: invalid options, adapters for another model, divergence.
+    """
+    options = options or DualRealOptions()
+    options.validate()
+    train = train or TrainConfig()
+    dev = next(transformer.parameters()).device
+    files = run_paths(out) if out is not None else {}
+    start_losses: list = []
+    resume_state = None
+    if resume and files and files["partial"].exists() and files["state"].exists():
+        adapters = load_adapters(files["partial"])
+        resume_state = files["state"]
+        if files["losses"].exists():
+            import json
+
+            start_losses = [json.loads(l) for l in files["losses"].read_text().splitlines() if l.strip()]
+        log.info("resuming DualReal training from %s", files["partial"])
+    if adapters is not None:
+        from .patch import check_compatible
+
+        check_compatible(adapters.config, transformer)
+        module = adapters.to_module(device=dev, dtype=torch.float32, trainable=True)
+        cfg = adapters.config
+    else:
+        cfg = DualRealConfig.for_transformer(transformer, hidden=options.hidden, groups=options.groups,
+                                             form=options.form, controller=options.controller, lam=options.lam)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation
+            torch.manual_seed(int(train.seed))
+            module = DualRealAdapters(cfg)
+        module = module.to(device=dev, dtype=torch.float32)
+        module.requires_grad_(True)
+    id_params, mo_params, ctrl_params = module.identity_parameters(), module.motion_parameters(), \
+        module.controller_parameters()
+
+    patch = DualRealPatch(module)
+    model = patched_copy(transformer, [patch])
+    from .patch import find_context
+
+    ctx = find_context(model)
+    if train.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
+        model.enable_gradient_checkpointing()
+    noise_sched = make_noise_scheduler(scheduler_config)
+    P = data.photo_latents.shape[0]
+    M = data.clip_latents.shape[0]
+    refs = data.clip_references
+
+    def step_fn(step: int, g: torch.Generator):
+        motion = bool(torch.rand((), generator=g) < options.motion_ratio)
+        if motion:
+            idx = torch.randint(0, M, (options.motion_batch,), generator=g)
+            x0 = data.clip_latents[idx.to(data.clip_latents.device)]
+            emb = data.motion_embeds
+            c = None
+            if refs is not None:
+                c = refs[idx.to(refs.device)].float().unsqueeze(1)  # [b, 1, 1024]
+                if options.p_image_zero > 0:
+                    keep = (torch.rand(len(idx), generator=g) >= options.p_image_zero).to(c.device, c.dtype)
+                    c = c * keep.view(-1, 1, 1)
+            ctx.reference = c
+        else:
+            idx = torch.randint(0, P, (options.identity_batch,), generator=g)
+            x0 = data.photo_latents[idx.to(data.photo_latents.device)]
+            emb = data.identity_embeds
+            ctx.reference = None
+        loss = diffusion_loss(model, noise_sched, x0, emb, generator=g)
+        info = {"phase": "motion" if motion else "identity"}
+        if ctx.alpha is not None:
+            info["w_id"] = float(ctx.alpha.detach().mean())
+        return loss, info
+
+    def mask(step: int, info: dict) -> None:  # paper eqs. 4-6: M = Z * M_m + (1 - Z) * M_i
+        for p in (id_params if info["phase"] == "motion" else mo_params):
+            p.grad = None
+
+    meta = {"base_fingerprint": config_fingerprint(transformer), "base_model": base_model,
+            "identity_prompt": data.identity_prompt, "motion_prompt": data.motion_prompt,
+            "reference_encoder": data.reference_encoder, "uses_reference": refs is not None,
+            "options": asdict(options), "train": {k: (list(v) if isinstance(v, tuple) else v)
+                                                  for k, v in asdict(train).items()}}
+    if files:
+        meta["losses_file"] = files["losses"].name
+
+    def on_checkpoint(step, optimizer, sched, losses):
+        if not files:
+            return
+        save_adapters(_snapshot(module, meta, step, step >= train.steps), files["partial"], overwrite=True)
+        save_train_state(files["state"], optimizer, sched, step)
+        write_loss_log(losses, files["losses"])
+
+    device_type = dev.type
+    res = train_loop([{"params": id_params + mo_params + ctrl_params}], step_fn, train, device_type=device_type,
+                     callback=callback, before_optimizer_step=mask,
+                     on_checkpoint=on_checkpoint if files else None, resume_state=resume_state,
+                     start_losses=start_losses)
+    ctx.reference = None
+    out_set = _snapshot(module, meta, res.steps_done, res.completed)
+    return DualRealResult(out_set, res.losses, res.completed, res.steps_done, res.seconds, res.optimizer_name,
+                          {k: str(v) for k, v in files.items()})
+
+
+def train_dualreal(
+    bundle: CogVideoXBundle,
+    subject_images: Sequence[torch.Tensor],
+    identity_prompt: str,
+    motion_clips: Sequence[torch.Tensor],
+    motion_prompt: str,
+    *,
+    reference_encoder: Any = None,
+    clip_references: torch.Tensor | None = None,
+    options: DualRealOptions | None = None,
+    train: TrainConfig | None = None,
+    adapters: DualRealAdapterSet | None = None,
+    callback: Callable[[int, int, dict], None] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    release: bool = True,
+) -> DualRealResult:
+    """Train DualReal adapters + StageBlender on subject photos and motion clips (METHODS.md section 1).
+
+    Args:
+        bundle: the loaded model (never modified).
+        subject_images: list of photos ``[H, W, 3]`` float 0..1 (at least one; any size).
+        identity_prompt: e.g. ``"dog *"``.
+        motion_clips: list of clips ``[F, H, W, 3]`` float 0..1 (at least one; any size / length).
+        motion_prompt: e.g. ``"a person is playing guitar"``.
+        reference_encoder / clip_references: see :func:`prepare_dualreal_data`; neither = no W_cond.
+        options: :class:`DualRealOptions`. train: :class:`~dual_adapter.training.TrainConfig`
+            (defaults: 1000 steps, lr 1e-3, AdamW (8-bit on CUDA with bitsandbytes), cosine with restarts,
+            200 warm-up steps, clip 1.0, bf16 autocast on GPU, gradient checkpointing).
+        adapters: continue from a set. out / resume: run files and resume (see module docstring).
+        release: move the VAE and T5 off the accelerator while training (they are moved back after).
+        callback: ``callback(step, total, info)``; encoding reports ``info["stage"] == "encode"``.
+
+    Returns:
+        :class:`DualRealResult` (``.adapters`` is the DUALREAL_ADAPTERS payload).
+
+    Raises:
+        DualAdapterError: no photo or no clip (DualReal needs both), bad inputs or options;
+        InterruptedByUser (or the callback's exception) after writing the checkpoint.
+    """
+    options = options or DualRealOptions()
+    options.validate()
+    train = train or TrainConfig()
+    data = prepare_dualreal_data(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
+                                 reference_encoder=reference_encoder, clip_references=clip_references,
+                                 num_frames=options.num_frames, height=options.height, width=options.width,
+                                 seed=train.seed)
+    moved = {}
+    if release and not bundle.cpu_offload and bundle.device != "cpu":
+        for part in ("vae", "text_encoder"):
+            m = getattr(bundle, part, None)
+            if m is not None:
+                moved[part] = next(m.parameters()).device
+        bundle.release(*moved)
+    try:
+        with bundle.use("transformer") as base:
+            return train_dualreal_on_data(base, bundle.scheduler_config, data, options, train, adapters=adapters,
+                                          callback=callback, out=out, resume=resume, base_model=bundle.name)
+    finally:
+        for part, d in moved.items():  # leave the bundle as it was, for sampling in the same process
+            getattr(bundle, part).to(d)

@@ -1,0 +1,199 @@
+"""Reference-image embeddings for DualReal's motion adapters (METHODS.md section 1).
+
+The authors use OpenCLIP ViT-H/14 (laion2B): the projected image embedding, 1024-d. Here:
+
+* :class:`ReferenceEncoder` loads a ``transformers`` ``CLIPVisionModelWithProjection`` from a local
+  folder (e.g. ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` converted to transformers; ComfyUI's
+  ``clip_vision_h`` is the same network) and maps images ``[N, H, W, 3]`` 0..1 to ``image_embeds
+  [N, 1024]``;
+* :func:`build_tiny_reference_encoder` is a random, offline encoder of the same interface for the
+  tiny test model;
+* :func:`as_reference_embedding` accepts a precomputed embedding (tensor) or any object with an
+  ``image_embeds`` attribute (ComfyUI's ``CLIP_VISION_OUTPUT``) and returns ``[B, 1, 1024]``;
+* :func:`encode_reference` runs any of these encoders (or a callable, or ComfyUI's CLIP_VISION
+  object, whose ``encode_image`` returns a CLIP_VISION_OUTPUT).
+
+Without any encoder DualReal still trains and samples: the motion adapters' ``W_cond`` term is
+skipped (METHODS.md: "With no embedding, the W_cond term is skipped").
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DualAdapterError
+
+__all__ = ["REFERENCE_DIM", "ReferenceEncoder", "build_tiny_reference_encoder", "load_reference_encoder",
+           "as_reference_embedding", "encode_reference"]
+
+REFERENCE_DIM = 1024
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def as_reference_embedding(x: Any, name: str = "reference embedding") -> torch.Tensor:
+    """Normalise a reference embedding to ``[B, 1, 1024]`` float32 on CPU.
+
+    Accepts a tensor ``[1024]``, ``[B, 1024]`` or ``[B, 1, 1024]``, or an object with an
+    ``image_embeds`` attribute (ComfyUI CLIP_VISION_OUTPUT, transformers outputs).
+
+    Raises:
+        DualAdapterError: not a tensor, wrong rank, or last dimension not 1024 (e.g. a ViT-L/14
+            encoder, whose embedding is 768-d).
+    """
+    if not torch.is_tensor(x) and hasattr(x, "image_embeds"):
+        x = x.image_embeds
+    if not torch.is_tensor(x):
+        raise DualAdapterError(f"{name} must be a tensor [B, 1024] or a CLIP vision output with .image_embeds, "
+                               f"got {type(x).__name__}")
+    x = x.detach()
+    if x.ndim == 1:
+        x = x.view(1, 1, -1)
+    elif x.ndim == 2:
+        x = x.unsqueeze(1)
+    elif x.ndim != 3 or x.shape[1] != 1:
+        raise DualAdapterError(f"{name} must have shape [1024], [B, 1024] or [B, 1, 1024], got {list(x.shape)}")
+    if x.shape[-1] != REFERENCE_DIM:
+        raise DualAdapterError(f"{name} is {x.shape[-1]}-d; DualReal needs the 1024-d projected image embedding "
+                               f"of OpenCLIP ViT-H/14 (ComfyUI: clip_vision_h)")
+    if x.shape[0] < 1:
+        raise DualAdapterError(f"{name} is empty")
+    return x.to("cpu", torch.float32).clone()  # a fresh normal tensor (also out of inference mode)
+
+
+class ReferenceEncoder:
+    """``CLIPVisionModelWithProjection`` + CLIP preprocessing; ``__call__(images) -> [N, 1024]``.
+
+    Args:
+        model: a ``transformers.CLIPVisionModelWithProjection`` whose ``projection_dim`` is 1024.
+        image_size: input size (square); default the model config's ``image_size`` (224).
+        mean, std: normalisation (CLIP's by default).
+        device: where to run (default: the model's device).
+        name: shown in messages / stored in adapter metadata.
+
+    Raises:
+        DualAdapterError: the model's projection is not 1024-d.
+    """
+
+    def __init__(self, model, image_size: int | None = None, mean=_CLIP_MEAN, std=_CLIP_STD,
+                 device: str | None = None, name: str = "clip-vision"):
+        dim = int(getattr(model.config, "projection_dim", 0) or 0)
+        if dim != REFERENCE_DIM:
+            raise DualAdapterError(f"reference encoder {name!r} gives {dim}-d embeddings; DualReal needs the 1024-d "
+                                   f"projected embedding of OpenCLIP ViT-H/14")
+        self.model = model.eval().requires_grad_(False)
+        self.image_size = int(image_size or model.config.image_size)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.device = device
+        self.name = name
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, H, W, 3]`` 0..1 -> ``[N, 3, S, S]`` normalised: shorter side resized to S (bicubic),
+        centre crop, CLIP mean/std (what ``CLIPImageProcessor`` does)."""
+        if not torch.is_tensor(images) or images.ndim not in (3, 4) or images.shape[-1] != 3:
+            raise DualAdapterError(f"reference image must be [H, W, 3] or [N, H, W, 3] (0..1), got "
+                                   f"{list(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        x = images.float().permute(0, 3, 1, 2)
+        S = self.image_size
+        h, w = x.shape[-2:]
+        s = S / min(h, w)
+        nh, nw = max(S, round(h * s)), max(S, round(w * s))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        top, left = (nh - S) // 2, (nw - S) // 2
+        x = x[..., top: top + S, left: left + S]
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, H, W, 3]`` (or ``[H, W, 3]``) 0..1 -> embeddings ``[N, 1024]`` float32 CPU."""
+        p = next(self.model.parameters())
+        dev = self.device or p.device
+        x = self.preprocess(images).to(dev, p.dtype)
+        out = self.model(pixel_values=x).image_embeds
+        return out.float().cpu()
+
+
+def build_tiny_reference_encoder(seed: int = 0) -> ReferenceEncoder:
+    """A random tiny CLIP vision encoder (32 px input, 1024-d projection) for tests and the tiny model."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=REFERENCE_DIM)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPVisionModelWithProjection(cfg)
+    return ReferenceEncoder(model, name="tiny")
+
+
+def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None = None,
+                           dtype: str | torch.dtype = "fp32") -> ReferenceEncoder:
+    """``"tiny"`` -> :func:`build_tiny_reference_encoder`; else a local transformers folder holding a
+    ``CLIPVisionModelWithProjection`` (``config.json`` + ``*.safetensors``; ``preprocessor_config.json``
+    is read for size / mean / std when present).
+
+    Raises:
+        DualAdapterError: the folder is missing or incomplete, or the projection is not 1024-d.
+    """
+    if str(name_or_path) == "tiny":
+        return build_tiny_reference_encoder()
+    from transformers import CLIPVisionModelWithProjection
+
+    from .backbone import parse_dtype
+
+    root = Path(name_or_path).expanduser()
+    if not root.is_dir() or not (root / "config.json").exists():
+        raise DualAdapterError(f"reference encoder folder {str(root)!r} does not exist or has no config.json "
+                               f"(expected a transformers CLIPVisionModelWithProjection folder, OpenCLIP ViT-H/14)")
+    if not any(root.glob("*.safetensors")):
+        raise DualAdapterError(f"reference encoder folder {str(root)!r} has no *.safetensors weights")
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(root, torch_dtype=parse_dtype(dtype),
+                                                              use_safetensors=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise DualAdapterError(f"could not load the reference encoder from {str(root)!r}: {e}") from None
+    kw: dict = {}
+    pp = root / "preprocessor_config.json"
+    if pp.exists():
+        cfg = json.loads(pp.read_text())
+        if "image_mean" in cfg:
+            kw["mean"] = tuple(cfg["image_mean"])
+        if "image_std" in cfg:
+            kw["std"] = tuple(cfg["image_std"])
+        crop = cfg.get("crop_size")
+        if isinstance(crop, dict):
+            crop = crop.get("height")
+        if crop:
+            kw["image_size"] = int(crop)
+    if device:
+        model.to(device)
+    return ReferenceEncoder(model, device=device, name=str(root), **kw)
+
+
+def encode_reference(encoder: Any, images: torch.Tensor) -> torch.Tensor:
+    """Embed images with ``encoder`` -> ``[N, 1024]`` float32 CPU.
+
+    ``encoder`` may be a :class:`ReferenceEncoder`, a callable returning a tensor or an object with
+    ``image_embeds``, or ComfyUI's CLIP_VISION (anything with ``encode_image(images)``).
+
+    Raises:
+        DualAdapterError: the encoder's embedding is not 1024-d.
+    """
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if hasattr(encoder, "encode_image") and not isinstance(encoder, ReferenceEncoder):
+        out = encoder.encode_image(images)
+    elif callable(encoder):
+        out = encoder(images)
+    else:
+        raise DualAdapterError(f"reference encoder must be callable or have encode_image(), got "
+                               f"{type(encoder).__name__}")
+    e = as_reference_embedding(out, "reference encoder output")
+    return e[:, 0]

@@ -1,0 +1,315 @@
+"""ComfyUI nodes for DualReal: Train, Save, Load, Apply, StageBlender Plot.
+
+Thin: validate and convert ComfyUI types, call :mod:`dual_adapter.dualreal`, report progress.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from dual_adapter.errors import DualAdapterError
+
+from . import bridge
+from .common import as_model, image_batch, training_mode
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "DualAdapter/DualReal"
+
+
+def _bundle(model):
+    return as_model(model).bundle
+
+
+def _split_clips(frames: torch.Tensor, frames_per_clip: int) -> list[torch.Tensor]:
+    if frames_per_clip <= 0 or frames_per_clip >= frames.shape[0]:
+        return [frames]
+    n = frames.shape[0] // frames_per_clip
+    if n * frames_per_clip != frames.shape[0]:
+        raise DualAdapterError(f"motion has {frames.shape[0]} frames, not a multiple of frames_per_clip="
+                               f"{frames_per_clip}")
+    return [frames[i * frames_per_clip: (i + 1) * frames_per_clip] for i in range(n)]
+
+
+class _ComfyClipVisionEncoder:
+    """Adapter from ComfyUI's CLIP_VISION (``encode_image(image) -> CLIP_VISION_OUTPUT``) to a callable."""
+
+    def __init__(self, clip_vision):
+        self.cv = clip_vision
+        self.name = "comfy:clip_vision"
+
+    def __call__(self, images: torch.Tensor):
+        return self.cv.encode_image(images)
+
+
+class DualRealTrain:
+    DESCRIPTION = ("Train DualReal (joint identity + motion adapters with the StageBlender controller) on "
+                   "subject photos and motion clip frames. Each step trains either the identity adapters (on a "
+                   "photo, identity prompt) or the motion adapters (on a clip, motion prompt); the controller "
+                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>.partial.safetensors "
+                   "(kept if you stop the queue). Returns the adapters and a loss curve.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = ("DUALREAL_ADAPTERS", "IMAGE")
+    RETURN_NAMES = ("adapters", "loss_curve")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("COGVIDEOX_MODEL", {"tooltip": "CogVideoX from Load CogVideoX (its base weights are trained "
+                                                         "against; they are never changed)."}),
+                "subject": ("IMAGE", {"tooltip": "Subject photos (one or more; any size, resized and centre-cropped). "
+                                                 "Each photo is a 1-frame video."}),
+                "identity_prompt": ("STRING", {"default": "dog *", "multiline": False,
+                                               "tooltip": "Prompt of the identity phase, with a rare token for the "
+                                                          "subject (e.g. 'dog *')."}),
+                "motion": ("IMAGE", {"tooltip": "Frames of one or more motion clips (e.g. from a Load Video node). "
+                                                "Several clips: concatenate them and set frames_per_clip."}),
+                "motion_prompt": ("STRING", {"default": "a person is playing guitar", "multiline": False,
+                                             "tooltip": "Prompt of the motion phase (describes the motion)."}),
+                "steps": ("INT", {"default": 1000, "min": 1, "max": 100000,
+                                  "tooltip": "Optimiser steps (the authors use 1000)."}),
+                "lr": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
+                                 "tooltip": "Peak learning rate (AdamW, cosine with restarts after warm-up)."}),
+                "motion_ratio": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                           "tooltip": "Probability that a step trains motion (else identity)."}),
+                "hidden_width": ("INT", {"default": 64, "min": 1, "max": 1024,
+                                         "tooltip": "Adapter bottleneck width (64 in the paper)."}),
+                "groups": ("INT", {"default": 7, "min": 1, "max": 64,
+                                   "tooltip": "StageBlender weight groups: blocks are split into this many "
+                                              "contiguous groups (7 in the paper; 1 = no grouping)."}),
+                "form": (["official", "zero_init"], {"default": "official",
+                                                      "tooltip": "official: adapters add their input back, as the "
+                                                                 "authors' code (needed for their checkpoints). "
+                                                                 "zero_init: an untrained adapter changes nothing."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1,
+                                 "tooltip": "Seeds every step's batch, noise and timestep."}),
+                "name": ("STRING", {"default": "dualreal",
+                                    "tooltip": "Run name: checkpoints go to output/dualreal/<name>.partial.safetensors."}),
+            },
+            "optional": {
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Reference encoder (clip_vision_h, ViT-H/14, 1024-d). "
+                                                           "Without it the motion adapters' W_cond term is not used."}),
+                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 10000,
+                                            "tooltip": "Split 'motion' into clips of this many frames (0 = one clip)."}),
+                "use_controller": ("BOOLEAN", {"default": True,
+                                               "tooltip": "Off = ablation with fixed weights w_id = w_mo = 0.1."}),
+                "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000,
+                                             "tooltip": "Write a checkpoint every N steps (0 = only at the end/stop)."}),
+                "resume": ("BOOLEAN", {"default": False,
+                                       "tooltip": "Continue the run <name> from its last checkpoint."}),
+                "warmup_steps": ("INT", {"default": 200, "min": 0, "max": 100000,
+                                         "tooltip": "Linear warm-up steps of the learning rate (200)."}),
+            },
+        }
+
+    def train(self, model, subject, identity_prompt, motion, motion_prompt, steps, lr, motion_ratio, hidden_width,
+              groups, form, seed, name, clip_vision=None, frames_per_clip=0, use_controller=True,
+              checkpoint_every=100, resume=False, warmup_steps=200):
+        from dual_adapter.dualreal import DualRealOptions, train_dualreal
+        from dual_adapter.plots import plot_loss_curve
+        from dual_adapter.training import TrainConfig
+
+        bundle = _bundle(model)
+        if getattr(model, "patches", ()):
+            log.warning("Train DualReal trains against the base model; the %d patch(es) on the input model are "
+                        "not used during training", len(model.patches))
+        name = (name or "dualreal").strip().replace("\\", "/").split("/")[-1] or "dualreal"
+        with training_mode():
+            photos = list(image_batch(subject, "subject"))
+            clips = _split_clips(image_batch(motion, "motion"), int(frames_per_clip))
+            encoder = _ComfyClipVisionEncoder(clip_vision) if clip_vision is not None else None
+            options = DualRealOptions(hidden=int(hidden_width), groups=int(groups), form=form,
+                                      controller=bool(use_controller), motion_ratio=float(motion_ratio))
+            train = TrainConfig(steps=int(steps), lr=float(lr), seed=int(seed), checkpoint_every=int(checkpoint_every),
+                                warmup_steps=int(warmup_steps))
+            bar = bridge.Progress(int(steps))
+            every = max(1, int(steps) // 50)
+
+            def cb(step, total, info):
+                if "loss" in info:
+                    if step % every == 0 or step == total:
+                        log.info("DualReal %s step %d/%d loss %.4f (%s)", name, step, total, info["loss"],
+                                 info.get("phase", ""))
+                        text = getattr(bridge, "progress_text", None)
+                        if text is not None:
+                            text(f"step {step}/{total}  loss {info['loss']:.4f}")
+                    bar(step, total, info)
+                else:
+                    bridge.throw_if_interrupted()
+
+            out = bridge.output_dir() / "dualreal" / f"{name}.safetensors"
+            res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
+                                 options=options, train=train, callback=cb, out=out, resume=bool(resume))
+            curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
+                                    smooth=max(1, min(25, len(res.losses) // 10)))
+        return (res.adapters, curve)
+
+
+class DualRealSave:
+    DESCRIPTION = ("Save DualReal adapters + controller as a .safetensors file (with metadata: form, widths, groups, "
+                   "base-model fingerprint, steps, prompts) in the output folder, never overwriting.")
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
+            "filename_prefix": ("STRING", {"default": "dualreal/dualreal",
+                                           "tooltip": "Output sub-folder and name; a counter is appended."}),
+        }}
+
+    def save(self, adapters, filename_prefix):
+        from dual_adapter.dualreal import DualRealAdapterSet, save_adapters
+        from dual_adapter.io import next_free_path
+
+        if not isinstance(adapters, DualRealAdapterSet):
+            raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
+        prefix = (filename_prefix or "dualreal/dualreal").replace("\\", "/").lstrip("/")
+        if ".." in prefix.split("/"):
+            raise DualAdapterError(f"filename_prefix {filename_prefix!r} must stay inside the output folder")
+        path = save_adapters(adapters, next_free_path(bridge.output_dir(), prefix, "safetensors"))
+        return {"ui": {"text": [str(path)]}}
+
+
+class DualRealLoad:
+    DESCRIPTION = ("Load DualReal adapters from models/dualreal: our .safetensors files, or the authors' adapter.pth "
+                   "(imported into the 'official' form).")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("DUALREAL_ADAPTERS",)
+    RETURN_NAMES = ("adapters",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapters_name": (bridge.list_files("dualreal"),
+                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth)."}),
+        }}
+
+    def load(self, adapters_name):
+        from dual_adapter.dualreal import load_any
+
+        return (load_any(bridge.resolve("dualreal", adapters_name)),)
+
+
+class DualRealApply:
+    DESCRIPTION = ("Apply DualReal adapters to a CogVideoX model for sampling: DA-blocks in every transformer block "
+                   "and the StageBlender controller. The reference photo (encoded with CLIP vision ViT-H) or a "
+                   "CLIP_VISION_OUTPUT conditions the motion adapters; without one their W_cond term is skipped. "
+                   "Returns a patched copy; the input model is unchanged.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("COGVIDEOX_MODEL",)
+    RETURN_NAMES = ("model",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("COGVIDEOX_MODEL", {"tooltip": "CogVideoX to patch (not modified)."}),
+                "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
+            },
+            "optional": {
+                "reference_image": ("IMAGE", {"tooltip": "Subject photo for the reference embedding (needs "
+                                                         "clip_vision). The first image is used."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP vision ViT-H/14 (clip_vision_h) to encode "
+                                                           "reference_image."}),
+                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "A precomputed reference embedding "
+                                                                         "(CLIP Vision Encode); used instead of "
+                                                                         "reference_image."}),
+                "identity_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                                             "tooltip": "Multiplies the identity branch weight (1 = as trained)."}),
+                "motion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                                           "tooltip": "Multiplies the motion branch weight (1 = as trained)."}),
+                "use_controller": ("BOOLEAN", {"default": True,
+                                               "tooltip": "Off = fixed weights w_id = w_mo = 0.1 (ablation)."}),
+            },
+        }
+
+    def apply(self, model, adapters, reference_image=None, clip_vision=None, clip_vision_output=None,
+              identity_scale=1.0, motion_scale=1.0, use_controller=True):
+        from dual_adapter.dualreal import DualRealAdapterSet, DualRealPatch, check_compatible
+        from dual_adapter.reference import as_reference_embedding, encode_reference
+
+        bundle = _bundle(model)
+        if not isinstance(adapters, DualRealAdapterSet):
+            raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
+        check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
+        ref = None
+        if clip_vision_output is not None:
+            ref = as_reference_embedding(clip_vision_output, "clip_vision_output")[:1]
+        elif reference_image is not None:
+            if clip_vision is None:
+                raise DualAdapterError("reference_image needs clip_vision (a CLIP vision ViT-H/14 model) to be "
+                                       "encoded; or connect a CLIP_VISION_OUTPUT instead")
+            img = image_batch(reference_image, "reference_image")[:1]
+            ref = encode_reference(_ComfyClipVisionEncoder(clip_vision), img)
+        patch = DualRealPatch(adapters, ref, fixed_weights=None if use_controller else (0.1, 0.1),
+                              identity_scale=float(identity_scale), motion_scale=float(motion_scale))
+        return (model.with_patch(patch),)
+
+
+class DualRealStageBlenderPlot:
+    DESCRIPTION = ("Read out the StageBlender: each weight group's identity weight at each denoising step for a "
+                   "prompt and seed (runs the sampler once), plotted like the paper's Fig. 7. Also returns the "
+                   "numbers as JSON.")
+    CATEGORY = CATEGORY
+    FUNCTION = "plot"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("plot", "weights_json")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("COGVIDEOX_MODEL", {"tooltip": "CogVideoX (the adapters are applied for this readout)."}),
+                "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Trained adapters with a StageBlender controller."}),
+                "prompt": ("STRING", {"default": "dog * is playing guitar", "multiline": True,
+                                      "tooltip": "Prompt to sample with."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Noise seed."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "Denoising steps."}),
+                "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Guidance scale; with CFG the prompted branch is reported."}),
+            },
+            "optional": {
+                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "Reference embedding for the motion "
+                                                                         "adapters (optional)."}),
+            },
+        }
+
+    def plot(self, model, adapters, prompt, seed, steps, cfg, clip_vision_output=None):
+        from dual_adapter.dualreal import plot_stageblender, stageblender_readout
+        from dual_adapter.reference import as_reference_embedding
+
+        bundle = _bundle(model)
+        ref = as_reference_embedding(clip_vision_output)[:1] if clip_vision_output is not None else None
+        bar = bridge.Progress(int(steps))
+        with torch.inference_mode(False), torch.no_grad():
+            r = stageblender_readout(bundle, adapters, prompt, reference=ref, seed=int(seed), steps=int(steps),
+                                     cfg=float(cfg), callback=bar)
+            img = plot_stageblender(r, title=f"StageBlender identity weights (seed {int(seed)})")
+        return (img, json.dumps(r))
+
+
+NODE_CLASS_MAPPINGS = {
+    "DualRealTrain": DualRealTrain,
+    "DualRealSave": DualRealSave,
+    "DualRealLoad": DualRealLoad,
+    "DualRealApply": DualRealApply,
+    "DualRealStageBlenderPlot": DualRealStageBlenderPlot,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DualRealTrain": "Train DualReal",
+    "DualRealSave": "Save DualReal",
+    "DualRealLoad": "Load DualReal",
+    "DualRealApply": "Apply DualReal",
+    "DualRealStageBlenderPlot": "StageBlender Plot",
+}
