@@ -38,12 +38,15 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .errors import DualAdapterError
+
+if TYPE_CHECKING:
+    from .training import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +306,9 @@ def inject_lora(
     cfg = LoraConfig(r=int(spec.rank), lora_alpha=float(spec.alpha), lora_dropout=float(spec.dropout),
                      target_modules=names, rank_pattern=esc(rank_pattern), alpha_pattern=esc(alpha_pattern),
                      init_lora_weights=True)
-    had_cfg = hasattr(transformer, "peft_config")
     with _keep_requires_grad(transformer), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # peft warns about re-using a model that already holds an adapter
         inject_adapter_in_model(cfg, transformer, adapter_name=adapter_name)
-    if not had_cfg and hasattr(transformer, "peft_config") and isinstance(transformer.peft_config, dict):
-        pass  # peft records its config on the (copied) model; harmless, kept for introspection
     _set_active(transformer)
     layers = lora_modules(transformer, adapter_name)
     missing = [n for n in names if n not in layers]
@@ -368,18 +368,15 @@ def _module_of(key: str) -> str:
 def _block_relative(names: Iterable[str]) -> tuple[list[str], list[int] | None]:
     targets: list[str] = []
     blocks: set[int] = set()
-    other = False
     for n in names:
         m = re.match(r"^transformer_blocks\.(\d+)\.(.+)$", n)
         if m:
             blocks.add(int(m.group(1)))
             if m.group(2) not in targets:
                 targets.append(m.group(2))
-        else:
-            other = True
-            if n not in targets:
-                targets.append(n)
-    return targets, (sorted(blocks) if blocks and not other else (sorted(blocks) or None))
+        elif n not in targets:
+            targets.append(n)
+    return targets, (sorted(blocks) or None)
 
 
 def base_config(transformer) -> dict:
@@ -973,7 +970,7 @@ def train_lora(
     spatial_spec: LoraSpec | None = None,
     fixed_batch: bool = False,
     base_model: str | None = None,
-) -> tuple[LoraFile, "TrainResult"]:  # noqa: F821
+) -> tuple[LoraFile, "TrainResult"]:
     """Train a (motion) LoRA on clips and/or photos (METHODS.md section 2; TAP with the default spec).
 
     Latents and the prompt embedding are computed once (VAE posterior mode, T5), then the LoRA
@@ -1114,7 +1111,7 @@ def train_lora_on_latents(
     fixed_batch: bool = False,
     base_model: str | None = None,
     metadata: Mapping | None = None,
-):
+) -> tuple[LoraFile, "TrainResult"]:
     """The training core of :func:`train_lora`, on precomputed latents (also used by the benchmarks).
 
     Args:
