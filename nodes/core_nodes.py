@@ -42,6 +42,12 @@ class CogVideoXLoader:
         }}
 
     def load(self, model, dtype="auto", device="auto", vae_tiling=True, vae_slicing=True, cpu_offload=False):
+        # ComfyUI runs nodes under inference_mode; weights made there are "inference tensors" that
+        # autograd cannot save for backward, so training nodes could not use them. Build them outside.
+        with torch.inference_mode(False):
+            return self._load(model, dtype, device, vae_tiling, vae_slicing, cpu_offload)
+
+    def _load(self, model, dtype, device, vae_tiling, vae_slicing, cpu_offload):
         dt = None if dtype == "auto" else dtype
         if model in backbone.TINY_VARIANTS:
             dev = "cpu" if device == "auto" else device

@@ -204,7 +204,31 @@ def g_evaluate(classes) -> Graph:
     return g
 
 
-BUILDERS = [g_generate, g_evaluate]
+def g_tap_motion_lora(classes) -> Graph:
+    g = Graph("tap_motion_lora", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=8.0,
+                  height=64, width=96)
+    t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
+               preset="tap", rank=8, alpha=8.0, steps=30, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
+    g.node("DualAdapterSaveLoRA", lora=t[0], filename_prefix="tap/guitar", folder="output", precision="bf16")
+    g.node("PreviewImage", images=t[1])
+    a = g.node("DualAdapterApplyLoRA", model=m[0], lora=t[0], strength=1.0)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog is playing guitar in the park", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/tap_motion_lora", fps=8.0)
+    g.note("TAP motion LoRA", REAL_WEIGHTS_NOTE + (
+        "- in *Train Motion LoRA (TAP)*: 49-frame clip at 480 x 720 (Load Clip Frames: frames 49), rank 32, "
+        "alpha 32, dropout 0.1, learning rate 5e-4, 1000 steps, gradient checkpointing on (the authors' setting);\n"
+        "- the trained LoRA is saved (Save LoRA) and applied at once (Apply LoRA); a saved LoRA goes back in with "
+        "*Load LoRA (CogVideoX)* from `models/loras`, and files from other CogVideoX LoRA trainers load the same way;\n"
+        "- preset tap trains only attention query/key: the video keeps the base model's appearance and takes the "
+        "clip's motion; use a prompt with a new subject at sampling time."))
+    return g
+
+
+BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora]
 
 
 def build_all(classes=None) -> list[Graph]:
