@@ -100,6 +100,8 @@ def _train(args) -> int:
     every = max(1, args.steps // 20)
 
     def progress(step, total, info):
+        if "loss" not in info:  # encoding photos and clips
+            return
         if step % every == 0 or step == total:
             print(f"step {step}/{total}  loss {info.get('loss', float('nan')):.4f}  phase {info.get('phase', '')}",
                   file=sys.stderr, flush=True)

@@ -91,6 +91,7 @@ class DualRealContext:
         self.motion_scale = float(motion_scale)
         self.recorder = recorder
         self.alpha: torch.Tensor | None = None
+        self._cond_cache = None
 
     def run_controller(self, controller: nn.Module | None, hidden_states, encoder_hidden_states, temb) -> None:
         """Compute ``alpha`` from the block-0 input tokens (max-pooled) and ``temb``."""
@@ -116,7 +117,9 @@ class DualRealContext:
             a = self.alpha[:, group].reshape(-1, 1, 1)
             if a.shape[0] != batch:
                 a = a.expand(batch, 1, 1) if a.shape[0] == 1 else a
-            return a * self.identity_scale, (S - a) * self.motion_scale
+            w_id = a if self.identity_scale == 1 else a * self.identity_scale
+            w_mo = S - a if self.motion_scale == 1 else (S - a) * self.motion_scale
+            return w_id, w_mo
         return float(w_id) * self.identity_scale, float(w_mo) * self.motion_scale
 
     def cond_for(self, batch: int, device, dtype) -> torch.Tensor | None:
@@ -124,13 +127,17 @@ class DualRealContext:
         c = self.reference
         if c is None:
             return None
-        c = c.to(device=device, dtype=dtype)
-        if c.shape[0] == batch:
-            return c
-        if batch % c.shape[0] == 0:
-            return c.repeat(batch // c.shape[0], 1, 1)
-        raise DualAdapterError(f"reference embedding has batch {c.shape[0]}; the model batch is {batch} "
-                               f"(expected 1 or a divisor of it)")
+        hit = self._cond_cache
+        if hit is not None and hit[0] is c and hit[1] == (batch, str(device), dtype):
+            return hit[2]
+        out = c.to(device=device, dtype=dtype)
+        if out.shape[0] != batch:
+            if batch % out.shape[0]:
+                raise DualAdapterError(f"reference embedding has batch {c.shape[0]}; the model batch is {batch} "
+                                       f"(expected 1 or a divisor of it)")
+            out = out.repeat(batch // out.shape[0], 1, 1)
+        self._cond_cache = (c, (batch, str(device), dtype), out)
+        return out
 
 
 def _is_zero(w) -> bool:
@@ -155,16 +162,48 @@ class DABlock(nn.Module):
         self.group = int(group)
         self.ctx = ctx
         self.skip = ctx.config.form == "official"
+        self._cache: dict = {}
 
     # ---- the fused adapter pair ------------------------------------------------------------
-    def _fused_params(self, kind: str, w_id, w_mo, cond, batch: int, dtype, autocast: bool):
-        """Return ``(Wd [K, D], bd [B, 1, K], wvec [B, 1, K], Wu_ext [B, K + 1, D], s)`` or None.
+    def _static_params(self, kind: str, names: tuple, cond, cdt):
+        """Weight-only parts of the fused adapter pair: ``Wd [K, D]``, ``bd [Bc, 1, K]`` (down bias plus
+        ``lambda * down_W W_cond(c)`` for motion adapters), ``Wu [K, D]``, up biases ``[(D,)]``.
 
-        K = h per active adapter; ``Wu_ext``'s last row is the per-sample up bias; ``s`` is the
-        official form's skip weight (``w_id + w_mo``) or None.
+        Cached while no adapter parameter requires grad (sampling), since they do not change then.
         """
-        names = []
-        ws = []
+        ads = [getattr(self.adapters, n) for n in names]
+        frozen = not any(p.requires_grad for a in ads for p in a.parameters())
+        key = (kind, names, cdt, id(cond) if cond is not None else None)
+        if frozen:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] is cond:
+                return hit[1]
+        lam = self.ctx.config.lam
+        Wd = torch.cat([a.down_linear.weight for a in ads], 0)
+        bds = []
+        for a in ads:
+            bd = a.down_linear.bias.view(1, 1, -1)
+            if a.condition_linear is not None and cond is not None and lam != 0:
+                e = a.condition_linear(cond.to(a.condition_linear.weight.dtype))  # [Bc, 1, D]
+                bd = bd + lam * F.linear(e, a.down_linear.weight)
+            bds.append(bd)
+        B0 = max(b.shape[0] for b in bds)
+        bd = torch.cat([b.expand(B0, 1, -1) for b in bds], -1)
+        Wu = torch.cat([a.up_linear.weight for a in ads], 1).t()  # [K, D]
+        out = (Wd.to(cdt), bd.to(cdt), Wu.to(cdt), [a.up_linear.bias for a in ads],
+               [a.down_linear.out_features for a in ads])
+        if frozen:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
+            self._cache[key] = (cond, out)
+        return out
+
+    def _fused_params(self, kind: str, w_id, w_mo, cond, batch: int, dtype, autocast: bool):
+        """Return ``(Wd [K, D], bd [B|1, 1, K], wvec [B, 1, K], Wu_ext [B, K + 1, D], s)`` or None.
+
+        K = h per active adapter; ``Wu_ext``'s last row is the per-sample up bias
+        ``sum_a w_a * up_bias_a``; ``s`` is the official form's skip weight (``w_id + w_mo``) or None.
+        """
+        names, ws = [], []
         if not _is_zero(w_id):
             names.append(f"id_{kind}_adapter")
             ws.append(w_id)
@@ -173,32 +212,25 @@ class DABlock(nn.Module):
             ws.append(w_mo)
         if not names:
             return None
-        ads = [getattr(self.adapters, n) for n in names]
-        wdt = ads[0].down_linear.weight.dtype
+        wdt = self.adapters.id_attn_adapter.down_linear.weight.dtype
         cdt = wdt if autocast else dtype  # compute dtype of the small weight tensors
-        lam = self.ctx.config.lam
-        Wd = torch.cat([a.down_linear.weight for a in ads], 0)
-        bds, wvecs, bus = [], [], []
-        for a, w in zip(ads, ws):
-            h = a.down_linear.out_features
-            bd = a.down_linear.bias.view(1, 1, h).expand(batch, 1, h)
-            if a.condition_linear is not None and cond is not None and lam != 0:
-                e = a.condition_linear(cond.to(a.condition_linear.weight.dtype))  # [B, 1, D]
-                bd = bd + lam * F.linear(e, a.down_linear.weight)
-            bds.append(bd)
-            wt = w if torch.is_tensor(w) else torch.full((1, 1, 1), float(w), device=Wd.device)
-            wt = wt.to(device=Wd.device, dtype=torch.float32)
+        Wd, bd, Wu, ups, hs = self._static_params(kind, tuple(names), cond, cdt)
+        wvecs, bu = [], None
+        for w, up, h in zip(ws, ups, hs):
+            wt = w.to(torch.float32) if torch.is_tensor(w) else torch.tensor(float(w), device=Wd.device).view(1, 1, 1)
             wvecs.append(wt.expand(batch, 1, h))
-            bus.append(wt.expand(batch, 1, 1) * a.up_linear.bias.view(1, 1, -1))
-        bd = torch.cat(bds, -1)
-        wvec = torch.cat(wvecs, -1)
-        bu = sum(bus)  # [B, 1, D]
-        Wu = torch.cat([a.up_linear.weight for a in ads], 1).t()  # [K, D]
-        Wu_ext = torch.cat([Wu.unsqueeze(0).expand(batch, -1, -1).to(bu.dtype), bu], 1)  # [B, K+1, D]
+            t = wt.expand(batch, 1, 1) * up.view(1, 1, -1)
+            bu = t if bu is None else bu + t  # [B, 1, D]
+        wvec = torch.cat(wvecs, -1).to(cdt) if len(wvecs) > 1 else wvecs[0].to(cdt)
+        Wu_ext = torch.cat([Wu.unsqueeze(0).expand(batch, -1, -1), bu.to(cdt)], 1)  # [B, K+1, D]
         s = None
         if self.skip:
-            s = sum(ws)
-        return Wd.to(cdt), bd.to(cdt), wvec.to(cdt), Wu_ext.to(cdt), s
+            ctx = self.ctx
+            if len(ws) == 2 and all(torch.is_tensor(w) for w in ws) and ctx.identity_scale == ctx.motion_scale:
+                s = ctx.config.scale * ctx.identity_scale  # alpha + (scale - alpha), without a tensor op
+            else:
+                s = sum(ws)
+        return Wd, bd, wvec, Wu_ext, s
 
     @staticmethod
     def _apply_fused(base: torch.Tensor, n: torch.Tensor, params) -> torch.Tensor:

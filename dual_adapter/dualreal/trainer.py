@@ -446,7 +446,7 @@ def train_dualreal(
     data = prepare_dualreal_data(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                  reference_encoder=reference_encoder, clip_references=clip_references,
                                  num_frames=options.num_frames, height=options.height, width=options.width,
-                                 seed=train.seed)
+                                 seed=train.seed, callback=callback)
     moved = {}
     if release and not bundle.cpu_offload and bundle.device != "cpu":
         for part in ("vae", "text_encoder"):
