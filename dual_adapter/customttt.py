@@ -1130,8 +1130,8 @@ def ttt_merge(
     dev = next(bundle.transformer.parameters()).device
     ev: dict = {}
     offloaded = []
-    if getattr(bundle, "device", "cpu") != "cpu" and not getattr(bundle, "cpu_offload", False) and config.steps > 0 \
-            and not config.regenerate_references:
+    if getattr(bundle, "device", "cpu") != "cpu" and not getattr(bundle, "cpu_offload", False) and config.steps > 0:
+        # prompts are encoded and the teachers never decode: free T5 and the VAE for the student
         for part in ("text_encoder", "vae"):
             m = getattr(bundle, part, None)
             if m is not None and next(m.parameters()).device.type != "cpu":

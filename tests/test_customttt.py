@@ -234,6 +234,25 @@ def test_ttt_lowers_combined_loss_changes_only_lora_and_file_reproduces_student(
     assert load_lora(ckpt).metadata["ttt"]["completed"] is True
 
 
+def test_interrupted_ttt_keeps_its_checkpoint(tiny, tmp_path):
+    from dual_adapter.errors import InterruptedByUser
+
+    a = rand_lora(tiny, [0], ["attn1.to_v"], 1)
+    m = rand_lora(tiny, [1], ["attn1.to_v"], 2)
+
+    def stop(k, n, info):
+        if info.get("phase") == "ttt" and k == 2 + 3:
+            raise InterruptedByUser("stop")
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    with pytest.raises(InterruptedByUser):
+        C.ttt_merge(tiny, a, m, appearance_prompt="dog *", motion_prompt="turning", prompt="dog * turning",
+                    config=C.TTTConfig(steps=10, teacher_steps=1, teacher_schedule=2, lr=1e-3), callback=stop,
+                    checkpoint_path=ckpt)
+    md = load_lora(ckpt).metadata["ttt"]
+    assert md["steps_done"] == 3 and md["completed"] is False
+
+
 def test_teacher_reference(tiny):
     e = encode_prompt(tiny, "dog *")
     neg = encode_prompt(tiny, "")
