@@ -157,7 +157,7 @@ def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None =
     try:
         model = CLIPVisionModelWithProjection.from_pretrained(root, torch_dtype=parse_dtype(dtype),
                                                               use_safetensors=True)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise DualAdapterError(f"could not load the reference encoder from {str(root)!r}: {e}") from None
     kw: dict = {}
     pp = root / "preprocessor_config.json"
