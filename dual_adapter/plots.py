@@ -46,10 +46,10 @@ def plot_loss_curve(losses: Sequence[dict], title: str = "training loss", key: s
         if not pts:
             continue
         x, y = zip(*pts)
-        ax.plot(x, y, lw=0.8, alpha=0.6 if smooth > 1 else 1.0, label=g if group_by else None)
+        (raw,) = ax.plot(x, y, lw=0.7, alpha=0.35 if smooth > 1 else 1.0, label=g if group_by else None)
         if smooth > 1 and len(y) >= smooth:
             k = np.ones(smooth) / smooth
-            ax.plot(x[smooth - 1:], np.convolve(y, k, mode="valid"), lw=1.6)
+            ax.plot(x[smooth - 1:], np.convolve(y, k, mode="valid"), lw=1.8, color=raw.get_color())
     ax.set_xlabel("step")
     ax.set_ylabel(key)
     ax.set_yscale("log" if all(v > 0 for p in groups.values() for _, v in p) else "linear")

@@ -57,11 +57,14 @@ class _TextProgress:
     def __call__(self, step, total, info=None):
         if self.quiet:
             return
+        if not sys.stderr.isatty() and step % max(1, total // 10) and step != total:
+            return  # in logs, about ten lines per run
         extra = ""
         if info and "loss" in info:
             extra = f"  loss {info['loss']:.4f}"
-        end = "\n" if step >= total else ""
-        sys.stderr.write(f"\r{self.label} {step}/{total}{extra}  {time.time() - self.t0:.1f}s   {end}")
+        tty = sys.stderr.isatty()
+        end = "\n" if step >= total or not tty else ""
+        sys.stderr.write(f"{chr(13) if tty else ''}{self.label} {step}/{total}{extra}  {time.time() - self.t0:.1f}s   {end}")
         sys.stderr.flush()
 
 
