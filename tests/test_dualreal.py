@@ -201,7 +201,7 @@ def test_gradient_mask_freezes_inactive_adapters(bundle, phase):
     start = DualRealAdapterSet.from_module(_randomise_set)
     ratio = 1.0 if phase == "motion" else 0.0
     res = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, _fake_data(bundle),
-                                 DualRealOptions(groups=2, motion_ratio=ratio, motion_batch=1),
+                                 DualRealOptions(groups=2, motion_ratio=ratio, motion_batch=2, p_image_zero=0.5),
                                  _fast(1, lr=1e-2, gradient_checkpointing=True), adapters=start)
     assert res.losses[0]["phase"] == phase
     before, after = start.state_dict, res.adapters.state_dict
@@ -454,6 +454,14 @@ def test_photos_and_clips_of_other_sizes_are_resized(bundle):
     assert d.photo_latents.shape == (3, 1, 4, 8, 12)
     assert d.clip_latents.shape == (2, 3, 4, 8, 12)  # 9 frames (looped / trimmed) -> 3 latent frames
     assert d.clip_references.shape == (2, 1024)
+
+
+def test_more_groups_than_blocks_are_capped(bundle):
+    res = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, _fake_data(bundle),
+                                 DualRealOptions(groups=7, motion_batch=1), _fast(1))
+    assert res.adapters.config.groups == 4  # the paper's 7 groups need >= 7 blocks; tiny has 4
+    with pytest.raises(DualAdapterError, match="groups"):
+        DualRealConfig(num_blocks=4, dim=64, time_embed_dim=32, groups=7).validate()
 
 
 def test_no_reference_encoder_trains_without_w_cond(bundle):

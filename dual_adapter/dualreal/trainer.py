@@ -266,6 +266,15 @@ def prepare_dualreal_data(
 # training
 
 
+def _groups_for(options: DualRealOptions, transformer) -> int:
+    """``options.groups``, capped at the model's block count (7 groups need >= 7 blocks)."""
+    L = int(transformer.config.num_layers)
+    if options.groups > L:
+        log.warning("DualReal: %d weight groups asked for a model with %d blocks; using %d", options.groups, L, L)
+        return L
+    return options.groups
+
+
 def _snapshot(module: DualRealAdapters, meta: dict, steps: int, completed: bool) -> DualRealAdapterSet:
     m = dict(meta)
     m["steps"] = int(steps)
@@ -324,8 +333,9 @@ def train_dualreal_on_data(
         module = adapters.to_module(device=dev, dtype=torch.float32, trainable=True)
         cfg = adapters.config
     else:
-        cfg = DualRealConfig.for_transformer(transformer, hidden=options.hidden, groups=options.groups,
-                                             form=options.form, controller=options.controller, lam=options.lam)
+        cfg = DualRealConfig.for_transformer(transformer, hidden=options.hidden,
+                                             groups=_groups_for(options, transformer), form=options.form,
+                                             controller=options.controller, lam=options.lam)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation
             torch.manual_seed(int(train.seed))
             module = DualRealAdapters(cfg)
@@ -443,6 +453,11 @@ def train_dualreal(
     options = options or DualRealOptions()
     options.validate()
     train = train or TrainConfig()
+    train.validate()
+    if adapters is not None:
+        from .patch import check_compatible
+
+        check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
     data = prepare_dualreal_data(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                  reference_encoder=reference_encoder, clip_references=clip_references,
                                  num_frames=options.num_frames, height=options.height, width=options.width,
