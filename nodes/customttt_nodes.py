@@ -199,11 +199,80 @@ class DualAdapterTTTMerge:
         return (res.lora, plot)
 
 
+class DualAdapterTrainSelectiveLoRA:
+    DESCRIPTION = ("Train a CustomTTT layer-selective LoRA on the chosen blocks only: an appearance LoRA on subject "
+                   "photos (each a 1-frame video) or a motion LoRA on a clip. Pick the blocks with Prompt Influence "
+                   "(its appearance_blocks / motion_blocks outputs connect to 'blocks'). Progress per step; Cancel stops "
+                   "and keeps the last checkpoint in output/lora_checkpoints/.")
+    CATEGORY = "DualAdapter/CustomTTT"
+    RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
+    RETURN_NAMES = ("lora", "loss_plot")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX."}),
+            "kind": (["appearance", "motion"], {"default": "appearance", "tooltip": "appearance: trains on 'photos' "
+                     "(1-frame videos); motion: trains on 'clip'."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a photo of a dog *",
+                                  "tooltip": "Training prompt (the concept: subject or motion)."}),
+            "blocks": ("STRING", {"default": "", "tooltip": "Blocks that get the LoRA, e.g. '0,2' or '0-5,12' (from "
+                       "Prompt Influence). Empty = all blocks."}),
+            "preset": (["full", "tap", "k_out"], {"default": "full", "tooltip": "Attention projections that get the "
+                       "LoRA: full = q, k, v, out (CustomTTT); tap = q, k only (TAP, for motion)."}),
+            "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32 in the paper)."}),
+            "learning_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-6, "round": False,
+                                        "tooltip": "0 = the default for the kind (AdamW: 1e-4 appearance, 5e-4 motion; "
+                                        "the authors' Lion rates x10)."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Optimiser steps (500 in the paper)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's noise and timestep."}),
+        }, "optional": {
+            "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] for kind=appearance."}),
+            "clip": ("IMAGE", {"tooltip": "Motion clip frames [F, H, W, 3] (4k+1) for kind=motion."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (480; tiny 64)."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (720; tiny 96)."}),
+        }}
+
+    def train(self, model, kind, prompt, blocks="", preset="full", rank=32, learning_rate=0.0, steps=500, seed=0,
+              photos=None, clip=None, height=0, width=0):
+        from dual_adapter.plots import plot_loss_curve
+
+        from .common import image_batch
+
+        m = as_model(model)
+        if kind == "appearance":
+            if photos is None:
+                raise DualAdapterError("Train LoRA (blocks): kind=appearance needs 'photos' (subject photos)")
+            x = image_batch(photos, "photos")
+            data = dict(photos=[x[i] for i in range(x.shape[0])])
+        else:
+            if clip is None:
+                raise DualAdapterError("Train LoRA (blocks): kind=motion needs 'clip' (motion frames)")
+            x = image_batch(clip, "clip")
+            t = m.bundle.vae_scale_temporal
+            n = min((x.shape[0] - 1) // t * t + 1, m.bundle.default_size[0])
+            data = dict(clips=[x[:n]], num_frames=n)
+        spec = C.selective_spec(kind, blocks or None, rank=int(rank), targets=preset)
+        over = dict(steps=int(steps), seed=int(seed))
+        if learning_rate > 0:
+            over["lr"] = float(learning_rate)
+        cfg = C.selective_train_config(kind, **over)
+        ckpt = next_free_path(bridge.output_dir(), f"lora_checkpoints/{kind}_lora", "safetensors")
+        with training_mode():
+            lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
+                                             callback=bridge.Progress(int(steps)), checkpoint_path=ckpt,
+                                             height=height or None, width=width or None, patches=m.patches, **data)
+        return (lf, plot_loss_curve(res.losses, title=f"{kind} LoRA (blocks {blocks or 'all'}) loss", smooth=20))
+
+
 NODE_CLASS_MAPPINGS = {
+    "DualAdapterTrainSelectiveLoRA": DualAdapterTrainSelectiveLoRA,
     "DualAdapterPromptInfluence": DualAdapterPromptInfluence,
     "DualAdapterTTTMerge": DualAdapterTTTMerge,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "DualAdapterTrainSelectiveLoRA": "Train LoRA with Block Selection (CustomTTT)",
     "DualAdapterPromptInfluence": "Prompt Influence (CustomTTT)",
     "DualAdapterTTTMerge": "TTT Merge (CustomTTT)",
 }

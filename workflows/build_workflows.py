@@ -228,7 +228,40 @@ def g_tap_motion_lora(classes) -> Graph:
     return g
 
 
-BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora]
+def g_customttt(classes) -> Graph:
+    g = Graph("customttt", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
+    pi = g.node("DualAdapterPromptInfluence", model=m[0], appearance_prompt="a photo of a dog *",
+                motion_prompt="a person is playing guitar")
+    g.node("PreviewImage", images=pi[1])
+    ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=64, width=96)
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=8.0,
+                  height=64, width=96)
+    app = g.node("DualAdapterTrainSelectiveLoRA", title="Appearance LoRA", model=m[0], kind="appearance",
+                 prompt="a photo of a dog *", blocks=pi[2], preset="full", rank=8, learning_rate=1e-3, steps=20,
+                 photos=ph[0])
+    mot = g.node("DualAdapterTrainSelectiveLoRA", title="Motion LoRA", model=m[0], kind="motion",
+                 prompt="a person is playing guitar", blocks=pi[3], preset="full", rank=8, learning_rate=1e-3,
+                 steps=20, clip=clip[0])
+    ttt = g.node("DualAdapterTTTMerge", model=m[0], appearance_lora=app[0], appearance_prompt="a photo of a dog *",
+                 motion_lora=mot[0], motion_prompt="a person is playing guitar", prompt="a dog * is playing guitar",
+                 steps=30, learning_rate=1e-3)
+    g.node("DualAdapterSaveLoRA", lora=ttt[0], filename_prefix="customttt/merged", folder="output")
+    g.node("PreviewImage", images=ttt[1])
+    a = g.node("DualAdapterApplyLoRA", model=m[0], lora=ttt[0], strength=1.0)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog * is playing guitar", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/customttt", fps=8.0)
+    g.note("CustomTTT", REAL_WEIGHTS_NOTE + (
+        "- Prompt Influence ranks the blocks; its recommended blocks feed the two layer-selective trainings;\n"
+        "- the authors' setting: rank 32, 500 steps each (appearance on photos, motion on 49-frame clips), "
+        "TTT merge 30 steps; set learning_rate to 0 for the documented defaults;\n"
+        "- the merged LoRA is one diffusers-format file (Save LoRA) that loads anywhere a CogVideoX LoRA does."))
+    return g
+
+
+BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora, g_customttt]
 
 
 def build_all(classes=None) -> list[Graph]:

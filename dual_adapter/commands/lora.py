@@ -44,7 +44,7 @@ def register(sub) -> None:
                                    "CogVideoX LoRA format (loads with CogVideoXPipeline.load_lora_weights).")
     add_model_options(p)
     p.add_argument("--motion", nargs="+", default=[], metavar="CLIP", help="motion clip(s) (MP4, AVI, ...)")
-    p.add_argument("--images", nargs="+", default=[], metavar="IMG",
+    p.add_argument("--subject", "--images", dest="images", nargs="+", default=[], metavar="PHOTO_OR_DIR",
                    help="photos or folders of photos, each trained as a 1-frame video (appearance LoRA)")
     p.add_argument("--prompt", required=True, help="training prompt, e.g. 'a person is playing guitar'")
     p.add_argument("--preset", default="tap", choices=["tap", "k_out", "full"],
