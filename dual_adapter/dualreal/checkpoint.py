@@ -64,9 +64,10 @@ class DualRealAdapterSet:
 
     def to_module(self, device="cpu", dtype: torch.dtype | None = None, trainable: bool = False) -> DualRealAdapters:
         """A new :class:`DualRealAdapters` holding these tensors on ``device`` (``dtype``: default fp32)."""
-        m = DualRealAdapters(self.config)
-        m.load_state_dict(self.state_dict, strict=True)
-        m.to(device=device, dtype=dtype or torch.float32)
+        with torch.device("meta"):  # no random init of weights that are overwritten right away
+            m = DualRealAdapters(self.config)
+        m = m.to_empty(device=device).to(dtype=dtype or torch.float32)
+        m.load_state_dict(self.state_dict, strict=True)  # copies: the set's tensors are never shared
         m.requires_grad_(trainable)
         return m
 
@@ -114,8 +115,13 @@ def load_adapters(path: str | os.PathLike) -> DualRealAdapterSet:
     return DualRealAdapterSet(cfg, tensors, extra)
 
 
+def _reference_shapes(cfg: DualRealConfig) -> dict:
+    with torch.device("meta"):
+        return DualRealAdapters(cfg).state_dict()
+
+
 def _check_tensors(cfg: DualRealConfig, tensors: dict, what: str) -> None:
-    ref = DualRealAdapters(cfg).state_dict()
+    ref = _reference_shapes(cfg)
     missing = sorted(set(ref) - set(tensors))
     unexpected = sorted(set(tensors) - set(ref))
     bad = [k for k in ref if k in tensors and tuple(tensors[k].shape) != tuple(ref[k].shape)]
@@ -213,11 +219,11 @@ def import_official(path: str | os.PathLike, *, time_embed_dim: int | None = Non
     cfg = DualRealConfig(num_blocks=L, dim=dim, time_embed_dim=int(tdim), hidden=hidden, groups=groups,
                          form="official", controller=has_ctrl, cond_dim=cond_dim, controller_hidden=ctrl_hidden)
     cfg.validate()
-    ref = DualRealAdapters(cfg).state_dict()
+    ref = _reference_shapes(cfg)
     if cw is None:  # checkpoint without W_cond: keep ours at zero so it has no effect
         for k in ref:
             if "condition_linear" in k:
-                out[k] = torch.zeros_like(ref[k])
+                out[k] = torch.zeros(ref[k].shape)
     _check_tensors(cfg, out, str(p))
     meta = {"base_fingerprint": None, "base_model": "imported", "steps": None, "identity_prompt": identity_prompt,
             "motion_prompt": motion_prompt, "reference_encoder": "OpenCLIP ViT-H/14",
