@@ -347,3 +347,20 @@ def test_nodes_prompt_influence_and_ttt_merge(tiny, out_dir):
     assert list((out_dir / "lora_checkpoints").glob("customttt_*.safetensors"))
     with pytest.raises(DualAdapterError, match="VIDEO_LORA"):
         N["DualAdapterTTTMerge"]().merge(model, "a.safetensors", "dog *", m, "x", "y", steps=0)
+
+
+def test_node_train_lora_with_block_selection(out_dir):
+    """The block-selection node trains an appearance LoRA on photos only on the chosen blocks."""
+    import nodes
+
+    cls = nodes.NODE_CLASS_MAPPINGS["DualAdapterTrainSelectiveLoRA"]
+    model = nodes.NODE_CLASS_MAPPINGS["DualAdapterCogVideoXLoader"]().load("tiny")[0]
+    photos = torch.rand(2, 64, 96, 3)
+    with torch.inference_mode():
+        lora, plot = cls().train(model, "appearance", "a photo of a dog *", blocks="0,2", rank=4, steps=3,
+                                 learning_rate=1e-3, photos=photos)
+    blocks = {int(k.split("transformer_blocks.")[1].split(".")[0]) for k in lora.state_dict}
+    assert blocks == {0, 2}
+    assert plot.shape[0] == 1 and plot.shape[-1] == 3
+    with pytest.raises(DualAdapterError, match="needs 'clip'"):
+        cls().train(model, "motion", "x", photos=photos)
