@@ -239,8 +239,7 @@ class DABlock(nn.Module):
             return base
         Wd, bd, wvec, Wu_ext, s = params
         H = F.gelu(F.linear(n, Wd) + bd) * wvec  # [B, N, K]
-        ones = torch.ones(H.shape[0], H.shape[1], 1, dtype=H.dtype, device=H.device)
-        G = torch.cat([H, ones], -1)  # [B, N, K+1]
+        G = F.pad(H, (0, 1), value=1.0)  # [B, N, K+1]: the last column picks the per-sample up bias
         if not torch.is_autocast_enabled(G.device.type):
             Wu_ext = Wu_ext.to(G.dtype)
         out = torch.baddbmm(base, G, Wu_ext)
