@@ -140,20 +140,40 @@ def throw_if_interrupted() -> None:
         _mm.throw_exception_if_processing_interrupted()
 
 
+def progress_text(text: str) -> None:
+    """Show ``text`` under the running node in ComfyUI's UI (no-op outside ComfyUI or on older versions)."""
+    if not IN_COMFY:
+        return
+    try:
+        from comfy_execution.utils import get_executing_context  # type: ignore
+        from server import PromptServer  # type: ignore
+
+        ctx = get_executing_context()
+        if ctx is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(text, ctx.node_id)
+    except Exception:  # an older ComfyUI without progress text: the bar alone still works
+        pass
+
+
 class Progress:
     """A progress bar: ComfyUI's ``ProgressBar`` when present, else nothing.
 
-    Use as the library's ``callback``: ``cb(step, total, info)`` updates the bar and checks for interrupt.
+    Use as the library's ``callback``: ``cb(step, total, info)`` updates the bar, checks for interrupt, and
+    when ``info`` has a ``loss`` shows "step k/N  loss x" under the node (about 50 updates per run).
     """
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, label: str = "step"):
         self.total = max(int(total), 1)
+        self.label = label
         self.bar = _cu.ProgressBar(self.total) if IN_COMFY else None
 
     def __call__(self, step: int, total: int | None = None, info: dict | None = None, preview=None) -> None:
         throw_if_interrupted()
         if self.bar is not None:
             self.bar.update_absolute(min(step, self.total), total or self.total, preview)
+            if info and "loss" in info and (step % max(1, self.total // 50) == 0 or step >= self.total):
+                extra = f"  ({info['phase']})" if "phase" in info else ""
+                progress_text(f"{self.label} {step}/{total or self.total}  loss {float(info['loss']):.4f}{extra}")
 
 
 def interrupt_exception_types() -> tuple[type, ...]:
