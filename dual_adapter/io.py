@@ -55,8 +55,8 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=str(path.parent))
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; writers may recreate the file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
