@@ -188,14 +188,19 @@ class DualRealLoad:
 
     @classmethod
     def INPUT_TYPES(cls):
+        shipped = sorted(f"examples/{p.name}" for p in (bridge.PACK_ROOT / "examples").glob("dualreal_*.safetensors"))
         return {"required": {
-            "adapters_name": (bridge.list_files("dualreal"),
-                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth)."}),
+            "adapters_name": (bridge.list_files("dualreal") + shipped,
+                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth). "
+                               "examples/dualreal_tiny_* are small adapters for the built-in tiny model, shipped "
+                               "with the pack so the example workflow runs."}),
         }}
 
     def load(self, adapters_name):
         from dual_adapter.dualreal import load_any
 
+        if adapters_name.startswith("examples/") and (bridge.PACK_ROOT / adapters_name).is_file():
+            return (load_any(bridge.PACK_ROOT / adapters_name),)
         return (load_any(bridge.resolve("dualreal", adapters_name)),)
 
 

@@ -261,7 +261,52 @@ def g_customttt(classes) -> Graph:
     return g
 
 
-BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora, g_customttt]
+DUALREAL_NOTE = (
+    "- for the reference image: add *Load CLIP Vision* (`clip_vision_h.safetensors`, ViT-H/14) and connect it to "
+    "`clip_vision` of Train DualReal and Apply DualReal (with the photo on `reference_image`); without it the motion "
+    "adapters' W_cond term is skipped;\n"
+    "- the authors' setting: 1000 steps, lr 1e-3, 200 warm-up steps, motion_ratio 0.5, hidden 64, 7 groups, "
+    "49-frame clips at 480 x 720 (frames_per_clip 49); inference 50 steps, CFG 6, prompt like 'Dog * is playing guitar'.")
+
+
+def g_dualreal_train(classes) -> Graph:
+    g = Graph("dualreal_train_sample", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
+    ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=64, width=96)
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=8.0,
+                  height=64, width=96)
+    t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt="dog *", motion=clip[0],
+               motion_prompt="a person is playing guitar", steps=60, lr=3e-3, warmup_steps=10, groups=7,
+               name="dog_guitar", checkpoint_every=20)
+    g.node("DualRealSave", adapters=t[0], filename_prefix="dualreal/dog_guitar")
+    g.node("PreviewImage", images=t[1])
+    a = g.node("DualRealApply", model=m[0], adapters=t[0])
+    sb = g.node("DualRealStageBlenderPlot", model=m[0], adapters=t[0], prompt="dog * is playing guitar", steps=10)
+    g.node("PreviewImage", images=sb[0])
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="dog * is playing guitar", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/dualreal", fps=8.0)
+    g.note("DualReal: train + sample", REAL_WEIGHTS_NOTE + DUALREAL_NOTE)
+    return g
+
+
+def g_dualreal_load(classes) -> Graph:
+    g = Graph("dualreal_load_sample", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
+    ad = g.node("DualRealLoad", adapters_name="examples/dualreal_tiny_dog_guitar.safetensors")
+    a = g.node("DualRealApply", model=m[0], adapters=ad[0])
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="dog * is playing guitar", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/dualreal_loaded", fps=8.0)
+    g.note("DualReal: load adapters + sample", REAL_WEIGHTS_NOTE + (
+        "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load DualReal*; "
+        "the shipped examples/dualreal_tiny_* file only fits the tiny model;\n") + DUALREAL_NOTE)
+    return g
+
+
+BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora, g_customttt, g_dualreal_train, g_dualreal_load]
 
 
 def build_all(classes=None) -> list[Graph]:
