@@ -7,7 +7,7 @@ jointly over space and time, so on this backbone TAP is a LoRA on ``attn1.to_q``
 ``attn1.to_k`` of every block (preset ``tap``). Other presets: ``k_out`` (the authors' released
 code: ``to_k`` and ``to_out.0``) and ``full`` (q, k, v, out: the plain LoRA baseline).
 AH (appearance highway) needs U-Net skip connections that CogVideoX does not have; it is not
-built here (see docs/lora.md).
+built here (see the README, section "TAP motion LoRA and LoRA files").
 
 What lives here:
   * :data:`PRESETS`, :class:`LoraSpec` (rank, alpha, dropout, targets, blocks);
