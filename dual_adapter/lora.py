@@ -893,36 +893,20 @@ def lora_train_config(**overrides):
     return TrainConfig(**kw)
 
 
-class _DebiasedModel(nn.Module):
-    """Wraps a transformer for MotionDirector's appearance-debiased loss in one forward.
-
-    The wrapped call receives ``[x_t ; phi(x_t)]`` stacked along frames (``2F`` frames), runs the
-    transformer on the first ``F`` frames only and returns ``[v ; phi(v)]``, where
-    ``phi(y) = sqrt(2) * y - y[:, anchor]`` (MotionDirector with beta = 1). Fed to
-    :func:`training.diffusion_loss` with latents ``[x0 ; phi(x0)]`` and noise ``[eps ; phi(eps)]``,
-    the objective becomes ``(L + L_debiased) / 2`` with ``L_debiased = mean(w * (phi(x0_pred) - phi(x0))^2)``
-    (both are linear in the frames), without a second forward pass.
-    """
-
-    def __init__(self, inner: nn.Module, anchor: int):
-        super().__init__()
-        self.inner = inner
-        self.anchor = int(anchor)
-
-    @property
-    def config(self):
-        return self.inner.config
-
-    def forward(self, hidden_states, encoder_hidden_states, timestep, image_rotary_emb=None, return_dict=False):
-        from .backbone import transformer_forward
-
-        F = hidden_states.shape[1] // 2
-        v = transformer_forward(self.inner, hidden_states[:, :F], encoder_hidden_states, timestep)
-        return (torch.cat([v, _phi(v, self.anchor)], 1),)
-
-
 def _phi(y: torch.Tensor, anchor: int) -> torch.Tensor:
+    """MotionDirector's appearance-debiasing map (beta = 1): ``sqrt(2) * y - y[:, anchor]`` over frames."""
     return math.sqrt(2.0) * y - y[:, anchor: anchor + 1]
+
+
+def debiased_error(anchor: int):
+    """``error_fn`` for :func:`training.diffusion_loss` giving MotionDirector's loss plus its
+    appearance-debiased term: ``d^2 + phi(d)^2`` with ``d = x0_pred - x_0``.
+
+    ``phi`` is linear, so ``phi(x0_pred) - phi(x_0) = phi(d)``, and noising ``phi(x_0)`` with the
+    debiased noise ``phi(eps) = sqrt(2) eps - eps_anchor`` gives ``phi(x_t)``: the debiased term needs no
+    second forward pass. The mean of this error is ``L + L_debiased``.
+    """
+    return lambda d: d ** 2 + _phi(d, anchor) ** 2
 
 
 def _check_frames(x, what: str, ndim: int) -> torch.Tensor:
@@ -1131,7 +1115,7 @@ def train_lora_on_latents(
         ``(LoraFile, TrainResult)``.
     """
     from .patches import shallow_copy_module
-    from .training import _pad_time, diffusion_loss, make_noise_scheduler, save_train_state, step_generator, \
+    from .training import diffusion_loss, make_noise_scheduler, save_train_state, step_generator, \
         train_loop
 
     spec = copy.deepcopy(spec) if spec is not None else LoraSpec()
@@ -1221,13 +1205,10 @@ def train_lora_on_latents(
                     p.grad = None
             info["loss_spatial"] = float(ls.detach())
         if debiased_loss and kind == "clip" and x0.shape[1] > 1:
-            p_t = getattr(model.config, "patch_size_t", None)
-            x0p = _pad_time(x0, p_t)
-            tt = torch.randint(0, sched.config.num_train_timesteps, (x0p.shape[0],), generator=gen)
-            eps = torch.randn(x0p.shape, generator=gen, dtype=torch.float32).to(x0p.device, x0p.dtype)
-            a = int(torch.randint(x0p.shape[1], (1,), generator=gen))
-            loss = 2.0 * diffusion_loss(_DebiasedModel(model, a), sched, torch.cat([x0p, _phi(x0p, a)], 1), emb,
-                                        timesteps=tt, noise=torch.cat([eps, _phi(eps, a)], 1))
+            p_t = getattr(model.config, "patch_size_t", None) or 1
+            n_frames = -(-x0.shape[1] // p_t) * p_t  # after the 1.5 models' padding
+            a = int(torch.randint(n_frames, (1,), generator=gen))
+            loss = diffusion_loss(model, sched, x0, emb, generator=gen, error_fn=debiased_error(a))
         else:
             loss = diffusion_loss(model, sched, x0, emb, generator=gen)
         return loss, info

@@ -122,6 +122,7 @@ def diffusion_loss(
     timesteps: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     reduce: bool = True,
+    error_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The CogVideoX training objective (METHODS.md, "Training objective").
 
@@ -135,6 +136,9 @@ def diffusion_loss(
         generator: CPU generator for ``t`` and ``eps`` (ignored for what is given explicitly).
         timesteps: optional ``[B]`` integer timesteps. noise: optional ``eps`` like ``latents``.
         reduce: return the scalar mean (default) or the per-sample loss ``[B]``.
+        error_fn: maps the prediction error ``d = x0_pred - x_0`` (``[B, F', C, h, w]``, after 1.5-model
+            padding) to the per-element error; default ``d ** 2``. MotionDirector's appearance-debiased
+            loss uses it (see :mod:`dual_adapter.lora`).
     """
     B = latents.shape[0]
     p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
@@ -153,7 +157,8 @@ def diffusion_loss(
     x0_pred = noise_scheduler.get_velocity(v.float(), x_t.float(), timesteps)
     ac = noise_scheduler.alphas_cumprod.to(x0.device)[timesteps].float()
     w = 1.0 / (1.0 - ac)
-    err = (x0_pred - x0.float()) ** 2
+    d = x0_pred - x0.float()
+    err = d ** 2 if error_fn is None else error_fn(d)
     per = (w.view(B, *([1] * (err.ndim - 1))) * err).reshape(B, -1).mean(1)
     return per.mean() if reduce else per
 
