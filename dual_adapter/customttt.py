@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import DualAdapterError
+from .lora import parse_blocks  # noqa: F401  (re-exported: CustomTTT selects blocks)
 
 log = logging.getLogger(__name__)
 
@@ -71,44 +72,6 @@ Callback = Callable[[int, int, dict], None]
 # small helpers
 
 
-def parse_blocks(text: str | Sequence[int] | None, num_blocks: int | None = None) -> list[int] | None:
-    """``"0,2,5-7"`` (or a list of ints) -> sorted unique block indices; ``""``/``"all"``/None -> None (all).
-
-    Raises:
-        DualAdapterError: unparsable text, or an index outside ``0..num_blocks-1`` when given.
-    """
-    if text is None:
-        return None
-    if isinstance(text, str):
-        s = text.strip()
-        if s in ("", "all"):
-            return None
-        out: list[int] = []
-        try:
-            for part in s.split(","):
-                part = part.strip()
-                if not part:
-                    continue
-                if "-" in part[1:]:
-                    a, b = part.split("-", 1)
-                    lo, hi = int(a), int(b)
-                    if hi < lo:
-                        raise ValueError(part)
-                    out += list(range(lo, hi + 1))
-                else:
-                    out.append(int(part))
-        except ValueError:
-            raise DualAdapterError(f"blocks {text!r}: expected block indices like '0,2,5-7' (or empty for all)") from None
-    else:
-        out = [int(b) for b in text]
-    out = sorted(set(out))
-    if not out:
-        return None
-    if num_blocks is not None:
-        bad = [b for b in out if not 0 <= b < num_blocks]
-        if bad:
-            raise DualAdapterError(f"blocks {bad} out of range: the model has {num_blocks} blocks (0..{num_blocks - 1})")
-    return out
 
 
 def make_groups(num_blocks: int, group_size: int = 1, groups: Sequence[Sequence[int]] | None = None) -> list[list[int]]:

@@ -25,22 +25,6 @@ def _as_lora(x, name: str = "lora") -> L.LoraFile:
     return x
 
 
-def _blocks(text: str):
-    text = (text or "").strip()
-    if text in ("", "all"):
-        return None
-    out = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out += list(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise DualAdapterError(f"blocks {text!r}: expected block indices like '0-5,12' or empty for all") from None
-    return out
 
 
 class TrainMotionLoRA:
@@ -104,7 +88,7 @@ class TrainMotionLoRA:
             tg = L.resolve_targets(targets)
         else:
             tg = L.resolve_targets(preset)
-        spec = L.LoraSpec(rank=int(rank), alpha=float(alpha), dropout=float(dropout), targets=tg, blocks=_blocks(blocks))
+        spec = L.LoraSpec(rank=int(rank), alpha=float(alpha), dropout=float(dropout), targets=tg, blocks=L.parse_blocks(blocks))
         spec.validate()
         cfg = L.lora_train_config(steps=int(steps), lr=float(learning_rate), seed=int(seed),
                                   gradient_checkpointing=bool(gradient_checkpointing))

@@ -16,18 +16,6 @@ from pathlib import Path
 from ..errors import DualAdapterError
 
 
-def _int_list(text: str | None) -> list[int] | None:
-    if text is None or str(text).strip() in ("", "all"):
-        return None
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out += list(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    return out
 
 
 def _paths(out: Path) -> dict[str, Path]:
@@ -105,12 +93,12 @@ def run_train(args) -> int:
     if side["losses"].exists():
         raise DualAdapterError(f"{str(side['losses'])!r} already exists; choose another --out")
     if not args.motion and not args.images:
-        raise DualAdapterError("give at least one --motion CLIP (or --images for an appearance LoRA)")
+        raise DualAdapterError("give at least one --motion CLIP (or --subject PHOTO_OR_DIR for an appearance LoRA)")
     if args.resume and not side["ckpt"].is_file():
         raise DualAdapterError(f"--resume: no checkpoint {str(side['ckpt'])!r}")
     spec = lora.LoraSpec(rank=args.rank, alpha=float(args.alpha if args.alpha is not None else args.rank),
                          dropout=args.dropout, targets=lora.resolve_targets(args.targets or args.preset),
-                         blocks=_int_list(args.blocks))
+                         blocks=lora.parse_blocks(args.blocks))
     spec.validate()
     cfg = lora.lora_train_config(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
                                  optimizer=args.optimizer, lr_schedule=args.schedule, warmup_steps=args.warmup,
