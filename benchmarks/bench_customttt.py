@@ -23,10 +23,8 @@ Writes JSON (default ``benchmarks/results/customttt_<cpu|cuda>.json``) and print
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -35,18 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import REAL_CONFIGS, StepTimer as _Timer, peak_gib, reset_peak as _reset, small_config, sync as _sync  # noqa: E402
 
-CONFIGS = {
-    "5b": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90,
-               use_rotary_positional_embeddings=True, max_text_seq_length=226),
-    "2b": dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90,
-               use_rotary_positional_embeddings=False, max_text_seq_length=226),
-    "small": dict(num_attention_heads=4, attention_head_dim=32, num_layers=8, time_embed_dim=64, text_embed_dim=64,
-                  in_channels=16, out_channels=16, sample_frames=9, sample_height=16, sample_width=24,
-                  use_rotary_positional_embeddings=False, max_text_seq_length=32),
-}
+CONFIGS = {**{k: {a: b for a, b in v.items() if a != "size"} for k, v in REAL_CONFIGS.items()},
+           "small": {a: b for a, b in small_config(8).items() if a != "size"}}
 # blocks of the two LoRAs: the authors' layer choice {2, 6} / {2, 5} where the model has them
 BLOCKS = {"appearance": [2, 6], "motion": [2, 5]}
 
@@ -76,35 +67,6 @@ def build_bundle(cfg: dict, device: str, dtype: torch.dtype):
     for m in (tr, te, vae):
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return CogVideoXBundle(tr, vae, te, tok, dict(DEFAULT_SCHEDULER_CONFIG), name="random", device=device, dtype=dtype)
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _reset(device):
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak(device) -> float:
-    if device == "cuda":
-        return round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
-
-
-class _Timer:
-    def __init__(self, device):
-        self.device, self.t, self.times = device, time.perf_counter(), []
-
-    def __call__(self, step, total, info):
-        _sync(self.device)
-        now = time.perf_counter()
-        self.times.append(now - self.t)
-        self.t = now
 
 
 def bench(name: str, device: str, dtype, train_steps: int, authors_steps: int, ttt_steps: int, influence: bool) -> dict:
@@ -141,7 +103,7 @@ def bench(name: str, device: str, dtype, train_steps: int, authors_steps: int, t
         row[f"train_{kind}"] = dict(steps_measured=len(timer.times), step_s_median=round(step, 4),
                                     measured_s=round(sum(timer.times), 2),
                                     extrapolated_s=round(step * authors_steps, 1), extrapolated_steps=authors_steps,
-                                    peak_gib=_peak(device), optimizer=res.optimizer_name,
+                                    peak_gib=round(peak_gib(device), 2), optimizer=res.optimizer_name,
                                     lora_params=sum(v.numel() for v in lf.state_dict.values()))
         loras[kind] = lf
         print(json.dumps({kind: row[f"train_{kind}"]}), flush=True)
@@ -156,7 +118,7 @@ def bench(name: str, device: str, dtype, train_steps: int, authors_steps: int, t
     row["ttt_merge"] = dict(total_s=round(wall, 2), teachers_s=round(res.seconds["teachers"], 2),
                             student_s=round(res.seconds["ttt"], 2), steps=res.train.steps_done,
                             student_step_s=round(res.seconds["ttt"] / ttt_steps_done, 4),
-                            teacher_calls=2 * 5, peak_gib=_peak(device), merged_modules=len(res.lora.modules))
+                            teacher_calls=2 * 5, peak_gib=round(peak_gib(device), 2), merged_modules=len(res.lora.modules))
     print(json.dumps({"ttt_merge": row["ttt_merge"]}), flush=True)
     trains = row["train_appearance"]["extrapolated_s"] + row["train_motion"]["extrapolated_s"]
     row["ttt_vs_training"] = dict(ttt_s=round(wall, 1), trainings_s=round(trains, 1), ratio=round(wall / trains, 3),
@@ -168,7 +130,7 @@ def bench(name: str, device: str, dtype, train_steps: int, authors_steps: int, t
                            timesteps=(500,), seeds=(0,), top_k=2)
         _sync(device)
         row["prompt_influence"] = dict(total_s=round(time.perf_counter() - t0, 2), draws=1, groups=n,
-                                       forward_calls=1 + 2 * (1 + n), peak_gib=_peak(device))
+                                       forward_calls=1 + 2 * (1 + n), peak_gib=round(peak_gib(device), 2))
         print(json.dumps({"prompt_influence": row["prompt_influence"]}), flush=True)
     del bundle, loras, res
     _reset(device)

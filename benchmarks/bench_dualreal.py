@@ -24,10 +24,8 @@ Writes JSON (default ``benchmarks/results/dualreal_<device>.json``) and prints i
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,71 +35,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config  # noqa: E402
 
 from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle, parse_dtype  # noqa: E402
 
-# transformer configs of the released models (diffusers config.json), and small CPU stand-ins
-CONFIGS = {
-    "5b": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90,
-               use_rotary_positional_embeddings=True, size=(49, 480, 720)),
-    "2b": dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90,
-               use_rotary_positional_embeddings=False, size=(49, 480, 720)),
-    "small-5b": dict(num_attention_heads=4, attention_head_dim=32, num_layers=6, time_embed_dim=64, text_embed_dim=64,
-                     in_channels=16, out_channels=16, sample_frames=9, sample_height=16, sample_width=24,
-                     use_rotary_positional_embeddings=True, max_text_seq_length=32, size=(9, 128, 192)),
-    "small-2b": dict(num_attention_heads=4, attention_head_dim=32, num_layers=6, time_embed_dim=64, text_embed_dim=64,
-                     in_channels=16, out_channels=16, sample_frames=9, sample_height=16, sample_width=24,
-                     use_rotary_positional_embeddings=False, max_text_seq_length=32, size=(9, 128, 192)),
-}
+CONFIGS = {**REAL_CONFIGS, "small-5b": small_config(6, rope=True), "small-2b": small_config(6)}
 TARGETS = {"train_peak_gib": 24.0, "train_vs_lora": 1.10, "sample_vs_base": 1.05}
-
-
-def build_transformer(cfg: dict, device: str, dtype: torch.dtype):
-    from diffusers import CogVideoXTransformer3DModel
-
-    kw = {k: v for k, v in cfg.items() if k != "size"}
-    old = torch.get_default_dtype()
-    torch.manual_seed(0)
-    try:
-        torch.set_default_dtype(dtype)
-        with torch.device(device):
-            t = CogVideoXTransformer3DModel(**kw)
-    finally:
-        torch.set_default_dtype(old)
-    t = t.to(device=device, dtype=dtype).eval()
-    t.requires_grad_(False)
-    return t
-
-
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _reset(device):
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak(device) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # process peak RSS, monotonic
-
-
-class _Timer:
-    def __init__(self, device):
-        self.device, self.t, self.times = device, time.perf_counter(), []
-
-    def __call__(self, step, total, info):
-        _sync(self.device)
-        now = time.perf_counter()
-        self.times.append(now - self.t)
-        self.t = now
 
 
 def _stats(times, warm):
@@ -182,14 +122,14 @@ def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: i
         timer = _Timer(device)
         opts = DualRealOptions(motion_ratio=ratio, groups=groups, motion_batch=1, identity_batch=1, hidden=hidden)
         res = train_dualreal_on_data(tr, DEFAULT_SCHEDULER_CONFIG, data, opts, tc, callback=timer)
-        out["rows"][run] = dict(_stats(timer.times, warm), peak_gib=_peak(device), optimizer=res.optimizer_name,
+        out["rows"][run] = dict(_stats(timer.times, warm), peak_gib=peak_gib(device), optimizer=res.optimizer_name,
                                 trainable_params=res.adapters.num_parameters(), batch=1)
         print(name, run, json.dumps(out["rows"][run]), flush=True)
         adapters = res.adapters
     _reset(device)
     lora_rank = 64 if name in ("5b", "2b") else hidden  # same rank / width ratio as the adapters on small configs
     out["rows"]["train-lora-r64"] = dict(_train_lora(tr, clip, emb, tc, device, warm, lora_rank),
-                                         peak_gib=_peak(device), batch=1, rank=lora_rank)
+                                         peak_gib=peak_gib(device), batch=1, rank=lora_rank)
     print(name, "train-lora-r64", json.dumps(out["rows"]["train-lora-r64"]), flush=True)
 
     # --- sampling: one CFG step with / without DA-blocks ------------------------------------------
@@ -208,7 +148,7 @@ def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: i
         timer = _Timer(device)
         sample(bundle, emb, torch.zeros_like(emb), num_frames=F, height=H, width=W, steps=sample_steps + warm, cfg=6.0,
                seed=0, patches=patches, callback=timer)
-        out["rows"][run] = dict(_stats(timer.times, warm), peak_gib=_peak(device), batch=2)
+        out["rows"][run] = dict(_stats(timer.times, warm), peak_gib=peak_gib(device), batch=2)
         print(name, run, json.dumps(out["rows"][run]), flush=True)
 
     r = out["rows"]

@@ -18,10 +18,8 @@ Writes JSON (default ``benchmarks/results/lora_<cpu|cuda>.json``) and prints it.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,80 +28,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config  # noqa: E402
 
 from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
 
-# CogVideoX transformer configurations (diffusers' config.json of the released models)
-CONFIGS = {
-    "5b": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90,
-               use_rotary_positional_embeddings=True, size=(49, 480, 720)),
-    "2b": dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90,
-               use_rotary_positional_embeddings=False, size=(49, 480, 720)),
-    # CPU stand-ins: same code paths, small enough for a laptop core
-    "small-5b": dict(num_attention_heads=4, attention_head_dim=32, num_layers=4, time_embed_dim=64, text_embed_dim=64,
-                     in_channels=16, out_channels=16, sample_frames=9, sample_height=16, sample_width=24,
-                     use_rotary_positional_embeddings=True, max_text_seq_length=32, size=(9, 128, 192)),
-    "small-2b": dict(num_attention_heads=4, attention_head_dim=32, num_layers=4, time_embed_dim=64, text_embed_dim=64,
-                     in_channels=16, out_channels=16, sample_frames=9, sample_height=16, sample_width=24,
-                     use_rotary_positional_embeddings=False, max_text_seq_length=32, size=(9, 128, 192)),
-}
-
-
-def build_transformer(cfg: dict, device: str, dtype: torch.dtype):
-    from diffusers import CogVideoXTransformer3DModel
-
-    kw = {k: v for k, v in cfg.items() if k != "size"}
-    old = torch.get_default_dtype()
-    torch.manual_seed(0)
-    try:
-        torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float32)
-        with torch.device(device):
-            t = CogVideoXTransformer3DModel(**kw)
-    finally:
-        torch.set_default_dtype(old)
-    t = t.to(device=device, dtype=dtype).eval()
-    t.requires_grad_(False)
-    return t
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-class _Timer:
-    """train_loop callback recording the wall time of every step."""
-
-    def __init__(self, device):
-        self.device, self.t, self.times = device, time.perf_counter(), []
-
-    def __call__(self, step, total, info):
-        _sync(self.device)
-        now = time.perf_counter()
-        self.times.append(now - self.t)
-        self.t = now
-
-
-def _peak_reset(device):
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak(device) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # process peak RSS (KiB -> GiB), monotonic
+CONFIGS = {**REAL_CONFIGS, "small-5b": small_config(4, rope=True), "small-2b": small_config(4)}
 
 
 def _row(name, timer, steps_warm, device, extra):
     ts = timer.times[steps_warm:] or timer.times
     med = sorted(ts)[len(ts) // 2]
     return dict(run=name, step_s=sum(ts) / len(ts), step_s_median=med, step_s_min=min(ts), steps_timed=len(ts),
-                peak_gib=_peak(device),
+                peak_gib=peak_gib(device),
                 peak_kind="torch.cuda.max_memory_allocated" if device == "cuda" else "process max RSS", **extra)
 
 
@@ -116,7 +53,7 @@ def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: i
     T, h, w = (F - 1) // 4 + 1, H // 8, W // 8
     L = cfg.get("max_text_seq_length", 226)
     rows = []
-    _peak_reset(device)
+    _reset(device)
     t0 = time.perf_counter()
     tr = build_transformer(cfg, device, dtype)
     weights_gib = sum(p.numel() * p.element_size() for p in tr.parameters()) / 2 ** 30
@@ -130,7 +67,7 @@ def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: i
     for run, preset, rank in (("lora-tap-r32", "tap", 32), ("lora-full-r64", "full", 64)):
         if run not in rows_wanted:
             continue
-        _peak_reset(device)
+        _reset(device)
         timer = _Timer(device)
         spec = lora.LoraSpec.from_preset(preset, rank=rank, alpha=rank, dropout=0.1)
         tc = lora.lora_train_config(steps=total, checkpoint_every=0, gradient_checkpointing=True)
@@ -154,7 +91,7 @@ def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: i
                                 clip_latents=torch.randn(opts.motion_batch, T, 16, h, w, generator=g).to(device, dtype),
                                 identity_embeds=emb, motion_embeds=emb,
                                 clip_references=torch.randn(opts.motion_batch, 1024, generator=g).to(device, dtype))
-            _peak_reset(device)
+            _reset(device)
             timer = _Timer(device)
             tc = TrainConfig(steps=total, checkpoint_every=0, warmup_steps=0)
             res = train_dualreal_on_data(tr, DEFAULT_SCHEDULER_CONFIG, data, opts, tc, callback=timer)
@@ -164,7 +101,7 @@ def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: i
     for r in rows:
         r.setdefault("build_s", round(build_s, 2))
     del tr, clip, emb
-    _peak_reset(device)
+    _reset(device)
     return rows
 
 
