@@ -79,8 +79,7 @@ def run(args) -> int:
           f"model {bundle.name} ({frames} x {height} x {width})", file=sys.stderr)
 
     steps = args.steps or (300 if tiny else 1000)
-    options = DualRealOptions(num_frames=frames, height=height, width=width, motion_batch=1 if tiny else 3,
-                              groups=min(7, int(bundle.config.num_layers)))
+    options = DualRealOptions(num_frames=frames, height=height, width=width, motion_batch=1 if tiny else 3)
     train = TrainConfig(steps=steps, lr=3e-3 if tiny else 1e-3, warmup_steps=min(200, steps // 10), seed=args.seed,
                         gradient_checkpointing=not tiny, checkpoint_every=max(steps // 5, 1))
     encoder = None
