@@ -22,7 +22,7 @@ from .errors import DualAdapterError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_workflow", "validate_workflow", "run_workflow", "ui_to_api"]
+__all__ = ["load_workflow", "validate_workflow", "run_workflow", "ui_to_api", "has_seed_control"]
 
 
 def load_workflow(path: str | Path) -> dict:
@@ -185,6 +185,15 @@ def run_workflow(
     return {**{k: v for k, v in results.items()}, **{f"ui:{k}": v for k, v in ui.items()}}
 
 
+def has_seed_control(name: str, typ, opts: Mapping) -> bool:
+    """Whether ComfyUI's frontend puts a ``control_after_generate`` widget after this input.
+
+    It does for inputs that ask for it and, by legacy rule, for every INT input named ``seed`` or
+    ``noise_seed``; a UI workflow then holds one extra widget value after it.
+    """
+    return bool(opts.get("control_after_generate")) or (typ == "INT" and name in ("seed", "noise_seed"))
+
+
 def ui_to_api(ui_wf: Mapping[str, Any], node_classes: Mapping[str, type]) -> dict[str, dict]:
     """Convert a UI-format workflow to API format using the node definitions (widget order).
 
@@ -217,14 +226,14 @@ def ui_to_api(ui_wf: Mapping[str, Any], node_classes: Mapping[str, type]) -> dic
             if name in linked:
                 inputs[name] = linked[name]
                 if is_widget and not opts.get("forceInput"):
-                    pos += 1 + bool(opts.get("control_after_generate"))
+                    pos += 1 + has_seed_control(name, typ, opts)
                 continue
             if not is_widget or opts.get("forceInput"):
                 continue
             if pos >= len(wv):
                 raise DualAdapterError(f"UI workflow node {n.get('id')} ({n['type']}): no widget value for {name!r}")
             inputs[name] = wv[pos]
-            pos += 1 + bool(opts.get("control_after_generate"))
+            pos += 1 + has_seed_control(name, typ, opts)
             if opts.get("image_upload") or opts.get("video_upload"):
                 pos += 1
         api[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}

@@ -113,3 +113,45 @@ def test_api_workflow_runs_in_comfyui(server, wf):
     files = [server["out"] / i.get("subfolder", "") / i["filename"]
              for o in h[pid]["outputs"].values() for i in o.get("images", []) if i.get("type") == "output"]
     assert files and all(f.stat().st_size > 0 for f in files), h[pid]["outputs"]
+
+
+_CHECK_JS = """async ([wf, api]) => {
+    await window.app.loadGraphData(wf);
+    const reg = window.LiteGraph.registered_node_types;
+    const problems = [...new Set(wf.nodes.map(n => n.type).filter(t => !reg[t]))].map(t => `missing node ${t}`);
+    for (const n of wf.nodes) {
+        if (n.type === 'MarkdownNote' || n.type === 'Note') continue;
+        const g = window.app.graph._nodes.find(x => x.id === n.id);
+        if (!g) { problems.push(`node ${n.id} not loaded`); continue; }
+        const inputs = (api[String(n.id)] || {}).inputs || {};
+        for (const w of g.widgets || []) {
+            const v = inputs[w.name];
+            if (w.name === 'control_after_generate' || v === undefined || Array.isArray(v)) continue;
+            if (JSON.stringify(v) !== JSON.stringify(w.value))
+                problems.push(`${n.type}.${w.name}: loaded ${JSON.stringify(w.value)}, API twin ${JSON.stringify(v)}`);
+        }
+    }
+    return problems;
+}"""
+
+
+def test_ui_workflows_load_in_the_frontend(server):
+    """Each UI-format workflow loads in ComfyUI's own frontend (headless Chromium) with no missing node and
+    every widget holding the value of the API twin (skips without playwright + a Chromium)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not exe:
+        pytest.skip("no Chromium on PATH")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu",
+                                                               "--disable-background-networking", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(server["url"], wait_until="networkidle", timeout=120_000)
+            page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+            for wf in sorted((ROOT / "workflows").glob("*.json")):
+                api = json.loads((ROOT / "workflows" / "api" / wf.name).read_text())
+                problems = page.evaluate(_CHECK_JS, [json.loads(wf.read_text()), api])
+                assert not problems, f"{wf.name}: {problems}"
+        finally:
+            browser.close()

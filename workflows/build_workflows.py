@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dual_adapter.graph import has_seed_control  # noqa: E402
+
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
@@ -130,7 +132,7 @@ class Graph:
                     inputs.append(entry)
                 if widget:
                     widgets.append(v.node and None if isinstance(v, Out) else self._value(n, name, typ, opts))
-                    if opts.get("control_after_generate"):
+                    if has_seed_control(name, typ, opts):
                         widgets.append("fixed")
                     if opts.get("image_upload") or opts.get("video_upload"):
                         widgets.append("image")
@@ -140,10 +142,13 @@ class Graph:
                 outputs.append({"name": nm, "type": t, "links": out_links.get((n.id, slot)) or None, "slot_index": slot})
             col = depth[n.id]
             row = rows.get(col, 0)
-            n_w = 1 + sum(1 for _ in widgets) + len(inputs)
-            rows[col] = row + 60 + 26 * n_w
+            multiline = sum(1 for name, _, typ, opts in self._spec(n.type) if typ == "STRING" and opts.get("multiline")
+                            and not isinstance(n.values.get(name), Out))
+            n_w = max(len(outputs), len(inputs)) + len(widgets) + 3 * multiline
+            height = 46 + 24 * n_w
+            rows[col] = row + height + 50
             ui_nodes.append({
-                "id": n.id, "type": n.type, "pos": [40 + 380 * col, 40 + row], "size": [340, 40 + 26 * n_w],
+                "id": n.id, "type": n.type, "pos": [40 + 380 * col, 40 + row], "size": [340, height],
                 "flags": {}, "order": order[n.id], "mode": 0, "inputs": inputs, "outputs": outputs,
                 "properties": {"Node name for S&R": n.type}, "widgets_values": widgets,
                 **({"title": n.title} if n.title else {}),
