@@ -2,7 +2,7 @@
 
 Subject photos (``examples/dog``) + a motion clip (``examples/guitar.mp4``) -> DualReal adapters trained
 jointly -> a video of the subject doing the motion, plus the loss curve, the StageBlender readout and
-a metrics report. Runs on the built-in tiny model on CPU by default (about a minute); ``--model``
+a metrics report. Runs on the built-in tiny model on CPU by default (about 15 s); ``--model``
 takes a real CogVideoX folder for real results.
 """
 from __future__ import annotations
