@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import REAL_CONFIGS, StepTimer as _Timer, peak_gib, reset_peak as _reset, small_config, sync as _sync  # noqa: E402
+from common import REAL_CONFIGS, StepTimer as _Timer, peak_gib, reset_peak as _reset, small_config, sync as _sync, write_result  # noqa: E402
 
 CONFIGS = {**{k: {a: b for a, b in v.items() if a != "size"} for k, v in REAL_CONFIGS.items()},
            "small": {a: b for a, b in small_config(8).items() if a != "size"}}
@@ -162,20 +161,10 @@ def main(argv=None) -> int:
             p.error(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
         rows.append(bench(name, args.device, dtype, args.train_steps, args.authors_steps, args.ttt_steps,
                           not args.no_influence))
-    result = {
-        "benchmark": "bench_customttt",
-        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "note": "random weights; trainings on precomputed latents (rank 32, full preset, 2 blocks each, AdamW), times "
+    write_result("customttt", args.device, "random weights; trainings on precomputed latents (rank 32, full preset, 2 blocks each, AdamW), times "
                 "extrapolated from the median step; TTT merge = 2 teachers x 5 DDIM steps with CFG + 30 student steps "
                 "(batch 2, both LoRAs trainable), run in full; gradient checkpointing on; bf16 autocast on CUDA. "
-                "Authors (A6000, AnimateDiff U-Net): TTT ~3 min vs 4 + 4 min of training (ratio 0.375).",
-        "rows": rows,
-    }
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"customttt_{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+                "Authors (A6000, AnimateDiff U-Net): TTT ~3 min vs 4 + 4 min of training (ratio 0.375).", args.out, rows=rows)
     return 0
 
 

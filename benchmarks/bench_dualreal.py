@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config  # noqa: E402
+from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config, write_result  # noqa: E402
 
 from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle, parse_dtype  # noqa: E402
 
@@ -86,7 +85,7 @@ def _train_lora(tr, clip, emb, tc, device, warm, rank=64):
 
 def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: int, sample_steps: int,
                  hidden: int | None = None) -> dict:
-    from dual_adapter.dualreal import (DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealData,
+    from dual_adapter.dualreal import (DualRealAdapterSet, DualRealData,
                                        DualRealOptions, DualRealPatch, train_dualreal_on_data)
     from dual_adapter.sampling import sample
     from dual_adapter.training import TrainConfig
@@ -203,22 +202,12 @@ def main(argv=None) -> int:
         bnb = True
     except Exception:
         bnb = False
-    doc = {
-        "benchmark": "bench_dualreal",
-        "device": torch.cuda.get_device_name(0) if on_cuda else (platform.processor() or "cpu"),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "bitsandbytes": bnb,
-        "note": "random weights and latents; training step = forward + backward + optimiser step with gradient "
+    path = write_result("dualreal", "cuda" if on_cuda else "cpu", "random weights and latents; training step = forward + backward + optimiser step with gradient "
                 "checkpointing (bf16 autocast on CUDA), batch 1, optimiser 'auto' (8-bit AdamW on CUDA when "
                 "bitsandbytes is installed); sampling step = one DPM step with CFG (batch 2). peak_gib: "
-                "torch.cuda.max_memory_allocated on CUDA, process max RSS on CPU (monotonic, not per row).",
-        "targets": TARGETS,
-        "results": results,
-    }
-    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"dualreal_{'cuda' if on_cuda else 'cpu'}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2))
-    print(json.dumps(doc, indent=2))
-    print(f"wrote {path}", file=sys.stderr)
+                "torch.cuda.max_memory_allocated on CUDA, process max RSS on CPU (monotonic, not per row).", args.out, bitsandbytes=bnb,
+                        targets=TARGETS, results=results)
+    print(path.read_text())
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config  # noqa: E402
+from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config, write_result  # noqa: E402
 
 from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
 
@@ -125,20 +124,10 @@ def main(argv=None) -> int:
         if name not in CONFIGS:
             p.error(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
         rows += bench_config(name, args.device, dtype, args.steps, args.warmup, args.rows.split(","))
-    result = {
-        "benchmark": "bench_lora",
-        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "note": "random weights and latents; step = forward + backward + optimiser step, gradient checkpointing on, "
+    write_result("lora", args.device, "random weights and latents; step = forward + backward + optimiser step, gradient checkpointing on, "
                 "bf16 autocast on CUDA; DualReal uses its default optimiser (8-bit AdamW on CUDA with bitsandbytes, "
                 "else AdamW). Reference: public CogVideoX-5B LoRA trainers report ~20 GB peak at rank 64 with "
-                "checkpointing and precomputed latents (compare lora-full-r64 on 5b).",
-        "rows": rows,
-    }
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"lora_{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+                "checkpointing and precomputed latents (compare lora-full-r64 on 5b).", args.out, rows=rows)
     return 0
 
 

@@ -77,3 +77,21 @@ class StepTimer:
         now = time.perf_counter()
         self.times.append(now - self.t)
         self.t = now
+
+
+def write_result(benchmark: str, device: str, note: str, out: str | None, **fields):
+    """Write a benchmark's JSON (machine, torch, threads, note, and ``fields``) to ``out`` or
+    ``benchmarks/results/<benchmark>_<cpu|cuda>.json``; returns the path."""
+    import json
+    import platform
+    from pathlib import Path
+
+    on_cuda = str(device).startswith("cuda")
+    doc = {"benchmark": f"bench_{benchmark}",
+           "device": torch.cuda.get_device_name(0) if on_cuda else (platform.processor() or "cpu"),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "note": note, **fields}
+    path = Path(out) if out else Path(__file__).resolve().parent / "results" / f"{benchmark}_{'cuda' if on_cuda else 'cpu'}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
