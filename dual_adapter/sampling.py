@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 

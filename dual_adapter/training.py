@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from .backbone import transformer_forward
-from .errors import DualAdapterError, InterruptedByUser
+from .errors import DualAdapterError
 from .io import load_safetensors, save_safetensors
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainResult", "diffusion_loss", "make_noise_scheduler", "make_optimizer",
            "make_lr_schedule", "train_loop", "save_train_state", "load_train_state", "step_generator",
-           "write_loss_log"]
+           "write_loss_log", "loss_summary"]
 
 
 @dataclass
@@ -269,6 +268,14 @@ def load_train_state(path: str | Path, optimizer, lr_schedule) -> tuple[int, dic
     if lr_schedule is not None and meta.get("lr_schedule"):
         lr_schedule.load_state_dict(meta["lr_schedule"])
     return int(meta["step"]), meta.get("extra") or {}
+
+
+def loss_summary(losses: Sequence[dict], frac: float = 0.1) -> tuple[float, float]:
+    """Mean loss of the first and of the last ``frac`` of the steps (at least one step each)."""
+    if not losses:
+        return float("nan"), float("nan")
+    n = max(1, int(len(losses) * frac))
+    return (sum(r["loss"] for r in losses[:n]) / n, sum(r["loss"] for r in losses[-n:]) / n)
 
 
 def write_loss_log(losses: Sequence[dict], path: str | Path) -> Path:

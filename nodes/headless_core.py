@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.io import atomic_write
 
 from . import bridge
 from .common import image_batch, unique_output
@@ -48,9 +49,7 @@ class SaveImage:
         out = []
         for im in _pil_frames(images):
             p = unique_output(filename_prefix, "png")
-            tmp = p.with_name("." + p.name + ".tmp")
-            im.save(tmp, format="PNG")
-            tmp.replace(p)
+            atomic_write(p, lambda tmp, im=im: im.save(tmp, format="PNG"))
             out.append(_ui_entry(p, bridge.output_dir()))
         return {"ui": {"images": out}}
 
@@ -85,10 +84,9 @@ class SaveAnimatedWEBP:
     def save_images(self, images, filename_prefix="ComfyUI", fps=6.0, lossless=True, quality=80, method="default"):
         frames = _pil_frames(images)
         p = unique_output(filename_prefix, "webp")
-        tmp = p.with_name("." + p.name + ".tmp")
-        frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], duration=int(1000 / fps),
-                       lossless=lossless, quality=quality, method=self.METHODS.get(method, 4))
-        tmp.replace(p)
+        atomic_write(p, lambda tmp: frames[0].save(
+            tmp, format="WEBP", save_all=True, append_images=frames[1:], duration=int(1000 / fps), lossless=lossless,
+            quality=quality, method=self.METHODS.get(method, 4)))
         return {"ui": {"images": [_ui_entry(p, bridge.output_dir())], "animated": (True,)}}
 
 
@@ -110,10 +108,9 @@ class SaveAnimatedPNG:
     def save_images(self, images, filename_prefix="ComfyUI", fps=6.0, compress_level=4):
         frames = _pil_frames(images)
         p = unique_output(filename_prefix, "png")
-        tmp = p.with_name("." + p.name + ".tmp")
-        frames[0].save(tmp, format="PNG", save_all=True, append_images=frames[1:], duration=int(1000 / fps),
-                       compress_level=compress_level)
-        tmp.replace(p)
+        atomic_write(p, lambda tmp: frames[0].save(
+            tmp, format="PNG", save_all=True, append_images=frames[1:], duration=int(1000 / fps),
+            compress_level=compress_level))
         return {"ui": {"images": [_ui_entry(p, bridge.output_dir())], "animated": (True,)}}
 
 

@@ -14,12 +14,13 @@ def test_demo_writes_video_adapters_curve_and_report(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dual_adapter", "demo", "--steps", "40", "--sample-steps", "4",
                         "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    for name in ("video.mp4", "adapters.safetensors", "loss_curve.png", "losses.jsonl", "stageblender.png",
+    for name in ("video.mp4", "adapters.safetensors", "loss_curve.png", "adapters.losses.jsonl", "stageblender.png",
                  "metrics.json", "metrics.txt"):
         assert (out / name).stat().st_size > 0, name
         assert str(out / name) in r.stdout, f"the demo does not say where it wrote {name}"
-    losses = [json.loads(l) for l in (out / "losses.jsonl").read_text().splitlines()]
+    losses = [json.loads(l) for l in (out / "adapters.losses.jsonl").read_text().splitlines()]
     assert len(losses) == 40 and {r["phase"] for r in losses} == {"identity", "motion"}
+    assert sorted(p.name for p in out.iterdir() if "partial" in p.name or "state" in p.name) == []
     report = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= report["metrics"]["temporal_flickering"] <= 1.0
     from dual_adapter.dualreal import load_adapters

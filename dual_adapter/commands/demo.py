@@ -57,12 +57,12 @@ def run(args) -> int:
     import torch
 
     from .. import backbone, media, sampling
-    from ..dualreal import DualRealOptions, DualRealPatch, save_adapters, train_dualreal
+    from ..dualreal import DualRealOptions, DualRealPatch, finalize_run, train_dualreal
     from ..dualreal.readout import plot_stageblender, stageblender_readout
     from ..metrics.report import format_table, plot_result
     from ..metrics.suite import evaluate_video
     from ..plots import plot_loss_curve
-    from ..training import TrainConfig, write_loss_log
+    from ..training import TrainConfig, loss_summary
     from .generate import _TextProgress, load_bundle
 
     t0 = time.time()
@@ -90,11 +90,7 @@ def run(args) -> int:
     adapters_path = out / "adapters.safetensors"
     res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt, reference_encoder=encoder,
                          options=options, train=train, callback=_TextProgress("training"), out=adapters_path)
-    for k, f in getattr(res, "files", {}).items():
-        if k in ("partial", "state") and Path(f).exists():
-            Path(f).unlink()
-    save_adapters(res.adapters, adapters_path)
-    write_loss_log(res.losses, out / "losses.jsonl")
+    finalize_run(res, adapters_path)
     media.save_image(plot_loss_curve(res.losses, "DualReal joint training", group_by="phase", smooth=10)[0],
                      out / "loss_curve.png")
 
@@ -109,7 +105,7 @@ def run(args) -> int:
     lat = sampling.sample(bundle, pos, neg, steps=n_steps, cfg=6.0, seed=args.seed,
                           patches=[DualRealPatch(res.adapters, ref)], callback=_TextProgress("sampling"))
     video = sampling.decode_latents(bundle, lat)[0]
-    video_path = media.write_video(video, out / "video.mp4", fps=8)
+    media.write_video(video, out / "video.mp4", fps=8)
 
     readout = stageblender_readout(bundle, res.adapters, pos, reference=ref, negative_embeds=neg, seed=args.seed,
                                    steps=n_steps)
@@ -123,14 +119,12 @@ def run(args) -> int:
 
     media.save_image(torch.from_numpy(np.asarray(plot_result(report))), out / "metrics.png")
 
-    n = max(1, len(res.losses) // 10)
-    first = sum(r["loss"] for r in res.losses[:n]) / n
-    last = sum(r["loss"] for r in res.losses[-n:]) / n
+    first, last = loss_summary(res.losses)
     print(format_table(report))
     print(f"\nDualReal demo done in {time.time() - t0:.0f} s ({steps} training steps, loss {first:.3f} -> {last:.3f}).")
     print(f"wrote to {out}/:")
     for name, what in (("video.mp4", "the subject doing the motion"), ("adapters.safetensors", "DA-blocks + StageBlender"),
-                       ("loss_curve.png", "training loss per phase"), ("losses.jsonl", "per-step losses"),
+                       ("loss_curve.png", "training loss per phase"), ("adapters.losses.jsonl", "per-step losses"),
                        ("stageblender.png", "identity weight per block group and step (paper Fig. 7)"),
                        ("metrics.txt", "metrics table"), ("metrics.json", "metrics report"),
                        ("metrics.png", "metrics plot")):

@@ -72,7 +72,8 @@ def _encoder_for(spec: str | None, model_name: str, device: str | None):
 
 
 def _train(args) -> int:
-    from ..dualreal import DualRealOptions, run_paths, save_adapters, train_dualreal
+    from ..dualreal import DualRealOptions, finalize_run, run_paths, train_dualreal
+    from ..training import loss_summary
     from ..media import load_clip, load_images
     from ..training import TrainConfig
 
@@ -108,17 +109,11 @@ def _train(args) -> int:
 
     res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt, reference_encoder=encoder,
                          options=options, train=train, callback=progress, out=out, resume=args.resume)
-    path = save_adapters(res.adapters, out)
-    files = run_paths(out)
-    for k in ("partial", "state"):
-        if files[k].exists():
-            files[k].unlink()
-    n = len(res.losses)
-    first = sum(r["loss"] for r in res.losses[: max(1, n // 10)]) / max(1, min(n, max(1, n // 10)))
-    last = sum(r["loss"] for r in res.losses[-max(1, n // 10):]) / max(1, min(n, max(1, n // 10)))
+    path = finalize_run(res, out)
+    first, last = loss_summary(res.losses)
     print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "
           f"{res.seconds:.1f} s, {res.optimizer_name}); loss {first:.4f} -> {last:.4f}; "
-          f"losses: {files['losses']}")
+          f"losses: {run_paths(out)['losses']}")
     return 0
 
 

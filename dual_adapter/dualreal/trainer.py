@@ -28,17 +28,16 @@ Run files, written next to ``out`` (``X.safetensors``) when given:
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from ..backbone import CogVideoXBundle, config_fingerprint, encode_prompt, transformer_width
+from ..backbone import CogVideoXBundle, config_fingerprint, encode_prompt
 from ..errors import DualAdapterError
 from ..patches import patched_copy
-from ..training import (TrainConfig, diffusion_loss, load_train_state, make_noise_scheduler, save_train_state,
+from ..training import (TrainConfig, diffusion_loss, make_noise_scheduler, save_train_state,
                         train_loop, write_loss_log)
 from .adapters import FORMS, DualRealAdapters, DualRealConfig
 from .checkpoint import DualRealAdapterSet, load_adapters, save_adapters
@@ -46,7 +45,7 @@ from .patch import DualRealPatch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "prepare_dualreal_data",
+__all__ = ["DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "finalize_run", "prepare_dualreal_data",
            "train_dualreal_on_data", "train_dualreal"]
 
 
@@ -143,6 +142,20 @@ def run_paths(out: str | Path) -> dict[str, Path]:
     return {"partial": out.with_name(stem + ".partial.safetensors"),
             "state": out.with_name(stem + ".state.safetensors"),
             "losses": out.with_name(stem + ".losses.jsonl")}
+
+
+def finalize_run(result: "DualRealResult", out: str | Path) -> Path:
+    """Save the finished adapters to ``out`` (never overwriting), then remove the run's ``partial`` and
+    ``state`` files, which the final file supersedes (in that order, so a failure keeps the checkpoint).
+    The ``losses`` file stays. Returns the path written."""
+    from .checkpoint import save_adapters
+
+    path = save_adapters(result.adapters, out)
+    files = run_paths(out)
+    for k in ("partial", "state"):
+        if files[k].exists():
+            files[k].unlink()
+    return path
 
 
 # --------------------------------------------------------------------------------------------
