@@ -7,7 +7,8 @@ node classes import and run in plain pytest.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 try:  # pragma: no cover - exercised only inside ComfyUI
     import comfy.model_management as _mm  # type: ignore
@@ -19,7 +20,7 @@ except Exception:  # ComfyUI absent: tests, scripts
     _mm = _cu = _fp = None
     IN_COMFY = False
 
-from dual_adapter.errors import InterruptedByUser
+from dual_adapter.errors import DualAdapterError, InterruptedByUser
 
 # model folders this pack registers: name -> sub-folder of ComfyUI's models/
 MODEL_FOLDERS = {"CogVideo": "CogVideo", "dualreal": "dualreal", "loras": "loras", "clip_vision": "clip_vision"}
@@ -80,18 +81,25 @@ def list_files(name: str) -> list[str]:
 
 
 def resolve(name: str, rel: str) -> Path:
-    """Full path of ``rel`` inside the ``models/<name>`` folders (first match), or ``rel`` itself."""
+    """Full path of ``rel`` inside the ``models/<name>`` folders (first match).
+
+    Reads follow :func:`allowed_read_path`: ``rel`` must name a file or folder inside one of the
+    ``models/<name>`` folders (no absolute path, no ``..`` escape, unless the documented opt-in
+    ``$DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1`` is set).
+
+    Raises:
+        DualAdapterError: ``rel`` is not inside those folders or does not exist (one message for both).
+    """
     if IN_COMFY:
         try:
             p = _fp.get_full_path(name, rel)
             if p:
-                return Path(p)
+                return allowed_read_path(p, list(folder_dirs(name)), what=f"{name} file")
+        except DualAdapterError:
+            raise
         except Exception:
             pass
-    for d in folder_dirs(name):
-        if (d / rel).exists():
-            return d / rel
-    return Path(rel)
+    return allowed_read_path(rel, folder_dirs(name), what=f"{name} file")
 
 
 def output_dir() -> Path:
@@ -109,18 +117,134 @@ def input_dir() -> Path:
 
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
+#: The pack's shipped inputs (example photos and clip); workflows may name them as ``examples/...``.
+EXAMPLES_DIR = PACK_ROOT / "examples"
+
+# ------------------------------------------------------------------------------------------------
+# Path policy (ComfyUI is a server and workflows are shared files: a workflow must not read or write
+# arbitrary files on the machine). Every node reads and writes through these two functions.
+
+#: Set to 1 to let nodes read absolute paths (and ``..``) outside ComfyUI's input / models folders.
+ALLOW_ABSOLUTE_ENV = "DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS"
 
 
-def resolve_input(path: str | os.PathLike) -> Path:
-    """Find a user-given input path: as given if absolute or existing, else inside ComfyUI's input
-    folder, else inside the pack (so workflows can name the shipped ``examples/...``)."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    for base in (input_dir(), PACK_ROOT):
-        if (base / p).exists():
-            return base / p
-    return p
+def _absolute_allowed() -> bool:
+    return os.environ.get(ALLOW_ABSOLUTE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _looks_absolute(text: str) -> bool:
+    """Absolute on any platform: ``/x``, ``\\x``, ``C:\\x``, ``C:/x``, ``~``."""
+    t = text.replace("\\", "/")
+    return t.startswith("/") or t.startswith("~") or bool(re.match(r"^[A-Za-z]:", t))
+
+
+def is_inside(path: Path, base: Path) -> bool:
+    """``path`` lies in ``base`` after normalising ``..`` (``os.path.abspath``, as ComfyUI does:
+    symlinks an administrator put inside a folder are followed)."""
+    p, b = os.path.abspath(path), os.path.abspath(base)
+    try:
+        return os.path.commonpath([p, b]) == b
+    except ValueError:  # different drives on Windows
+        return False
+
+
+def _check_relative(text: str, what: str, exc_text: str) -> PurePosixPath:
+    if "\x00" in text:
+        raise DualAdapterError(exc_text)
+    rel = PurePosixPath(text.replace("\\", "/"))
+    if _looks_absolute(text) or ".." in rel.parts:
+        raise DualAdapterError(exc_text)
+    return rel
+
+
+def allowed_read_path(path: str | os.PathLike, bases, what: str = "path") -> Path:
+    """The one read policy of the pack's nodes: ``path`` as a file or folder inside one of ``bases``.
+
+    ``path`` is looked up relative to each folder of ``bases`` in turn (first existing match wins).
+    An absolute path is accepted only when it already lies inside one of ``bases``; ``..`` may not
+    leave them. With ``$DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1`` (an explicit opt-in for single-user
+    machines) any absolute path is read as given.
+
+    A path that is not allowed and a path that does not exist get the *same* error, so a workflow
+    cannot probe which files exist on the server.
+
+    Returns:
+        the existing ``Path``.
+
+    Raises:
+        DualAdapterError: not allowed, or does not exist (one message for both).
+    """
+    bases = [Path(b) for b in bases]
+    text = os.fspath(path).strip()
+    where = " or ".join(repr(str(b)) for b in bases) or "(no folder)"
+    err = (f"{what} {text!r} was not found in {where}; give a name relative to that folder "
+           f"(absolute paths and '..' are refused unless {ALLOW_ABSOLUTE_ENV}=1 is set)")
+    if not text or "\x00" in text:
+        raise DualAdapterError(err)
+    if _absolute_allowed() and _looks_absolute(text):
+        p = Path(text).expanduser()
+        if p.exists():
+            return p
+        raise DualAdapterError(err)
+    if _looks_absolute(text):
+        p = Path(text)
+        if p.is_absolute() and p.exists() and any(is_inside(p, b) for b in bases):
+            return p
+        raise DualAdapterError(err)
+    rel = _check_relative(text, what, err)
+    for b in bases:
+        p = b / rel
+        if is_inside(p, b) and p.exists():
+            return p
+    raise DualAdapterError(err)
+
+
+def output_path(prefix: str, ext: str, base: str | os.PathLike | None = None, what: str = "filename_prefix") -> Path:
+    """The one write policy of the pack's nodes: a new ``<base>/<prefix>_NNNNN_.<ext>`` (ComfyUI's counter).
+
+    ``base`` defaults to ComfyUI's output folder. ``prefix`` may name sub-folders (``tap/guitar``) but
+    must stay inside ``base``: an absolute prefix, a drive letter or ``..`` is refused, the way ComfyUI's
+    ``folder_paths.get_save_image_path`` refuses to save outside the output folder.
+
+    Raises:
+        DualAdapterError: an empty prefix or one that leaves ``base`` (the message names the input).
+    """
+    from dual_adapter.io import next_free_path
+
+    base = Path(base) if base is not None else output_dir()
+    text = str(prefix or "").strip()
+    err = (f"{what} {prefix!r}: files are only written inside {str(base)!r}; give a relative name without "
+           f"'..' (sub-folders are fine, e.g. 'tap/guitar')")
+    if not text:
+        raise DualAdapterError(f"{what} is empty; give a file name (sub-folders are fine, e.g. 'tap/guitar')")
+    rel = _check_relative(text, what, err)
+    if not rel.name or rel.name in (".", ".."):
+        raise DualAdapterError(err)
+    if not is_inside(base / rel, base):
+        raise DualAdapterError(err)
+    return next_free_path(base, str(rel), ext)
+
+
+def resolve_input(path: str | os.PathLike, what: str = "path") -> Path:
+    """A user-given input path (Load Photos, Load Clip Frames, LoadImage) under the read policy:
+    relative to ComfyUI's input folder; ``examples/...`` may also name the pack's shipped examples.
+
+    Raises:
+        DualAdapterError: outside those folders or missing (one message for both; see
+            :func:`allowed_read_path`).
+    """
+    text = os.fspath(path).strip()
+    try:
+        return allowed_read_path(text, [input_dir()], what=what)
+    except DualAdapterError as e:
+        err = e
+    rel = text.replace("\\", "/")
+    if rel.startswith("examples/"):
+        try:
+            return allowed_read_path(rel[len("examples/"):], [EXAMPLES_DIR], what=what)
+        except DualAdapterError:
+            pass
+    raise err
 
 
 def temp_dir() -> Path:

@@ -34,10 +34,9 @@ def training_mode():
         yield
 
 
-def unique_output(prefix: str, ext: str) -> Path:
-    """A new ``output/<prefix>_NNNNN_.<ext>`` path that does not exist yet."""
-    from dual_adapter.io import next_free_path
-
+def unique_output(prefix: str, ext: str, what: str = "filename_prefix") -> Path:
+    """A new ``output/<prefix>_NNNNN_.<ext>`` path that does not exist yet, inside the output folder
+    (the bridge's write policy: absolute prefixes and ``..`` are refused)."""
     from . import bridge
 
-    return next_free_path(bridge.output_dir(), prefix, ext)
+    return bridge.output_path(prefix, ext, what=what)

@@ -196,7 +196,7 @@ class LoadClipFrames:
     def INPUT_TYPES(cls):
         return {"required": {
             "video": ([""] + _input_videos(), {"default": "", "tooltip": "A clip in ComfyUI's input folder (or use path)."}),
-            "path": ("STRING", {"default": "", "tooltip": "Path of a clip (absolute, or relative to the input folder or to this pack, e.g. examples/guitar.mp4); overrides 'video' when set."}),
+            "path": ("STRING", {"default": "", "tooltip": "Path of a clip relative to ComfyUI's input folder (or the pack's examples/, e.g. examples/guitar.mp4); overrides 'video' when set. Absolute paths and '..' are refused unless DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1."}),
             "frames": ("INT", {"default": 49, "min": 1, "max": 1025, "tooltip": "Frames to return (4k+1 for CogVideoX; 49)."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 120.0, "step": 0.5, "tooltip": "Sample at this frame "
                     "rate (CogVideoX is trained at 8 fps). 0 = every source frame."}),
@@ -208,9 +208,9 @@ class LoadClipFrames:
         }}
 
     def load(self, video="", path="", frames=49, fps=8.0, start_s=0.0, height=480, width=720, short_policy="loop"):
-        src = bridge.resolve_input(path) if path else (bridge.input_dir() / video if video else None)
-        if src is None:
+        if not (path or video):
             raise DualAdapterError("Load Clip Frames: choose a video or give a path")
+        src = bridge.resolve_input(path, "path") if path else bridge.resolve_input(video, "video")
         x, info = media.load_clip(src, num_frames=frames, fps=fps or None, start_s=start_s, short_policy=short_policy)
         if height and width:
             x = media.fit_frames(x, height, width)
@@ -228,8 +228,9 @@ class LoadPhotos:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": ("STRING", {"default": "", "tooltip": "An image file or a folder of images (PNG/JPG/WEBP...): absolute, or relative to "
-                     "ComfyUI's input folder or to this pack (e.g. examples/dog)."}),
+            "path": ("STRING", {"default": "", "tooltip": "An image file or a folder of images (PNG/JPG/WEBP...) relative to ComfyUI's input "
+                     "folder (or the pack's examples/, e.g. examples/dog). Absolute paths and '..' are refused unless "
+                     "DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1."}),
             "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16, "tooltip": "Output height, pixels."}),
             "width": ("INT", {"default": 720, "min": 16, "max": 2048, "step": 16, "tooltip": "Output width, pixels."}),
         }}
@@ -237,7 +238,7 @@ class LoadPhotos:
     def load(self, path, height=480, width=720):
         if not path:
             raise DualAdapterError("Load Photos: path is empty; give an image file or a folder of images")
-        imgs = media.load_images([bridge.resolve_input(path)])
+        imgs = media.load_images([bridge.resolve_input(path, "path")])
         out = torch.cat([media.fit_frames(i.unsqueeze(0), height, width) for i in imgs], 0)
         return (out, int(out.shape[0]))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
-from dual_adapter.io import next_free_path
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent
 
@@ -183,7 +182,7 @@ class DualAdapterTTTMerge:
                           gradient_checkpointing=bool(gradient_checkpointing), num_frames=frames or None,
                           height=height or None, width=width or None)
         cfg.validate()
-        ckpt = next_free_path(bridge.output_dir(), "lora_checkpoints/customttt", "safetensors") if steps else None
+        ckpt = bridge.output_path("lora_checkpoints/customttt", "safetensors") if steps else None
         with training_mode():
             res = C.ttt_merge(m.bundle, a, mo, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
                               prompt=prompt, config=cfg, patches=m.patches, callback=_ProgressOnce(),
@@ -258,7 +257,7 @@ class DualAdapterTrainSelectiveLoRA:
         if learning_rate > 0:
             over["lr"] = float(learning_rate)
         cfg = C.selective_train_config(kind, **over)
-        ckpt = next_free_path(bridge.output_dir(), f"lora_checkpoints/{kind}_lora", "safetensors")
+        ckpt = bridge.output_path(f"lora_checkpoints/{kind}_lora", "safetensors")
         with training_mode():
             lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
                                              callback=bridge.Progress(int(steps)), checkpoint_path=ckpt,

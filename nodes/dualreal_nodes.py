@@ -167,14 +167,10 @@ class DualRealSave:
 
     def save(self, adapters, filename_prefix):
         from dual_adapter.dualreal import DualRealAdapterSet, save_adapters
-        from dual_adapter.io import next_free_path
 
         if not isinstance(adapters, DualRealAdapterSet):
             raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
-        prefix = (filename_prefix or "dualreal/dualreal").replace("\\", "/").lstrip("/")
-        if ".." in prefix.split("/"):
-            raise DualAdapterError(f"filename_prefix {filename_prefix!r} must stay inside the output folder")
-        path = save_adapters(adapters, next_free_path(bridge.output_dir(), prefix, "safetensors"))
+        path = save_adapters(adapters, bridge.output_path(filename_prefix or "dualreal/dualreal", "safetensors"))
         return {"ui": {"text": [str(path)]}}
 
 
@@ -199,8 +195,9 @@ class DualRealLoad:
     def load(self, adapters_name):
         from dual_adapter.dualreal import load_any
 
-        if adapters_name.startswith("examples/") and (bridge.PACK_ROOT / adapters_name).is_file():
-            return (load_any(bridge.PACK_ROOT / adapters_name),)
+        shipped = bridge.EXAMPLES_DIR / adapters_name[len("examples/"):]
+        if adapters_name.startswith("examples/") and bridge.is_inside(shipped, bridge.EXAMPLES_DIR) and shipped.is_file():
+            return (load_any(shipped),)
         return (load_any(bridge.resolve("dualreal", adapters_name)),)
 
 

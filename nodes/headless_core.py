@@ -150,7 +150,7 @@ class LoadImage:
     def load_image(self, image):
         from dual_adapter.media import load_image
 
-        x = load_image(bridge.input_dir() / image).unsqueeze(0)
+        x = load_image(bridge.resolve_input(image, "image")).unsqueeze(0)
         return (x, torch.zeros(1, x.shape[1], x.shape[2]))
 
 

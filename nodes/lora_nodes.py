@@ -10,7 +10,6 @@ import torch
 
 from dual_adapter import lora as L
 from dual_adapter.errors import DualAdapterError
-from dual_adapter.io import next_free_path
 
 from . import bridge
 from .common import as_model, image_batch, training_mode
@@ -97,7 +96,7 @@ class TrainMotionLoRA:
         t = m.bundle.vae_scale_temporal
         n = min(c.shape[0] for c in clips)
         n = min((n - 1) // t * t + 1, m.bundle.default_size[0])
-        ckpt = next_free_path(bridge.output_dir(), "lora_checkpoints/motion_lora", "safetensors")
+        ckpt = bridge.output_path("lora_checkpoints/motion_lora", "safetensors")
         progress = bridge.Progress(int(steps))
         with training_mode():
             lf, res = L.train_lora(m.bundle, clips=clips, prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
@@ -140,10 +139,8 @@ class SaveLoRA:
 
     def save(self, lora, filename_prefix="motion_lora", folder="models/loras", precision="bf16"):
         lf = _as_lora(lora)
-        if not filename_prefix.strip() or ".." in filename_prefix.replace("\\", "/").split("/"):
-            raise DualAdapterError(f"filename_prefix {filename_prefix!r}: give a name without '..'")
         base = bridge.folder_dirs("loras")[0] if folder == "models/loras" else bridge.output_dir() / "loras"
-        path = next_free_path(base, filename_prefix.strip(), "safetensors")
+        path = bridge.output_path(filename_prefix, "safetensors", base=base)
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         lf.save(path, dtype=dt)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
