@@ -12,21 +12,22 @@ API = sorted((ROOT / "workflows" / "api").glob("*.json"))
 
 
 def _swap_inputs(wf: dict, data: Path, clip: Path) -> int:
-    """Point every shipped example input at the real data; returns how many inputs were swapped."""
+    """Point every shipped example input at the real data, named relative to the input folder (``data``:
+    nodes read only inside ComfyUI's input folder); returns how many inputs were swapped."""
     n = 0
     for node in wf.values():
         for k, v in node["inputs"].items():
             if v == "examples/dog":
-                node["inputs"][k] = str(data / "identity" / "dog")
+                node["inputs"][k] = "identity/dog"
                 n += 1
             elif v == "examples/guitar.mp4":
-                node["inputs"][k] = str(clip)
+                node["inputs"][k] = clip.relative_to(data).as_posix()
                 n += 1
     return n
 
 
 @pytest.mark.parametrize("path", API, ids=lambda p: p.stem)
-def test_workflow_runs_on_real_data(path, data_dir, out_dir):
+def test_workflow_runs_on_real_data(path, data_dir, out_dir, monkeypatch):
     from dual_adapter.commands.run import load_node_classes
     from dual_adapter.graph import run_workflow
 
@@ -35,6 +36,7 @@ def test_workflow_runs_on_real_data(path, data_dir, out_dir):
     # the others take a 25 fps, 320x240 guitar AVI (resampled to 8 fps, 4:3 cropped to 3:2)
     clip = (data_dir / "motion" / "car_turn" / "car-turn.mp4" if "tap" in path.stem
             else data_dir / "motion" / "playing_guitar" / "v_PlayingGuitar_g07_c01.avi")
+    monkeypatch.setenv("DUAL_ADAPTER_INPUT", str(data_dir))
     swapped = _swap_inputs(wf, data_dir, clip)
     if path.stem not in ("generate_tiny", "dualreal_load_sample"):
         assert swapped, f"{path.name} reads no example input"
