@@ -40,6 +40,7 @@ from torch import nn
 
 from .errors import DualAdapterError
 from .lora import parse_blocks  # noqa: F401  (re-exported: CustomTTT selects blocks)
+from .seeds import check_seed, derived_seed, seed_generator
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def _influence_inputs(bundle, *, timesteps, seeds, latents, num_frames, height, 
     draws = []
     n_train = sched.config.num_train_timesteps
     for k, seed in enumerate(seeds):
-        g = torch.Generator("cpu").manual_seed(int(seed))
+        g = seed_generator(seed, name="seeds")
         x0 = lat[k % lat.shape[0]: k % lat.shape[0] + 1] if lat is not None else torch.randn(shape, generator=g)
         for t in timesteps:
             t = int(t)
@@ -1011,7 +1012,7 @@ def ttt_merge(
         nonlocal t_ref
         for k, (name, lf, e, frames) in enumerate((("appearance", appearance, e_app, nf_a),
                                                    ("motion", motion, e_mot, nf))):
-            seed = noise_seed if config.shared_teacher_noise else noise_seed + k
+            seed = noise_seed if config.shared_teacher_noise else derived_seed(noise_seed, k)
             cb = None
             if report and callback is not None:
                 off = k * f
@@ -1024,7 +1025,7 @@ def ttt_merge(
 
     t0 = time.time()
     if config.steps > 0:
-        make_refs(int(config.teacher_seed), True)
+        make_refs(check_seed(config.teacher_seed, "teacher_seed"), True)
     t_teachers = time.time() - t0
 
     # ---- the student
@@ -1059,7 +1060,7 @@ def ttt_merge(
 
     @torch.no_grad()
     def evaluate() -> dict:
-        g = torch.Generator("cpu").manual_seed(int(config.seed) + 7_654_321)
+        g = seed_generator(config.seed, 7_654_321)
         acc: dict[str, float] = {}
         for _ in range(int(config.eval_draws)):
             loss, info = combined_loss(g)
@@ -1083,7 +1084,7 @@ def ttt_merge(
 
     def step_fn(step: int, gen: torch.Generator):
         if config.regenerate_references and step > 0:
-            make_refs(int(config.teacher_seed) + 1000 * step, False)
+            make_refs(derived_seed(config.teacher_seed, 1000 * step), False)
         return combined_loss(gen)
 
     def cb(step, tot, rec):

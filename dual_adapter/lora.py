@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .errors import DualAdapterError
+from .seeds import derived_seed
 
 if TYPE_CHECKING:
     from .training import TrainResult
@@ -1190,7 +1191,7 @@ def train_lora_on_latents(
     sspec = None
     spatial_params: list[nn.Parameter] = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))  # lora_A's random init: the same seed repeats the run
+        torch.manual_seed(derived_seed(cfg.seed))  # lora_A's random init: the same seed repeats the run
         params = inject_lora(model, spec, "default")
         param_groups = [{"params": params}]
         if spatial_path:

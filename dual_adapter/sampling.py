@@ -16,6 +16,7 @@ import torch
 from .backbone import CogVideoXBundle, check_video_size, latent_frames_for, transformer_forward
 from .errors import DualAdapterError
 from .patches import ModelPatch, patched_copy
+from .seeds import seed_generator
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def sample(
             (49 x 480 x 720 on the released models, 9 x 64 x 96 on ``tiny``). Checked with
             :func:`~dual_adapter.backbone.check_video_size` (4k+1 frames, multiples of 16 px).
         steps: denoising steps (>= 1). cfg: guidance scale (1 = no guidance; 6 in the papers).
-        seed: seeds the initial noise (a CPU generator, so results match across devices).
+        seed: seeds the initial noise (a CPU generator, so results match across devices); any integer in
+            ``-2**63 .. 2**64 - 1``, mapped by :mod:`dual_adapter.seeds` (``seed mod 2**64``).
         scheduler: ``"dpm"`` (CogVideoXDPMScheduler, the CogVideoX default) or ``"ddim"``.
         patches: model patches applied to a weight-sharing copy for this call only (the bundle's
             transformer is never modified).
@@ -152,7 +154,7 @@ def sample(
     s = bundle.vae_scale_spatial
     shape = (B, T + extra, C, height // s, width // s)
     if latents is None:
-        g = torch.Generator("cpu").manual_seed(int(seed))
+        g = seed_generator(seed)
         latents = torch.randn(shape, generator=g, dtype=torch.float32)
     elif tuple(latents.shape) != shape:
         raise DualAdapterError(f"initial latents have shape {tuple(latents.shape)}, expected {shape}")
@@ -160,7 +162,7 @@ def sample(
 
     step_kw = {}
     if "generator" in inspect.signature(sched.step).parameters:
-        step_kw["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
+        step_kw["generator"] = seed_generator(seed, 1)
     from diffusers import CogVideoXDPMScheduler
 
     is_dpm = isinstance(sched, CogVideoXDPMScheduler)

@@ -113,7 +113,7 @@ class CogVideoXSampler:
             "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Seed of the initial noise; the same seed gives the same video."}),
+                             "tooltip": "Seed of the initial noise; the same seed gives the same video. Every value the widget allows (0 .. 2^64-1) is its own seed (no wrap-around)."}),
             "scheduler": (list(sampling.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
                           "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
         }}
@@ -123,7 +123,7 @@ class CogVideoXSampler:
         e = _check_embeds(embeds)
         progress = bridge.Progress(steps)
         lat = sampling.sample(m.bundle, e["positive"], e.get("negative"), num_frames=frames or None,
-                              height=height or None, width=width or None, steps=steps, cfg=cfg, seed=seed % (2 ** 63),
+                              height=height or None, width=width or None, steps=steps, cfg=cfg, seed=seed,
                               scheduler=scheduler, patches=m.patches, callback=progress)
         return (sampling.to_comfy_latent(lat.float().cpu()),)
 

@@ -130,3 +130,49 @@ def test_bridge_resolve_never_falls_back_to_the_raw_path(out_dir, tmp_path):
     b = _err(lambda: bridge.resolve("loras", "../../secret.safetensors"))
     c = _err(lambda: bridge.resolve("loras", "missing.safetensors"))
     assert a.replace(str(secret), "P") == b.replace("../../secret.safetensors", "P") == c.replace("missing.safetensors", "P")
+
+
+# ---------------------------------------------------------------- torch >= 2.6 (CVE-2025-32434)
+
+
+def test_safe_torch_is_required_everywhere():
+    import dual_adapter
+
+    assert not dual_adapter.torch_is_safe("2.5.1+cu124") and not dual_adapter.torch_is_safe("2.4.0")
+    assert dual_adapter.torch_is_safe("2.6.0+cu124") and dual_adapter.torch_is_safe("2.14.0")
+    with pytest.raises(ImportError, match="CVE-2025-32434"):
+        dual_adapter.require_safe_torch("2.5.1")
+    dual_adapter.require_safe_torch()  # the installed one passes
+    deps = (ROOT / "pyproject.toml").read_text()
+    assert '"torch>=2.6"' in deps and "torch>=2.4" not in deps
+    assert "torch >= 2.6" in (ROOT / "requirements.txt").read_text()
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def test_every_widget_seed_maps_to_a_generator(tiny):
+    from dual_adapter import backbone, sampling
+
+    emb = backbone.encode_prompt(tiny, "a dog")
+    run = lambda s: sampling.sample(tiny, emb, steps=1, cfg=1.0, seed=s, scheduler="dpm")  # noqa: E731
+    top = run(2 ** 64 - 1)  # the ComfyUI widget's maximum (was: Overflow when unpacking long long)
+    assert torch.isfinite(top).all()
+    assert torch.equal(run(-1), top), "the documented mapping: seed mod 2**64"
+    # torch's CPU generator (mt19937) keys on the low 32 bits of its seed, as ComfyUI's own samplers do
+    # (documented in the README): 2**63 + 1 draws seed 1's noise, not an overflow.
+    assert torch.equal(run(2 ** 63 + 1), run(1)) and not torch.equal(run(1), run(2))
+    from dual_adapter.seeds import check_seed, seed_generator
+
+    assert seed_generator(5).initial_seed() == 5, "seeds that worked before give the same noise"
+    for bad in (2 ** 64, -(2 ** 63) - 1, 1.5, "3"):
+        with pytest.raises(DualAdapterError, match="seed"):
+            check_seed(bad)
+
+
+def test_cli_refuses_an_out_of_range_seed_while_parsing(capsys):
+    from dual_adapter.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--prompt", "x", "--out", "x.mp4", "--seed", str(2 ** 64)])
+    assert e.value.code == 2 and "2**64 - 1" in capsys.readouterr().err

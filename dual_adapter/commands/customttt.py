@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import DualAdapterError
+from ..seeds import seed_arg
 
 _VIDEO_EXT = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v")
 
@@ -92,7 +93,7 @@ def register(sub) -> None:
     q.add_argument("--teacher-scheduler", default=None, choices=["ddim", "dpm"], help="teacher sampler (default ddim)")
     q.add_argument("--teacher-cfg", type=float, default=None, help="teachers' guidance scale (default 6)")
     q.add_argument("--negative-prompt", default=None, help="teachers' negative prompt (default empty)")
-    q.add_argument("--teacher-seed", type=int, default=None, help="teachers' noise seed (default 0)")
+    q.add_argument("--teacher-seed", type=seed_arg, default=None, help="teachers' noise seed (default 0)")
     q.add_argument("--separate-teacher-noise", action="store_true", help="teachers start from different noise "
                    "(default: the same)")
     q.add_argument("--appearance-frames", type=int, default=None, help="appearance teacher's frames (default: the "
@@ -108,7 +109,7 @@ def register(sub) -> None:
     q.add_argument("--optimizer", default=None, choices=["adamw", "lion", "adamw8bit"], help="default adamw")
     q.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5 AdamW; authors 1e-6 Lion)")
     q.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 1e-2; authors 0.1 Lion)")
-    q.add_argument("--seed", type=int, default=None, help="seed of the re-noising draws (default 0)")
+    q.add_argument("--seed", type=seed_arg, default=None, help="seed of the re-noising draws (default 0)")
     q.add_argument("--eval-draws", type=int, default=4, help="measure the combined loss on N fixed draws before and "
                    "after (default 4; 0 = off)")
     q.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the model's)")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import DualAdapterError
+from ..seeds import seed_arg
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -33,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="dog * is playing guitar", help="inference prompt")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 300 on tiny, 1000 otherwise)")
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default: 25 on tiny, 50 otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of training and sampling (0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of training and sampling (0)")
     p.add_argument("--out-dir", default=None, help="where to write (default: output/demo_NNNNN_/, a new folder)")
     p.set_defaults(func=run)
 

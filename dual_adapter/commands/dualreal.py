@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DualAdapterError
+from ..seeds import seed_arg
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
-    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed (0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's .partial/.state files")
     p.set_defaults(func=_train)
 

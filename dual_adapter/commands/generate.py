@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import DualAdapterError
+from ..seeds import seed_arg
 
 
 def _patch_providers():
@@ -79,7 +80,7 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (default 720, tiny 96)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--cfg", type=float, default=6.0, help="guidance scale (default 6)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="noise seed (default 0)")
     p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim"], help="CogVideoX DPM (default) or DDIM")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
     p.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp); never overwritten")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DualAdapterError
+from ..seeds import seed_arg
 
 
 
@@ -47,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4, as the authors)")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default 1e-2)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every step's randomness (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of every step's randomness (default 0)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "lion", "auto"],
                    help="optimiser (default adamw)")
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "cosine_with_restarts"],

@@ -37,6 +37,7 @@ import torch
 from ..backbone import CogVideoXBundle, config_fingerprint, encode_prompt
 from ..errors import DualAdapterError
 from ..patches import patched_copy
+from ..seeds import derived_seed, seed_generator
 from ..training import (TrainConfig, diffusion_loss, make_noise_scheduler, save_train_state,
                         train_loop, write_loss_log)
 from .adapters import FORMS, DualRealAdapters, DualRealConfig
@@ -264,7 +265,7 @@ def prepare_dualreal_data(
                                    f"({len(clips)})")
         enc_name = "precomputed"
     elif reference_encoder is not None:
-        g = torch.Generator("cpu").manual_seed(int(seed) + 12345)
+        g = seed_generator(seed, 12345)
         picks = [int(torch.randint(0, c.shape[0], (1,), generator=g)) for c in fitted]
         refs = torch.cat([encode_reference(reference_encoder, c[k: k + 1]) for c, k in zip(fitted, picks)], 0)
         enc_name = str(getattr(reference_encoder, "name", type(reference_encoder).__name__))
@@ -350,7 +351,7 @@ def train_dualreal_on_data(
                                              groups=_groups_for(options, transformer), form=options.form,
                                              controller=options.controller, lam=options.lam)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation
-            torch.manual_seed(int(train.seed))
+            torch.manual_seed(derived_seed(train.seed))
             module = DualRealAdapters(cfg)
         module = module.to(device=dev, dtype=torch.float32)
         module.requires_grad_(True)
