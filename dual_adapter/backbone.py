@@ -19,6 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import torch
@@ -41,6 +42,9 @@ __all__ = [
     "rotary_embeddings",
     "transformer_forward",
     "parse_dtype",
+    "check_device",
+    "ModelInfo",
+    "inspect_model",
 ]
 
 REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -86,6 +90,49 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise DualAdapterError(f"dtype {dtype!r} is not one of bf16, fp16, fp32") from None
+
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_device(device: str | torch.device | None, name: str = "device") -> str | None:
+    """Check that ``device`` names a torch device that exists on this machine.
+
+    ``None``, ``""`` and ``"auto"`` mean "choose automatically" and give ``None``.
+
+    Returns:
+        the device string (e.g. ``"cuda:0"``), or None.
+
+    Raises:
+        DualAdapterError: not a device name (``"banana"``), a type the pack does not run on, or a device
+            this machine does not have (``"cuda"`` without a GPU visible to torch, ``"cuda:3"`` on a
+            one-GPU machine); the message says what is available.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
+        return None
+    text = str(device).strip()
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise DualAdapterError(f"{name} {text!r} is not a device; expected cpu, cuda, cuda:N or mps") from None
+    if d.type not in _DEVICE_TYPES:
+        raise DualAdapterError(f"{name} {text!r}: the pack runs on cpu, cuda, cuda:N, mps or xpu, not {d.type!r}")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise DualAdapterError(f"{name} {text!r}: no CUDA GPU is visible to torch (torch {torch.__version__}, "
+                                   f"{built}; torch.cuda.is_available() is False); use cpu, or check the GPU driver "
+                                   f"and CUDA_VISIBLE_DEVICES")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise DualAdapterError(f"{name} {text!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    elif d.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DualAdapterError(f"{name} {text!r}: Apple's MPS backend is not available here; use cpu")
+    elif d.type == "xpu":
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise DualAdapterError(f"{name} {text!r}: no Intel XPU is available here; use cpu")
+    return text
 
 
 @dataclass
@@ -176,6 +223,19 @@ TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "tiny-1.5": dict(use_rotary_positional_embeddings=True, patch_size_t=2),
 }
 
+_TINY_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+    up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+    layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+)
+
+
+def _tiny_transformer_config(variant: str, num_layers: int = 4) -> dict[str, Any]:
+    return dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
+                text_embed_dim=32, num_layers=num_layers, sample_width=12, sample_height=8, sample_frames=9,
+                patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16, **TINY_VARIANTS[variant])
+
+
 _TINY_CORPUS = [
     "dog * is playing guitar",
     "a person is playing guitar",
@@ -228,6 +288,7 @@ def build_tiny(variant: str = "tiny", seed: int = 0, device: str = "cpu", dtype:
 
     if variant not in TINY_VARIANTS:
         raise DualAdapterError(f"tiny variant {variant!r} is not one of {sorted(TINY_VARIANTS)}")
+    device = check_device(device) or "cpu"
     tokenizer = build_tiny_tokenizer()
     g = torch.random.fork_rng()
     with g:
@@ -237,34 +298,9 @@ def build_tiny(variant: str = "tiny", seed: int = 0, device: str = "cpu", dtype:
                      relative_attention_num_buckets=8, dropout_rate=0.0)
         ).eval()
         torch.manual_seed(seed + 1)
-        transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=4,
-            attention_head_dim=16,
-            in_channels=4,
-            out_channels=4,
-            time_embed_dim=32,
-            text_embed_dim=32,
-            num_layers=num_layers,
-            sample_width=12,
-            sample_height=8,
-            sample_frames=9,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=16,
-            **TINY_VARIANTS[variant],
-        ).eval()
+        transformer = CogVideoXTransformer3DModel(**_tiny_transformer_config(variant, num_layers)).eval()
         torch.manual_seed(seed + 2)
-        vae = AutoencoderKLCogVideoX(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("CogVideoXDownBlock3D",) * 4,
-            up_block_types=("CogVideoXUpBlock3D",) * 4,
-            block_out_channels=(8, 8, 8, 8),
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=2,
-            temporal_compression_ratio=4,
-        ).eval()
+        vae = AutoencoderKLCogVideoX(**_TINY_VAE).eval()
     for m in (text_encoder, transformer, vae):
         m.requires_grad_(False)
     dt = parse_dtype(dtype)
@@ -300,6 +336,169 @@ def _missing_parts(folder: Path) -> list[str]:
     return missing
 
 
+@dataclass
+class ModelInfo:
+    """What a model folder (or a tiny variant) declares, read from its configs without loading weights.
+
+    Has the attributes :func:`check_video_size` and :func:`latent_frames_for` use, so inputs can be
+    checked against the model before it loads (minutes on 5B).
+
+    Attributes:
+        name: the tiny variant or the folder. config: the transformer config (attribute access, diffusers'
+        defaults filled in). vae_config: the VAE config (same). scheduler_config: the scheduler config dict.
+    """
+
+    name: str
+    config: Any
+    vae_config: Any
+    scheduler_config: dict
+
+    @property
+    def vae_scale_spatial(self) -> int:
+        return 2 ** (len(self.vae_config.block_out_channels) - 1)
+
+    @property
+    def vae_scale_temporal(self) -> int:
+        return int(self.vae_config.temporal_compression_ratio)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config.in_channels)
+
+    @property
+    def default_size(self) -> tuple[int, int, int]:
+        """(frames, height, width) the model was trained at: 49x480x720 on the released models."""
+        c = self.config
+        return int(c.sample_frames), int(c.sample_height) * self.vae_scale_spatial, int(c.sample_width) * self.vae_scale_spatial
+
+
+def _init_defaults(cls) -> dict[str, Any]:
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k != "self" and p.default is not inspect.Parameter.empty}
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DualAdapterError(f"{what} {str(path)!r} is not valid JSON ({e}); restore it from the model's "
+                               f"original files") from None
+    if not isinstance(data, dict):
+        raise DualAdapterError(f"{what} {str(path)!r} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+# config keys whose type is checked before diffusers sees them: key -> (kind, may be null)
+_TRANSFORMER_KEYS = {
+    "num_attention_heads": ("int", False), "attention_head_dim": ("int", False), "in_channels": ("int", False),
+    "out_channels": ("int", True), "num_layers": ("int", False), "sample_width": ("int", False),
+    "sample_height": ("int", False), "sample_frames": ("int", False), "patch_size": ("int", False),
+    "patch_size_t": ("int", True), "max_text_seq_length": ("int", False), "text_embed_dim": ("int", False),
+    "time_embed_dim": ("int", False), "temporal_compression_ratio": ("int", False), "ofs_embed_dim": ("int", True),
+    "use_rotary_positional_embeddings": ("bool", False), "use_learned_positional_embeddings": ("bool", False),
+    "flip_sin_to_cos": ("bool", False),
+}
+_VAE_KEYS = {"latent_channels": ("int", False), "temporal_compression_ratio": ("number", False),
+             "block_out_channels": ("ints", False)}
+
+
+def _check_types(cfg: dict, keys: dict, where: str) -> None:
+    bad = []
+    for k, (kind, nullable) in keys.items():
+        if k not in cfg:
+            continue
+        v = cfg[k]
+        if v is None:
+            ok = nullable
+        elif kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
+        elif kind == "number":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        elif kind == "bool":
+            ok = isinstance(v, bool)
+        else:  # a non-empty list of positive ints
+            ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                    and x > 0 for x in v)
+        if not ok:
+            want = {"int": "a positive integer", "number": "a positive number", "bool": "true or false",
+                    "ints": "a list of positive integers"}[kind] + (" or null" if nullable else "")
+            bad.append(f"{k}={json.dumps(v)} (expected {want})")
+    if bad:
+        raise DualAdapterError(f"{where} has wrong values: " + "; ".join(bad))
+
+
+def _refuse_image_to_video(root: Path, tcfg: dict, vcfg: dict) -> None:
+    signs = []
+    index = root / "model_index.json"
+    if index.is_file():
+        cls = str(_read_json(index, "model index").get("_class_name", ""))
+        if "ImageToVideo" in cls or "I2V" in cls:
+            signs.append(f"model_index.json names {cls}")
+    latent = vcfg.get("latent_channels")
+    if latent and tcfg.get("in_channels") == 2 * latent:
+        signs.append(f"the transformer takes {tcfg['in_channels']} input channels = 2 x {latent} latent channels "
+                     f"(noise + the encoded image)")
+    if tcfg.get("ofs_embed_dim") is not None:
+        signs.append("the transformer has an ofs embedding (ofs_embed_dim)")
+    if signs:
+        raise DualAdapterError(f"model folder {str(root)!r} is an image-to-video CogVideoX (" + "; ".join(signs) +
+                               "), which the pack does not support yet; use a text-to-video model "
+                               "(CogVideoX-2b, CogVideoX-5b or CogVideoX1.5-5B)")
+
+
+def inspect_model(name_or_path: str | os.PathLike) -> ModelInfo:
+    """Read and check a model's configs without loading any weights (seconds, not minutes).
+
+    ``name_or_path`` is a tiny variant (``"tiny"``, ``"tiny-5b"``, ``"tiny-1.5"``) or a diffusers
+    CogVideoX folder. For a folder it checks, in order: the folder and its five parts exist
+    (:data:`REQUIRED_PARTS`); ``transformer/config.json``, ``vae/config.json`` and
+    ``scheduler/scheduler_config.json`` are JSON objects with values of the right types; the transformer is a
+    ``CogVideoXTransformer3DModel``; the model is text-to-video (image-to-video folders are refused until
+    supported); the scheduler config builds both CogVideoX schedulers.
+
+    Raises:
+        DualAdapterError: naming the file and the wrong or missing value.
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    if str(name_or_path) in TINY_VARIANTS:
+        t = {**_init_defaults(CogVideoXTransformer3DModel), **_tiny_transformer_config(str(name_or_path))}
+        v = {**_init_defaults(AutoencoderKLCogVideoX), **_TINY_VAE}
+        return ModelInfo(str(name_or_path), SimpleNamespace(**t), SimpleNamespace(**v), dict(DEFAULT_SCHEDULER_CONFIG))
+    root = Path(name_or_path).expanduser()
+    if not root.is_dir():
+        raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected 'tiny', 'tiny-5b', 'tiny-1.5' or a "
+                               f"diffusers CogVideoX folder with {', '.join(p + '/' for p in REQUIRED_PARTS)})")
+    missing = _missing_parts(root)
+    if missing:
+        raise DualAdapterError(f"model folder {str(root)!r} is incomplete; missing: " + "; ".join(missing))
+    tpath, vpath = root / "transformer" / "config.json", root / "vae" / "config.json"
+    spath = root / "scheduler" / "scheduler_config.json"
+    tcfg, vcfg = _read_json(tpath, "transformer config"), _read_json(vpath, "VAE config")
+    scfg = _read_json(spath, "scheduler config")
+    cls = tcfg.get("_class_name")
+    if cls is not None and cls != "CogVideoXTransformer3DModel":
+        raise DualAdapterError(f"transformer config {str(tpath)!r} is for {cls!r}; the pack loads CogVideoX "
+                               f"(CogVideoXTransformer3DModel)")
+    _check_types(tcfg, _TRANSFORMER_KEYS, f"transformer config {str(tpath)!r}")
+    _check_types(vcfg, _VAE_KEYS, f"VAE config {str(vpath)!r}")
+    _refuse_image_to_video(root, tcfg, vcfg)
+    scfg = {k: v for k, v in scfg.items() if not k.startswith("_")}
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    for scls in (CogVideoXDPMScheduler, CogVideoXDDIMScheduler):
+        try:
+            scls.from_config({**scfg, "timestep_spacing": "trailing"}).set_timesteps(2)
+        except Exception as e:  # diffusers raises many kinds on wrong values
+            raise DualAdapterError(f"scheduler config {str(spath)!r} does not make a {scls.__name__}: "
+                                   f"{type(e).__name__}: {e}") from None
+    t = {**_init_defaults(CogVideoXTransformer3DModel), **{k: v for k, v in tcfg.items() if not k.startswith("_")}}
+    v = {**_init_defaults(AutoencoderKLCogVideoX), **{k: v for k, v in vcfg.items() if not k.startswith("_")}}
+    return ModelInfo(str(root), SimpleNamespace(**t), SimpleNamespace(**v), scfg)
+
+
 def load_cogvideox(
     folder: str | os.PathLike,
     dtype: str | torch.dtype = "bf16",
@@ -321,20 +520,17 @@ def load_cogvideox(
         cpu_offload: keep every part on CPU and move it to ``device`` only while it runs.
 
     Raises:
-        DualAdapterError: the folder does not exist or lacks a part; the message lists every
-            missing file and the folder it looked in.
+        DualAdapterError: the folder does not exist or lacks a part (the message lists every missing file
+            and the folder it looked in); a config is not JSON or has wrong values; an image-to-video
+            folder (see :func:`inspect_model`); ``device`` does not exist here (:func:`check_device`);
+            the weights do not load.
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
     root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected a diffusers CogVideoX folder "
-                               f"with {', '.join(p + '/' for p in REQUIRED_PARTS)})")
-    missing = _missing_parts(root)
-    if missing:
-        raise DualAdapterError(f"model folder {str(root)!r} is incomplete; missing: " + "; ".join(missing))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = inspect_model(root)
+    device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype)
     load_device = "cpu" if cpu_offload else device
     try:
@@ -343,10 +539,9 @@ def load_cogvideox(
         vae = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae", torch_dtype=dt, use_safetensors=True)
         text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dt, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    except (OSError, ValueError, KeyError) as e:
-        raise DualAdapterError(f"could not load CogVideoX from {str(root)!r}: {e}") from None
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise DualAdapterError(f"could not load CogVideoX from {str(root)!r}: {type(e).__name__}: {e}") from None
+    sched_cfg = info.scheduler_config
     for m in (transformer, vae, text_encoder):
         m.requires_grad_(False)
         m.eval()
@@ -366,7 +561,7 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     ``dtype`` defaults to fp32 for tiny models and bf16 for real ones.
     """
     if name_or_path in TINY_VARIANTS:
-        return build_tiny(name_or_path, seed=seed, device=device or "cpu", dtype=dtype or "fp32")
+        return build_tiny(name_or_path, seed=seed, device=check_device(device) or "cpu", dtype=dtype or "fp32")
     return load_cogvideox(name_or_path, dtype=dtype or "bf16", device=device, **kw)
 
 
