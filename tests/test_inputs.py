@@ -176,3 +176,64 @@ def test_cli_refuses_an_out_of_range_seed_while_parsing(capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate", "--prompt", "x", "--out", "x.mp4", "--seed", str(2 ** 64)])
     assert e.value.code == 2 and "2**64 - 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- model folders and devices
+
+
+def _fake_folder(root: Path, tiny, transformer: dict | None = None, scheduler: str | None = None) -> Path:
+    """A diffusers-layout folder with the tiny model's configs (and empty weight files): enough for the
+    checks that run before any weight loads."""
+    from dual_adapter import sampling
+
+    for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (root / part).mkdir(parents=True, exist_ok=True)
+    t = {"_class_name": "CogVideoXTransformer3DModel", **dict(tiny.transformer.config), **(transformer or {})}
+    (root / "transformer" / "config.json").write_text(json.dumps(t, default=list))
+    (root / "vae" / "config.json").write_text(json.dumps(dict(tiny.vae.config), default=list))
+    (root / "text_encoder" / "config.json").write_text("{}")
+    for part in ("transformer", "vae", "text_encoder"):
+        (root / part / "model.safetensors").write_bytes(b"")
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    if scheduler is None:
+        sampling.make_scheduler(tiny, "ddim").save_pretrained(root / "scheduler")
+    else:
+        (root / "scheduler" / "scheduler_config.json").write_text(scheduler)
+    return root
+
+
+def test_model_folder_configs_are_checked_before_loading(tiny, tmp_path):
+    from dual_adapter import backbone
+
+    cases = [
+        (dict(transformer={"num_layers": "30"}), r"num_layers=\"30\".*positive integer"),
+        (dict(transformer={"patch_size": None}), r"patch_size=null"),
+        (dict(scheduler="{not json"), r"scheduler_config.json.*not valid JSON"),
+        (dict(scheduler='{"beta_schedule": "banana"}'), r"does not make a CogVideoXDPMScheduler"),
+        # image-to-video: noise + encoded image channels, and CogVideoX 1.5 I2V's ofs embedding
+        (dict(transformer={"in_channels": 8}), r"image-to-video.*8 input channels = 2 x 4"),
+        (dict(transformer={"ofs_embed_dim": 512}), r"image-to-video.*ofs"),
+    ]
+    for k, (kw, msg) in enumerate(cases):
+        root = _fake_folder(tmp_path / f"m{k}", tiny, **kw)
+        with pytest.raises(DualAdapterError, match=msg):
+            backbone.load_cogvideox(root, device="cpu")
+    root = _fake_folder(tmp_path / "i2v", tiny)
+    (root / "model_index.json").write_text('{"_class_name": "CogVideoXImageToVideoPipeline"}')
+    with pytest.raises(DualAdapterError, match="CogVideoXImageToVideoPipeline"):
+        backbone.load_cogvideox(root, device="cpu")
+    info = backbone.inspect_model(_fake_folder(tmp_path / "ok", tiny))  # what the CLI checks inputs against
+    assert info.default_size == tiny.default_size and info.vae_scale_temporal == 4
+
+
+def test_devices_are_checked(tiny):
+    from dual_adapter import backbone
+
+    with pytest.raises(DualAdapterError, match="'banana' is not a device"):
+        backbone.load_model("tiny", device="banana")
+    with pytest.raises(DualAdapterError, match="CUDA"):
+        backbone.check_device("cuda:99")
+    if not torch.cuda.is_available():
+        with pytest.raises(DualAdapterError, match="no CUDA GPU is visible"):
+            backbone.load_model("tiny", device="cuda")
+    assert backbone.check_device("auto") is None and backbone.check_device("cpu") == "cpu"
