@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .errors import DualAdapterError
+from .errors import DualAdapterError, InterruptedByUser
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,11 @@ def run_workflow(
                 out = getattr(obj, cls.FUNCTION)(**kwargs)
             except DualAdapterError as e:
                 raise DualAdapterError(f"node {nid} ({ct}) failed: {e}") from None
+            except Exception as e:  # a bug or an unchecked input: still say which node, keep the traceback in the log
+                if isinstance(e, InterruptedByUser):
+                    raise
+                log.debug("node %s (%s) raised", nid, ct, exc_info=True)
+                raise DualAdapterError(f"node {nid} ({ct}) failed: {type(e).__name__}: {e}") from e
             if isinstance(out, dict):
                 ui[nid] = out.get("ui", {})
                 out = tuple(out.get("result", ()))
