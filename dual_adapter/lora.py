@@ -895,21 +895,28 @@ class LoraPatch:
 
 
 def parse_lora_arg(text: str) -> tuple[str, float]:
-    """``"FILE[:STRENGTH]"`` -> ``(file, strength)``; strength defaults to 1. A colon followed by
-    something that is not a number belongs to the path (``C:\\loras\\x.safetensors``).
+    """``"FILE[:STRENGTH]"`` -> ``(file, strength)``; strength defaults to 1.
+
+    The text after the last colon is the strength, except in a Windows path (``C:\\loras\\x.safetensors``:
+    a drive letter before the colon) and when the whole text names an existing file.
 
     Raises:
-        DualAdapterError: empty file name.
+        DualAdapterError: empty file name; a strength that is not a finite number (``x.safetensors:abc``).
     """
     s = str(text).strip()
     path, strength = s, 1.0
     if ":" in s:
         head, tail = s.rsplit(":", 1)
-        try:
-            strength = float(tail)
+        drive = len(head) == 1 and head.isalpha() and tail[:1] in ("\\", "/")
+        if not drive and not Path(s).is_file():
+            try:
+                strength = float(tail)
+            except ValueError:
+                raise DualAdapterError(f"--lora {text!r}: strength {tail!r} is not a number; expected FILE or "
+                                       f"FILE:STRENGTH, e.g. motion.safetensors:0.8") from None
+            if not math.isfinite(strength):
+                raise DualAdapterError(f"--lora {text!r}: strength {tail!r} is not a finite number")
             path = head
-        except ValueError:
-            path, strength = s, 1.0
     if not path:
         raise DualAdapterError(f"--lora {text!r}: expected FILE or FILE:STRENGTH")
     return path, strength

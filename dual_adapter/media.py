@@ -17,7 +17,10 @@ Frame-rate and length policy of :func:`load_clip`, in one place:
   the clip ends;
 * a clip that runs out first is completed by ``short_policy``: ``"loop"`` repeats the frames
   that were read from the first one again (a plain loop, not ping-pong: output frame ``i`` is
-  read frame ``i % m``), ``"hold"`` repeats the last frame, ``"error"`` raises;
+  read frame ``i % m``), ``"hold"`` repeats the last frame, ``"error"`` raises; a loop or hold is
+  logged as a warning naming the clip and how many frames it had;
+* ``require_motion=True`` (motion clips for training) refuses a still: a single image, a
+  1-frame video, or a video whose frames are all identical (:func:`check_motion_frames`);
 * only what is needed is decoded: decoding stops as soon as the last wanted frame is known.
 
 CogVideoX takes ``4k + 1`` frames (its VAE compresses time by 4 and keeps the first frame):
@@ -29,6 +32,7 @@ message names the file and what was expected; no raw PyAV or Pillow exception es
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -42,7 +46,10 @@ import torch.nn.functional as F
 from .errors import DualAdapterError
 from .io import atomic_write, atomic_write_bytes
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "check_motion_frames",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "SHORT_POLICIES",
@@ -298,6 +305,33 @@ def pad_or_trim_frames(frames: torch.Tensor, n: int, policy: str = "loop", name:
     return frames.index_select(0, idx)
 
 
+def check_motion_frames(frames: torch.Tensor, name: str = "motion clip") -> torch.Tensor:
+    """Refuse a still where a motion clip is expected (training on it would learn no motion).
+
+    Args:
+        frames: ``[F, H, W, 3]`` (or any ``[F, ...]``) frames of one clip.
+        name: what the frames are (an input name or a file), used in the message.
+
+    Returns:
+        ``frames`` unchanged.
+
+    Raises:
+        DualAdapterError: fewer than 2 frames, or every frame equal to the first (a photo, or a
+            still looped / held to length).
+    """
+    if not isinstance(frames, torch.Tensor) or frames.ndim < 2:
+        raise DualAdapterError(f"{name}: expected clip frames [F, H, W, 3], got "
+                               f"{list(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
+    n = int(frames.shape[0])
+    if n < 2:
+        raise DualAdapterError(f"{name} is a still ({n} frame): a motion clip needs a video of the motion "
+                               f"(MP4, AVI, WEBM...); photos of the subject go to the subject/identity input")
+    if bool((frames == frames[:1]).all()):
+        raise DualAdapterError(f"{name} is a still: all {n} frames are identical (a photo or a 1-frame video "
+                               f"repeated to length); a motion clip needs a video of the motion")
+    return frames
+
+
 def _open_container(path: Path):
     import av
 
@@ -377,6 +411,7 @@ def load_clip(
     fps: float | None = None,
     start_s: float = 0.0,
     short_policy: str = "loop",
+    require_motion: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Decode a video clip into frames, resampling its frame rate and fixing its length.
 
@@ -390,7 +425,9 @@ def load_clip(
         start_s: where to start, in seconds from the first frame (``>= 0``).
         short_policy: when the clip ends before ``num_frames`` output frames: ``"loop"``
             (plain loop of the frames read, from the first again), ``"hold"`` (repeat the last
-            frame) or ``"error"`` (raise).
+            frame) or ``"error"`` (raise). A loop or hold is logged as a warning.
+        require_motion: refuse a still (an image file, a 1-frame video, identical frames): for
+            motion clips that a method trains on (:func:`check_motion_frames`).
 
     Only the frames needed are decoded (decoding stops early in long clips) and only the
     selected frames are converted to RGB.
@@ -408,7 +445,8 @@ def load_clip(
         DualAdapterError: missing file; not a video, corrupted or truncated file (including a
             clip that declares more frames than can be decoded when those frames are needed);
             no video stream; ``num_frames < 1``; ``fps <= 0``; ``start_s < 0`` or past the end;
-            unknown ``short_policy``; too short a clip with ``short_policy="error"``.
+            unknown ``short_policy``; too short a clip with ``short_policy="error"``; a still with
+            ``require_motion=True``.
     """
     path = Path(path)
     _check_policy(short_policy)
@@ -466,8 +504,16 @@ def load_clip(
         out.append(t)
     frames = torch.stack(out).to(torch.float32).div_(255.0)
     n_read = frames.shape[0]
+    if require_motion:
+        check_motion_frames(torch.stack(list(cache.values())), f"clip {str(path)!r}")
     if wanted is not None:
         frames = pad_or_trim_frames(frames, wanted, short_policy, name=str(path))
+        if short:
+            how = ("looped from its first frame" if short_policy == "loop" else "completed by repeating its last frame")
+            rate = f" at {float(fps):g} fps" if fps is not None else ""
+            log.warning("clip %r has only %d of the %d frames asked for%s; %s (short_policy=%r; 'hold' repeats "
+                        "the last frame, 'error' refuses; or ask for fewer frames / a lower fps)", str(path), n_read,
+                        wanted, rate, how, short_policy)
     n_src = declared or (n_decoded if reached_end else None)
     if not n_src and facts["duration"] and fps_src:
         n_src = int(round(facts["duration"] * fps_src))

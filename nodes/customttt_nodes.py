@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent
 
@@ -248,7 +249,7 @@ class DualAdapterTrainSelectiveLoRA:
         else:
             if clip is None:
                 raise DualAdapterError("Train LoRA (blocks): kind=motion needs 'clip' (motion frames)")
-            x = image_batch(clip, "clip")
+            x = check_motion_frames(image_batch(clip, "clip"), "clip")
             t = m.bundle.vae_scale_temporal
             n = min((x.shape[0] - 1) // t * t + 1, m.bundle.default_size[0])
             data = dict(clips=[x[:n]], num_frames=n)

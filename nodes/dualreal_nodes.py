@@ -10,6 +10,7 @@ import logging
 import torch
 
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.media import check_motion_frames
 
 from . import bridge
 from .common import as_model, image_batch, training_mode
@@ -121,6 +122,8 @@ class DualRealTrain:
         with training_mode():
             photos = list(image_batch(subject, "subject"))
             clips = _split_clips(image_batch(motion, "motion"), int(frames_per_clip))
+            for k, c in enumerate(clips):
+                check_motion_frames(c, "motion" if len(clips) == 1 else f"motion clip {k + 1}")
             encoder = _ComfyClipVisionEncoder(clip_vision) if clip_vision is not None else None
             options = DualRealOptions(hidden=int(hidden_width), groups=int(groups), form=form,
                                       controller=bool(use_controller), motion_ratio=float(motion_ratio))

@@ -10,6 +10,7 @@ import torch
 
 from dual_adapter import lora as L
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.media import check_motion_frames
 
 from . import bridge
 from .common import as_model, image_batch, training_mode
@@ -91,8 +92,8 @@ class TrainMotionLoRA:
         spec.validate()
         cfg = L.lora_train_config(steps=int(steps), lr=float(learning_rate), seed=int(seed),
                                   gradient_checkpointing=bool(gradient_checkpointing))
-        clips = [image_batch(c, name) for name, c in (("clip", clip), ("clip_2", clip_2), ("clip_3", clip_3))
-                 if c is not None]
+        clips = [check_motion_frames(image_batch(c, name), name)
+                 for name, c in (("clip", clip), ("clip_2", clip_2), ("clip_3", clip_3)) if c is not None]
         t = m.bundle.vae_scale_temporal
         n = min(c.shape[0] for c in clips)
         n = min((n - 1) // t * t + 1, m.bundle.default_size[0])

@@ -75,7 +75,8 @@ def run(args) -> int:
     bundle = load_bundle(args)
     frames, height, width = bundle.default_size
     photos = media.load_images(args.subject)
-    clips = [media.load_clip(c, num_frames=frames, fps=8.0, short_policy="loop")[0] for c in args.motion]
+    clips = [media.load_clip(c, num_frames=frames, fps=8.0, short_policy="loop", require_motion=True)[0]
+             for c in args.motion]
     print(f"subject: {len(photos)} photo(s); motion: {len(clips)} clip(s) of {frames} frames; "
           f"model {bundle.name} ({frames} x {height} x {width})", file=sys.stderr)
 

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to (8, CogVideoX's)")
+    p.add_argument("--short-policy", default="loop", choices=["loop", "hold", "error"],
+                   help="a clip shorter than --frames at --fps: loop it (default; a warning says so), hold its last "
+                        "frame, or stop with an error")
     p.add_argument("--reference-encoder", default=None,
                    help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
                         "(default: 'tiny' for tiny models, else none = no W_cond term)")
@@ -83,13 +86,16 @@ def _train(args) -> int:
         raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
     if out.suffix != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r} must end in .safetensors")
-    from .generate import load_bundle
+    from .generate import load_bundle, preflight
 
-    bundle = load_bundle(args)
-    f0, h0, w0 = bundle.default_size
+    # inputs are checked against the model's configs before the model loads (minutes on 5B)
+    info = preflight(args, args.frames, args.height, args.width)
+    f0, h0, w0 = info.default_size
     frames = args.frames or f0
     photos = load_images(args.subject)
-    clips = [load_clip(c, num_frames=frames, fps=args.fps, short_policy="loop")[0] for c in args.motion]
+    clips = [load_clip(c, num_frames=frames, fps=args.fps, short_policy=args.short_policy, require_motion=True)[0]
+             for c in args.motion]
+    bundle = load_bundle(args)
     encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
     options = DualRealOptions(hidden=args.hidden, groups=args.groups, form=args.form,
                               controller=not args.no_controller, motion_ratio=args.motion_ratio,
@@ -161,6 +167,15 @@ def _load_reference(args, adapters, bundle):
         enc = load_reference_encoder(spec, device=bundle.device)
         return encode_reference(enc, load_image(img))
     return None
+
+
+def check_generate_options(args) -> None:
+    """Before the model loads: the ``--dualreal`` file and the reference image / embedding exist."""
+    for opt, value in (("--dualreal", getattr(args, "dualreal", None)),
+                       ("--reference-image", getattr(args, "reference_image", None)),
+                       ("--reference-embedding", getattr(args, "reference_embedding", None))):
+        if value and not Path(value).is_file():
+            raise DualAdapterError(f"{opt} {value!r} does not exist")
 
 
 def generate_patches(args, bundle) -> list:

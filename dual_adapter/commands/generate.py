@@ -1,8 +1,9 @@
 """``python -m dual_adapter generate``: prompt -> video file.
 
 Other command modules add patch options (``--dualreal``, ``--lora``...) by defining
-``add_generate_options(parser)`` and ``generate_patches(args, bundle) -> list``; this command
-collects them, so it needs no edit when a method is added.
+``add_generate_options(parser)`` and ``generate_patches(args, bundle) -> list`` (and optionally
+``check_generate_options(args)``, run before the model loads); this command collects them, so it
+needs no edit when a method is added.
 """
 from __future__ import annotations
 
@@ -38,6 +39,24 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
     p.add_argument("--cpu-offload", action="store_true", help="keep model parts on CPU until they run")
+
+
+def preflight(args, frames: int | None = None, height: int | None = None, width: int | None = None):
+    """Check ``--device`` and ``--model`` (its configs, no weights) before anything slow runs, and the video
+    size when given (``None`` = the model's own). Returns the model's
+    :class:`~dual_adapter.backbone.ModelInfo`, whose ``default_size`` fills in sizes left unset.
+
+    Raises:
+        DualAdapterError: see :func:`~dual_adapter.backbone.check_device`,
+            :func:`~dual_adapter.backbone.inspect_model`, :func:`~dual_adapter.backbone.check_video_size`.
+    """
+    from ..backbone import check_device, check_video_size, inspect_model
+
+    check_device(args.device, "--device")
+    info = inspect_model(args.model)
+    f0, h0, w0 = info.default_size
+    check_video_size(info, frames or f0, height or h0, width or w0)
+    return info
 
 
 def load_bundle(args):
@@ -98,6 +117,10 @@ def run(args) -> int:
         raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
     if out.suffix.lower() not in (".mp4", ".gif", ".webp"):
         raise DualAdapterError(f"--out {str(out)!r}: expected a .mp4, .gif or .webp file name")
+    preflight(args, args.frames, args.height, args.width)
+    for mod in _patch_providers():  # check patch options (files, strengths) before the model loads
+        if hasattr(mod, "check_generate_options"):
+            mod.check_generate_options(args)
     bundle = load_bundle(args)
     patches = []
     for mod in _patch_providers():

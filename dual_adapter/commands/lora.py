@@ -19,6 +19,19 @@ from ..seeds import seed_arg
 
 
 
+def _defaults(kind: str, optimizer: str) -> dict:
+    """Defaults of ``train-lora`` by what it trains: a motion LoRA (clips) gets TAP's (preset tap, AdamW lr 5e-4,
+    weight decay 1e-2, 1000 steps; METHODS.md section 2), an appearance LoRA (photos only) CustomTTT's (preset
+    full, 500 steps, AdamW lr 1e-4 / weight decay 1e-2, or with Lion the authors' lr 1e-5 / 0.1; METHODS.md
+    section 3, :func:`dual_adapter.customttt.selective_train_config`)."""
+    if kind == "appearance":
+        from ..customttt import selective_train_config
+
+        c = selective_train_config("appearance", optimizer=optimizer)
+        return dict(preset="full", lr=c.lr, weight_decay=c.weight_decay, steps=c.steps, betas=tuple(c.betas))
+    return dict(preset="tap", lr=5e-4, weight_decay=1e-2, steps=1000, betas=(0.9, 0.999))
+
+
 def _paths(out: Path) -> dict[str, Path]:
     stem = out.with_suffix("")
     return {"losses": Path(f"{stem}.losses.jsonl"), "ckpt": Path(f"{stem}.ckpt.safetensors")}
@@ -36,18 +49,21 @@ def register(sub) -> None:
     p.add_argument("--subject", "--images", dest="images", nargs="+", default=[], metavar="PHOTO_OR_DIR",
                    help="photos or folders of photos, each trained as a 1-frame video (appearance LoRA)")
     p.add_argument("--prompt", required=True, help="training prompt, e.g. 'a person is playing guitar'")
-    p.add_argument("--preset", default="tap", choices=["tap", "k_out", "full"],
-                   help="tap = attn1.to_q + to_k (default; the paper's TAP on CogVideoX), k_out = to_k + to_out.0 "
-                        "(the authors' code), full = q, k, v, out (plain LoRA)")
+    p.add_argument("--preset", default=None, choices=["tap", "k_out", "full"],
+                   help="tap = attn1.to_q + to_k (default for a motion LoRA; the paper's TAP on CogVideoX), k_out = "
+                        "to_k + to_out.0 (the authors' code), full = q, k, v, out (default for an appearance LoRA, "
+                        "i.e. --subject without --motion: CustomTTT)")
     p.add_argument("--targets", default=None, help="explicit comma-separated modules inside each block "
                    "(e.g. attn1.to_q,attn1.to_k,ff.net.2); overrides --preset")
     p.add_argument("--blocks", default=None, help="blocks that get the LoRA, e.g. '0-5,12' (default all)")
     p.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32, as the authors)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default = rank: scale 1)")
     p.add_argument("--dropout", type=float, default=0.1, help="LoRA dropout (default 0.1, as the authors)")
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4, as the authors)")
-    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default 1e-2)")
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: motion 5e-4 as TAP's authors; "
+                   "appearance 1e-4 with AdamW / 1e-5 with Lion, CustomTTT)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 1e-2; appearance with "
+                   "Lion 0.1)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: motion 1000, appearance 500)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every step's randomness (default 0)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "lion", "auto"],
                    help="optimiser (default adamw)")
@@ -59,6 +75,9 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=None, help="training width, multiple of 16 (default 720; tiny 96)")
     p.add_argument("--fps", type=float, default=8.0, help="sample clips at this frame rate (default 8, CogVideoX's)")
     p.add_argument("--start", type=float, default=0.0, help="start of each clip, seconds (default 0)")
+    p.add_argument("--short-policy", default="loop", choices=["loop", "hold", "error"],
+                   help="a clip shorter than --frames at --fps: loop it (default; a warning says so), hold its last "
+                        "frame, or stop with an error")
     p.add_argument("--spatial-path", action="store_true",
                    help="MotionDirector's spatial LoRA path on single frames (dropped at inference)")
     p.add_argument("--debiased-loss", action="store_true", help="add MotionDirector's appearance-debiased loss")
@@ -83,7 +102,7 @@ def run_train(args) -> int:
 
     from .. import lora, media
     from ..training import write_loss_log
-    from .generate import _TextProgress, load_bundle
+    from .generate import _TextProgress, load_bundle, preflight
 
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
@@ -97,21 +116,29 @@ def run_train(args) -> int:
         raise DualAdapterError("give at least one --motion CLIP (or --subject PHOTO_OR_DIR for an appearance LoRA)")
     if args.resume and not side["ckpt"].is_file():
         raise DualAdapterError(f"--resume: no checkpoint {str(side['ckpt'])!r}")
+    kind = "appearance" if args.images and not args.motion else "motion"
+    d = _defaults(kind, args.optimizer)
     spec = lora.LoraSpec(rank=args.rank, alpha=float(args.alpha if args.alpha is not None else args.rank),
-                         dropout=args.dropout, targets=lora.resolve_targets(args.targets or args.preset),
+                         dropout=args.dropout, targets=lora.resolve_targets(args.targets or args.preset or d["preset"]),
                          blocks=lora.parse_blocks(args.blocks))
     spec.validate()
-    cfg = lora.lora_train_config(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-                                 optimizer=args.optimizer, lr_schedule=args.schedule, warmup_steps=args.warmup,
-                                 gradient_checkpointing=not args.no_gradient_checkpointing,
+    pick = lambda given, key: d[key] if given is None else given  # noqa: E731
+    cfg = lora.lora_train_config(steps=pick(args.steps, "steps"), lr=pick(args.lr, "lr"),
+                                 weight_decay=pick(args.weight_decay, "weight_decay"), betas=d["betas"],
+                                 seed=args.seed, optimizer=args.optimizer, lr_schedule=args.schedule,
+                                 warmup_steps=args.warmup, gradient_checkpointing=not args.no_gradient_checkpointing,
                                  checkpoint_every=args.checkpoint_every)
     cfg.validate()
-    bundle = load_bundle(args)
-    f0, _, _ = bundle.default_size
-    n = args.frames or f0
-    clips = [media.load_clip(c, num_frames=n, fps=args.fps, start_s=args.start, short_policy="loop")[0]
-             for c in args.motion]
+    # inputs are checked against the model's configs before the model loads (minutes on 5B)
+    info = preflight(args, args.frames if args.motion else 1, args.height, args.width)
+    n = args.frames or info.default_size[0]
+    clips = [media.load_clip(c, num_frames=n, fps=args.fps, start_s=args.start, short_policy=args.short_policy,
+                             require_motion=True)[0] for c in args.motion]
     photos = media.load_images(args.images) if args.images else []
+    if not args.quiet:
+        print(f"{kind} LoRA: preset {args.targets or args.preset or d['preset']}, lr {cfg.lr:g}, {cfg.steps} steps",
+              file=sys.stderr)
+    bundle = load_bundle(args)
     lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
                               spatial_path=args.spatial_path, debiased_loss=args.debiased_loss,
                               callback=_TextProgress("train-lora", args.quiet), checkpoint_path=side["ckpt"],
@@ -158,6 +185,16 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                         help="apply a LoRA (ours, diffusers/peft or kohya format) at STRENGTH (default 1); "
                              "repeat to stack several")
+
+
+def check_generate_options(args) -> None:
+    """Before the model loads: every ``--lora`` parses (file, finite strength) and its file exists."""
+    from .. import lora
+
+    for item in getattr(args, "lora", None) or []:
+        path, _ = lora.parse_lora_arg(item)
+        if not Path(path).is_file():
+            raise DualAdapterError(f"--lora {item!r}: file {path!r} does not exist")
 
 
 def generate_patches(args, bundle) -> list:
