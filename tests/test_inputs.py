@@ -262,3 +262,94 @@ def test_headless_run_names_the_failing_node_for_any_error(classes):
     wf[loader]["inputs"]["model"] = "tiny-nope" if torch.cuda.is_available() else "tiny"
     with pytest.raises(DualAdapterError, match=rf"node {loader} \(DualAdapterCogVideoXLoader\)"):
         run_workflow(wf, classes)
+
+
+# ---------------------------------------------------------------- motion clips
+
+
+@pytest.fixture(scope="module")
+def stills(tmp_path_factory):
+    """A JPEG photo and a 1-frame MP4: neither is a motion clip."""
+    from PIL import Image
+
+    from dual_adapter import media
+
+    d = tmp_path_factory.mktemp("stills")
+    g = torch.Generator().manual_seed(0)
+    Image.fromarray((torch.rand(64, 96, 3, generator=g) * 255).byte().numpy()).save(d / "photo.jpg")
+    media.write_video(torch.rand(1, 64, 96, 3, generator=g), d / "one.mp4")
+    return d / "photo.jpg", d / "one.mp4"
+
+
+def test_a_still_is_refused_as_a_motion_clip(stills, classes, out_dir):
+    from dual_adapter import media
+
+    for p in stills:
+        with pytest.raises(DualAdapterError, match="still"):
+            media.load_clip(p, num_frames=9, fps=8.0, require_motion=True)
+    # through the nodes: Load Clip Frames loops the photo to 9 identical frames; the trainers refuse them
+    frames = media.load_clip(stills[0], num_frames=9, fps=8.0)[0]
+    (model,) = classes["DualAdapterCogVideoXLoader"]().load("tiny")
+    with pytest.raises(DualAdapterError, match="still"):
+        classes["DualAdapterTrainMotionLoRA"]().train(model, frames, "a dog", steps=1)
+    with pytest.raises(DualAdapterError, match="still"):
+        classes["DualRealTrain"]().train(model, frames[:1], "dog *", frames, "a dog", 1, 1e-3, 0.5, 8, 1,
+                                         "official", 0, "still")
+    with pytest.raises(DualAdapterError, match="still"):
+        classes["DualAdapterTrainSelectiveLoRA"]().train(model, "motion", "a dog", steps=1, clip=frames[:1])
+
+
+def test_a_looped_clip_is_announced_and_the_policy_is_a_cli_option(caplog, capsys, tmp_path):
+    from dual_adapter import media
+    from dual_adapter.cli import main
+
+    clip = ROOT / "examples" / "guitar.mp4"  # 33 frames at 8 fps
+    with caplog.at_level("WARNING", logger="dual_adapter.media"):
+        media.load_clip(clip, num_frames=49, fps=8.0)
+    assert "only 33 of the 49 frames" in caplog.text and "looped" in caplog.text
+    rc = main(["train-lora", "--motion", str(clip), "--prompt", "x", "--frames", "49", "--short-policy", "error",
+               "--out", str(tmp_path / "o.safetensors")])
+    assert rc == 2 and "short_policy='error'" in capsys.readouterr().err
+
+
+def test_cli_checks_inputs_before_loading_the_model(tiny, tmp_path, stills, capsys):
+    """A model folder whose configs are fine but whose weights are empty: every input error must be found
+    before the (minutes-long) weight loading would fail."""
+    from dual_adapter.cli import main
+
+    model = str(_fake_folder(tmp_path / "cog", tiny))
+    out = str(tmp_path / "o.safetensors")
+    runs = [
+        (["train-lora", "--motion", str(stills[1])], "still"),
+        (["train-lora", "--subject", str(tmp_path / "nope")], "does not exist"),
+        (["train-lora", "--motion", str(ROOT / "examples" / "guitar.mp4"), "--frames", "8"], "4k\\+1"),
+        (["train-dualreal", "--subject", str(ROOT / "examples" / "dog"), "--identity-prompt", "dog *",
+          "--motion", str(stills[0]), "--motion-prompt", "x"], "still"),
+        (["generate", "--lora", "x.safetensors:abc"], "strength 'abc' is not a number"),
+        (["generate", "--lora", str(tmp_path / "missing.safetensors")], "does not exist"),
+        (["generate", "--width", "100"], "width=100"),
+        (["generate", "--device", "banana"], "not a device"),
+    ]
+    for argv, msg in runs:
+        extra = ["--prompt", "x"] if argv[0] != "train-dualreal" else []
+        o = out.replace(".safetensors", ".mp4") if argv[0] == "generate" else out
+        rc = main(argv + extra + ["--model", model, "--out", o])
+        err = capsys.readouterr().err
+        assert rc == 2 and "could not load" not in err, (argv, err)
+        assert __import__("re").search(msg, err), (argv, err)
+
+
+# ---------------------------------------------------------------- train-lora defaults by kind
+
+
+def test_appearance_lora_gets_customttt_defaults(tmp_path):
+    from dual_adapter import lora
+    from dual_adapter.cli import main
+    from dual_adapter.commands.lora import _defaults
+
+    assert _defaults("appearance", "adamw")["steps"] == 500 and _defaults("motion", "adamw")["steps"] == 1000
+    out = tmp_path / "app.safetensors"
+    assert main(["train-lora", "--subject", str(ROOT / "examples" / "dog"), "--prompt", "a photo of dog *",
+                 "--steps", "1", "--rank", "4", "--quiet", "--out", str(out)]) == 0
+    lf = lora.load_lora(out)
+    assert "attn1.to_v" in lf.targets and lf.metadata["train"]["lr"] == pytest.approx(1e-4)
