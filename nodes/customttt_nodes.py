@@ -229,7 +229,7 @@ class DualAdapterTrainSelectiveLoRA:
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's noise and timestep."}),
         }, "optional": {
             "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] for kind=appearance."}),
-            "clip": ("IMAGE", {"tooltip": "Motion clip frames [F, H, W, 3] (4k+1) for kind=motion."}),
+            "clip": ("IMAGE", {"tooltip": "Motion clip frames [F, H, W, 3] (4k+1) for kind=motion; a still (identical frames) is refused."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (480; tiny 64)."}),
             "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (720; tiny 96)."}),
         }}

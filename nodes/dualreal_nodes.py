@@ -67,7 +67,7 @@ class DualRealTrain:
                 "identity_prompt": ("STRING", {"default": "dog *", "multiline": False,
                                                "tooltip": "Prompt of the identity phase, with a rare token for the "
                                                           "subject (e.g. 'dog *')."}),
-                "motion": ("IMAGE", {"tooltip": "Frames of one or more motion clips (e.g. from a Load Video node). "
+                "motion": ("IMAGE", {"tooltip": "Frames of one or more motion clips (e.g. from a Load Video node; a still is refused). "
                                                 "Several clips: concatenate them and set frames_per_clip."}),
                 "motion_prompt": ("STRING", {"default": "a person is playing guitar", "multiline": False,
                                              "tooltip": "Prompt of the motion phase (describes the motion)."}),

@@ -44,7 +44,8 @@ class TrainMotionLoRA:
             "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX. LoRAs already applied to it stay under the "
                                           "new LoRA during training."}),
             "clip": ("IMAGE", {"tooltip": "The motion clip as frames [F, H, W, 3] (e.g. from Load Clip Frames): 4k+1 "
-                               "frames, 49 on the released models; resized and centre-cropped to width x height."}),
+                               "frames, 49 on the released models; resized and centre-cropped to width x height. A still "
+                               "(identical frames) is refused."}),
             "prompt": ("STRING", {"multiline": True, "default": "a person is playing guitar",
                                   "tooltip": "Training prompt describing the motion."}),
             "preset": (["tap", "k_out", "full", "custom"], {"default": "tap", "tooltip": "Which attention projections "
