@@ -361,7 +361,7 @@ def _set_peak_lr(optimizer, lr_schedule, old: float, new: float) -> None:
 
 def _state_step(state: Path) -> str:
     try:
-        return f" (it stopped at step {int(read_safetensors_metadata(state).get('step'))})"
+        return f" (its last checkpoint is from step {int(read_safetensors_metadata(state).get('step'))})"
     except Exception:
         return ""
 

@@ -115,7 +115,7 @@ def plot_stageblender(readout: dict, title: str = "StageBlender identity weights
         shade = 0.35 + 0.6 * (k / max(n - 2, 1)) if not deepest else 1.0
         color = (0.85, 0.1, 0.1) if deepest else (0.1, 0.25 + 0.3 * (1 - shade), shade)
         a, b = blocks[k] if k < len(blocks) else (None, None)
-        label = f"group {k + 1}" + (f" (blocks {a}-{b - 1})" if a is not None else "")
+        label = f"group {k + 1}" + ("" if a is None else f" (block {a})" if b - a == 1 else f" (blocks {a}-{b - 1})")
         ax.plot(x, W[:, k], color=color, lw=1.4, label=label)
     ax.plot(x, W.mean(1), color="orange", lw=2.0, ls="--", label="mean")
     ax.set_xlabel("denoising step")
