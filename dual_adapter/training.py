@@ -607,7 +607,7 @@ def train_loop(
                 optimizer.step()
                 sched.step()
                 if not _all_finite(params):
-                    raise diverged(step + 1, f"the weights became non-finite after the update (loss {float(loss):.4g})")
+                    raise diverged(step + 1, f"the weights became non-finite after the update (loss {float(loss.detach()):.4g})")
                 rec = {"step": step + 1, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])}
                 rec.update({k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))})
                 losses.append(rec)
