@@ -161,6 +161,21 @@ def _json_default(o):
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
+def plot_panels(result: dict) -> list[str]:
+    """The panels :func:`plot_result` draws for ``result``: ``"summary"`` always, then ``"per frame"``,
+    ``"consecutive frames"`` and ``"dynamic degree"`` when the result has their data."""
+    d = result.get("details", {})
+    out = ["summary"]
+    if any(d.get(k) for k in ("clip_t_per_frame", "clip_i_per_frame", "dino_i_per_frame",
+                              "subject_consistency_per_frame", "background_consistency_per_frame")):
+        out.append("per frame")
+    if d.get("t_cons_per_pair") or d.get("flicker_mae_per_pair") or d.get("motion_smoothness"):
+        out.append("consecutive frames")
+    if d.get("dynamic_degree"):
+        out.append("dynamic degree")
+    return out
+
+
 def plot_result(result: dict, width_px: int = 1200, height_px: int = 800) -> np.ndarray:
     """Render one result as a figure: summary bars, per-frame similarities, per-pair
     differences and the Dynamic Degree flow magnitudes with their threshold.
@@ -226,6 +241,7 @@ def plot_result(result: dict, width_px: int = 1200, height_px: int = 800) -> np.
 
     panels = [summary] + ([frames_panel] if per_frame else []) + ([pairs_panel] if pairs else []) + \
         ([dd_panel] if dd else [])
+    assert len(panels) == len(plot_panels(result))
     rows, cols = {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2)}[len(panels)]
     dpi = 100
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
