@@ -319,7 +319,8 @@ def run_lock(path: str | os.PathLike, what: str = "run"):
         DualAdapterError: another live process holds the lock (names it and the lock file).
     """
     lp = lock_path(path)
-    key = str(lp.resolve()) if lp.parent.exists() else str(lp.absolute())
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lp.resolve())
     with _HELD_GUARD:
         if _HELD.get(key):
             _HELD[key] += 1
@@ -333,7 +334,6 @@ def run_lock(path: str | os.PathLike, what: str = "run"):
             with _HELD_GUARD:
                 _HELD[key] -= 1
         return
-    lp.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):
         try:
             fd = os.open(str(lp), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
