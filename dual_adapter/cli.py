@@ -15,6 +15,23 @@ import sys
 from .errors import DualAdapterError, InterruptedByUser
 
 
+class _Once(logging.Filter):
+    """Show each distinct warning once per command (the same model or prompt is often checked several times)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
@@ -35,17 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, _Once) for f in h.filters):
+            h.addFilter(_Once())
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .training import sigterm_as_interrupt
+
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():  # SIGTERM stops like Ctrl-C: a training run keeps its checkpoint
+            return int(args.func(args) or 0)
     except DualAdapterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except InterruptedByUser as e:
         print(f"interrupted: {e}", file=sys.stderr)
-        return 130
+        return 143 if "SIGTERM" in str(e) else 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

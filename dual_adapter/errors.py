@@ -15,3 +15,8 @@ class InterruptedByUser(RuntimeError):
 
     Trainers catch it, write their last checkpoint, and re-raise it.
     """
+
+
+class TrainingDiverged(DualAdapterError):
+    """Training produced a non-finite loss or non-finite weights. Nothing non-finite is written: the
+    last checkpoint on disk (from a step whose weights were finite) is kept."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -120,6 +121,7 @@ def run_workflow(
     wf: Mapping[str, dict],
     node_classes: Mapping[str, type],
     on_node: Callable[[str, str, int, int], None] | None = None,
+    on_node_done: Callable[[str, str, int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Execute a validated API-format workflow.
 
@@ -128,6 +130,7 @@ def run_workflow(
         node_classes: class_type -> node class (the pack's nodes plus the headless stand-ins of the
             core nodes it uses).
         on_node: ``on_node(node_id, class_type, k, n)`` before each node runs (progress display).
+        on_node_done: ``on_node_done(node_id, class_type, k, n, seconds)`` after each node ran.
 
     Returns:
         ``{node_id: outputs}`` for every executed node; an output node's value is its ``"ui"`` dict
@@ -174,6 +177,7 @@ def run_workflow(
                     continue  # ComfyUI ignores unknown inputs too
                 kwargs[name] = results[v[0]][v[1]] if _is_link(v) else v
             obj = cls()
+            t_node = time.time()
             try:
                 out = getattr(obj, cls.FUNCTION)(**kwargs)
             except DualAdapterError as e:
@@ -183,6 +187,8 @@ def run_workflow(
                     raise
                 log.debug("node %s (%s) raised", nid, ct, exc_info=True)
                 raise DualAdapterError(f"node {nid} ({ct}) failed: {type(e).__name__}: {e}") from e
+            if on_node_done:
+                on_node_done(nid, ct, k + 1, len(order), time.time() - t_node)
             if isinstance(out, dict):
                 ui[nid] = out.get("ui", {})
                 out = tuple(out.get("result", ()))

@@ -1,15 +1,24 @@
-"""Safe file I/O: safetensors with metadata, atomic writes, counter-named outputs.
+"""Safe file I/O: safetensors with metadata, atomic writes, counter-named outputs, run locks.
 
 Rules (DEVELOPERS.md): weights are written atomically (temporary file in the same
 folder, then ``os.replace``), an existing file is never overwritten unless the caller
 asks for it, and weights are only ever *loaded* with safetensors.
+
+Temporary files are named ``.<stem>.pid<PID>.<random>.tmp<suffix>``: a write killed before its
+rename (SIGKILL, power loss) leaves one behind, and the next atomic write of the same file
+removes those whose process is gone (:func:`clean_stale_temps`). :func:`run_lock` keeps two
+processes from writing the same run's files at once.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,6 +36,10 @@ __all__ = [
     "load_safetensors",
     "read_safetensors_metadata",
     "next_free_path",
+    "next_free_dir",
+    "clean_stale_temps",
+    "run_lock",
+    "lock_path",
 ]
 
 
@@ -36,12 +49,61 @@ def _umask() -> int:
     return m
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (unknown counts as alive: never delete what may be in use)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _temp_pattern(path: Path) -> re.Pattern:
+    return re.compile("^" + re.escape(f".{path.stem}.pid") + r"(\d+)\.[A-Za-z0-9_]+" + re.escape(f".tmp{path.suffix}") + "$")
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files that atomic writes of ``path`` left behind when their process was killed.
+
+    Only files named like :func:`atomic_write`'s temporaries of this very ``path`` whose writer process
+    no longer runs are removed (a write in progress in another live process is never touched).
+    Returns the files removed.
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    pat = _temp_pattern(path)
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for f in entries:
+        m = pat.match(f.name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> Path:
     """Write a file through ``write_fn(tmp_path)`` into a temporary file beside ``path``, then rename.
 
-    The temporary name ends with ``path``'s suffix (so writers that pick a format by extension work),
-    gets the usual permissions (``0o666 & ~umask``), and is removed if ``write_fn`` fails. A reader
-    never sees a half-written file.
+    The temporary name (``.<stem>.pid<PID>.<random>.tmp<suffix>``) ends with ``path``'s suffix (so
+    writers that pick a format by extension work), gets the usual permissions (``0o666 & ~umask``),
+    and is removed if ``write_fn`` fails. A reader never sees a half-written file. Temporaries of the
+    same ``path`` left by killed processes are removed first (:func:`clean_stale_temps`).
 
     Raises:
         DualAdapterError: ``path`` exists and ``overwrite`` is False.
@@ -50,9 +112,11 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise DualAdapterError(
-            f"output file {str(path)!r} already exists; choose another name or pass overwrite=True"
+            f"output file {str(path)!r} already exists; choose another name (existing files are never replaced)"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=str(path.parent))
+    clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.pid{os.getpid()}.", suffix=f".tmp{path.suffix}",
+                               dir=str(path.parent))
     os.close(fd)
     try:
         write_fn(tmp)
@@ -181,3 +245,120 @@ def next_free_path(folder: str | os.PathLike, prefix: str, ext: str) -> Path:
         if not p.exists():
             return p
         n += 1
+
+
+
+
+
+def next_free_dir(folder: str | os.PathLike, prefix: str) -> Path:
+    """Create and return a new folder ``folder/prefix_NNNNN_`` (the first counter after every existing one).
+
+    The folder is reserved by creating it (``mkdir`` fails on an existing name), so two processes never
+    get the same one.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pat = re.compile(re.escape(prefix) + r"_(\d{5})_$")
+    n = 1
+    for f in folder.iterdir():
+        m = pat.match(f.name)
+        if m:
+            n = max(n, int(m.group(1)) + 1)
+    while True:
+        d = folder / f"{prefix}_{n:05d}_"
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            n += 1
+
+
+# --------------------------------------------------------------------------------------------
+# run locks
+
+_HELD: dict[str, int] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of a run whose output is ``path``: ``<path>.lock``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def _read_lock(lp: Path) -> dict:
+    try:
+        return json.loads(lp.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _lock_is_stale(info: dict, lp: Path) -> bool:
+    if not info:  # unreadable / empty: a writer killed between create and write, or a stranger's file
+        try:
+            return time.time() - lp.stat().st_mtime > 60
+        except OSError:
+            return True
+    if info.get("host") != socket.gethostname():
+        return False  # another machine (shared folder): cannot tell, never steal it
+    try:
+        return not _pid_alive(int(info.get("pid", -1)))
+    except (TypeError, ValueError):
+        return True
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike, what: str = "run"):
+    """Hold ``<path>.lock`` while a run writes ``path`` and its side files (checkpoints, losses).
+
+    The lock file is created exclusively and holds the owner's pid and host; it is removed on exit.
+    A lock left by a process that no longer runs on this machine is taken over. Re-entrant within one
+    process (a command and the library it calls may both take it).
+
+    Raises:
+        DualAdapterError: another live process holds the lock (names it and the lock file).
+    """
+    lp = lock_path(path)
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lp.resolve())
+    with _HELD_GUARD:
+        if _HELD.get(key):
+            _HELD[key] += 1
+            reentrant = True
+        else:
+            reentrant = False
+    if reentrant:
+        try:
+            yield lp
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] -= 1
+        return
+    for attempt in range(3):
+        try:
+            fd = os.open(str(lp), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            info = _read_lock(lp)
+            if _lock_is_stale(info, lp) and attempt < 2:
+                with contextlib.suppress(OSError):
+                    lp.unlink()
+                continue
+            who = (f"pid {info.get('pid')} on {info.get('host')}, since {info.get('started', '?')}" if info
+                   else "unknown process")
+            raise DualAdapterError(
+                f"another {what} is writing {str(Path(path))!r} ({who}; lock file {str(lp)!r}). Wait for it to "
+                f"finish or choose another output name; if no such process runs, delete the lock file") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        break
+    with _HELD_GUARD:
+        _HELD[key] = 1
+    try:
+        yield lp
+    finally:
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
+        if _read_lock(lp).get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
+                lp.unlink()

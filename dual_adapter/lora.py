@@ -1031,7 +1031,10 @@ def train_lora(
         checkpoint_path: ``.safetensors`` path for the LoRA checkpoint (rewritten every
             ``cfg.checkpoint_every`` steps, at the end and when the run stops); the optimiser state
             goes beside it (``<stem>.state.safetensors``, plus ``<stem>.spatial.safetensors``).
-        resume: continue from ``checkpoint_path`` and its state file (same settings expected).
+        resume: continue from ``checkpoint_path``'s state file (weights, optimiser, schedule, step; same
+            settings expected). Without ``resume`` an existing checkpoint is never replaced: the run is
+            refused (:func:`dual_adapter.training.check_run_files`); a lock file ``<checkpoint>.lock`` keeps
+            two processes from sharing one checkpoint.
         num_frames, height, width: training video size; default the model's (49x480x720 on the
             released models). With ``num_frames=None`` a shorter clip uses its largest 4k+1 prefix.
         patches: model patches applied under the LoRA (e.g. train on top of another LoRA).
@@ -1045,7 +1048,9 @@ def train_lora(
 
     Raises:
         DualAdapterError: no clips/photos, bad tensors, sizes the model cannot take, bad spec/config,
-            resume without a checkpoint, a diverged loss.
+            ``cfg.steps`` < 1, resume without a checkpoint, an existing checkpoint without resume, another
+            process training with the same checkpoint.
+        TrainingDiverged: non-finite loss or weights (nothing written; the last checkpoint stays).
         InterruptedByUser: from the callback (the checkpoint, if any, is written first).
     """
     from .backbone import check_video_size, encode_prompt
@@ -1054,7 +1059,7 @@ def train_lora(
     spec = copy.deepcopy(spec) if spec is not None else LoraSpec()
     spec.validate()
     cfg = cfg if cfg is not None else lora_train_config()
-    cfg.validate()
+    cfg.validate(min_steps=1)
     clips = list(clips or [])
     photos = list(photos or [])
     if not clips and not photos:
@@ -1083,9 +1088,34 @@ def train_lora(
     if photos:
         check_video_size(bundle, 1, height, width)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-    if resume and (checkpoint_path is None or not checkpoint_path.is_file() or not train_state_path(checkpoint_path).is_file()):
-        raise DualAdapterError(f"resume: no checkpoint at {str(checkpoint_path)!r} (and its .state.safetensors); "
-                               f"start without resume")
+    with _checkpoint_run(checkpoint_path, resume):  # refuse before encoding; held for the whole run
+        return _train_lora(bundle, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback,
+                           checkpoint_path, resume, height, width, patches, spatial_spec, fixed_batch, base_model)
+
+
+def _checkpoint_files(checkpoint_path: Path) -> dict[str, Path]:
+    return {"checkpoint": checkpoint_path, "state": train_state_path(checkpoint_path),
+            "spatial": spatial_checkpoint_path(checkpoint_path)}
+
+
+def _checkpoint_run(checkpoint_path: Path | None, resume: bool):
+    """The shared run rules (:func:`dual_adapter.training.training_run`) for a checkpoint file: a lock,
+    no run replaced without ``resume``, nothing to resume refused."""
+    from .training import training_run
+
+    if checkpoint_path is None:
+        if resume:
+            raise DualAdapterError("resume needs checkpoint_path (the interrupted run's checkpoint file)")
+        return training_run(None, {}, resume=False)
+    return training_run(None, _checkpoint_files(checkpoint_path), resume=resume, lock=checkpoint_path,
+                        rename_hint="another checkpoint_path")
+
+
+def _train_lora(bundle, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback, checkpoint_path,
+                resume, height, width, patches, spatial_spec, fixed_batch, base_model):
+    from .backbone import encode_prompt
+    from .media import fit_frames
+    from .sampling import encode_frames
 
     # ---- precompute latents and text once
     latents: list[torch.Tensor] = []
@@ -1163,14 +1193,10 @@ def train_lora_on_latents(
     Returns:
         ``(LoraFile, TrainResult)``.
     """
-    from .patches import shallow_copy_module
-    from .training import diffusion_loss, make_noise_scheduler, save_train_state, step_generator, \
-        train_loop
-
     spec = copy.deepcopy(spec) if spec is not None else LoraSpec()
     spec.validate()
     cfg = cfg if cfg is not None else lora_train_config()
-    cfg.validate()
+    cfg.validate(min_steps=1)
     items = list(latents)
     if not items:
         raise DualAdapterError("nothing to train on: no latents")
@@ -1184,10 +1210,17 @@ def train_lora_on_latents(
         raise DualAdapterError("spatial_path needs frame_latents for every clip")
     emb = prompt_embeds
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-    if resume and (checkpoint_path is None or not checkpoint_path.is_file()
-                   or not train_state_path(checkpoint_path).is_file()):
-        raise DualAdapterError(f"resume: no checkpoint at {str(checkpoint_path)!r} (and its .state.safetensors); "
-                               f"start without resume")
+    with _checkpoint_run(checkpoint_path, resume):
+        return _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg,
+                                 spatial_path, debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec,
+                                 fixed_batch, base_model, metadata)
+
+
+def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg, spatial_path,
+                      debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec, fixed_batch, base_model,
+                      metadata):
+    from .patches import shallow_copy_module
+    from .training import diffusion_loss, make_noise_scheduler, save_train_state, step_generator, train_loop
 
     # ---- the trainable copy
     model = shallow_copy_module(transformer)
@@ -1218,8 +1251,14 @@ def train_lora_on_latents(
 
     resume_state = None
     start_losses: list = []
+    weights_step = None
     if resume:
-        _load_into(model, "default", load_lora(checkpoint_path))
+        if not checkpoint_path.is_file():
+            raise DualAdapterError(f"resume: the checkpoint {str(checkpoint_path)!r} is missing beside its state file; "
+                                   f"start a new run")
+        ck = load_lora(checkpoint_path)
+        weights_step = int((ck.metadata.get("train") or {}).get("steps_done", -1))
+        _load_into(model, "default", ck)
         if spatial_path:
             sp = spatial_checkpoint_path(checkpoint_path)
             if not sp.is_file():
@@ -1292,7 +1331,10 @@ def train_lora_on_latents(
     with torch.inference_mode(False), torch.enable_grad():
         result = train_loop(param_groups, step_fn, cfg, device_type=device_type, callback=callback,
                             before_optimizer_step=before_optimizer_step if spatial_path else None,
-                            on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses)
+                            on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses,
+                            resume_weights_step=weights_step,
+                            checkpoint_note=f"{checkpoint_path} + {train_state_path(checkpoint_path).name}"
+                            if checkpoint_path else "")
     lf = make_file(result.steps_done, result.completed)
     # the file convention (alpha == rank): fold the scale in memory too, so that saving / applying agree
     return _folded(lf), result

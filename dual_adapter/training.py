@@ -6,11 +6,29 @@ gradient clipping, bf16 autocast on GPU, per-step seeding (so a resumed run repl
 batches), periodic checkpoints through a caller-supplied function, resume, and one callback for
 progress, loss and interrupt. Trainers supply only ``step_fn`` (make a batch, return the loss)
 and, where a method needs it, ``before_optimizer_step`` (DualReal's gradient mask).
+
+Run lifecycle (the same for every trainer and front end):
+
+* :func:`training_run` holds a lock on the run's output (``<out>.lock``, :func:`dual_adapter.io.run_lock`)
+  and applies the resume / refuse rules (:func:`check_run_files`): a run's files are never replaced
+  by a new run; ``resume`` needs a state file.
+* The state file (:func:`save_train_state`) holds the trainable weights as well as the optimiser
+  and schedule, so it alone is a consistent resume point: a kill between writing a trainer's
+  weights checkpoint and its state file cannot give a mismatched pair.
+* Divergence: every step checks the loss and, after the update, the weights; on a non-finite value
+  the run stops with :class:`~dual_adapter.errors.TrainingDiverged` and writes nothing, so the last
+  checkpoint on disk (finite weights) is kept.
+* SIGTERM is handled like Ctrl-C (SIGINT): the checkpoint is written, then the run stops with
+  :class:`~dual_adapter.errors.InterruptedByUser` (main thread only; see :func:`sigterm_as_interrupt`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +37,14 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .backbone import transformer_forward
-from .errors import DualAdapterError
-from .io import load_safetensors, save_safetensors
+from .errors import DualAdapterError, InterruptedByUser, TrainingDiverged
+from .io import load_safetensors, read_safetensors_metadata, run_lock, save_safetensors
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainResult", "diffusion_loss", "make_noise_scheduler", "make_optimizer",
            "make_lr_schedule", "train_loop", "save_train_state", "load_train_state", "step_generator",
-           "write_loss_log", "loss_summary"]
+           "write_loss_log", "loss_summary", "check_run_files", "training_run", "sigterm_as_interrupt"]
 
 
 @dataclass
@@ -62,12 +80,28 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
 
-    def validate(self) -> None:
-        """Raise :class:`DualAdapterError` naming the first invalid field."""
-        if not isinstance(self.steps, int) or self.steps < 0:
-            raise DualAdapterError(f"steps={self.steps}: must be an integer >= 0")
-        if not (self.lr > 0):
-            raise DualAdapterError(f"lr={self.lr}: must be > 0")
+    def validate(self, min_steps: int = 0) -> None:
+        """Raise :class:`DualAdapterError` naming the first invalid field.
+
+        ``min_steps``: trainers whose result would be untrained with 0 steps (DualReal, LoRA) pass 1.
+        """
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < min_steps:
+            what = "nothing would be trained" if min_steps >= 1 and isinstance(self.steps, int) and \
+                not isinstance(self.steps, bool) and self.steps >= 0 else "not a step count"
+            raise DualAdapterError(f"steps={self.steps!r}: must be an integer >= {min_steps} ({what})")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) \
+                or not self.lr > 0:
+            raise DualAdapterError(f"lr={self.lr!r}: the learning rate must be a finite number > 0 (e.g. 1e-3)")
+        for k in ("checkpoint_every", "warmup_steps", "num_cycles"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "num_cycles" else 0):
+                raise DualAdapterError(f"{k}={v!r}: must be an integer >= {1 if k == 'num_cycles' else 0}"
+                                       + (" (0 = only at the end and when the run stops)"
+                                          if k == "checkpoint_every" else ""))
+        for k in ("grad_clip", "weight_decay", "eps"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise DualAdapterError(f"{k}={v!r}: must be a finite number >= 0")
         if self.optimizer not in ("auto", "adamw", "adamw8bit", "lion"):
             raise DualAdapterError(f"optimizer={self.optimizer!r}: expected auto, adamw, adamw8bit or lion")
         if self.lr_schedule not in ("cosine_with_restarts", "cosine", "constant"):
@@ -227,9 +261,17 @@ def make_lr_schedule(optimizer, cfg: TrainConfig):
 # resumable state
 
 
+def _all_params(optimizer) -> list[torch.Tensor]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
 def save_train_state(path: str | Path, optimizer, lr_schedule, step: int, extra: dict | None = None) -> Path:
-    """Write optimiser + schedule state and the step count to a safetensors file (atomic, overwrites
-    the previous state file of the same run)."""
+    """Write the trainable weights, optimiser + schedule state and the step count to one safetensors
+    file (atomic; overwrites the previous state file of the same run).
+
+    The weights (``param.<i>``, in the optimiser's parameter order) make the file a complete resume
+    point on its own, whatever happened to the trainer's separate weights checkpoint.
+    """
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -239,27 +281,43 @@ def save_train_state(path: str | Path, optimizer, lr_schedule, step: int, extra:
                 tensors[f"state.{idx}.{k}"] = v
             else:
                 scalars[f"{idx}.{k}"] = v
+    for i, p in enumerate(_all_params(optimizer)):
+        tensors[f"param.{i}"] = p.detach()
     meta = {
         "step": int(step),
         "param_groups": sd["param_groups"],
         "scalars": scalars,
         "lr_schedule": lr_schedule.state_dict() if lr_schedule is not None else None,
         "extra": extra or {},
+        "has_params": True,
     }
     return save_safetensors(tensors, path, json.loads(json.dumps(meta, default=str)), overwrite=True)
 
 
-def load_train_state(path: str | Path, optimizer, lr_schedule) -> tuple[int, dict]:
-    """Restore what :func:`save_train_state` wrote. Returns ``(step, extra)``."""
+def _load_state(path: str | Path, optimizer, lr_schedule) -> dict:
     tensors, meta = load_safetensors(path)
+    params = _all_params(optimizer)
     state: dict[int, dict] = {}
+    restored = False
+    if meta.get("has_params"):
+        got = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("param.")}
+        if len(got) != len(params) or any(got[i].shape != p.shape for i, p in enumerate(params) if i in got):
+            raise DualAdapterError(f"resume: state file {str(path)!r} holds {len(got)} trainable tensors that do not "
+                                   f"match this run's {len(params)}; resume with the same settings (method, rank, "
+                                   f"targets, widths) or start a new run")
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(got[i].to(p.device, p.dtype))
+        restored = True
     for k, v in tensors.items():
+        if not k.startswith("state."):
+            continue
         _, idx, name = k.split(".", 2)
         state.setdefault(int(idx), {})[name] = v
     for k, v in (meta.get("scalars") or {}).items():
         idx, name = k.split(".", 1)
         state.setdefault(int(idx), {})[name] = v
-    dev_of = {i: p.device for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    dev_of = {i: p.device for i, p in enumerate(params)}
     for i, st in state.items():
         for k, v in list(st.items()):
             if torch.is_tensor(v) and v.ndim > 0:
@@ -267,7 +325,146 @@ def load_train_state(path: str | Path, optimizer, lr_schedule) -> tuple[int, dic
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     if lr_schedule is not None and meta.get("lr_schedule"):
         lr_schedule.load_state_dict(meta["lr_schedule"])
-    return int(meta["step"]), meta.get("extra") or {}
+    groups = meta.get("param_groups") or [{}]
+    return {"step": int(meta["step"]), "extra": meta.get("extra") or {}, "params_restored": restored,
+            "lr": groups[0].get("initial_lr", groups[0].get("lr"))}
+
+
+def load_train_state(path: str | Path, optimizer, lr_schedule) -> tuple[int, dict]:
+    """Restore what :func:`save_train_state` wrote: the trainable weights (when the file holds them),
+    the optimiser and the schedule. Returns ``(step, extra)``.
+
+    Raises:
+        DualAdapterError: unreadable file, or its tensors do not match the optimiser's parameters.
+    """
+    st = _load_state(path, optimizer, lr_schedule)
+    return st["step"], st["extra"]
+
+
+def _set_peak_lr(optimizer, lr_schedule, old: float, new: float) -> None:
+    """Scale every group's peak and current learning rate by ``new / old`` (the schedule's shape and
+    position stay: LambdaLR's lr is ``base_lr * factor(step)``)."""
+    r = float(new) / float(old)
+    for g in optimizer.param_groups:
+        if "initial_lr" in g:
+            g["initial_lr"] = g["initial_lr"] * r
+        g["lr"] = g["lr"] * r
+    if lr_schedule is not None:
+        lr_schedule.base_lrs = [b * r for b in lr_schedule.base_lrs]
+        if hasattr(lr_schedule, "_last_lr"):
+            lr_schedule._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+# --------------------------------------------------------------------------------------------
+# run files: lock, resume / refuse rules
+
+
+def _state_step(state: Path) -> str:
+    try:
+        return f" (its last checkpoint is from step {int(read_safetensors_metadata(state).get('step'))})"
+    except Exception:
+        return ""
+
+
+def check_run_files(out: str | Path | None, files: dict, *, resume: bool, state_key: str = "state",
+                    resume_hint: str = "resume=True", rename_hint: str = "another output name") -> None:
+    """The resume / refuse rules every trainer and front end shares (never destroy a run).
+
+    Args:
+        out: the run's final output file (must not exist yet), or None when the caller writes none.
+        files: the run's side files, name -> path (checkpoint weights, state, losses...).
+        resume: the caller asks to continue the run.
+        state_key: which of ``files`` is the state file (:func:`save_train_state`) a resume needs.
+        resume_hint / rename_hint: how the front end spells the two choices (``--resume`` / ``another
+            --out`` on the CLI, the node's ``resume`` / ``name`` inputs).
+
+    Raises:
+        DualAdapterError: ``out`` exists; without ``resume``, any side file exists (names them and the
+            two choices: continue it, or choose another name); with ``resume``, no state file.
+    """
+    if out is not None and Path(out).exists():
+        out = Path(out)
+        raise DualAdapterError(f"{str(out)!r} already exists (a finished run); choose {rename_hint} "
+                               f"(existing files are never replaced)")
+    existing = [Path(p) for p in files.values() if Path(p).exists()]
+    state = Path(files[state_key])
+    if resume:
+        if not state.exists():
+            raise DualAdapterError(f"nothing to resume: no state file {str(state)!r} (no interrupted run with this "
+                                   f"name); start without {resume_hint}")
+        return
+    if existing:
+        names = ", ".join(repr(str(p)) for p in existing)
+        raise DualAdapterError(f"a run with this name already has files: {names}{_state_step(state)}. "
+                               f"Continue it with {resume_hint}, or choose {rename_hint} "
+                               f"(to start over, delete those files yourself)")
+
+
+@contextlib.contextmanager
+def training_run(out: str | Path | None, files: dict, *, resume: bool, lock: str | Path | None = None, **hints):
+    """Hold the run's lock (``<out>.lock``, or ``<lock>.lock``) and check :func:`check_run_files` for the
+    whole run.
+
+    ``out`` and ``lock`` both None (no files): nothing to lock or check. ``hints``: ``state_key``,
+    ``resume_hint``, ``rename_hint`` as in :func:`check_run_files`.
+
+    Raises:
+        DualAdapterError: another process runs with the same output, or the resume / refuse rules.
+    """
+    target = lock if lock is not None else out
+    if target is None:
+        yield
+        return
+    with run_lock(target, "training run"):
+        check_run_files(out, files, resume=resume, **hints)
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# signals
+
+
+def _sigterm_handler(signum, frame):
+    raise InterruptedByUser("stopped by SIGTERM")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While active, SIGTERM raises :class:`InterruptedByUser` (like Ctrl-C raises KeyboardInterrupt), so a
+    terminated run writes its checkpoint before it stops. Only in the main thread and only where SIGTERM
+    still has its default action (a host application's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    try:
+        prev = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        prev = None
+    if prev is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _sigterm_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+@contextlib.contextmanager
+def _no_sigterm():
+    """Ignore SIGTERM while the stop checkpoint is written (main thread only)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    prev = signal.getsignal(signal.SIGTERM)
+    if prev is not _sigterm_handler:
+        yield
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
 
 
 def loss_summary(losses: Sequence[dict], frac: float = 0.1) -> tuple[float, float]:
@@ -304,6 +501,12 @@ def autocast_context(device_type: str, cfg: TrainConfig):
     return contextlib.nullcontext()
 
 
+def _all_finite(params: Sequence[torch.Tensor]) -> bool:
+    if not params:
+        return True
+    return bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all())
+
+
 def train_loop(
     param_groups: Sequence,
     step_fn: StepFn,
@@ -315,22 +518,34 @@ def train_loop(
     on_checkpoint: Callable[[int, "torch.optim.Optimizer", Any, list], None] | None = None,
     resume_state: str | Path | None = None,
     start_losses: list | None = None,
+    resume_weights_step: int | None = None,
+    checkpoint_note: str = "",
 ) -> TrainResult:
     """Run ``cfg.steps`` optimiser steps.
 
     Each step ``k`` (0-based): ``loss, info = step_fn(k, step_generator(cfg.seed, k))`` under autocast,
     ``loss.backward()``, ``before_optimizer_step(k, info)`` (e.g. DualReal's gradient mask, which sets
     the inactive adapters' ``.grad`` to None so that AdamW skips them entirely), grad-norm clipping,
-    optimiser and schedule step, then ``callback(k + 1, steps, {"loss", "lr", **info})``.
+    optimiser and schedule step, a finiteness check of the trainable weights, then
+    ``callback(k + 1, steps, {"loss", "lr", **info})``.
 
     ``on_checkpoint(step, optimizer, lr_schedule, losses)`` is called every ``cfg.checkpoint_every`` steps,
-    at the end, and also when the run stops early (interrupt or error) so that what was learned so far
-    is kept; the exception is then re-raised. ``resume_state`` (a file from :func:`save_train_state`)
-    restores the optimiser, schedule and step count, so that the run continues where it stopped.
+    at the end, and also when the run stops early (interrupt, SIGTERM or error) so that what was learned
+    so far is kept; the exception is then re-raised. It is never called with non-finite weights: on
+    divergence nothing is written and the last checkpoint stays.
+
+    ``resume_state`` (a file from :func:`save_train_state`) restores the weights, optimiser, schedule and
+    step count, so that the run continues where it stopped. A state file without weights (older
+    format) must be from the same step as the trainer's weights checkpoint (``resume_weights_step``).
+    A different ``cfg.lr`` than the interrupted run's is applied (the peak learning rate is rescaled; the
+    schedule keeps its position), with a warning.
+
+    ``checkpoint_note``: where the checkpoint lives, for messages (e.g. the file names).
 
     Raises:
-        DualAdapterError: invalid config, or a non-finite loss (names the step).
-        InterruptedByUser: re-raised from the callback after checkpointing.
+        DualAdapterError: invalid config, a state file that does not fit.
+        TrainingDiverged: a non-finite loss or non-finite weights (names the step; nothing written).
+        InterruptedByUser: re-raised from the callback (or SIGTERM) after checkpointing.
     """
     cfg.validate()
     optimizer, opt_name = make_optimizer(param_groups, cfg)
@@ -339,47 +554,84 @@ def train_loop(
     start = 0
     losses: list[dict] = list(start_losses or [])
     if resume_state is not None:
-        start, _ = load_train_state(resume_state, optimizer, sched)
+        st = _load_state(resume_state, optimizer, sched)
+        start = st["step"]
+        if not st["params_restored"] and resume_weights_step is not None and resume_weights_step != start:
+            raise DualAdapterError(
+                f"resume: the weights checkpoint is from step {resume_weights_step} but the state file "
+                f"{str(resume_state)!r} from step {start} (the run was killed between the two writes); "
+                f"they cannot be continued together. Start a new run, or load the weights file as a result")
+        old_lr = st["lr"]
+        if old_lr is not None and not math.isclose(float(old_lr), float(cfg.lr), rel_tol=1e-9):
+            _set_peak_lr(optimizer, sched, float(old_lr), float(cfg.lr))
+            log.warning("resume: the learning rate changed from %g to %g; the new one applies from step %d "
+                        "(the schedule keeps its position)", float(old_lr), float(cfg.lr), start + 1)
         losses = [r for r in losses if r.get("step", 0) <= start]
+        if not _all_finite(params):
+            raise TrainingDiverged(f"resume: the state file {str(resume_state)!r} holds non-finite weights; "
+                                   f"start a new run")
     result = TrainResult(losses=losses, completed=False, steps_done=start, optimizer_name=opt_name)
+    last_ckpt = start if resume_state is not None else None
+    where = f" ({checkpoint_note})" if checkpoint_note else ""
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        kept = (f"the last checkpoint, from step {last_ckpt}{where}, is kept" if last_ckpt
+                else "no checkpoint had been written yet" + (" (checkpoint_every=0)" if not cfg.checkpoint_every else ""))
+        return TrainingDiverged(f"training diverged at step {step}: {what}. Nothing from it was saved; {kept}. "
+                                f"Lower the learning rate (lr={cfg.lr:g}) and resume or start again")
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_ckpt
+        if not _all_finite(params):  # belt and braces: never write non-finite weights
+            raise diverged(step, "the weights are not finite")
+        on_checkpoint(step, optimizer, sched, losses)
+        last_ckpt = step
+
     t0 = time.time()
     step = start
     try:
-        for step in range(start, cfg.steps):
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_context(device_type, cfg):
-                loss, info = step_fn(step, step_generator(cfg.seed, step))
-            if not torch.isfinite(loss):
-                raise DualAdapterError(f"training diverged: loss is {loss.item()} at step {step + 1}; "
-                                       f"lower the learning rate (lr={cfg.lr})")
-            loss.backward()
-            if before_optimizer_step is not None:
-                before_optimizer_step(step, info)
-            if cfg.grad_clip and cfg.grad_clip > 0:
-                with_grad = [p for p in params if p.grad is not None]
-                if with_grad:
-                    torch.nn.utils.clip_grad_norm_(with_grad, cfg.grad_clip)
-            optimizer.step()
-            sched.step()
-            rec = {"step": step + 1, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])}
-            rec.update({k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))})
-            losses.append(rec)
-            result.steps_done = step + 1
-            if callback is not None:
-                callback(step + 1, cfg.steps, rec)
-            if on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < cfg.steps:
-                on_checkpoint(step + 1, optimizer, sched, losses)
+        with sigterm_as_interrupt():
+            for step in range(start, cfg.steps):
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_context(device_type, cfg):
+                    loss, info = step_fn(step, step_generator(cfg.seed, step))
+                if not torch.isfinite(loss):
+                    raise diverged(step + 1, f"the loss is {loss.item()}")
+                loss.backward()
+                if before_optimizer_step is not None:
+                    before_optimizer_step(step, info)
+                if cfg.grad_clip and cfg.grad_clip > 0:
+                    with_grad = [p for p in params if p.grad is not None]
+                    if with_grad:
+                        torch.nn.utils.clip_grad_norm_(with_grad, cfg.grad_clip)
+                optimizer.step()
+                sched.step()
+                if not _all_finite(params):
+                    raise diverged(step + 1, f"the weights became non-finite after the update (loss {float(loss.detach()):.4g})")
+                rec = {"step": step + 1, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])}
+                rec.update({k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))})
+                losses.append(rec)
+                result.steps_done = step + 1
+                if callback is not None:
+                    callback(step + 1, cfg.steps, rec)
+                if on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                        and step + 1 < cfg.steps:
+                    checkpoint(step + 1)
         result.completed = True
+    except TrainingDiverged:
+        result.seconds = time.time() - t0
+        raise
     except BaseException:
         result.seconds = time.time() - t0
-        if on_checkpoint is not None and result.steps_done > start:
+        if on_checkpoint is not None and result.steps_done > start and result.steps_done != last_ckpt:
             try:
-                on_checkpoint(result.steps_done, optimizer, sched, losses)
+                with _no_sigterm():
+                    checkpoint(result.steps_done)
+                log.warning("the run stopped at step %d; its checkpoint is kept%s", result.steps_done, where)
             except Exception as e:  # never hide the original error
                 log.error("could not write the checkpoint after the run stopped: %s", e)
         raise
     result.seconds = time.time() - t0
     if on_checkpoint is not None:
-        on_checkpoint(result.steps_done, optimizer, sched, losses)
+        checkpoint(result.steps_done)
     return result

@@ -280,24 +280,41 @@ def progress_text(text: str) -> None:
 
 
 class Progress:
-    """A progress bar: ComfyUI's ``ProgressBar`` when present, else nothing.
+    """A progress bar: ComfyUI's ``ProgressBar`` inside ComfyUI; outside it, the library's progress line on
+    stderr while the headless runner runs (``dual_adapter.progress.console``), else nothing.
 
     Use as the library's ``callback``: ``cb(step, total, info)`` updates the bar, checks for interrupt, and
-    when ``info`` has a ``loss`` shows "step k/N  loss x" under the node (about 50 updates per run).
+    when ``info`` has a ``loss`` shows the progress line (step, %, elapsed, ETA, loss) under the node
+    (about 50 updates per run).
     """
 
     def __init__(self, total: int, label: str = "step"):
+        import time
+
+        from dual_adapter.progress import TextProgress, console_label
+
         self.total = max(int(total), 1)
         self.label = label
         self.bar = _cu.ProgressBar(self.total) if IN_COMFY else None
+        self.t0 = time.time()
+        lab = None if IN_COMFY else console_label()
+        self.text = TextProgress(lab if label == "step" else f"{lab} {label}") if lab is not None else None
 
     def __call__(self, step: int, total: int | None = None, info: dict | None = None, preview=None) -> None:
         throw_if_interrupted()
+        if self.text is not None:
+            self.text(step, total or self.total, info)
         if self.bar is not None:
             self.bar.update_absolute(min(step, self.total), total or self.total, preview)
             if info and "loss" in info and (step % max(1, self.total // 50) == 0 or step >= self.total):
-                extra = f"  ({info['phase']})" if "phase" in info else ""
-                progress_text(f"{self.label} {step}/{total or self.total}  loss {float(info['loss']):.4f}{extra}")
+                import time
+
+                from dual_adapter.progress import format_progress
+
+                tot = total or self.total
+                el = time.time() - self.t0
+                eta = el / step * (tot - step) if step > 0 else None
+                progress_text(format_progress(self.label, step, tot, el, eta, info))
 
 
 def interrupt_exception_types() -> tuple[type, ...]:

@@ -89,7 +89,9 @@ class DualRealTrain:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1,
                                  "tooltip": "Seeds every step's batch, noise and timestep."}),
                 "name": ("STRING", {"default": "dualreal",
-                                    "tooltip": "Run name: checkpoints go to output/dualreal/<name>.partial.safetensors."}),
+                                    "tooltip": "Run name: checkpoints go to output/dualreal/<name>.partial.safetensors "
+                                               "(+ .state, .losses.jsonl). An existing run of that name is never "
+                                               "replaced: turn 'resume' on or choose another name."}),
             },
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "Reference encoder (clip_vision_h, ViT-H/14, 1024-d). "
@@ -101,7 +103,9 @@ class DualRealTrain:
                 "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000,
                                              "tooltip": "Write a checkpoint every N steps (0 = only at the end/stop)."}),
                 "resume": ("BOOLEAN", {"default": False,
-                                       "tooltip": "Continue the run <name> from its last checkpoint."}),
+                                       "tooltip": "Continue the run <name> from its last checkpoint (a new lr "
+                                                  "applies from there). Off: a name whose run files exist is "
+                                                  "refused (runs are never replaced); choose another name."}),
                 "warmup_steps": ("INT", {"default": 200, "min": 0, "max": 100000,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
             },
@@ -137,16 +141,20 @@ class DualRealTrain:
                     if step % every == 0 or step == total:
                         log.info("DualReal %s step %d/%d loss %.4f (%s)", name, step, total, info["loss"],
                                  info.get("phase", ""))
-                        text = getattr(bridge, "progress_text", None)
-                        if text is not None:
-                            text(f"step {step}/{total}  loss {info['loss']:.4f}")
-                    bar(step, total, info)
+                    bar(step, total, info)  # the bar, and the shared progress line under the node
                 else:
                     bridge.throw_if_interrupted()
 
             out = bridge.output_dir() / "dualreal" / f"{name}.safetensors"
-            res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
-                                 options=options, train=train, callback=cb, out=out, resume=bool(resume))
+            from dual_adapter.dualreal import run_paths
+            from dual_adapter.io import run_lock
+            from dual_adapter.training import check_run_files
+
+            with run_lock(out, "Train DualReal run"):  # never replace a run: refuse, naming the two choices
+                check_run_files(out, run_paths(out), resume=bool(resume), resume_hint="resume = true",
+                                rename_hint=f"another name than {name!r}")
+                res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
+                                     options=options, train=train, callback=cb, out=out, resume=bool(resume))
             curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
                                     smooth=max(1, min(25, len(res.losses) // 10)))
         return (res.adapters, curve)

@@ -213,15 +213,18 @@ def run_merge(args) -> int:
     cfg = C.TTTConfig.authors(**over) if args.authors else C.TTTConfig(**over)
     cfg.validate()
     a, m = load_lora(args.appearance), load_lora(args.motion)
-    bundle = load_bundle(args)
-    res = C.ttt_merge(bundle, a, m, appearance_prompt=args.appearance_prompt, motion_prompt=args.motion_prompt,
-                      prompt=args.prompt, config=cfg, callback=_TextProgress("ttt-merge", args.quiet),
-                      checkpoint_path=ckpt)
-    dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
-    path = res.lora.save(out, dtype=dt)
-    write_loss_log(res.train.losses, losses_path)
-    if ckpt.exists():
-        ckpt.unlink()
+    from ..io import run_lock
+
+    with run_lock(out, "ttt-merge run"):  # a second run with the same --out is refused while this one runs
+        bundle = load_bundle(args)
+        res = C.ttt_merge(bundle, a, m, appearance_prompt=args.appearance_prompt, motion_prompt=args.motion_prompt,
+                          prompt=args.prompt, config=cfg, callback=_TextProgress("ttt-merge", args.quiet),
+                          checkpoint_path=ckpt)
+        dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
+        path = res.lora.save(out, dtype=dt)
+        write_loss_log(res.train.losses, losses_path)
+        if ckpt.exists():
+            ckpt.unlink()
     s = res.seconds
     print(f"wrote {path} ({len(res.lora.modules)} modules, blocks {res.lora.blocks}; {res.train.steps_done} TTT steps, "
           f"teachers {s['teachers']:.1f}s + TTT {s['ttt']:.1f}s) and {losses_path}")

@@ -40,16 +40,10 @@ def register(sub) -> None:
 
 
 def _new_dir(base: Path) -> Path:
-    from ..io import next_free_path
+    """Reserve a new counter-named folder ``base/demo_NNNNN_`` (never an existing one)."""
+    from ..io import next_free_dir
 
-    # reserve a counter-named folder; never reuse an existing one
-    while True:
-        d = next_free_path(base, "demo", "dir").with_suffix("")
-        try:
-            d.mkdir(parents=True)
-            return d
-        except FileExistsError:
-            continue
+    return next_free_dir(base, "demo")
 
 
 def run(args) -> int:
@@ -64,7 +58,8 @@ def run(args) -> int:
     from ..metrics.suite import evaluate_video
     from ..plots import plot_loss_curve
     from ..training import TrainConfig, loss_summary
-    from .generate import _TextProgress, load_bundle
+    from ..progress import TextProgress
+    from .generate import load_bundle
 
     t0 = time.time()
     tiny = args.model in backbone.TINY_VARIANTS
@@ -91,7 +86,7 @@ def run(args) -> int:
         encoder = build_tiny_reference_encoder(args.seed)
     adapters_path = out / "adapters.safetensors"
     res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt, reference_encoder=encoder,
-                         options=options, train=train, callback=_TextProgress("training"), out=adapters_path)
+                         options=options, train=train, callback=TextProgress("training"), out=adapters_path)
     finalize_run(res, adapters_path)
     media.save_image(plot_loss_curve(res.losses, "DualReal joint training", group_by="phase", smooth=10)[0],
                      out / "loss_curve.png")
@@ -105,7 +100,7 @@ def run(args) -> int:
     neg = backbone.encode_prompt(bundle, "")
     n_steps = args.sample_steps or (25 if tiny else 50)
     lat = sampling.sample(bundle, pos, neg, steps=n_steps, cfg=6.0, seed=args.seed,
-                          patches=[DualRealPatch(res.adapters, ref)], callback=_TextProgress("sampling"))
+                          patches=[DualRealPatch(res.adapters, ref)], callback=TextProgress("sampling"))
     video = sampling.decode_latents(bundle, lat)[0]
     media.write_video(video, out / "video.mp4", fps=8)
 
@@ -114,7 +109,8 @@ def run(args) -> int:
     media.save_image(plot_stageblender(readout)[0], out / "stageblender.png")
 
     report = evaluate_video(video, prompt=args.prompt, references=torch.stack(
-        [media.fit_frames(p.unsqueeze(0), height, width)[0] for p in photos]), metrics="all", fps=8.0)
+        [media.fit_frames(p.unsqueeze(0), height, width)[0] for p in photos]), metrics="all", fps=8.0,
+        callback=TextProgress("metrics"))
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "metrics.txt").write_text(format_table(report) + "\n")
     import numpy as np

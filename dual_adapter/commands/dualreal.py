@@ -5,7 +5,10 @@
 
 writes ``adapters.safetensors`` and ``adapters.losses.jsonl`` (one JSON record per step). While it
 runs, ``adapters.partial.safetensors`` + ``adapters.state.safetensors`` hold the last checkpoint
-(``--resume`` continues from them; they are removed after a successful run).
+(``--resume`` continues from them; they are removed after a successful run) and
+``adapters.safetensors.lock`` keeps a second run with the same ``--out`` out. A rerun without
+``--resume`` never replaces an interrupted run's files: it is refused (see
+:func:`dual_adapter.training.check_run_files`).
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed (0)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's .partial/.state files")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run of OUT (its .state/.partial files); --lr applies from there")
     p.set_defaults(func=_train)
 
 
@@ -77,15 +81,18 @@ def _encoder_for(spec: str | None, model_name: str, device: str | None):
 
 def _train(args) -> int:
     from ..dualreal import DualRealOptions, finalize_run, run_paths, train_dualreal
-    from ..training import loss_summary
+    from ..io import run_lock
     from ..media import load_clip, load_images
-    from ..training import TrainConfig
+    from ..progress import TextProgress
+    from ..training import TrainConfig, check_run_files, loss_summary
 
     out = Path(args.out)
-    if out.exists():
-        raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
     if out.suffix != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r} must end in .safetensors")
+    train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
+                        checkpoint_every=args.checkpoint_every, seed=args.seed,
+                        gradient_checkpointing=not args.no_gradient_checkpointing)
+    _validate_cli(train)
     from .generate import load_bundle, preflight
 
     # inputs are checked against the model's configs before the model loads (minutes on 5B)
@@ -95,33 +102,39 @@ def _train(args) -> int:
     photos = load_images(args.subject)
     clips = [load_clip(c, num_frames=frames, fps=args.fps, short_policy=args.short_policy, require_motion=True)[0]
              for c in args.motion]
-    bundle = load_bundle(args)
-    encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
     options = DualRealOptions(hidden=args.hidden, groups=args.groups, form=args.form,
                               controller=not args.no_controller, motion_ratio=args.motion_ratio,
                               p_image_zero=args.p_image_zero, motion_batch=args.motion_batch,
                               identity_batch=args.identity_batch, num_frames=frames, height=args.height or h0,
                               width=args.width or w0)
-    train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
-                        checkpoint_every=args.checkpoint_every, seed=args.seed,
-                        gradient_checkpointing=not args.no_gradient_checkpointing)
-    every = max(1, args.steps // 20)
-
-    def progress(step, total, info):
-        if "loss" not in info:  # encoding photos and clips
-            return
-        if step % every == 0 or step == total:
-            print(f"step {step}/{total}  loss {info.get('loss', float('nan')):.4f}  phase {info.get('phase', '')}",
-                  file=sys.stderr, flush=True)
-
-    res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt, reference_encoder=encoder,
-                         options=options, train=train, callback=progress, out=out, resume=args.resume)
-    path = finalize_run(res, out)
+    with run_lock(out, "train-dualreal run"):
+        check_run_files(out, run_paths(out), resume=args.resume, resume_hint="--resume",
+                        rename_hint="another --out")
+        bundle = load_bundle(args)
+        encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
+        res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt,
+                             reference_encoder=encoder, options=options, train=train,
+                             callback=TextProgress("train-dualreal"), out=out, resume=args.resume)
+        path = finalize_run(res, out)
     first, last = loss_summary(res.losses)
     print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "
           f"{res.seconds:.1f} s, {res.optimizer_name}); loss {first:.4f} -> {last:.4f}; "
           f"losses: {run_paths(out)['losses']}")
     return 0
+
+
+def _validate_cli(train) -> None:
+    """Check the training options before anything loads, in the CLI's words."""
+    try:
+        train.validate(min_steps=1)
+    except DualAdapterError as e:
+        msg = str(e)
+        for field, opt in (("steps=", "--steps"), ("lr=", "--lr"), ("checkpoint_every=", "--checkpoint-every"),
+                           ("warmup_steps=", "--warmup")):
+            if msg.startswith(field):
+                msg = opt + " " + msg[len(field):]
+                break
+        raise DualAdapterError(msg) from None
 
 
 # --------------------------------------------------------------------------------------------

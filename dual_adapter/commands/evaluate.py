@@ -86,16 +86,11 @@ def _load_refs(paths):
     return load_images(paths)
 
 
-def _progress(label: str, verbose: bool):
-    tty = sys.stderr.isatty()
+def _progress(label: str, verbose: bool = False):
+    """The shared progress line (:mod:`dual_adapter.progress`); loading an encoder is shown too."""
+    from ..progress import TextProgress
 
-    def cb(step, total, info):
-        if tty or verbose:
-            end = "\r" if tty and step < total else "\n"
-            if tty or step == total:
-                print(f"{label}: {step}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return cb
+    return TextProgress(label)
 
 
 def _encoders(args):
@@ -167,6 +162,25 @@ def _run_single(args) -> int:
     return 0
 
 
+def _skipped_lines(skipped: dict, n_videos: int) -> list[str]:
+    """``skipped <metrics>: <reason> (<which videos>)``, one line per distinct reason."""
+    from ..metrics.suite import METRICS
+
+    by_reason: dict[str, list[str]] = {}
+    videos_of: dict[str, set] = {}
+    for (k, why), vids in skipped.items():
+        by_reason.setdefault(why, [])
+        if k not in by_reason[why]:
+            by_reason[why].append(k)
+        videos_of.setdefault(why, set()).update(vids)
+    out = []
+    for why, keys in by_reason.items():
+        n = len(videos_of[why])
+        which = "all videos" if n == n_videos else f"{n} of {n_videos} videos"
+        out.append(f"skipped {', '.join(METRICS[k].label if k in METRICS else k for k in keys)} ({which}): {why}")
+    return out
+
+
 def find_videos(folder: Path) -> list[Path]:
     """Video files under ``folder`` (recursive, sorted, hidden files skipped)."""
     return sorted(
@@ -198,6 +212,7 @@ def _run_batch(args) -> int:
     common_refs = _load_refs(args.reference)
     encoders = _encoders(args)
     items, results = [], {}
+    skipped: dict[tuple[str, str], list[str]] = {}
     for n, video in enumerate(videos, 1):
         rel = video.relative_to(folder)
         entry = manifest.get(rel.as_posix()) or manifest.get(video.name) or {}
@@ -229,7 +244,9 @@ def _run_batch(args) -> int:
         items.append((group, rel.as_posix(), res))
         results[rel.as_posix()] = res
         for k, why in res["skipped"].items():
-            print(f"  skipped {k}: {why}", file=sys.stderr)
+            skipped.setdefault((k, why), []).append(rel.as_posix())
+    for line in _skipped_lines(skipped, len(videos)):  # once, not once per video
+        print(line, file=sys.stderr)
     rows = batch_rows(items, per_video=args.per_video)
     print(format_batch_table(rows))
     if args.csv:

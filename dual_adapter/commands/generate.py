@@ -68,24 +68,7 @@ def load_bundle(args):
     return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
 
 
-class _TextProgress:
-    """A one-line progress display for the terminal: ``label  k/N  info``."""
-
-    def __init__(self, label: str, quiet: bool = False):
-        self.label, self.quiet, self.t0 = label, quiet, time.time()
-
-    def __call__(self, step, total, info=None):
-        if self.quiet:
-            return
-        if not sys.stderr.isatty() and step % max(1, total // 10) and step != total:
-            return  # in logs, about ten lines per run
-        extra = ""
-        if info and "loss" in info:
-            extra = f"  loss {info['loss']:.4f}"
-        tty = sys.stderr.isatty()
-        end = "\n" if step >= total or not tty else ""
-        sys.stderr.write(f"{chr(13) if tty else ''}{self.label} {step}/{total}{extra}  {time.time() - self.t0:.1f}s   {end}")
-        sys.stderr.flush()
+from ..progress import TextProgress as _TextProgress  # noqa: E402  (the one progress format; old name kept)
 
 
 def register(sub) -> None:

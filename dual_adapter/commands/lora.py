@@ -3,8 +3,11 @@
 train-lora trains a motion LoRA (TAP by default, METHODS.md section 2) on one or more clips and
 writes it in the diffusers CogVideoX LoRA format, with the per-step losses as JSON lines beside
 it (``<out>.losses.jsonl``). While it runs, a checkpoint (``<out>.ckpt.safetensors`` and its
-optimiser state) is rewritten every ``--checkpoint-every`` steps and kept if the run stops;
-``--resume`` continues from it.
+state file ``<out>.ckpt.state.safetensors``: weights, optimiser, schedule, step) is rewritten every
+``--checkpoint-every`` steps and kept if the run stops (Ctrl-C, SIGTERM, an error; not on
+divergence, where the last finite checkpoint stays); ``--resume`` continues from it. A rerun
+without ``--resume`` never replaces them (it is refused), and ``<out>.lock`` keeps a second run
+with the same ``--out`` out.
 """
 from __future__ import annotations
 
@@ -83,7 +86,8 @@ def register(sub) -> None:
     p.add_argument("--debiased-loss", action="store_true", help="add MotionDirector's appearance-debiased loss")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--checkpoint-every", type=int, default=100, help="rewrite the checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt.safetensors")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run of --out (<out>.ckpt.state.safetensors); --lr applies from there")
     p.add_argument("--save-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the saved file")
     p.add_argument("--out", required=True, help="output .safetensors (never overwritten); losses go to "
                    "<out>.losses.jsonl")
@@ -101,21 +105,18 @@ def run_train(args) -> int:
     import torch
 
     from .. import lora, media
-    from ..training import write_loss_log
-    from .generate import _TextProgress, load_bundle, preflight
+    from ..io import run_lock
+    from ..progress import TextProgress
+    from ..training import check_run_files, write_loss_log
+    from .dualreal import _validate_cli
+    from .generate import load_bundle, preflight
 
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")
-    if out.exists():
-        raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
     side = _paths(out)
-    if side["losses"].exists():
-        raise DualAdapterError(f"{str(side['losses'])!r} already exists; choose another --out")
     if not args.motion and not args.images:
         raise DualAdapterError("give at least one --motion CLIP (or --subject PHOTO_OR_DIR for an appearance LoRA)")
-    if args.resume and not side["ckpt"].is_file():
-        raise DualAdapterError(f"--resume: no checkpoint {str(side['ckpt'])!r}")
     kind = "appearance" if args.images and not args.motion else "motion"
     d = _defaults(kind, args.optimizer)
     spec = lora.LoraSpec(rank=args.rank, alpha=float(args.alpha if args.alpha is not None else args.rank),
@@ -128,7 +129,7 @@ def run_train(args) -> int:
                                  seed=args.seed, optimizer=args.optimizer, lr_schedule=args.schedule,
                                  warmup_steps=args.warmup, gradient_checkpointing=not args.no_gradient_checkpointing,
                                  checkpoint_every=args.checkpoint_every)
-    cfg.validate()
+    _validate_cli(cfg)
     # inputs are checked against the model's configs before the model loads (minutes on 5B)
     info = preflight(args, args.frames if args.motion else 1, args.height, args.width)
     n = args.frames or info.default_size[0]
@@ -138,19 +139,23 @@ def run_train(args) -> int:
     if not args.quiet:
         print(f"{kind} LoRA: preset {args.targets or args.preset or d['preset']}, lr {cfg.lr:g}, {cfg.steps} steps",
               file=sys.stderr)
-    bundle = load_bundle(args)
-    lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
-                              spatial_path=args.spatial_path, debiased_loss=args.debiased_loss,
-                              callback=_TextProgress("train-lora", args.quiet), checkpoint_path=side["ckpt"],
-                              resume=args.resume, num_frames=n if clips else None, height=args.height,
-                              width=args.width)
-    lf.metadata["train"] = dict(lf.metadata.get("train") or {}, clip_files=[Path(c).name for c in args.motion])
-    dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
-    path = lf.save(out, dtype=dt)
-    write_loss_log(res.losses, side["losses"])
-    for p in (side["ckpt"], lora.train_state_path(side["ckpt"]), lora.spatial_checkpoint_path(side["ckpt"])):
-        if p.exists():
-            p.unlink()
+    run_files = {"checkpoint": side["ckpt"], "state": lora.train_state_path(side["ckpt"]),
+                 "spatial": lora.spatial_checkpoint_path(side["ckpt"]), "losses": side["losses"]}
+    with run_lock(out, "train-lora run"):
+        check_run_files(out, run_files, resume=args.resume, resume_hint="--resume", rename_hint="another --out")
+        bundle = load_bundle(args)
+        lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
+                                  spatial_path=args.spatial_path, debiased_loss=args.debiased_loss,
+                                  callback=TextProgress("train-lora", args.quiet), checkpoint_path=side["ckpt"],
+                                  resume=args.resume, num_frames=n if clips else None, height=args.height,
+                                  width=args.width)
+        lf.metadata["train"] = dict(lf.metadata.get("train") or {}, clip_files=[Path(c).name for c in args.motion])
+        dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
+        path = lf.save(out, dtype=dt)
+        write_loss_log(res.losses, side["losses"])
+        for p in (side["ckpt"], lora.train_state_path(side["ckpt"]), lora.spatial_checkpoint_path(side["ckpt"])):
+            if p.exists():
+                p.unlink()
     last = res.losses[-1]["loss"] if res.losses else float("nan")
     print(f"wrote {path} (rank {lf.rank}, targets {','.join(lf.targets)}, {len(lf.modules)} modules; "
           f"{res.steps_done} steps, last loss {last:.4f}) and {side['losses']}")

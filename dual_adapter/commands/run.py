@@ -67,17 +67,25 @@ def run(args) -> int:
             pass
     wf = load_workflow(path)
     classes = load_node_classes()
+    from ..progress import console, format_duration, set_console_label
+
     t0 = time.time()
 
     def on_node(nid, ct, k, n):
-        print(f"[{k}/{n}] node {nid} {ct}  ({time.time() - t0:.1f}s)", file=sys.stderr)
+        set_console_label(f"[{k}/{n}] node {nid} {ct}")
+        print(f"[{k}/{n}] node {nid} {ct}: running (started {format_duration(time.time() - t0)} into the run)",
+              file=sys.stderr, flush=True)
 
-    out = run_workflow(wf, classes, on_node=on_node)
+    def on_node_done(nid, ct, k, n, seconds):
+        print(f"[{k}/{n}] node {nid} {ct}: done in {format_duration(seconds)}", file=sys.stderr, flush=True)
+
+    with console():  # the nodes' progress bars print progress lines here
+        out = run_workflow(wf, classes, on_node=on_node, on_node_done=on_node_done)
     for k, v in out.items():
         if k.startswith("ui:"):
             for img in v.get("images", []):
                 print(f"wrote {Path(os.environ.get('DUAL_ADAPTER_OUTPUT', 'output')) / img['subfolder'] / img['filename']}")
             for t in v.get("text", []):
                 print(t)
-    print(f"done in {time.time() - t0:.1f}s", file=sys.stderr)
+    print(f"workflow done in {format_duration(time.time() - t0)}", file=sys.stderr)
     return 0

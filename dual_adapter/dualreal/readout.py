@@ -91,6 +91,14 @@ def stageblender_readout(
     }
 
 
+def group_label(k: int, a: int | None, b: int | None) -> str:
+    """Legend label of group ``k`` (0-based) covering blocks ``a`` .. ``b - 1``: ``"group 2 (blocks 2-3)"``,
+    ``"group 1 (block 0)"`` for a one-block group."""
+    if a is None or b is None:
+        return f"group {k + 1}"
+    return f"group {k + 1} (block {a})" if b - a == 1 else f"group {k + 1} (blocks {a}-{b - 1})"
+
+
 def plot_stageblender(readout: dict, title: str = "StageBlender identity weights") -> torch.Tensor:
     """Plot a readout like the paper's Fig. 7: identity weight per group vs denoising step
     (shallow groups blue, the deepest red, the mean as an orange dashed line).
@@ -115,7 +123,7 @@ def plot_stageblender(readout: dict, title: str = "StageBlender identity weights
         shade = 0.35 + 0.6 * (k / max(n - 2, 1)) if not deepest else 1.0
         color = (0.85, 0.1, 0.1) if deepest else (0.1, 0.25 + 0.3 * (1 - shade), shade)
         a, b = blocks[k] if k < len(blocks) else (None, None)
-        label = f"group {k + 1}" + (f" (blocks {a}-{b - 1})" if a is not None else "")
+        label = group_label(k, a, b)
         ax.plot(x, W[:, k], color=color, lw=1.4, label=label)
     ax.plot(x, W.mean(1), color="orange", lw=2.0, ls="--", label="mean")
     ax.set_xlabel("denoising step")

@@ -22,8 +22,11 @@ grad clipping, bf16 autocast on GPU, per-step seeding, checkpoints, resume, call
 
 Run files, written next to ``out`` (``X.safetensors``) when given:
 ``X.partial.safetensors`` (adapters so far, loadable with :func:`load_adapters`),
-``X.state.safetensors`` (optimiser + schedule + step, for ``resume=True``) and
-``X.losses.jsonl`` (one JSON record per step).
+``X.state.safetensors`` (weights + optimiser + schedule + step, for ``resume=True``; a complete
+resume point on its own), ``X.losses.jsonl`` (one JSON record per step) and, while the run is
+going, ``X.safetensors.lock``. A run never replaces another run's files: without ``resume`` it is
+refused when any of them exists, with ``resume`` when there is no state file
+(:func:`dual_adapter.training.training_run`).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from ..errors import DualAdapterError
 from ..patches import patched_copy
 from ..seeds import derived_seed, seed_generator
 from ..training import (TrainConfig, diffusion_loss, make_noise_scheduler, save_train_state,
-                        train_loop, write_loss_log)
+                        train_loop, training_run, write_loss_log)
 from .adapters import FORMS, DualRealAdapters, DualRealConfig
 from .checkpoint import DualRealAdapterSet, load_adapters, save_adapters
 from .patch import DualRealPatch
@@ -320,26 +323,44 @@ def train_dualreal_on_data(
             :class:`~dual_adapter.errors.InterruptedByUser` (the checkpoint is written first).
         out: final output path ``X.safetensors``; run files go next to it (see module docstring).
             ``None``: no files.
-        resume: continue from ``X.partial.safetensors`` + ``X.state.safetensors`` when they exist.
+        resume: continue from ``X.state.safetensors`` (weights, optimiser, schedule, step; the adapters'
+            settings come from ``X.partial.safetensors``). Without ``resume``, existing run files are
+            never replaced: the run is refused (see :func:`dual_adapter.training.check_run_files`).
 
     Raises:
-        DualAdapterError: invalid options, adapters for another model, divergence.
+        DualAdapterError: invalid options (``steps`` < 1 included), adapters for another model, run files
+            of another run with this ``out`` (without ``resume``), nothing to resume (with ``resume``),
+            another process training with the same ``out`` (``X.safetensors.lock``).
+        TrainingDiverged: non-finite loss or weights; nothing is written, the last checkpoint stays.
     """
     options = options or DualRealOptions()
     options.validate()
     train = train or TrainConfig()
-    dev = next(transformer.parameters()).device
+    train.validate(min_steps=1)
     files = run_paths(out) if out is not None else {}
+    with training_run(out, files, resume=resume):
+        return _train_on_data(transformer, scheduler_config, data, options, train, adapters=adapters,
+                              callback=callback, files=files, resume=resume, base_model=base_model)
+
+
+def _train_on_data(transformer, scheduler_config, data, options, train, *, adapters, callback, files, resume,
+                   base_model) -> DualRealResult:
+    dev = next(transformer.parameters()).device
     start_losses: list = []
     resume_state = None
-    if resume and files and files["partial"].exists() and files["state"].exists():
+    weights_step = None
+    if resume:
+        if not files["partial"].exists():
+            raise DualAdapterError(f"resume: {str(files['partial'])!r} is missing (it holds the adapters' settings); "
+                                   f"start a new run")
         adapters = load_adapters(files["partial"])
+        weights_step = int(adapters.meta.get("steps", -1))
         resume_state = files["state"]
         if files["losses"].exists():
             import json
 
             start_losses = [json.loads(l) for l in files["losses"].read_text().splitlines() if l.strip()]
-        log.info("resuming DualReal training from %s", files["partial"])
+        log.info("resuming DualReal training from %s", files["state"])
     if adapters is not None:
         from .patch import check_compatible
 
@@ -417,7 +438,8 @@ def train_dualreal_on_data(
     res = train_loop([{"params": id_params + mo_params + ctrl_params}], step_fn, train, device_type=device_type,
                      callback=callback, before_optimizer_step=mask,
                      on_checkpoint=on_checkpoint if files else None, resume_state=resume_state,
-                     start_losses=start_losses)
+                     start_losses=start_losses, resume_weights_step=weights_step,
+                     checkpoint_note=f"{files['partial']} + {files['state'].name}" if files else "")
     ctx.reference = None
     out_set = _snapshot(module, meta, res.steps_done, res.completed)
     return DualRealResult(out_set, res.losses, res.completed, res.steps_done, res.seconds, res.optimizer_name,
@@ -467,7 +489,16 @@ def train_dualreal(
     options = options or DualRealOptions()
     options.validate()
     train = train or TrainConfig()
-    train.validate()
+    train.validate(min_steps=1)
+    with training_run(out, run_paths(out) if out is not None else {}, resume=resume):  # refuse before encoding
+        return _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
+                               reference_encoder=reference_encoder, clip_references=clip_references, options=options,
+                               train=train, adapters=adapters, callback=callback, out=out, resume=resume,
+                               release=release)
+
+
+def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt, *, reference_encoder,
+                    clip_references, options, train, adapters, callback, out, resume, release) -> DualRealResult:
     if adapters is not None:
         from .patch import check_compatible
 

@@ -68,9 +68,16 @@ def format_table(result: dict) -> str:
     out.append(_grid(["Metric", "Value", "Source"], rows) if rows else "(no metric computed)")
     for n in result.get("notes", []):
         out.append("* " + n)
-    for k, why in result.get("skipped", {}).items():
-        out.append(f"skipped {METRICS[k].label}: {why}")
+    out += skipped_lines(result.get("skipped", {}))
     return "\n".join(out)
+
+
+def skipped_lines(skipped: dict) -> list[str]:
+    """``skipped A, B: reason``: one line per distinct reason (several metrics often miss the same weights)."""
+    by_reason: dict[str, list[str]] = {}
+    for k, why in skipped.items():
+        by_reason.setdefault(why, []).append(METRICS[k].label if k in METRICS else k)
+    return [f"skipped {', '.join(labels)}: {why}" for why, labels in by_reason.items()]
 
 
 def batch_rows(items: Sequence[tuple[str, str, dict]], per_video: bool = False) -> list[dict]:
@@ -154,69 +161,76 @@ def _json_default(o):
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
+def plot_panels(result: dict) -> list[str]:
+    """The panels :func:`plot_result` draws for ``result``: ``"summary"`` always, then ``"per frame"``,
+    ``"consecutive frames"`` and ``"dynamic degree"`` when the result has their data."""
+    d = result.get("details", {})
+    out = ["summary"]
+    if any(d.get(k) for k in ("clip_t_per_frame", "clip_i_per_frame", "dino_i_per_frame",
+                              "subject_consistency_per_frame", "background_consistency_per_frame")):
+        out.append("per frame")
+    if d.get("t_cons_per_pair") or d.get("flicker_mae_per_pair") or d.get("motion_smoothness"):
+        out.append("consecutive frames")
+    if d.get("dynamic_degree"):
+        out.append("dynamic degree")
+    return out
+
+
 def plot_result(result: dict, width_px: int = 1200, height_px: int = 800) -> np.ndarray:
     """Render one result as a figure: summary bars, per-frame similarities, per-pair
     differences and the Dynamic Degree flow magnitudes with their threshold.
+
+    Only panels with data are drawn (a video measured without encoder weights gets the summary
+    alone, not empty axes); metrics that were skipped are listed under the figure.
 
     Returns ``[H, W, 3]`` float32 in ``0..1`` (``height_px x width_px``)."""
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    dpi = 100
-    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
     m, d = result.get("metrics", {}), result.get("details", {})
-
-    ax = axes[0, 0]
-    keys = [k for k in METRICS if k in m]
-    if keys:
-        vals = [m[k] for k in keys]
-        ax.barh([METRICS[k].label for k in keys][::-1], vals[::-1], color="tab:blue")
-        for y, v in enumerate(vals[::-1]):
-            ax.text(max(v, 0) + 0.01, y, f"{v:.3f}", va="center", fontsize=8)
-        ax.set_xlim(min(0.0, min(vals)) - 0.02, 1.15)
-    ax.set_title("Summary")
-
-    ax = axes[0, 1]
-    for key, label in (
-        ("clip_t_per_frame", "CLIP-T"),
-        ("clip_i_per_frame", "CLIP-I"),
-        ("dino_i_per_frame", "DINO-I"),
-    ):
-        if key in d:
-            ax.plot(range(len(d[key])), d[key], label=label)
-    for key, label in (
-        ("subject_consistency_per_frame", "Subject cons."),
-        ("background_consistency_per_frame", "Background cons."),
-    ):
-        if key in d:
-            ax.plot(range(1, len(d[key]) + 1), d[key], label=label)
-    ax.set_title("Per frame")
-    ax.set_xlabel("frame")
-    if ax.lines:
-        ax.legend(fontsize=7)
-
-    ax = axes[1, 0]
-    if "t_cons_per_pair" in d:
-        ax.plot(range(1, len(d["t_cons_per_pair"]) + 1), d["t_cons_per_pair"], label="T-Cons (cos f_i-1, f_i)")
-    if "flicker_mae_per_pair" in d:
-        ax.plot(
-            range(1, len(d["flicker_mae_per_pair"]) + 1),
-            [1 - v / 255.0 for v in d["flicker_mae_per_pair"]],
-            label="1 - MAE/255 (flicker)",
-        )
+    per_frame = [(k, lab, 0) for k, lab in (("clip_t_per_frame", "CLIP-T"), ("clip_i_per_frame", "CLIP-I"),
+                                            ("dino_i_per_frame", "DINO-I"))] + \
+                [(k, lab, 1) for k, lab in (("subject_consistency_per_frame", "Subject cons."),
+                                            ("background_consistency_per_frame", "Background cons."))]
+    per_frame = [x for x in per_frame if d.get(x[0])]
     ms = d.get("motion_smoothness")
-    if ms:
-        ax.plot(range(1, 2 * len(ms["mae_per_frame"]), 2), [1 - v / 255.0 for v in ms["mae_per_frame"]], "o-", label="1 - MAE/255 (interp.)*")
-    ax.set_title("Consecutive frames")
-    ax.set_xlabel("frame")
-    if ax.lines:
+    pairs = bool(d.get("t_cons_per_pair") or d.get("flicker_mae_per_pair") or ms)
+    dd = d.get("dynamic_degree")
+
+    def summary(ax):
+        keys = [k for k in METRICS if k in m]
+        if keys:
+            vals = [m[k] for k in keys]
+            ax.barh([METRICS[k].label for k in keys][::-1], vals[::-1], color="tab:blue")
+            for y, v in enumerate(vals[::-1]):
+                ax.text(max(v, 0) + 0.01, y, f"{v:.3f}", va="center", fontsize=8)
+            ax.set_xlim(min(0.0, min(vals)) - 0.02, 1.15)
+        else:
+            ax.text(0.5, 0.5, "no metric computed", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        ax.set_title("Summary")
+
+    def frames_panel(ax):
+        for key, label, off in per_frame:
+            ax.plot(range(off, off + len(d[key])), d[key], label=label)
+        ax.set_title("Per frame")
+        ax.set_xlabel("frame")
         ax.legend(fontsize=7)
 
-    ax = axes[1, 1]
-    dd = d.get("dynamic_degree")
-    if dd:
+    def pairs_panel(ax):
+        if d.get("t_cons_per_pair"):
+            ax.plot(range(1, len(d["t_cons_per_pair"]) + 1), d["t_cons_per_pair"], label="T-Cons (cos f_i-1, f_i)")
+        if d.get("flicker_mae_per_pair"):
+            ax.plot(range(1, len(d["flicker_mae_per_pair"]) + 1), [1 - v / 255.0 for v in d["flicker_mae_per_pair"]],
+                    label="1 - MAE/255 (flicker)")
+        if ms:
+            ax.plot(range(1, 2 * len(ms["mae_per_frame"]), 2), [1 - v / 255.0 for v in ms["mae_per_frame"]], "o-",
+                    label="1 - MAE/255 (interp.)*")
+        ax.set_title("Consecutive frames")
+        ax.set_xlabel("frame")
+        ax.legend(fontsize=7)
+
+    def dd_panel(ax):
         mags = dd["magnitudes"]
         ax.bar(range(len(mags)), mags, color=["tab:red" if v > dd["threshold"] else "tab:gray" for v in mags])
         ax.axhline(dd["threshold"], color="k", linestyle="--", label=f"threshold {dd['threshold']:.2f} px")
@@ -224,9 +238,28 @@ def plot_result(result: dict, width_px: int = 1200, height_px: int = 800) -> np.
         ax.set_title(f"Dynamic degree: {dd['count_exceeding']} pairs moving, need {dd['count_required']}")
         ax.set_xlabel("sampled pair")
         ax.set_ylabel("top-5% flow (px)")
-    else:
-        ax.set_title("Dynamic degree (not computed)")
-    fig.tight_layout()
+
+    panels = [summary] + ([frames_panel] if per_frame else []) + ([pairs_panel] if pairs else []) + \
+        ([dd_panel] if dd else [])
+    assert len(panels) == len(plot_panels(result))
+    rows, cols = {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2)}[len(panels)]
+    dpi = 100
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    from matplotlib.ticker import MaxNLocator
+
+    for i, draw in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        draw(ax)
+        if draw is not summary:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    skipped = result.get("skipped") or {}
+    rect = None
+    if skipped:
+        labels = ", ".join(METRICS[k].label if k in METRICS else k for k in skipped)
+        fig.text(0.01, 0.01, f"not measured: {labels} (see the report for why)", fontsize=8, color="0.3")
+        rect = (0, 0.04, 1, 1)
+    fig.tight_layout(rect=rect)
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
     return (rgba[..., :3].astype(np.float32) / 255.0).copy()

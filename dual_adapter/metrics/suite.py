@@ -199,6 +199,11 @@ class _Progress:
 
         return cb
 
+    def note(self, stage: str) -> None:
+        """Report a slow step that is not a unit of work (loading an encoder) so the user sees it."""
+        if self.cb:
+            self.cb(min(self.offset, self.total), self.total, {"stage": stage})
+
 
 def evaluate_video(
     frames: torch.Tensor,
@@ -297,6 +302,7 @@ def evaluate_video(
     details: dict[str, Any] = {}
 
     if need_clip_frames:
+        prog.note("loading CLIP")
         clip = encoders.get("clip")
     if any(k in run for k in ("clip_t", "clip_i", "t_cons")):
         clip_frames = clip.encode_images(frames, batch_size, prog.stage(nb))
@@ -321,6 +327,7 @@ def evaluate_video(
         details["background_consistency_per_frame"] = per.tolist()
 
     if need_dino_frames:
+        prog.note("loading DINO")
         dino = encoders.get("dino")
         dino_frames = dino.encode_images(frames, batch_size, prog.stage(nb))
         dino_refs = dino.encode_images(refs, batch_size, prog.stage(nr))
@@ -329,6 +336,7 @@ def evaluate_video(
         details["dino_i_per_frame"] = m.mean(1).tolist()
 
     if need_subject:
+        prog.note("loading subject DINO")
         feats = _encode_vbench(encoders.get("subject_dino"), frames, batch_size, prog.stage(nb))
         per = D.vbench_consistency_per_frame(feats)
         values["subject_consistency"] = float(per.mean())
@@ -341,12 +349,14 @@ def evaluate_video(
         prog.stage(1)(1, 1, {"metric": "temporal_flickering"})
 
     if "dynamic_degree" in run:
+        prog.note("loading RAFT")
         dd = D.dynamic_degree(frames, encoders.get("raft"), fps, prog.stage(len(idx) - 1))
         values["dynamic_degree"] = dd.value
         details["dynamic_degree"] = dd.to_dict()
 
     notes: list[str] = []
     if "motion_smoothness" in run:
+        prog.note("motion smoothness")
         interp = _resolve_interpolator(interpolator, encoders)
         ms = D.motion_smoothness(frames, interp, prog.stage((n_frames + 1) // 2 - 1))
         values["motion_smoothness"] = ms.value

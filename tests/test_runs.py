@@ -1,0 +1,384 @@
+"""Run lifecycle (issue 11, items 1-7, 18, 20): never lose or destroy a run, one progress format.
+
+CPU, tiny model, DualReal on random latents (fast). Each test names the failure it guards against.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dual_adapter.backbone import encode_prompt
+from dual_adapter.dualreal import (DualRealData, DualRealOptions, load_adapters, run_paths,
+                                   train_dualreal_on_data)
+from dual_adapter.errors import DualAdapterError, InterruptedByUser, TrainingDiverged
+from dual_adapter.io import load_safetensors, lock_path, save_safetensors
+from dual_adapter.training import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+GUITAR = ROOT / "examples" / "guitar.mp4"
+PROMPT = "a person is playing guitar"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny):
+    return tiny
+
+
+@pytest.fixture(scope="module")
+def data(bundle):
+    g = torch.Generator().manual_seed(0)
+    return DualRealData(torch.randn(2, 1, 4, 8, 12, generator=g), torch.randn(1, 3, 4, 8, 12, generator=g),
+                        encode_prompt(bundle, "dog *"), encode_prompt(bundle, PROMPT),
+                        torch.randn(1, 1024, generator=g), "dog *", PROMPT, "test")
+
+
+OPTS = DualRealOptions(groups=2, motion_batch=1)
+
+
+def _cfg(steps, **kw):
+    kw.setdefault("gradient_checkpointing", False)
+    kw.setdefault("warmup_steps", 0)
+    kw.setdefault("checkpoint_every", 0)
+    return TrainConfig(steps=steps, **kw)
+
+
+def _train(bundle, data, out, cfg, **kw):
+    return train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, data, OPTS, cfg, out=out, **kw)
+
+
+def _stop_at(n):
+    def cb(step, total, info):
+        if step == n:
+            raise InterruptedByUser("stop")
+    return cb
+
+
+def _all_finite(path) -> bool:
+    tensors, _ = load_safetensors(path)
+    return all(bool(torch.isfinite(t.float()).all()) for t in tensors.values())
+
+
+# --------------------------------------------------------------------------------------------
+# never destroy a run (item 2), nothing to resume (item 7), lock (item 5)
+
+
+def test_rerun_without_resume_is_refused_and_keeps_the_checkpoint(bundle, data, tmp_path):
+    out = tmp_path / "run.safetensors"
+    with pytest.raises(InterruptedByUser):
+        _train(bundle, data, out, _cfg(6, checkpoint_every=2), callback=_stop_at(3))
+    files = run_paths(out)
+    before = {k: p.read_bytes() for k, p in files.items()}
+    with pytest.raises(DualAdapterError, match=r"already has files.*partial.*step 3.*resume.*another"):
+        _train(bundle, data, out, _cfg(6))
+    assert {k: p.read_bytes() for k, p in files.items()} == before  # the step-3 checkpoint is intact
+    assert not lock_path(out).exists()
+    # a losses file alone (a finished run's, or another tool's) is never overwritten either
+    other = tmp_path / "other.safetensors"
+    run_paths(other)["losses"].write_text("{}\n")
+    with pytest.raises(DualAdapterError, match="losses.jsonl"):
+        _train(bundle, data, other, _cfg(2))
+    assert run_paths(other)["losses"].read_text() == "{}\n"
+    # resume with nothing to resume is refused (it used to start fresh silently)
+    with pytest.raises(DualAdapterError, match="nothing to resume"):
+        _train(bundle, data, tmp_path / "none.safetensors", _cfg(2), resume=True)
+
+
+def test_a_second_process_with_the_same_out_is_refused_until_it_is_gone(bundle, data, tmp_path):
+    out = tmp_path / "run.safetensors"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        lock_path(out).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}))
+        with pytest.raises(DualAdapterError, match=rf"another training run is writing.*pid {sleeper.pid}"):
+            _train(bundle, data, out, _cfg(1))
+        assert not run_paths(out)["partial"].exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    res = _train(bundle, data, out, _cfg(1))  # the owner is gone: its stale lock is taken over
+    assert res.completed and not lock_path(out).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# divergence (item 3), consistent checkpoint pair (item 4), resume --lr (item 7)
+
+
+def test_divergence_keeps_the_last_finite_checkpoint_and_writes_no_nan(bundle, data, tmp_path):
+    out = tmp_path / "run.safetensors"
+    with pytest.raises(TrainingDiverged, match=r"diverged at step (\d+).*last checkpoint, from step \d+.*lr"):
+        _train(bundle, data, out, _cfg(30, lr=1e8, checkpoint_every=1, grad_clip=0.0))
+    files = run_paths(out)
+    assert _all_finite(files["partial"]) and _all_finite(files["state"])
+    part = load_adapters(files["partial"])
+    losses = [json.loads(x) for x in files["losses"].read_text().splitlines()]
+    assert part.meta["steps"] == len(losses) and all(r["loss"] == r["loss"] for r in losses)
+
+
+def test_a_kill_between_the_weights_and_state_writes_resumes_consistently(bundle, data, tmp_path):
+    cfg = lambda: _cfg(8, lr=1e-2, warmup_steps=2, checkpoint_every=2)  # noqa: E731
+    full = _train(bundle, data, tmp_path / "full.safetensors", cfg())
+    out = tmp_path / "run.safetensors"
+    files = run_paths(out)
+    with pytest.raises(InterruptedByUser):
+        _train(bundle, data, out, cfg(), callback=_stop_at(4))
+    state_at_4 = files["state"].read_bytes()
+    with pytest.raises(InterruptedByUser):
+        _train(bundle, data, out, cfg(), callback=_stop_at(6), resume=True)
+    # simulate a kill after the step-6 weights were written but before the step-6 state was
+    files["state"].write_bytes(state_at_4)
+    assert load_adapters(files["partial"]).meta["steps"] == 6
+    res = _train(bundle, data, out, cfg(), resume=True)
+    assert res.steps_done == 8 and [r["step"] for r in res.losses] == list(range(1, 9))
+    for k, v in full.adapters.state_dict.items():
+        assert torch.allclose(v, res.adapters.state_dict[k], atol=1e-6), k
+
+
+def test_resume_applies_a_new_learning_rate(bundle, data, tmp_path, caplog):
+    out = tmp_path / "run.safetensors"
+    with pytest.raises(InterruptedByUser):
+        _train(bundle, data, out, _cfg(6, lr=1e-3, lr_schedule="constant"), callback=_stop_at(3))
+    with caplog.at_level("WARNING"):
+        res = _train(bundle, data, out, _cfg(6, lr=5e-4, lr_schedule="constant"), resume=True)
+    assert [r["lr"] for r in res.losses] == [1e-3] * 3 + [pytest.approx(5e-4)] * 3
+    assert "learning rate changed from 0.001 to 0.0005" in caplog.text
+
+
+def test_train_config_refuses_what_would_lose_or_fake_work():
+    for kw, msg in (({"steps": 0}, "steps=0.*nothing would be trained"), ({"lr": float("inf")}, "lr=inf"),
+                    ({"lr": float("nan")}, "lr=nan"), ({"lr": 0.0}, "lr=0.0"), ({"checkpoint_every": -1}, "checkpoint_every=-1"),
+                    ({"warmup_steps": -2}, "warmup_steps=-2")):
+        with pytest.raises(DualAdapterError, match=msg):
+            TrainConfig(**{"steps": 5, **kw}).validate(min_steps=1)
+    TrainConfig(steps=0).validate()  # CustomTTT may merge without TTT steps
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes: stale temporaries (item 6), the clash message (item 7)
+
+
+def test_stale_temp_files_of_killed_writes_are_cleaned(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".w.pid{dead.pid}.abc123_x.tmp.safetensors"
+    live = tmp_path / f".w.pid{os.getpid()}.zzz999.tmp.safetensors"  # a write in progress: never touched
+    other = tmp_path / f".w2.pid{dead.pid}.abc123_x.tmp.safetensors"  # another file's temporary
+    for f in (stale, live, other):
+        f.write_bytes(b"x" * 100)
+    save_safetensors({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
+    assert not stale.exists() and live.exists() and other.exists()
+    with pytest.raises(DualAdapterError, match="already exists") as e:
+        save_safetensors({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
+    assert "overwrite=True" not in str(e.value)  # no option that the CLI does not have
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: refuse reruns and bad options before loading anything (items 2, 7)
+
+
+def _dualreal_cli(out, *extra):
+    from dual_adapter.cli import main
+
+    return main(["train-dualreal", "--subject", str(ROOT / "examples" / "dog"), "--identity-prompt", "dog *",
+                 "--motion", str(GUITAR), "--motion-prompt", PROMPT, "--out", str(out), *extra])
+
+
+def test_cli_refuses_reruns_and_bad_options_naming_real_options(tmp_path, capsys):
+    from dual_adapter.cli import main
+
+    out = tmp_path / "a.safetensors"
+    run_paths(out)["partial"].write_bytes(b"step-600 checkpoint")
+    assert _dualreal_cli(out) == 2
+    err = capsys.readouterr().err
+    assert "a.partial.safetensors" in err and "--resume" in err and "another --out" in err
+    assert run_paths(out)["partial"].read_bytes() == b"step-600 checkpoint"
+    assert _dualreal_cli(tmp_path / "b.safetensors", "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    lo = tmp_path / "m.safetensors"
+    (tmp_path / "m.ckpt.safetensors").write_bytes(b"kept")
+    assert main(["train-lora", "--motion", str(GUITAR), "--prompt", PROMPT, "--out", str(lo)]) == 2
+    err = capsys.readouterr().err
+    assert "m.ckpt.safetensors" in err and "--resume" in err and (tmp_path / "m.ckpt.safetensors").read_bytes() == b"kept"
+    for opts, msg in ((["--steps", "0"], "--steps 0"), (["--lr", "inf"], "--lr inf"), (["--lr", "nan"], "--lr nan"),
+                      (["--lr", "-1"], "--lr -1"), (["--checkpoint-every", "-1"], "--checkpoint-every -1")):
+        assert _dualreal_cli(tmp_path / "c.safetensors", *opts) == 2, opts
+        assert msg in capsys.readouterr().err
+        assert main(["train-lora", "--motion", str(GUITAR), "--prompt", PROMPT, "--out", str(tmp_path / "d.safetensors"),
+                     *opts]) == 2, opts
+        assert msg in capsys.readouterr().err
+    assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob("d.*"))
+
+
+def test_node_rerun_with_the_same_name_is_refused(bundle, out_dir):
+    from dual_adapter.patches import PatchedModel
+    from nodes import dualreal_nodes as N
+
+    kw = dict(model=PatchedModel(bundle), subject=torch.rand(1, 64, 96, 3), identity_prompt="dog *",
+              motion=torch.rand(9, 64, 96, 3), motion_prompt=PROMPT, steps=2, lr=1e-3, motion_ratio=0.5,
+              hidden_width=8, groups=2, form="zero_init", seed=0, name="same", warmup_steps=0, checkpoint_every=1)
+    with torch.inference_mode():
+        N.DualRealTrain().train(**kw)
+        part = out_dir / "dualreal" / "same.partial.safetensors"
+        before = part.read_bytes()
+        with pytest.raises(DualAdapterError, match=r"resume = true.*another name than 'same'"):
+            N.DualRealTrain().train(**dict(kw, steps=3))
+        assert part.read_bytes() == before
+        adapters, _ = N.DualRealTrain().train(**dict(kw, steps=3, resume=True))  # continues 2 -> 3
+    assert adapters.meta["steps"] == 3
+
+
+# --------------------------------------------------------------------------------------------
+# SIGTERM (item 6): a terminated run keeps its checkpoint, like Ctrl-C
+
+
+def test_sigterm_keeps_the_checkpoint(tmp_path):
+    out = tmp_path / "m.safetensors"
+    p = subprocess.Popen([sys.executable, "-m", "dual_adapter", "train-lora", "--motion", str(GUITAR), "--prompt",
+                          PROMPT, "--steps", "100000", "--rank", "2", "--checkpoint-every", "100000",
+                          "--no-gradient-checkpointing", "--out", str(out)],
+                         cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and p.poll() is None:  # the first progress line comes after step 1
+            if any("train-lora" in x and "/100000" in x for x in list(lines)):
+                break
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=120)
+        reader.join(timeout=10)
+        rest = "".join(lines)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert rc == 143, rest[-2000:]
+    assert "SIGTERM" in rest and "checkpoint is kept" in rest
+    ck = tmp_path / "m.ckpt.safetensors"
+    from dual_adapter.lora import load_lora, train_state_path
+
+    assert load_lora(ck).metadata["train"]["steps_done"] >= 1 and train_state_path(ck).exists()
+    assert not lock_path(out).exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+# --------------------------------------------------------------------------------------------
+# the demo twice (item 1)
+
+
+def test_demo_twice_gets_two_new_folders(tmp_path, monkeypatch):
+    from dual_adapter.cli import main
+
+    monkeypatch.setenv("DUAL_ADAPTER_OUTPUT", str(tmp_path))
+    rcs = []
+
+    def two():
+        for _ in range(2):
+            rcs.append(main(["demo", "--steps", "1", "--sample-steps", "1"]))
+
+    t = threading.Thread(target=two, daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "the second demo hangs"
+    assert rcs == [0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_00001_", "demo_00002_"]
+    assert (tmp_path / "demo_00002_" / "video.mp4").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------
+# one progress format with an ETA (item 18)
+
+
+def test_progress_line_format_and_eta():
+    import io
+
+    from dual_adapter.progress import TextProgress, format_duration, format_progress
+
+    assert format_duration(75.2) == "1:15" and format_duration(3725) == "1:02:05" and format_duration(None) == "?"
+    line = format_progress("train", 3, 10, 30.0, 70.0, {"loss": 0.5, "phase": "motion"})
+    assert line == "train  3/10   30%  0:30 elapsed, ETA 1:10  loss 0.5000 (motion)"
+    buf = io.StringIO()  # not a terminal: about ten lines per phase, each with an ETA
+    p = TextProgress("x", stream=buf)
+    for k in range(1, 101):
+        p(k, 100, {"loss": 1.0})
+    out = buf.getvalue().splitlines()
+    assert 10 <= len(out) <= 12 and out[-1].startswith("x  100/100  100%") and all("ETA" in x for x in out)
+    buf2 = io.StringIO()
+    p = TextProgress("m", stream=buf2)
+    p(0, 50, {"stage": "loading CLIP"})  # a slow step that is not a unit of work is shown at once
+    assert "loading CLIP" in buf2.getvalue()
+
+
+def test_headless_run_shows_node_progress_and_durations(tmp_path, capsys):
+    from dual_adapter.cli import main
+
+    wf = json.loads((ROOT / "workflows" / "api" / "generate_tiny.json").read_text())
+    wf["3"]["inputs"]["steps"] = 3
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(wf))
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "[3/5] node 3 DualAdapterSampler  3/3  100%" in err and "ETA" in err  # progress inside the node
+    assert "[3/5] node 3 DualAdapterSampler: done in 0:" in err
+    assert "started 0:" in err and "s)" not in err  # start offsets read as such, not as durations
+
+
+def test_evaluate_reports_progress_and_skips_once(tmp_path, capsys):
+    from dual_adapter import media
+    from dual_adapter.cli import main
+
+    for name in ("a", "b"):
+        (tmp_path / "m").mkdir(exist_ok=True)
+        media.write_video(torch.rand(9, 32, 32, 3), tmp_path / "m" / f"{name}.mp4", fps=8)
+    assert main(["evaluate", "--batch", str(tmp_path / "m"), "--models-dir", str(tmp_path / "none"), "--prompt", "a dog",
+                 "--reference", str(ROOT / "examples" / "dog")]) == 0
+    err = capsys.readouterr().err
+    assert "ETA" in err  # not silent
+    skipped = [x for x in err.splitlines() if x.startswith("skipped")]
+    assert any("CLIP-T" in x and "CLIP-I" in x and "(all videos)" in x for x in skipped)
+    assert len(skipped) == len({x.split(": ", 1)[1] for x in skipped}) <= 3  # once per reason, not per video
+
+
+# --------------------------------------------------------------------------------------------
+# friction (item 20): the metrics plot, the StageBlender labels, warnings once
+
+
+def test_metrics_plot_has_no_empty_panels_and_readout_labels_single_blocks():
+    from dual_adapter.dualreal import readout
+    from dual_adapter.metrics.report import plot_panels
+
+    only_flicker = {"metrics": {"temporal_flickering": 0.9}, "details": {"flicker_mae_per_pair": [1.0, 2.0]},
+                    "skipped": {"clip_t": "no prompt given"}}
+    assert plot_panels(only_flicker) == ["summary", "consecutive frames"]
+    assert readout.group_label(0, 0, 1) == "group 1 (block 0)"
+    assert readout.group_label(1, 2, 4) == "group 2 (blocks 2-3)"
+
+
+def test_a_warning_is_printed_once_per_command(tmp_path, caplog):
+    import logging
+
+    from dual_adapter.cli import main
+
+    long = "a dog " * 12  # more than tiny's 16 tokens: truncated, with a warning naming the dropped words
+    with caplog.at_level(logging.WARNING):
+        assert main(["generate", "--prompt", long, "--negative-prompt", long, "--steps", "1", "--quiet",
+                     "--out", str(tmp_path / "v.mp4")]) == 0
+    shown = [r for r in caplog.records if "truncated" in r.getMessage()]  # what passed the handlers' filters
+    assert len(shown) == 1, caplog.text
