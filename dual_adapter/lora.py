@@ -820,8 +820,12 @@ def check_compatible(lora: LoraFile, transformer) -> None:
         bc = (lora.metadata or {}).get("base_config") or {}
         trained = ""
         if bc:
-            trained = (f" It was trained on a model with {bc.get('num_layers')} blocks, width "
-                       f"{(bc.get('num_attention_heads') or 0) * (bc.get('attention_head_dim') or 0)}.")
+            tb = (bc.get("num_layers"), (bc.get("num_attention_heads") or 0) * (bc.get("attention_head_dim") or 0))
+            if tb == (_blocks_of(transformer), transformer_width(transformer)):
+                trained = (f" It was trained on a model of the same size ({tb[0]} blocks, width {tb[1]}), so the "
+                           f"model's module tree has been changed (by another patch?): the layers above are missing.")
+            else:
+                trained = f" It was trained on a model with {tb[0]} blocks, width {tb[1]}."
         raise DualAdapterError(f"{src} does not fit this model ({_blocks_of(transformer)} blocks, width "
                                f"{transformer_width(transformer)}): " + " | ".join(parts) + "." + trained)
     fp = (lora.metadata or {}).get("base_fingerprint")

@@ -147,15 +147,21 @@ def _is_zero(w) -> bool:
 class DABlock(nn.Module):
     """A CogVideoX block with its four DualReal adapters (a DA-block).
 
-    Holds ``block`` (the original ``CogVideoXBlock``, weights shared with the loaded model),
-    ``adapters`` (a :class:`~dual_adapter.dualreal.adapters.DABlockAdapters`) and, in block 0,
-    the ``controller``. ``forward`` has ``CogVideoXBlock.forward``'s signature and outputs.
+    Holds the original ``CogVideoXBlock``'s sub-modules (``norm1``, ``attn1``, ``norm2``, ``ff``: the
+    same module objects, weights shared with the loaded model) **under their own names**, so the
+    patched model keeps the base model's module paths (``transformer_blocks.{i}.attn1.to_q``) and any
+    other patch that addresses modules by name (a LoRA) applies before or after DualReal alike.
+    Also holds ``adapters`` (a :class:`~dual_adapter.dualreal.adapters.DABlockAdapters`) and, in
+    block 0, the ``controller``; ``block`` is the wrapped block (an attribute, not a sub-module).
+    ``forward`` has ``CogVideoXBlock.forward``'s signature and outputs.
     """
 
     def __init__(self, block: nn.Module, adapters: nn.Module, index: int, group: int, ctx: DualRealContext,
                  controller: nn.Module | None = None):
         super().__init__()
-        self.block = block
+        for name, child in block.named_children():  # same objects: a later patch that wraps attn1.to_q
+            self.add_module(name, child)            # through this path changes the block's attn1 too
+        object.__setattr__(self, "block", block)  # not registered: no second module path to the weights
         self.adapters = adapters
         self.controller = controller
         self.index = int(index)
@@ -253,7 +259,7 @@ class DABlock(nn.Module):
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
                 image_rotary_emb=None, attention_kwargs: dict | None = None):
-        blk, ctx = self.block, self.ctx
+        blk, ctx = self, self.ctx  # the block's sub-modules, registered on self under their own names
         text_len = encoder_hidden_states.size(1)
         attention_kwargs = attention_kwargs or {}
         B = hidden_states.shape[0]
