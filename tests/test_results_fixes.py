@@ -82,3 +82,62 @@ def test_dualreal_and_lora_compose_in_any_order(bundle):
     # the patched model keeps the base model's module paths (nothing nested under a wrapper name)
     names = {n for n, _ in patched_copy(tr, [dr]).named_modules()}
     assert "transformer_blocks.0.attn1.to_q" in names and not any(".block." in n for n in names)
+
+
+# --------------------------------------------------------------------------------------------
+# item 21: reproducibility
+
+
+def test_mp4_is_byte_reproducible_across_processes(tmp_path):
+    """The same frames give the same MP4 bytes in separate processes (x264's macroblock-tree made about
+    1 run in 4 differ; the encoder's thread count differs between machines and PyAV versions)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(3)
+    frames = torch.rand(9, 64, 96, 3, generator=g) * 0.3 + torch.linspace(0, 0.7, 96).view(1, 1, 96, 1)
+    torch.save(frames, tmp_path / "frames.pt")
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); torch.set_num_threads(1)\n"
+            "from dual_adapter.media import write_video\n"
+            "for p in sys.argv[3:]: write_video(torch.load(sys.argv[2]), p)\n")
+    outs = []
+    for k in range(4):  # 4 processes x 2 files
+        paths = [str(tmp_path / f"v{k}_{j}.mp4") for j in range(2)]
+        subprocess.run([sys.executable, "-c", code, str(root), str(tmp_path / "frames.pt"), *paths], check=True,
+                       timeout=120)
+        outs += paths
+    digests = {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in outs}
+    assert len(digests) == 1, f"{len(digests)} different files from the same frames"
+    sei = Path(outs[0]).read_bytes()
+    if b"x264" in sei:  # the settings x264 records in the stream
+        assert b"threads=1 " in sei and b"mbtree=0" in sei
+
+
+def test_tap_training_is_bit_identical_whatever_the_global_rng(bundle):
+    """peft's LoRA dropout draws from the global RNG: two identical runs started from different global RNG
+    states (two processes) must still give the same weights (step 1 hides it: lora_B starts at zero)."""
+    from dual_adapter import lora
+
+    g = torch.Generator().manual_seed(0)
+    lat = [torch.randn(1, 3, 4, 8, 12, generator=g)]
+    emb = encode_prompt(bundle, "a person is playing guitar")
+    runs = []
+    for r in range(2):
+        torch.manual_seed(1000 + r)
+        lf, res = lora.train_lora_on_latents(bundle.transformer, bundle.scheduler_config, latents=lat,
+                                             prompt_embeds=emb, spec=lora.LoraSpec.from_preset("tap", rank=4),
+                                             cfg=lora.lora_train_config(steps=4, lr=1e-2, gradient_checkpointing=False))
+        runs.append((lf.state_dict, [x["loss"] for x in res.losses]))
+    assert runs[0][1] == runs[1][1]
+    assert all(torch.equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
+    state = torch.get_rng_state()
+    torch.manual_seed(5)
+    expect = torch.rand(3)
+    torch.manual_seed(5)
+    lora.train_lora_on_latents(bundle.transformer, bundle.scheduler_config, latents=lat, prompt_embeds=emb,
+                               spec=lora.LoraSpec.from_preset("tap", rank=4),
+                               cfg=lora.lora_train_config(steps=2, gradient_checkpointing=False))
+    assert torch.equal(torch.rand(3), expect)  # the caller's global RNG stream is left as it was
+    torch.set_rng_state(state)
