@@ -103,16 +103,16 @@ def test_mp4_is_byte_reproducible_across_processes(tmp_path):
             "from dual_adapter.media import write_video\n"
             "for p in sys.argv[3:]: write_video(torch.load(sys.argv[2]), p)\n")
     outs = []
-    for k in range(4):  # 4 processes x 2 files
-        paths = [str(tmp_path / f"v{k}_{j}.mp4") for j in range(2)]
+    for k in range(3):  # 3 processes (the difference came between processes, not within one)
+        paths = [str(tmp_path / f"v{k}.mp4")]
         subprocess.run([sys.executable, "-c", code, str(root), str(tmp_path / "frames.pt"), *paths], check=True,
                        timeout=120)
         outs += paths
     digests = {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in outs}
     assert len(digests) == 1, f"{len(digests)} different files from the same frames"
     sei = Path(outs[0]).read_bytes()
-    if b"x264" in sei:  # the settings x264 records in the stream
-        assert b"threads=1 " in sei and b"mbtree=0" in sei
+    if b"x264 - core" in sei:  # the settings x264 records in the stream: the deterministic ones
+        assert b" threads=1 " in sei and b" mbtree=0 " in sei
 
 
 def test_tap_training_is_bit_identical_whatever_the_global_rng(bundle):
