@@ -855,7 +855,8 @@ class LoraPatch:
         name: adapter name (default: ``lora``, made unique per model).
 
     Raises:
-        DualAdapterError: at construction for a non-LoraFile or non-finite strength; at ``apply`` for an
+        DualAdapterError: at construction for a non-LoraFile, a non-finite strength or NaN/Inf LoRA
+            tensors (a diverged training); at ``apply`` for an
             incompatible LoRA (see :func:`check_compatible`).
     """
 
@@ -864,6 +865,10 @@ class LoraPatch:
             raise DualAdapterError(f"LoraPatch needs a LoraFile (from load_lora / train_lora), got {type(lora).__name__}")
         if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not math.isfinite(strength):
             raise DualAdapterError(f"LoRA strength={strength!r}: must be a finite number")
+        bad = [k for k, v in lora.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise DualAdapterError(f"LoRA {lora.name!r} has NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]}): "
+                                   f"its training diverged; use an earlier checkpoint or retrain with a lower lr")
         self.lora = lora
         self.strength = float(strength)
         self.name = name

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any
 
 import torch
@@ -320,7 +321,8 @@ class DualRealPatch:
             (used by :func:`~dual_adapter.dualreal.readout.stageblender_readout`).
 
     Raises:
-        DualAdapterError: bad reference embedding (not 1024-d) or negative scales; on apply,
+        DualAdapterError: bad reference embedding (not 1024-d, NaN/Inf), NaN/Inf adapter tensors or
+            negative scales; on apply,
             adapters made for another model (names both widths / block counts).
     """
 
@@ -332,16 +334,22 @@ class DualRealPatch:
         if not isinstance(adapters, (DualRealAdapters, DualRealAdapterSet)):
             raise DualAdapterError(f"adapters must be DualRealAdapters or DualRealAdapterSet, got "
                                    f"{type(adapters).__name__}")
+        tensors = (adapters.state_dict.items() if isinstance(adapters, DualRealAdapterSet)
+                   else adapters.state_dict().items())
+        bad = [k for k, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise DualAdapterError(f"DualReal adapters have NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]}): "
+                                   f"the training diverged; use an earlier checkpoint or retrain with a lower lr")
         self.adapters = adapters
         self.reference = as_reference_embedding(reference) if reference is not None else None
         if fixed_weights is not None:
             fixed_weights = tuple(float(x) for x in fixed_weights)
-            if len(fixed_weights) != 2:
-                raise DualAdapterError(f"fixed_weights must be (w_id, w_mo), got {fixed_weights}")
+            if len(fixed_weights) != 2 or not all(math.isfinite(w) for w in fixed_weights):
+                raise DualAdapterError(f"fixed_weights must be two finite numbers (w_id, w_mo), got {fixed_weights}")
         self.fixed_weights = fixed_weights
         for k, v in (("identity_scale", identity_scale), ("motion_scale", motion_scale)):
-            if not isinstance(v, (int, float)) or v < 0:
-                raise DualAdapterError(f"{k}={v!r}: must be a number >= 0")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise DualAdapterError(f"{k}={v!r}: must be a finite number >= 0")
         self.identity_scale = float(identity_scale)
         self.motion_scale = float(motion_scale)
         self.recorder = recorder
