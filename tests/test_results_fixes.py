@@ -193,3 +193,64 @@ def test_non_finite_inputs_and_outputs_are_refused(bundle, tmp_path):
     out = tmp_path / "v.mp4"
     assert main(["generate", "--prompt", "a dog", "--cfg", "nan", "--steps", "1", "--out", str(out), "--quiet"]) != 0
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# item 12: adapters trained without a reference embedding
+
+
+def _fake_data(bundle, refs=True, seed=0):
+    from dual_adapter.dualreal import DualRealData
+
+    g = torch.Generator().manual_seed(seed)
+    return DualRealData(torch.randn(2, 1, 4, 8, 12, generator=g), torch.randn(1, 3, 4, 8, 12, generator=g),
+                        encode_prompt(bundle, "dog *"), encode_prompt(bundle, "a person is playing guitar"),
+                        torch.randn(1, 1024, generator=g) if refs else None, "dog *", "a person is playing guitar",
+                        "test")
+
+
+def test_reference_is_ignored_for_adapters_without_trained_w_cond(bundle, caplog):
+    from dual_adapter.dualreal import DualRealOptions, stageblender_readout, train_dualreal_on_data
+    from dual_adapter.training import TrainConfig
+    from nodes import dualreal_nodes as N
+    from dual_adapter.patches import PatchedModel
+
+    fast = TrainConfig(steps=1, warmup_steps=0, checkpoint_every=0, gradient_checkpointing=False)
+    with caplog.at_level(logging.WARNING):
+        res = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, _fake_data(bundle, refs=False),
+                                     DualRealOptions(groups=2, motion_batch=1), fast)
+    assert "W_cond stays untrained" in caplog.text and "--reference-encoder" in caplog.text
+    a = res.adapters
+    assert a.meta["w_cond_trained"] is False and a.meta["uses_reference"] is False
+    with_ref = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, _fake_data(bundle),
+                                      DualRealOptions(groups=2, motion_batch=1), fast).adapters
+    assert with_ref.meta["w_cond_trained"] is True
+    # the node and the plot do what the CLI does: ignore the reference, with a warning
+    ref = types.SimpleNamespace(image_embeds=torch.randn(1, 1024))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        (m,) = N.DualRealApply().apply(PatchedModel(bundle), a, clip_vision_output=ref)
+    assert m.patches[-1].reference is None and "ignored" in caplog.text
+    (m2,) = N.DualRealApply().apply(PatchedModel(bundle), with_ref, clip_vision_output=ref)
+    assert m2.patches[-1].reference is not None
+    emb = encode_prompt(bundle, "dog *")
+    kw = dict(steps=2, cfg=6.0, seed=0)
+    r_ref = stageblender_readout(bundle, a, "dog *", reference=ref, **kw)
+    r_none = stageblender_readout(bundle, a, "dog *", reference=None, **kw)
+    assert r_ref == r_none  # the random W_cond never runs
+
+
+def test_cli_train_dualreal_without_encoder_warns_loudly(tmp_path, capsys):
+    from dual_adapter.cli import main
+    from dual_adapter.media import write_video
+    from PIL import Image
+
+    Image.fromarray((torch.rand(64, 96, 3) * 255).byte().numpy()).save(tmp_path / "p.png")
+    write_video(torch.rand(9, 64, 96, 3), tmp_path / "c.mp4")
+    rc = main(["train-dualreal", "--model", "tiny", "--subject", str(tmp_path / "p.png"), "--identity-prompt", "dog *",
+               "--motion", str(tmp_path / "c.mp4"), "--motion-prompt", "a person", "--steps", "1", "--warmup", "0",
+               "--groups", "2", "--motion-batch", "1", "--reference-encoder", "none",
+               "--out", str(tmp_path / "a.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "WARNING" in err and "W_cond stays untrained" in err and "--reference-encoder FOLDER" in err

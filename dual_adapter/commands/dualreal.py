@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to (8, CogVideoX's)")
     p.add_argument("--reference-encoder", default=None,
                    help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
-                        "(default: 'tiny' for tiny models, else none = no W_cond term)")
+                        "(default: 'tiny' for tiny models, else none = W_cond stays untrained, warned; "
+                        "the authors always train with a ViT-H/14 encoder)")
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
@@ -90,6 +91,11 @@ def _train(args) -> int:
     photos = load_images(args.subject)
     clips = [load_clip(c, num_frames=frames, fps=args.fps, short_policy="loop")[0] for c in args.motion]
     encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
+    if encoder is None:
+        from ..dualreal.trainer import NO_REFERENCE_WARNING
+
+        bar = "!" * 100
+        print(f"{bar}\nWARNING: {NO_REFERENCE_WARNING}\n{bar}", file=sys.stderr, flush=True)
     options = DualRealOptions(hidden=args.hidden, groups=args.groups, form=args.form,
                               controller=not args.no_controller, motion_ratio=args.motion_ratio,
                               p_image_zero=args.p_image_zero, motion_batch=args.motion_batch,
@@ -169,18 +175,16 @@ def generate_patches(args, bundle) -> list:
         if getattr(args, "reference_image", None) or getattr(args, "reference_embedding", None):
             raise DualAdapterError("--reference-image / --reference-embedding need --dualreal ADAPTERS")
         return []
-    from ..dualreal import DualRealPatch, check_compatible, load_any
+    from ..dualreal import DualRealPatch, check_compatible, load_any, w_cond_trained
 
     adapters = load_any(path)
     check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
     ref = _load_reference(args, adapters, bundle)
-    if ref is not None and adapters.meta.get("uses_reference") is False:
-        log.warning("these DualReal adapters were trained without reference embeddings (W_cond untrained); "
-                    "the reference is ignored")
+    if ref is not None and not w_cond_trained(adapters):  # DualRealPatch drops it too (with a log warning)
         print("note: adapters were trained without reference embeddings; the reference image is ignored",
               file=sys.stderr)
         ref = None
-    elif ref is None and adapters.meta.get("uses_reference"):
+    elif ref is None and w_cond_trained(adapters):
         print("note: no --reference-image / --reference-embedding: the motion adapters run without W_cond",
               file=sys.stderr)
     return [DualRealPatch(adapters, ref, fixed_weights=args.dualreal_fixed_weights,

@@ -39,7 +39,7 @@ from .adapters import IDENTITY_ADAPTERS, MOTION_ADAPTERS, DualRealAdapters, Dual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DualRealContext", "DABlock", "DualRealPatch", "check_compatible", "find_context"]
+__all__ = ["DualRealContext", "DABlock", "DualRealPatch", "check_compatible", "find_context", "w_cond_trained"]
 
 
 def check_compatible(config: DualRealConfig, transformer, fingerprint: str | None = None) -> None:
@@ -304,6 +304,20 @@ def find_context(model: nn.Module) -> DualRealContext:
     raise DualAdapterError("this model has no DualReal adapters applied")
 
 
+def w_cond_trained(adapters) -> bool:
+    """Whether the motion adapters' ``W_cond`` was trained (so a reference embedding means something).
+
+    False for a :class:`~dual_adapter.dualreal.checkpoint.DualRealAdapterSet` whose metadata says it was
+    trained without reference embeddings (``w_cond_trained`` / ``uses_reference`` false); True otherwise
+    (the authors' imported checkpoints were always trained with one; a live module is the caller's business).
+    """
+    meta = getattr(adapters, "meta", None) or {}
+    for k in ("w_cond_trained", "uses_reference"):
+        if meta.get(k) is False:
+            return False
+    return True
+
+
 class DualRealPatch:
     """Model patch running DualReal's DA-blocks and StageBlender (METHODS.md section 1).
 
@@ -314,7 +328,8 @@ class DualRealPatch:
         reference: reference-image embedding (``[1024]``, ``[B, 1024]`` or ``[B, 1, 1024]``, or an
             object with ``.image_embeds``, e.g. ComfyUI's CLIP_VISION_OUTPUT) used for the motion
             adapters' ``W_cond``; ``None`` skips the ``W_cond`` term. The same ``c`` is used for
-            both CFG branches.
+            both CFG branches. Ignored, with a warning, for adapters trained without reference
+            embeddings (their ``W_cond`` is untrained; see :func:`w_cond_trained`).
         fixed_weights: ``(w_id, w_mo)`` instead of the controller (e.g. ``(0.1, 0.1)``).
         identity_scale, motion_scale: multiply each branch's weight (1 = as trained; 0 = off).
         recorder: a list that collects the controller output ``alpha`` of every model call
@@ -342,6 +357,10 @@ class DualRealPatch:
                                    f"the training diverged; use an earlier checkpoint or retrain with a lower lr")
         self.adapters = adapters
         self.reference = as_reference_embedding(reference) if reference is not None else None
+        if self.reference is not None and not w_cond_trained(adapters):
+            log.warning("these DualReal adapters were trained without reference embeddings, so their W_cond is "
+                        "untrained (random); the reference embedding is ignored")
+            self.reference = None
         if fixed_weights is not None:
             fixed_weights = tuple(float(x) for x in fixed_weights)
             if len(fixed_weights) != 2 or not all(math.isfinite(w) for w in fixed_weights):

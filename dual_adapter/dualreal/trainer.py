@@ -279,6 +279,14 @@ def prepare_dualreal_data(
 # training
 
 
+NO_REFERENCE_WARNING = (
+    "DualReal is training WITHOUT reference-image embeddings: the motion adapters' W_cond stays untrained "
+    "(random) and the adapters will ignore any reference image at inference. The authors always train with "
+    "one. Give a CLIP ViT-H/14 image encoder: CLI --reference-encoder FOLDER (a transformers "
+    "CLIPVisionModelWithProjection folder, e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K); node: connect a "
+    "CLIP_VISION (clip_vision_h); library: reference_encoder= or clip_references=.")
+
+
 def _groups_for(options: DualRealOptions, transformer) -> int:
     """``options.groups``, capped at the model's block count (7 groups need >= 7 blocks)."""
     L = int(transformer.config.num_layers)
@@ -368,6 +376,8 @@ def train_dualreal_on_data(
     P = data.photo_latents.shape[0]
     M = data.clip_latents.shape[0]
     refs = data.clip_references
+    if refs is None:
+        log.warning(NO_REFERENCE_WARNING)
 
     def step_fn(step: int, g: torch.Generator):
         motion = bool(torch.rand((), generator=g) < options.motion_ratio)
@@ -400,6 +410,8 @@ def train_dualreal_on_data(
     meta = {"base_fingerprint": config_fingerprint(transformer), "base_model": base_model,
             "identity_prompt": data.identity_prompt, "motion_prompt": data.motion_prompt,
             "reference_encoder": data.reference_encoder, "uses_reference": refs is not None,
+            # W_cond learns only in motion steps with a non-zero reference embedding
+            "w_cond_trained": refs is not None and options.motion_ratio > 0 and options.p_image_zero < 1,
             "options": asdict(options), "train": {k: (list(v) if isinstance(v, tuple) else v)
                                                   for k, v in asdict(train).items()}}
     if files:
