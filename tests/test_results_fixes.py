@@ -439,3 +439,39 @@ def test_one_reference_serves_both_cfg_branches(bundle):
     four = fwd(torch.cat([c1, c2]), torch.cat([x2, x2]), torch.cat([neg, neg, pos, pos]), t.repeat(4))
     want = torch.cat([fwd(c, x2[i: i + 1], e, t) for e in (neg, pos) for i, c in enumerate((c1, c2))])
     assert torch.allclose(four, want, atol=1e-5), (four - want).abs().max()
+
+
+def test_gradient_mask_over_steps_with_phase_switches(bundle):
+    """Paper eqs. 4-6 over several steps: after a motion step the motion adapters carry AdamW momentum,
+    so if the next (identity) step gave them a zero gradient instead of none, momentum and weight decay
+    would still move them. Every step must leave the inactive phase's adapters bit-identical."""
+    from dual_adapter.dualreal import DualRealOptions, train_dualreal_on_data
+    from dual_adapter.training import TrainConfig
+
+    cfg = DualRealConfig.for_transformer(bundle.transformer, groups=2)
+    m = DualRealAdapters(cfg)
+    _randomise(m, std=0.02)
+    start = DualRealAdapterSet.from_module(m)
+    data = _fake_data(bundle)
+    opts = DualRealOptions(groups=2, motion_ratio=0.5, motion_batch=1)
+    N = 6
+    states, phases = [start.state_dict], None
+    for k in range(1, N + 1):  # constant LR: the first k steps of any run are the same steps
+        tc = TrainConfig(steps=k, lr=1e-2, weight_decay=0.1, optimizer="adamw", lr_schedule="constant",
+                         warmup_steps=0, checkpoint_every=0, gradient_checkpointing=False, seed=0)
+        res = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, data, opts, tc, adapters=start)
+        states.append(res.adapters.state_dict)
+        phases = [r["phase"] for r in res.losses]
+    switches = sum(a != b for a, b in zip(phases, phases[1:]))
+    assert switches >= 3 and phases[:2] == ["motion", "identity"], phases  # seed 0: M I I M I M
+    for k, phase in enumerate(phases, 1):
+        before, after = states[k - 1], states[k]
+        frozen = ".motion_" if phase == "identity" else ".id_"
+        active = ".id_" if phase == "identity" else ".motion_"
+        for key in before:
+            if frozen in key:
+                assert torch.equal(before[key], after[key]), f"step {k} ({phase}): {key} changed"
+            elif active in key and "condition_linear" not in key:
+                assert not torch.equal(before[key], after[key]), f"step {k} ({phase}): {key} did not train"
+            elif key.startswith("controller."):
+                assert not torch.equal(before[key], after[key]), f"step {k}: the controller did not train"
