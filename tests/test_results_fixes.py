@@ -475,3 +475,38 @@ def test_gradient_mask_over_steps_with_phase_switches(bundle):
                 assert not torch.equal(before[key], after[key]), f"step {k} ({phase}): {key} did not train"
             elif key.startswith("controller."):
                 assert not torch.equal(before[key], after[key]), f"step {k}: the controller did not train"
+
+
+def test_motiondirector_spatial_path_learns_from_frames_only_and_is_dropped(bundle, tmp_path):
+    """The spatial LoRA learns from its single-frame loss only (the clip loss never reaches it), the motion
+    LoRA from the clip loss; the output (what inference applies) holds the motion LoRA only."""
+    from dual_adapter import lora
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(5, 1, 4, 8, 12, generator=g)  # [F, 1, C, h, w]: single-frame latents
+    clip_a, clip_b = torch.randn(1, 3, 4, 8, 12, generator=g), torch.randn(1, 3, 4, 8, 12, generator=g)
+    emb = encode_prompt(bundle, "a person is playing guitar")
+    spec = lora.LoraSpec.from_preset("tap", rank=4, dropout=0.0)
+    out = {}
+    for name, clip, fr in (("a", clip_a, frames), ("b", clip_b, frames), ("c", clip_a, frames * 0.5)):
+        ck = tmp_path / f"{name}.safetensors"
+        lf, res = lora.train_lora_on_latents(bundle.transformer, bundle.scheduler_config, latents=[clip],
+                                             prompt_embeds=emb, frame_latents=[fr], spec=spec, spatial_path=True,
+                                             cfg=lora.lora_train_config(steps=3, lr=1e-2, gradient_checkpointing=False),
+                                             checkpoint_path=ck)
+        out[name] = (lf, lora.load_lora(lora.spatial_checkpoint_path(ck)))
+    (ma, sa), (mb, sb), (mc, sc) = out["a"], out["b"], out["c"]
+    assert sorted(sa.targets) == sorted(lora.PRESETS["full"])
+    # another clip, same frames: the spatial LoRA is bit-identical, the motion LoRA is not
+    assert all(torch.equal(sa.state_dict[k], sb.state_dict[k]) for k in sa.state_dict)
+    assert any(not torch.equal(ma.state_dict[k], mb.state_dict[k]) for k in ma.state_dict)
+    # other frames: the spatial LoRA differs (it does learn from them) and it did move from its init
+    assert any(not torch.equal(sa.state_dict[k], sc.state_dict[k]) for k in sa.state_dict)
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in sa.state_dict.items())
+    # inference drops it: the output holds the motion targets only, and applying the spatial path would differ
+    assert sorted(ma.targets) == ["attn1.to_k", "attn1.to_q"] and not any("to_v" in k or "to_out" in k
+                                                                         for k in ma.state_dict)
+    x, e, t = _inputs(bundle)
+    m_only = transformer_forward(patched_copy(bundle.transformer, [lora.LoraPatch(ma)]), x, e, t)
+    with_sp = transformer_forward(patched_copy(bundle.transformer, [lora.LoraPatch(ma), lora.LoraPatch(sa)]), x, e, t)
+    assert (m_only - with_sp).abs().max() > 1e-5
