@@ -245,12 +245,15 @@ def decode_latents(bundle: CogVideoXBundle, latents: torch.Tensor, callback: Cal
 
 @torch.no_grad()
 def encode_frames(bundle: CogVideoXBundle, frames: torch.Tensor, sample_posterior: bool = False,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, return_std: bool = False):
     """Encode frames ``[F, H, W, 3]`` (or a batch ``[B, F, H, W, 3]``) float 0..1 to scaled latents
     ``[B, (F-1)//4+1, C, H/8, W/8]``.
 
     ``F`` should be 4k+1 (extra frames past the last 4k+1 are dropped by the VAE's temporal
     compression). ``sample_posterior=False`` uses the posterior mode (deterministic).
+    ``return_std=True`` returns ``(mean, std)`` of the (diagonal Gaussian) posterior instead, both
+    scaled like the latents, so that callers can draw ``mean + std * eps`` themselves (DualReal draws
+    a fresh sample every training step, as the authors do). The posterior mode is its mean.
 
     Raises:
         DualAdapterError: wrong layout, or sizes the model cannot patch.
@@ -265,13 +268,19 @@ def encode_frames(bundle: CogVideoXBundle, frames: torch.Tensor, sample_posterio
     if frames.shape[2] % m or frames.shape[3] % m:
         raise DualAdapterError(f"frames are {frames.shape[2]}x{frames.shape[3]} px; height and width must be "
                                f"multiples of {m} (resize with dual_adapter.media.fit_frames)")
-    out = []
+    out, stds = [], []
     with bundle.use("vae") as vae:
         dev = next(vae.parameters()).device
         vdt = next(vae.parameters()).dtype
+        sf = vae.config.scaling_factor
         for i in range(frames.shape[0]):
             x = frames[i: i + 1].permute(0, 4, 1, 2, 3).to(dev, vdt) * 2 - 1  # [1, 3, F, H, W]
             dist = vae.encode(x).latent_dist
-            z = dist.sample(generator) if sample_posterior else dist.mode()
-            out.append((z * vae.config.scaling_factor).permute(0, 2, 1, 3, 4))
-    return torch.cat(out, 0).to(bundle.device, bundle.dtype)
+            z = dist.sample(generator) if sample_posterior and not return_std else dist.mode()
+            out.append((z * sf).permute(0, 2, 1, 3, 4))
+            if return_std:
+                stds.append((dist.std * sf).permute(0, 2, 1, 3, 4))
+    mean = torch.cat(out, 0).to(bundle.device, bundle.dtype)
+    if return_std:
+        return mean, torch.cat(stds, 0).to(bundle.device, bundle.dtype)
+    return mean

@@ -510,3 +510,65 @@ def test_motiondirector_spatial_path_learns_from_frames_only_and_is_dropped(bund
     m_only = transformer_forward(patched_copy(bundle.transformer, [lora.LoraPatch(ma)]), x, e, t)
     with_sp = transformer_forward(patched_copy(bundle.transformer, [lora.LoraPatch(ma), lora.LoraPatch(sa)]), x, e, t)
     assert (m_only - with_sp).abs().max() > 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# the authors' DualReal recipe as the default: native consecutive frames, a posterior sample per step
+
+
+def test_motion_clips_default_to_consecutive_native_frames(tmp_path):
+    from dual_adapter.cli import build_parser
+    from dual_adapter.dualreal import DualRealOptions, load_motion_clips
+    from dual_adapter.media import write_video
+
+    assert DualRealOptions().clip_sampling == "native" and DualRealOptions().latent_sampling == "sample"
+    ns = build_parser().parse_args(["train-dualreal", "--subject", "a.png", "--identity-prompt", "dog *", "--motion",
+                                    "c.mp4", "--motion-prompt", "m", "--out", "o.safetensors"])
+    assert ns.clip_sampling == "native" and ns.latent_sampling == "sample"
+    n = 40  # a 25 fps clip whose frame k has brightness k / n
+    frames = torch.arange(n).float().div(n).view(n, 1, 1, 1).expand(n, 32, 48, 3).contiguous()
+    write_video(frames, tmp_path / "ramp.mp4", fps=25, crf=0)
+    native = load_motion_clips([tmp_path / "ramp.mp4"], 9)[0]
+    resampled = load_motion_clips([tmp_path / "ramp.mp4"], 9, "fps", 8.0)[0]
+    level = lambda x: (x.mean((1, 2, 3)) * n).round().long().tolist()  # noqa: E731 - source frame index
+    assert level(native) == list(range(9))  # consecutive source frames
+    assert level(resampled) == [round(k * 25 / 8) for k in range(9)]  # 1/8 s apart
+    with pytest.raises(DualAdapterError, match="clip_sampling"):
+        load_motion_clips([tmp_path / "ramp.mp4"], 9, "every-other")
+
+
+def test_latents_are_a_fresh_posterior_sample_each_step(bundle, monkeypatch):
+    from dual_adapter.dualreal import DualRealOptions, prepare_dualreal_data, train_dualreal_on_data
+    from dual_adapter.dualreal import trainer as T
+    from dual_adapter.sampling import encode_frames
+    from dual_adapter.training import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    photo, clip = torch.rand(64, 96, 3, generator=g), torch.rand(9, 64, 96, 3, generator=g)
+    data = prepare_dualreal_data(bundle, [photo], "dog *", [clip], "a person")
+    # the mean is the posterior mode used before; the std is the VAE's, scaled like the latents
+    mode = encode_frames(bundle, clip)
+    assert torch.equal(data.clip_latents, mode) and data.clip_latent_std.shape == mode.shape
+    with torch.no_grad():
+        dist = bundle.vae.encode(clip[None].permute(0, 4, 1, 2, 3) * 2 - 1).latent_dist
+    sf = bundle.vae.config.scaling_factor
+    torch.testing.assert_close(data.clip_latent_std, (dist.std * sf).permute(0, 2, 1, 3, 4))
+    seen = []
+    real = T.diffusion_loss
+
+    def spy(model, sched, x0, emb, **kw):
+        seen.append(x0.detach().clone())
+        return real(model, sched, x0, emb, **kw)
+
+    monkeypatch.setattr(T, "diffusion_loss", spy)
+    fast = TrainConfig(steps=6, warmup_steps=0, checkpoint_every=0, gradient_checkpointing=False, seed=0)
+    res = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, data,
+                                 DualRealOptions(groups=2, motion_batch=1, motion_ratio=1.0), fast)
+    assert res.adapters.meta["latent_sampling_used"] == "sample"
+    z = torch.stack([(x - data.clip_latents[0]) / data.clip_latent_std[0] for x in seen])  # [steps, ...] eps
+    assert not torch.equal(seen[0], seen[1])  # a new sample every step
+    assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1) < 0.05  # mean + std * N(0, 1)
+    seen.clear()
+    train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, data,
+                           DualRealOptions(groups=2, motion_batch=1, motion_ratio=1.0, latent_sampling="mode"), fast)
+    assert all(torch.equal(x, data.clip_latents[:1]) for x in seen)  # the old behaviour, by name

@@ -48,7 +48,14 @@ def register(subparsers) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to (8, CogVideoX's)")
+    p.add_argument("--clip-sampling", choices=("native", "fps"), default="native",
+                   help="native (default, the authors'): consecutive source frames (49 frames = ~2 s of a 25 fps "
+                        "clip); fps: resample to --fps (49 frames = 6 s at 8 fps: more of the action, at the speed "
+                        "CogVideoX plays, with larger steps between frames)")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate for --clip-sampling fps (8, CogVideoX's)")
+    p.add_argument("--latent-sampling", choices=("sample", "mode"), default="sample",
+                   help="sample (default, the authors'): a fresh VAE posterior sample each step; mode: the "
+                        "posterior mode, the same latent every step")
     p.add_argument("--reference-encoder", default=None,
                    help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
                         "(default: 'tiny' for tiny models, else none = W_cond stays untrained, warned; "
@@ -73,9 +80,9 @@ def _encoder_for(spec: str | None, model_name: str, device: str | None):
 
 
 def _train(args) -> int:
-    from ..dualreal import DualRealOptions, finalize_run, run_paths, train_dualreal
+    from ..dualreal import DualRealOptions, finalize_run, load_motion_clips, run_paths, train_dualreal
     from ..training import loss_summary
-    from ..media import load_clip, load_images
+    from ..media import load_images
     from ..training import TrainConfig
 
     out = Path(args.out)
@@ -89,7 +96,7 @@ def _train(args) -> int:
     f0, h0, w0 = bundle.default_size
     frames = args.frames or f0
     photos = load_images(args.subject)
-    clips = [load_clip(c, num_frames=frames, fps=args.fps, short_policy="loop")[0] for c in args.motion]
+    clips = load_motion_clips(args.motion, frames, args.clip_sampling, args.fps)
     encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
     if encoder is None:
         from ..dualreal.trainer import NO_REFERENCE_WARNING
@@ -100,7 +107,8 @@ def _train(args) -> int:
                               controller=not args.no_controller, motion_ratio=args.motion_ratio,
                               p_image_zero=args.p_image_zero, motion_batch=args.motion_batch,
                               identity_batch=args.identity_batch, num_frames=frames, height=args.height or h0,
-                              width=args.width or w0)
+                              width=args.width or w0, clip_sampling=args.clip_sampling, clip_fps=args.fps,
+                              latent_sampling=args.latent_sampling)
     train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
                         checkpoint_every=args.checkpoint_every, seed=args.seed,
                         gradient_checkpointing=not args.no_gradient_checkpointing)
