@@ -269,7 +269,8 @@ def g_customttt(classes) -> Graph:
 DUALREAL_NOTE = (
     "- for the reference image: add *Load CLIP Vision* (`clip_vision_h.safetensors`, ViT-H/14) and connect it to "
     "`clip_vision` of Train DualReal and Apply DualReal (with the photo on `reference_image`); without it the motion "
-    "adapters' W_cond term is skipped;\n"
+    "adapters' W_cond stays untrained (a warning says so; the authors always train with one) and a reference is "
+    "ignored at inference;\n"
     "- the authors' setting: 1000 steps, lr 1e-3, 200 warm-up steps, motion_ratio 0.5, hidden 64, 7 groups, "
     "49 consecutive source frames per clip (Load Clip Frames fps 0; fps 8 resamples to CogVideoX's rate instead) "
     "at 480 x 720 (frames_per_clip 49); inference 50 steps, CFG 6, prompt like 'Dog * is playing guitar'.")
