@@ -63,8 +63,10 @@ __all__ = [
 
 #: Prediction spaces in which prompt influence is measured.
 SPACES = ("x0", "v")
-#: What the student is trained toward in the TTT merge (see :class:`TTTConfig`).
-REFERENCES = ("z_f", "x0_pred")
+#: What the student is trained toward in the TTT merge (see :class:`TTTConfig`); the first is the default.
+REFERENCES = ("x0_pred", "z_f_renoised", "z_f_as_x0")
+#: Older names still accepted: ``"z_f"`` was ``"z_f_as_x0"`` (the default before the x0 prediction).
+REFERENCE_ALIASES = {"z_f": "z_f_as_x0"}
 
 Callback = Callable[[int, int, dict], None]
 
@@ -636,13 +638,22 @@ class TTTConfig:
         appearance_frames: video length of the appearance teacher; None = the student's (default). 1 = a
             1-frame reference, as the appearance LoRA was trained on photos.
     Student (base + both LoRAs, all LoRA weights trainable, base frozen, combined prompt):
-        reference: what the loss is toward. ``"z_f"`` (default, the sup's reading): ``z_f`` is used as the
-            clean sample ``x_0`` of the CogVideoX objective: each step draws fresh ``eps`` and ``t ~ U[t_lo,
-            t_hi)``, ``x_t = add_noise(z_f, eps, t)`` and the loss is ``mean(1/(1-abar_t) (x0_pred - z_f)^2)``
-            (:func:`dual_adapter.training.diffusion_loss`). ``"x0_pred"``: ``x_0`` is the teacher's own
-            clean-latent estimate at ``z_f`` (one extra teacher call with CFG).
+        reference: what the loss is toward (METHODS.md section 3). After ``f = 5`` of 25 DDIM steps ``z_f``
+            sits at ``t_f ~ 799`` (``abar ~ 0.006``: about ``0.08 x_0 + 1.0 noise``), so it is no clean sample.
+            ``"x0_pred"`` (default): the teacher's clean-latent estimate at ``z_f`` (one extra guided teacher
+            call), ``x0 = sqrt(abar_f) z_f - sqrt(1 - abar_f) v``, used as ``x_0`` of the CogVideoX objective:
+            each step draws ``eps`` and ``t ~ U[t_lo, t_hi)``, ``x_t = add_noise(x0, eps, t)``, loss
+            ``mean(1/(1-abar_t) (x0_student - x0)^2)`` (:func:`dual_adapter.training.diffusion_loss`).
+            ``"z_f_renoised"``: ``z_f`` taken as what it is, a sample at ``t_f``; each step re-noises it
+            forward to ``t ~ U[max(t_f + 1, t_lo), t_hi)`` with ``q(x_t | x_{t_f})``:
+            ``x_t = sqrt(abar_t/abar_f) z_f + sqrt(1 - abar_t/abar_f) eps``, and the student's deterministic
+            DDIM step from ``t`` back to ``t_f`` must land on ``z_f``: ``z_hat = sqrt(abar_f) x0_student +
+            sqrt(1 - abar_f) eps_student``, loss ``mean((z_hat - z_f)^2)``. ``"z_f_as_x0"``: the literal reading
+            used before, ``z_f`` treated as the clean sample ``x_0`` of the standard objective (the student
+            learns to output the teachers' still-noisy latents). ``"z_f"`` is accepted as its old name.
+            When the teachers run the whole schedule (``f == teacher_schedule``) all three coincide.
         renoise_timesteps: ``(t_lo, t_hi)``, the range of the re-noising timestep (default ``(0, 1000)``: the
-            full range of the standard objective).
+            full range of the standard objective; ``z_f_renoised`` starts above ``t_f``).
         w_appearance, w_motion: ``L = w_a L_appearance + w_m L_motion`` (authors: 1 and 1, a plain sum).
         regenerate_references: draw new teacher noise and re-run both teachers every step (default False:
             the references are computed once; True costs ``2 f`` teacher calls per step).
@@ -668,7 +679,7 @@ class TTTConfig:
     teacher_seed: int = 0
     shared_teacher_noise: bool = True
     appearance_frames: int | None = None
-    reference: str = "z_f"
+    reference: str = "x0_pred"
     renoise_timesteps: tuple[int, int] = (0, 1000)
     w_appearance: float = 1.0
     w_motion: float = 1.0
@@ -713,6 +724,7 @@ class TTTConfig:
             raise DualAdapterError(f"teacher_scheduler={self.teacher_scheduler!r}: expected ddim or dpm")
         if not (isinstance(self.teacher_cfg, (int, float)) and self.teacher_cfg >= 1.0):
             raise DualAdapterError(f"teacher_cfg={self.teacher_cfg!r}: must be >= 1 (1 = no guidance)")
+        self.reference = REFERENCE_ALIASES.get(self.reference, self.reference)
         if self.reference not in REFERENCES:
             raise DualAdapterError(f"reference={self.reference!r}: expected one of {REFERENCES}")
         try:
@@ -779,7 +791,7 @@ class _StopSampling(Exception):
 def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None = None, *,
                       teacher_steps: int = 5, teacher_schedule: int = 25, scheduler: str = "ddim", cfg: float = 6.0,
                       seed: int = 0, num_frames: int | None = None, height: int | None = None,
-                      width: int | None = None, reference: str = "z_f", patches: Sequence = (),
+                      width: int | None = None, reference: str = "x0_pred", patches: Sequence = (),
                       callback: Callback | None = None) -> tuple[torch.Tensor, int]:
     """A teacher's reference latent (CustomTTT sup): base + ``lora`` denoises the first ``teacher_steps`` of a
     ``teacher_schedule``-step schedule (trailing spacing) from Gaussian noise ``seed`` with CFG.
@@ -789,8 +801,9 @@ def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds
     Args:
         lora: a :class:`~dual_adapter.lora.LoraFile` or None (the base model as teacher).
         prompt_embeds, negative_embeds: ``[1, L, D]`` text embeddings.
-        reference: ``"z_f"`` (the latent after ``f`` steps) or ``"x0_pred"`` (the teacher's clean estimate at
-            ``z_f``: ``sqrt(abar) z_f - sqrt(1 - abar) v`` with the guided ``v``).
+        reference: ``"x0_pred"`` (default: the teacher's clean estimate at ``z_f``: ``sqrt(abar) z_f -
+            sqrt(1 - abar) v`` with the guided ``v``) or ``"z_f_renoised"`` / ``"z_f_as_x0"`` / ``"z_f"``
+            (the latent after ``f`` steps itself; see :class:`TTTConfig` for how each is used).
 
     Returns:
         ``(z [1, F, C, h, w], t_f)``: the reference in the scaled latent space and the timestep ``z_f`` sits at
@@ -806,6 +819,7 @@ def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds
 
     if not 1 <= int(teacher_steps) <= int(teacher_schedule):
         raise DualAdapterError(f"teacher_steps={teacher_steps} must be between 1 and teacher_schedule={teacher_schedule}")
+    reference = REFERENCE_ALIASES.get(reference, reference)
     if reference not in REFERENCES:
         raise DualAdapterError(f"reference={reference!r}: expected one of {REFERENCES}")
     pt = list(patches or ()) + ([LoraPatch(lora, 1.0, name="teacher")] if lora is not None else [])
@@ -854,6 +868,29 @@ def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds
         z_out = (ac.sqrt() * z.float() - (1 - ac).sqrt() * v)[:, extra:].to(z.dtype)
         t_f = 0
     return z_out, t_f
+
+
+def _renoised_loss(model, sched, z_f: torch.Tensor, t_f: int, prompt_embeds: torch.Tensor, t: torch.Tensor,
+                   eps: torch.Tensor) -> torch.Tensor:
+    """``reference="z_f_renoised"`` (see :class:`TTTConfig`): ``z_f`` ``[1, F, C, h, w]`` is a sample at ``t_f``;
+    re-noise it forward to ``t > t_f`` (``q(x_t | x_{t_f})``), then the student's DDIM step from ``t`` back to
+    ``t_f`` should give ``z_f``. Returns the per-sample loss ``[1]``."""
+    from .backbone import transformer_forward
+    from .training import _pad_time
+
+    p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
+    z = _pad_time(z_f, p_t).float()
+    e = _pad_time(eps, p_t).to(z.device, torch.float32)
+    ac = sched.alphas_cumprod.to(z.device, torch.float32)
+    t = t.to(z.device).long()
+    a_t, a_f = ac[t].view(-1, 1, 1, 1, 1), ac[int(t_f)]
+    r = a_t / a_f
+    x_t = r.sqrt() * z + (1 - r).sqrt() * e
+    v = transformer_forward(model, x_t.to(z_f.dtype), prompt_embeds, t).float()
+    x0 = a_t.sqrt() * x_t - (1 - a_t).sqrt() * v  # v-prediction -> x0 (as scheduler.get_velocity)
+    eps_hat = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    z_hat = a_f.sqrt() * x0 + (1 - a_f).sqrt() * eps_hat
+    return ((z_hat - z) ** 2).flatten(1).mean(1)
 
 
 def _inject_trainable(model, lf, name: str, dropout: float) -> list[nn.Parameter]:
@@ -938,9 +975,11 @@ def ttt_merge(
     2. Student: a weight-sharing copy of the transformer with both LoRAs as separate trainable adapters
        (``appearance``, ``motion``; base weights frozen and never modified).
     3. ``config.steps`` steps of the shared loop (:func:`dual_adapter.training.train_loop`); each step re-noises
-       both references with fresh noise at ``t ~ U[renoise_timesteps)`` and minimises
-       ``L = w_a L(z_f^a) + w_m L(z_f^m)``, each term the CogVideoX objective
-       (:func:`dual_adapter.training.diffusion_loss`) of the student under the combined ``prompt``.
+       both references with fresh noise and minimises ``L = w_a L_a + w_m L_m`` under the combined ``prompt``.
+       By default (``config.reference = "x0_pred"``) the references are the teachers' x0 predictions at step f
+       and each term is the CogVideoX objective (:func:`dual_adapter.training.diffusion_loss`) at
+       ``t ~ U[renoise_timesteps)``; ``"z_f_renoised"`` and ``"z_f_as_x0"`` are the other named choices
+       (:class:`TTTConfig`).
     4. Output: both trained adapters merged into one LoRA (:func:`merge_loras`: rank concatenation where they
        share a module), so applying it reproduces the student exactly.
 
@@ -1044,12 +1083,23 @@ def ttt_merge(
     lo, hi = (int(v) for v in config.renoise_timesteps)
     weights = {"appearance": float(config.w_appearance), "motion": float(config.w_motion)}
 
+    renoised = config.reference == "z_f_renoised" and bool(t_ref)
+    if renoised and max(lo, int(t_ref) + 1) >= hi:
+        raise DualAdapterError(f"reference='z_f_renoised': z_f sits at t_f={t_ref}, so renoise_timesteps={config.renoise_timesteps} "
+                               f"leaves no timestep above it; raise t_hi")
+
     def combined_loss(gen: torch.Generator) -> tuple[torch.Tensor, dict]:
         names = [n for n in ("appearance", "motion") if weights[n] > 0]
         x0s = [refs[n] for n in names]
-        tt = torch.randint(lo, hi, (len(names),), generator=gen)
+        if renoised:
+            tt = torch.randint(max(lo, int(t_ref) + 1), hi, (len(names),), generator=gen)
+        else:
+            tt = torch.randint(lo, hi, (len(names),), generator=gen)
         eps = [torch.randn(x.shape, generator=gen, dtype=torch.float32) for x in x0s]
-        if len(x0s) == 2 and x0s[0].shape == x0s[1].shape:  # one batched forward
+        if renoised:
+            per = torch.cat([_renoised_loss(model, sched, x, int(t_ref), e_comb, tt[i: i + 1], eps[i])
+                             for i, x in enumerate(x0s)])
+        elif len(x0s) == 2 and x0s[0].shape == x0s[1].shape:  # one batched forward
             per = diffusion_loss(model, sched, torch.cat(x0s), e_comb, timesteps=tt, noise=torch.cat(eps), reduce=False)
         else:
             per = torch.cat([diffusion_loss(model, sched, x, e_comb, timesteps=tt[i: i + 1], noise=eps[i], reduce=False)

@@ -821,8 +821,12 @@ def check_compatible(lora: LoraFile, transformer) -> None:
         bc = (lora.metadata or {}).get("base_config") or {}
         trained = ""
         if bc:
-            trained = (f" It was trained on a model with {bc.get('num_layers')} blocks, width "
-                       f"{(bc.get('num_attention_heads') or 0) * (bc.get('attention_head_dim') or 0)}.")
+            tb = (bc.get("num_layers"), (bc.get("num_attention_heads") or 0) * (bc.get("attention_head_dim") or 0))
+            if tb == (_blocks_of(transformer), transformer_width(transformer)):
+                trained = (f" It was trained on a model of the same size ({tb[0]} blocks, width {tb[1]}), so the "
+                           f"model's module tree has been changed (by another patch?): the layers above are missing.")
+            else:
+                trained = f" It was trained on a model with {tb[0]} blocks, width {tb[1]}."
         raise DualAdapterError(f"{src} does not fit this model ({_blocks_of(transformer)} blocks, width "
                                f"{transformer_width(transformer)}): " + " | ".join(parts) + "." + trained)
     fp = (lora.metadata or {}).get("base_fingerprint")
@@ -852,7 +856,8 @@ class LoraPatch:
         name: adapter name (default: ``lora``, made unique per model).
 
     Raises:
-        DualAdapterError: at construction for a non-LoraFile or non-finite strength; at ``apply`` for an
+        DualAdapterError: at construction for a non-LoraFile, a non-finite strength or NaN/Inf LoRA
+            tensors (a diverged training); at ``apply`` for an
             incompatible LoRA (see :func:`check_compatible`).
     """
 
@@ -861,6 +866,10 @@ class LoraPatch:
             raise DualAdapterError(f"LoraPatch needs a LoraFile (from load_lora / train_lora), got {type(lora).__name__}")
         if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not math.isfinite(strength):
             raise DualAdapterError(f"LoRA strength={strength!r}: must be a finite number")
+        bad = [k for k, v in lora.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise DualAdapterError(f"LoRA {lora.name!r} has NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]}): "
+                                   f"its training diverged; use an earlier checkpoint or retrain with a lower lr")
         self.lora = lora
         self.strength = float(strength)
         self.name = name

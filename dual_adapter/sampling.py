@@ -20,7 +20,7 @@ from .seeds import seed_generator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULERS", "make_scheduler", "sample", "decode_latents", "encode_frames", "to_comfy_latent",
+__all__ = ["SCHEDULERS", "check_finite", "make_scheduler", "sample", "decode_latents", "encode_frames", "to_comfy_latent",
            "from_comfy_latent"]
 
 SCHEDULERS = ("dpm", "ddim")
@@ -75,6 +75,14 @@ def _expand_embeds(e: torch.Tensor, batch: int, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise :class:`DualAdapterError` naming ``name`` when tensor ``x`` holds NaN or Inf values."""
+    if torch.is_tensor(x) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DualAdapterError(f"{name} contain {bad} non-finite value(s) (NaN/Inf) of {x.numel()}; "
+                               f"they would give a black or noise video")
+
+
 def sample(
     bundle: CogVideoXBundle,
     prompt_embeds: torch.Tensor,
@@ -118,13 +126,21 @@ def sample(
         the extra frames that 1.5 models pad are removed).
 
     Raises:
-        DualAdapterError: invalid size, steps or embeddings.
+        DualAdapterError: invalid size, steps or embeddings; a non-finite ``cfg``, embedding or initial
+            latent; latents that become non-finite while sampling (names the step and the patches).
     """
     f0, h0, w0 = bundle.default_size
     num_frames, height, width = num_frames or f0, height or h0, width or w0
     check_video_size(bundle, num_frames, height, width)
     if not isinstance(steps, int) or steps < 1:
         raise DualAdapterError(f"steps={steps}: must be an integer >= 1")
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
+        raise DualAdapterError(f"cfg={cfg!r}: the guidance scale must be a finite number (1 = no guidance, 6 typical)")
+    check_finite(prompt_embeds, "prompt embeddings")
+    if negative_embeds is not None:
+        check_finite(negative_embeds, "negative prompt embeddings")
+    if latents is not None:
+        check_finite(latents, "initial latents")
     from .backbone import encode_prompt
 
     device, dtype = bundle.device, bundle.dtype
@@ -186,6 +202,11 @@ def sample(
             else:
                 latents = sched.step(v, t, latents, return_dict=False, **step_kw)[0]
             latents = latents.to(dtype)
+            if not bool(torch.isfinite(latents).all()):
+                names = ", ".join(repr(p) for p in patches if p is not None) or "none"
+                raise DualAdapterError(f"sampling produced non-finite values (NaN/Inf) at step {i + 1}/{len(timesteps)} "
+                                       f"(timestep {int(t)}); model patches: {names}. A diverged adapter or LoRA, "
+                                       f"a non-finite reference embedding or an fp16 overflow are the usual causes")
             if callback is not None:
                 callback(i + 1, len(timesteps), {"timestep": int(t), "latents": latents})
     return latents[:, extra:]
@@ -213,6 +234,11 @@ def decode_latents(bundle: CogVideoXBundle, latents: torch.Tensor, callback: Cal
         for i in range(latents.shape[0]):
             z = latents[i: i + 1].permute(0, 2, 1, 3, 4).to(dev, vdt) / vae.config.scaling_factor
             video = vae.decode(z).sample  # [1, 3, F, H, W] in -1..1
+            if not bool(torch.isfinite(video).all()):
+                raise DualAdapterError(f"VAE decoding of video {i} gave non-finite values (NaN/Inf); the latents "
+                                       f"were finite, so the VAE overflowed (try --dtype bf16 or fp32)"
+                                       if bool(torch.isfinite(z).all()) else
+                                       f"latents of video {i} contain NaN/Inf; nothing to decode")
             out.append(((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu())
             if callback is not None:
                 callback(i + 1, latents.shape[0], {})
@@ -221,12 +247,15 @@ def decode_latents(bundle: CogVideoXBundle, latents: torch.Tensor, callback: Cal
 
 @torch.no_grad()
 def encode_frames(bundle: CogVideoXBundle, frames: torch.Tensor, sample_posterior: bool = False,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, return_std: bool = False):
     """Encode frames ``[F, H, W, 3]`` (or a batch ``[B, F, H, W, 3]``) float 0..1 to scaled latents
     ``[B, (F-1)//4+1, C, H/8, W/8]``.
 
     ``F`` should be 4k+1 (extra frames past the last 4k+1 are dropped by the VAE's temporal
     compression). ``sample_posterior=False`` uses the posterior mode (deterministic).
+    ``return_std=True`` returns ``(mean, std)`` of the (diagonal Gaussian) posterior instead, both
+    scaled like the latents, so that callers can draw ``mean + std * eps`` themselves (DualReal draws
+    a fresh sample every training step, as the authors do). The posterior mode is its mean.
 
     Raises:
         DualAdapterError: wrong layout, or sizes the model cannot patch.
@@ -241,13 +270,19 @@ def encode_frames(bundle: CogVideoXBundle, frames: torch.Tensor, sample_posterio
     if frames.shape[2] % m or frames.shape[3] % m:
         raise DualAdapterError(f"frames are {frames.shape[2]}x{frames.shape[3]} px; height and width must be "
                                f"multiples of {m} (resize with dual_adapter.media.fit_frames)")
-    out = []
+    out, stds = [], []
     with bundle.use("vae") as vae:
         dev = next(vae.parameters()).device
         vdt = next(vae.parameters()).dtype
+        sf = vae.config.scaling_factor
         for i in range(frames.shape[0]):
             x = frames[i: i + 1].permute(0, 4, 1, 2, 3).to(dev, vdt) * 2 - 1  # [1, 3, F, H, W]
             dist = vae.encode(x).latent_dist
-            z = dist.sample(generator) if sample_posterior else dist.mode()
-            out.append((z * vae.config.scaling_factor).permute(0, 2, 1, 3, 4))
-    return torch.cat(out, 0).to(bundle.device, bundle.dtype)
+            z = dist.sample(generator) if sample_posterior and not return_std else dist.mode()
+            out.append((z * sf).permute(0, 2, 1, 3, 4))
+            if return_std:
+                stds.append((dist.std * sf).permute(0, 2, 1, 3, 4))
+    mean = torch.cat(out, 0).to(bundle.device, bundle.dtype)
+    if return_std:
+        return mean, torch.cat(stds, 0).to(bundle.device, bundle.dtype)
+    return mean

@@ -507,6 +507,22 @@ def _all_finite(params: Sequence[torch.Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all())
 
 
+def _step_global_rng(seed: int, step: int, device_type: str):
+    """Context: the global torch RNG (CPU and the current CUDA device) seeded from ``(seed, step)``,
+    restored afterwards. Dropout layers (peft's LoRA dropout) draw from it, not from the step's generator."""
+    import contextlib
+
+    devices = [torch.cuda.current_device()] if device_type == "cuda" and torch.cuda.is_available() else []
+
+    @contextlib.contextmanager
+    def ctx():
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((int(seed) * 1_000_003 + int(step) * 7919 + 17) % (2 ** 63 - 1))
+            yield
+
+    return ctx()
+
+
 def train_loop(
     param_groups: Sequence,
     step_fn: StepFn,
@@ -593,11 +609,14 @@ def train_loop(
         with sigterm_as_interrupt():
             for step in range(start, cfg.steps):
                 optimizer.zero_grad(set_to_none=True)
-                with autocast_context(device_type, cfg):
-                    loss, info = step_fn(step, step_generator(cfg.seed, step))
-                if not torch.isfinite(loss):
-                    raise diverged(step + 1, f"the loss is {loss.item()}")
-                loss.backward()
+                # Layers that draw from the global RNG (LoRA dropout, nn.Dropout) get a per-step seed too, so
+                # identical runs (and resumed ones) are bit-identical; the caller's global RNG is left as it was.
+                with _step_global_rng(cfg.seed, step, device_type):
+                    with autocast_context(device_type, cfg):
+                        loss, info = step_fn(step, step_generator(cfg.seed, step))
+                    if not torch.isfinite(loss):
+                        raise diverged(step + 1, f"the loss is {loss.item()}")
+                    loss.backward()
                 if before_optimizer_step is not None:
                     before_optimizer_step(step, info)
                 if cfg.grad_clip and cfg.grad_clip > 0:

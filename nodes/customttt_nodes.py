@@ -146,8 +146,11 @@ class DualAdapterTTTMerge:
         }, "optional": {
             "teacher_schedule": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The f teacher steps are the "
                                          "first f of a schedule this long (DDIM 25 in the paper)."}),
-            "reference": (list(C.REFERENCES), {"default": "z_f", "tooltip": "Student target: z_f (the teacher latent "
-                          "after f steps, used as the clean sample) or x0_pred (the teacher's clean estimate there)."}),
+            "reference": (list(C.REFERENCES), {"default": "x0_pred", "tooltip": "Student target. x0_pred (default): "
+                          "the teachers' clean-latent prediction at step f. z_f_renoised: the teacher latent after f "
+                          "steps (still mostly noise, t_f ~ 799 for 5 of 25), re-noised above t_f; the student's DDIM "
+                          "step back to t_f must land on it. z_f_as_x0: that latent used as if it were clean (the "
+                          "literal reading; the old default 'z_f')."}),
             "renoise_min": ("INT", {"default": 0, "min": 0, "max": 999, "tooltip": "Lowest re-noising timestep."}),
             "renoise_max": ("INT", {"default": 1000, "min": 1, "max": 1000, "tooltip": "Re-noising timesteps are drawn "
                                     "from [renoise_min, renoise_max)."}),
@@ -167,7 +170,7 @@ class DualAdapterTTTMerge:
 
     def merge(self, model, appearance_lora, appearance_prompt, motion_lora, motion_prompt, prompt, steps=30,
               teacher_steps=5, teacher_cfg=6.0, learning_rate=1e-5, optimizer="adamw", seed=0, teacher_schedule=25,
-              reference="z_f", renoise_min=0, renoise_max=1000, w_appearance=1.0, w_motion=1.0,
+              reference="x0_pred", renoise_min=0, renoise_max=1000, w_appearance=1.0, w_motion=1.0,
               regenerate_references=False, shared_teacher_noise=True, negative_prompt="", frames=0, height=0,
               width=0, gradient_checkpointing=True):
         m = as_model(model)

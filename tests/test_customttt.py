@@ -203,9 +203,7 @@ def test_ttt_lowers_combined_loss_changes_only_lora_and_file_reproduces_student(
     # progress: 2 f teacher steps then one per TTT step
     assert [s[0] for s in seen] == list(range(1, 2 * 2 + 15 + 1)) and {s[1] for s in seen} == {19}
     assert seen[0][2] == "teacher_appearance" and seen[-1][2] == "ttt"
-    sch = make_scheduler(tiny, "ddim")
-    sch.set_timesteps(5)
-    assert res.reference_timestep == int(sch.timesteps[2])  # z_f sits where the f = 2 of 5 DDIM steps end
+    assert res.reference_timestep == 0  # default reference: the teachers' x0 predictions at step f
     assert set(res.references) == {"appearance", "motion"} and res.references["motion"].shape == (1, 3, 4, 8, 12)
     assert res.eval["after"]["loss"] < res.eval["before"]["loss"]
     assert len(res.train.losses) == 15 and {"loss_appearance", "loss_motion"} <= set(res.train.losses[0])
@@ -256,7 +254,8 @@ def test_interrupted_ttt_keeps_its_checkpoint(tiny, tmp_path):
 def test_teacher_reference(tiny):
     e = encode_prompt(tiny, "dog *")
     neg = encode_prompt(tiny, "")
-    z, t_f = C.teacher_reference(tiny, None, e, neg, teacher_steps=5, teacher_schedule=25, cfg=6.0, seed=3)
+    z, t_f = C.teacher_reference(tiny, None, e, neg, teacher_steps=5, teacher_schedule=25, cfg=6.0, seed=3,
+                                 reference="z_f_as_x0")
     sch = make_scheduler(tiny, "ddim")
     sch.set_timesteps(25)
     assert z.shape == (1, 3, 4, 8, 12) and t_f == int(sch.timesteps[5])

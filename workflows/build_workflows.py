@@ -269,16 +269,19 @@ def g_customttt(classes) -> Graph:
 DUALREAL_NOTE = (
     "- for the reference image: add *Load CLIP Vision* (`clip_vision_h.safetensors`, ViT-H/14) and connect it to "
     "`clip_vision` of Train DualReal and Apply DualReal (with the photo on `reference_image`); without it the motion "
-    "adapters' W_cond term is skipped;\n"
+    "adapters' W_cond stays untrained (a warning says so; the authors always train with one) and a reference is "
+    "ignored at inference;\n"
     "- the authors' setting: 1000 steps, lr 1e-3, 200 warm-up steps, motion_ratio 0.5, hidden 64, 7 groups, "
-    "49-frame clips at 480 x 720 (frames_per_clip 49); inference 50 steps, CFG 6, prompt like 'Dog * is playing guitar'.")
+    "49 consecutive source frames per clip (Load Clip Frames fps 0; fps 8 resamples to CogVideoX's rate instead) "
+    "at 480 x 720 (frames_per_clip 49); inference 50 steps, CFG 6, prompt like 'Dog * is playing guitar'.")
 
 
 def g_dualreal_train(classes) -> Graph:
     g = Graph("dualreal_train_sample", classes)
     m = g.node("DualAdapterCogVideoXLoader", model="tiny")
     ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=64, width=96)
-    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=8.0,
+    # fps 0: consecutive source frames, the authors' DualReal clips (see README, DualReal)
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=0.0,
                   height=64, width=96)
     t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt="dog *", motion=clip[0],
                motion_prompt="a person is playing guitar", steps=60, lr=3e-3, warmup_steps=10, groups=7,

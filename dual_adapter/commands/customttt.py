@@ -98,8 +98,10 @@ def register(sub) -> None:
                    "(default: the same)")
     q.add_argument("--appearance-frames", type=int, default=None, help="appearance teacher's frames (default: the "
                    "video's; 1 = an image reference)")
-    q.add_argument("--reference", default=None, choices=["z_f", "x0_pred"], help="student target: z_f as x_0 "
-                   "(default) or the teacher's x0 estimate at z_f")
+    q.add_argument("--reference", default=None, choices=["x0_pred", "z_f_renoised", "z_f_as_x0", "z_f"],
+                   help="student target: x0_pred (default: the teachers' x0 prediction at step f), z_f_renoised "
+                        "(z_f re-noised above t_f, DDIM step back to z_f), z_f_as_x0 (z_f used as the clean "
+                        "sample; 'z_f' is its old name)")
     q.add_argument("--renoise-timesteps", default=None, metavar="LO,HI", help="re-noising timestep range [LO, HI) "
                    "(default 0,1000)")
     q.add_argument("--w-appearance", type=float, default=None, help="weight of the appearance loss (default 1)")

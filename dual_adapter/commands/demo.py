@@ -52,7 +52,7 @@ def run(args) -> int:
     import torch
 
     from .. import backbone, media, sampling
-    from ..dualreal import DualRealOptions, DualRealPatch, finalize_run, train_dualreal
+    from ..dualreal import DualRealOptions, DualRealPatch, finalize_run, load_motion_clips, train_dualreal
     from ..dualreal.readout import plot_stageblender, stageblender_readout
     from ..metrics.report import format_table, plot_result
     from ..metrics.suite import evaluate_video
@@ -70,8 +70,8 @@ def run(args) -> int:
     bundle = load_bundle(args)
     frames, height, width = bundle.default_size
     photos = media.load_images(args.subject)
-    clips = [media.load_clip(c, num_frames=frames, fps=8.0, short_policy="loop", require_motion=True)[0]
-             for c in args.motion]
+    defaults = DualRealOptions()  # the authors' clip decoding: consecutive native frames
+    clips = load_motion_clips(args.motion, frames, defaults.clip_sampling, defaults.clip_fps)
     print(f"subject: {len(photos)} photo(s); motion: {len(clips)} clip(s) of {frames} frames; "
           f"model {bundle.name} ({frames} x {height} x {width})", file=sys.stderr)
 

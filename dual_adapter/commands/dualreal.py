@@ -52,13 +52,21 @@ def register(subparsers) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to (8, CogVideoX's)")
+    p.add_argument("--clip-sampling", choices=("native", "fps"), default="native",
+                   help="native (default, the authors'): consecutive source frames (49 frames = ~2 s of a 25 fps "
+                        "clip); fps: resample to --fps (49 frames = 6 s at 8 fps: more of the action, at the speed "
+                        "CogVideoX plays, with larger steps between frames)")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate for --clip-sampling fps (8, CogVideoX's)")
     p.add_argument("--short-policy", default="loop", choices=["loop", "hold", "error"],
-                   help="a clip shorter than --frames at --fps: loop it (default; a warning says so), hold its last "
+                   help="a clip shorter than --frames: loop it (default; a warning says so), hold its last "
                         "frame, or stop with an error")
+    p.add_argument("--latent-sampling", choices=("sample", "mode"), default="sample",
+                   help="sample (default, the authors'): a fresh VAE posterior sample each step; mode: the "
+                        "posterior mode, the same latent every step")
     p.add_argument("--reference-encoder", default=None,
                    help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
-                        "(default: 'tiny' for tiny models, else none = no W_cond term)")
+                        "(default: 'tiny' for tiny models, else none = W_cond stays untrained, warned; "
+                        "the authors always train with a ViT-H/14 encoder)")
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
@@ -80,9 +88,9 @@ def _encoder_for(spec: str | None, model_name: str, device: str | None):
 
 
 def _train(args) -> int:
-    from ..dualreal import DualRealOptions, finalize_run, run_paths, train_dualreal
+    from ..dualreal import DualRealOptions, finalize_run, load_motion_clips, run_paths, train_dualreal
     from ..io import run_lock
-    from ..media import load_clip, load_images
+    from ..media import load_images
     from ..progress import TextProgress
     from ..training import TrainConfig, check_run_files, loss_summary
 
@@ -100,18 +108,23 @@ def _train(args) -> int:
     f0, h0, w0 = info.default_size
     frames = args.frames or f0
     photos = load_images(args.subject)
-    clips = [load_clip(c, num_frames=frames, fps=args.fps, short_policy=args.short_policy, require_motion=True)[0]
-             for c in args.motion]
+    clips = load_motion_clips(args.motion, frames, args.clip_sampling, args.fps, short_policy=args.short_policy)
     options = DualRealOptions(hidden=args.hidden, groups=args.groups, form=args.form,
                               controller=not args.no_controller, motion_ratio=args.motion_ratio,
                               p_image_zero=args.p_image_zero, motion_batch=args.motion_batch,
                               identity_batch=args.identity_batch, num_frames=frames, height=args.height or h0,
-                              width=args.width or w0)
+                              width=args.width or w0, clip_sampling=args.clip_sampling, clip_fps=args.fps,
+                              latent_sampling=args.latent_sampling)
     with run_lock(out, "train-dualreal run"):
         check_run_files(out, run_paths(out), resume=args.resume, resume_hint="--resume",
                         rename_hint="another --out")
         bundle = load_bundle(args)
         encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
+        if encoder is None:
+            from ..dualreal.trainer import NO_REFERENCE_WARNING
+
+            bar = "!" * 100
+            print(f"{bar}\nWARNING: {NO_REFERENCE_WARNING}\n{bar}", file=sys.stderr, flush=True)
         res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt,
                              reference_encoder=encoder, options=options, train=train,
                              callback=TextProgress("train-dualreal"), out=out, resume=args.resume)
@@ -198,18 +211,16 @@ def generate_patches(args, bundle) -> list:
         if getattr(args, "reference_image", None) or getattr(args, "reference_embedding", None):
             raise DualAdapterError("--reference-image / --reference-embedding need --dualreal ADAPTERS")
         return []
-    from ..dualreal import DualRealPatch, check_compatible, load_any
+    from ..dualreal import DualRealPatch, check_compatible, load_any, w_cond_trained
 
     adapters = load_any(path)
     check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
     ref = _load_reference(args, adapters, bundle)
-    if ref is not None and adapters.meta.get("uses_reference") is False:
-        log.warning("these DualReal adapters were trained without reference embeddings (W_cond untrained); "
-                    "the reference is ignored")
+    if ref is not None and not w_cond_trained(adapters):  # DualRealPatch drops it too (with a log warning)
         print("note: adapters were trained without reference embeddings; the reference image is ignored",
               file=sys.stderr)
         ref = None
-    elif ref is None and adapters.meta.get("uses_reference"):
+    elif ref is None and w_cond_trained(adapters):
         print("note: no --reference-image / --reference-embedding: the motion adapters run without W_cond",
               file=sys.stderr)
     return [DualRealPatch(adapters, ref, fixed_weights=args.dualreal_fixed_weights,

@@ -14,16 +14,16 @@ from .adapters import (ADAPTER_NAMES, FORMS, IDENTITY_ADAPTERS, MOTION_ADAPTERS,
                        DualRealAdapters, DualRealConfig)
 from .checkpoint import DualRealAdapterSet, import_official, load_adapters, load_any, save_adapters
 from .controller import StageBlender, block_groups, group_ranges
-from .patch import DABlock, DualRealContext, DualRealPatch, check_compatible, find_context
+from .patch import DABlock, DualRealContext, DualRealPatch, check_compatible, find_context, w_cond_trained
 from .readout import plot_stageblender, stageblender_readout
-from .trainer import (DualRealData, DualRealOptions, DualRealResult, prepare_dualreal_data, run_paths, finalize_run,
+from .trainer import (CLIP_SAMPLINGS, LATENT_SAMPLINGS, load_motion_clips, DualRealData, DualRealOptions, DualRealResult, prepare_dualreal_data, run_paths, finalize_run,
                       train_dualreal, train_dualreal_on_data)
 
 __all__ = [
     "ADAPTER_NAMES", "FORMS", "IDENTITY_ADAPTERS", "MOTION_ADAPTERS", "Adapter", "DABlockAdapters",
     "DualRealAdapters", "DualRealConfig", "DualRealAdapterSet", "import_official", "load_adapters", "load_any",
-    "save_adapters", "StageBlender", "block_groups", "group_ranges", "DABlock", "DualRealContext",
+    "save_adapters", "StageBlender", "block_groups", "group_ranges", "DABlock", "DualRealContext", "w_cond_trained",
     "DualRealPatch", "check_compatible", "find_context", "plot_stageblender", "stageblender_readout",
-    "DualRealData", "DualRealOptions", "DualRealResult", "prepare_dualreal_data", "run_paths", "finalize_run", "train_dualreal",
+    "CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealData", "DualRealOptions", "DualRealResult", "prepare_dualreal_data", "run_paths", "finalize_run", "train_dualreal",
     "train_dualreal_on_data",
 ]

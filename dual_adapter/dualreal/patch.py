@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ from .adapters import IDENTITY_ADAPTERS, MOTION_ADAPTERS, DualRealAdapters, Dual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DualRealContext", "DABlock", "DualRealPatch", "check_compatible", "find_context"]
+__all__ = ["DualRealContext", "DABlock", "DualRealPatch", "check_compatible", "find_context", "w_cond_trained"]
 
 
 def check_compatible(config: DualRealConfig, transformer, fingerprint: str | None = None) -> None:
@@ -147,15 +148,21 @@ def _is_zero(w) -> bool:
 class DABlock(nn.Module):
     """A CogVideoX block with its four DualReal adapters (a DA-block).
 
-    Holds ``block`` (the original ``CogVideoXBlock``, weights shared with the loaded model),
-    ``adapters`` (a :class:`~dual_adapter.dualreal.adapters.DABlockAdapters`) and, in block 0,
-    the ``controller``. ``forward`` has ``CogVideoXBlock.forward``'s signature and outputs.
+    Holds the original ``CogVideoXBlock``'s sub-modules (``norm1``, ``attn1``, ``norm2``, ``ff``: the
+    same module objects, weights shared with the loaded model) **under their own names**, so the
+    patched model keeps the base model's module paths (``transformer_blocks.{i}.attn1.to_q``) and any
+    other patch that addresses modules by name (a LoRA) applies before or after DualReal alike.
+    Also holds ``adapters`` (a :class:`~dual_adapter.dualreal.adapters.DABlockAdapters`) and, in
+    block 0, the ``controller``; ``block`` is the wrapped block (an attribute, not a sub-module).
+    ``forward`` has ``CogVideoXBlock.forward``'s signature and outputs.
     """
 
     def __init__(self, block: nn.Module, adapters: nn.Module, index: int, group: int, ctx: DualRealContext,
                  controller: nn.Module | None = None):
         super().__init__()
-        self.block = block
+        for name, child in block.named_children():  # same objects: a later patch that wraps attn1.to_q
+            self.add_module(name, child)            # through this path changes the block's attn1 too
+        object.__setattr__(self, "block", block)  # not registered: no second module path to the weights
         self.adapters = adapters
         self.controller = controller
         self.index = int(index)
@@ -253,7 +260,7 @@ class DABlock(nn.Module):
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
                 image_rotary_emb=None, attention_kwargs: dict | None = None):
-        blk, ctx = self.block, self.ctx
+        blk, ctx = self, self.ctx  # the block's sub-modules, registered on self under their own names
         text_len = encoder_hidden_states.size(1)
         attention_kwargs = attention_kwargs or {}
         B = hidden_states.shape[0]
@@ -297,6 +304,20 @@ def find_context(model: nn.Module) -> DualRealContext:
     raise DualAdapterError("this model has no DualReal adapters applied")
 
 
+def w_cond_trained(adapters) -> bool:
+    """Whether the motion adapters' ``W_cond`` was trained (so a reference embedding means something).
+
+    False for a :class:`~dual_adapter.dualreal.checkpoint.DualRealAdapterSet` whose metadata says it was
+    trained without reference embeddings (``w_cond_trained`` / ``uses_reference`` false); True otherwise
+    (the authors' imported checkpoints were always trained with one; a live module is the caller's business).
+    """
+    meta = getattr(adapters, "meta", None) or {}
+    for k in ("w_cond_trained", "uses_reference"):
+        if meta.get(k) is False:
+            return False
+    return True
+
+
 class DualRealPatch:
     """Model patch running DualReal's DA-blocks and StageBlender (METHODS.md section 1).
 
@@ -307,14 +328,16 @@ class DualRealPatch:
         reference: reference-image embedding (``[1024]``, ``[B, 1024]`` or ``[B, 1, 1024]``, or an
             object with ``.image_embeds``, e.g. ComfyUI's CLIP_VISION_OUTPUT) used for the motion
             adapters' ``W_cond``; ``None`` skips the ``W_cond`` term. The same ``c`` is used for
-            both CFG branches.
+            both CFG branches. Ignored, with a warning, for adapters trained without reference
+            embeddings (their ``W_cond`` is untrained; see :func:`w_cond_trained`).
         fixed_weights: ``(w_id, w_mo)`` instead of the controller (e.g. ``(0.1, 0.1)``).
         identity_scale, motion_scale: multiply each branch's weight (1 = as trained; 0 = off).
         recorder: a list that collects the controller output ``alpha`` of every model call
             (used by :func:`~dual_adapter.dualreal.readout.stageblender_readout`).
 
     Raises:
-        DualAdapterError: bad reference embedding (not 1024-d) or negative scales; on apply,
+        DualAdapterError: bad reference embedding (not 1024-d, NaN/Inf), NaN/Inf adapter tensors or
+            negative scales; on apply,
             adapters made for another model (names both widths / block counts).
     """
 
@@ -326,16 +349,26 @@ class DualRealPatch:
         if not isinstance(adapters, (DualRealAdapters, DualRealAdapterSet)):
             raise DualAdapterError(f"adapters must be DualRealAdapters or DualRealAdapterSet, got "
                                    f"{type(adapters).__name__}")
+        tensors = (adapters.state_dict.items() if isinstance(adapters, DualRealAdapterSet)
+                   else adapters.state_dict().items())
+        bad = [k for k, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise DualAdapterError(f"DualReal adapters have NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]}): "
+                                   f"the training diverged; use an earlier checkpoint or retrain with a lower lr")
         self.adapters = adapters
         self.reference = as_reference_embedding(reference) if reference is not None else None
+        if self.reference is not None and not w_cond_trained(adapters):
+            log.warning("these DualReal adapters were trained without reference embeddings, so their W_cond is "
+                        "untrained (random); the reference embedding is ignored")
+            self.reference = None
         if fixed_weights is not None:
             fixed_weights = tuple(float(x) for x in fixed_weights)
-            if len(fixed_weights) != 2:
-                raise DualAdapterError(f"fixed_weights must be (w_id, w_mo), got {fixed_weights}")
+            if len(fixed_weights) != 2 or not all(math.isfinite(w) for w in fixed_weights):
+                raise DualAdapterError(f"fixed_weights must be two finite numbers (w_id, w_mo), got {fixed_weights}")
         self.fixed_weights = fixed_weights
         for k, v in (("identity_scale", identity_scale), ("motion_scale", motion_scale)):
-            if not isinstance(v, (int, float)) or v < 0:
-                raise DualAdapterError(f"{k}={v!r}: must be a number >= 0")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise DualAdapterError(f"{k}={v!r}: must be a finite number >= 0")
         self.identity_scale = float(identity_scale)
         self.motion_scale = float(motion_scale)
         self.recorder = recorder

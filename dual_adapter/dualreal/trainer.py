@@ -49,8 +49,14 @@ from .patch import DualRealPatch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "finalize_run", "prepare_dualreal_data",
+__all__ = ["CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "finalize_run", "prepare_dualreal_data",
            "train_dualreal_on_data", "train_dualreal"]
+
+
+#: How motion clips are decoded (see :class:`DualRealOptions`); the first is the authors' and the default.
+CLIP_SAMPLINGS = ("native", "fps")
+#: How training latents come from the VAE posterior (see :class:`DualRealOptions`); the first is the default.
+LATENT_SAMPLINGS = ("sample", "mode")
 
 
 @dataclass
@@ -67,6 +73,16 @@ class DualRealOptions:
             Drawn with replacement from the given clips / photos.
         num_frames, height, width: training size; default the model's (49 x 480 x 720; tiny: 9 x 64 x 96).
         lam: weight of ``W_cond(c)`` in the motion adapters' input (1).
+        clip_sampling: how motion clips given as files are decoded (:func:`load_motion_clips`; recorded in
+            the metadata): ``"native"`` (default, the authors': ``num_frames`` consecutive source frames, e.g.
+            49 frames = about 2 s of a 25 fps clip) or ``"fps"`` (resampled to ``clip_fps``, 8 = CogVideoX's
+            rate: 49 frames = 6 s). Native keeps the clip's frame-to-frame motion but covers less of the action
+            and, played at CogVideoX's 8 fps, runs about 3x slower than the source; ``fps`` covers more of the
+            action at the speed CogVideoX generates, with larger steps between frames.
+        clip_fps: frame rate for ``clip_sampling="fps"`` (8).
+        latent_sampling: ``"sample"`` (default, the authors': a fresh VAE posterior sample
+            ``mean + std * eps`` per step, from the mean / std computed once) or ``"mode"`` (the posterior
+            mode, encoded once: the same latent every step).
     """
 
     hidden: int = 64
@@ -81,9 +97,19 @@ class DualRealOptions:
     height: int | None = None
     width: int | None = None
     lam: float = 1.0
+    clip_sampling: str = "native"
+    clip_fps: float = 8.0
+    latent_sampling: str = "sample"
 
     def validate(self) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid option."""
+        if self.clip_sampling not in CLIP_SAMPLINGS:
+            raise DualAdapterError(f"clip_sampling={self.clip_sampling!r}: expected one of {CLIP_SAMPLINGS}")
+        if self.latent_sampling not in LATENT_SAMPLINGS:
+            raise DualAdapterError(f"latent_sampling={self.latent_sampling!r}: expected one of {LATENT_SAMPLINGS}")
+        if isinstance(self.clip_fps, bool) or not isinstance(self.clip_fps, (int, float)) or not self.clip_fps > 0 \
+                or self.clip_fps == float("inf"):
+            raise DualAdapterError(f"clip_fps={self.clip_fps!r}: must be a finite number > 0")
         if self.form not in FORMS:
             raise DualAdapterError(f"form={self.form!r}: expected one of {FORMS}")
         for k in ("motion_ratio", "p_image_zero"):
@@ -106,6 +132,8 @@ class DualRealData:
         identity_embeds, motion_embeds: ``[1, L, D_text]`` prompt embeddings.
         clip_references: ``[M, 1024]`` reference embeddings (one frame per clip) or ``None``.
         identity_prompt, motion_prompt, reference_encoder: recorded in the adapters' metadata.
+        photo_latent_std, clip_latent_std: the VAE posterior's std, shaped like the latents (which are
+            then the posterior mean = mode), for ``latent_sampling="sample"``; ``None``: not computed.
     """
 
     photo_latents: torch.Tensor
@@ -116,6 +144,8 @@ class DualRealData:
     identity_prompt: str = ""
     motion_prompt: str = ""
     reference_encoder: str | None = None
+    photo_latent_std: torch.Tensor | None = None
+    clip_latent_std: torch.Tensor | None = None
 
 
 @dataclass
@@ -166,6 +196,27 @@ def finalize_run(result: "DualRealResult", out: str | Path) -> Path:
 # data
 
 
+def load_motion_clips(paths: Sequence, num_frames: int, clip_sampling: str = "native", fps: float = 8.0,
+                      short_policy: str = "loop") -> list[torch.Tensor]:
+    """Decode motion clip files for DualReal: ``[num_frames, H, W, 3]`` float 0..1 each.
+
+    ``clip_sampling="native"`` (the authors'): ``num_frames`` consecutive source frames from the start;
+    ``"fps"``: frames resampled to ``fps`` (see :class:`DualRealOptions` for the trade-off). A clip shorter
+    than ``num_frames`` is handled by ``short_policy`` (see :func:`dual_adapter.media.load_clip`); a still
+    (an image, a 1-frame video, identical frames) is refused: DualReal's motion phase would learn no motion.
+
+    Raises:
+        DualAdapterError: unknown ``clip_sampling``; unreadable clips (names the file).
+    """
+    from ..media import load_clip
+
+    if clip_sampling not in CLIP_SAMPLINGS:
+        raise DualAdapterError(f"clip_sampling={clip_sampling!r}: expected one of {CLIP_SAMPLINGS}")
+    rate = None if clip_sampling == "native" else float(fps)
+    return [load_clip(p, num_frames=int(num_frames), fps=rate, short_policy=short_policy, require_motion=True)[0]
+            for p in paths]
+
+
 def _as_photo(x, i: int) -> torch.Tensor:
     if not torch.is_tensor(x):
         raise DualAdapterError(f"subject photo {i} must be a tensor [H, W, 3], got {type(x).__name__}")
@@ -209,6 +260,7 @@ def prepare_dualreal_data(
     width: int | None = None,
     seed: int = 0,
     callback: Callable[[int, int, dict], None] | None = None,
+    latent_std: bool = True,
 ) -> DualRealData:
     """Encode everything training needs, once.
 
@@ -221,6 +273,7 @@ def prepare_dualreal_data(
         clip_references: precomputed ``[M, 1024]`` (one per clip), instead of an encoder.
         num_frames, height, width: default the model's training size.
         callback: ``callback(i, total, {"stage": "encode"})`` after each item (may raise to stop).
+        latent_std: also keep the VAE posterior's std (for a fresh posterior sample per step; default True).
 
     Returns:
         :class:`DualRealData` on the model's device.
@@ -242,9 +295,17 @@ def prepare_dualreal_data(
     clips = [_as_clip(x, i) for i, x in enumerate(motion_clips)]
     total = len(photos) + len(clips)
     done = 0
-    pl = []
+    pl, pstd, cstd = [], [], []
+
+    def enc(frames, std_list):
+        if not latent_std:
+            return encode_frames(bundle, frames)
+        mean, std = encode_frames(bundle, frames, return_std=True)
+        std_list.append(std)
+        return mean
+
     for p in photos:
-        pl.append(encode_frames(bundle, fit_frames(p[None], H, W)))  # [1, 1, C, h, w]
+        pl.append(enc(fit_frames(p[None], H, W), pstd))  # [1, 1, C, h, w]: the posterior mean (= mode)
         done += 1
         if callback:
             callback(done, total, {"stage": "encode"})
@@ -253,7 +314,7 @@ def prepare_dualreal_data(
         c = pad_or_trim_frames(c, F, "loop", name=f"motion clip {i}")
         c = fit_frames(c, H, W)
         fitted.append(c)
-        cl.append(encode_frames(bundle, c))  # [1, T, C, h, w]
+        cl.append(enc(c, cstd))  # [1, T, C, h, w]
         done += 1
         if callback:
             callback(done, total, {"stage": "encode"})
@@ -276,11 +337,19 @@ def prepare_dualreal_data(
     mo_e = encode_prompt(bundle, motion_prompt)
     return DualRealData(torch.cat(pl, 0), torch.cat(cl, 0), id_e, mo_e,
                         refs.to(bundle.device) if refs is not None else None, identity_prompt, motion_prompt,
-                        enc_name)
+                        enc_name, torch.cat(pstd, 0) if pstd else None, torch.cat(cstd, 0) if cstd else None)
 
 
 # --------------------------------------------------------------------------------------------
 # training
+
+
+NO_REFERENCE_WARNING = (
+    "DualReal is training WITHOUT reference-image embeddings: the motion adapters' W_cond stays untrained "
+    "(random) and the adapters will ignore any reference image at inference. The authors always train with "
+    "one. Give a CLIP ViT-H/14 image encoder: CLI --reference-encoder FOLDER (a transformers "
+    "CLIPVisionModelWithProjection folder, e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K); node: connect a "
+    "CLIP_VISION (clip_vision_h); library: reference_encoder= or clip_references=.")
 
 
 def _groups_for(options: DualRealOptions, transformer) -> int:
@@ -390,12 +459,26 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
     P = data.photo_latents.shape[0]
     M = data.clip_latents.shape[0]
     refs = data.clip_references
+    if refs is None:
+        log.warning(NO_REFERENCE_WARNING)
+    sample_latents = options.latent_sampling == "sample"
+    if sample_latents and (data.photo_latent_std is None or data.clip_latent_std is None):
+        log.info("DualReal: no VAE posterior std in the data; training on the given latents (posterior mode)")
+        sample_latents = False
+
+    def draw(mean: torch.Tensor, std: torch.Tensor | None, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The batch's latents: a fresh posterior sample ``mean + std * eps`` (authors) or the mode."""
+        x0 = mean[idx.to(mean.device)]
+        if not sample_latents:
+            return x0
+        eps = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(x0.device)
+        return (x0.float() + std[idx.to(std.device)].float() * eps).to(x0.dtype)
 
     def step_fn(step: int, g: torch.Generator):
         motion = bool(torch.rand((), generator=g) < options.motion_ratio)
         if motion:
             idx = torch.randint(0, M, (options.motion_batch,), generator=g)
-            x0 = data.clip_latents[idx.to(data.clip_latents.device)]
+            x0 = draw(data.clip_latents, data.clip_latent_std, idx, g)
             emb = data.motion_embeds
             c = None
             if refs is not None:
@@ -406,7 +489,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
             ctx.reference = c
         else:
             idx = torch.randint(0, P, (options.identity_batch,), generator=g)
-            x0 = data.photo_latents[idx.to(data.photo_latents.device)]
+            x0 = draw(data.photo_latents, data.photo_latent_std, idx, g)
             emb = data.identity_embeds
             ctx.reference = None
         loss = diffusion_loss(model, noise_sched, x0, emb, generator=g)
@@ -422,6 +505,9 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
     meta = {"base_fingerprint": config_fingerprint(transformer), "base_model": base_model,
             "identity_prompt": data.identity_prompt, "motion_prompt": data.motion_prompt,
             "reference_encoder": data.reference_encoder, "uses_reference": refs is not None,
+            # W_cond learns only in motion steps with a non-zero reference embedding
+            "w_cond_trained": refs is not None and options.motion_ratio > 0 and options.p_image_zero < 1,
+            "latent_sampling_used": "sample" if sample_latents else "mode",
             "options": asdict(options), "train": {k: (list(v) if isinstance(v, tuple) else v)
                                                   for k, v in asdict(train).items()}}
     if files:
@@ -506,7 +592,8 @@ def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motio
     data = prepare_dualreal_data(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                  reference_encoder=reference_encoder, clip_references=clip_references,
                                  num_frames=options.num_frames, height=options.height, width=options.width,
-                                 seed=train.seed, callback=callback)
+                                 seed=train.seed, callback=callback,
+                                 latent_std=options.latent_sampling == "sample")
     moved = {}
     if release and not bundle.cpu_offload and bundle.device != "cpu":
         for part in ("vae", "text_encoder"):
