@@ -83,7 +83,10 @@ def run_train(args) -> int:
     from .. import lora, media
     from ..training import write_loss_log
     from .generate import _TextProgress, load_bundle
+    from .unet import _is_unet, run_train_unet
 
+    if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
+        return run_train_unet(args)
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")
