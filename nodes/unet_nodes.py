@@ -279,11 +279,14 @@ class AnimateDiffPromptInfluence:
             "concept_prompt": ("STRING", {"default": "a photo of a tiger", "tooltip": "p* (e.g. 'A tiger')."}),
             "neutral_prompt": ("STRING", {"default": "a photo of a koala", "tooltip": "p (e.g. 'A koala')."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "0 = the model's."}),
+            "timesteps": ("INT", {"default": 3, "min": 1, "max": 20, "tooltip": "Noise levels averaged over, spread "
+                          "evenly in (0, 1000): 3 = t 750, 500, 250."}),
         }}
 
-    def run(self, model, concept_prompt, neutral_prompt, frames=0):
+    def run(self, model, concept_prompt, neutral_prompt, frames=0, timesteps=3):
         m = _model(model, kind="animatediff")
-        rows = CT.prompt_influence(m.bundle, concept_prompt, neutral_prompt, num_frames=frames or None)
+        ts = [int(1000 * (k + 1) / (int(timesteps) + 1)) for k in range(int(timesteps))][::-1]
+        rows = CT.prompt_influence(m.bundle, concept_prompt, neutral_prompt, timesteps=ts, num_frames=frames or None)
         text = "\n".join(f"layer {r['layer']} ({r['name']}): {r['influence']:.3f}" for r in rows)
         return {"ui": {"text": [text]}, "result": (text,)}
 
@@ -381,14 +384,20 @@ class AnimateDiffTTTMerge:
                                         "tooltip": "TTT learning rate (1e-6)."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Teacher video frames; 0 = the model's."}),
             "reference": (list(CT.REFERENCES), {"default": "x0_pred", "tooltip": "x0_pred = the teacher's x0 prediction "
-                          "at step 5 (default); z_f = its latent, re-noised only at t >= t_f."}),
+                          "at step f (default); z_f = its latent, re-noised only at t >= t_f."}),
+            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
+                              "runs before its reference is taken (5)."}),
+            "sampler_steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The DDIM schedule the teachers "
+                              "step through (25), at CFG 9."}),
             "optimizer": _CT_COMMON["optimizer"], "seed": _CT_COMMON["seed"]}}
 
     def merge(self, model, appearance_lora, motion_lora, appearance_prompt, motion_prompt, prompt, steps=30,
-              learning_rate=1e-6, frames=0, reference="x0_pred", optimizer="auto", seed=0):
+              learning_rate=1e-6, frames=0, reference="x0_pred", teacher_steps=5, sampler_steps=25, optimizer="auto",
+              seed=0):
         m = _model(model, kind="animatediff")
         cfg = CT.CustomTTTUNetConfig(ttt_steps=int(steps), ttt_lr=float(learning_rate), num_frames=frames or None,
-                                     reference=reference, optimizer=optimizer, seed=int(seed))
+                                     reference=reference, teacher_steps=int(teacher_steps),
+                                     sampler_steps=int(sampler_steps), optimizer=optimizer, seed=int(seed))
         with training_mode():
             merged, _, _ = CT.ttt_merge(m.bundle, _lora(appearance_lora, "appearance_lora"),
                                         _lora(motion_lora, "motion_lora"), appearance_prompt=appearance_prompt,

@@ -326,15 +326,15 @@ For real results: put the diffusers folder in `models/diffusers/` and pick it in
 def g_zeroscope_tap_ah(classes) -> Graph:
     g = Graph("zeroscope_tap_ah", classes)
     m = g.node("DualAdapterUNetVideoLoader", model="tiny-unet3d")
-    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=4, fps=8.0,
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
                   height=32, width=32)
     t = g.node("DualAdapterUNetTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
-               preset="tap", rank=4, steps=3, learning_rate=1e-3, seed=0, spatial_path=True, debiased_loss=True)
+               preset="tap", rank=4, steps=1, learning_rate=1e-3, seed=0, spatial_path=True, debiased_loss=True)
     g.node("DualAdapterUNetSaveLoRA", lora=t[0], filename_prefix="unet_lora/zeroscope_tap")
     a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=t[0], strength=1.0)
     ah = g.node("DualAdapterUNetApplyAH", model=a[0], enabled=True, freeu=True, s1=1.1, s2=1.0, b1=1.0, b2=1.0)
     s = g.node("DualAdapterUNetSampler", model=ah[0], prompt="a dog is playing guitar in the park", negative_prompt="",
-               frames=4, height=32, width=32, steps=3, cfg=12.0, seed=42, scheduler="ddim")
+               frames=2, height=32, width=32, steps=2, cfg=12.0, seed=42, scheduler="ddim")
     d = g.node("DualAdapterUNetVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/zeroscope_tap_ah", fps=8.0)
     g.note("TAP motion LoRA + AH on ZeroScope, as the SMA authors built it", UNET_NOTE + (
@@ -349,23 +349,23 @@ def g_animatediff_customttt(classes) -> Graph:
     g = Graph("animatediff_customttt", classes)
     m = g.node("DualAdapterUNetVideoLoader", model="tiny-animatediff")
     ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=32, width=32)
-    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=4, fps=8.0,
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
                   height=32, width=32)
     pi = g.node("DualAdapterAnimateDiffPromptInfluence", model=m[0], concept_prompt="a photo of a tiger",
-                neutral_prompt="a photo of a koala", frames=4)
+                neutral_prompt="a photo of a koala", frames=2, timesteps=1)
     g.node("PreviewAny", source=pi[0])
     ap = g.node("DualAdapterAnimateDiffTrainAppearanceLoRA", model=m[0], photos=ph[0], prompt="a photo of a sks dog",
-                layers="2,6", steps=2, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
+                layers="2,6", steps=1, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
     mo = g.node("DualAdapterAnimateDiffTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
-                layers="2,5", preset="full", steps=2, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
+                layers="2,5", preset="full", steps=1, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
     tt = g.node("DualAdapterAnimateDiffTTTMerge", model=m[0], appearance_lora=ap[0], motion_lora=mo[0],
                 appearance_prompt="a photo of a sks dog", motion_prompt="a person is playing guitar",
-                prompt="a sks dog is playing guitar", steps=2, learning_rate=1e-4, frames=4, reference="x0_pred",
-                optimizer="auto", seed=0)
+                prompt="a sks dog is playing guitar", steps=1, learning_rate=1e-4, frames=2, reference="x0_pred",
+                teacher_steps=1, sampler_steps=2, optimizer="auto", seed=0)
     g.node("DualAdapterUNetSaveLoRA", lora=tt[0], filename_prefix="unet_lora/customttt_merged")
     a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=tt[0], strength=1.0)
     s = g.node("DualAdapterUNetSampler", model=a[0], prompt="a sks dog is playing guitar", negative_prompt="",
-               frames=4, height=32, width=32, steps=3, cfg=9.0, seed=42, scheduler="ddim")
+               frames=2, height=32, width=32, steps=2, cfg=9.0, seed=42, scheduler="ddim")
     d = g.node("DualAdapterUNetVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/animatediff_customttt", fps=8.0)
     g.note("CustomTTT on AnimateDiff, as published", UNET_NOTE + (
