@@ -12,7 +12,7 @@ import torch
 from dual_adapter import customttt_unet as CT
 from dual_adapter import unet_motion as UM
 from dual_adapter import unet_sampling
-from dual_adapter.backbones import load_backbone
+from dual_adapter.backbones import kind_of, load_backbone
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import PatchedModel
 
@@ -64,11 +64,11 @@ class UNetVideoLoader:
             dt = None if dtype == "auto" else dtype
             dev = None if device == "auto" else device
             path = model if model in TINY else str(bridge.resolve("diffusers", model))
-            bb = load_backbone(path, dtype=dt, device=dev)
-            if bb.kind not in ("unet3d", "animatediff"):
-                raise DualAdapterError(f"model {model!r} is a {bb.family} model; load it with Load CogVideoX "
-                                       f"(models/CogVideo/)")
-            return (PatchedModel(bb),)
+            kind = kind_of(path, default=None) if model not in TINY else None
+            if kind == "cogvideox":
+                raise DualAdapterError(f"model {model!r} is a CogVideoX model; load it with Load CogVideoX from "
+                                       f"models/CogVideo/")
+            return (PatchedModel(load_backbone(path, dtype=dt, device=dev)),)
 
 
 class UNetSampler:

@@ -264,6 +264,22 @@ def test_customttt_on_tiny_animatediff_end_to_end(ad):
 # ------------------------------------------------------------------------------ workflows, CLI
 
 
+def test_loaders_list_unet_models_and_name_the_backbone_of_a_wrong_folder(out_dir, tmp_path):
+    from dual_adapter.commands.run import load_node_classes
+
+    models = tmp_path / "models"
+    for sub, cfg in (("diffusers/cog/transformer", "CogVideoXTransformer3DModel"), ("CogVideo/zs/unet", "UNet3DConditionModel")):
+        (models / sub).mkdir(parents=True)
+        (models / sub / "config.json").write_text(json.dumps({"_class_name": cfg}))
+    classes = load_node_classes()
+    loader = classes["DualAdapterUNetVideoLoader"]
+    assert loader.INPUT_TYPES()["required"]["model"][0] == ["tiny-unet3d", "tiny-animatediff", "cog"]
+    with pytest.raises(DualAdapterError, match="is a CogVideoX model"):
+        loader().load("cog")
+    with pytest.raises(DualAdapterError, match="ZeroScope / ModelScope T2V"):
+        classes["DualAdapterCogVideoXLoader"]().load("zs")
+
+
 @pytest.mark.parametrize("name", ["zeroscope_tap_ah", "animatediff_customttt"])
 def test_unet_workflows_run_headless(name, out_dir):
     from dual_adapter.commands.run import load_node_classes
