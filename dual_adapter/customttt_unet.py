@@ -56,6 +56,7 @@ __all__ = ["CustomTTTUNetConfig", "CustomTTTUNetResult", "parse_layers", "layer_
 APPEARANCE_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                       "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 REFERENCES = ("x0_pred", "z_f")
+_WARNED_NO_LION = False
 
 
 def parse_layers(text: str | Sequence[int]) -> list[int]:
@@ -93,12 +94,15 @@ def layer_names(backbone, layers: Sequence[int]) -> list[str]:
 def pick_optimizer(name: str) -> str:
     """``auto`` -> ``lion`` when ``lion-pytorch`` is installed (the authors' optimiser), else ``adamw`` with a
     logged message; ``lion`` without the package raises :class:`DualAdapterError`."""
+    global _WARNED_NO_LION
     have = importlib.util.find_spec("lion_pytorch") is not None
     if name == "auto":
         if have:
             return "lion"
-        log.warning("CustomTTT: lion-pytorch is not installed, so AdamW is used instead of the authors' Lion "
-                    "(pip install lion-pytorch to match the paper)")
+        if not _WARNED_NO_LION:
+            _WARNED_NO_LION = True
+            log.warning("CustomTTT: lion-pytorch is not installed, so AdamW is used instead of the authors' Lion "
+                        "(pip install lion-pytorch to match the paper)")
         return "adamw"
     if name == "lion" and not have:
         raise DualAdapterError("optimizer 'lion' needs the lion-pytorch package (pip install lion-pytorch); "

@@ -308,3 +308,20 @@ def test_cli_generate_with_ah_and_lora_on_tiny_unet3d(tmp_path, capsys):
     assert out.stat().st_size > 0 and "AH" in capsys.readouterr().out
     assert main(["generate", "--model", "tiny", "--prompt", "a dog", "--ah", "--steps", "1",
                  "--out", str(tmp_path / "x.gif"), "--quiet"]) == 2
+
+
+def test_customttt_optimizer_is_lion_when_installed_else_adamw_with_a_message(monkeypatch, caplog):
+    import importlib.util
+
+    from dual_adapter import customttt_unet as CT
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(CT, "_WARNED_NO_LION", False)
+    monkeypatch.setattr(CT.importlib.util, "find_spec", lambda n, *a: None if n == "lion_pytorch" else real(n, *a))
+    with caplog.at_level("WARNING"):
+        assert CT.pick_optimizer("auto") == "adamw"
+    assert "lion-pytorch is not installed" in caplog.text
+    with pytest.raises(DualAdapterError, match="lion-pytorch"):
+        CT.pick_optimizer("lion")
+    monkeypatch.setattr(CT.importlib.util, "find_spec", lambda n, *a: object() if n == "lion_pytorch" else real(n, *a))
+    assert CT.pick_optimizer("auto") == "lion" and CT.pick_optimizer("adamw") == "adamw"
