@@ -117,6 +117,8 @@ class UNetVideoBackbone(VideoBackbone):
     temporal_attr = "temp_attentions"
     #: text is repeated per frame by the caller (UNetMotionModel) or inside the model (UNet3D)
     repeat_text_per_frame = False
+    #: frames per VAE call (the 2D VAE works frame by frame; chunks bound its memory)
+    vae_chunk = 8
 
     def __init__(self, denoiser, vae, text_encoder, tokenizer, scheduler_config: dict, *, name: str,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, sample_size=(8, 32, 32),
@@ -280,10 +282,12 @@ class UNetVideoBackbone(VideoBackbone):
                                    f"multiples of {m} for this {self.family} model")
         dev = next(self.vae.parameters()).device
         vdt = next(self.vae.parameters()).dtype
-        x = frames.permute(0, 3, 1, 2).to(dev, vdt) * 2 - 1  # [F, 3, H, W]
-        dist = self.vae.encode(x).latent_dist
-        z = dist.sample(generator) if generator is not None else dist.mode()
-        z = z * self.vae.config.scaling_factor
+        zs = []
+        for i in range(0, frames.shape[0], self.vae_chunk):  # a few frames at a time: bounded VAE memory
+            x = frames[i: i + self.vae_chunk].permute(0, 3, 1, 2).to(dev, vdt) * 2 - 1  # [f, 3, H, W]
+            dist = self.vae.encode(x).latent_dist
+            zs.append(dist.sample(generator) if generator is not None else dist.mode())
+        z = torch.cat(zs, 0) * self.vae.config.scaling_factor
         return z.permute(1, 0, 2, 3).unsqueeze(0).to(self.device, self.dtype)
 
     @torch.no_grad()
@@ -297,7 +301,8 @@ class UNetVideoBackbone(VideoBackbone):
         out = []
         for b in range(latents.shape[0]):
             z = latents[b].permute(1, 0, 2, 3).to(dev, vdt) / self.vae.config.scaling_factor
-            x = self.vae.decode(z).sample  # [F, 3, H, W]
+            x = torch.cat([self.vae.decode(z[i: i + self.vae_chunk]).sample  # [f, 3, H, W]
+                           for i in range(0, z.shape[0], self.vae_chunk)], 0)
             out.append(((x.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu())
         return torch.stack(out, 0)
 
