@@ -53,6 +53,12 @@ class CogVideoXLoader:
             dev = "cpu" if device == "auto" else device
             return (PatchedModel(backbone.build_tiny(model, device=dev, dtype=dt or "fp32")),)
         path = bridge.resolve("CogVideo", model)
+        from dual_adapter.backbones import backbone_modules, identify_folder
+
+        kind = identify_folder(path)
+        if kind not in (None, "cogvideox"):  # a U-Net video model put in models/CogVideo/
+            raise DualAdapterError(f"model {model!r} is a {backbone_modules()[kind].FAMILY} model, not CogVideoX; "
+                                   f"put it in models/diffusers/ and use Load U-Net Video Model")
         dev = None if device == "auto" else device
         b = backbone.load_cogvideox(path, dtype=dt or "bf16", device=dev, vae_tiling=vae_tiling,
                                     vae_slicing=vae_slicing, cpu_offload=cpu_offload)

@@ -317,6 +317,72 @@ def g_dualreal_load(classes) -> Graph:
 BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora, g_customttt, g_dualreal_train, g_dualreal_load]
 
 
+# ---------------------------------------------------------------- U-Net backbones (nodes/unet_nodes.py)
+UNET_NOTE = """**Runs as shipped on a built-in tiny U-Net (random weights, CPU, seconds): it shows the graph works, not
+what the method can do.**
+
+For real results: put the diffusers folder in `models/diffusers/` and pick it in *Load U-Net Video Model*
+(`models/CogVideo/` stays for CogVideoX).
+"""
+
+
+def g_zeroscope_tap_ah(classes) -> Graph:
+    g = Graph("zeroscope_tap_ah", classes)
+    m = g.node("DualAdapterUNetVideoLoader", model="tiny-unet3d")
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
+                  height=32, width=32)
+    t = g.node("DualAdapterUNetTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
+               preset="tap", rank=4, steps=1, learning_rate=1e-3, seed=0, spatial_path=True, debiased_loss=True)
+    g.node("DualAdapterUNetSaveLoRA", lora=t[0], filename_prefix="unet_lora/zeroscope_tap")
+    a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=t[0], strength=1.0)
+    ah = g.node("DualAdapterUNetApplyAH", model=a[0], enabled=True, freeu=True, s1=1.1, s2=1.0, b1=1.0, b2=1.0)
+    s = g.node("DualAdapterUNetSampler", model=ah[0], prompt="a dog is playing guitar in the park", negative_prompt="",
+               frames=2, height=32, width=32, steps=2, cfg=12.0, seed=42, scheduler="ddim")
+    d = g.node("DualAdapterUNetVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/zeroscope_tap_ah", fps=8.0)
+    g.note("TAP motion LoRA + AH on ZeroScope, as the SMA authors built it", UNET_NOTE + (
+        "- the authors' setting: `zeroscope_v2_576w`, clip of 16 frames at 384 x 384, preset k_out (their code) or tap "
+        "(the paper's wording), rank 32, 1000 steps, learning rate 5e-4, spatial path and debiased loss on;\n"
+        "- inference: 30 DDIM steps, CFG 12; AH on (up block 1 takes its skips from the spatial attention of down "
+        "block 2, with the FreeU-style scaling s1 1.1); switch *enabled* off to compare with the plain model."))
+    return g
+
+
+def g_animatediff_customttt(classes) -> Graph:
+    g = Graph("animatediff_customttt", classes)
+    m = g.node("DualAdapterUNetVideoLoader", model="tiny-animatediff")
+    ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=32, width=32)
+    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
+                  height=32, width=32)
+    pi = g.node("DualAdapterAnimateDiffPromptInfluence", model=m[0], concept_prompt="a photo of a tiger",
+                neutral_prompt="a photo of a koala", frames=2, timesteps=1)
+    g.node("PreviewAny", source=pi[0])
+    ap = g.node("DualAdapterAnimateDiffTrainAppearanceLoRA", model=m[0], photos=ph[0], prompt="a photo of a sks dog",
+                layers="2,6", steps=1, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
+    mo = g.node("DualAdapterAnimateDiffTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
+                layers="2,5", preset="full", steps=1, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
+    tt = g.node("DualAdapterAnimateDiffTTTMerge", model=m[0], appearance_lora=ap[0], motion_lora=mo[0],
+                appearance_prompt="a photo of a sks dog", motion_prompt="a person is playing guitar",
+                prompt="a sks dog is playing guitar", steps=1, learning_rate=1e-4, frames=2, reference="x0_pred",
+                teacher_steps=1, sampler_steps=2, optimizer="auto", seed=0)
+    g.node("DualAdapterUNetSaveLoRA", lora=tt[0], filename_prefix="unet_lora/customttt_merged")
+    a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=tt[0], strength=1.0)
+    s = g.node("DualAdapterUNetSampler", model=a[0], prompt="a sks dog is playing guitar", negative_prompt="",
+               frames=2, height=32, width=32, steps=2, cfg=9.0, seed=42, scheduler="ddim")
+    d = g.node("DualAdapterUNetVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/animatediff_customttt", fps=8.0)
+    g.note("CustomTTT on AnimateDiff, as published", UNET_NOTE + (
+        "- the authors' setting: rank 32; appearance LoRA on layers 2,6 (lr 1e-5, 500 steps, motion modules off), "
+        "motion LoRA on layers 2,5 (lr 5e-5, 500 steps), Lion (installed: lion-pytorch) betas 0.9/0.99 wd 0.1; "
+        "TTT lr 1e-6 x 30 steps with teachers at 5 of 25 DDIM steps; sampling 25 DDIM steps, CFG 9;\n"
+        "- a layer is a U-Net block where text enters (0-based): 2 = down_blocks.2, 5 = up_blocks.2, 6 = up_blocks.3; "
+        "*Prompt Influence* shows each layer's share."))
+    return g
+
+
+BUILDERS += [g_zeroscope_tap_ah, g_animatediff_customttt]
+
+
 def build_all(classes=None) -> list[Graph]:
     classes = classes or node_classes()
     graphs = []

@@ -34,7 +34,8 @@ def _patch_providers():
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload."""
     p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', or a "
-                   "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
+                   "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/); "
+                   "U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
@@ -95,6 +96,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from .. import backbone, media, sampling
 
+    from .unet import _is_unet, run_generate_unet
+
+    if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
+        return run_generate_unet(args)
     out = Path(args.out)
     if out.exists():
         raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")

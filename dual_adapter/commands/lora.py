@@ -110,7 +110,10 @@ def run_train(args) -> int:
     from ..training import check_run_files, write_loss_log
     from .dualreal import _validate_cli
     from .generate import load_bundle, preflight
+    from .unet import _is_unet, run_train_unet
 
+    if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
+        return run_train_unet(args)
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")

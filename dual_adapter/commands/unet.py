@@ -1,0 +1,222 @@
+"""U-Net backbones on the command line (ZeroScope/ModelScope UNet3D, AnimateDiff).
+
+``generate`` and ``train-lora`` hand over to :func:`run_generate_unet` / :func:`run_train_unet`
+when ``--model`` is a U-Net (``tiny-unet3d``, ``tiny-animatediff`` or such a folder); this module
+adds ``generate --ah`` (the SMA authors' appearance highway, UNet3D only) and the
+``customttt-animatediff`` command (CustomTTT as published, METHODS.md section 3).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import DualAdapterError
+
+
+def _is_unet(args) -> bool:
+    from ..backbones import kind_of
+
+    return kind_of(args.model) in ("unet3d", "animatediff")
+
+
+def _freeu(text: str):
+    if str(text).lower() in ("none", "off", ""):
+        return None
+    try:
+        vals = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4:
+        raise DualAdapterError(f"--ah-freeu {text!r}: expected S1,S2,B1,B2 (e.g. 1.1,1,1,1) or 'none'")
+    return vals
+
+
+# -------------------------------------------------------------------------------- generate hooks
+
+
+def add_generate_options(parser: argparse.ArgumentParser) -> None:
+    """``generate --ah`` / ``--ah-freeu`` (U-Net backbones)."""
+    parser.add_argument("--ah", action="store_true",
+                        help="appearance highway (SMA authors' inference: up block 1 takes its skips from the "
+                             "spatial-attention outputs of down block 2); ZeroScope/ModelScope UNet3D only")
+    parser.add_argument("--ah-freeu", default="1.1,1,1,1", metavar="S1,S2,B1,B2",
+                        help="the FreeU-style scaling the authors' AH inference applies (default 1.1,1,1,1 as "
+                             "their infer.py); 'none' = skip relocation only")
+
+
+def generate_patches(args, bundle) -> list:
+    """On CogVideoX, ``--ah`` is an error (no U-Net skips); U-Net runs build their patches themselves."""
+    if getattr(args, "ah", False):
+        raise DualAdapterError("--ah needs a U-Net with skip connections (--model tiny-unet3d or a ZeroScope / "
+                               "ModelScope folder); CogVideoX has none, and no CogVideoX AH is made up")
+    return []
+
+
+def load_unet(args):
+    from ..backbones import load_backbone
+
+    return load_backbone(args.model, dtype=args.dtype, device=args.device)
+
+
+def run_generate_unet(args) -> int:
+    """``generate`` on a U-Net backbone: prompt (+ ``--lora`` motion LoRAs, ``--ah``) -> video file."""
+    from .. import media, unet_motion, unet_sampling
+    from ..lora import parse_lora_arg
+    from .generate import _TextProgress
+
+    out = Path(args.out)
+    if out.exists():
+        raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
+    if out.suffix.lower() not in (".mp4", ".gif", ".webp"):
+        raise DualAdapterError(f"--out {str(out)!r}: expected a .mp4, .gif or .webp file name")
+    bb = load_unet(args)
+    patches = []
+    for item in getattr(args, "lora", None) or []:
+        path, strength = parse_lora_arg(item)
+        lf = unet_motion.load_unet_lora(path, bb)
+        patches.append(unet_motion.UNetLoraPatch(lf, strength, name=Path(path).stem))
+    if getattr(args, "ah", False):
+        if bb.kind != "unet3d":
+            raise DualAdapterError(f"--ah: the authors' AH is defined on the UNet3D (ZeroScope/ModelScope); "
+                                   f"{bb.name!r} is {bb.family}")
+        patches.append(unet_motion.AppearanceHighway(freeu=_freeu(args.ah_freeu)))
+    pos = bb.encode_prompt(args.prompt)
+    neg = bb.encode_prompt(args.negative_prompt)
+    sched = "ddim" if args.scheduler not in ("ddim", "dpm") else args.scheduler
+    lat = unet_sampling.sample(bb, pos, neg, num_frames=args.frames, height=args.height, width=args.width,
+                               steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=sched, patches=patches,
+                               callback=_TextProgress("sampling", args.quiet))
+    frames = bb.decode_latents(lat)[0]
+    path = media.write_video(frames, out, fps=args.fps)
+    print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}; {bb.family}"
+          f"{', AH' if getattr(args, 'ah', False) else ''})")
+    return 0
+
+
+def run_train_unet(args) -> int:
+    """``train-lora`` on a U-Net backbone: MotionDirector-style TAP motion LoRA (METHODS.md section 2)."""
+    from .. import media, unet_motion
+    from ..training import write_loss_log
+    from .generate import _TextProgress
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".safetensors":
+        raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")
+    stem = out.with_suffix("")
+    losses_path, ckpt = Path(f"{stem}.losses.jsonl"), Path(f"{stem}.ckpt.safetensors")
+    spatial_out = Path(f"{stem}.spatial.safetensors")
+    for p in (out, losses_path):
+        if p.exists():
+            raise DualAdapterError(f"{str(p)!r} already exists; choose another --out")
+    if not args.motion:
+        raise DualAdapterError("give at least one --motion CLIP (a U-Net motion LoRA trains on clips)")
+    if args.images:
+        raise DualAdapterError("--subject: appearance LoRAs on U-Nets are trained by customttt-animatediff")
+    if args.targets or args.blocks:
+        raise DualAdapterError("--targets / --blocks are CogVideoX options; on a U-Net choose --preset "
+                               "(tap, k_out, full) for the temporal attentions")
+    bb = load_unet(args)
+    f0, h0, w0 = bb.default_size
+    n, h, w = args.frames or f0, args.height or h0, args.width or w0
+    bb.check_video_size(n, h, w)
+    clips = [media.fit_frames(media.load_clip(c, num_frames=n, fps=args.fps, start_s=args.start,
+                                              short_policy="loop")[0], h, w) for c in args.motion]
+    cfg = unet_motion.UNetMotionTrainConfig(
+        preset=args.preset, rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr,
+        weight_decay=args.weight_decay, steps=args.steps, seed=args.seed, spatial_path=args.spatial_path,
+        debiased_loss=args.debiased_loss, optimizer="adamw" if args.optimizer == "adamw8bit" else args.optimizer,
+        gradient_checkpointing=not args.no_gradient_checkpointing and bb.device != "cpu",
+        checkpoint_every=args.checkpoint_every)
+
+    def keep(lf, step):
+        unet_motion.save_unet_lora(lf, ckpt, overwrite=True)
+
+    motion, spatial, losses = unet_motion.train_unet_motion_lora(
+        bb, clips, args.prompt, cfg, callback=_TextProgress("train-lora", args.quiet), on_checkpoint=keep)
+    motion.metadata.update(prompt=args.prompt, clip_files=[Path(c).name for c in args.motion])
+    path = unet_motion.save_unet_lora(motion, out, dtype=args.save_dtype)
+    if spatial is not None:
+        unet_motion.save_unet_lora(spatial, spatial_out, dtype=args.save_dtype)
+    write_loss_log(losses, losses_path)
+    if ckpt.exists():
+        ckpt.unlink()
+    last = losses[-1]["loss"] if losses else float("nan")
+    print(f"wrote {path} ({bb.family}; preset {args.preset}, rank {args.rank}, {len(motion.modules)} modules; "
+          f"{len(losses)} steps, last loss {last:.4f}) and {losses_path}", file=sys.stdout)
+    return 0
+
+
+def register(sub) -> None:
+    from .generate import add_model_options
+
+    p = sub.add_parser("customttt-animatediff",
+                       help="CustomTTT as published, on AnimateDiff: layer-selective LoRAs + TTT merge",
+                       description="CustomTTT (METHODS.md section 3) on an AnimateDiff U-Net: appearance LoRA "
+                                   "on layers {2, 6} trained on photos without the motion modules, motion LoRA "
+                                   "on layers {2, 5} trained on clips, then the test-time-training merge; "
+                                   "writes the merged LoRA and a video.")
+    add_model_options(p)
+    p.set_defaults(model="tiny-animatediff")
+    p.add_argument("--subject", nargs="+", required=True, metavar="PHOTO_OR_DIR", help="subject photos")
+    p.add_argument("--motion", nargs="+", required=True, metavar="CLIP", help="motion clip(s)")
+    p.add_argument("--appearance-prompt", required=True, help="e.g. 'a photo of a sks dog'")
+    p.add_argument("--motion-prompt", required=True, help="e.g. 'a person is playing guitar'")
+    p.add_argument("--prompt", required=True, help="the combined prompt, e.g. 'a sks dog is playing guitar'")
+    p.add_argument("--appearance-layers", default="2,6", help="appearance LoRA layers (default 2,6)")
+    p.add_argument("--motion-layers", default="2,5", help="motion LoRA layers (default 2,5)")
+    p.add_argument("--appearance-steps", type=int, default=500, help="default 500 (authors)")
+    p.add_argument("--motion-steps", type=int, default=500, help="default 500 (authors)")
+    p.add_argument("--ttt-steps", type=int, default=30, help="default 30 (authors)")
+    p.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32)")
+    p.add_argument("--optimizer", default="auto", choices=["auto", "lion", "adamw"],
+                   help="auto = Lion when lion-pytorch is installed (the authors'), else AdamW")
+    p.add_argument("--frames", type=int, default=None, help="frames (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
+    p.add_argument("--fps", type=float, default=8.0, help="clip sampling rate and output frame rate (default 8)")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25, authors)")
+    p.add_argument("--cfg", type=float, default=9.0, help="guidance (default 9, authors)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--out", required=True, help="merged LoRA .safetensors (never overwritten); the video goes to "
+                   "<out>.mp4")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_customttt)
+
+
+def run_customttt(args) -> int:
+    from .. import customttt_unet as ct
+    from .. import media, unet_motion, unet_sampling
+    from .generate import _TextProgress
+
+    out = Path(args.out)
+    video = out.with_suffix(".mp4")
+    if out.suffix.lower() != ".safetensors":
+        raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")
+    for p in (out, video):
+        if p.exists():
+            raise DualAdapterError(f"{str(p)!r} already exists; choose another --out")
+    bb = load_unet(args)
+    if bb.kind != "animatediff":
+        raise DualAdapterError(f"customttt-animatediff needs an AnimateDiff model; {args.model!r} is {bb.family}")
+    f0, h0, w0 = bb.default_size
+    n, h, w = args.frames or f0, args.height or h0, args.width or w0
+    bb.check_video_size(n, h, w)
+    photos = [media.fit_frames(p.unsqueeze(0), h, w)[0] for p in media.load_images(args.subject)]
+    clips = [media.fit_frames(media.load_clip(c, num_frames=n, fps=args.fps, short_policy="loop")[0], h, w)
+             for c in args.motion]
+    cfg = ct.CustomTTTUNetConfig(appearance_layers=ct.parse_layers(args.appearance_layers),
+                                 motion_layers=ct.parse_layers(args.motion_layers), rank=args.rank,
+                                 appearance_steps=args.appearance_steps, motion_steps=args.motion_steps,
+                                 ttt_steps=args.ttt_steps, optimizer=args.optimizer, seed=args.seed,
+                                 num_frames=n, height=h, width=w)
+    res = ct.run_customttt(bb, photos, clips, appearance_prompt=args.appearance_prompt,
+                           motion_prompt=args.motion_prompt, prompt=args.prompt, config=cfg,
+                           callback=_TextProgress("customttt", args.quiet))
+    unet_motion.save_unet_lora(res.merged, out)
+    lat = unet_sampling.sample(bb, bb.encode_prompt(args.prompt), None, num_frames=n, height=h, width=w,
+                               steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler="ddim",
+                               patches=[unet_motion.UNetLoraPatch(res.merged)])
+    media.write_video(bb.decode_latents(lat)[0], video, fps=args.fps)
+    print(f"wrote {out} (merged LoRA, {len(res.merged.modules)} modules; optimizer {res.optimizer}) and {video}")
+    return 0

@@ -1,0 +1,446 @@
+"""CustomTTT as its authors describe it, on AnimateDiff (METHODS.md section 3).
+
+CustomTTT (Bi et al., 2025; no code released) on an AnimateDiff U-Net:
+
+1. **Prompt influence** (:func:`prompt_influence`): inject the concept prompt ``p*`` at one U-Net
+   layer only (every other layer gets the neutral prompt ``p``) and measure how far that alone moves
+   the noise prediction from the all-``p`` one toward the all-``p*`` one. The project page
+   (customttt.github.io) states the finding this way: "text embedding injection solely at layers 2
+   and 6 achieves comparable results to full-layer injection" (appearance).
+2. **Layer-selective LoRAs**: an appearance LoRA on layers {2, 6} trained on the subject photos as
+   1-frame videos *without the motion modules*; a motion LoRA on layers {2, 5} trained on clips, on
+   the motion modules of those layers. Rank 32, dropout 0.1; Lion, betas (0.9, 0.99), wd 0.1;
+   appearance lr 1e-5 x 500 steps, motion lr 5e-5 x 500 steps (supplementary material).
+3. **TTT merge** (:func:`ttt_merge`): appearance teacher = base + appearance LoRA with the
+   appearance prompt, motion teacher = base + motion LoRA with the motion prompt; each denoises
+   f = 5 of 25 DDIM steps (CFG 9) from Gaussian noise; the student = base + both LoRAs (all LoRA
+   weights trainable, lr 1e-6 x 30 steps) is trained under the combined prompt on the denoising loss
+   toward each teacher's reference, ``L = L_appearance + L_motion``. Output: one merged LoRA.
+
+This project's readings where the paper leaves a choice open (each a named option with a default):
+
+* **"layer"** = a U-Net block where text enters (``backbone.text_layers()``), 0-based in forward
+  order; on SD1.5 these are 7: ``down_blocks.0, .1, .2, mid_block, up_blocks.1, .2, .3``. So
+  appearance {2, 6} = ``down_blocks.2`` + ``up_blocks.3``, motion {2, 5} = ``down_blocks.2`` +
+  ``up_blocks.2``. The appearance LoRA sits on the spatial transformers' attention projections
+  (``attn1``/``attn2`` q, k, v, out) of those blocks; the motion LoRA on the motion modules' attention
+  of those blocks (preset ``full``; ``tap`` allowed).
+* **reference** = the teacher's x0 prediction at step f (``"x0_pred"``, default), or its latent
+  ``z_f`` (``"z_f"``, then re-noised only at ``t >= t_f``): after 5 of 25 steps ``z_f`` is mostly noise.
+* **re-noising** = t ~ U[0, 1000) for ``x0_pred`` references; references are computed once
+  (``regenerate_references=False``); loss weights 1 and 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import DualAdapterError
+from .unet_motion import UNET_LORA_FORMAT, UNetLora, UNetLoraPatch, adapter_state, motion_lora_targets, \
+    spatial_lora_targets
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CustomTTTUNetConfig", "CustomTTTUNetResult", "parse_layers", "layer_names", "prompt_influence",
+           "without_motion_modules", "train_appearance_lora", "train_motion_lora", "ttt_merge", "run_customttt",
+           "APPEARANCE_TARGETS", "pick_optimizer"]
+
+#: appearance LoRA targets inside each spatial transformer block of the chosen layers
+APPEARANCE_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                      "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+REFERENCES = ("x0_pred", "z_f")
+_WARNED_NO_LION = False
+
+
+def parse_layers(text: str | Sequence[int]) -> list[int]:
+    """``"2,6"`` or ``[2, 6]`` -> ``[2, 6]``.
+
+    Raises:
+        DualAdapterError: not a comma-separated list of integers.
+    """
+    if isinstance(text, str):
+        try:
+            vals = [int(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise DualAdapterError(f"layers {text!r}: expected comma-separated layer numbers, e.g. '2,6'") from None
+    else:
+        vals = [int(v) for v in text]
+    if not vals:
+        raise DualAdapterError(f"layers {text!r}: give at least one layer")
+    return vals
+
+
+def layer_names(backbone, layers: Sequence[int]) -> list[str]:
+    """Module names of CustomTTT layers ``layers`` (indices into ``backbone.text_layers()``).
+
+    Raises:
+        DualAdapterError: an index out of range (the message lists the model's layers).
+    """
+    tl = backbone.text_layers()
+    bad = [i for i in layers if not 0 <= int(i) < len(tl)]
+    if bad:
+        raise DualAdapterError(f"layers {bad} out of range: this model has {len(tl)} text layers "
+                               f"({', '.join(f'{i}={b.name}' for i, b in enumerate(tl))})")
+    return [tl[int(i)].name for i in layers]
+
+
+def pick_optimizer(name: str) -> str:
+    """``auto`` -> ``lion`` when ``lion-pytorch`` is installed (the authors' optimiser), else ``adamw`` with a
+    logged message; ``lion`` without the package raises :class:`DualAdapterError`."""
+    global _WARNED_NO_LION
+    have = importlib.util.find_spec("lion_pytorch") is not None
+    if name == "auto":
+        if have:
+            return "lion"
+        if not _WARNED_NO_LION:
+            _WARNED_NO_LION = True
+            log.warning("CustomTTT: lion-pytorch is not installed, so AdamW is used instead of the authors' Lion "
+                        "(pip install lion-pytorch to match the paper)")
+        return "adamw"
+    if name == "lion" and not have:
+        raise DualAdapterError("optimizer 'lion' needs the lion-pytorch package (pip install lion-pytorch); "
+                               "or use 'auto' / 'adamw'")
+    if name not in ("lion", "adamw"):
+        raise DualAdapterError(f"optimizer {name!r}: expected auto, lion or adamw")
+    return name
+
+
+@dataclass
+class CustomTTTUNetConfig:
+    """CustomTTT settings; defaults are the authors' (supplementary material) unless noted in the module doc."""
+
+    appearance_layers: list[int] = field(default_factory=lambda: [2, 6])
+    motion_layers: list[int] = field(default_factory=lambda: [2, 5])
+    motion_preset: str = "full"
+    rank: int = 32
+    dropout: float = 0.1
+    optimizer: str = "auto"
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.1
+    appearance_lr: float = 1e-5
+    appearance_steps: int = 500
+    motion_lr: float = 5e-5
+    motion_steps: int = 500
+    ttt_lr: float = 1e-6
+    ttt_steps: int = 30
+    sampler_steps: int = 25
+    cfg: float = 9.0
+    teacher_steps: int = 5
+    reference: str = "x0_pred"
+    weight_appearance: float = 1.0
+    weight_motion: float = 1.0
+    seed: int = 0
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+
+    def validate(self):
+        if self.reference not in REFERENCES:
+            raise DualAdapterError(f"reference={self.reference!r}: expected one of {REFERENCES}")
+        if not 1 <= int(self.teacher_steps) <= int(self.sampler_steps):
+            raise DualAdapterError(f"teacher_steps={self.teacher_steps}: must be in 1..sampler_steps "
+                                   f"({self.sampler_steps})")
+        for k in ("appearance_steps", "motion_steps", "ttt_steps"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise DualAdapterError(f"{k}={v!r}: must be an integer >= 0")
+
+
+@dataclass
+class CustomTTTUNetResult:
+    appearance: UNetLora
+    motion: UNetLora
+    merged: UNetLora
+    optimizer: str
+    losses: dict = field(default_factory=dict)
+
+
+def _check_animatediff(backbone):
+    from .backbones import as_backbone
+
+    bb = as_backbone(backbone)
+    if bb.kind != "animatediff":
+        raise DualAdapterError(f"CustomTTT as published runs on AnimateDiff; {bb.name!r} is {bb.family} "
+                               f"(the CogVideoX port is dual_adapter.customttt)")
+    return bb
+
+
+@contextlib.contextmanager
+def without_motion_modules(backbone, denoiser: nn.Module):
+    """Run ``denoiser`` as the image U-Net: every motion module passes its input through unchanged."""
+    handles = []
+    for m in backbone.temporal_containers(denoiser).values():
+        handles.append(m.register_forward_hook(lambda mod, args, kwargs, out: args[0] if args else
+                                               kwargs["hidden_states"], with_kwargs=True))
+    try:
+        yield denoiser
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _text_per_layer(backbone, denoiser, per_layer: dict[str, torch.Tensor]):
+    """Replace the text a block reads (``encoder_hidden_states``) by ``per_layer[block_name]``."""
+    handles = []
+    for name, emb in per_layer.items():
+        blk = denoiser.get_submodule(name)
+
+        def pre(mod, args, kwargs, emb=emb):
+            if kwargs.get("encoder_hidden_states") is None:
+                return None
+            kw = dict(kwargs)
+            cur = kw["encoder_hidden_states"]
+            kw["encoder_hidden_states"] = emb.to(cur.dtype).repeat_interleave(cur.shape[0] // emb.shape[0], 0)
+            return args, kw
+
+        handles.append(blk.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def prompt_influence(backbone, concept_prompt: str, neutral_prompt: str, *, timesteps: Sequence[int] = (800, 500, 200),
+                     seeds: Sequence[int] = (0,), num_frames: int | None = None, height: int | None = None,
+                     width: int | None = None) -> list[dict]:
+    """How much each U-Net text layer alone moves the prediction toward the concept prompt.
+
+    For layer i: ``e_i`` = eps with ``p*`` at layer i and ``p`` elsewhere; ``e_p`` / ``e_*`` = all ``p`` / all
+    ``p*``. Influence ``= 1 - |e_i - e_*| / |e_p - e_*|`` (1: layer i alone gives the full concept;
+    0: no effect), averaged over ``timesteps`` x ``seeds`` on random latents.
+
+    Returns:
+        One dict per layer ``{"layer", "name", "influence"}``, in layer order.
+    """
+    bb = backbone
+    f0, h0, w0 = bb.default_size
+    n, h, w = num_frames or f0, height or h0, width or w0
+    bb.check_video_size(n, h, w)
+    pc, pn = bb.encode_prompt(concept_prompt), bb.encode_prompt(neutral_prompt)
+    layers = bb.text_layers()
+    sums = [0.0] * len(layers)
+    count = 0
+    s = bb.vae_scale
+    for seed in seeds:
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        x = torch.randn((1, bb.latent_channels, n, h // s, w // s), generator=g).to(bb.device, bb.dtype)
+        for t in timesteps:
+            tt = torch.tensor([int(t)], device=bb.device)
+            e_star = bb.predict(x, tt, pc).float()
+            e_p = bb.predict(x, tt, pn).float()
+            denom = (e_p - e_star).norm().clamp_min(1e-12)
+            for i, lay in enumerate(layers):
+                with _text_per_layer(bb, bb.denoiser, {lay.name: pc}):
+                    e_i = bb.predict(x, tt, pn).float()
+                sums[i] += float(1 - (e_i - e_star).norm() / denom)
+            count += 1
+    return [{"layer": i, "name": lay.name, "influence": sums[i] / count} for i, lay in enumerate(layers)]
+
+
+def _train(bb, model, params, step_fn, *, lr, steps, cfg: CustomTTTUNetConfig, optimizer: str, callback, label,
+           seed_offset=0):
+    from .training import TrainConfig, train_loop
+
+    tc = TrainConfig(steps=int(steps), lr=float(lr), betas=tuple(cfg.betas), weight_decay=float(cfg.weight_decay),
+                     optimizer=optimizer, lr_schedule="constant", warmup_steps=0, grad_clip=0.0,
+                     mixed_precision="fp32" if bb.device == "cpu" else "auto", gradient_checkpointing=False,
+                     seed=int(cfg.seed) + seed_offset, checkpoint_every=0)
+
+    def cb(k, n, info):
+        if callback is not None:
+            callback(k, n, dict(info, stage=label))
+
+    return train_loop([{"params": params}], step_fn, tc, device_type=str(bb.device).split(":")[0], callback=cb)
+
+
+def _lora_meta(bb, role, layers, cfg, **extra):
+    return {"format": UNET_LORA_FORMAT, "backbone": bb.kind, "base_model": bb.name, "role": role,
+            "method": "CustomTTT", "layers": list(layers), "rank": cfg.rank, **extra}
+
+
+def train_appearance_lora(backbone, photos: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
+                          *, callback=None) -> tuple[UNetLora, list[dict]]:
+    """Appearance LoRA on the appearance layers, trained on photos ``[H, W, 3]`` (0..1) as 1-frame videos with
+    the motion modules bypassed. Returns ``(lora, losses)``."""
+    from .lora import LoraSpec, inject_lora
+    from .patches import shallow_copy_module
+
+    bb = _check_animatediff(backbone)
+    cfg = config or CustomTTTUNetConfig()
+    cfg.validate()
+    if not photos:
+        raise DualAdapterError("photos: at least one subject photo is needed")
+    opt = pick_optimizer(cfg.optimizer)
+    lat = []
+    for i, p in enumerate(photos):
+        if not torch.is_tensor(p) or p.ndim != 3 or p.shape[-1] != 3:
+            raise DualAdapterError(f"photo {i}: expected [H, W, 3] in 0..1")
+        bb.check_video_size(1, int(p.shape[0]), int(p.shape[1]))
+        lat.append(bb.encode_frames(p.unsqueeze(0).float()).float())
+    text = bb.encode_prompt(prompt)
+    model = shallow_copy_module(bb.denoiser).train()
+    names = spatial_lora_targets(bb, layer_names(bb, cfg.appearance_layers), APPEARANCE_TARGETS, denoiser=model)
+    params = inject_lora(model, LoraSpec(rank=cfg.rank, alpha=float(cfg.rank), dropout=cfg.dropout, targets=["to_k"]),
+                         "appearance", target_names=names)
+    sched = bb.noise_scheduler()
+
+    def step_fn(k, g):
+        x0 = lat[int(torch.randint(len(lat), (1,), generator=g))]
+        t = torch.randint(0, int(sched.config.num_train_timesteps), (1,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        with without_motion_modules(bb, model):
+            pred = bb.predict(xt.to(bb.device), t.to(bb.device), text, denoiser=model).float()
+        return torch.nn.functional.mse_loss(pred, bb.training_target(x0, noise, t).to(bb.device)), {}
+
+    res = _train(bb, model, params, step_fn, lr=cfg.appearance_lr, steps=cfg.appearance_steps, cfg=cfg,
+                 optimizer=opt, callback=callback, label="appearance")
+    lf = UNetLora(adapter_state(model, "appearance"), _lora_meta(bb, "appearance", cfg.appearance_layers, cfg,
+                                                                  prompt=prompt, optimizer=res.optimizer_name),
+                  name="appearance_lora")
+    return lf, res.losses
+
+
+def train_motion_lora(backbone, clips: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
+                      *, callback=None) -> tuple[UNetLora, list[dict]]:
+    """Motion LoRA on the motion modules of the motion layers, trained on clips ``[F, H, W, 3]`` (0..1)."""
+    from .lora import LoraSpec, inject_lora
+    from .patches import shallow_copy_module
+
+    bb = _check_animatediff(backbone)
+    cfg = config or CustomTTTUNetConfig()
+    cfg.validate()
+    if not clips:
+        raise DualAdapterError("clips: at least one motion clip is needed")
+    opt = pick_optimizer(cfg.optimizer)
+    lat = []
+    for i, c in enumerate(clips):
+        if not torch.is_tensor(c) or c.ndim != 4 or c.shape[-1] != 3:
+            raise DualAdapterError(f"clip {i}: expected [F, H, W, 3] in 0..1")
+        bb.check_video_size(int(c.shape[0]), int(c.shape[1]), int(c.shape[2]))
+        lat.append(bb.encode_frames(c.float()).float())
+    text = bb.encode_prompt(prompt)
+    model = shallow_copy_module(bb.denoiser).train()
+    names = motion_lora_targets(bb, cfg.motion_preset, layer_names(bb, cfg.motion_layers), denoiser=model)
+    params = inject_lora(model, LoraSpec(rank=cfg.rank, alpha=float(cfg.rank), dropout=cfg.dropout, targets=["to_k"]),
+                         "motion", target_names=names)
+    sched = bb.noise_scheduler()
+
+    def step_fn(k, g):
+        x0 = lat[int(torch.randint(len(lat), (1,), generator=g))]
+        t = torch.randint(0, int(sched.config.num_train_timesteps), (1,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        pred = bb.predict(xt.to(bb.device), t.to(bb.device), text, denoiser=model).float()
+        return torch.nn.functional.mse_loss(pred, bb.training_target(x0, noise, t).to(bb.device)), {}
+
+    res = _train(bb, model, params, step_fn, lr=cfg.motion_lr, steps=cfg.motion_steps, cfg=cfg, optimizer=opt,
+                 callback=callback, label="motion", seed_offset=1)
+    lf = UNetLora(adapter_state(model, "motion"), _lora_meta(bb, "motion", cfg.motion_layers, cfg, prompt=prompt,
+                                                              preset=cfg.motion_preset, optimizer=res.optimizer_name),
+                  name="motion_lora")
+    return lf, res.losses
+
+
+@torch.no_grad()
+def teacher_reference(bb, lora: UNetLora, prompt: str, cfg: CustomTTTUNetConfig, seed: int) -> tuple[torch.Tensor, int]:
+    """Denoise ``teacher_steps`` of ``sampler_steps`` DDIM steps (CFG ``cfg.cfg``) with base + ``lora`` from noise.
+
+    Returns ``(reference [1, C, F, h, w], t_f)``: the x0 prediction at step f (``x0_pred``) or ``z_f``.
+    """
+    from .unet_sampling import sample
+
+    f0, h0, w0 = bb.default_size
+    n, h, w = cfg.num_frames or f0, cfg.height or h0, cfg.width or w0
+    sched = bb.make_scheduler("ddim")
+    sched.set_timesteps(cfg.sampler_steps)
+    ac = sched.alphas_cumprod
+    seen = {}
+    s = bb.vae_scale
+    x = torch.randn((1, bb.latent_channels, n, h // s, w // s), generator=torch.Generator("cpu").manual_seed(seed))
+    seen["prev"] = x * sched.init_noise_sigma
+
+    def cb(i, total, info):
+        if i == total:
+            t = int(info["timestep"])
+            a = ac[t].to(torch.float32)
+            seen["x0"] = (seen["prev"].float() - (1 - a).sqrt() * info["eps"]) / a.sqrt()
+            seen["t"] = t
+        seen["prev"] = info["latents"]
+
+    z = sample(bb, bb.encode_prompt(prompt), None, num_frames=n, height=h, width=w, steps=cfg.sampler_steps,
+               cfg=cfg.cfg, seed=seed, scheduler="ddim", patches=[UNetLoraPatch(lora)], latents=x,
+               stop_after=cfg.teacher_steps, callback=cb)
+    ref = seen["x0"] if cfg.reference == "x0_pred" else z.float()
+    return ref, seen["t"]
+
+
+def ttt_merge(backbone, appearance: UNetLora, motion: UNetLora, *, appearance_prompt: str, motion_prompt: str,
+              prompt: str, config: CustomTTTUNetConfig | None = None, callback=None) -> tuple[UNetLora, list[dict], str]:
+    """The test-time-training merge (see module docstring). Returns ``(merged_lora, losses, optimizer_name)``."""
+    from .lora import LoraSpec, inject_lora, lora_modules
+    from .patches import shallow_copy_module
+
+    bb = _check_animatediff(backbone)
+    cfg = config or CustomTTTUNetConfig()
+    cfg.validate()
+    opt = pick_optimizer(cfg.optimizer)
+    ref_a, t_a = teacher_reference(bb, appearance, appearance_prompt, cfg, cfg.seed)
+    ref_m, t_m = teacher_reference(bb, motion, motion_prompt, cfg, cfg.seed + 1)
+    text = bb.encode_prompt(prompt)
+    model = shallow_copy_module(bb.denoiser).train()
+    params = []
+    for nm, lf in (("appearance", appearance), ("motion", motion)):
+        r = lf.rank
+        params += inject_lora(model, LoraSpec(rank=r, alpha=float(r), dropout=cfg.dropout, targets=["to_k"]), nm,
+                              target_names=lf.modules)
+        layers = lora_modules(model, nm)
+        with torch.no_grad():
+            for m in lf.modules:
+                layers[m].lora_A[nm].weight.copy_(lf.state_dict[f"unet.{m}.lora_A.weight"])
+                layers[m].lora_B[nm].weight.copy_(lf.state_dict[f"unet.{m}.lora_B.weight"])
+    sched = bb.noise_scheduler()
+    T = int(sched.config.num_train_timesteps)
+
+    def one(ref, t_f, g):
+        lo = t_f if cfg.reference == "z_f" else 0
+        t = torch.randint(lo, T, (1,), generator=g)
+        noise = torch.randn(ref.shape, generator=g)
+        xt = sched.add_noise(ref, noise, t)
+        pred = bb.predict(xt.to(bb.device), t.to(bb.device), text, denoiser=model).float()
+        return torch.nn.functional.mse_loss(pred, bb.training_target(ref, noise, t).to(bb.device))
+
+    def step_fn(k, g):
+        la, lm = one(ref_a, t_a, g), one(ref_m, t_m, g)
+        return cfg.weight_appearance * la + cfg.weight_motion * lm, {"loss_appearance": float(la.detach()),
+                                                                      "loss_motion": float(lm.detach())}
+
+    res = _train(bb, model, params, step_fn, lr=cfg.ttt_lr, steps=cfg.ttt_steps, cfg=cfg, optimizer=opt,
+                 callback=callback, label="ttt", seed_offset=2)
+    sd = {**adapter_state(model, "appearance"), **adapter_state(model, "motion")}
+    meta = _lora_meta(bb, "merged", list(cfg.appearance_layers) + list(cfg.motion_layers), cfg, prompt=prompt,
+                      appearance_prompt=appearance_prompt, motion_prompt=motion_prompt, ttt_steps=cfg.ttt_steps,
+                      reference=cfg.reference, teacher_steps=cfg.teacher_steps, optimizer=res.optimizer_name)
+    return UNetLora(sd, meta, name="customttt_merged"), res.losses, res.optimizer_name
+
+
+def run_customttt(backbone, photos, clips, *, appearance_prompt: str, motion_prompt: str, prompt: str,
+                  config: CustomTTTUNetConfig | None = None,
+                  callback: Callable[[int, int, dict], None] | None = None) -> CustomTTTUNetResult:
+    """The whole method: appearance LoRA, motion LoRA, TTT merge (see module docstring)."""
+    cfg = config or CustomTTTUNetConfig()
+    app, la = train_appearance_lora(backbone, photos, appearance_prompt, cfg, callback=callback)
+    mot, lm = train_motion_lora(backbone, clips, motion_prompt, cfg, callback=callback)
+    merged, lt, opt = ttt_merge(backbone, app, mot, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
+                                prompt=prompt, config=cfg, callback=callback)
+    return CustomTTTUNetResult(app, mot, merged, opt, {"appearance": la, "motion": lm, "ttt": lt})

@@ -1,0 +1,436 @@
+"""Nodes for the U-Net video backbones: ZeroScope / ModelScope (UNet3D) and AnimateDiff.
+
+Types: UNET_VIDEO_MODEL carries a :class:`dual_adapter.patches.PatchedModel` whose ``bundle`` is a
+U-Net :class:`~dual_adapter.backbones.base.VideoBackbone`; UNET_LORA a
+:class:`dual_adapter.unet_motion.UNetLora`. Models go in ComfyUI's ``models/diffusers/`` (diffusers
+folders; ``models/CogVideo/`` stays for CogVideoX); LoRAs in ``models/loras/``.
+"""
+from __future__ import annotations
+
+import torch
+
+from dual_adapter import customttt_unet as CT
+from dual_adapter import unet_motion as UM
+from dual_adapter import unet_sampling
+from dual_adapter.backbones import kind_of, load_backbone
+from dual_adapter.errors import DualAdapterError
+from dual_adapter.patches import PatchedModel
+
+from . import bridge
+from .common import image_batch, training_mode, unique_output
+
+CAT = "DualAdapter/U-Net"
+TINY = ["tiny-unet3d", "tiny-animatediff"]
+
+
+def _model(m, name="model", kind=None):
+    if not isinstance(m, PatchedModel) or getattr(m.bundle, "latent_layout", None) != "BCFHW":
+        raise DualAdapterError(f"{name}: expected a UNET_VIDEO_MODEL (from Load U-Net Video Model), got "
+                               f"{type(getattr(m, 'bundle', m)).__name__}")
+    if kind and m.bundle.kind != kind:
+        raise DualAdapterError(f"{name}: this node needs a {kind} model; {m.bundle.name!r} is {m.bundle.family}")
+    return m
+
+
+def _lora(x, name="lora"):
+    if not isinstance(x, UM.UNetLora):
+        raise DualAdapterError(f"{name}: expected a UNET_LORA, got {type(x).__name__}")
+    return x
+
+
+class UNetVideoLoader:
+    DESCRIPTION = ("Load a U-Net text-to-video model: ZeroScope / ModelScope (UNet3D) or AnimateDiff, from a diffusers "
+                   "folder in models/diffusers/ (an AnimateDiff folder is an SD1.5 folder with its MotionAdapter in "
+                   "a motion_adapter/ sub-folder, or a saved AnimateDiffPipeline), or a built-in random tiny model. "
+                   "A folder of another backbone (e.g. CogVideoX) is refused with its name.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_VIDEO_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (TINY + bridge.list_model_dirs("diffusers"), {"default": "tiny-unet3d", "tooltip": "tiny-unet3d / "
+                      "tiny-animatediff (random, CPU, seconds) or a folder under models/diffusers/ (zeroscope_v2_576w, "
+                      "text-to-video-ms-1.7b, an AnimateDiff folder)."}),
+            "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto", "tooltip": "auto = fp16 on GPU (as the "
+                      "authors ran them), fp32 on CPU and for tiny models."}),
+            "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "auto = CUDA if available (tiny: CPU)."}),
+        }}
+
+    def load(self, model, dtype="auto", device="auto"):
+        with torch.inference_mode(False):
+            dt = None if dtype == "auto" else dtype
+            dev = None if device == "auto" else device
+            path = model if model in TINY else str(bridge.resolve("diffusers", model))
+            kind = kind_of(path, default=None) if model not in TINY else None
+            if kind == "cogvideox":
+                raise DualAdapterError(f"model {model!r} is a CogVideoX model; load it with Load CogVideoX from "
+                                       f"models/CogVideo/")
+            return (PatchedModel(load_backbone(path, dtype=dt, device=dev)),)
+
+
+class UNetSampler:
+    DESCRIPTION = ("Generate video latents with a U-Net video model (DDIM or DPM-Solver++, classifier-free guidance). "
+                   "Applied LoRAs and AH are used for this run only.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "From Load U-Net Video Model (with Apply nodes)."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a dog is playing guitar", "tooltip": "The prompt (CLIP, "
+                       "77 tokens)."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Used when cfg > 1."}),
+            "frames": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0 = the model's (tiny 8, ZeroScope 24, "
+                       "AnimateDiff 16)."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps (CustomTTT: 25 DDIM)."}),
+            "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.5, "tooltip": "Guidance scale "
+                    "(CustomTTT 9; SMA configs 12)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Initial-noise seed (CPU generator)."}),
+            "scheduler": (["ddim", "dpm"], {"default": "ddim", "tooltip": "DDIM (the authors') or DPM-Solver++."}),
+        }}
+
+    def sample(self, model, prompt, negative_prompt="", frames=0, height=0, width=0, steps=25, cfg=9.0, seed=0,
+               scheduler="ddim"):
+        m = _model(model)
+        bb = m.bundle
+        lat = unet_sampling.sample(bb, bb.encode_prompt(prompt), bb.encode_prompt(negative_prompt),
+                                   num_frames=frames or None, height=height or None, width=width or None,
+                                   steps=int(steps), cfg=float(cfg), seed=int(seed), scheduler=scheduler,
+                                   patches=m.patches, callback=bridge.Progress(int(steps), "sampling"))
+        return ({"samples": lat.float().cpu()},)
+
+
+class UNetVAEDecode:
+    DESCRIPTION = "Decode U-Net video latents [B, C, F, h, w] to frames (IMAGE [F, H, W, 3]) with the model's VAE."
+    CATEGORY = CAT
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("UNET_VIDEO_MODEL", {"tooltip": "The model that made the latent."}),
+                             "latent": ("LATENT", {"tooltip": "From U-Net Sampler."})}}
+
+    def decode(self, model, latent):
+        bb = _model(model).bundle
+        x = latent.get("samples") if isinstance(latent, dict) else None
+        if not torch.is_tensor(x) or x.ndim != 5:
+            raise DualAdapterError("latent: expected a LATENT {'samples': [B, C, F, h, w]} from U-Net Sampler")
+        return (bb.decode_latents(x.to(bb.device, bb.dtype)).flatten(0, 1),)
+
+
+class UNetApplyAH:
+    DESCRIPTION = ("Appearance highway (AH), the SMA authors' inference change on ZeroScope/ModelScope: up block 1 takes "
+                   "its skip connections from the spatial-attention outputs of down block 2 (so appearance bypasses the "
+                   "temporal motion LoRA), with their FreeU-style scaling (s1 1.1 by default). Off = the plain model.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_VIDEO_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        f = {"min": 0.0, "max": 3.0, "step": 0.05}
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "A ZeroScope / ModelScope (UNet3D) model."}),
+            "enabled": ("BOOLEAN", {"default": True, "tooltip": "Off passes the model through unchanged."}),
+            "freeu": ("BOOLEAN", {"default": True, "tooltip": "Apply the authors' FreeU-style scaling with s1, s2, b1, b2 "
+                      "(their inference always does). Off = skip relocation only."}),
+            "s1": ("FLOAT", {"default": 1.1, **f, "tooltip": "Skip scale where the up path has 1280 channels (ZeroScope)."}),
+            "s2": ("FLOAT", {"default": 1.0, **f, "tooltip": "Skip scale where it has 640 channels."}),
+            "b1": ("FLOAT", {"default": 1.0, **f, "tooltip": "Backbone scale on the first half of the 1280 channels."}),
+            "b2": ("FLOAT", {"default": 1.0, **f, "tooltip": "Backbone scale on the first half of the 640 channels."}),
+        }}
+
+    def apply(self, model, enabled=True, freeu=True, s1=1.1, s2=1.0, b1=1.0, b2=1.0):
+        m = _model(model)
+        if not enabled:
+            return (m,)
+        if m.bundle.kind != "unet3d":
+            raise DualAdapterError(f"model: AH is defined on ZeroScope/ModelScope (UNet3D); {m.bundle.name!r} is "
+                                   f"{m.bundle.family}")
+        return (m.with_patch(UM.AppearanceHighway(freeu=(s1, s2, b1, b2) if freeu else None)),)
+
+
+class UNetTrainMotionLoRA:
+    DESCRIPTION = ("Train a TAP motion LoRA on a U-Net's temporal attention from a clip, MotionDirector-style (SMA "
+                   "authors' setting: rank 32, dropout 0.1, AdamW 5e-4, 1000 steps, 16 frames at 384x384). Preset tap = "
+                   "to_q + to_k, k_out = to_k + to_out.0 (the authors' code), full = q, k, v, out; the value projection "
+                   "stays frozen with tap and k_out.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_LORA",)
+    RETURN_NAMES = ("lora",)
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "ZeroScope/ModelScope or AnimateDiff."}),
+            "clip": ("IMAGE", {"tooltip": "The motion clip [F, H, W, 3] at a size the model takes (e.g. Load Clip "
+                     "Frames with height/width set)."}),
+            "prompt": ("STRING", {"multiline": True, "default": "a person is playing guitar",
+                                  "tooltip": "Training prompt describing the motion."}),
+            "preset": (list(UM.PRESETS), {"default": "tap", "tooltip": "Temporal-attention projections that get the LoRA."}),
+            "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
+            "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000)."}),
+            "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
+                                        "tooltip": "AdamW learning rate (5e-4), weight decay 1e-2."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
+            "spatial_path": ("BOOLEAN", {"default": True, "tooltip": "MotionDirector's spatial LoRA path on single "
+                             "frames (dropped at inference)."}),
+            "debiased_loss": ("BOOLEAN", {"default": True, "tooltip": "Add the appearance-debiased loss (the authors' "
+                              "code always does)."}),
+        }}
+
+    def train(self, model, clip, prompt, preset="tap", rank=32, steps=1000, learning_rate=5e-4, seed=0,
+              spatial_path=True, debiased_loss=True):
+        m = _model(model)
+        frames = image_batch(clip, "clip")
+        cfg = UM.UNetMotionTrainConfig(preset=preset, rank=int(rank), steps=int(steps), lr=float(learning_rate),
+                                       seed=int(seed), spatial_path=bool(spatial_path), debiased_loss=bool(debiased_loss),
+                                       gradient_checkpointing=m.bundle.device != "cpu")
+        with training_mode():
+            lf, _, _ = UM.train_unet_motion_lora(m.bundle, [frames], prompt, cfg,
+                                                 callback=bridge.Progress(int(steps), "motion LoRA"))
+        return (lf,)
+
+
+class UNetApplyLoRA:
+    DESCRIPTION = "Add a UNET_LORA to a U-Net video model at a strength (returns a patched copy; LoRAs stack)."
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_VIDEO_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "The model the LoRA was trained on."}),
+            "lora": ("UNET_LORA", {"tooltip": "From a U-Net train node or Load U-Net LoRA."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                   "tooltip": "1 = as trained; 0 = off."}),
+        }}
+
+    def apply(self, model, lora, strength=1.0):
+        m = _model(model)
+        lf = _lora(lora)
+        UM.check_unet_lora(lf, m.bundle)
+        return (m.with_patch(UM.UNetLoraPatch(lf, float(strength), name=lf.name)),)
+
+
+class UNetSaveLoRA:
+    DESCRIPTION = ("Save a UNET_LORA (.safetensors, keys unet.<module>.lora_A/B.weight, metadata naming the backbone) "
+                   "to the output folder with a counter; never overwrites.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"lora": ("UNET_LORA", {"tooltip": "The LoRA to save."}),
+                             "filename_prefix": ("STRING", {"default": "unet_lora/motion", "tooltip": "Under output/."})}}
+
+    def save(self, lora, filename_prefix="unet_lora/motion"):
+        path = UM.save_unet_lora(_lora(lora), unique_output(filename_prefix, "safetensors"))
+        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+
+
+class UNetLoadLoRA:
+    DESCRIPTION = ("Load a U-Net LoRA from models/loras/. A CogVideoX LoRA is refused with a message saying so; the "
+                   "backbone it was trained on is checked when it is applied.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_LORA",)
+    RETURN_NAMES = ("lora",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"lora_name": (bridge.list_files("loras") or [""], {"tooltip": "A file in models/loras/."})}}
+
+    def load(self, lora_name):
+        return (UM.load_unet_lora(bridge.resolve("loras", lora_name)),)
+
+
+class AnimateDiffPromptInfluence:
+    DESCRIPTION = ("CustomTTT's prompt-influence analysis on AnimateDiff: the concept prompt at one U-Net text layer "
+                   "only (the neutral prompt elsewhere); how far that alone moves the prediction toward the concept "
+                   "(1 = as much as everywhere). Layers are the blocks where text enters, 0-based.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("table",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "An AnimateDiff model."}),
+            "concept_prompt": ("STRING", {"default": "a photo of a tiger", "tooltip": "p* (e.g. 'A tiger')."}),
+            "neutral_prompt": ("STRING", {"default": "a photo of a koala", "tooltip": "p (e.g. 'A koala')."}),
+            "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "0 = the model's."}),
+            "timesteps": ("INT", {"default": 3, "min": 1, "max": 20, "tooltip": "Noise levels averaged over, spread "
+                          "evenly in (0, 1000): 3 = t 750, 500, 250."}),
+        }}
+
+    def run(self, model, concept_prompt, neutral_prompt, frames=0, timesteps=3):
+        m = _model(model, kind="animatediff")
+        ts = [int(1000 * (k + 1) / (int(timesteps) + 1)) for k in range(int(timesteps))][::-1]
+        rows = CT.prompt_influence(m.bundle, concept_prompt, neutral_prompt, timesteps=ts, num_frames=frames or None)
+        text = "\n".join(f"layer {r['layer']} ({r['name']}): {r['influence']:.3f}" for r in rows)
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
+_CT_COMMON = {
+    "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
+    "optimizer": (["auto", "lion", "adamw"], {"default": "auto", "tooltip": "auto = Lion (the authors') when "
+                  "lion-pytorch is installed, else AdamW (a console message says so)."}),
+    "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
+}
+
+
+class AnimateDiffTrainAppearanceLoRA:
+    DESCRIPTION = ("CustomTTT appearance LoRA: spatial attention of the appearance layers (default 2,6), trained on the "
+                   "subject photos as 1-frame videos with the motion modules bypassed (authors: lr 1e-5, 500 steps).")
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_LORA",)
+    RETURN_NAMES = ("appearance_lora",)
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "An AnimateDiff model."}),
+            "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] at a size the model takes."}),
+            "prompt": ("STRING", {"default": "a photo of a sks dog", "tooltip": "Appearance prompt."}),
+            "layers": ("STRING", {"default": "2,6", "tooltip": "Text layers (0-based) that get the LoRA."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
+            "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
+                                        "tooltip": "Learning rate (1e-5)."}),
+            **_CT_COMMON}}
+
+    def train(self, model, photos, prompt, layers="2,6", steps=500, learning_rate=1e-5, rank=32, optimizer="auto", seed=0):
+        m = _model(model, kind="animatediff")
+        ph = list(image_batch(photos, "photos"))
+        cfg = CT.CustomTTTUNetConfig(appearance_layers=CT.parse_layers(layers), appearance_steps=int(steps),
+                                     appearance_lr=float(learning_rate), rank=int(rank), optimizer=optimizer, seed=int(seed))
+        with training_mode():
+            lf, _ = CT.train_appearance_lora(m.bundle, ph, prompt, cfg, callback=bridge.Progress(int(steps), "appearance"))
+        return (lf,)
+
+
+class AnimateDiffTrainMotionLoRA:
+    DESCRIPTION = ("CustomTTT motion LoRA: the motion modules of the motion layers (default 2,5), trained on a clip "
+                   "(authors: lr 5e-5, 500 steps).")
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_LORA",)
+    RETURN_NAMES = ("motion_lora",)
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "An AnimateDiff model."}),
+            "clip": ("IMAGE", {"tooltip": "Motion clip [F, H, W, 3] at a size the model takes."}),
+            "prompt": ("STRING", {"default": "a person is playing guitar", "tooltip": "Motion prompt."}),
+            "layers": ("STRING", {"default": "2,5", "tooltip": "Text layers (0-based) whose motion modules get the LoRA."}),
+            "preset": (list(UM.PRESETS), {"default": "full", "tooltip": "Projections of the motion-module attention."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
+            "learning_rate": ("FLOAT", {"default": 5e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
+                                        "tooltip": "Learning rate (5e-5)."}),
+            **_CT_COMMON}}
+
+    def train(self, model, clip, prompt, layers="2,5", preset="full", steps=500, learning_rate=5e-5, rank=32,
+              optimizer="auto", seed=0):
+        m = _model(model, kind="animatediff")
+        cfg = CT.CustomTTTUNetConfig(motion_layers=CT.parse_layers(layers), motion_preset=preset, motion_steps=int(steps),
+                                     motion_lr=float(learning_rate), rank=int(rank), optimizer=optimizer, seed=int(seed))
+        with training_mode():
+            lf, _ = CT.train_motion_lora(m.bundle, [image_batch(clip, "clip")], prompt, cfg,
+                                         callback=bridge.Progress(int(steps), "motion"))
+        return (lf,)
+
+
+class AnimateDiffTTTMerge:
+    DESCRIPTION = ("CustomTTT test-time-training merge: each teacher (base + one LoRA, its own prompt) denoises 5 of 25 "
+                   "DDIM steps (CFG 9); the student (base + both LoRAs) is trained on the combined prompt toward both "
+                   "references (authors: lr 1e-6, 30 steps). Returns one merged LoRA.")
+    CATEGORY = CAT
+    RETURN_TYPES = ("UNET_LORA",)
+    RETURN_NAMES = ("merged_lora",)
+    FUNCTION = "merge"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("UNET_VIDEO_MODEL", {"tooltip": "The AnimateDiff model both LoRAs were trained on."}),
+            "appearance_lora": ("UNET_LORA", {"tooltip": "From Train Appearance LoRA (CustomTTT)."}),
+            "motion_lora": ("UNET_LORA", {"tooltip": "From Train Motion LoRA (CustomTTT)."}),
+            "appearance_prompt": ("STRING", {"default": "a photo of a sks dog", "tooltip": "Appearance teacher prompt."}),
+            "motion_prompt": ("STRING", {"default": "a person is playing guitar", "tooltip": "Motion teacher prompt."}),
+            "prompt": ("STRING", {"default": "a sks dog is playing guitar", "tooltip": "Combined prompt."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "TTT steps (30)."}),
+            "learning_rate": ("FLOAT", {"default": 1e-6, "min": 1e-9, "max": 1.0, "step": 1e-7, "round": False,
+                                        "tooltip": "TTT learning rate (1e-6)."}),
+            "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Teacher video frames; 0 = the model's."}),
+            "reference": (list(CT.REFERENCES), {"default": "x0_pred", "tooltip": "x0_pred = the teacher's x0 prediction "
+                          "at step f (default); z_f = its latent, re-noised only at t >= t_f."}),
+            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
+                              "runs before its reference is taken (5)."}),
+            "sampler_steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The DDIM schedule the teachers "
+                              "step through (25), at CFG 9."}),
+            "optimizer": _CT_COMMON["optimizer"], "seed": _CT_COMMON["seed"]}}
+
+    def merge(self, model, appearance_lora, motion_lora, appearance_prompt, motion_prompt, prompt, steps=30,
+              learning_rate=1e-6, frames=0, reference="x0_pred", teacher_steps=5, sampler_steps=25, optimizer="auto",
+              seed=0):
+        m = _model(model, kind="animatediff")
+        cfg = CT.CustomTTTUNetConfig(ttt_steps=int(steps), ttt_lr=float(learning_rate), num_frames=frames or None,
+                                     reference=reference, teacher_steps=int(teacher_steps),
+                                     sampler_steps=int(sampler_steps), optimizer=optimizer, seed=int(seed))
+        with training_mode():
+            merged, _, _ = CT.ttt_merge(m.bundle, _lora(appearance_lora, "appearance_lora"),
+                                        _lora(motion_lora, "motion_lora"), appearance_prompt=appearance_prompt,
+                                        motion_prompt=motion_prompt, prompt=prompt, config=cfg,
+                                        callback=bridge.Progress(int(steps), "TTT"))
+        return (merged,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "DualAdapterUNetVideoLoader": UNetVideoLoader,
+    "DualAdapterUNetSampler": UNetSampler,
+    "DualAdapterUNetVAEDecode": UNetVAEDecode,
+    "DualAdapterUNetApplyAH": UNetApplyAH,
+    "DualAdapterUNetTrainMotionLoRA": UNetTrainMotionLoRA,
+    "DualAdapterUNetApplyLoRA": UNetApplyLoRA,
+    "DualAdapterUNetSaveLoRA": UNetSaveLoRA,
+    "DualAdapterUNetLoadLoRA": UNetLoadLoRA,
+    "DualAdapterAnimateDiffPromptInfluence": AnimateDiffPromptInfluence,
+    "DualAdapterAnimateDiffTrainAppearanceLoRA": AnimateDiffTrainAppearanceLoRA,
+    "DualAdapterAnimateDiffTrainMotionLoRA": AnimateDiffTrainMotionLoRA,
+    "DualAdapterAnimateDiffTTTMerge": AnimateDiffTTTMerge,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DualAdapterUNetVideoLoader": "Load U-Net Video Model (ZeroScope / AnimateDiff)",
+    "DualAdapterUNetSampler": "U-Net Video Sampler",
+    "DualAdapterUNetVAEDecode": "U-Net Video VAE Decode",
+    "DualAdapterUNetApplyAH": "Apply Appearance Highway (AH, ZeroScope)",
+    "DualAdapterUNetTrainMotionLoRA": "Train Motion LoRA (TAP, U-Net)",
+    "DualAdapterUNetApplyLoRA": "Apply U-Net LoRA",
+    "DualAdapterUNetSaveLoRA": "Save U-Net LoRA",
+    "DualAdapterUNetLoadLoRA": "Load U-Net LoRA",
+    "DualAdapterAnimateDiffPromptInfluence": "Prompt Influence (CustomTTT, AnimateDiff)",
+    "DualAdapterAnimateDiffTrainAppearanceLoRA": "Train Appearance LoRA (CustomTTT, AnimateDiff)",
+    "DualAdapterAnimateDiffTrainMotionLoRA": "Train Motion LoRA (CustomTTT, AnimateDiff)",
+    "DualAdapterAnimateDiffTTTMerge": "TTT Merge (CustomTTT, AnimateDiff)",
+}
