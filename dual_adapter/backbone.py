@@ -307,6 +307,7 @@ def load_cogvideox(
     vae_tiling: bool = True,
     vae_slicing: bool = True,
     cpu_offload: bool = False,
+    transformer_file: str | os.PathLike | None = None,
 ) -> CogVideoXBundle:
     """Load CogVideoX-2B / -5B / 1.5-5B from a local diffusers folder.
 
@@ -319,6 +320,8 @@ def load_cogvideox(
         device: execution device; default ``"cuda"`` when available else ``"cpu"``.
         vae_tiling / vae_slicing: decode in spatial tiles / one video at a time (less VRAM).
         cpu_offload: keep every part on CPU and move it to ``device`` only while it runs.
+        transformer_file: a native ComfyUI single-file transformer (``models/diffusion_models/*.safetensors``,
+            see :mod:`dual_adapter.native`) used instead of ``folder/transformer/`` (which may then be absent).
 
     Raises:
         DualAdapterError: the folder does not exist or lacks a part; the message lists every
@@ -332,14 +335,21 @@ def load_cogvideox(
         raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected a diffusers CogVideoX folder "
                                f"with {', '.join(p + '/' for p in REQUIRED_PARTS)})")
     missing = _missing_parts(root)
+    if transformer_file:
+        missing = [m for m in missing if not m.startswith("transformer")]
     if missing:
         raise DualAdapterError(f"model folder {str(root)!r} is incomplete; missing: " + "; ".join(missing))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype)
     load_device = "cpu" if cpu_offload else device
     try:
-        transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt,
-                                                                  use_safetensors=True)
+        if transformer_file:
+            from .native import load_native_transformer
+
+            transformer = load_native_transformer(transformer_file, dtype=dt)
+        else:
+            transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt,
+                                                                      use_safetensors=True)
         vae = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae", torch_dtype=dt, use_safetensors=True)
         text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dt, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
