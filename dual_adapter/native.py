@@ -447,3 +447,36 @@ def native_divergences(config: Mapping[str, Any]) -> list[NativeDivergence]:
                                         f"spatial_interpolation_scale ({s:g}); diffusers uses integer positions",
                                         "warn"))
     return out
+
+
+def native_model_divergences(diffusion_model) -> list[NativeDivergence]:
+    """:func:`native_divergences` for a model core ComfyUI has *built* (its ``CogVideoXTransformer3DModel``,
+    read by attribute only): what core detected is compared with what the released model of that size uses.
+
+      * 30 heads (2B-class), RoPE, no learned positions -> a 2B detected as RoPE (it uses sincos) -> refuse;
+      * learned positions without RoPE on a 1.0 model with 32 input channels -> 5B-I2V 1.0 detected without
+        its RoPE -> refuse;
+      * RoPE on a 1.0 model (``patch_size_t`` None) with ``spatial_interpolation_scale`` != 1 -> warn.
+    """
+    dm = diffusion_model
+    pe = getattr(dm, "patch_embed", None)
+    heads = int(getattr(dm, "num_attention_heads", 0))
+    rope = bool(getattr(dm, "use_rotary_positional_embeddings", False))
+    learned = bool(getattr(pe, "use_learned_positional_embeddings", False))
+    pt = getattr(dm, "patch_size_t", None)
+    out: list[NativeDivergence] = []
+    if heads == 30 and rope and not learned:
+        out.append(NativeDivergence("a 2B-class model (30 heads) that core built as a RoPE model: the released 2B "
+                                    "uses sincos positions, which are not stored in its weights, so core's detection "
+                                    "picks RoPE (and core's sincos split is 2/3:1/3 where diffusers uses 3/4:1/4)",
+                                    "refuse"))
+    if learned and not rope and pt is None and int(getattr(dm, "in_channels", 0)) == 32:
+        out.append(NativeDivergence("a 5B-I2V 1.0-class model that core built with learned positions and without "
+                                    "RoPE; the released model uses both", "refuse"))
+    if rope and pt is None:
+        s = float(getattr(dm, "spatial_interpolation_scale", 1.0))
+        if s != 1.0:
+            out.append(NativeDivergence(f"RoPE scale: core multiplies the 1.0-model RoPE grid by "
+                                        f"spatial_interpolation_scale ({s:g}); diffusers uses integer positions",
+                                        "warn"))
+    return out
