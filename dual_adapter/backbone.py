@@ -7,7 +7,8 @@ encoder + tokenizer) and the noise-scheduler config. It is what the ComfyUI type
 Layouts used throughout the library:
   * transformer latents: ``[B, F, C, h, w]`` (diffusers' CogVideoX layout), in the VAE's *scaled*
     latent space (``vae_latent * scaling_factor``);
-  * ComfyUI LATENT: ``{"samples": [B, C, T, h, w]}`` (same values, channels before time);
+  * ComfyUI LATENT: ``{"samples": [B, C, T, h, w]}``, the *unscaled* VAE latent (core ComfyUI's
+    convention: ``samples = latents / scaling_factor``, see ``sampling.to_comfy_latent``);
   * text embeddings: ``[B, L, D_text]`` with ``L`` = the model's text length (226 on the real models).
 """
 from __future__ import annotations
