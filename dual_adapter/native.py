@@ -54,6 +54,8 @@ __all__ = [
     "native_config_from_state_dict",
     "load_native_transformer",
     "native_divergences",
+    "native_model_divergences",
+    "native_model_config",
     "NativeDivergence",
 ]
 
@@ -449,13 +451,35 @@ def native_divergences(config: Mapping[str, Any]) -> list[NativeDivergence]:
     return out
 
 
-def native_model_divergences(diffusion_model) -> list[NativeDivergence]:
+def native_model_config(diffusion_model) -> dict:
+    """The diffusers-style architecture fields of a model core ComfyUI built (read by attribute only)."""
+    dm = diffusion_model
+    pe = getattr(dm, "patch_embed", None)
+    return {"num_layers": len(dm.blocks), "num_attention_heads": int(dm.num_attention_heads),
+            "attention_head_dim": int(dm.attention_head_dim),
+            "time_embed_dim": int(dm.blocks[0].norm1.linear.weight.shape[1]) if len(dm.blocks) else None,
+            "text_embed_dim": int(pe.text_proj.weight.shape[1]) if pe is not None else None,
+            "in_channels": int(dm.in_channels), "patch_size": int(dm.patch_size),
+            "patch_size_t": dm.patch_size_t, "use_rotary_positional_embeddings": bool(dm.use_rotary_positional_embeddings)}
+
+
+def _fingerprint(cfg: dict) -> str:
+    from types import SimpleNamespace
+
+    from .backbone import config_fingerprint
+
+    return config_fingerprint(SimpleNamespace(config=cfg))
+
+
+def native_model_divergences(diffusion_model, trained_fingerprint: str | None = None) -> list[NativeDivergence]:
     """:func:`native_divergences` for a model core ComfyUI has *built* (its ``CogVideoXTransformer3DModel``,
     read by attribute only): what core detected is compared with what the released model of that size uses.
 
       * 30 heads (2B-class), RoPE, no learned positions -> a 2B detected as RoPE (it uses sincos) -> refuse;
       * learned positions without RoPE on a 1.0 model with 32 input channels -> 5B-I2V 1.0 detected without
         its RoPE -> refuse;
+      * ``trained_fingerprint`` (``base_fingerprint`` of adapters / LoRA metadata) that matches this
+        architecture with the *other* position type -> core picked the wrong positions -> refuse;
       * RoPE on a 1.0 model (``patch_size_t`` None) with ``spatial_interpolation_scale`` != 1 -> warn.
     """
     dm = diffusion_model
@@ -473,6 +497,15 @@ def native_model_divergences(diffusion_model) -> list[NativeDivergence]:
     if learned and not rope and pt is None and int(getattr(dm, "in_channels", 0)) == 32:
         out.append(NativeDivergence("a 5B-I2V 1.0-class model that core built with learned positions and without "
                                     "RoPE; the released model uses both", "refuse"))
+    if trained_fingerprint:
+        cfg = native_model_config(dm)
+        if trained_fingerprint != _fingerprint(cfg) and trained_fingerprint == _fingerprint(
+                dict(cfg, use_rotary_positional_embeddings=not rope)):
+            out.append(NativeDivergence(
+                f"positions: the adapters / LoRA were trained on this architecture with "
+                f"{'sincos (no RoPE)' if rope else 'RoPE'} positions, but core built it "
+                f"{'with RoPE' if rope else 'without RoPE'} (core detects positions from the weights, and a sincos "
+                f"table is not stored in them)", "refuse"))
     if rope and pt is None:
         s = float(getattr(dm, "spatial_interpolation_scale", 1.0))
         if s != 1.0:

@@ -26,7 +26,7 @@ def _diffusion_model(model):
     return dm
 
 
-def check_fidelity(model, allow_divergent: bool = False) -> list[str]:
+def check_fidelity(model, allow_divergent: bool = False, trained_fingerprint: str | None = None) -> list[str]:
     """Warn (log) or refuse where core's port differs from the diffusers model adapters / LoRAs were trained on.
 
     Returns the warnings (texts). Raises :class:`DualAdapterError` naming the cause for a ``refuse`` divergence
@@ -34,7 +34,7 @@ def check_fidelity(model, allow_divergent: bool = False) -> list[str]:
     from dual_adapter.native import native_model_divergences
 
     out = []
-    for d in native_model_divergences(_diffusion_model(model)):
+    for d in native_model_divergences(_diffusion_model(model), trained_fingerprint):
         if d.severity == "refuse" and not allow_divergent:
             raise DualAdapterError(f"core ComfyUI's CogVideoX runs another model than the one the pack's adapters "
                                    f"are trained on: {d}. Set allow_divergent to apply anyway, or use the pack's own "
@@ -60,7 +60,7 @@ def apply_dualreal(model, adapters, reference=None, *, fixed_weights=None, ident
     if not isinstance(adapters, DualRealAdapterSet):
         raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
     dm = _diffusion_model(model)
-    check_fidelity(model, allow_divergent)
+    check_fidelity(model, allow_divergent, adapters.meta.get("base_fingerprint"))
     n = model.clone()
     blocks = [n.get_model_object(f"diffusion_model.blocks.{i}") for i in range(len(dm.blocks))]
     dtype = n.model_dtype() if hasattr(n, "model_dtype") else torch.float32
@@ -77,7 +77,7 @@ def apply_dualreal(model, adapters, reference=None, *, fixed_weights=None, ident
     return n
 
 
-def apply_lora(model, lora, strength: float = 1.0):
+def apply_lora(model, lora, strength: float = 1.0, allow_divergent: bool = False):
     """A clone of a native CogVideoX MODEL with the pack's LoRA added as core weight patches (what
     LoraLoaderModelOnly does with the same LoRA in native names); stacks with other core LoRAs.
 
@@ -89,7 +89,7 @@ def apply_lora(model, lora, strength: float = 1.0):
 
     from dual_adapter.lora_formats import native_lora_state_dict
 
-    _diffusion_model(model)
+    check_fidelity(model, allow_divergent, (lora.metadata or {}).get("base_fingerprint"))
     sd = native_lora_state_dict(lora)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     prefixes = sorted({k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in sd})

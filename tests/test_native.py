@@ -250,3 +250,65 @@ def test_native_divergences_name_the_cause(tinies):
     assert [d.severity for d in two] == ["refuse"] and "sincos" in two[0]
     i2v = dict(tinies["tiny-5b"].transformer.config, attention_head_dim=64, use_learned_positional_embeddings=True)
     assert any(d.severity == "refuse" and "learned" in d for d in native.native_divergences(i2v))
+
+
+# ---------------------------------------------------------------------------- latents, prompts, workflow
+
+
+def test_latent_convention_is_cores_unscaled_vae_latent(tinies):
+    from dual_adapter import sampling
+
+    b = tinies["tiny"]
+    s = sampling.latent_scale(b)
+    assert s == b.vae.config.scaling_factor and s != 1.0
+    z = torch.randn(1, 3, 4, 8, 12)  # transformer latents (scaled)
+    lat = sampling.to_comfy_latent(z, s)
+    assert torch.allclose(lat["samples"], z.permute(0, 2, 1, 3, 4) / s)  # what core VAEDecode decodes
+    assert torch.allclose(sampling.from_comfy_latent(lat, s), z)
+    # Encode node -> LATENT is the raw VAE posterior mode (what core VAEEncode gives)
+    from nodes.core_nodes import CogVideoXEncode
+    from dual_adapter.patches import PatchedModel
+
+    frames = torch.rand(9, 64, 96, 3)
+    (enc,) = CogVideoXEncode().encode(PatchedModel(b), frames)
+    with torch.no_grad():
+        raw = b.vae.encode(frames.permute(3, 0, 1, 2)[None] * 2 - 1).latent_dist.mode()
+    assert torch.allclose(enc["samples"], raw, atol=1e-5)
+
+
+def test_sampler_takes_core_conditioning(tinies):
+    from nodes.core_nodes import CogVideoXSampler
+    from dual_adapter.backbone import encode_prompt
+    from dual_adapter.patches import PatchedModel
+
+    b = tinies["tiny"]
+    m = PatchedModel(b)
+    e = encode_prompt(b, ["a dog", "blurry"])
+    cond, neg = [[e[:1], {"pooled_output": None}]], [[e[1:], {}]]
+    (a,) = CogVideoXSampler().run(m, {"positive": e[:1], "negative": e[1:]}, steps=2, seed=3)
+    (c,) = CogVideoXSampler().run(m, cond, steps=2, seed=3, negative=neg)
+    assert torch.equal(a["samples"], c["samples"])
+    with pytest.raises(DualAdapterError, match="cogvideox"):
+        CogVideoXSampler().run(m, [[torch.zeros(1, 77, 768), {}]], steps=1)
+
+
+def test_native_workflow_ui_and_api_twins_agree():
+    import importlib.util
+    from pathlib import Path
+
+    from dual_adapter.commands.run import load_node_classes
+    from dual_adapter.graph import ui_to_api
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bw", root / "workflows" / "build_workflows.py")
+    bw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bw)
+    classes = {**bw.NATIVE_CORE_SPECS, **load_node_classes()}
+    ui = json.loads((root / "workflows" / "native" / "dualreal_lora_ksampler.json").read_text())
+    api = json.loads((root / "workflows" / "native" / "api" / "dualreal_lora_ksampler.json").read_text())
+    types = {n["type"] for n in ui["nodes"]}
+    assert {"UNETLoader", "CLIPLoader", "KSampler", "DualAdapterDualRealApplyNative",
+            "DualAdapterApplyLoRANative"} <= types
+    conv = ui_to_api(ui, classes)
+    assert {k: v["inputs"] for k, v in conv.items()} == {k: v["inputs"] for k, v in api.items()}
+    assert api[next(k for k, v in api.items() if v["class_type"] == "CLIPLoader")]["inputs"]["type"] == "cogvideox"
