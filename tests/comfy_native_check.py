@@ -186,6 +186,16 @@ with torch.no_grad():
     b = native_out(m_pack, x, ctx, ts)
     m_pack.unpatch_model()
     want_l = diffusers_out(patched_copy(t, [L.LoraPatch(lf, 0.8)]), x, ctx, ts)
+lsd2 = {k.replace("to_q", "to_v").replace("ff.net.0.proj", "ff.net.2"): v.flip(0) for k, v in lsd.items()
+        if "to_q" in k}
+lf2 = L.LoraFile.from_state_dict(lsd2)
+with torch.no_grad():
+    (m_s,) = core_nodes.LoraLoaderModelOnly().load_lora_model_only(m, "native_lora.safetensors", 0.5)
+    (m_s2,) = nn_nodes.ApplyLoRANative().apply(m_s, lf2, strength=0.7)
+    c = native_out(m_s2, x, ctx, ts)
+    m_s2.unpatch_model()
+    want_s = diffusers_out(patched_copy(t, [L.LoraPatch(lf, 0.5), L.LoraPatch(lf2, 0.7)]), x, ctx, ts)
+res["lora_stack_core_then_pack_vs_pack"] = (c - want_s).abs().max().item()
 res["lora"] = {"not_loaded_messages": [s for s in msgs if "lora key not loaded" in s],
                "patches": len(m_core.patches), "core_loader_vs_pack_node": (a - b).abs().max().item(),
                "core_loader_vs_pack_model": (a - want_l).abs().max().item(),

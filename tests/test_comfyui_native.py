@@ -73,3 +73,4 @@ def test_native_lora_file_loads_in_core_loraloadermodelonly(result):
     assert r["not_loaded_messages"] == [] and r["patches"] == 4
     assert r["core_loader_vs_pack_node"] < 1e-6 and r["core_loader_vs_pack_model"] < 1e-5
     assert r["pack_reads_native_file"]
+    assert result["lora_stack_core_then_pack_vs_pack"] < 1e-5  # core LoraLoaderModelOnly + the pack's node stack
