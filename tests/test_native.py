@@ -312,3 +312,22 @@ def test_native_workflow_ui_and_api_twins_agree():
     conv = ui_to_api(ui, classes)
     assert {k: v["inputs"] for k, v in conv.items()} == {k: v["inputs"] for k, v in api.items()}
     assert api[next(k for k, v in api.items() if v["class_type"] == "CLIPLoader")]["inputs"]["type"] == "cogvideox"
+
+
+def test_pack_loader_takes_a_folder_without_transformer_plus_a_native_file(tinies, tmp_path):
+    from dual_adapter.backbone import load_cogvideox
+
+    b = tinies["tiny-1.5"]
+    root = tmp_path / "cv"
+    b.vae.save_pretrained(root / "vae")
+    b.text_encoder.save_pretrained(root / "text_encoder")
+    b.tokenizer.save_pretrained(root / "tokenizer")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(b.scheduler_config))
+    b.transformer.save_pretrained(tmp_path / "t" / "transformer")
+    nat = native.convert_diffusers_to_native(tmp_path / "t", tmp_path / "n.safetensors")
+    with pytest.raises(DualAdapterError, match="transformer/"):
+        load_cogvideox(root, dtype="fp32", device="cpu")
+    got = load_cogvideox(root, dtype="fp32", device="cpu", transformer_file=nat)
+    assert got.config.patch_size_t == 2
+    assert all(torch.equal(got.transformer.state_dict()[k], v) for k, v in b.transformer.state_dict().items())

@@ -37,6 +37,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
     p.add_argument("--cpu-offload", action="store_true", help="keep model parts on CPU until they run")
+    p.add_argument("--transformer", default=None, metavar="FILE", help="a native ComfyUI single-file CogVideoX "
+                   "transformer (models/diffusion_models/*.safetensors) used instead of --model's transformer/")
 
 
 def load_bundle(args):
@@ -45,6 +47,12 @@ def load_bundle(args):
     kw = {}
     if args.model not in ("tiny", "tiny-5b", "tiny-1.5"):
         kw["cpu_offload"] = bool(getattr(args, "cpu_offload", False))
+        if getattr(args, "transformer", None):
+            kw["transformer_file"] = args.transformer
+    elif getattr(args, "transformer", None):
+        from ..errors import DualAdapterError
+
+        raise DualAdapterError("--transformer needs --model FOLDER (a diffusers folder for the VAE and T5), not a tiny model")
     return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
 
 
