@@ -7,7 +7,8 @@ encoder + tokenizer) and the noise-scheduler config. It is what the ComfyUI type
 Layouts used throughout the library:
   * transformer latents: ``[B, F, C, h, w]`` (diffusers' CogVideoX layout), in the VAE's *scaled*
     latent space (``vae_latent * scaling_factor``);
-  * ComfyUI LATENT: ``{"samples": [B, C, T, h, w]}`` (same values, channels before time);
+  * ComfyUI LATENT: ``{"samples": [B, C, T, h, w]}``, the *unscaled* VAE latent (core ComfyUI's
+    convention: ``samples = latents / scaling_factor``, see ``sampling.to_comfy_latent``);
   * text embeddings: ``[B, L, D_text]`` with ``L`` = the model's text length (226 on the real models).
 """
 from __future__ import annotations
@@ -448,7 +449,25 @@ def _refuse_image_to_video(root: Path, tcfg: dict, vcfg: dict) -> None:
                                "(CogVideoX-2b, CogVideoX-5b or CogVideoX1.5-5B)")
 
 
-def inspect_model(name_or_path: str | os.PathLike) -> ModelInfo:
+def _native_file_config(path) -> dict:
+    """The diffusers transformer config recorded in a native single file's header (``{}`` when absent)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(Path(path).expanduser()), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - any unreadable header is the same user error
+        raise DualAdapterError(f"transformer file {str(path)!r} is not a readable safetensors file: {e}") from None
+    try:
+        cfg = json.loads(meta.get("config") or "{}")
+    except ValueError:
+        cfg = {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.PathLike | None = None) -> ModelInfo:
     """Read and check a model's configs without loading any weights (seconds, not minutes).
 
     ``name_or_path`` is a tiny variant (``"tiny"``, ``"tiny-5b"``, ``"tiny-1.5"``) or a diffusers
@@ -456,7 +475,9 @@ def inspect_model(name_or_path: str | os.PathLike) -> ModelInfo:
     (:data:`REQUIRED_PARTS`); ``transformer/config.json``, ``vae/config.json`` and
     ``scheduler/scheduler_config.json`` are JSON objects with values of the right types; the transformer is a
     ``CogVideoXTransformer3DModel``; the model is text-to-video (image-to-video folders are refused until
-    supported); the scheduler config builds both CogVideoX schedulers.
+    supported); the scheduler config builds both CogVideoX schedulers. With ``transformer_file`` (a native
+    single file, :mod:`dual_adapter.native`) the folder needs no ``transformer/`` and the transformer config
+    comes from the file's header.
 
     Raises:
         DualAdapterError: naming the file and the wrong or missing value.
@@ -472,11 +493,18 @@ def inspect_model(name_or_path: str | os.PathLike) -> ModelInfo:
         raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected 'tiny', 'tiny-5b', 'tiny-1.5' or a "
                                f"diffusers CogVideoX folder with {', '.join(p + '/' for p in REQUIRED_PARTS)})")
     missing = _missing_parts(root)
+    if transformer_file:
+        missing = [m for m in missing if not m.startswith("transformer")]
     if missing:
         raise DualAdapterError(f"model folder {str(root)!r} is incomplete; missing: " + "; ".join(missing))
     tpath, vpath = root / "transformer" / "config.json", root / "vae" / "config.json"
     spath = root / "scheduler" / "scheduler_config.json"
-    tcfg, vcfg = _read_json(tpath, "transformer config"), _read_json(vpath, "VAE config")
+    if transformer_file:
+        tpath = Path(transformer_file)
+        tcfg = _native_file_config(transformer_file)
+    else:
+        tcfg = _read_json(tpath, "transformer config")
+    vcfg = _read_json(vpath, "VAE config")
     scfg = _read_json(spath, "scheduler config")
     cls = tcfg.get("_class_name")
     if cls is not None and cls != "CogVideoXTransformer3DModel":
@@ -506,6 +534,7 @@ def load_cogvideox(
     vae_tiling: bool = True,
     vae_slicing: bool = True,
     cpu_offload: bool = False,
+    transformer_file: str | os.PathLike | None = None,
 ) -> CogVideoXBundle:
     """Load CogVideoX-2B / -5B / 1.5-5B from a local diffusers folder.
 
@@ -518,6 +547,8 @@ def load_cogvideox(
         device: execution device; default ``"cuda"`` when available else ``"cpu"``.
         vae_tiling / vae_slicing: decode in spatial tiles / one video at a time (less VRAM).
         cpu_offload: keep every part on CPU and move it to ``device`` only while it runs.
+        transformer_file: a native ComfyUI single-file transformer (``models/diffusion_models/*.safetensors``,
+            see :mod:`dual_adapter.native`) used instead of ``folder/transformer/`` (which may then be absent).
 
     Raises:
         DualAdapterError: the folder does not exist or lacks a part (the message lists every missing file
@@ -529,13 +560,18 @@ def load_cogvideox(
     from transformers import AutoTokenizer, T5EncoderModel
 
     root = Path(folder).expanduser()
-    info = inspect_model(root)
+    info = inspect_model(root, transformer_file=transformer_file)
     device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype)
     load_device = "cpu" if cpu_offload else device
     try:
-        transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt,
-                                                                  use_safetensors=True)
+        if transformer_file:
+            from .native import load_native_transformer
+
+            transformer = load_native_transformer(transformer_file, dtype=dt)
+        else:
+            transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt,
+                                                                      use_safetensors=True)
         vae = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae", torch_dtype=dt, use_safetensors=True)
         text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dt, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")

@@ -766,7 +766,10 @@ def load_lora(path: str | Path) -> LoraFile:
       * peft: ``base_model.model.{m}.lora_A.weight`` or ``{m}.lora_A[.<adapter>].weight``
         (alpha from an ``adapter_config.json`` beside the file);
       * kohya: ``lora_unet_transformer_blocks_0_attn1_to_q.lora_down.weight`` / ``lora_up.weight`` /
-        ``.alpha`` (CogVideoX-Fun and kohya-style trainers).
+        ``.alpha`` (kohya-style trainers; VideoX-Fun's ``lora_unet__...`` double underscore too);
+      * ComfyUI native: ``diffusion_model.blocks.0.q.lora_up/lora_down.weight`` + ``.alpha`` (see
+        :mod:`dual_adapter.lora_formats`; ``.diff`` / ``.diff_b`` are refused with a message);
+      * finetrainers: diffusers names with alpha in the ``lora_config`` metadata.
     Text-encoder keys (``text_encoder.*``, ``lora_te*``) are not applied; they are listed in
     ``LoraFile.skipped`` and logged.
 
@@ -784,6 +787,9 @@ def load_lora(path: str | Path) -> LoraFile:
     tensors, meta = load_safetensors(p)
     if not tensors:
         raise DualAdapterError(f"LoRA file {str(p)!r} contains no tensors")
+    from .lora_formats import normalize_lora_tensors  # native / VideoX-Fun / finetrainers layouts
+
+    tensors, meta = normalize_lora_tensors(tensors, meta, p)
     return _convert(tensors, meta, p)
 
 

@@ -21,7 +21,7 @@ from .seeds import seed_generator
 log = logging.getLogger(__name__)
 
 __all__ = ["SCHEDULERS", "check_finite", "make_scheduler", "sample", "decode_latents", "encode_frames", "to_comfy_latent",
-           "from_comfy_latent"]
+           "from_comfy_latent", "latent_scale"]
 
 SCHEDULERS = ("dpm", "ddim")
 
@@ -46,13 +46,25 @@ def make_scheduler(bundle_or_config, name: str = "dpm"):
     return cls.from_config(cfg)
 
 
-def to_comfy_latent(latents: torch.Tensor) -> dict:
-    """``[B, F, C, h, w]`` transformer latents -> ComfyUI LATENT ``{"samples": [B, C, F, h, w]}``."""
-    return {"samples": latents.permute(0, 2, 1, 3, 4).contiguous()}
+def latent_scale(bundle_or_vae) -> float:
+    """The VAE's ``scaling_factor`` (1.15258426 on 2B, 0.7 on 5B / 1.5-5B; the tiny VAE's default otherwise)."""
+    vae = getattr(bundle_or_vae, "vae", bundle_or_vae)
+    return float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0) or 1.0)
 
 
-def from_comfy_latent(latent: dict | torch.Tensor) -> torch.Tensor:
-    """ComfyUI LATENT (``{"samples": [B, C, T, h, w]}``) -> ``[B, T, C, h, w]`` transformer latents.
+def to_comfy_latent(latents: torch.Tensor, scale: float = 1.0) -> dict:
+    """``[B, F, C, h, w]`` transformer latents -> ComfyUI LATENT ``{"samples": [B, C, F, h, w]}``.
+
+    Latent convention (README "Native ComfyUI"): a LATENT holds the *unscaled* VAE latent, as core ComfyUI
+    does (core's CogVideoX model multiplies by the scale itself), so pass ``scale`` = :func:`latent_scale`
+    of the model: the samples are ``latents / scale``.
+    """
+    return {"samples": (latents / scale if scale != 1.0 else latents).permute(0, 2, 1, 3, 4).contiguous()}
+
+
+def from_comfy_latent(latent: dict | torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """ComfyUI LATENT (``{"samples": [B, C, T, h, w]}``, unscaled VAE latent) -> ``[B, T, C, h, w]``
+    transformer latents (``samples * scale``, ``scale`` = :func:`latent_scale` of the model).
 
     Raises:
         DualAdapterError: not a 5-D video latent.
@@ -61,7 +73,8 @@ def from_comfy_latent(latent: dict | torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(x) or x.ndim != 5:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise DualAdapterError(f"latent must be a video LATENT with samples [B, C, T, H, W], got {shape}")
-    return x.permute(0, 2, 1, 3, 4)
+    x = x.permute(0, 2, 1, 3, 4)
+    return x * scale if scale != 1.0 else x
 
 
 def _expand_embeds(e: torch.Tensor, batch: int, name: str) -> torch.Tensor:

@@ -40,3 +40,30 @@ def unique_output(prefix: str, ext: str, what: str = "filename_prefix") -> Path:
     from . import bridge
 
     return bridge.output_path(prefix, ext, what=what)
+
+
+def conditioning_embeds(cond, name: str = "conditioning", bundle=None) -> torch.Tensor:
+    """Core CONDITIONING (``[[cond [B, L, D], {...}], ...]``) -> text embeddings ``[B, L, D]`` (the first entry).
+
+    Raises:
+        DualAdapterError: not a CONDITIONING, or a width other than the model's text width (e.g. a CLIP-L
+            conditioning on CogVideoX, which needs T5-XXL: CLIPLoader type ``cogvideox``).
+    """
+    import logging
+
+    ok = isinstance(cond, (list, tuple)) and len(cond) > 0 and isinstance(cond[0], (list, tuple)) and \
+        len(cond[0]) >= 1 and torch.is_tensor(cond[0][0]) and cond[0][0].ndim == 3
+    if not ok:
+        raise DualAdapterError(f"{name}: expected a CONDITIONING from core CLIPTextEncode, got {type(cond).__name__}")
+    e = cond[0][0]
+    if len(cond) > 1:
+        logging.getLogger(__name__).warning("%s: %d conditioning entries; only the first is used", name, len(cond))
+    if bundle is not None:
+        want = int(bundle.config.text_embed_dim)
+        if e.shape[-1] != want:
+            raise DualAdapterError(f"{name}: text embeddings are {e.shape[-1]}-wide, this CogVideoX takes {want} "
+                                   f"(T5-XXL: load the text encoder with CLIPLoader type 'cogvideox')")
+        if e.shape[1] != bundle.max_text_len:
+            logging.getLogger(__name__).warning("%s: %d text tokens; the model was trained with %d", name,
+                                                e.shape[1], bundle.max_text_len)
+    return e.detach().clone()

@@ -39,15 +39,24 @@ class CogVideoXLoader:
             "vae_slicing": ("BOOLEAN", {"default": True, "tooltip": "Decode one video of a batch at a time."}),
             "cpu_offload": ("BOOLEAN", {"default": False, "tooltip": "Keep parts on CPU and move each to the GPU only "
                             "while it runs (fits 5B in less VRAM, slower)."}),
+        }, "optional": {
+            "native_transformer": (["none"] + bridge.list_files("diffusion_models"), {"default": "none", "tooltip":
+                                   "A native ComfyUI single-file CogVideoX transformer (models/diffusion_models/, e.g. "
+                                   "written by Convert to Native) used instead of the folder's transformer/; the "
+                                   "folder still gives the VAE, T5 and scheduler. none = the folder's own."}),
         }}
 
-    def load(self, model, dtype="auto", device="auto", vae_tiling=True, vae_slicing=True, cpu_offload=False):
+    def load(self, model, dtype="auto", device="auto", vae_tiling=True, vae_slicing=True, cpu_offload=False,
+             native_transformer="none"):
         # ComfyUI runs nodes under inference_mode; weights made there are "inference tensors" that
         # autograd cannot save for backward, so training nodes could not use them. Build them outside.
         with torch.inference_mode(False):
-            return self._load(model, dtype, device, vae_tiling, vae_slicing, cpu_offload)
+            return self._load(model, dtype, device, vae_tiling, vae_slicing, cpu_offload, native_transformer)
 
-    def _load(self, model, dtype, device, vae_tiling, vae_slicing, cpu_offload):
+    def _load(self, model, dtype, device, vae_tiling, vae_slicing, cpu_offload, native_transformer="none"):
+        tf = None if native_transformer in (None, "", "none") else bridge.resolve("diffusion_models", native_transformer)
+        if tf is not None and model in backbone.TINY_VARIANTS:
+            raise DualAdapterError("native_transformer needs a diffusers folder for the VAE / T5 (not a tiny model)")
         dt = None if dtype == "auto" else dtype
         if model in backbone.TINY_VARIANTS:
             dev = "cpu" if device == "auto" else device
@@ -61,7 +70,7 @@ class CogVideoXLoader:
                                    f"put it in models/diffusers/ and use Load U-Net Video Model")
         dev = None if device == "auto" else device
         b = backbone.load_cogvideox(path, dtype=dt or "bf16", device=dev, vae_tiling=vae_tiling,
-                                    vae_slicing=vae_slicing, cpu_offload=cpu_offload)
+                                    vae_slicing=vae_slicing, cpu_offload=cpu_offload, transformer_file=tf)
         return (PatchedModel(b),)
 
 
@@ -90,9 +99,19 @@ class CogVideoXTextEncode:
                  "model_name": m.bundle.name},)
 
 
-def _check_embeds(embeds):
+def _check_embeds(embeds, negative=None, bundle=None):
+    """COGVIDEOX_EMBEDS, or core CONDITIONING (CLIPLoader type ``cogvideox`` + CLIPTextEncode) with an optional
+    negative CONDITIONING -> ``{"positive": [1, L, D], "negative": [1, L, D] | None}``."""
+    from .common import conditioning_embeds
+
+    if isinstance(embeds, (list, tuple)):
+        return {"positive": conditioning_embeds(embeds, "embeds", bundle),
+                "negative": conditioning_embeds(negative, "negative", bundle) if negative is not None else None}
     if not isinstance(embeds, dict) or "positive" not in embeds:
-        raise DualAdapterError("embeds: expected COGVIDEOX_EMBEDS from 'Encode Prompt (CogVideoX)'")
+        raise DualAdapterError("embeds: expected COGVIDEOX_EMBEDS from 'Encode Prompt (CogVideoX)' or a CONDITIONING "
+                               "from core CLIPTextEncode (CLIPLoader type cogvideox)")
+    if negative is not None:
+        return {**embeds, "negative": conditioning_embeds(negative, "negative", bundle)}
     return embeds
 
 
@@ -108,7 +127,8 @@ class CogVideoXSampler:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX, optionally through Apply DualReal / Apply LoRA."}),
-            "embeds": ("COGVIDEOX_EMBEDS", {"tooltip": "From Encode Prompt (CogVideoX)."}),
+            "embeds": ("COGVIDEOX_EMBEDS,CONDITIONING", {"tooltip": "From Encode Prompt (CogVideoX), or a core "
+                       "CONDITIONING (CLIPLoader type cogvideox -> CLIPTextEncode; T5 [1, 226, 4096])."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 1025, "step": 1, "tooltip": "Frames, 4k+1 (49 on the "
                        "released models). 0 = the model's training size (49 on real models, 9 on tiny)."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, multiple of 16. "
@@ -122,16 +142,20 @@ class CogVideoXSampler:
                              "tooltip": "Seed of the initial noise; the same seed gives the same video. Every value the widget allows (0 .. 2^64-1) is its own seed (no wrap-around)."}),
             "scheduler": (list(sampling.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
                           "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
+        }, "optional": {
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt as core CONDITIONING (with a CONDITIONING "
+                         "embeds; replaces the negative of COGVIDEOX_EMBEDS). None = the empty prompt."}),
         }}
 
-    def run(self, model, embeds, frames=0, height=0, width=0, steps=50, cfg=6.0, seed=0, scheduler="dpm"):
+    def run(self, model, embeds, frames=0, height=0, width=0, steps=50, cfg=6.0, seed=0, scheduler="dpm",
+            negative=None):
         m = as_model(model)
-        e = _check_embeds(embeds)
+        e = _check_embeds(embeds, negative, m.bundle)
         progress = bridge.Progress(steps)
         lat = sampling.sample(m.bundle, e["positive"], e.get("negative"), num_frames=frames or None,
                               height=height or None, width=width or None, steps=steps, cfg=cfg, seed=seed,
                               scheduler=scheduler, patches=m.patches, callback=progress)
-        return (sampling.to_comfy_latent(lat.float().cpu()),)
+        return (sampling.to_comfy_latent(lat.float().cpu(), sampling.latent_scale(m.bundle)),)
 
 
 class CogVideoXDecode:
@@ -151,7 +175,7 @@ class CogVideoXDecode:
 
     def decode(self, model, latent):
         m = as_model(model)
-        lat = sampling.from_comfy_latent(latent).to(m.bundle.device, m.bundle.dtype)
+        lat = sampling.from_comfy_latent(latent, sampling.latent_scale(m.bundle)).to(m.bundle.device, m.bundle.dtype)
         frames = sampling.decode_latents(m.bundle, lat, callback=bridge.Progress(lat.shape[0]))
         return (frames.reshape(-1, *frames.shape[2:]),)
 
@@ -179,7 +203,7 @@ class CogVideoXEncode:
         _, h0, w0 = m.bundle.default_size
         n = media.nearest_valid_frames(x.shape[0], m.bundle.vae_scale_temporal, mode="down")
         x = media.fit_frames(x[:n], height or h0, width or w0)
-        return (sampling.to_comfy_latent(sampling.encode_frames(m.bundle, x).float().cpu()),)
+        return (sampling.to_comfy_latent(sampling.encode_frames(m.bundle, x).float().cpu(), sampling.latent_scale(m.bundle)),)
 
 
 def _input_videos() -> list[str]:

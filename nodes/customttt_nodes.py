@@ -6,7 +6,7 @@ from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
-from dual_adapter.sampling import from_comfy_latent
+from dual_adapter.sampling import from_comfy_latent, latent_scale
 
 from . import bridge
 from .common import as_model, training_mode
@@ -95,7 +95,7 @@ class DualAdapterPromptInfluence:
         concepts = {k: v for k, v in (("appearance", appearance_prompt), ("motion", motion_prompt)) if v and v.strip()}
         if not concepts:
             raise DualAdapterError("Prompt Influence: give an appearance_prompt and/or a motion_prompt")
-        lat = from_comfy_latent(reference).clone() if reference is not None else None
+        lat = from_comfy_latent(reference, latent_scale(m.bundle)).clone() if reference is not None else None
         res = C.prompt_influence(m.bundle, concepts, neutral_prompt or "", group_size=int(group_size),
                                  timesteps=_ints(timesteps, "timesteps"), seeds=_ints(seeds, "seeds"), latents=lat,
                                  space=space, top_k=int(top_k), num_frames=frames or None, height=height or None,

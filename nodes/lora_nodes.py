@@ -137,21 +137,34 @@ class SaveLoRA:
                        "LoRA right away; output: ComfyUI's output folder (under loras/)."}),
             "precision": (["fp32", "bf16", "fp16"], {"default": "bf16", "tooltip": "Tensor dtype in the file "
                           "(bf16 halves the size; fp32 keeps it exact)."}),
+        }, "optional": {
+            "key_format": (["diffusers", "comfyui_native"], {"default": "diffusers", "tooltip": "diffusers: "
+                           "transformer.transformer_blocks.N.attn1.to_q.lora_A/B (diffusers, CogVideoX wrappers); "
+                           "comfyui_native: diffusion_model.blocks.N.q.lora_up/lora_down + .alpha, what core "
+                           "LoraLoaderModelOnly loads on a native CogVideoX MODEL. This pack reads both."}),
         }}
 
-    def save(self, lora, filename_prefix="motion_lora", folder="models/loras", precision="bf16"):
+    def save(self, lora, filename_prefix="motion_lora", folder="models/loras", precision="bf16",
+             key_format="diffusers"):
         lf = _as_lora(lora)
         base = bridge.folder_dirs("loras")[0] if folder == "models/loras" else bridge.output_dir() / "loras"
         path = bridge.output_path(filename_prefix, "safetensors", base=base)
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        lf.save(path, dtype=dt)
+        if key_format == "comfyui_native":
+            from dual_adapter.lora_formats import save_lora_native
+
+            save_lora_native(path, lf, dtype=dt)
+        else:
+            lf.save(path, dtype=dt)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 
 class LoadLoRA:
     DESCRIPTION = ("Load a CogVideoX LoRA from models/loras: files saved by this pack, diffusers / peft LoRAs from "
                    "other trainers (CogVideoX factory, finetrainers...) and kohya-style lora_unet_* files "
-                   "(CogVideoX-Fun). Text-encoder parts are not applied.")
+                   "(CogVideoX-Fun, also VideoX-Fun's lora_unet__ names), ComfyUI-native diffusion_model.blocks.N.q files "
+                   "(.alpha read; .diff refused) and finetrainers files (alpha from lora_config). Text-encoder parts "
+                   "are not applied.")
     CATEGORY = CAT
     RETURN_TYPES = ("VIDEO_LORA",)
     RETURN_NAMES = ("lora",)
@@ -184,13 +197,22 @@ class ApplyLoRA:
         return {"required": {
             "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX (or another Apply node)."}),
             "lora": ("VIDEO_LORA", {"tooltip": "From Load LoRA or Train Motion LoRA."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
-                                   "tooltip": "Multiplier of the LoRA update: 1 = as trained, 0 = off, negative subtracts."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.0001,
+                                   "tooltip": "Multiplier of the LoRA update: 1 = as trained, 0 = off, negative subtracts. "
+                                   "Fine steps (0.0001) reach 1/rank for LoRAs trained with alpha 1 (or use alpha_override)."}),
+        }, "optional": {
+            "alpha_override": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 0.5, "tooltip":
+                               "0 = the file's alpha (scale alpha/rank). Set e.g. 1 for LoRAs trained with alpha 1 but "
+                               "saved without it (DimensionX-style; the same as strength 1/rank)."}),
         }}
 
-    def apply(self, model, lora, strength=1.0):
+    def apply(self, model, lora, strength=1.0, alpha_override=0.0):
         m = as_model(model)
         lf = _as_lora(lora)
+        if alpha_override:
+            from dual_adapter.lora_formats import with_alpha
+
+            lf = with_alpha(lf, float(alpha_override))
         L.check_compatible(lf, m.bundle.transformer)
         k = sum(isinstance(p, L.LoraPatch) for p in m.patches)
         return (m.with_patch(L.LoraPatch(lf, float(strength), name=f"{lf.name}_{k}")),)

@@ -149,9 +149,17 @@ def test_ui_workflows_load_in_the_frontend(server):
             page = browser.new_page()
             page.goto(server["url"], wait_until="networkidle", timeout=120_000)
             page.wait_for_function("window.app && window.app.graph", timeout=120_000)
-            for wf in sorted((ROOT / "workflows").glob("*.json")):
-                api = json.loads((ROOT / "workflows" / "api" / wf.name).read_text())
+            for wf in sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "native").glob("*.json")):
+                api = json.loads((wf.parent / "api" / wf.name).read_text())
                 problems = page.evaluate(_CHECK_JS, [json.loads(wf.read_text()), api])
                 assert not problems, f"{wf.name}: {problems}"
         finally:
             browser.close()
+
+
+def test_every_shipped_workflow_names_only_nodes_the_server_has(server):
+    """Without a browser: every node type of every UI workflow (the native one included) is in /object_info."""
+    info = _get(server["url"] + "/object_info", timeout=60)
+    for wf in sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "native").glob("*.json")):
+        types = {n["type"] for n in json.loads(wf.read_text())["nodes"]} - {"MarkdownNote", "Note"}
+        assert not types - set(info), f"{wf.name}: missing nodes {sorted(types - set(info))}"

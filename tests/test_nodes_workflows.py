@@ -78,9 +78,10 @@ def test_workflow_files_match_node_definitions(classes):
     bw = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bw)
     for g in bw.build_all(classes):
-        assert json.loads((WF / f"{g.name}.json").read_text()) == json.loads(json.dumps(g.ui())), \
+        base = WF / g.subdir if g.subdir else WF
+        assert json.loads((base / f"{g.name}.json").read_text()) == json.loads(json.dumps(g.ui())), \
             f"workflows/{g.name}.json is stale: run python workflows/build_workflows.py"
-        assert json.loads((WF / "api" / f"{g.name}.json").read_text()) == json.loads(json.dumps(g.api()))
+        assert json.loads((base / "api" / f"{g.name}.json").read_text()) == json.loads(json.dumps(g.api()))
 
 
 @pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.stem)

@@ -40,8 +40,8 @@ class Node:
 
 
 class Graph:
-    def __init__(self, name: str, classes: dict):
-        self.name, self.classes = name, classes
+    def __init__(self, name: str, classes: dict, subdir: str = ""):
+        self.name, self.classes, self.subdir = name, classes, subdir
         self.nodes: list[Node] = []
         self.notes: list[tuple[str, str]] = []
 
@@ -164,6 +164,7 @@ class Graph:
                 "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 400]}}, "version": 0.4}
 
     def save(self, folder: Path = ROOT / "workflows") -> None:
+        folder = folder / self.subdir if self.subdir else folder
         (folder / "api").mkdir(parents=True, exist_ok=True)
         (folder / f"{self.name}.json").write_text(json.dumps(self.ui(), indent=1) + "\n")
         (folder / "api" / f"{self.name}.json").write_text(json.dumps(self.api(), indent=1) + "\n")
@@ -314,7 +315,66 @@ def g_dualreal_load(classes) -> Graph:
     return g
 
 
-BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora, g_customttt, g_dualreal_train, g_dualreal_load]
+# Core ComfyUI nodes of the native graph that have no headless stand-in (they need core's model loaders):
+# their input specs as in ComfyUI 0.33 (order, defaults), so the files match what the frontend shows.
+def _core_spec(ret, required, optional=None):
+    return type("CoreNodeSpec", (), {"RETURN_TYPES": ret, "INPUT_TYPES": classmethod(
+        lambda cls: {"required": required, **({"optional": optional} if optional else {})})})
+
+
+NATIVE_CORE_SPECS = {
+    "UNETLoader": _core_spec(("MODEL",), {"unet_name": (["cogvideox5b_native.safetensors"],),
+                                           "weight_dtype": (["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],)}),
+    "CLIPLoader": _core_spec(("CLIP",), {"clip_name": (["t5xxl_fp16.safetensors"],), "type": (["cogvideox"],)},
+                             {"device": (["default", "cpu"],)}),
+    "CLIPTextEncode": _core_spec(("CONDITIONING",), {"text": ("STRING", {"multiline": True}), "clip": ("CLIP",)}),
+    "VAELoader": _core_spec(("VAE",), {"vae_name": (["cogvideox5b_vae.safetensors"],)}),
+    "EmptyHunyuanLatentVideo": _core_spec(("LATENT",), {
+        "width": ("INT", {"default": 848}), "height": ("INT", {"default": 480}), "length": ("INT", {"default": 25}),
+        "batch_size": ("INT", {"default": 1})}),
+    "KSampler": _core_spec(("LATENT",), {
+        "model": ("MODEL",), "seed": ("INT", {"default": 0, "control_after_generate": True}),
+        "steps": ("INT", {"default": 20}), "cfg": ("FLOAT", {"default": 8.0}), "sampler_name": (["euler"],),
+        "scheduler": (["simple"],), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+        "latent_image": ("LATENT",), "denoise": ("FLOAT", {"default": 1.0})}),
+    "VAEDecode": _core_spec(("IMAGE",), {"samples": ("LATENT",), "vae": ("VAE",)}),
+}
+
+
+def g_native(classes) -> Graph:
+    """Core loaders + KSampler with the pack's Apply nodes on a native CogVideoX MODEL."""
+    g = Graph("dualreal_lora_ksampler", {**NATIVE_CORE_SPECS, **classes}, subdir="native")
+    m = g.node("UNETLoader", unet_name="cogvideox5b_native.safetensors", weight_dtype="default")
+    lo = g.node("DualAdapterLoadLoRA", lora_name="tap/guitar_00001_.safetensors")
+    ml = g.node("DualAdapterApplyLoRANative", model=m[0], lora=lo[0], strength=1.0)
+    ad = g.node("DualRealLoad", adapters_name="dualreal/dog_guitar_00001_.safetensors")
+    ph = g.node("LoadImage", image="dog.png")
+    cv = g.node("CLIPVisionLoader", clip_name="clip_vision_h.safetensors")
+    md = g.node("DualAdapterDualRealApplyNative", model=ml[0], adapters=ad[0], reference_image=ph[0], clip_vision=cv[0])
+    clip = g.node("CLIPLoader", clip_name="t5xxl_fp16.safetensors", type="cogvideox")
+    pos = g.node("CLIPTextEncode", title="Prompt", text="Dog * is playing guitar", clip=clip[0])
+    neg = g.node("CLIPTextEncode", title="Negative prompt", text="", clip=clip[0])
+    lat = g.node("EmptyHunyuanLatentVideo", title="Empty video latent (16 ch, 4x time)", width=720, height=480,
+                 length=49, batch_size=1)
+    ks = g.node("KSampler", model=md[0], seed=42, steps=50, cfg=6.0, sampler_name="euler", scheduler="simple",
+                positive=pos[0], negative=neg[0], latent_image=lat[0], denoise=1.0)
+    vae = g.node("VAELoader", vae_name="cogvideox5b_vae.safetensors")
+    dec = g.node("VAEDecode", samples=ks[0], vae=vae[0])
+    g.node("SaveAnimatedWEBP", images=dec[0], filename_prefix="dual_adapter/native_dualreal", fps=8.0)
+    g.note("Native ComfyUI CogVideoX + DualReal + LoRA", (
+        "**Needs real weights (no tiny model here): core ComfyUI's native CogVideoX.**\n\n"
+        "- transformer: a native single file in `models/diffusion_models/` (convert a diffusers folder from "
+        "`models/CogVideo/` with *Convert CogVideoX to Native* or `python -m dual_adapter convert-native`);\n"
+        "- text encoder: T5-XXL in `models/text_encoders/` with CLIPLoader type `cogvideox`; VAE: the CogVideoX VAE "
+        "in `models/vae/`; reference: `clip_vision_h.safetensors` in `models/clip_vision/`;\n"
+        "- adapters from *Train DualReal* (`models/dualreal/`), LoRA from *Train Motion LoRA* (`models/loras/`), any "
+        "supported format; core LoraLoaderModelOnly stacks with *Apply LoRA to MODEL*;\n"
+        "- CogVideoX-1.5 runs in core as in diffusers; on 5B 1.0 core scales the RoPE grid (a warning); 2B and "
+        "5B-I2V 1.0 are refused (core builds them with other positions), see README 'Native ComfyUI'."))
+    return g
+
+
+BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora, g_customttt, g_dualreal_train, g_dualreal_load, g_native]
 
 
 # ---------------------------------------------------------------- U-Net backbones (nodes/unet_nodes.py)
@@ -397,4 +457,5 @@ def build_all(classes=None) -> list[Graph]:
 if __name__ == "__main__":
     for g in build_all():
         g.save()
-        print(f"wrote workflows/{g.name}.json and workflows/api/{g.name}.json")
+        sub = f"{g.subdir}/" if g.subdir else ""
+        print(f"wrote workflows/{sub}{g.name}.json and workflows/{sub}api/{g.name}.json")

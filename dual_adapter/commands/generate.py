@@ -40,6 +40,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
     p.add_argument("--cpu-offload", action="store_true", help="keep model parts on CPU until they run")
+    p.add_argument("--transformer", default=None, metavar="FILE", help="a native ComfyUI single-file CogVideoX "
+                   "transformer (models/diffusion_models/*.safetensors) used instead of --model's transformer/")
 
 
 def preflight(args, frames: int | None = None, height: int | None = None, width: int | None = None):
@@ -54,7 +56,7 @@ def preflight(args, frames: int | None = None, height: int | None = None, width:
     from ..backbone import check_device, check_video_size, inspect_model
 
     check_device(args.device, "--device")
-    info = inspect_model(args.model)
+    info = inspect_model(args.model, transformer_file=getattr(args, "transformer", None))
     f0, h0, w0 = info.default_size
     check_video_size(info, frames or f0, height or h0, width or w0)
     return info
@@ -66,6 +68,12 @@ def load_bundle(args):
     kw = {}
     if args.model not in ("tiny", "tiny-5b", "tiny-1.5"):
         kw["cpu_offload"] = bool(getattr(args, "cpu_offload", False))
+        if getattr(args, "transformer", None):
+            kw["transformer_file"] = args.transformer
+    elif getattr(args, "transformer", None):
+        from ..errors import DualAdapterError
+
+        raise DualAdapterError("--transformer needs --model FOLDER (a diffusers folder for the VAE and T5), not a tiny model")
     return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
 
 

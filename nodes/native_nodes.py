@@ -1,0 +1,152 @@
+"""Nodes for core ComfyUI's native CogVideoX (MODEL from UNETLoader, KSampler): Apply DualReal to MODEL,
+Apply LoRA to MODEL, Convert to Native. Thin: validate, then call the library / ``_native_bridge``
+(imported when a node runs, so the pack imports without ComfyUI)."""
+from __future__ import annotations
+
+from dual_adapter.errors import DualAdapterError
+
+from . import bridge
+from .common import image_batch
+
+CAT = "DualAdapter/Native"
+
+
+def _bridge():
+    if not bridge.IN_COMFY:
+        raise DualAdapterError("this node works on a core ComfyUI MODEL and needs ComfyUI")
+    from . import _native_bridge
+
+    return _native_bridge
+
+
+class DualRealApplyNative:
+    DESCRIPTION = ("Apply DualReal adapters to a core MODEL holding a native CogVideoX (UNETLoader) for core KSampler: "
+                   "DA-blocks as object patches on every block (chained with existing patches), StageBlender once per "
+                   "model call, the reference tiled to the CFG batch; the adapters load / offload with the model. "
+                   "Warns or refuses where core's port differs from the model the adapters were trained on. "
+                   "Returns a clone; the input MODEL is unchanged.")
+    CATEGORY = CAT
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A native CogVideoX MODEL (UNETLoader with a native single file)."}),
+                "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
+            },
+            "optional": {
+                "reference_image": ("IMAGE", {"tooltip": "Subject photo for the reference embedding (needs clip_vision)."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP vision ViT-H/14 (clip_vision_h) to encode reference_image."}),
+                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "A precomputed reference embedding [1, 1024] "
+                                                                         "(CLIP Vision Encode); used instead of reference_image."}),
+                "identity_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                                             "tooltip": "Multiplies the identity branch weight (1 = as trained)."}),
+                "motion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                                           "tooltip": "Multiplies the motion branch weight (1 = as trained)."}),
+                "use_controller": ("BOOLEAN", {"default": True, "tooltip": "Off = fixed weights w_id = w_mo = 0.1 (ablation)."}),
+                "allow_divergent": ("BOOLEAN", {"default": False, "tooltip": "Apply even where core's CogVideoX port "
+                                    "runs another model than diffusers (2B sincos detected as RoPE, 5B-I2V 1.0 without "
+                                    "RoPE); off = refuse with the cause."}),
+            },
+        }
+
+    def apply(self, model, adapters, reference_image=None, clip_vision=None, clip_vision_output=None,
+              identity_scale=1.0, motion_scale=1.0, use_controller=True, allow_divergent=False):
+        from dual_adapter.reference import as_reference_embedding, encode_reference
+
+        from .dualreal_nodes import _ComfyClipVisionEncoder
+
+        ref = None
+        if clip_vision_output is not None:
+            ref = as_reference_embedding(clip_vision_output, "clip_vision_output")[:1]
+        elif reference_image is not None:
+            if clip_vision is None:
+                raise DualAdapterError("reference_image needs clip_vision (CLIP vision ViT-H/14) to be encoded; or "
+                                       "connect a CLIP_VISION_OUTPUT")
+            ref = encode_reference(_ComfyClipVisionEncoder(clip_vision), image_batch(reference_image, "reference_image")[:1])
+        out = _bridge().apply_dualreal(model, adapters, ref, fixed_weights=None if use_controller else (0.1, 0.1),
+                                       identity_scale=float(identity_scale), motion_scale=float(motion_scale),
+                                       allow_divergent=bool(allow_divergent))
+        return (out,)
+
+
+class ApplyLoRANative:
+    DESCRIPTION = ("Add one of the pack's LoRAs (VIDEO_LORA: trained here or loaded from any supported format) to a "
+                   "core native CogVideoX MODEL as core weight patches, like LoraLoaderModelOnly; stacks with other "
+                   "core LoRAs. Returns a clone.")
+    CATEGORY = CAT
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A native CogVideoX MODEL (UNETLoader), possibly already patched."}),
+            "lora": ("VIDEO_LORA", {"tooltip": "From Load LoRA (CogVideoX) or Train Motion LoRA."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.0001,
+                                   "tooltip": "Multiplier of the LoRA update (1 = as trained, 0 = off)."}),
+        }, "optional": {
+            "alpha_override": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 0.5,
+                                         "tooltip": "0 = the file's alpha; e.g. 1 for LoRAs trained with alpha 1."}),
+        }}
+
+    def apply(self, model, lora, strength=1.0, alpha_override=0.0):
+        from dual_adapter.lora import LoraFile
+
+        if not isinstance(lora, LoraFile):
+            raise DualAdapterError(f"lora: expected a VIDEO_LORA, got {type(lora).__name__}")
+        if alpha_override:
+            from dual_adapter.lora_formats import with_alpha
+
+            lora = with_alpha(lora, float(alpha_override))
+        return (_bridge().apply_lora(model, lora, float(strength)),)
+
+
+class ConvertToNative:
+    DESCRIPTION = ("Convert the transformer of a diffusers CogVideoX folder (models/CogVideo/) into one native "
+                   "safetensors in models/diffusion_models/ for core UNETLoader. Streamed tensor by tensor (RAM stays "
+                   "near the largest tensor). Never overwrites: a counter is added.")
+    CATEGORY = CAT
+    FUNCTION = "convert"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (bridge.list_model_dirs("CogVideo") or [""], {"tooltip": "A diffusers folder under models/CogVideo/."}),
+            "filename_prefix": ("STRING", {"default": "cogvideox_native", "tooltip": "Output name start (a counter is added)."}),
+            "dtype": (["keep", "bf16", "fp16", "fp32"], {"default": "bf16", "tooltip": "Cast of floating tensors."}),
+        }}
+
+    def convert(self, model, filename_prefix="cogvideox_native", dtype="bf16"):
+        from dual_adapter.io import next_free_path
+        from dual_adapter.native import convert_diffusers_to_native
+
+        if not model:
+            raise DualAdapterError("model: no diffusers CogVideoX folder chosen (put one in models/CogVideo/)")
+        if not filename_prefix.strip() or ".." in filename_prefix.replace("\\", "/").split("/"):
+            raise DualAdapterError(f"filename_prefix {filename_prefix!r}: give a name without '..'")
+        out = next_free_path(bridge.folder_dirs("diffusion_models")[0], filename_prefix.strip(), "safetensors")
+        prog = bridge.Progress(1)
+        path = convert_diffusers_to_native(bridge.resolve("CogVideo", model), out,
+                                           dtype=None if dtype == "keep" else dtype,
+                                           callback=lambda d, t: prog(d, t))
+        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "DualAdapterDualRealApplyNative": DualRealApplyNative,
+    "DualAdapterApplyLoRANative": ApplyLoRANative,
+    "DualAdapterConvertToNative": ConvertToNative,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DualAdapterDualRealApplyNative": "Apply DualReal to MODEL (native CogVideoX)",
+    "DualAdapterApplyLoRANative": "Apply LoRA to MODEL (native CogVideoX)",
+    "DualAdapterConvertToNative": "Convert CogVideoX to Native (single file)",
+}
