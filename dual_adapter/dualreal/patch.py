@@ -162,6 +162,9 @@ class DABlock(nn.Module):
         super().__init__()
         for name, child in block.named_children():  # same objects: a later patch that wraps attn1.to_q
             self.add_module(name, child)            # through this path changes the block's attn1 too
+        for name in ("norm1", "attn1", "norm2", "ff"):  # a view's parts (native blocks) are not its children
+            if name not in self._modules:
+                object.__setattr__(self, name, getattr(block, name))
         object.__setattr__(self, "block", block)  # not registered: no second module path to the weights
         self.adapters = adapters
         self.controller = controller
