@@ -336,6 +336,8 @@ def train_dualreal_on_data(
     options.validate()
     train = train or TrainConfig()
     train.validate(min_steps=1)
+    if resume and out is None:
+        raise DualAdapterError("resume needs out (the interrupted run's output path; its run files are beside it)")
     files = run_paths(out) if out is not None else {}
     with training_run(out, files, resume=resume):
         return _train_on_data(transformer, scheduler_config, data, options, train, adapters=adapters,
