@@ -491,6 +491,8 @@ def train_dualreal(
     options.validate()
     train = train or TrainConfig()
     train.validate(min_steps=1)
+    if resume and out is None:
+        raise DualAdapterError("resume needs out (the interrupted run's output path; its run files are beside it)")
     with training_run(out, run_paths(out) if out is not None else {}, resume=resume):  # refuse before encoding
         return _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                reference_encoder=reference_encoder, clip_references=clip_references, options=options,
