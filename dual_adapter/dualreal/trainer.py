@@ -406,6 +406,8 @@ def train_dualreal_on_data(
     options.validate()
     train = train or TrainConfig()
     train.validate(min_steps=1)
+    if resume and out is None:
+        raise DualAdapterError("resume needs out (the interrupted run's output path; its run files are beside it)")
     files = run_paths(out) if out is not None else {}
     with training_run(out, files, resume=resume):
         return _train_on_data(transformer, scheduler_config, data, options, train, adapters=adapters,
@@ -576,6 +578,8 @@ def train_dualreal(
     options.validate()
     train = train or TrainConfig()
     train.validate(min_steps=1)
+    if resume and out is None:
+        raise DualAdapterError("resume needs out (the interrupted run's output path; its run files are beside it)")
     with training_run(out, run_paths(out) if out is not None else {}, resume=resume):  # refuse before encoding
         return _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                reference_encoder=reference_encoder, clip_references=clip_references, options=options,
