@@ -141,7 +141,7 @@ def _reference_latents(bundle, path: str, frames, height, width):
 
 def run_influence(args) -> int:
     from ..customttt import prompt_influence
-    from .generate import _TextProgress, load_bundle
+    from .generate import _TextProgress, load_bundle, preflight
 
     concepts = {}
     if args.appearance_prompt:
@@ -157,6 +157,9 @@ def run_influence(args) -> int:
         raise DualAdapterError("give --appearance-prompt and/or --motion-prompt (or --concept NAME=PROMPT)")
     js = _new_file(args.json, (".json",), "--json") if args.json else None
     pl = _new_file(args.plot, (".png",), "--plot") if args.plot else None
+    if args.reference and not Path(args.reference).is_file():
+        raise DualAdapterError(f"--reference {args.reference!r} does not exist")
+    preflight(args, args.frames, args.height, args.width)  # before the model loads
     bundle = load_bundle(args)
     lat = _reference_latents(bundle, args.reference, args.frames, args.height, args.width) if args.reference else None
     res = prompt_influence(bundle, concepts, args.neutral_prompt, group_size=args.group_size, groups=_groups(args.groups),
@@ -185,7 +188,7 @@ def run_merge(args) -> int:
     from .. import customttt as C
     from ..lora import load_lora
     from ..training import write_loss_log
-    from .generate import _TextProgress, load_bundle
+    from .generate import _TextProgress, load_bundle, preflight
 
     out = _new_file(args.out, (".safetensors",), "--out")
     losses_path = out.with_name(out.stem + ".losses.jsonl")
@@ -217,6 +220,7 @@ def run_merge(args) -> int:
     a, m = load_lora(args.appearance), load_lora(args.motion)
     from ..io import run_lock
 
+    preflight(args, args.frames, args.height, args.width)  # before the model loads
     with run_lock(out, "ttt-merge run"):  # a second run with the same --out is refused while this one runs
         bundle = load_bundle(args)
         res = C.ttt_merge(bundle, a, m, appearance_prompt=args.appearance_prompt, motion_prompt=args.motion_prompt,
