@@ -16,7 +16,7 @@ import torch
 from dual_adapter.backbone import build_tiny, encode_prompt, transformer_forward
 from dual_adapter.dualreal import (DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealOptions,
                                    DualRealPatch, StageBlender, block_groups, find_context, group_ranges,
-                                   import_official, load_adapters, plot_stageblender, prepare_dualreal_data,
+                                   load_adapters, plot_stageblender, prepare_dualreal_data,
                                    run_paths, save_adapters, stageblender_readout, train_dualreal,
                                    train_dualreal_on_data)
 from dual_adapter.errors import DualAdapterError, InterruptedByUser
@@ -264,7 +264,9 @@ def trained(bundle):
     enc = build_tiny_reference_encoder()
     steps = 240
     res = train_dualreal(bundle, photos, "dog *", [clip], MOTION_PROMPT, reference_encoder=enc,
-                         options=DualRealOptions(groups=2, motion_batch=1, motion_ratio=0.5),
+                         # posterior mode: the tiny model's random VAE has a posterior std (~1.15) three times the
+                         # latents' spread (~0.37), so a fresh sample per step (the default) is mostly noise there
+                         options=DualRealOptions(groups=2, motion_batch=1, motion_ratio=0.5, latent_sampling="mode"),
                          train=_fast(steps, lr=3e-3, warmup_steps=10, seed=0))
     from dual_adapter.media import fit_frames
     from dual_adapter.sampling import encode_frames
@@ -311,9 +313,7 @@ def test_sampling_with_adapters_differs_and_memorises_the_clip(bundle, trained):
     mse_with = ((with_ad - trained.target) ** 2).mean().item()
     mse_without = ((without - trained.target) ** 2).mean().item()
     assert mse_with < 0.8 * mse_without, (mse_with, mse_without)
-    # CFG batches [negative; positive]: one reference embedding serves both branches
-    cfg6 = sample(bundle, emb, patches=[DualRealPatch(trained.res.adapters, trained.ref)], steps=4, cfg=6.0, seed=1)
-    assert torch.isfinite(cfg6).all()
+    # (one reference per CFG branch: test_results_fixes.test_one_reference_serves_both_cfg_branches)
     # overrides: identity/motion scale 0 = base model in the zero_init sense is not expected for 'official',
     # but fixed weights must change the output relative to the controller's
     fixed = sample(bundle, emb, patches=[DualRealPatch(trained.res.adapters, trained.ref, fixed_weights=(0.0, 0.2))],
@@ -350,38 +350,6 @@ def test_stageblender_readout_and_plot(bundle, trained):
 
 # --------------------------------------------------------------------------------------------
 # checkpoints: import, interrupt, resume
-
-
-def test_import_authors_adapter_pth(tmp_path, bundle):
-    tr = bundle.transformer
-    cfg = DualRealConfig.for_transformer(tr, groups=2)
-    mod = DualRealAdapters(cfg)
-    _randomise(mod)
-    ours_to_authors = {v: k for k, v in __import__("dual_adapter.dualreal.controller", fromlist=["x"])
-                       .AUTHORS_CONTROLLER_KEYS.items()}
-    authors = {}
-    for k, v in mod.state_dict().items():
-        if k.startswith("controller."):
-            sub, _, wb = k[len("controller."):].rpartition(".")
-            k = f"controller.{ours_to_authors[sub]}.{wb}"
-        authors[k] = v.clone()
-    assert "controller.timestep_encoder.1.weight" in authors and "controller.fusion_net.3.bias" in authors
-    assert "transformer_blocks.3.motion_ff_adapter.condition_linear.weight" in authors
-    path = tmp_path / "adapter.pth"
-    torch.save(authors, path)
-    imp = import_official(path)
-    assert imp.config.form == "official" and imp.config.groups == 2 and imp.config.num_blocks == 4
-    assert imp.config.dim == 64 and imp.config.hidden == 64 and imp.config.time_embed_dim == 32
-    sd = mod.state_dict()
-    assert all(torch.equal(imp.state_dict[k], sd[k]) for k in sd)
-    x, e, t = _inputs(bundle)
-    ref = torch.randn(1, 1024)
-    a = transformer_forward(patched_copy(tr, [DualRealPatch(imp, ref)]), x, e, t)
-    b = transformer_forward(patched_copy(tr, [DualRealPatch(mod, ref)]), x, e, t)
-    assert torch.equal(a, b)
-    torch.save({"something.else": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(DualAdapterError, match="no DualReal adapter tensors"):
-        import_official(tmp_path / "bad.pth")
 
 
 def test_interrupt_leaves_loadable_checkpoint_and_resume_matches(tmp_path, bundle):

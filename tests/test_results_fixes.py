@@ -17,7 +17,6 @@ from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualReal
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import patched_copy
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -359,7 +358,7 @@ def _authors_adapter_pth(D=64, T=32, n=2, L=4, h=64, seed=0) -> dict:
 
 
 def test_import_authors_adapter_pth_literal_names(tmp_path, bundle):
-    from dual_adapter.dualreal import DualRealContext, find_context, import_official
+    from dual_adapter.dualreal import import_official
 
     sd = _authors_adapter_pth()
     assert len([k for k in sd if k.startswith("controller.")]) == 14  # 7 controller tensors x (weight, bias)
@@ -386,6 +385,9 @@ def test_import_authors_adapter_pth_literal_names(tmp_path, bundle):
     x, e, t = _inputs(bundle)
     out = transformer_forward(patched_copy(bundle.transformer, [DualRealPatch(imp, torch.randn(1, 1024))]), x, e, t)
     assert torch.isfinite(out).all()
+    torch.save({"something.else": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(DualAdapterError, match="no DualReal adapter tensors"):
+        import_official(tmp_path / "bad.pth")
 
 
 def test_stageblender_formula_matches_an_independent_computation():
