@@ -52,9 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for h in logging.getLogger().handlers:
-        if not any(isinstance(f, _Once) for f in h.filters):
-            h.addFilter(_Once())
+    # one fresh filter per handler and command, removed when the command ends (a host's handlers, e.g.
+    # pytest's log capture, outlive it)
+    added = [(h, _Once()) for h in logging.getLogger().handlers]
+    for h, f in added:
+        h.addFilter(f)
+    try:
+        return _run(parser, args)
+    finally:
+        for h, f in added:
+            h.removeFilter(f)
+
+
+def _run(parser, args) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -121,10 +121,16 @@ def run_train_unet(args) -> int:
     n, h, w = args.frames or f0, args.height or h0, args.width or w0
     bb.check_video_size(n, h, w)
     clips = [media.fit_frames(media.load_clip(c, num_frames=n, fps=args.fps, start_s=args.start,
-                                              short_policy="loop")[0], h, w) for c in args.motion]
+                                              short_policy=args.short_policy, require_motion=True)[0], h, w)
+             for c in args.motion]
+    from .lora import _defaults
+
+    d = _defaults("motion", args.optimizer)  # train-lora's motion defaults (TAP's), where a flag is not given
+    args.preset = args.preset or d["preset"]
+    pick = lambda given, key: d[key] if given is None else given  # noqa: E731
     cfg = unet_motion.UNetMotionTrainConfig(
-        preset=args.preset, rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr,
-        weight_decay=args.weight_decay, steps=args.steps, seed=args.seed, spatial_path=args.spatial_path,
+        preset=args.preset, rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=pick(args.lr, "lr"),
+        weight_decay=pick(args.weight_decay, "weight_decay"), steps=pick(args.steps, "steps"), seed=args.seed, spatial_path=args.spatial_path,
         debiased_loss=args.debiased_loss, optimizer="adamw" if args.optimizer == "adamw8bit" else args.optimizer,
         gradient_checkpointing=not args.no_gradient_checkpointing and bb.device != "cpu",
         checkpoint_every=args.checkpoint_every)
