@@ -100,7 +100,7 @@ class DualRealContext:
             return
         pool = torch.maximum(encoder_hidden_states.amax(1), hidden_states.amax(1))  # [B, D]
         w = controller.pool_proj.weight
-        if not torch.is_autocast_enabled(pool.device.type):
+        if not _autocast_on(pool.device.type):
             pool, temb = pool.to(w.dtype), temb.to(w.dtype)
         self.alpha = controller(pool, temb).float()
         if self.recorder is not None:
@@ -138,6 +138,14 @@ class DualRealContext:
             out = out.repeat(batch // out.shape[0], 1, 1)
         self._cond_cache = (c, (batch, str(device), dtype), out)
         return out
+
+
+def _autocast_on(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``; False for devices autocast does not know (``meta``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
 
 
 def _is_zero(w) -> bool:
@@ -240,7 +248,7 @@ class DABlock(nn.Module):
         Wd, bd, wvec, Wu_ext, s = params
         H = F.gelu(F.linear(n, Wd) + bd) * wvec  # [B, N, K]
         G = F.pad(H, (0, 1), value=1.0)  # [B, N, K+1]: the last column picks the per-sample up bias
-        if not torch.is_autocast_enabled(G.device.type):
+        if not _autocast_on(G.device.type):
             Wu_ext = Wu_ext.to(G.dtype)
         out = torch.baddbmm(base, G, Wu_ext)
         if s is not None:
@@ -260,7 +268,7 @@ class DABlock(nn.Module):
         if self.index == 0:
             ctx.run_controller(self.controller, hidden_states, encoder_hidden_states, temb)
         w_id, w_mo = ctx.weights(self.group, B, hidden_states.device)
-        autocast = torch.is_autocast_enabled(hidden_states.device.type)
+        autocast = _autocast_on(hidden_states.device.type)
         a0 = self.adapters.motion_attn_adapter
         cond = ctx.cond_for(B, hidden_states.device, a0.down_linear.weight.dtype)
 
