@@ -180,29 +180,31 @@ def build_method(cfg, method: str, device, fake=None):
     if method == "sampling_dualreal":
         ad = ad.to(torch.bfloat16)  # inference: adapters in the model dtype
     if fake is None:
-        return _build_method(cfg, method, tr, ad, None)
-    with fake:
-        return _build_method(cfg, method, tr, ad, lambda m: m.to_empty(device=device))
+        return _build_method(cfg, method, tr, ad, "meta")
+    model, params, batch, T = _build_method(cfg, method, tr, ad, None)
+    with fake:  # modules are built on meta, then turned into fake tensors on ``device``
+        model = model.to_empty(device=device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if method in ("dualreal_motion_b1", "dualreal_motion_b3", "sampling_dualreal"):
+            from dual_adapter.dualreal.patch import find_context
+
+            find_context(model).reference = torch.zeros(1, 1, 1024, device=device)
+    return model, params, batch, T
 
 
-def _build_method(cfg, method, tr, ad, materialize):
+def _build_method(cfg, method, tr, ad, ref_device):
     from dual_adapter.lora import LoraSpec, inject_lora
     from dual_adapter.patches import patched_copy, shallow_copy_module
     from dual_adapter.dualreal import DualRealPatch
+    from dual_adapter.dualreal.patch import find_context
 
-    if materialize is not None:
-        tr = materialize(tr)
     T = latent_shape(cfg)[0]
     if method.startswith("dualreal"):
-        if materialize is not None:
-            ad = materialize(ad)
         motion = "motion" in method
         params = _phase_trainable(ad, motion)
         model = patched_copy(tr, [DualRealPatch(ad)])
-        from dual_adapter.dualreal.patch import find_context
-
-        find_context(model).reference = (torch.zeros(1, 1, 1024, device=next(ad.parameters()).device)
-                                         if motion else None)
+        if motion and ref_device:
+            find_context(model).reference = torch.zeros(1, 1, 1024, device=ref_device)
         batch = 3 if "_b3" in method else 1
         if not motion:
             T = 1
@@ -215,13 +217,10 @@ def _build_method(cfg, method, tr, ad, materialize):
         params = []
         batch = 2
         if method == "sampling_dualreal":
-            if materialize is not None:
-                ad = materialize(ad)
             ad = ad.requires_grad_(False)
             model = patched_copy(tr, [DualRealPatch(ad)])
-            from dual_adapter.dualreal.patch import find_context
-
-            find_context(model).reference = torch.zeros(1, 1, 1024, device=next(ad.parameters()).device)
+            if ref_device:
+                find_context(model).reference = torch.zeros(1, 1, 1024, device=ref_device)
         else:
             model = tr
     else:
