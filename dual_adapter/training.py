@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ class TrainConfig:
         gradient_checkpointing: recompute block activations in backward (less memory).
         seed: seeds every step's randomness (step ``k`` uses ``seed`` and ``k``).
         checkpoint_every: call the checkpoint function every N steps (0 = only at the end / on stop).
+        sync_every: read the loss back from the accelerator every N steps (0 = auto: 10 on CUDA, 1
+            elsewhere), so that steps do not wait for the GPU; the callback then receives the records
+            of those steps together, and a non-finite loss is detected at the read-back (the run stops
+            without writing a checkpoint of the diverged weights; the last periodic one is kept).
     """
 
     steps: int = 1000
@@ -61,6 +66,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     seed: int = 0
     checkpoint_every: int = 100
+    sync_every: int = 0
 
     def validate(self) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid field."""
@@ -72,6 +78,8 @@ class TrainConfig:
             raise DualAdapterError(f"optimizer={self.optimizer!r}: expected auto, adamw, adamw8bit or lion")
         if self.lr_schedule not in ("cosine_with_restarts", "cosine", "constant"):
             raise DualAdapterError(f"lr_schedule={self.lr_schedule!r}: expected cosine_with_restarts, cosine or constant")
+        if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 0:
+            raise DualAdapterError(f"sync_every={self.sync_every!r}: must be an integer >= 0")
         if self.mixed_precision not in ("auto", "bf16", "fp32"):
             raise DualAdapterError(f"mixed_precision={self.mixed_precision!r}: expected auto, bf16 or fp32")
 
@@ -178,7 +186,7 @@ def make_optimizer(param_groups: Iterable, cfg: TrainConfig) -> tuple[torch.opti
     """Build the optimiser named by ``cfg.optimizer``. Returns ``(optimizer, name_used)``.
 
     ``"auto"`` takes bitsandbytes' 8-bit AdamW when it is installed and every parameter is on CUDA,
-    else ``torch.optim.AdamW``.
+    else ``torch.optim.AdamW`` (its fused kernel when every parameter is on CUDA).
 
     Raises:
         DualAdapterError: ``"adamw8bit"`` / ``"lion"`` asked for but their package is missing,
@@ -206,7 +214,8 @@ def make_optimizer(param_groups: Iterable, cfg: TrainConfig) -> tuple[torch.opti
         except Exception:
             raise DualAdapterError("optimizer 'lion' needs the lion-pytorch package (pip install lion-pytorch)") from None
         return Lion(groups, **kw), name
-    return torch.optim.AdamW(groups, eps=cfg.eps, **kw), "adamw"
+    fused = all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, eps=cfg.eps, fused=fused or None, **kw), "adamw"
 
 
 def make_lr_schedule(optimizer, cfg: TrainConfig):
@@ -319,9 +328,11 @@ def train_loop(
     """Run ``cfg.steps`` optimiser steps.
 
     Each step ``k`` (0-based): ``loss, info = step_fn(k, step_generator(cfg.seed, k))`` under autocast,
-    ``loss.backward()``, ``before_optimizer_step(k, info)`` (e.g. DualReal's gradient mask, which sets
+    ``loss.backward()`` (skipped when the loss has no grad: a ``step_fn`` that accumulates gradients over
+    micro-batches runs backward itself and returns the detached total), ``before_optimizer_step(k, info)`` (e.g. DualReal's gradient mask, which sets
     the inactive adapters' ``.grad`` to None so that AdamW skips them entirely), grad-norm clipping,
-    optimiser and schedule step, then ``callback(k + 1, steps, {"loss", "lr", **info})``.
+    optimiser and schedule step, then ``callback(k + 1, steps, {"loss", "lr", **info})`` (every
+    ``cfg.sync_every`` steps for the steps since the last call; 0-d tensors in ``info`` are read back then).
 
     ``on_checkpoint(step, optimizer, lr_schedule, losses)`` is called every ``cfg.checkpoint_every`` steps,
     at the end, and also when the run stops early (interrupt or error) so that what was learned so far
@@ -344,15 +355,42 @@ def train_loop(
     result = TrainResult(losses=losses, completed=False, steps_done=start, optimizer_name=opt_name)
     t0 = time.time()
     step = start
+    every = cfg.sync_every or (10 if device_type == "cuda" else 1)
+    pending: list = []  # (record, loss, {info key: tensor}) of steps whose loss is still on the device
+    diverged = False
+
+    def flush(report: bool = True) -> None:
+        """Read the pending losses back (one sync), append the records, call the callback."""
+        nonlocal diverged
+        if not pending:
+            return
+        flat = [l.detach().float().reshape(()) for _, l, _ in pending]
+        flat += [v.detach().float().reshape(()) for _, _, t in pending for v in t.values()]
+        vals = torch.stack(flat).tolist()
+        extra = iter(vals[len(pending):])
+        batch = list(pending)
+        pending.clear()
+        for (rec, _, tens), v in zip(batch, vals):
+            if not math.isfinite(v):
+                diverged = True
+                raise DualAdapterError(f"training diverged: loss is {v} at step {rec['step']}; "
+                                       f"lower the learning rate (lr={cfg.lr})")
+            rec["loss"] = v
+            rec.update({k: next(extra) for k in tens})
+            losses.append(rec)
+            if report and callback is not None:
+                callback(rec["step"], cfg.steps, rec)
+
     try:
         for step in range(start, cfg.steps):
             optimizer.zero_grad(set_to_none=True)
             with autocast_context(device_type, cfg):
                 loss, info = step_fn(step, step_generator(cfg.seed, step))
-            if not torch.isfinite(loss):
+            if every == 1 and not torch.isfinite(loss):
                 raise DualAdapterError(f"training diverged: loss is {loss.item()} at step {step + 1}; "
                                        f"lower the learning rate (lr={cfg.lr})")
-            loss.backward()
+            if loss.requires_grad:  # a step_fn that accumulates gradients runs backward itself
+                loss.backward()
             if before_optimizer_step is not None:
                 before_optimizer_step(step, info)
             if cfg.grad_clip and cfg.grad_clip > 0:
@@ -361,19 +399,24 @@ def train_loop(
                     torch.nn.utils.clip_grad_norm_(with_grad, cfg.grad_clip)
             optimizer.step()
             sched.step()
-            rec = {"step": step + 1, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])}
+            rec = {"step": step + 1, "loss": None, "lr": float(sched.get_last_lr()[0])}
             rec.update({k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))})
-            losses.append(rec)
+            pending.append((rec, loss, {k: v for k, v in (info or {}).items() if torch.is_tensor(v)}))
             result.steps_done = step + 1
-            if callback is not None:
-                callback(step + 1, cfg.steps, rec)
-            if on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < cfg.steps:
+            ckpt = on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                and step + 1 < cfg.steps
+            if ckpt or (step + 1 - start) % every == 0 or step + 1 == cfg.steps:
+                flush()
+            if ckpt:
                 on_checkpoint(step + 1, optimizer, sched, losses)
         result.completed = True
     except BaseException:
         result.seconds = time.time() - t0
-        if on_checkpoint is not None and result.steps_done > start:
+        try:
+            flush(report=False)
+        except DualAdapterError:
+            pass
+        if on_checkpoint is not None and result.steps_done > start and not diverged:
             try:
                 on_checkpoint(result.steps_done, optimizer, sched, losses)
             except Exception as e:  # never hide the original error

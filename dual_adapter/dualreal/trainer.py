@@ -63,6 +63,9 @@ class DualRealOptions:
             Drawn with replacement from the given clips / photos.
         num_frames, height, width: training size; default the model's (49 x 480 x 720; tiny: 9 x 64 x 96).
         lam: weight of ``W_cond(c)`` in the motion adapters' input (1).
+        grad_accum: run each step's batch as this many micro-batches, accumulating gradients (1 = one
+            pass). The authors' motion batch 3 with ``grad_accum=3`` runs as 3 x 1 within the memory of
+            batch 1, and gives the batch-3 gradient (up to float rounding). Capped at the batch size.
     """
 
     hidden: int = 64
@@ -77,6 +80,7 @@ class DualRealOptions:
     height: int | None = None
     width: int | None = None
     lam: float = 1.0
+    grad_accum: int = 1
 
     def validate(self) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid option."""
@@ -86,7 +90,7 @@ class DualRealOptions:
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise DualAdapterError(f"{k}={v!r}: must be a number in [0, 1]")
-        for k in ("hidden", "groups", "motion_batch", "identity_batch"):
+        for k in ("hidden", "groups", "motion_batch", "identity_batch", "grad_accum"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DualAdapterError(f"{k}={v!r}: must be an integer >= 1")
@@ -288,6 +292,17 @@ def _groups_for(options: DualRealOptions, transformer) -> int:
     return options.groups
 
 
+def set_phase_trainable(module: DualRealAdapters, motion: bool) -> None:
+    """Make the active phase's adapters and the controller trainable and the other set frozen, so that
+    backward computes no gradient for the inactive set (the gradient mask still drops any)."""
+    for p in module.identity_parameters():
+        p.requires_grad_(not motion)
+    for p in module.motion_parameters():
+        p.requires_grad_(motion)
+    for p in module.controller_parameters():
+        p.requires_grad_(True)
+
+
 def _snapshot(module: DualRealAdapters, meta: dict, steps: int, completed: bool) -> DualRealAdapterSet:
     m = dict(meta)
     m["steps"] = int(steps)
@@ -365,6 +380,31 @@ def train_dualreal_on_data(
     if train.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     noise_sched = make_noise_scheduler(scheduler_config)
+    p_t = getattr(model.config, "patch_size_t", None)
+
+    def loss_of(x0, emb, c, g):
+        """The batch's loss; with ``grad_accum`` > 1, backward per micro-batch and the detached total."""
+        ctx.reference = c
+        B = x0.shape[0]
+        k = min(options.grad_accum, B)
+        if k == 1:
+            return diffusion_loss(model, noise_sched, x0, emb, generator=g), ctx.alpha
+        # the batch's timesteps and noise, drawn as diffusion_loss draws them for the whole batch
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (B,), generator=g)
+        pad = (-x0.shape[1]) % p_t if p_t else 0
+        noise = torch.randn((B, x0.shape[1] + pad, *x0.shape[2:]), generator=g, dtype=torch.float32)
+        total, alphas = 0.0, []
+        for part in torch.arange(B).tensor_split(k):
+            ctx.reference = c[part.to(c.device)] if c is not None else None
+            loss = diffusion_loss(model, noise_sched, x0[part.to(x0.device)], emb, timesteps=t[part],
+                                  noise=noise[part]) * (len(part) / B)
+            with torch.autocast(x0.device.type, enabled=False):  # backward as train_loop runs it: outside autocast
+                loss.backward()
+            total = total + loss.detach()
+            if ctx.alpha is not None:
+                alphas.append(ctx.alpha.detach())
+        return total, (torch.cat(alphas) if alphas else None)
+
     P = data.photo_latents.shape[0]
     M = data.clip_latents.shape[0]
     refs = data.clip_references
@@ -381,16 +421,16 @@ def train_dualreal_on_data(
                 if options.p_image_zero > 0:
                     keep = (torch.rand(len(idx), generator=g) >= options.p_image_zero).to(c.device, c.dtype)
                     c = c * keep.view(-1, 1, 1)
-            ctx.reference = c
         else:
             idx = torch.randint(0, P, (options.identity_batch,), generator=g)
             x0 = data.photo_latents[idx.to(data.photo_latents.device)]
             emb = data.identity_embeds
-            ctx.reference = None
-        loss = diffusion_loss(model, noise_sched, x0, emb, generator=g)
+            c = None
+        set_phase_trainable(module, motion)
+        loss, alpha = loss_of(x0, emb, c, g)
         info = {"phase": "motion" if motion else "identity"}
-        if ctx.alpha is not None:
-            info["w_id"] = float(ctx.alpha.detach().mean())
+        if alpha is not None:
+            info["w_id"] = alpha.detach().mean()  # read back with the loss (no sync per step)
         return loss, info
 
     def mask(step: int, info: dict) -> None:  # paper eqs. 4-6: M = Z * M_m + (1 - Z) * M_i
