@@ -390,11 +390,15 @@ def measure_memory(cfg, method: str) -> dict:
                     gc.collect()
                     peak, after = mt.peak, mt.current
             res[f"fwd_kept_gib_{dev}"] = fwd_kept / GIB
+            # the optimiser holds every adapter of DualReal (both phases train over a run), frozen or not
+            opt_params = [p for p in model.parameters() if p.dtype == torch.float32] \
+                if method.startswith("dualreal") else params
             del loss, model
     # the fake CPU run's peak with the activations the CUDA forward keeps
     adj = (res["fwd_kept_gib_cuda"] - res["fwd_kept_gib_cpu"]) * GIB
     peak += adj
     after += 0
+    params = opt_params
     trainable = sum(p.numel() for p in params)
     res.update(batch=batch, latent_frames=T, weights_gib=weights / GIB, trainable_params=trainable,
                trainable_gib=trainable * 4 / GIB, fwd_bwd_peak_gib=peak / GIB, after_backward_gib=after / GIB)

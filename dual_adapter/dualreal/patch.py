@@ -222,12 +222,12 @@ def _joined(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.cat([a, b], 1)``, or without a copy the tensor ``a`` and ``b`` were split from (the
     attention processor splits one ``[B, L + N, D]`` output into text and visual parts)."""
     base = a._base
-    if (base is not None and b._base is base and base.dim() == 3 and a.dim() == 3 and b.dim() == 3
-            and base.shape[0] == a.shape[0] and base.shape[2] == a.shape[2]
-            and base.shape[1] == a.shape[1] + b.shape[1] and a.stride() == base.stride() == b.stride()
-            and a.storage_offset() == base.storage_offset()
-            and b.storage_offset() == base.storage_offset() + a.shape[1] * base.stride(1)):
-        return base
+    if base is not None and b._base is base and a.dim() == 3 and b.dim() == 3 and base.is_contiguous():
+        B, N, D = a.shape[0], a.shape[1] + b.shape[1], a.shape[2]
+        if (base.numel() == B * N * D and b.shape[0] == B and b.shape[2] == D and a.stride() == b.stride() == (N * D, D, 1)
+                and a.storage_offset() == base.storage_offset()
+                and b.storage_offset() == base.storage_offset() + a.shape[1] * D):
+            return base.view(B, N, D)
     return torch.cat([a, b], 1)
 
 
@@ -451,7 +451,7 @@ class DualRealPatch:
             return self._cache[key]
         mod = self.adapters
         p = next(mod.parameters())
-        if p.device == torch.device(device) and (p.dtype == dtype or p.requires_grad):
+        if p.device == torch.device(device) and (p.dtype == dtype or any(q.requires_grad for q in mod.parameters())):
             return mod
         if any(q.requires_grad for q in mod.parameters()):
             raise DualAdapterError(f"trainable DualReal adapters are on {p.device}, the model on {device}; "
