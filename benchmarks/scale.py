@@ -366,12 +366,12 @@ class LiveMemory(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def measure_memory(cfg, method: str) -> dict:
+def measure_memory(cfg, method: str, cuda_check: bool = True) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     res = {}
     fm = FakeTensorMode(allow_non_fake_inputs=True)
-    for dev in ("cuda", "cpu"):
+    for dev in (("cuda", "cpu") if cuda_check else ("cpu",)):
         model, params, batch, T = build_method(cfg, method, dev, fm)
         with fm:
             weights = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
@@ -395,7 +395,7 @@ def measure_memory(cfg, method: str) -> dict:
                 if method.startswith("dualreal") else params
             del loss, model
     # the fake CPU run's peak with the activations the CUDA forward keeps
-    adj = (res["fwd_kept_gib_cuda"] - res["fwd_kept_gib_cpu"]) * GIB
+    adj = (res["fwd_kept_gib_cuda"] - res["fwd_kept_gib_cpu"]) * GIB if cuda_check else 0.0
     peak += adj
     after += 0
     params = opt_params
@@ -418,7 +418,7 @@ TRAIN = ("lora_r64", "tap_r32", "dualreal_motion_b1", "dualreal_identity_b1", "d
 SAMPLE = ("sampling_base", "sampling_dualreal")
 
 
-def run_config(name: str, memory: bool = True) -> dict:
+def run_config(name: str, memory: bool = True, memory_entries=TRAIN, cuda_check=("dualreal_motion_b1",)) -> dict:
     cfg = CONFIGS[name]
     Fr, H, W = cfg["size"]
     T = latent_shape(cfg)[0]
@@ -427,8 +427,8 @@ def run_config(name: str, memory: bool = True) -> dict:
     for m in TRAIN + SAMPLE:
         t0 = time.perf_counter()
         r = count_flops(cfg, m)
-        if memory and m in TRAIN and m != "dualreal_motion_b3":
-            r.update(measure_memory(cfg, m))
+        if memory and m in memory_entries and m != "dualreal_motion_b3":
+            r.update(measure_memory(cfg, m, m in cuda_check))
         r["seconds"] = round(time.perf_counter() - t0, 1)
         out[m] = r
         print(name, m, json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
@@ -436,14 +436,14 @@ def run_config(name: str, memory: bool = True) -> dict:
     for m in TRAIN:
         out[m]["flops_ratio_vs_lora_r64"] = out[m]["flops"] / base
     b1 = out["dualreal_motion_b1"]
-    acc = {k: v for k, v in b1.items() if k.startswith(("peak_gib", "fwd_bwd", "after_", "optimizer_", "weights",
+    acc = {} if "peak_gib_adamw" not in b1 else {k: v for k, v in b1.items() if k.startswith(("peak_gib", "fwd_bwd", "after_", "optimizer_", "weights",
                                                           "trainable"))}
     out["dualreal_motion_b3_accum3"] = dict(acc, batch=1, micro_batches=3, flops=3 * b1["flops"],
                                             flops_ratio_vs_lora_r64=3 * b1["flops"] / base,
                                             note="3 micro-batches of 1, gradients accumulated: peak of batch 1")
     out["sampling_flops_ratio"] = out["sampling_dualreal"]["flops"] / out["sampling_base"]["flops"]
     out["sampling_ops_ratio"] = out["sampling_dualreal"]["dispatched_ops"] / out["sampling_base"]["dispatched_ops"]
-    if memory:
+    if memory and "peak_gib_adamw" in out["dualreal_identity_b1"] and "peak_gib_adamw" in b1:
         pk = max(out["dualreal_motion_b1"]["peak_gib_adamw"], out["dualreal_identity_b1"]["peak_gib_adamw"])
         pk8 = max(out["dualreal_motion_b1"]["peak_gib_adamw8bit"], out["dualreal_identity_b1"]["peak_gib_adamw8bit"])
         out["targets_met"] = {
@@ -460,6 +460,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="5b,2b,1.5-5b", help=f"comma-separated from {sorted(CONFIGS)}")
     p.add_argument("--no-memory", action="store_true", help="FLOPs and op counts only (seconds)")
+    p.add_argument("--memory-configs", default=None, help="configs whose memory is measured (default: all given)")
+    p.add_argument("--memory-entries", default=",".join(TRAIN), help="training entries whose memory is measured")
+    p.add_argument("--cuda-check", default="dualreal_motion_b1",
+                   help="entries whose forward is also run on fake CUDA tensors under CUDA autocast ('all' or a list)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = p.parse_args(argv)
     names = [c.strip() for c in args.config.split(",") if c.strip()]
@@ -467,7 +471,10 @@ def main(argv=None) -> int:
         if c not in CONFIGS:
             p.error(f"unknown config {c!r}; choose from {sorted(CONFIGS)}")
     t0 = time.perf_counter()
-    results = {n: run_config(n, memory=not args.no_memory) for n in names}
+    mem_cfgs = names if args.memory_configs is None else [c.strip() for c in args.memory_configs.split(",")]
+    entries = tuple(e.strip() for e in args.memory_entries.split(","))
+    check = TRAIN if args.cuda_check == "all" else tuple(e.strip() for e in args.cuda_check.split(","))
+    results = {n: run_config(n, not args.no_memory and n in mem_cfgs, entries, check) for n in names}
     doc = {"benchmark": "scale", "torch": torch.__version__, "note": __doc__.split("\n\n")[1].strip(),
            "gib": "2**30 bytes (targets in GB converted)", "targets": TARGETS,
            "seconds": round(time.perf_counter() - t0, 1), "results": results}

@@ -198,3 +198,28 @@ def test_scale_machinery_on_a_small_config():
     mem = scale.measure_memory(cfg, "dualreal_motion_b1")
     assert abs(mem["fwd_kept_gib_cuda"] - mem["fwd_kept_gib_cpu"]) < 1e-3 * max(mem["fwd_kept_gib_cuda"], 1e-6)
     assert mem["peak_gib_adamw"] > mem["peak_gib_adamw8bit"] > mem["weights_gib"]
+
+
+def test_compiled_sampling_does_not_recompile_per_call(bundle):
+    """``sample(compile=...)`` keeps the compiled patched model: a second call with the same patch does not
+    compile again (a counting backend that runs the captured graphs eagerly)."""
+    from dual_adapter.sampling import sample
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(1)
+        return gm.forward
+
+    cfg = DualRealConfig.for_transformer(bundle.transformer, groups=2)
+    patch = DualRealPatch(DualRealAdapterSet.from_module(_randomised(cfg)), torch.randn(1, 1024))
+    e = encode_prompt(bundle, "dog *")
+    kw = dict(steps=2, cfg=2.0, seed=0, patches=[patch], negative_embeds=encode_prompt(bundle, ""))
+    torch._dynamo.reset()
+    eager = sample(bundle, e, **kw)
+    first = sample(bundle, e, compile=backend, **kw)
+    n = len(graphs)
+    second = sample(bundle, e, compile=backend, **kw)
+    torch._dynamo.reset()
+    assert n > 0 and len(graphs) == n
+    assert torch.allclose(first, eager, atol=1e-5) and torch.equal(first, second)
