@@ -45,6 +45,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-controller", action="store_true", help="ablation: fixed weights w_id = w_mo = 0.1")
     p.add_argument("--motion-batch", type=int, default=3, help="clips per motion step (3)")
     p.add_argument("--identity-batch", type=int, default=1, help="photos per identity step (1)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="run each batch as this many micro-batches with accumulated gradients (1); "
+                        "--motion-batch 3 --grad-accum 3 trains batch 3 within the memory of batch 1")
+    p.add_argument("--sync-every", type=int, default=0,
+                   help="read the loss back from the GPU every N steps (0 = auto: 10 on CUDA, 1 on CPU)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
@@ -93,10 +98,10 @@ def _train(args) -> int:
     options = DualRealOptions(hidden=args.hidden, groups=args.groups, form=args.form,
                               controller=not args.no_controller, motion_ratio=args.motion_ratio,
                               p_image_zero=args.p_image_zero, motion_batch=args.motion_batch,
-                              identity_batch=args.identity_batch, num_frames=frames, height=args.height or h0,
+                              identity_batch=args.identity_batch, grad_accum=args.grad_accum, num_frames=frames, height=args.height or h0,
                               width=args.width or w0)
     train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
-                        checkpoint_every=args.checkpoint_every, seed=args.seed,
+                        checkpoint_every=args.checkpoint_every, seed=args.seed, sync_every=args.sync_every,
                         gradient_checkpointing=not args.no_gradient_checkpointing)
     every = max(1, args.steps // 20)
 
