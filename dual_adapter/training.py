@@ -302,6 +302,53 @@ def write_loss_log(losses: Sequence[dict], path: str | Path) -> Path:
 StepFn = Callable[[int, torch.Generator], "tuple[torch.Tensor, dict]"]
 
 
+def init_distributed() -> tuple[int, int, Any]:
+    """``(rank, world_size, device)``: starts the process group through accelerate when this process was
+    launched by ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1; NCCL on GPUs, gloo on CPU), else
+    ``(0, 1, None)``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    st = PartialState()  # starts the process group from the launcher's environment
+    rank, world = dist_rank_world()  # (accelerate's own counters read 0 / 1 on CPU processes)
+    return rank, world, st.device
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the running process group, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
+    """Sum the gradients over the process group (each process's loss is its share of the global batch).
+    Parameters without a gradient in every process keep ``grad = None`` (AdamW then skips them)."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    req = [p for p in params if p.requires_grad]
+    if not req:
+        return
+    has = torch.tensor([float(p.grad is not None) for p in req], device=req[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    sel = [p for p, h in zip(req, has.tolist()) if h]
+    for p in sel:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not sel:
+        return
+    flat = _flatten_dense_tensors([p.grad for p in sel])
+    dist.all_reduce(flat)
+    for p, g in zip(sel, _unflatten_dense_tensors(flat, [p.grad for p in sel])):
+        p.grad.copy_(g)
+
+
 def autocast_context(device_type: str, cfg: TrainConfig):
     mp = cfg.mixed_precision
     if mp == "auto":
@@ -324,6 +371,7 @@ def train_loop(
     on_checkpoint: Callable[[int, "torch.optim.Optimizer", Any, list], None] | None = None,
     resume_state: str | Path | None = None,
     start_losses: list | None = None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Run ``cfg.steps`` optimiser steps.
 
@@ -338,6 +386,11 @@ def train_loop(
     at the end, and also when the run stops early (interrupt or error) so that what was learned so far
     is kept; the exception is then re-raised. ``resume_state`` (a file from :func:`save_train_state`)
     restores the optimiser, schedule and step count, so that the run continues where it stopped.
+
+    ``distributed``: data parallel over the running process group (see :func:`init_distributed`): each
+    process's ``step_fn`` returns its share of the global batch's loss (already weighted), the gradients
+    and the loss are summed over the processes after backward; every process then takes the same
+    optimiser step. Only ``step_fn`` knows how to split a batch, so a trainer opts in.
 
     Raises:
         DualAdapterError: invalid config, or a non-finite loss (names the step).
@@ -391,6 +444,12 @@ def train_loop(
                                        f"lower the learning rate (lr={cfg.lr})")
             if loss.requires_grad:  # a step_fn that accumulates gradients runs backward itself
                 loss.backward()
+            if distributed and dist_rank_world()[1] > 1:
+                import torch.distributed as dist
+
+                _all_reduce_grads(params)
+                loss = loss.detach().clone().reshape(()).float()
+                dist.all_reduce(loss)
             if before_optimizer_step is not None:
                 before_optimizer_step(step, info)
             if cfg.grad_clip and cfg.grad_clip > 0:

@@ -88,7 +88,11 @@ def _train(args) -> int:
     if out.suffix != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r} must end in .safetensors")
     from .generate import load_bundle
+    from ..training import init_distributed
 
+    rank, world, dev = init_distributed()  # accelerate launch / torchrun: data parallel, one writer (rank 0)
+    if world > 1 and dev is not None and str(dev).startswith("cuda"):
+        args.device = str(dev)
     bundle = load_bundle(args)
     f0, h0, w0 = bundle.default_size
     frames = args.frames or f0
@@ -106,7 +110,7 @@ def _train(args) -> int:
     every = max(1, args.steps // 20)
 
     def progress(step, total, info):
-        if "loss" not in info:  # encoding photos and clips
+        if "loss" not in info or rank != 0:  # encoding photos and clips
             return
         if step % every == 0 or step == total:
             print(f"step {step}/{total}  loss {info.get('loss', float('nan')):.4f}  phase {info.get('phase', '')}",
@@ -114,6 +118,8 @@ def _train(args) -> int:
 
     res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt, reference_encoder=encoder,
                          options=options, train=train, callback=progress, out=out, resume=args.resume)
+    if rank != 0:
+        return 0
     path = finalize_run(res, out)
     first, last = loss_summary(res.losses)
     print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "

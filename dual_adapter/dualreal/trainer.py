@@ -37,7 +37,7 @@ import torch
 from ..backbone import CogVideoXBundle, config_fingerprint, encode_prompt
 from ..errors import DualAdapterError
 from ..patches import patched_copy
-from ..training import (TrainConfig, diffusion_loss, make_noise_scheduler, save_train_state,
+from ..training import (TrainConfig, diffusion_loss, dist_rank_world, make_noise_scheduler, save_train_state,
                         train_loop, write_loss_log)
 from .adapters import FORMS, DualRealAdapters, DualRealConfig
 from .checkpoint import DualRealAdapterSet, load_adapters, save_adapters
@@ -387,14 +387,16 @@ def train_dualreal_on_data(
         ctx.reference = c
         B = x0.shape[0]
         k = min(options.grad_accum, B)
-        if k == 1:
+        rank, world = dist_rank_world()
+        if k == 1 and world == 1:
             return diffusion_loss(model, noise_sched, x0, emb, generator=g), ctx.alpha
         # the batch's timesteps and noise, drawn as diffusion_loss draws them for the whole batch
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (B,), generator=g)
         pad = (-x0.shape[1]) % p_t if p_t else 0
         noise = torch.randn((B, x0.shape[1] + pad, *x0.shape[2:]), generator=g, dtype=torch.float32)
-        total, alphas = 0.0, []
-        for part in torch.arange(B).tensor_split(k):
+        total, alphas = torch.zeros((), device=x0.device), []
+        # data parallel: every process draws the global batch alike and runs its share of the micro-batches
+        for part in list(torch.arange(B).tensor_split(min(B, k * world)))[rank::world]:
             ctx.reference = c[part.to(c.device)] if c is not None else None
             loss = diffusion_loss(model, noise_sched, x0[part.to(x0.device)], emb, timesteps=t[part],
                                   noise=noise[part]) * (len(part) / B)
@@ -446,7 +448,7 @@ def train_dualreal_on_data(
         meta["losses_file"] = files["losses"].name
 
     def on_checkpoint(step, optimizer, sched, losses):
-        if not files:
+        if not files or dist_rank_world()[0] != 0:  # one writer in a data-parallel run
             return
         save_adapters(_snapshot(module, meta, step, step >= train.steps), files["partial"], overwrite=True)
         save_train_state(files["state"], optimizer, sched, step)
@@ -456,7 +458,7 @@ def train_dualreal_on_data(
     res = train_loop([{"params": id_params + mo_params + ctrl_params}], step_fn, train, device_type=device_type,
                      callback=callback, before_optimizer_step=mask,
                      on_checkpoint=on_checkpoint if files else None, resume_state=resume_state,
-                     start_losses=start_losses)
+                     start_losses=start_losses, distributed=dist_rank_world()[1] > 1)
     ctx.reference = None
     out_set = _snapshot(module, meta, res.steps_done, res.completed)
     return DualRealResult(out_set, res.losses, res.completed, res.steps_done, res.seconds, res.optimizer_name,
