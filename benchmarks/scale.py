@@ -250,7 +250,8 @@ def _train_step(model, cfg, batch, T, device):
 def _sample_step(model, cfg, batch, T, device):
     from dual_adapter.backbone import transformer_forward
 
-    x0, emb, t, _ = _inputs(cfg, batch, T, device)
+    pt = cfg.get("patch_size_t") or 1
+    x0, emb, t, _ = _inputs(cfg, batch, T + (-T) % pt, device)  # 1.5 models: padded as sample() pads
     with torch.no_grad():
         return transformer_forward(model, x0, emb.expand(batch, -1, -1), t.to(device))
 
