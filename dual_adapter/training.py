@@ -153,10 +153,10 @@ def diffusion_loss(
     n_train = noise_scheduler.config.num_train_timesteps
     if timesteps is None:
         timesteps = torch.randint(0, n_train, (B,), generator=generator)
-    timesteps = timesteps.to(x0.device).long()
+    timesteps = timesteps.to(x0.device, non_blocking=True).long()  # host -> GPU without waiting for the GPU
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
-    noise = _pad_time(noise, p_t).to(x0.device, x0.dtype)
+    noise = _pad_time(noise, p_t).to(x0.device, x0.dtype, non_blocking=True)
     x_t = noise_scheduler.add_noise(x0, noise, timesteps)
     if prompt_embeds.shape[0] == 1 and B > 1:
         prompt_embeds = prompt_embeds.expand(B, -1, -1)
