@@ -14,8 +14,10 @@ max-pooled ``[text; visual]`` tokens it receives (the patch embedding's output) 
 embedding, and shares ``alpha [B, n]`` with the other blocks through a :class:`DualRealContext`.
 
 The two adapters of a sub-layer run as one fused computation (one down-projection GEMM of width
-2h, GELU, one batched up-projection GEMM that also adds the sub-layer output and the per-sample
-bias). It is algebraically the per-adapter formula of :class:`~dual_adapter.dualreal.adapters.Adapter`
+2h + 8, GELU, one batched up-projection GEMM that also adds the sub-layer output; the 8 extra "bias
+units" carry the per-sample up biases, see ``_UNITS``), over the ``[text; visual]`` tokens in one pass.
+With frozen adapters (sampling) the per-sample scaled up-projections of all blocks are made once per
+forward (:meth:`DualRealContext.up_table`). It is algebraically the per-adapter formula of :class:`~dual_adapter.dualreal.adapters.Adapter`
 (``down(n + lambda W_cond(c)) = down(n) + down_W (lambda W_cond(c))``), only cheaper; the tests
 check the two agree.
 
