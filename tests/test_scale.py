@@ -190,9 +190,6 @@ def test_scale_machinery_on_a_small_config():
         sys.path.pop(0)
     cfg = small_config(2, rope=True)
     cfg["size"] = (9, 64, 96)
-    lo = scale.count_flops(cfg, "lora_r64")
-    mo = scale.count_flops(cfg, "dualreal_motion_b1")
-    assert lo["flops"] > 0 and mo["flops"] > 0 and mo["trainable_params"] > 0
     s0, s1 = scale.count_flops(cfg, "sampling_base"), scale.count_flops(cfg, "sampling_dualreal")
     assert s1["flops"] > s0["flops"] and s1["dispatched_ops"] > s0["dispatched_ops"]
     mem = scale.measure_memory(cfg, "dualreal_motion_b1")
@@ -214,7 +211,7 @@ def test_compiled_sampling_does_not_recompile_per_call(bundle):
     cfg = DualRealConfig.for_transformer(bundle.transformer, groups=2)
     patch = DualRealPatch(DualRealAdapterSet.from_module(_randomised(cfg)), torch.randn(1, 1024))
     e = encode_prompt(bundle, "dog *")
-    kw = dict(steps=2, cfg=2.0, seed=0, patches=[patch], negative_embeds=encode_prompt(bundle, ""))
+    kw = dict(steps=1, cfg=2.0, seed=0, patches=[patch], negative_embeds=encode_prompt(bundle, ""))
     torch._dynamo.reset()
     eager = sample(bundle, e, **kw)
     first = sample(bundle, e, compile=backend, **kw)
@@ -241,7 +238,7 @@ data = DualRealData(torch.randn(2, 1, 4, 8, 12, generator=g), torch.randn(3, 3, 
                     "dog *", "guitar", "test")
 start = load_adapters(sys.argv[2])
 opts = DualRealOptions(groups=2, motion_ratio=0.5, motion_batch=2, identity_batch=2)
-tc = TrainConfig(steps=4, lr=1e-2, eps=1.0, warmup_steps=0, checkpoint_every=2, grad_clip=0, optimizer="adamw",
+tc = TrainConfig(steps=3, lr=1e-2, eps=1.0, warmup_steps=0, checkpoint_every=2, grad_clip=0, optimizer="adamw",
                  gradient_checkpointing=False)
 res = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, data, opts, tc, adapters=start,
                              out=sys.argv[3])
@@ -285,7 +282,7 @@ def test_data_parallel_two_processes_match_one(tmp_path):
     import json
 
     l1, l2 = json.loads(Path(outs[1] + ".json").read_text()), json.loads(Path(outs[2] + ".json").read_text())
-    assert [p for _, p in l1] == [p for _, p in l2] and len(l1) == 4
+    assert [p for _, p in l1] == [p for _, p in l2] and len(l1) == 3
     assert all(abs(a - b) < 1e-5 * max(1.0, abs(a)) for (a, _), (b, _) in zip(l1, l2))
     a, b = load_adapters(outs[1]).state_dict, load_adapters(outs[2]).state_dict
     for k in a:
