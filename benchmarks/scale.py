@@ -8,8 +8,8 @@ its own 81 x 768 x 1360) are built without data and every figure is counted, not
   ``meta`` device. The attention FLOPs follow PyTorch's SDPA formulas.
 * **Dispatched ops** of one sampling step (every ATen op that reaches the backend on ``meta``; on a GPU
   each is at least one kernel launch) with and without DA-blocks.
-* **Peak memory** of one training step on fake tensors (``FakeTensorMode``): live tensors are tracked
-  by ``torch.distributed._tools.mem_tracker.MemTracker`` through forward (bf16 autocast, gradient
+* **Peak memory** of one training step on fake tensors (``FakeTensorMode``): live tensor storages are
+  tracked (:class:`LiveMemory`, a dispatch mode) through forward (bf16 autocast, gradient
   checkpointing) and backward (so gradients and the recompute of a block are included). The autograd
   engine cannot run backward on fake *CUDA* tensors without a GPU, so the full step runs on fake *CPU*
   tensors under CPU bf16 autocast with PyTorch's flash attention for CPU; the forward is run a second
@@ -31,7 +31,9 @@ batch of 2), ``sampling_base`` / ``sampling_dualreal`` (one CFG step, batch 2). 
 ``flops``, ``flops_ratio_vs_lora_r64``, ``peak_gib_adamw``, ``peak_gib_adamw8bit`` and a breakdown.
 
 Usage:
-    python benchmarks/scale.py                      # 5b, 2b, 1.5-5b: a few minutes on 2 cores
+    python benchmarks/scale.py                      # 5b, 2b, 1.5-5b: ~15-30 min on 2 idle cores (each memory
+                                                    # entry ~1 min, each FLOP entry ~20 s at 5B)
+    python benchmarks/scale.py --no-memory          # FLOPs and op counts only
     python benchmarks/scale.py --config 5b --out benchmarks/results/scale.json
 """
 from __future__ import annotations
