@@ -84,7 +84,7 @@ def _train_lora(tr, clip, emb, tc, device, warm, rank=64):
 
 
 def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: int, sample_steps: int,
-                 hidden: int | None = None) -> dict:
+                 hidden: int | None = None, motion_batch: int = 1, grad_accum: int = 1) -> dict:
     from dual_adapter.dualreal import (DualRealAdapterSet, DualRealData,
                                        DualRealOptions, DualRealPatch, train_dualreal_on_data)
     from dual_adapter.sampling import sample
@@ -119,10 +119,12 @@ def bench_config(name: str, device: str, dtype: torch.dtype, steps: int, warm: i
     for run, ratio in (("train-dualreal-motion", 1.0), ("train-dualreal-identity", 0.0)):
         _reset(device)
         timer = _Timer(device)
-        opts = DualRealOptions(motion_ratio=ratio, groups=groups, motion_batch=1, identity_batch=1, hidden=hidden)
+        opts = DualRealOptions(motion_ratio=ratio, groups=groups, motion_batch=motion_batch, identity_batch=1,
+                               hidden=hidden, grad_accum=grad_accum)
         res = train_dualreal_on_data(tr, DEFAULT_SCHEDULER_CONFIG, data, opts, tc, callback=timer)
         out["rows"][run] = dict(_stats(timer.times, warm), peak_gib=peak_gib(device), optimizer=res.optimizer_name,
-                                trainable_params=res.adapters.num_parameters(), batch=1)
+                                trainable_params=res.adapters.num_parameters(),
+                                batch=motion_batch if ratio else 1, grad_accum=grad_accum)
         print(name, run, json.dumps(out["rows"][run]), flush=True)
         adapters = res.adapters
     _reset(device)
@@ -179,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed training steps per row (default 5 CUDA, 3 CPU)")
     p.add_argument("--sample-steps", type=int, default=None, help="timed sampling steps (default 5 CUDA, 3 CPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps per row")
+    p.add_argument("--motion-batch", type=int, default=1, help="clips per DualReal motion step (1)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per DualReal step (1)")
     p.add_argument("--hidden", type=int, default=None,
                    help="adapter width (default 64 on 5b/2b; small configs: 64 * width / 3072, LoRA rank alike)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -196,7 +200,8 @@ def main(argv=None) -> int:
     dtype = parse_dtype(args.dtype or ("bf16" if on_cuda else "fp32"))
     steps = args.steps or (5 if on_cuda else 3)
     sample_steps = args.sample_steps or 5
-    results = [bench_config(c, args.device, dtype, steps, args.warmup, sample_steps, args.hidden) for c in configs]
+    results = [bench_config(c, args.device, dtype, steps, args.warmup, sample_steps, args.hidden, args.motion_batch,
+                            args.grad_accum) for c in configs]
     try:
         import bitsandbytes  # noqa: F401
         bnb = True

@@ -63,6 +63,10 @@ class TrainConfig:
         gradient_checkpointing: recompute block activations in backward (less memory).
         seed: seeds every step's randomness (step ``k`` uses ``seed`` and ``k``).
         checkpoint_every: call the checkpoint function every N steps (0 = only at the end / on stop).
+        sync_every: read the loss back from the accelerator every N steps (0 = auto: 10 on CUDA, 1
+            elsewhere), so that steps do not wait for the GPU; the callback then receives the records
+            of those steps together, and a non-finite loss is detected at the read-back (the run stops
+            without writing a checkpoint of the diverged weights; the last periodic one is kept).
     """
 
     steps: int = 1000
@@ -79,6 +83,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     seed: int = 0
     checkpoint_every: int = 100
+    sync_every: int = 0
 
     def validate(self, min_steps: int = 0) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid field.
@@ -106,6 +111,8 @@ class TrainConfig:
             raise DualAdapterError(f"optimizer={self.optimizer!r}: expected auto, adamw, adamw8bit or lion")
         if self.lr_schedule not in ("cosine_with_restarts", "cosine", "constant"):
             raise DualAdapterError(f"lr_schedule={self.lr_schedule!r}: expected cosine_with_restarts, cosine or constant")
+        if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 0:
+            raise DualAdapterError(f"sync_every={self.sync_every!r}: must be an integer >= 0")
         if self.mixed_precision not in ("auto", "bf16", "fp32"):
             raise DualAdapterError(f"mixed_precision={self.mixed_precision!r}: expected auto, bf16 or fp32")
 
@@ -179,10 +186,10 @@ def diffusion_loss(
     n_train = noise_scheduler.config.num_train_timesteps
     if timesteps is None:
         timesteps = torch.randint(0, n_train, (B,), generator=generator)
-    timesteps = timesteps.to(x0.device).long()
+    timesteps = timesteps.to(x0.device, non_blocking=True).long()  # host -> GPU without waiting for the GPU
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
-    noise = _pad_time(noise, p_t).to(x0.device, x0.dtype)
+    noise = _pad_time(noise, p_t).to(x0.device, x0.dtype, non_blocking=True)
     x_t = noise_scheduler.add_noise(x0, noise, timesteps)
     if prompt_embeds.shape[0] == 1 and B > 1:
         prompt_embeds = prompt_embeds.expand(B, -1, -1)
@@ -212,7 +219,7 @@ def make_optimizer(param_groups: Iterable, cfg: TrainConfig) -> tuple[torch.opti
     """Build the optimiser named by ``cfg.optimizer``. Returns ``(optimizer, name_used)``.
 
     ``"auto"`` takes bitsandbytes' 8-bit AdamW when it is installed and every parameter is on CUDA,
-    else ``torch.optim.AdamW``.
+    else ``torch.optim.AdamW`` (its fused kernel when every parameter is on CUDA).
 
     Raises:
         DualAdapterError: ``"adamw8bit"`` / ``"lion"`` asked for but their package is missing,
@@ -240,7 +247,8 @@ def make_optimizer(param_groups: Iterable, cfg: TrainConfig) -> tuple[torch.opti
         except Exception:
             raise DualAdapterError("optimizer 'lion' needs the lion-pytorch package (pip install lion-pytorch)") from None
         return Lion(groups, **kw), name
-    return torch.optim.AdamW(groups, eps=cfg.eps, **kw), "adamw"
+    fused = all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, eps=cfg.eps, fused=fused or None, **kw), "adamw"
 
 
 def make_lr_schedule(optimizer, cfg: TrainConfig):
@@ -412,7 +420,7 @@ def training_run(out: str | Path | None, files: dict, *, resume: bool, lock: str
         DualAdapterError: another process runs with the same output, or the resume / refuse rules.
     """
     target = lock if lock is not None else out
-    if target is None:
+    if target is None or dist_rank_world()[0] != 0:  # data parallel: rank 0 locks, checks and writes
         yield
         return
     with run_lock(target, "training run"):
@@ -490,6 +498,53 @@ def write_loss_log(losses: Sequence[dict], path: str | Path) -> Path:
 StepFn = Callable[[int, torch.Generator], "tuple[torch.Tensor, dict]"]
 
 
+def init_distributed() -> tuple[int, int, Any]:
+    """``(rank, world_size, device)``: starts the process group through accelerate when this process was
+    launched by ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1; NCCL on GPUs, gloo on CPU), else
+    ``(0, 1, None)``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    st = PartialState()  # starts the process group from the launcher's environment
+    rank, world = dist_rank_world()  # (accelerate's own counters read 0 / 1 on CPU processes)
+    return rank, world, st.device
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the running process group, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
+    """Sum the gradients over the process group (each process's loss is its share of the global batch).
+    Parameters without a gradient in every process keep ``grad = None`` (AdamW then skips them)."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    req = [p for p in params if p.requires_grad]
+    if not req:
+        return
+    has = torch.tensor([float(p.grad is not None) for p in req], device=req[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    sel = [p for p, h in zip(req, has.tolist()) if h]
+    for p in sel:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not sel:
+        return
+    flat = _flatten_dense_tensors([p.grad for p in sel])
+    dist.all_reduce(flat)
+    for p, g in zip(sel, _unflatten_dense_tensors(flat, [p.grad for p in sel])):
+        p.grad.copy_(g)
+
+
 def autocast_context(device_type: str, cfg: TrainConfig):
     mp = cfg.mixed_precision
     if mp == "auto":
@@ -536,14 +591,18 @@ def train_loop(
     start_losses: list | None = None,
     resume_weights_step: int | None = None,
     checkpoint_note: str = "",
+    distributed: bool = False,
 ) -> TrainResult:
     """Run ``cfg.steps`` optimiser steps.
 
     Each step ``k`` (0-based): ``loss, info = step_fn(k, step_generator(cfg.seed, k))`` under autocast,
-    ``loss.backward()``, ``before_optimizer_step(k, info)`` (e.g. DualReal's gradient mask, which sets
+    ``loss.backward()`` (skipped when the loss has no grad: a ``step_fn`` that accumulates gradients over
+    micro-batches runs backward itself and returns the detached total), ``before_optimizer_step(k, info)`` (e.g. DualReal's gradient mask, which sets
     the inactive adapters' ``.grad`` to None so that AdamW skips them entirely), grad-norm clipping,
-    optimiser and schedule step, a finiteness check of the trainable weights, then
-    ``callback(k + 1, steps, {"loss", "lr", **info})``.
+    optimiser and schedule step, then ``callback(k + 1, steps, {"loss", "lr", **info})`` (every
+    ``cfg.sync_every`` steps for the steps since the last call, default 1 on CPU and 10 on CUDA, so a GPU
+    is not synchronised every step; 0-d tensors in ``info`` are read back then). The loss and the trainable
+    weights are checked for finiteness at each read-back and before every checkpoint.
 
     ``on_checkpoint(step, optimizer, lr_schedule, losses)`` is called every ``cfg.checkpoint_every`` steps,
     at the end, and also when the run stops early (interrupt, SIGTERM or error) so that what was learned
@@ -557,6 +616,11 @@ def train_loop(
     schedule keeps its position), with a warning.
 
     ``checkpoint_note``: where the checkpoint lives, for messages (e.g. the file names).
+
+    ``distributed``: data parallel over the running process group (see :func:`init_distributed`): each
+    process's ``step_fn`` returns its share of the global batch's loss (already weighted), the gradients
+    and the loss are summed over the processes after backward; every process then takes the same
+    optimiser step. Only ``step_fn`` knows how to split a batch, so a trainer opts in.
 
     Raises:
         DualAdapterError: invalid config, a state file that does not fit.
@@ -605,6 +669,31 @@ def train_loop(
 
     t0 = time.time()
     step = start
+    every = cfg.sync_every or (10 if device_type == "cuda" else 1)
+    pending: list = []  # (record, loss, {info key: tensor}) of steps whose loss is still on the device
+    is_diverged = False
+
+    def flush(report: bool = True) -> None:
+        """Read the pending losses back (one sync), append the records, call the callback."""
+        nonlocal is_diverged
+        if not pending:
+            return
+        flat = [l.detach().float().reshape(()) for _, l, _ in pending]
+        flat += [v.detach().float().reshape(()) for _, _, t in pending for v in t.values()]
+        vals = torch.stack(flat).tolist()
+        extra = iter(vals[len(pending):])
+        batch = list(pending)
+        pending.clear()
+        for (rec, _, tens), v in zip(batch, vals):
+            if not math.isfinite(v):
+                is_diverged = True
+                raise diverged(rec["step"], f"the loss is {v}")
+            rec["loss"] = v
+            rec.update({k: next(extra) for k in tens})
+            losses.append(rec)
+            if report and callback is not None:
+                callback(rec["step"], cfg.steps, rec)
+
     try:
         with sigterm_as_interrupt():
             for step in range(start, cfg.steps):
@@ -614,9 +703,17 @@ def train_loop(
                 with _step_global_rng(cfg.seed, step, device_type):
                     with autocast_context(device_type, cfg):
                         loss, info = step_fn(step, step_generator(cfg.seed, step))
-                    if not torch.isfinite(loss):
+                    if every == 1 and not torch.isfinite(loss):
+                        is_diverged = True
                         raise diverged(step + 1, f"the loss is {loss.item()}")
-                    loss.backward()
+                    if loss.requires_grad:  # a step_fn that accumulates gradients runs backward itself
+                        loss.backward()
+                if distributed and dist_rank_world()[1] > 1:
+                    import torch.distributed as dist
+
+                    _all_reduce_grads(params)
+                    loss = loss.detach().clone().reshape(()).float()
+                    dist.all_reduce(loss)
                 if before_optimizer_step is not None:
                     before_optimizer_step(step, info)
                 if cfg.grad_clip and cfg.grad_clip > 0:
@@ -625,16 +722,18 @@ def train_loop(
                         torch.nn.utils.clip_grad_norm_(with_grad, cfg.grad_clip)
                 optimizer.step()
                 sched.step()
-                if not _all_finite(params):
-                    raise diverged(step + 1, f"the weights became non-finite after the update (loss {float(loss.detach()):.4g})")
-                rec = {"step": step + 1, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])}
+                rec = {"step": step + 1, "loss": None, "lr": float(sched.get_last_lr()[0])}
                 rec.update({k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))})
-                losses.append(rec)
+                pending.append((rec, loss, {k: v for k, v in (info or {}).items() if torch.is_tensor(v)}))
                 result.steps_done = step + 1
-                if callback is not None:
-                    callback(step + 1, cfg.steps, rec)
-                if on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                        and step + 1 < cfg.steps:
+                ckpt = on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                    and step + 1 < cfg.steps
+                if ckpt or (step + 1 - start) % every == 0 or step + 1 == cfg.steps:
+                    flush()
+                    if not _all_finite(params):
+                        is_diverged = True
+                        raise diverged(step + 1, "the weights became non-finite after the update")
+                if ckpt:
                     checkpoint(step + 1)
         result.completed = True
     except TrainingDiverged:
@@ -642,7 +741,12 @@ def train_loop(
         raise
     except BaseException:
         result.seconds = time.time() - t0
-        if on_checkpoint is not None and result.steps_done > start and result.steps_done != last_ckpt:
+        try:
+            flush(report=False)
+        except DualAdapterError:  # TrainingDiverged included: is_diverged is set, nothing is written
+            pass
+        if on_checkpoint is not None and result.steps_done > start and result.steps_done != last_ckpt \
+                and not is_diverged:
             try:
                 with _no_sigterm():
                     checkpoint(result.steps_done)

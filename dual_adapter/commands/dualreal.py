@@ -13,6 +13,7 @@ runs, ``adapters.partial.safetensors`` + ``adapters.state.safetensors`` hold the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -49,6 +50,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-controller", action="store_true", help="ablation: fixed weights w_id = w_mo = 0.1")
     p.add_argument("--motion-batch", type=int, default=3, help="clips per motion step (3)")
     p.add_argument("--identity-batch", type=int, default=1, help="photos per identity step (1)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="run each batch as this many micro-batches with accumulated gradients (1); "
+                        "--motion-batch 3 --grad-accum 3 trains batch 3 within the memory of batch 1")
+    p.add_argument("--sync-every", type=int, default=0,
+                   help="read the loss back from the GPU every N steps (0 = auto: 10 on CUDA, 1 on CPU)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
@@ -98,9 +104,10 @@ def _train(args) -> int:
     if out.suffix != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r} must end in .safetensors")
     train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
-                        checkpoint_every=args.checkpoint_every, seed=args.seed,
+                        checkpoint_every=args.checkpoint_every, seed=args.seed, sync_every=args.sync_every,
                         gradient_checkpointing=not args.no_gradient_checkpointing)
     _validate_cli(train)
+    from ..training import init_distributed
     from .generate import load_bundle, preflight
 
     # inputs are checked against the model's configs before the model loads (minutes on 5B)
@@ -112,22 +119,28 @@ def _train(args) -> int:
     options = DualRealOptions(hidden=args.hidden, groups=args.groups, form=args.form,
                               controller=not args.no_controller, motion_ratio=args.motion_ratio,
                               p_image_zero=args.p_image_zero, motion_batch=args.motion_batch,
-                              identity_batch=args.identity_batch, num_frames=frames, height=args.height or h0,
-                              width=args.width or w0, clip_sampling=args.clip_sampling, clip_fps=args.fps,
-                              latent_sampling=args.latent_sampling)
-    with run_lock(out, "train-dualreal run"):
-        check_run_files(out, run_paths(out), resume=args.resume, resume_hint="--resume",
-                        rename_hint="another --out")
+                              identity_batch=args.identity_batch, grad_accum=args.grad_accum, num_frames=frames,
+                              height=args.height or h0, width=args.width or w0, clip_sampling=args.clip_sampling,
+                              clip_fps=args.fps, latent_sampling=args.latent_sampling)
+    rank, world, dev = init_distributed()  # accelerate launch / torchrun: data parallel, one writer (rank 0)
+    if world > 1 and dev is not None and str(dev).startswith("cuda"):
+        args.device = str(dev)
+    with run_lock(out, "train-dualreal run") if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            check_run_files(out, run_paths(out), resume=args.resume, resume_hint="--resume",
+                            rename_hint="another --out")
         bundle = load_bundle(args)
         encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
-        if encoder is None:
+        if encoder is None and rank == 0:
             from ..dualreal.trainer import NO_REFERENCE_WARNING
 
             bar = "!" * 100
             print(f"{bar}\nWARNING: {NO_REFERENCE_WARNING}\n{bar}", file=sys.stderr, flush=True)
         res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt,
                              reference_encoder=encoder, options=options, train=train,
-                             callback=TextProgress("train-dualreal"), out=out, resume=args.resume)
+                             callback=TextProgress("train-dualreal", quiet=rank != 0), out=out, resume=args.resume)
+        if rank != 0:
+            return 0
         path = finalize_run(res, out)
     first, last = loss_summary(res.losses)
     print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "

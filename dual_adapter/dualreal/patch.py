@@ -14,8 +14,10 @@ max-pooled ``[text; visual]`` tokens it receives (the patch embedding's output) 
 embedding, and shares ``alpha [B, n]`` with the other blocks through a :class:`DualRealContext`.
 
 The two adapters of a sub-layer run as one fused computation (one down-projection GEMM of width
-2h, GELU, one batched up-projection GEMM that also adds the sub-layer output and the per-sample
-bias). It is algebraically the per-adapter formula of :class:`~dual_adapter.dualreal.adapters.Adapter`
+2h + 8, GELU, one batched up-projection GEMM that also adds the sub-layer output; the 8 extra "bias
+units" carry the per-sample up biases, see ``_UNITS``), over the ``[text; visual]`` tokens in one pass.
+With frozen adapters (sampling) the per-sample scaled up-projections of all blocks are made once per
+forward (:meth:`DualRealContext.up_table`). It is algebraically the per-adapter formula of :class:`~dual_adapter.dualreal.adapters.Adapter`
 (``down(n + lambda W_cond(c)) = down(n) + down_W (lambda W_cond(c))``), only cheaper; the tests
 check the two agree.
 
@@ -93,19 +95,34 @@ class DualRealContext:
         self.recorder = recorder
         self.alpha: torch.Tensor | None = None
         self._cond_cache = None
+        self.blocks: list = []  # the DA-blocks (set by DualRealPatch.apply)
+        self._wtab = None  # (alpha, [B, n, 2] (w_id, w_mo) per group), see _weight_table
+        self._tables: dict = {}  # per-forward up-projection tables of frozen adapters (see up_table)
+        self._stacked: dict = {}  # the frozen blocks' stacked up-projections
+        self._gidx = None
 
     def run_controller(self, controller: nn.Module | None, hidden_states, encoder_hidden_states, temb) -> None:
         """Compute ``alpha`` from the block-0 input tokens (max-pooled) and ``temb``."""
+        self._wtab, self._tables = None, {}
         if controller is None or self.fixed_weights is not None:
             self.alpha = None
             return
         pool = torch.maximum(encoder_hidden_states.amax(1), hidden_states.amax(1))  # [B, D]
         w = controller.pool_proj.weight
-        if not torch.is_autocast_enabled(pool.device.type):
+        if not _autocast_on(pool.device.type):
             pool, temb = pool.to(w.dtype), temb.to(w.dtype)
         self.alpha = controller(pool, temb).float()
         if self.recorder is not None:
             self.recorder.append(self.alpha.detach().to("cpu", torch.float32))
+
+    def _weight_table(self) -> torch.Tensor:
+        """``[B, n, 2]``: (w_id, w_mo) of every group from ``alpha``, made once per forward."""
+        if self._wtab is None or self._wtab[0] is not self.alpha:
+            a, S = self.alpha, self.config.scale
+            w_id = a if self.identity_scale == 1 else a * self.identity_scale
+            w_mo = S - a if self.motion_scale == 1 else (S - a) * self.motion_scale
+            self._wtab = (a, torch.stack([w_id, w_mo], -1))
+        return self._wtab[1]
 
     def weights(self, group: int, batch: int, device) -> tuple[Any, Any]:
         """``(w_id, w_mo)`` of a block in ``group``: python floats or ``[B, 1, 1]`` float32 tensors."""
@@ -115,13 +132,46 @@ class DualRealContext:
         elif self.alpha is None:  # no controller: the fixed-weights ablation
             w_id = w_mo = S / 2
         else:
-            a = self.alpha[:, group].reshape(-1, 1, 1)
-            if a.shape[0] != batch:
-                a = a.expand(batch, 1, 1) if a.shape[0] == 1 else a
-            w_id = a if self.identity_scale == 1 else a * self.identity_scale
-            w_mo = S - a if self.motion_scale == 1 else (S - a) * self.motion_scale
-            return w_id, w_mo
+            w = self._weight_table()[:, group].reshape(-1, 1, 1, 2)  # views of the per-forward table
+            if w.shape[0] != batch and w.shape[0] == 1:
+                w = w.expand(batch, 1, 1, 2)
+            return w[..., 0], w[..., 1]
         return float(w_id) * self.identity_scale, float(w_mo) * self.motion_scale
+
+    def up_table(self, kind: str, names: tuple, cond, cdt, batch: int):
+        """``[B, L, K + 8, D]``: every block's up-projection (with its bias rows) scaled by its per-sample
+        weights, made once per forward when every adapter is frozen (sampling), so that a DA-block adds
+        only its GEMMs to the sampling step's kernel launches. ``None`` while training."""
+        if not self.blocks:
+            return None
+        key = (kind, names, cdt, batch)
+        if key in self._tables:
+            return self._tables[key]
+        tab = None
+        if not any(p.requires_grad for b in self.blocks for p in b.adapters.parameters()):
+            stat = [b._static_params(kind, names, cond, cdt) for b in self.blocks]
+            skey = ("stack", kind, names, cdt)
+            hit = self._stacked.get(skey)
+            if hit is None or any(h is not s[2] for h, s in zip(hit[0], stat)):
+                hit = ([s[2] for s in stat], torch.stack([s[2] for s in stat]))  # [L, K+8, D]
+                self._stacked = {skey: hit}
+            Wu = hit[1]
+            hs = stat[0][3]
+            if self.alpha is not None and self.fixed_weights is None:
+                wtab = self._weight_table()
+                if self._gidx is None or self._gidx.device != wtab.device:
+                    self._gidx = torch.tensor([b.group for b in self.blocks], device=wtab.device)
+                wt = wtab[:, self._gidx].to(cdt)  # [B, L, 2]
+                if wt.shape[0] != batch:
+                    wt = wt.expand(batch, -1, -1)
+                ws = [wt[..., i: i + 1] for i, n in enumerate(("id", "motion")) if any(x.startswith(n) for x in names)]
+            else:
+                ws = list(self.weights(0, batch, Wu.device))
+                ws = [w for w in ws if not _is_zero(w)]
+            wv = _wvec(ws, hs, (batch, len(self.blocks)), Wu.device, cdt)  # [B, L, K+8]
+            tab = wv.unsqueeze(-1) * Wu
+        self._tables[key] = tab
+        return tab
 
     def cond_for(self, batch: int, device, dtype) -> torch.Tensor | None:
         """The reference embedding broadcast to the model batch: ``[batch, 1, 1024]`` or None."""
@@ -141,8 +191,47 @@ class DualRealContext:
         return out
 
 
+def _autocast_on(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``; False for devices autocast does not know (``meta``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def _is_zero(w) -> bool:
     return isinstance(w, (int, float)) and w == 0
+
+
+# The fused adapter pair appends 8 "bias units" to its bottleneck: unit j < (number of adapters) has down
+# weight 0 and down bias 16 (GELU(16) == 16 exactly, and x / 16 is exact), its up row is adapter j's up bias
+# / 16 and its weight is adapter j's w: so the per-sample up biases ride in the up GEMM, and the GEMMs'
+# inner size K + 8 stays a multiple of 8 (aligned for bf16 tensor cores) without a padding op.
+_UNITS = 8
+_BIAS_UNIT = 16.0
+
+
+def _wvec(ws, hs, lead: tuple, device, cdt) -> torch.Tensor:
+    """Per-sample bottleneck weights ``[*lead, K + 8]``: each adapter's weight over its h units, then over
+    its bias unit, then zeros. ``ws``: floats or tensors ``[*lead, 1]`` (or broadcastable)."""
+    parts = [torch.as_tensor(w, dtype=cdt, device=device).expand(*lead, 1) if not torch.is_tensor(w)
+             else w.to(cdt).expand(*lead, 1) for w in ws]
+    pieces = [w.expand(*lead, h) for w, h in zip(parts, hs)] + parts
+    pieces.append(torch.zeros(*lead, _UNITS - len(ws), dtype=cdt, device=device))
+    return torch.cat(pieces, -1)
+
+
+def _joined(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([a, b], 1)``, or without a copy the tensor ``a`` and ``b`` were split from (the
+    attention processor splits one ``[B, L + N, D]`` output into text and visual parts)."""
+    base = a._base
+    if base is not None and b._base is base and a.dim() == 3 and b.dim() == 3 and base.is_contiguous():
+        B, N, D = a.shape[0], a.shape[1] + b.shape[1], a.shape[2]
+        if (base.numel() == B * N * D and b.shape[0] == B and b.shape[2] == D and a.stride() == b.stride() == (N * D, D, 1)
+                and a.storage_offset() == base.storage_offset()
+                and b.storage_offset() == base.storage_offset() + a.shape[1] * D):
+            return base.view(B, N, D)
+    return torch.cat([a, b], 1)
 
 
 class DABlock(nn.Module):
@@ -176,8 +265,10 @@ class DABlock(nn.Module):
 
     # ---- the fused adapter pair ------------------------------------------------------------
     def _static_params(self, kind: str, names: tuple, cond, cdt):
-        """Weight-only parts of the fused adapter pair: ``Wd [K, D]``, ``bd [Bc, 1, K]`` (down bias plus
-        ``lambda * down_W W_cond(c)`` for motion adapters), ``Wu [K, D]``, up biases ``[(D,)]``.
+        """Weight-only parts of the fused adapter pair, bottleneck K (sum of h) plus 8 bias units (see
+        ``_UNITS``): ``Wd [K + 8, D]``, ``bd [Bc, 1, K + 8]`` (down bias plus ``lambda * down_W W_cond(c)`` for
+        motion adapters; 16 on the used bias units), ``Wu [K + 8, D]`` (up weights, then up bias / 16 rows),
+        ``hs`` (each adapter's h).
 
         Cached while no adapter parameter requires grad (sampling), since they do not change then.
         """
@@ -189,7 +280,9 @@ class DABlock(nn.Module):
             if hit is not None and hit[0] is cond:
                 return hit[1]
         lam = self.ctx.config.lam
-        Wd = torch.cat([a.down_linear.weight for a in ads], 0)
+        W0 = ads[0].down_linear.weight
+        zero = W0.new_zeros(_UNITS, W0.shape[1])
+        Wd = torch.cat([a.down_linear.weight for a in ads] + [zero], 0)
         bds = []
         for a in ads:
             bd = a.down_linear.bias.view(1, 1, -1)
@@ -197,21 +290,25 @@ class DABlock(nn.Module):
                 e = a.condition_linear(cond.to(a.condition_linear.weight.dtype))  # [Bc, 1, D]
                 bd = bd + lam * F.linear(e, a.down_linear.weight)
             bds.append(bd)
+        units = W0.new_zeros(1, 1, _UNITS)
+        units[..., : len(ads)] = _BIAS_UNIT
+        bds.append(units)
         B0 = max(b.shape[0] for b in bds)
         bd = torch.cat([b.expand(B0, 1, -1) for b in bds], -1)
-        Wu = torch.cat([a.up_linear.weight for a in ads], 1).t()  # [K, D]
-        out = (Wd.to(cdt), bd.to(cdt), Wu.to(cdt), [a.up_linear.bias for a in ads],
-               [a.down_linear.out_features for a in ads])
+        Wu = torch.cat([a.up_linear.weight.t() for a in ads] + [a.up_linear.bias.view(1, -1) / _BIAS_UNIT for a in ads]
+                       + [zero[len(ads):]], 0)  # [K + 8, D]
+        out = (Wd.to(cdt), bd.to(cdt), Wu.to(cdt), [a.down_linear.out_features for a in ads])
         if frozen:
             self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
             self._cache[key] = (cond, out)
         return out
 
     def _fused_params(self, kind: str, w_id, w_mo, cond, batch: int, dtype, autocast: bool):
-        """Return ``(Wd [K, D], bd [B|1, 1, K], wvec [B, 1, K], Wu_ext [B, K + 1, D], s)`` or None.
+        """Return ``(Wd [K + 8, D], bd [B|1, 1, K + 8], Wu [B, K + 8, D], s)`` or None.
 
-        K = h per active adapter; ``Wu_ext``'s last row is the per-sample up bias
-        ``sum_a w_a * up_bias_a``; ``s`` is the official form's skip weight (``w_id + w_mo``) or None.
+        K = h per active adapter (plus 8 bias units, see ``_UNITS``); ``Wu`` is the up-projection with its
+        bias rows, scaled per sample by each adapter's weight; ``s`` is the official form's skip weight
+        (``w_id + w_mo``) or None.
         """
         names, ws = [], []
         if not _is_zero(w_id):
@@ -224,15 +321,12 @@ class DABlock(nn.Module):
             return None
         wdt = self.adapters.id_attn_adapter.down_linear.weight.dtype
         cdt = wdt if autocast else dtype  # compute dtype of the small weight tensors
-        Wd, bd, Wu, ups, hs = self._static_params(kind, tuple(names), cond, cdt)
-        wvecs, bu = [], None
-        for w, up, h in zip(ws, ups, hs):
-            wt = w.to(torch.float32) if torch.is_tensor(w) else torch.tensor(float(w), device=Wd.device).view(1, 1, 1)
-            wvecs.append(wt.expand(batch, 1, h))
-            t = wt.expand(batch, 1, 1) * up.view(1, 1, -1)
-            bu = t if bu is None else bu + t  # [B, 1, D]
-        wvec = torch.cat(wvecs, -1).to(cdt) if len(wvecs) > 1 else wvecs[0].to(cdt)
-        Wu_ext = torch.cat([Wu.unsqueeze(0).expand(batch, -1, -1), bu.to(cdt)], 1)  # [B, K+1, D]
+        Wd, bd, Wu, hs = self._static_params(kind, tuple(names), cond, cdt)
+        tab = self.ctx.up_table(kind, tuple(names), cond, cdt, batch)
+        if tab is not None:
+            Wu = tab[:, self.index]  # [B, K + 8, D], made once per forward for every block
+        else:
+            Wu = _wvec(ws, hs, (batch, 1), Wd.device, cdt).transpose(1, 2) * Wu  # [B, K + 8, D]
         s = None
         if self.skip:
             ctx = self.ctx
@@ -240,19 +334,21 @@ class DABlock(nn.Module):
                 s = ctx.config.scale * ctx.identity_scale  # alpha + (scale - alpha), without a tensor op
             else:
                 s = sum(ws)
-        return Wd, bd, wvec, Wu_ext, s
+        return Wd, bd, Wu, s
 
     @staticmethod
     def _apply_fused(base: torch.Tensor, n: torch.Tensor, params) -> torch.Tensor:
-        """``base + sum_a w_a * A_a(n)`` for the fused adapter pair ``params``."""
+        """``base + sum_a w_a * A_a(n)`` for the fused adapter pair ``params``; the result (the residual
+        stream's update) has ``base``'s dtype (the model dtype) in both forms."""
         if params is None:
             return base
-        Wd, bd, wvec, Wu_ext, s = params
-        H = F.gelu(F.linear(n, Wd) + bd) * wvec  # [B, N, K]
-        G = F.pad(H, (0, 1), value=1.0)  # [B, N, K+1]: the last column picks the per-sample up bias
-        if not torch.is_autocast_enabled(G.device.type):
-            Wu_ext = Wu_ext.to(G.dtype)
-        out = torch.baddbmm(base, G, Wu_ext)
+        Wd, bd, Wu, s = params
+        if n.dtype != base.dtype:
+            n = n.to(base.dtype)  # autocast would cast it for the GEMM anyway; keeps the skip add in the model dtype
+        if not _autocast_on(n.device.type):
+            Wd, bd, Wu = Wd.to(n.dtype), bd.to(n.dtype), Wu.to(n.dtype)
+        G = F.gelu(torch.baddbmm(bd, n, Wd.t().expand(n.shape[0], -1, -1)))  # [B, N, K + 8]
+        out = torch.baddbmm(base, G, Wu)
         if s is not None:
             if torch.is_tensor(s):
                 out = torch.addcmul(out, n, s.to(out.dtype))
@@ -270,7 +366,7 @@ class DABlock(nn.Module):
         if self.index == 0:
             ctx.run_controller(self.controller, hidden_states, encoder_hidden_states, temb)
         w_id, w_mo = ctx.weights(self.group, B, hidden_states.device)
-        autocast = torch.is_autocast_enabled(hidden_states.device.type)
+        autocast = _autocast_on(hidden_states.device.type)
         a0 = self.adapters.motion_attn_adapter
         cond = ctx.cond_for(B, hidden_states.device, a0.down_linear.weight.dtype)
 
@@ -279,8 +375,9 @@ class DABlock(nn.Module):
         attn_h, attn_e = blk.attn1(hidden_states=n_h, encoder_hidden_states=n_e, image_rotary_emb=image_rotary_emb,
                                    **attention_kwargs)
         p = self._fused_params("attn", w_id, w_mo, cond, B, attn_h.dtype, autocast)
-        attn_h = self._apply_fused(attn_h, n_h, p)
-        attn_e = self._apply_fused(attn_e, n_e, p)
+        if p is not None:  # one pass over the [text; visual] tokens
+            attn = self._apply_fused(_joined(attn_e, attn_h), torch.cat([n_e, n_h], dim=1), p)
+            attn_e, attn_h = attn[:, :text_len], attn[:, text_len:]
         hidden_states = hidden_states + gate_msa * attn_h
         encoder_hidden_states = encoder_hidden_states + enc_gate_msa * attn_e
 
@@ -392,7 +489,7 @@ class DualRealPatch:
             return self._cache[key]
         mod = self.adapters
         p = next(mod.parameters())
-        if p.device == torch.device(device) and (p.dtype == dtype or p.requires_grad):
+        if p.device == torch.device(device) and (p.dtype == dtype or any(q.requires_grad for q in mod.parameters())):
             return mod
         if any(q.requires_grad for q in mod.parameters()):
             raise DualAdapterError(f"trainable DualReal adapters are on {p.device}, the model on {device}; "
@@ -422,6 +519,7 @@ class DualRealPatch:
         for i in range(len(blocks)):
             blocks[i] = DABlock(blocks[i], mod.transformer_blocks[i], i, mod.block_group[i], ctx,
                                 mod.controller if i == 0 else None)
+        ctx.blocks = list(blocks)
         return ctx
 
     def __repr__(self) -> str:

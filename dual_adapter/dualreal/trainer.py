@@ -41,7 +41,7 @@ from ..backbone import CogVideoXBundle, config_fingerprint, encode_prompt
 from ..errors import DualAdapterError
 from ..patches import patched_copy
 from ..seeds import derived_seed, seed_generator
-from ..training import (TrainConfig, diffusion_loss, make_noise_scheduler, save_train_state,
+from ..training import (TrainConfig, diffusion_loss, dist_rank_world, make_noise_scheduler, save_train_state,
                         train_loop, training_run, write_loss_log)
 from .adapters import FORMS, DualRealAdapters, DualRealConfig
 from .checkpoint import DualRealAdapterSet, load_adapters, save_adapters
@@ -83,6 +83,9 @@ class DualRealOptions:
         latent_sampling: ``"sample"`` (default, the authors': a fresh VAE posterior sample
             ``mean + std * eps`` per step, from the mean / std computed once) or ``"mode"`` (the posterior
             mode, encoded once: the same latent every step).
+        grad_accum: run each step's batch as this many micro-batches, accumulating gradients (1 = one
+            pass). The authors' motion batch 3 with ``grad_accum=3`` runs as 3 x 1 within the memory of
+            batch 1, and gives the batch-3 gradient (up to float rounding). Capped at the batch size.
     """
 
     hidden: int = 64
@@ -100,6 +103,7 @@ class DualRealOptions:
     clip_sampling: str = "native"
     clip_fps: float = 8.0
     latent_sampling: str = "sample"
+    grad_accum: int = 1
 
     def validate(self) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid option."""
@@ -116,7 +120,7 @@ class DualRealOptions:
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise DualAdapterError(f"{k}={v!r}: must be a number in [0, 1]")
-        for k in ("hidden", "groups", "motion_batch", "identity_batch"):
+        for k in ("hidden", "groups", "motion_batch", "identity_batch", "grad_accum"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DualAdapterError(f"{k}={v!r}: must be an integer >= 1")
@@ -361,6 +365,17 @@ def _groups_for(options: DualRealOptions, transformer) -> int:
     return options.groups
 
 
+def set_phase_trainable(module: DualRealAdapters, motion: bool) -> None:
+    """Make the active phase's adapters and the controller trainable and the other set frozen, so that
+    backward computes no gradient for the inactive set (the gradient mask still drops any)."""
+    for p in module.identity_parameters():
+        p.requires_grad_(not motion)
+    for p in module.motion_parameters():
+        p.requires_grad_(motion)
+    for p in module.controller_parameters():
+        p.requires_grad_(True)
+
+
 def _snapshot(module: DualRealAdapters, meta: dict, steps: int, completed: bool) -> DualRealAdapterSet:
     m = dict(meta)
     m["steps"] = int(steps)
@@ -458,6 +473,33 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
     if train.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     noise_sched = make_noise_scheduler(scheduler_config)
+    p_t = getattr(model.config, "patch_size_t", None)
+
+    def loss_of(x0, emb, c, g):
+        """The batch's loss; with ``grad_accum`` > 1, backward per micro-batch and the detached total."""
+        ctx.reference = c
+        B = x0.shape[0]
+        k = min(options.grad_accum, B)
+        rank, world = dist_rank_world()
+        if k == 1 and world == 1:
+            return diffusion_loss(model, noise_sched, x0, emb, generator=g), ctx.alpha
+        # the batch's timesteps and noise, drawn as diffusion_loss draws them for the whole batch
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (B,), generator=g)
+        pad = (-x0.shape[1]) % p_t if p_t else 0
+        noise = torch.randn((B, x0.shape[1] + pad, *x0.shape[2:]), generator=g, dtype=torch.float32)
+        total, alphas = torch.zeros((), device=x0.device), []
+        # data parallel: every process draws the global batch alike and runs its share of the micro-batches
+        for part in list(torch.arange(B).tensor_split(min(B, k * world)))[rank::world]:
+            ctx.reference = c[part.to(c.device)] if c is not None else None
+            loss = diffusion_loss(model, noise_sched, x0[part.to(x0.device)], emb, timesteps=t[part],
+                                  noise=noise[part]) * (len(part) / B)
+            with torch.autocast(x0.device.type, enabled=False):  # backward as train_loop runs it: outside autocast
+                loss.backward()
+            total = total + loss.detach()
+            if ctx.alpha is not None:
+                alphas.append(ctx.alpha.detach())
+        return total, (torch.cat(alphas) if alphas else None)
+
     P = data.photo_latents.shape[0]
     M = data.clip_latents.shape[0]
     refs = data.clip_references
@@ -488,16 +530,16 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
                 if options.p_image_zero > 0:
                     keep = (torch.rand(len(idx), generator=g) >= options.p_image_zero).to(c.device, c.dtype)
                     c = c * keep.view(-1, 1, 1)
-            ctx.reference = c
         else:
             idx = torch.randint(0, P, (options.identity_batch,), generator=g)
             x0 = draw(data.photo_latents, data.photo_latent_std, idx, g)
             emb = data.identity_embeds
-            ctx.reference = None
-        loss = diffusion_loss(model, noise_sched, x0, emb, generator=g)
+            c = None
+        set_phase_trainable(module, motion)
+        loss, alpha = loss_of(x0, emb, c, g)
         info = {"phase": "motion" if motion else "identity"}
-        if ctx.alpha is not None:
-            info["w_id"] = float(ctx.alpha.detach().mean())
+        if alpha is not None:
+            info["w_id"] = alpha.detach().mean()  # read back with the loss (no sync per step)
         return loss, info
 
     def mask(step: int, info: dict) -> None:  # paper eqs. 4-6: M = Z * M_m + (1 - Z) * M_i
@@ -516,7 +558,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
         meta["losses_file"] = files["losses"].name
 
     def on_checkpoint(step, optimizer, sched, losses):
-        if not files:
+        if not files or dist_rank_world()[0] != 0:  # one writer in a data-parallel run
             return
         save_adapters(_snapshot(module, meta, step, step >= train.steps), files["partial"], overwrite=True)
         save_train_state(files["state"], optimizer, sched, step)
@@ -527,7 +569,8 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
                      callback=callback, before_optimizer_step=mask,
                      on_checkpoint=on_checkpoint if files else None, resume_state=resume_state,
                      start_losses=start_losses, resume_weights_step=weights_step,
-                     checkpoint_note=f"{files['partial']} + {files['state'].name}" if files else "")
+                     checkpoint_note=f"{files['partial']} + {files['state'].name}" if files else "",
+                     distributed=dist_rank_world()[1] > 1)
     ctx.reference = None
     out_set = _snapshot(module, meta, res.steps_done, res.completed)
     return DualRealResult(out_set, res.losses, res.completed, res.steps_done, res.seconds, res.optimizer_name,
