@@ -451,7 +451,8 @@ class DualRealPatch:
                                    f"{type(adapters).__name__}")
         tensors = (adapters.state_dict.items() if isinstance(adapters, DualRealAdapterSet)
                    else adapters.state_dict().items())
-        bad = [k for k, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad = [k for k, v in tensors if v.is_floating_point() and v.device.type != "meta"
+               and not bool(torch.isfinite(v).all())]  # meta: shape-only (benchmarks/scale.py)
         if bad:
             raise DualAdapterError(f"DualReal adapters have NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]}): "
                                    f"the training diverged; use an earlier checkpoint or retrain with a lower lr")
