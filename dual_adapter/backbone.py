@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CogVideoXBundle",
     "TINY_VARIANTS",
+    "BUILTIN_PRETRAINED",
+    "BUILTIN_MODELS",
     "build_tiny",
     "build_tiny_tokenizer",
     "load_cogvideox",
@@ -175,6 +177,12 @@ TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "tiny-5b": dict(use_rotary_positional_embeddings=True, patch_size_t=None),
     "tiny-1.5": dict(use_rotary_positional_embeddings=True, patch_size_t=2),
 }
+
+# Built-in *pretrained* models shipped in the package (CPU-sized): name -> description.
+BUILTIN_PRETRAINED: dict[str, str] = {
+    "mini": "pretrained miniature CogVideoX of the sprite world (README 'Miniature world'); 9 x 32 x 32",
+}
+BUILTIN_MODELS = tuple(TINY_VARIANTS) + tuple(BUILTIN_PRETRAINED)
 
 _TINY_CORPUS = [
     "dog * is playing guitar",
@@ -361,10 +369,15 @@ def load_cogvideox(
 
 def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str | None = None,
                seed: int = 0, **kw) -> CogVideoXBundle:
-    """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; anything else is a diffusers folder.
+    """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; ``"mini"`` -> the shipped pretrained
+    miniature model (:func:`dual_adapter.miniworld.model.load_mini`); anything else is a diffusers folder.
 
-    ``dtype`` defaults to fp32 for tiny models and bf16 for real ones.
+    ``dtype`` defaults to fp32 for tiny / mini models and bf16 for real ones.
     """
+    if name_or_path in BUILTIN_PRETRAINED:
+        from .miniworld.model import load_mini
+
+        return load_mini(device=device or "cpu", dtype=dtype or "fp32")
     if name_or_path in TINY_VARIANTS:
         return build_tiny(name_or_path, seed=seed, device=device or "cpu", dtype=dtype or "fp32")
     return load_cogvideox(name_or_path, dtype=dtype or "bf16", device=device, **kw)
