@@ -9,11 +9,13 @@ Parts, as in a real CogVideoX diffusers folder (``transformer/``, ``vae/``, ``te
   the same interface (``encode(x).latent_dist.mode()/.sample()``, ``decode(z).sample``,
   ``config.scaling_factor``, ``config.latent_channels``, ``config.block_out_channels`` (its length
   gives the spatial compression, as on the real VAE), ``config.temporal_compression_ratio``). It folds
-  each 2x2 pixel block into channels (``[B, 3, T, H, W] -> [B, 12, T, H/2, W/2]``), so encode /
-  decode are exact inverses and cost nothing to train. Why: a trained ``AutoencoderKLCogVideoX``
-  would cost CPU time the 45-minute pretraining budget does not have, and its reconstruction error
-  would blur the 32 px sprites that the scorers measure. Time is not compressed
-  (``temporal_compression_ratio = 1``), so any frame count is valid (the pack's ``tk+1`` rule with t = 1);
+  each 2x2 pixel block into channels and, like CogVideoX's causal VAE, keeps the first frame alone and
+  folds each following pair of frames into one latent frame: ``[B, 3, 1 + 2k, H, W] ->
+  [B, 24, 1 + k, H/2, W/2]`` (the first frame is copied into both time slots). So videos take
+  ``2k+1`` frames (the pack's ``tk+1`` rule with t = 2; 9 frames -> 5 latent frames, a photo -> 1),
+  and encode / decode are exact inverses that cost nothing to train. Why a substitute: a trained
+  ``AutoencoderKLCogVideoX`` would cost CPU time the 45-minute pretraining budget does not have,
+  and its reconstruction error would blur the 32 px sprites that the scorers measure;
 * text encoder: a small T5 encoder (``transformers.T5EncoderModel``), random and frozen, shipped with
   its weights; tokenizer: a word-level ``tokenizers`` tokenizer over the world's vocabulary (T5's
   ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2, ``</s>`` appended);
@@ -305,5 +307,5 @@ def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtyp
     for m in (transformer, vae, text_encoder):
         m.requires_grad_(False)
         m.eval()
-        m.to(device=device, dtype=torch.float32 if dt == torch.float32 else dt)
+        m.to(device) if dt == torch.float32 else m.to(device=device, dtype=dt)
     return CogVideoXBundle(transformer, vae, text_encoder, tokenizer, sched, name="mini", device=device, dtype=dt)
