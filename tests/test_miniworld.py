@@ -129,7 +129,7 @@ def test_space_to_depth_vae_is_exact_and_follows_the_frame_rules():
     from dual_adapter import backbone, sampling
     from dual_adapter.miniworld.model import build_mini
 
-    b = build_mini(config={"transformer": {"num_layers": 1}})
+    b = build_mini(config={"transformer": {"num_layers": 1}}, scaling_factor=1.42)
     x = torch.stack([W.render(W.VideoSpec(motion="orbit"), seed=i) for i in range(2)])
     z = sampling.encode_frames(b, x)
     assert z.shape == (2, 5, 24, 16, 16)  # 9 frames -> 5 latent frames, 32 px -> 16
