@@ -33,7 +33,8 @@ def _patch_providers():
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload."""
-    p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', or a "
+    p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', 'mini' (built-in "
+                   "pretrained miniature model, CPU), or a "
                    "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
                    "real models, fp32 for tiny)")
