@@ -1,7 +1,8 @@
 """``python -m dual_adapter miniworld <action>``: the miniature pretrained world (README "Miniature world").
 
 Actions: ``pretrain`` (train the ``mini`` CogVideoX on held-in videos; seeded, resumable, progress
-lines, loss curve), ``evaluate`` (the base model's quality on held-in prompts, by the pixel scorers).
+lines, loss curve), ``evaluate`` (the base model's quality on held-in prompts, by the pixel scorers),
+``benchmark`` (the papers' comparison in miniature: :mod:`dual_adapter.miniworld.benchmark`).
 """
 from __future__ import annotations
 
@@ -63,6 +64,28 @@ def register(sub) -> None:
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ev.add_argument("--json", default=None, help="also write the per-sample results to this JSON file")
     ev.set_defaults(func=_evaluate)
+
+    bm = acts.add_parser("benchmark", help="the papers' comparison in miniature (every method on held-out pairs)",
+                         description="Every held-out subject x motion pair over several seeds: base, identity-only, "
+                                     "motion-only, merged LoRAs, DualReal and its ablations, TAP vs full motion LoRA, "
+                                     "CustomTTT merges vs naive merge, scored from pixels. Writes miniworld.json, "
+                                     "miniworld.md and miniworld.png (README, 'Miniature world').")
+    bm.add_argument("--model", default="mini", help="'mini' (default) or a mini-layout model folder")
+    bm.add_argument("--quick", action="store_true",
+                    help="a few minutes: one pair (striped_star x orbit), one seed, 40 training steps, 3 TTT steps, "
+                         "10 sampling steps (too few to rank methods; checks the pipeline)")
+    bm.add_argument("--seeds", type=int, default=None, help="seeds per pair (2; quick 1)")
+    bm.add_argument("--pairs", default=None, metavar="S:M,...",
+                    help="pairs to run, e.g. 'striped_star:orbit,dotted_triangle:bounce' (default: all 9)")
+    bm.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
+    bm.add_argument("--dualreal-steps", type=int, default=None, help="steps of every DualReal run (200; quick 40)")
+    bm.add_argument("--lora-steps", type=int, default=None, help="steps of every LoRA (200; quick 40)")
+    bm.add_argument("--ttt-steps", type=int, default=None, help="CustomTTT merge steps (15; quick 3)")
+    bm.add_argument("--sample-steps", type=int, default=None, help="denoising steps per video (20; quick 10)")
+    bm.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    bm.add_argument("--out-dir", default="benchmarks/results", help="where the three files go (benchmarks/results)")
+    bm.add_argument("--overwrite", action="store_true", help="replace existing miniworld.* files in --out-dir")
+    bm.set_defaults(func=_benchmark)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -96,4 +119,38 @@ def _evaluate(args) -> int:
         from ..io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rep, indent=2), overwrite=False)
+    return 0
+
+
+def _benchmark(args) -> int:
+    from ..miniworld.benchmark import BenchConfig, quick_config, run_benchmark, write_results
+
+    over = {k: getattr(args, a) for k, a in (("seeds", "seeds"), ("dualreal_steps", "dualreal_steps"),
+                                              ("lora_steps", "lora_steps"), ("ttt_steps", "ttt_steps"),
+                                              ("sample_steps", "sample_steps")) if getattr(args, a) is not None}
+    over.update(model=args.model, threads=args.threads)
+    if args.pairs:
+        pairs = []
+        for item in args.pairs.split(","):
+            if item.count(":") != 1:
+                raise DualAdapterError(f"--pairs item {item!r}: expected SUBJECT:MOTION, e.g. striped_star:orbit")
+            pairs.append(tuple(x.strip() for x in item.split(":")))
+        over["pairs"] = pairs
+    if args.methods:
+        over["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    cfg = quick_config(**over) if args.quick else BenchConfig(**over)
+    cfg.validate()
+    out = args.out_dir
+    from pathlib import Path
+
+    there = [str(Path(out) / f"miniworld.{e}") for e in ("json", "md", "png") if (Path(out) / f"miniworld.{e}").exists()]
+    if there and not args.overwrite:  # refuse before hours of work
+        raise DualAdapterError(f"{', '.join(there)} exist; choose another --out-dir or pass --overwrite")
+    res = run_benchmark(cfg, log=lambda m: print(m, flush=True))
+    paths = write_results(res, out, overwrite=args.overwrite)
+    from ..miniworld.benchmark import markdown_table
+
+    print(markdown_table(res))
+    for p in paths.values():
+        print(f"wrote {p}")
     return 0
