@@ -471,6 +471,14 @@ def inspect_model(name_or_path: str | os.PathLike) -> ModelInfo:
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
+    if str(name_or_path) in BUILTIN_PRETRAINED:  # the shipped pretrained folder, under its built-in name
+        from .miniworld.model import MINI_DIR, mini_available
+
+        if not mini_available():
+            raise DualAdapterError(f"the built-in model {str(name_or_path)!r} is missing its folder {str(MINI_DIR)!r}; "
+                                   f"make it with 'python -m dual_adapter miniworld pretrain --out {MINI_DIR}'")
+        info = inspect_model(MINI_DIR)
+        return ModelInfo(str(name_or_path), info.config, info.vae_config, info.scheduler_config)
     if str(name_or_path) in TINY_VARIANTS:
         t = {**_init_defaults(CogVideoXTransformer3DModel), **_tiny_transformer_config(str(name_or_path))}
         v = {**_init_defaults(AutoencoderKLCogVideoX), **_TINY_VAE}

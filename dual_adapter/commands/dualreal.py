@@ -77,11 +77,11 @@ def register(subparsers) -> None:
 
 
 def _encoder_for(spec: str | None, model_name: str, device: str | None):
-    from ..backbone import TINY_VARIANTS
+    from ..backbone import BUILTIN_PRETRAINED, TINY_VARIANTS
     from ..reference import load_reference_encoder
 
-    if spec is None:
-        spec = "tiny" if model_name in TINY_VARIANTS else "none"
+    if spec is None:  # the CPU-sized built-in models (random tiny, pretrained mini) get the tiny encoder
+        spec = "tiny" if model_name in TINY_VARIANTS or model_name in BUILTIN_PRETRAINED else "none"
     if str(spec).lower() == "none":
         return None
     return load_reference_encoder(spec, device=device)

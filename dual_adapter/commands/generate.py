@@ -64,7 +64,7 @@ def load_bundle(args):
     from ..backbone import load_model
 
     kw = {}
-    if args.model not in ("tiny", "tiny-5b", "tiny-1.5"):
+    if args.model not in ("tiny", "tiny-5b", "tiny-1.5", "mini"):
         kw["cpu_offload"] = bool(getattr(args, "cpu_offload", False))
     return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
 
