@@ -65,7 +65,7 @@ def register(subparsers) -> None:
                         "posterior mode, the same latent every step")
     p.add_argument("--reference-encoder", default=None,
                    help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
-                        "(default: 'tiny' for tiny models, else none = W_cond stays untrained, warned; "
+                        "(default: 'tiny' for the tiny and mini models, else none = W_cond stays untrained, warned; "
                         "the authors always train with a ViT-H/14 encoder)")
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
