@@ -36,9 +36,11 @@ Methods (:data:`METHODS`; all training and sampling through the pack's public fu
   ``z_f_as_x0``).
 
 Shared artefacts (trained once, reused where the method definitions allow): identity-only adapters per
-(subject, seed) and motion-only adapters per (motion, seed) serve ``identity_only`` / ``motion_only`` and
-``dualreal_separate``; the appearance LoRA per (subject, seed) and the full motion LoRA per (motion, seed)
+(subject, seed) and motion-only adapters per (pair, seed) serve ``identity_only`` / ``motion_only`` and
+``dualreal_separate``; the appearance LoRA per (subject, seed) and the full motion LoRA per (pair, seed)
 serve ``lora_merged`` and ``full_motion``; the selective LoRAs per (pair, seed) serve every CustomTTT row.
+Motion-side artefacts are per pair, not per motion, because a pair's clips never show its subject's shape or
+colour (:func:`~.world.motion_clips` ``exclude``), so the clips differ between subjects.
 """
 from __future__ import annotations
 
@@ -270,7 +272,7 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
                               lambda: dr_train(photos, clips, sname, mname, seed, encoder, motion_ratio=0.0))
 
             def mo_only():
-                return shared(("motion-only adapters", mname, seed),
+                return shared(("motion-only adapters", sname, mname, seed),  # clips depend on the pair (exclude=)
                               lambda: dr_train(photos, clips, sname, mname, seed, encoder, motion_ratio=1.0))
 
             def app_lora():
@@ -278,7 +280,7 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
                               lambda: lora(seed, "full", photos=photos, prompt=W.identity_prompt(sname)))
 
             def full_mo_lora():
-                return shared(("full motion LoRA", mname, seed),
+                return shared(("full motion LoRA", sname, mname, seed),
                               lambda: lora(seed, "full", clips=clips, prompt=W.motion_prompt(mname)))
 
             def selective():
@@ -336,7 +338,7 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
                     patches = [DualRealPatch(blended, ref)]
                 elif method == "tap_motion":
                     pos = pos_worded
-                    patches = [LoraPatch(shared(("TAP motion LoRA", mname, seed),
+                    patches = [LoraPatch(shared(("TAP motion LoRA", sname, mname, seed),
                                                 lambda: lora(seed, "tap", clips=clips, prompt=W.motion_prompt(mname))))]
                 elif method == "full_motion":
                     pos = pos_worded
