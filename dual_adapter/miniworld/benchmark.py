@@ -330,7 +330,9 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
                     a, m = id_only(), mo_only()
                     if a.config.to_dict() != m.config.to_dict():
                         raise DualAdapterError("dualreal_separate: the two separate runs have different adapter configs")
-                    init = DualRealAdapters(a.config).state_dict()  # StageBlender at its init: w_id = w_mo = 0.1
+                    with torch.random.fork_rng(devices=[]):  # StageBlender at its init: w_id = w_mo = 0.1
+                        torch.manual_seed(seed)
+                        init = DualRealAdapters(a.config).state_dict()
                     mo_keys = {k for k in m.state_dict if any(f".{n}." in k for n in _motion_names())}
                     sd = {k: (m.state_dict[k] if k in mo_keys else
                               init[k].clone() if k.startswith("controller.") else a.state_dict[k]) for k in a.state_dict}
