@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path):
-    """--quick on a tiny budget (one pair, one seed, 2 training steps, 1 TTT step, 2 sampling steps): every method
+    """--quick on a tiny budget (one pair, one seed, 1 training step, 1 TTT step, 1 sampling step): every method
     runs through the pack's trainers and is scored; the three files hold what was measured."""
     out = tmp_path / "res"
-    cmd = [sys.executable, "-m", "dual_adapter", "miniworld", "benchmark", "--quick", "--dualreal-steps", "2",
-           "--lora-steps", "2", "--ttt-steps", "1", "--sample-steps", "2", "--out-dir", str(out)]
+    cmd = [sys.executable, "-m", "dual_adapter", "miniworld", "benchmark", "--quick", "--dualreal-steps", "1",
+           "--lora-steps", "1", "--ttt-steps", "1", "--sample-steps", "1", "--out-dir", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((out / "miniworld.json").read_text())
