@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CogVideoXBundle",
     "TINY_VARIANTS",
+    "BUILTIN_PRETRAINED",
+    "BUILTIN_MODELS",
     "build_tiny",
     "build_tiny_tokenizer",
     "load_cogvideox",
@@ -235,6 +237,12 @@ def _tiny_transformer_config(variant: str, num_layers: int = 4) -> dict[str, Any
     return dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
                 text_embed_dim=32, num_layers=num_layers, sample_width=12, sample_height=8, sample_frames=9,
                 patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16, **TINY_VARIANTS[variant])
+
+# Built-in *pretrained* models shipped in the package (CPU-sized): name -> description.
+BUILTIN_PRETRAINED: dict[str, str] = {
+    "mini": "pretrained miniature CogVideoX of the sprite world (README 'Miniature world'); 9 x 32 x 32",
+}
+BUILTIN_MODELS = tuple(TINY_VARIANTS) + tuple(BUILTIN_PRETRAINED)
 
 
 _TINY_CORPUS = [
@@ -484,6 +492,14 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
+    if str(name_or_path) in BUILTIN_PRETRAINED:  # the shipped pretrained folder, under its built-in name
+        from .miniworld.model import MINI_DIR, mini_available
+
+        if not mini_available():
+            raise DualAdapterError(f"the built-in model {str(name_or_path)!r} is missing its folder {str(MINI_DIR)!r}; "
+                                   f"make it with 'python -m dual_adapter miniworld pretrain --out {MINI_DIR}'")
+        info = inspect_model(MINI_DIR)
+        return ModelInfo(str(name_or_path), info.config, info.vae_config, info.scheduler_config)
     if str(name_or_path) in TINY_VARIANTS:
         t = {**_init_defaults(CogVideoXTransformer3DModel), **_tiny_transformer_config(str(name_or_path))}
         v = {**_init_defaults(AutoencoderKLCogVideoX), **_TINY_VAE}
@@ -592,10 +608,15 @@ def load_cogvideox(
 
 def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str | None = None,
                seed: int = 0, **kw) -> CogVideoXBundle:
-    """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; anything else is a diffusers folder.
+    """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; ``"mini"`` -> the shipped pretrained
+    miniature model (:func:`dual_adapter.miniworld.model.load_mini`); anything else is a diffusers folder.
 
-    ``dtype`` defaults to fp32 for tiny models and bf16 for real ones.
+    ``dtype`` defaults to fp32 for tiny / mini models and bf16 for real ones.
     """
+    if name_or_path in BUILTIN_PRETRAINED:
+        from .miniworld.model import load_mini
+
+        return load_mini(device=check_device(device) or "cpu", dtype=dtype or "fp32")
     if name_or_path in TINY_VARIANTS:
         return build_tiny(name_or_path, seed=seed, device=check_device(device) or "cpu", dtype=dtype or "fp32")
     return load_cogvideox(name_or_path, dtype=dtype or "bf16", device=device, **kw)

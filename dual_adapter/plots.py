@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["figure_to_image", "plot_loss_curve", "new_figure"]
+__all__ = ["figure_to_image", "plot_loss_curve", "new_figure", "input_output_strip"]
 
 
 def new_figure(width_in: float = 6.4, height_in: float = 3.6, dpi: int = 100):
@@ -59,3 +59,43 @@ def plot_loss_curve(losses: Sequence[dict], title: str = "training loss", key: s
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return figure_to_image(fig)
+
+
+def input_output_strip(photos: torch.Tensor, clip: torch.Tensor, video: torch.Tensor, n: int = 4,
+                       tile: int = 96, gap: int = 6) -> torch.Tensor:
+    """One strip image: ``n`` subject photos | ``n`` frames of a motion clip | ``n`` frames of the result,
+    each tile resized to cover ``tile x tile`` px (nearest for small frames, so pixels stay visible) and
+    centre-cropped, with a white ``gap`` between tiles and a wider one between the three parts.
+
+    Args:
+        photos: ``[N, H, W, 3]`` float 0..1 (repeated when fewer than ``n``). clip, video: ``[T, H, W, 3]``
+            float 0..1 (``n`` evenly spaced frames are shown).
+
+    Returns:
+        ``[H', W', 3]`` float 0..1.
+    """
+    import torch.nn.functional as F
+
+    def fit(img: torch.Tensor) -> torch.Tensor:
+        x = img.detach().float().clamp(0, 1).permute(2, 0, 1).unsqueeze(0)
+        s = tile / min(x.shape[-2:])
+        size = (max(tile, round(x.shape[-2] * s)), max(tile, round(x.shape[-1] * s)))
+        x = F.interpolate(x, size=size, mode="nearest" if s >= 1 else "area")
+        t0, l0 = (size[0] - tile) // 2, (size[1] - tile) // 2
+        return x[0, :, t0:t0 + tile, l0:l0 + tile].permute(1, 2, 0)
+
+    def frames(v: torch.Tensor) -> list:
+        T = v.shape[0]
+        return [v[round(i * (T - 1) / max(1, n - 1))] for i in range(n)]
+
+    parts = [[photos[i % photos.shape[0]] for i in range(n)], frames(clip), frames(video)]
+    white = lambda w: torch.ones(tile, w, 3)  # noqa: E731
+    cols = []
+    for k, part in enumerate(parts):
+        if k:
+            cols.append(white(gap * 4))
+        for j, img in enumerate(part):
+            if j:
+                cols.append(white(gap))
+            cols.append(fit(img))
+    return torch.cat(cols, 1)

@@ -26,11 +26,12 @@ class CogVideoXLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        choices = list(backbone.TINY_VARIANTS) + bridge.list_model_dirs("CogVideo")
+        choices = list(backbone.BUILTIN_MODELS) + bridge.list_model_dirs("CogVideo")
         return {"required": {
             "model": (choices, {"default": "tiny", "tooltip": "A diffusers folder under models/CogVideo/ (with transformer/, "
                                 "vae/, text_encoder/, tokenizer/, scheduler/), or a built-in random tiny model: "
-                                "'tiny' (2B-like, sincos), 'tiny-5b' (RoPE), 'tiny-1.5' (RoPE, patch_size_t=2)."}),
+                                "'tiny' (2B-like, sincos), 'tiny-5b' (RoPE), 'tiny-1.5' (RoPE, patch_size_t=2), "
+                                "or 'mini', the built-in pretrained miniature model (9 x 32 x 32 sprite videos, CPU)."}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Weights dtype. auto = bf16 for "
                       "real models (fp16 also suits 2B), fp32 for tiny."}),
             "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "Where the model runs. auto = CUDA if "
@@ -61,6 +62,9 @@ class CogVideoXLoader:
         if model in backbone.TINY_VARIANTS:
             dev = "cpu" if device == "auto" else device
             return (PatchedModel(backbone.build_tiny(model, device=dev, dtype=dt or "fp32")),)
+        if model in backbone.BUILTIN_PRETRAINED:
+            dev = "cpu" if device == "auto" else device
+            return (PatchedModel(backbone.load_model(model, device=dev, dtype=dt or "fp32")),)
         path = bridge.resolve("CogVideo", model)
         from dual_adapter.backbones import backbone_modules, identify_folder
 

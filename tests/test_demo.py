@@ -14,7 +14,7 @@ def test_demo_writes_video_adapters_curve_and_report(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dual_adapter", "demo", "--steps", "40", "--sample-steps", "4",
                         "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    for name in ("video.mp4", "adapters.safetensors", "loss_curve.png", "adapters.losses.jsonl", "stageblender.png",
+    for name in ("video.mp4", "strip.png", "adapters.safetensors", "loss_curve.png", "adapters.losses.jsonl", "stageblender.png",
                  "metrics.json", "metrics.txt"):
         assert (out / name).stat().st_size > 0, name
         assert str(out / name) in r.stdout, f"the demo does not say where it wrote {name}"

@@ -1,9 +1,16 @@
-"""``python -m dual_adapter demo``: the main job end to end on the shipped example inputs.
+"""``python -m dual_adapter demo``: the main job end to end.
 
-Subject photos (``examples/dog``) + a motion clip (``examples/guitar.mp4``) -> DualReal adapters trained
-jointly -> a video of the subject doing the motion, plus the loss curve, the StageBlender readout and
-a metrics report. Runs on the built-in tiny model on CPU by default (about 15 s); ``--model``
-takes a real CogVideoX folder for real results.
+By default on the built-in pretrained ``mini`` model (README "Miniature world") with a held-out
+mini-world subject (``--world-subject``, default ``striped_star``: photos drawn by
+:func:`~dual_adapter.miniworld.world.subject_photos`) and a held-out motion (``--world-motion``, default
+``orbit``: clips of *other* sprites, :func:`~dual_adapter.miniworld.world.motion_clips`) -> DualReal
+adapters trained jointly -> a video of the subject doing the motion, plus a strip image (subject photos |
+motion clip frames | result frames), the loss curve, the StageBlender readout, a metrics report and the
+mini-world scores (identity, motion, text, leakage). No files are read: the world is drawn by code.
+
+``--subject`` / ``--motion`` take real photos and clips instead (default for models other than mini:
+the shipped ``examples/dog`` and ``examples/guitar.mp4``); ``--model PATH`` runs a real CogVideoX;
+``--model tiny`` the random tiny model (pipeline check only).
 """
 from __future__ import annotations
 
@@ -21,19 +28,33 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def register(sub) -> None:
     from .generate import add_model_options
 
-    p = sub.add_parser("demo", help="DualReal end to end on the shipped example photos and clip",
-                       description="Train DualReal on subject photos + a motion clip, generate the subject doing "
-                                   "the motion, and write the video, adapters, loss curve and a metrics report.")
+    from ..miniworld.world import HELD_OUT_MOTIONS, HELD_OUT_SUBJECTS
+
+    p = sub.add_parser("demo", help="DualReal end to end: a held-out mini-world subject doing a held-out motion",
+                       description="Train DualReal on subject photos + motion clips, generate the subject doing "
+                                   "the motion, and write the video, a strip image (photos | clip | result), "
+                                   "adapters, loss curve and a metrics report. Default: the pretrained 'mini' model "
+                                   "with mini-world inputs drawn by code.")
     add_model_options(p)
-    p.add_argument("--subject", nargs="+", default=[str(EXAMPLES / "dog")], metavar="PHOTO_OR_DIR",
-                   help="subject photos (default: the shipped examples/dog)")
-    p.add_argument("--motion", nargs="+", default=[str(EXAMPLES / "guitar.mp4")], metavar="CLIP",
-                   help="motion clips (default: the shipped examples/guitar.mp4)")
-    p.add_argument("--identity-prompt", default="dog *", help="identity prompt ('dog *')")
-    p.add_argument("--motion-prompt", default="a person is playing guitar", help="motion prompt")
-    p.add_argument("--prompt", default="dog * is playing guitar", help="inference prompt")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 300 on tiny, 1000 otherwise)")
-    p.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default: 25 on tiny, 50 otherwise)")
+    p.set_defaults(model="mini")
+    p.add_argument("--world-subject", default="striped_star", choices=sorted(HELD_OUT_SUBJECTS),
+                   help="mini-world subject the model never saw (default striped_star); used on mini without --subject")
+    p.add_argument("--world-motion", default="orbit", choices=list(HELD_OUT_MOTIONS),
+                   help="mini-world motion the model never saw (default orbit); used on mini without --motion")
+    p.add_argument("--subject", nargs="+", default=None, metavar="PHOTO_OR_DIR",
+                   help="subject photos (default: mini-world photos on mini, else the shipped examples/dog)")
+    p.add_argument("--motion", nargs="+", default=None, metavar="CLIP",
+                   help="motion clips (default: mini-world clips on mini, else the shipped examples/guitar.mp4)")
+    p.add_argument("--identity-prompt", default=None, help="identity prompt (mini world: 'a * star on a gray "
+                   "background'; real inputs: 'dog *')")
+    p.add_argument("--motion-prompt", default=None, help="motion prompt (mini world: 'a shape orbiting on a gray "
+                   "background'; real inputs: 'a person is playing guitar')")
+    p.add_argument("--prompt", default=None, help="inference prompt (mini world: 'a * star orbiting on a gray "
+                   "background'; real inputs: 'dog * is playing guitar')")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: 400 on mini, 300 on tiny, 1000 otherwise)")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="denoising steps (default: 25 on mini and tiny, 50 otherwise)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of training and sampling (0)")
     p.add_argument("--out-dir", default=None, help="where to write (default: output/demo_NNNNN_/, a new folder)")
     p.set_defaults(func=run)
@@ -61,31 +82,51 @@ def run(args) -> int:
     from ..progress import TextProgress
     from .generate import load_bundle
 
+    from ..miniworld import world as W
+
     t0 = time.time()
     tiny = args.model in backbone.TINY_VARIANTS
+    mini = args.model == "mini"
+    small = tiny or mini  # CPU-sized built-in models
+    world_inputs = mini and args.subject is None and args.motion is None
     out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise DualAdapterError(f"--out-dir {str(out)!r} is not empty; choose a new folder")
     bundle = load_bundle(args)
     frames, height, width = bundle.default_size
-    photos = media.load_images(args.subject)
-    defaults = DualRealOptions()  # the authors' clip decoding: consecutive native frames
-    clips = load_motion_clips(args.motion, frames, defaults.clip_sampling, defaults.clip_fps)
+    if world_inputs:
+        subj, mot = args.world_subject, args.world_motion
+        photos = list(W.subject_photos(subj, n=4, seed=args.seed, height=height, width=width))
+        clips, clip_specs = W.motion_clips(mot, n=3, seed=args.seed, frames=frames, height=height, width=width,
+                                           exclude=subj)
+        id_prompt = args.identity_prompt or W.identity_prompt(subj)
+        mo_prompt = args.motion_prompt or W.motion_prompt(mot)
+        prompt = args.prompt or W.combined_prompt(subj, mot)
+        print(f"mini world: subject {subj} ({W.HELD_OUT_SUBJECTS[subj]}), motion {mot} done by "
+              f"{', '.join(f'{s.colour} {s.texture} {s.shape}' for s in clip_specs)} in the clips", file=sys.stderr)
+    else:
+        photos = media.load_images(args.subject or [str(EXAMPLES / "dog")])
+        defaults = DualRealOptions()  # the authors' clip decoding: consecutive native frames
+        clips = load_motion_clips(args.motion or [str(EXAMPLES / "guitar.mp4")], frames, defaults.clip_sampling,
+                                  defaults.clip_fps)
+        id_prompt = args.identity_prompt or "dog *"
+        mo_prompt = args.motion_prompt or "a person is playing guitar"
+        prompt = args.prompt or "dog * is playing guitar"
     print(f"subject: {len(photos)} photo(s); motion: {len(clips)} clip(s) of {frames} frames; "
           f"model {bundle.name} ({frames} x {height} x {width})", file=sys.stderr)
 
-    steps = args.steps or (300 if tiny else 1000)
-    options = DualRealOptions(num_frames=frames, height=height, width=width, motion_batch=1 if tiny else 3)
+    steps = args.steps or (400 if mini else 300 if tiny else 1000)
+    options = DualRealOptions(num_frames=frames, height=height, width=width, motion_batch=1 if small else 3)
     train = TrainConfig(steps=steps, lr=3e-3 if tiny else 1e-3, warmup_steps=min(200, steps // 10), seed=args.seed,
-                        gradient_checkpointing=not tiny, checkpoint_every=max(steps // 5, 1))
+                        gradient_checkpointing=not small, checkpoint_every=max(steps // 5, 1))
     encoder = None
-    if tiny:
+    if small:
         from ..reference import build_tiny_reference_encoder
 
         encoder = build_tiny_reference_encoder(args.seed)
     adapters_path = out / "adapters.safetensors"
-    res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt, reference_encoder=encoder,
+    res = train_dualreal(bundle, photos, id_prompt, clips, mo_prompt, reference_encoder=encoder,
                          options=options, train=train, callback=TextProgress("training"), out=adapters_path)
     finalize_run(res, adapters_path)
     media.save_image(plot_loss_curve(res.losses, "DualReal joint training", group_by="phase", smooth=10)[0],
@@ -96,21 +137,38 @@ def run(args) -> int:
         from ..reference import encode_reference
 
         ref = encode_reference(encoder, photos[0])
-    pos = backbone.encode_prompt(bundle, args.prompt)
+    pos = backbone.encode_prompt(bundle, prompt)
     neg = backbone.encode_prompt(bundle, "")
-    n_steps = args.sample_steps or (25 if tiny else 50)
+    n_steps = args.sample_steps or (25 if small else 50)
     lat = sampling.sample(bundle, pos, neg, steps=n_steps, cfg=6.0, seed=args.seed,
                           patches=[DualRealPatch(res.adapters, ref)], callback=TextProgress("sampling"))
     video = sampling.decode_latents(bundle, lat)[0]
     media.write_video(video, out / "video.mp4", fps=8)
+    from ..plots import input_output_strip
+
+    photo_t = torch.stack([media.fit_frames(p.unsqueeze(0), height, width)[0] for p in photos])
+    clip_t = media.fit_frames(clips[0], height, width)
+    media.save_image(input_output_strip(photo_t, clip_t, video), out / "strip.png")
 
     readout = stageblender_readout(bundle, res.adapters, pos, reference=ref, negative_embeds=neg, seed=args.seed,
                                    steps=n_steps)
     media.save_image(plot_stageblender(readout)[0], out / "stageblender.png")
 
-    report = evaluate_video(video, prompt=args.prompt, references=torch.stack(
-        [media.fit_frames(p.unsqueeze(0), height, width)[0] for p in photos]), metrics="all", fps=8.0,
-        callback=TextProgress("metrics"))
+    report = evaluate_video(video, prompt=prompt, references=photo_t, metrics="all", fps=8.0,
+                            callback=TextProgress("metrics"))
+    world_scores = None
+    if world_inputs:
+        from ..miniworld.scorers import score_video
+
+        s = W.HELD_OUT_SUBJECTS[args.world_subject]
+        worded = W.combined_prompt(args.world_subject, args.world_motion,
+                                   token=" ".join([s.colour] + ([] if s.texture == "plain" else [s.texture])))
+        try:
+            world_scores = score_video(video, prompt=worded, subject_photos=photo_t, motion=args.world_motion,
+                                       motion_clips=[clip_t] + [media.fit_frames(c, height, width) for c in clips[1:]])
+        except DualAdapterError as e:  # e.g. no sprite found in the video
+            world_scores = {"error": str(e)}
+        report["miniworld"] = world_scores
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "metrics.txt").write_text(format_table(report) + "\n")
     import numpy as np
@@ -119,14 +177,22 @@ def run(args) -> int:
 
     first, last = loss_summary(res.losses)
     print(format_table(report))
+    if world_scores is not None:
+        print("mini-world scores (README 'Miniature world'; identity/motion/text higher = better, leakage lower): " +
+              ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in world_scores.items()))
     print(f"\nDualReal demo done in {time.time() - t0:.0f} s ({steps} training steps, loss {first:.3f} -> {last:.3f}).")
     print(f"wrote to {out}/:")
-    for name, what in (("video.mp4", "the subject doing the motion"), ("adapters.safetensors", "DA-blocks + StageBlender"),
+    for name, what in (("video.mp4", "the subject doing the motion"),
+                       ("strip.png", "subject photos | motion clip frames | result frames"),
+                       ("adapters.safetensors", "DA-blocks + StageBlender"),
                        ("loss_curve.png", "training loss per phase"), ("adapters.losses.jsonl", "per-step losses"),
                        ("stageblender.png", "identity weight per block group and step (paper Fig. 7)"),
                        ("metrics.txt", "metrics table"), ("metrics.json", "metrics report"),
                        ("metrics.png", "metrics plot")):
         print(f"  {out / name}  {what}")
+    if mini:
+        print("(mini is a small pretrained model of a sprite world: README 'Miniature world' gives its measured "
+              "quality; pass --model with a CogVideoX folder for real photos and clips)")
     if tiny:
         print("(tiny is a random model: the files show the pipeline works, not the quality; pass --model with a "
               "CogVideoX folder for real results)")

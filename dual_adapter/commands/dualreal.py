@@ -71,7 +71,7 @@ def register(subparsers) -> None:
                         "posterior mode, the same latent every step")
     p.add_argument("--reference-encoder", default=None,
                    help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
-                        "(default: 'tiny' for tiny models, else none = W_cond stays untrained, warned; "
+                        "(default: 'tiny' for the tiny and mini models, else none = W_cond stays untrained, warned; "
                         "the authors always train with a ViT-H/14 encoder)")
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
@@ -83,11 +83,11 @@ def register(subparsers) -> None:
 
 
 def _encoder_for(spec: str | None, model_name: str, device: str | None):
-    from ..backbone import TINY_VARIANTS
+    from ..backbone import BUILTIN_PRETRAINED, TINY_VARIANTS
     from ..reference import load_reference_encoder
 
-    if spec is None:
-        spec = "tiny" if model_name in TINY_VARIANTS else "none"
+    if spec is None:  # the CPU-sized built-in models (random tiny, pretrained mini) get the tiny encoder
+        spec = "tiny" if model_name in TINY_VARIANTS or model_name in BUILTIN_PRETRAINED else "none"
     if str(spec).lower() == "none":
         return None
     return load_reference_encoder(spec, device=device)

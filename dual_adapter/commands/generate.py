@@ -33,7 +33,8 @@ def _patch_providers():
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload."""
-    p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', or a "
+    p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', 'mini' (built-in "
+                   "pretrained miniature model, CPU), or a "
                    "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/); "
                    "U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
@@ -66,7 +67,7 @@ def load_bundle(args):
     from ..backbone import load_model
 
     kw = {}
-    if args.model not in ("tiny", "tiny-5b", "tiny-1.5"):
+    if args.model not in ("tiny", "tiny-5b", "tiny-1.5", "mini"):
         kw["cpu_offload"] = bool(getattr(args, "cpu_offload", False))
         if getattr(args, "transformer", None):
             kw["transformer_file"] = args.transformer

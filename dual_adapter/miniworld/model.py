@@ -1,0 +1,311 @@
+"""The ``mini`` model: a small *pretrained* CogVideoX of the miniature world.
+
+Parts, as in a real CogVideoX diffusers folder (``transformer/``, ``vae/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``):
+
+* transformer: diffusers ``CogVideoXTransformer3DModel`` (the real architecture; 2B-style sincos
+  positions), pretrained by :mod:`.pretrain`;
+* VAE: :class:`SpaceToDepthVAE`, a fixed, training-free stand-in for ``AutoencoderKLCogVideoX`` with
+  the same interface (``encode(x).latent_dist.mode()/.sample()``, ``decode(z).sample``,
+  ``config.scaling_factor``, ``config.latent_channels``, ``config.block_out_channels`` (its length
+  gives the spatial compression, as on the real VAE), ``config.temporal_compression_ratio``). It folds
+  each 2x2 pixel block into channels and, like CogVideoX's causal VAE, keeps the first frame alone and
+  folds each following pair of frames into one latent frame: ``[B, 3, 1 + 2k, H, W] ->
+  [B, 24, 1 + k, H/2, W/2]`` (the first frame is copied into both time slots). So videos take
+  ``2k+1`` frames (the pack's ``tk+1`` rule with t = 2; 9 frames -> 5 latent frames, a photo -> 1),
+  and encode / decode are exact inverses that cost nothing to train. Why a substitute: a trained
+  ``AutoencoderKLCogVideoX`` would cost CPU time the 45-minute pretraining budget does not have,
+  and its reconstruction error would blur the 32 px sprites that the scorers measure;
+* text encoder: a small T5 encoder (``transformers.T5EncoderModel``), random and frozen, shipped with
+  its weights; tokenizer: a word-level ``tokenizers`` tokenizer over the world's vocabulary (T5's
+  ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2, ``</s>`` appended);
+* scheduler: the released CogVideoX scheduler config (v-prediction, zero-SNR, trailing).
+
+The shipped weights live in ``dual_adapter/models/mini/`` (package data, so they are found after
+``pip install -e .``, a wheel install, or with the pack in ComfyUI's ``custom_nodes``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DualAdapterError
+from . import world
+
+__all__ = ["SpaceToDepthVAE", "MINI_DIR", "MINI_CONFIG", "build_mini_tokenizer", "build_mini", "save_mini",
+           "load_mini", "mini_available"]
+
+MINI_DIR = Path(__file__).resolve().parent.parent / "models" / "mini"
+
+# transformer + text sizes of the shipped ``mini`` (see README "Miniature world")
+MINI_CONFIG: dict[str, Any] = dict(
+    transformer=dict(
+        num_attention_heads=3,
+        attention_head_dim=32,
+        in_channels=24,
+        out_channels=24,
+        time_embed_dim=96,
+        text_embed_dim=64,
+        num_layers=4,
+        sample_width=world.WIDTH // 2,
+        sample_height=world.HEIGHT // 2,
+        sample_frames=world.FRAMES,
+        patch_size=2,
+        temporal_compression_ratio=2,
+        max_text_seq_length=16,
+        use_rotary_positional_embeddings=False,
+    ),
+    text_encoder=dict(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                      dropout_rate=0.0),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# VAE substitute
+
+
+def _make_vae_class():
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+    from diffusers.models.modeling_outputs import AutoencoderKLOutput
+    from diffusers.models.modeling_utils import ModelMixin
+
+    class SpaceToDepthVAE(ModelMixin, ConfigMixin):
+        """Fixed space-to-depth "VAE" with ``AutoencoderKLCogVideoX``'s interface (see module docstring).
+
+        ``encode(x)``: ``x [B, 3, T, H, W]`` in -1..1 -> ``AutoencoderKLOutput(latent_dist)``, a
+        deterministic ``DiagonalGaussianDistribution`` whose mean is
+        ``[B, 3*f*f, T, H/f, W/f] - latent_shift`` (``mode()`` and ``sample()`` both return it).
+        ``decode(z)``: the exact inverse -> ``DecoderOutput(sample=[B, 3, T, H, W])``.
+        ``f = 2 ** (len(block_out_channels) - 1)``. ``latent_shift`` is the module's one parameter
+        (fixed zeros unless configured; the pack finds the VAE's device/dtype from its parameters).
+
+        Raises:
+            DualAdapterError: input that is not 5-D with 3 (encode) / ``latent_channels`` (decode)
+                channels, or sizes that are not multiples of ``f``.
+        """
+
+        _supports_gradient_checkpointing = False
+
+        @register_to_config
+        def __init__(self, in_channels: int = 3, block_out_channels: tuple = (3, 12), latent_channels: int = 24,
+                     temporal_compression_ratio: int = 2, scaling_factor: float = 1.0):
+            super().__init__()
+            f = 2 ** (len(block_out_channels) - 1)
+            t = int(temporal_compression_ratio)
+            if t < 1 or latent_channels != in_channels * f * f * t:
+                raise DualAdapterError(f"SpaceToDepthVAE: latent_channels={latent_channels} must be "
+                                       f"in_channels * {f}^2 * temporal_compression_ratio = {in_channels * f * f * t}")
+            self.factor = f
+            self.latent_shift = nn.Parameter(torch.zeros(latent_channels), requires_grad=False)
+
+        # the real VAE's memory options; nothing to tile or slice here
+        def enable_tiling(self, *a, **k):
+            pass
+
+        def disable_tiling(self):
+            pass
+
+        def enable_slicing(self):
+            pass
+
+        def disable_slicing(self):
+            pass
+
+        def _check(self, x, channels, what):
+            if not torch.is_tensor(x) or x.ndim != 5 or x.shape[1] != channels:
+                shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+                raise DualAdapterError(f"SpaceToDepthVAE.{what}: expected [B, {channels}, T, H, W], got {shape}")
+
+        def encode(self, x: torch.Tensor, return_dict: bool = True):
+            self._check(x, self.config.in_channels, "encode")
+            f, t = self.factor, int(self.config.temporal_compression_ratio)
+            B, C, T, H, W = x.shape
+            if H % f or W % f:
+                raise DualAdapterError(f"SpaceToDepthVAE.encode: height {H} and width {W} must be multiples of {f}")
+            T = (T - 1) // t * t + 1  # like the real VAE: frames past the last t*k+1 are dropped
+            s = x[:, :, :T].reshape(B, C, T, H // f, f, W // f, f).permute(0, 1, 4, 6, 2, 3, 5)
+            s = s.reshape(B, C * f * f, T, H // f, W // f)
+            first = s[:, :, :1].repeat(1, t, 1, 1, 1)  # the first frame alone, copied into every time slot
+            rest = s[:, :, 1:].reshape(B, C * f * f, (T - 1) // t, t, H // f, W // f).permute(0, 3, 1, 2, 4, 5)
+            rest = rest.reshape(B, t * C * f * f, (T - 1) // t, H // f, W // f)
+            z = torch.cat([first, rest], 2) - self.latent_shift.to(x.dtype).view(1, -1, 1, 1, 1)
+            dist = DiagonalGaussianDistribution(torch.cat([z, torch.zeros_like(z)], 1), deterministic=True)
+            return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
+
+        def decode(self, z: torch.Tensor, return_dict: bool = True):
+            self._check(z, self.config.latent_channels, "decode")
+            f, t = self.factor, int(self.config.temporal_compression_ratio)
+            B, Cz, Tz, h, w = z.shape
+            C = Cz // (f * f * t)
+            z = z + self.latent_shift.to(z.dtype).view(1, -1, 1, 1, 1)
+            first = z[:, :, :1].reshape(B, t, C * f * f, 1, h, w).mean(1)  # the copies of frame 0, averaged
+            rest = z[:, :, 1:].reshape(B, t, C * f * f, Tz - 1, h, w).permute(0, 2, 3, 1, 4, 5)
+            s = torch.cat([first, rest.reshape(B, C * f * f, (Tz - 1) * t, h, w)], 2)  # [B, C*f*f, T, h, w]
+            T = s.shape[2]
+            x = s.reshape(B, C, f, f, T, h, w).permute(0, 1, 4, 5, 2, 6, 3).reshape(B, C, T, h * f, w * f)
+            return DecoderOutput(sample=x) if return_dict else (x,)
+
+        def forward(self, x):
+            return self.decode(self.encode(x).latent_dist.mode()).sample
+
+    return SpaceToDepthVAE
+
+
+_VAE_CLS = None
+
+
+def __getattr__(name):  # lazy: diffusers is imported only when the class is used
+    global _VAE_CLS
+    if name == "SpaceToDepthVAE":
+        if _VAE_CLS is None:
+            _VAE_CLS = _make_vae_class()
+        return _VAE_CLS
+    raise AttributeError(name)
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer, build, save, load
+
+
+def build_mini_tokenizer():
+    """Word-level T5-style tokenizer over :func:`world.vocabulary` (``tokenizers`` library, offline).
+
+    Lower-cases, splits on whitespace and punctuation (so ``"*"`` is its own token), ``<pad>`` = 0,
+    ``</s>`` = 1, ``<unk>`` = 2 (any word outside the world), ``</s>`` appended. Deterministic.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in world.vocabulary():
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_mini(seed: int = 0, config: dict | None = None, device: str = "cpu", scaling_factor: float | None = None):
+    """A fresh (untrained) ``mini`` bundle: random transformer and T5, the tokenizer, the VAE substitute.
+
+    ``config`` overrides :data:`MINI_CONFIG` (``{"transformer": {...}, "text_encoder": {...}}``).
+    ``scaling_factor`` default: 1 / (std of the world's encoded videos), measured on 64 held-in videos.
+    Returns a :class:`~dual_adapter.backbone.CogVideoXBundle` named ``"mini"``.
+    """
+    from diffusers import CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from ..backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle
+
+    cfg = {k: dict(v) for k, v in MINI_CONFIG.items()}
+    for k, v in (config or {}).items():
+        cfg.setdefault(k, {}).update(v)
+    tokenizer = build_mini_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **cfg["text_encoder"])).eval()
+        torch.manual_seed(seed + 1)
+        transformer = CogVideoXTransformer3DModel(**cfg["transformer"]).eval()
+    if scaling_factor is None:
+        scaling_factor = _measure_scaling_factor()
+    vae = __getattr__("SpaceToDepthVAE")(scaling_factor=float(scaling_factor)).eval()
+    for m in (text_encoder, transformer, vae):
+        m.requires_grad_(False)
+        m.to(device)
+    return CogVideoXBundle(transformer, vae, text_encoder, tokenizer, dict(DEFAULT_SCHEDULER_CONFIG), name="mini",
+                           device=device, dtype=torch.float32)
+
+
+def _measure_scaling_factor(n: int = 64, seed: int = 12345) -> float:
+    it = world.pretrain_sampler(seed)
+    x = torch.stack([world.render(next(it), seed=seed + i) for i in range(n)]) * 2 - 1
+    return round(float(1.0 / x.std()), 4)
+
+
+def save_mini(bundle, folder: str | os.PathLike, info: dict | None = None, overwrite: bool = False) -> Path:
+    """Write a ``mini`` bundle as a diffusers-layout folder (safetensors weights, JSON configs,
+    ``tokenizer/tokenizer.json``) plus ``info.json`` (``info``: command, steps, timings...).
+
+    Writes to ``folder.tmp`` then renames, so a failed save never leaves a half-written model.
+
+    Raises:
+        DualAdapterError: ``folder`` exists and ``overwrite`` is False.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise DualAdapterError(f"{str(folder)!r} exists; choose another folder or pass overwrite")
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    bundle.transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+    bundle.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+    bundle.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    (tmp / "tokenizer").mkdir()
+    bundle.tokenizer.save_pretrained(tmp / "tokenizer")
+    (tmp / "scheduler").mkdir()
+    (tmp / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "CogVideoXDDIMScheduler", **bundle.scheduler_config}, indent=2))
+    (tmp / "info.json").write_text(json.dumps(info or {}, indent=2, default=str))
+    old = None
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        folder.rename(old)
+    tmp.rename(folder)
+    if old is not None:
+        shutil.rmtree(old)
+    return folder
+
+
+def mini_available(folder: str | os.PathLike | None = None) -> bool:
+    """True when the shipped (or given) ``mini`` folder holds a transformer."""
+    f = Path(folder) if folder else MINI_DIR
+    return (f / "transformer" / "config.json").exists()
+
+
+def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtype: str | torch.dtype = "fp32"):
+    """Load the pretrained ``mini`` (default: the shipped :data:`MINI_DIR`). Weights load with safetensors.
+
+    Raises:
+        DualAdapterError: the folder lacks a part (names the missing file and the command that makes it).
+    """
+    from diffusers import CogVideoXTransformer3DModel
+    from transformers import PreTrainedTokenizerFast, T5EncoderModel
+
+    from ..backbone import CogVideoXBundle, parse_dtype
+
+    root = Path(folder) if folder else MINI_DIR
+    need = ["transformer/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json",
+            "scheduler/scheduler_config.json"]
+    missing = [n for n in need if not (root / n).exists()]
+    if missing:
+        raise DualAdapterError(f"the mini model folder {str(root)!r} lacks {', '.join(missing)}; make it with "
+                               f"'python -m dual_adapter miniworld pretrain --out {root}'")
+    dt = parse_dtype(dtype)
+    try:
+        transformer = CogVideoXTransformer3DModel.from_pretrained(root / "transformer", use_safetensors=True,
+                                                                  torch_dtype=torch.float32)
+        vae = __getattr__("SpaceToDepthVAE").from_pretrained(root / "vae", use_safetensors=True)
+        text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", use_safetensors=True)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(root / "tokenizer" / "tokenizer.json"),
+                                            pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    except (OSError, ValueError, KeyError) as e:
+        raise DualAdapterError(f"could not load the mini model from {str(root)!r}: {e}") from None
+    sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    sched = {k: v for k, v in sched.items() if not k.startswith("_")}
+    for m in (transformer, vae, text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device) if dt == torch.float32 else m.to(device=device, dtype=dt)
+    return CogVideoXBundle(transformer, vae, text_encoder, tokenizer, sched, name="mini", device=device, dtype=dt)

@@ -1,0 +1,190 @@
+"""Pretraining the ``mini`` CogVideoX on held-in videos of the miniature world.
+
+Each step draws a batch of held-in :class:`~.world.VideoSpec` (seeded by the run seed and the step,
+so a resumed run replays the same batches), renders and encodes them with the VAE substitute and
+trains the transformer with the shared CogVideoX objective (:func:`dual_adapter.training.diffusion_loss`,
+v-prediction) through the shared loop (:func:`dual_adapter.training.train_loop`: AdamW, warm-up +
+cosine schedule, grad clipping, checkpoints, resume). A fraction of the steps are batches of
+single frames ("photos", 1 latent frame, captioned as still), so that the base has seen the
+1-frame videos DualReal's identity phase feeds it; a fraction of captions is dropped to the empty
+prompt so that classifier-free guidance works.
+
+Files (``out`` is the model folder, ``run = out + ".run"``): ``run/partial.safetensors`` (the
+transformer so far), ``run/state.safetensors`` (optimiser + schedule), ``run/losses.jsonl``;
+at the end ``out/`` holds the diffusers-layout model (:func:`.model.save_mini`), ``out/loss.png``
+and ``out/info.json`` (command, steps, seconds, threads).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import DualAdapterError
+from . import world
+from .model import build_mini, save_mini
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PretrainConfig", "pretrain_mini", "make_batch"]
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of :func:`pretrain_mini` (defaults: the shipped ``mini``).
+
+    Attributes:
+        steps: optimiser steps. batch: videos per step. lr: peak AdamW learning rate
+            (linear warm-up over ``warmup_steps`` then cosine decay to 0).
+        photo_fraction: share of steps whose batch is single frames (1 latent frame).
+        caption_dropout: share of captions replaced by the empty prompt (for CFG).
+        seed: seeds the model init and every batch. threads: torch CPU threads (0 = leave as is).
+        checkpoint_every: write ``run/partial`` + ``run/state`` every N steps.
+    """
+
+    steps: int = 6000
+    batch: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    photo_fraction: float = 0.1
+    caption_dropout: float = 0.1
+    seed: int = 0
+    threads: int = 1
+    checkpoint_every: int = 250
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch < 1:
+            raise DualAdapterError(f"steps={self.steps}, batch={self.batch}: both must be >= 1")
+        if not (0 <= self.photo_fraction < 1 and 0 <= self.caption_dropout < 1):
+            raise DualAdapterError("photo_fraction and caption_dropout must be in [0, 1)")
+
+
+def make_batch(step: int, cfg: PretrainConfig) -> tuple[torch.Tensor, list[str], list[world.VideoSpec]]:
+    """The batch of step ``step``: frames ``[B, T, H, W, 3]`` (T = :data:`world.FRAMES`, or 1 on photo
+    steps), captions (some dropped to ``""``) and the specs. Deterministic in ``(cfg.seed, step)``."""
+    rng = random.Random(int(cfg.seed) * 1_000_003 + int(step) * 7919 + 17)
+    photos = rng.random() < cfg.photo_fraction
+    sampler = world.pretrain_sampler(rng.randrange(2 ** 31))
+    specs, vids, caps = [], [], []
+    for _ in range(cfg.batch):
+        spec = next(sampler)
+        if photos:
+            spec = world.with_motion(spec, "still")
+        v = world.render(spec, seed=rng.randrange(2 ** 31))
+        vids.append(v[:1] if photos else v)
+        specs.append(spec)
+        caps.append("" if rng.random() < cfg.caption_dropout else world.caption(spec))
+    return torch.stack(vids), caps, specs
+
+
+def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume: bool = False,
+                  callback: Callable[[int, int, dict], None] | None = None, command: str | None = None):
+    """Pretrain ``mini`` and write it to ``out`` (a new folder; see the module docstring for files).
+
+    Args:
+        out: the model folder to write (must not exist, except with ``resume``, when only its
+            ``.run`` sibling does).
+        resume: continue from ``out.run/partial.safetensors`` + ``state.safetensors``.
+        callback: ``callback(step, total, {"loss", "lr", ...})`` after every step.
+        command: the command line recorded in ``info.json`` (default: ``sys.argv``).
+
+    Returns:
+        the trained :class:`~dual_adapter.backbone.CogVideoXBundle`.
+
+    Raises:
+        DualAdapterError: ``out`` exists; ``resume`` without run files; invalid settings.
+    """
+    from ..backbone import encode_prompt
+    from ..io import load_safetensors, save_safetensors
+    from ..plots import plot_loss_curve
+    from ..sampling import encode_frames
+    from ..training import TrainConfig, diffusion_loss, make_noise_scheduler, train_loop, write_loss_log
+    from ..media import save_image
+
+    cfg = cfg or PretrainConfig()
+    cfg.validate()
+    out = Path(out)
+    run = out.with_name(out.name + ".run")
+    if out.exists():
+        raise DualAdapterError(f"--out {str(out)!r} exists; choose a new folder (the shipped model is replaced "
+                               f"only by writing a new one and moving it)")
+    state_path, partial_path, losses_path = run / "state.safetensors", run / "partial.safetensors", run / "losses.jsonl"
+    if resume and not (state_path.exists() and partial_path.exists()):
+        raise DualAdapterError(f"--resume: no run files in {str(run)!r} (expected partial.safetensors and "
+                               f"state.safetensors)")
+    if not resume and run.exists() and any(run.iterdir()):
+        raise DualAdapterError(f"{str(run)!r} holds files of an earlier run; pass --resume or remove it")
+    run.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+
+    bundle = build_mini(seed=cfg.seed)
+    tr = bundle.transformer
+    start_losses: list = []
+    prev_seconds = 0.0
+    if resume:
+        sd, meta = load_safetensors(partial_path)
+        tr.load_state_dict(sd)
+        prev_seconds = float(meta.get("seconds", 0.0))
+        if losses_path.exists():
+            start_losses = [json.loads(line) for line in losses_path.read_text().splitlines() if line.strip()]
+    tr.train()
+    tr.requires_grad_(True)
+    sched = make_noise_scheduler(bundle)
+    text_cache: dict[str, torch.Tensor] = {}
+
+    def embed(caps):
+        new = [c for c in dict.fromkeys(caps) if c not in text_cache]
+        if new:
+            e = encode_prompt(bundle, new)
+            for c, x in zip(new, e):
+                text_cache[c] = x
+        return torch.stack([text_cache[c] for c in caps])
+
+    def step_fn(step, gen):
+        frames, caps, _ = make_batch(step, cfg)
+        z = encode_frames(bundle, frames)
+        return diffusion_loss(tr, sched, z, embed(caps), generator=gen), {"frames": int(frames.shape[1])}
+
+    t_start = time.time()
+
+    def on_checkpoint(step, optimizer, lr_sched, losses):
+        from ..training import save_train_state
+
+        secs = prev_seconds + time.time() - t_start
+        save_safetensors({k: v.detach().contiguous() for k, v in tr.state_dict().items()}, partial_path,
+                         {"step": step, "seconds": secs}, overwrite=True)
+        save_train_state(state_path, optimizer, lr_sched, step)
+        write_loss_log(losses, losses_path)
+
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, lr_schedule="cosine",
+                       optimizer="adamw", mixed_precision="fp32", gradient_checkpointing=False, seed=cfg.seed,
+                       checkpoint_every=cfg.checkpoint_every)
+    res = train_loop([p for p in tr.parameters()], step_fn, tcfg, callback=callback,
+                     on_checkpoint=on_checkpoint, resume_state=state_path if resume else None,
+                     start_losses=start_losses)
+    seconds = prev_seconds + res.seconds
+    tr.eval()
+    tr.requires_grad_(False)
+    info = {
+        "command": command or " ".join(shlex.quote(a) for a in ["python", "-m", "dual_adapter"] + sys.argv[1:]),
+        "config": asdict(cfg),
+        "steps_done": res.steps_done,
+        "train_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "final_loss_mean_last_100": sum(r["loss"] for r in res.losses[-100:]) / max(1, len(res.losses[-100:])),
+        "parameters_transformer": sum(p.numel() for p in tr.parameters()),
+        "torch": torch.__version__,
+    }
+    save_mini(bundle, out, info=info)
+    save_image(plot_loss_curve(res.losses, title="mini pretraining loss", smooth=50)[0], out / "loss.png")
+    write_loss_log(res.losses, run / "losses.jsonl")
+    return bundle
