@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name,args", [
     ("lora", ["--configs", "small-2b", "--steps", "2", "--warmup", "1"]),
     ("dualreal", ["--config", "small-2b", "--steps", "2", "--warmup", "1", "--sample-steps", "2"]),
-    ("customttt", ["--train-steps", "2"]),
+    ("customttt", ["--train-steps", "2", "--ttt-steps", "2"]),
 ])
 def test_benchmark_runs_and_writes_json(name, args, tmp_path):
     out = tmp_path / f"{name}.json"
