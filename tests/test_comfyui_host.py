@@ -121,7 +121,8 @@ _CHECK_JS = """async ([wf, api]) => {
     const problems = [...new Set(wf.nodes.map(n => n.type).filter(t => !reg[t]))].map(t => `missing node ${t}`);
     for (const n of wf.nodes) {
         if (n.type === 'MarkdownNote' || n.type === 'Note') continue;
-        const g = window.app.graph._nodes.find(x => x.id === n.id);
+        const graph = window.app.rootGraph || window.app.graph;  // newer frontends: rootGraph, nodes
+        const g = (graph._nodes || graph.nodes || []).find(x => String(x.id) === String(n.id));
         if (!g) { problems.push(`node ${n.id} not loaded`); continue; }
         const inputs = (api[String(n.id)] || {}).inputs || {};
         for (const w of g.widgets || []) {
