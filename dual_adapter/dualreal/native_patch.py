@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import DualAdapterError
 from .adapters import DualRealConfig
-from .patch import DABlock, DualRealContext
+from .patch import DABlock, DualRealContext, check_dims
 
 __all__ = ["NativeBlockView", "NativeDABlock", "native_dims", "check_native_compatible", "build_native_da_blocks",
            "sdpa_attention"]
@@ -116,17 +116,7 @@ def native_dims(blocks) -> tuple[int, int, int]:
 def check_native_compatible(config: DualRealConfig, blocks) -> None:
     """Raise :class:`DualAdapterError` when adapters made for ``config`` do not fit these native blocks
     (names the adapters' and the model's width / block count / timestep-embedding width)."""
-    dim, n, tdim = native_dims(blocks)
-    problems = []
-    if config.dim != dim:
-        problems.append(f"width {config.dim} (model: {dim})")
-    if config.num_blocks != n:
-        problems.append(f"{config.num_blocks} blocks (model: {n})")
-    if config.time_embed_dim != tdim:
-        problems.append(f"timestep-embedding width {config.time_embed_dim} (model: {tdim})")
-    if problems:
-        raise DualAdapterError("DualReal adapters do not fit this native CogVideoX MODEL: they were made for "
-                               + ", ".join(problems) + "; use adapters trained on the same CogVideoX model")
+    check_dims(config, *native_dims(blocks), "this native CogVideoX MODEL")
 
 
 class NativeDABlock(nn.Module):

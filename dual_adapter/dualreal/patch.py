@@ -41,7 +41,23 @@ from .adapters import IDENTITY_ADAPTERS, MOTION_ADAPTERS, DualRealAdapters, Dual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DualRealContext", "DABlock", "DualRealPatch", "check_compatible", "find_context", "w_cond_trained"]
+__all__ = ["DualRealContext", "DABlock", "DualRealPatch", "check_compatible", "check_dims", "find_context", "w_cond_trained"]
+
+
+def check_dims(config: DualRealConfig, width: int, blocks: int, tdim: int, what: str = "this model") -> None:
+    """Raise :class:`DualAdapterError` unless adapters made for ``config`` fit a model of width ``width``,
+    ``blocks`` transformer blocks and timestep-embedding width ``tdim`` (the message names both values of
+    each mismatch and ``what`` the model is). Shared by the diffusers and the native (ComfyUI) paths."""
+    problems = []
+    if config.dim != width:
+        problems.append(f"width {config.dim} (model: {width})")
+    if config.num_blocks != blocks:
+        problems.append(f"{config.num_blocks} blocks (model: {blocks})")
+    if config.time_embed_dim != tdim:
+        problems.append(f"timestep-embedding width {config.time_embed_dim} (model: {tdim})")
+    if problems:
+        raise DualAdapterError(f"DualReal adapters do not fit {what}: they were made for "
+                               + ", ".join(problems) + "; use adapters trained on the same CogVideoX model")
 
 
 def check_compatible(config: DualRealConfig, transformer, fingerprint: str | None = None) -> None:
@@ -52,19 +68,8 @@ def check_compatible(config: DualRealConfig, transformer, fingerprint: str | Non
             both the adapters' and the model's values).
     """
     c = transformer.config
-    width = int(c.num_attention_heads) * int(c.attention_head_dim)
-    blocks = int(c.num_layers)
-    tdim = int(c.time_embed_dim)
-    problems = []
-    if config.dim != width:
-        problems.append(f"width {config.dim} (model: {width})")
-    if config.num_blocks != blocks:
-        problems.append(f"{config.num_blocks} blocks (model: {blocks})")
-    if config.time_embed_dim != tdim:
-        problems.append(f"timestep-embedding width {config.time_embed_dim} (model: {tdim})")
-    if problems:
-        raise DualAdapterError("DualReal adapters do not fit this model: they were made for "
-                               + ", ".join(problems) + "; use adapters trained on the same CogVideoX model")
+    check_dims(config, int(c.num_attention_heads) * int(c.attention_head_dim), int(c.num_layers),
+               int(c.time_embed_dim), "this model")
     if fingerprint and fingerprint != config_fingerprint(transformer):
         log.warning("DualReal adapters were trained on a model with another config fingerprint (%s, model: %s); "
                     "width and block count match, applying anyway", fingerprint, config_fingerprint(transformer))
