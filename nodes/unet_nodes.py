@@ -14,6 +14,7 @@ from dual_adapter import unet_motion as UM
 from dual_adapter import unet_sampling
 from dual_adapter.backbones import kind_of, load_backbone
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.media import check_motion_frames
 from dual_adapter.patches import PatchedModel
 
 from . import bridge
@@ -194,7 +195,7 @@ class UNetTrainMotionLoRA:
     def train(self, model, clip, prompt, preset="tap", rank=32, steps=1000, learning_rate=5e-4, seed=0,
               spatial_path=True, debiased_loss=True):
         m = _model(model)
-        frames = image_batch(clip, "clip")
+        frames = check_motion_frames(image_batch(clip, "clip"), "clip")  # a still would train no motion
         cfg = UM.UNetMotionTrainConfig(preset=preset, rank=int(rank), steps=int(steps), lr=float(learning_rate),
                                        seed=int(seed), spatial_path=bool(spatial_path), debiased_loss=bool(debiased_loss),
                                        gradient_checkpointing=m.bundle.device != "cpu")
@@ -356,7 +357,7 @@ class AnimateDiffTrainMotionLoRA:
         cfg = CT.CustomTTTUNetConfig(motion_layers=CT.parse_layers(layers), motion_preset=preset, motion_steps=int(steps),
                                      motion_lr=float(learning_rate), rank=int(rank), optimizer=optimizer, seed=int(seed))
         with training_mode():
-            lf, _ = CT.train_motion_lora(m.bundle, [image_batch(clip, "clip")], prompt, cfg,
+            lf, _ = CT.train_motion_lora(m.bundle, [check_motion_frames(image_batch(clip, "clip"), "clip")], prompt, cfg,
                                          callback=bridge.Progress(int(steps), "motion"))
         return (lf,)
 

@@ -299,6 +299,17 @@ def test_a_still_is_refused_as_a_motion_clip(stills, classes, out_dir):
         classes["DualAdapterTrainSelectiveLoRA"]().train(model, "motion", "a dog", steps=1, clip=frames[:1])
 
 
+def test_a_still_is_refused_by_the_u_net_motion_trainers(classes, out_dir):
+    """The U-Net trainers use the same check as the CogVideoX ones (media.check_motion_frames)."""
+    still = torch.rand(1, 32, 32, 3).expand(4, -1, -1, -1).contiguous()  # 4 identical frames
+    (unet3d,) = classes["DualAdapterUNetVideoLoader"]().load("tiny-unet3d")
+    with pytest.raises(DualAdapterError, match="still"):
+        classes["DualAdapterUNetTrainMotionLoRA"]().train(unet3d, still, "a dog", steps=1)
+    (animatediff,) = classes["DualAdapterUNetVideoLoader"]().load("tiny-animatediff")
+    with pytest.raises(DualAdapterError, match="still"):
+        classes["DualAdapterAnimateDiffTrainMotionLoRA"]().train(animatediff, still, "a dog", steps=1)
+
+
 def test_a_looped_clip_is_announced_and_the_policy_is_a_cli_option(caplog, capsys, tmp_path):
     from dual_adapter import media
     from dual_adapter.cli import main
