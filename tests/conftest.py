@@ -39,3 +39,16 @@ def out_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DUAL_ADAPTER_INPUT", str(tmp_path / "input"))
     monkeypatch.setenv("DUAL_ADAPTER_MODELS", str(tmp_path / "models"))
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one CPU thread for a module: the tiny models are overhead-bound, so one intra-op thread is as
+    fast, and stays fast when other processes share the cores (two spinning OpenMP threads under contention
+    made steps ~10x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

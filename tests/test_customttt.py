@@ -15,13 +15,7 @@ from dual_adapter.patches import patched_copy, shallow_copy_module
 from dual_adapter.sampling import make_scheduler, sample
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: one thread is ~10x faster than two when other test runs share the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread in this module
 
 
 def rand_lora(bundle, blocks, targets, seed, rank=4, alpha=8.0, scale=0.1) -> LoraFile:

@@ -31,14 +31,7 @@ needs_data = pytest.mark.skipif(not GUITAR.exists(), reason="../shared/data is n
 MOTION_PROMPT = "a person is playing guitar"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and stays fast when other processes share the 2 cores
-    (two spinning OpenMP threads under contention made steps ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread in this module
 
 
 @pytest.fixture(scope="module")

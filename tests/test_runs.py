@@ -28,12 +28,7 @@ GUITAR = ROOT / "examples" / "guitar.mp4"
 PROMPT = "a person is playing guitar"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread in this module
 
 
 @pytest.fixture(scope="module")

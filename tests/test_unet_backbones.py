@@ -12,13 +12,7 @@ from dual_adapter.errors import DualAdapterError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny U-Nets are overhead-bound: one thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread in this module
 
 
 @pytest.fixture(scope="module")
