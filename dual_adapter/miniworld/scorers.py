@@ -26,8 +26,11 @@ sprite a world video holds. Definitions (also in the README, "Miniature world"):
   prompt names (background, colour, shape, texture, size; :func:`~.world.parse_prompt`) that the video
   shows, each classified from pixels: background and colour = nearest palette colour; shape = the
   shape template of highest canonical-mask IoU (majority over frames); size = nearest template area
-  of that shape; texture = nearest texture template (rendered in the classified shape and size) by
-  the L1 distance of the texture descriptors. The motion a prompt names is
+  of that shape; texture by analysis-by-synthesis: on up to 5 frames the sprite is redrawn in the
+  classified shape (size scaled to the measured area) with each texture, at the measured centre
+  +- half a pixel, and the texture whose darkness map is closest (L1, best shift, summed over the
+  frames) wins (99% right on ground-truth videos, where the descriptor-nearest rule got 81-86%).
+  The motion a prompt names is
   classified separately (:func:`classify_motion`: the motion of highest :func:`motion_score`).
 * **leakage** (:func:`leakage_score`, 0..1, lower = less leakage): the identity score of the generated
   video against each motion clip's own sprite (its frames as the reference photos), maximised over the
@@ -65,6 +68,7 @@ class Track:
         background: ``[3]`` RGB. masks: ``[T, H, W]`` bool. area: ``[T]`` pixels.
         centroid: ``[T, 2]`` normalised (x, y), NaN where no sprite. main: ``[T, 3]`` main colour
         (NaN where none). crop_mask / crop_dark: ``[T, 24, 24]`` canonical crops. texture: ``[T, 3]``.
+        dark: ``[T, H, W]`` darkness map inside the mask (0 on the main shade, about 0.7 on the dark one).
     """
 
     background: torch.Tensor
@@ -75,6 +79,7 @@ class Track:
     crop_mask: torch.Tensor
     crop_dark: torch.Tensor
     texture: torch.Tensor
+    dark: torch.Tensor | None = None
 
     @property
     def present(self) -> torch.Tensor:
@@ -116,6 +121,7 @@ def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track
     crop_mask = torch.zeros(T, _GRID, _GRID)
     crop_dark = torch.zeros(T, _GRID, _GRID)
     texture = torch.zeros(T, 3)
+    dark_full = torch.zeros(T, H, W)
     lum = _lum(x)
     g = torch.linspace(-_SPAN, _SPAN, _GRID)
     for k in range(T):
@@ -132,6 +138,7 @@ def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track
         main[k] = px[bright].mean(0)
         main_l = float(_lum(main[k]))
         dark = ((1 - lum[k] / max(main_l, 1e-3)).clamp(0, 1) * mf)  # 0 on the main shade, ~0.7 on the dark one
+        dark_full[k] = dark
         r = math.sqrt(float(area[k]) / math.pi)
         # grid_sample coordinates: -1..1 spans the frame (align_corners=False)
         gx = ((cx * W + g * r) / W) * 2 - 1
@@ -147,7 +154,7 @@ def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track
             gxm = (d[:, 1:] - d[:, :-1]).abs()[inner[:, 1:] & inner[:, :-1]].mean()
             gym = (d[1:] - d[:-1]).abs()[inner[1:] & inner[:-1]].mean()
             texture[k] = torch.tensor([share, float(gxm), float(gym)]).nan_to_num(0.0)
-    return Track(bg, masks, area, cen, main, crop_mask, crop_dark, texture)
+    return Track(bg, masks, area, cen, main, crop_mask, crop_dark, texture, dark_full)
 
 
 def _as_track(v) -> Track:
@@ -274,11 +281,14 @@ def classify_motion(frames, motions: Sequence[str] = world.MOTIONS) -> tuple[str
 @lru_cache(maxsize=None)
 def _templates(height: int, width: int) -> dict:
     """Descriptors of ground-truth sprites (centred, still) used to classify shape, texture and size."""
-    out: dict = {"shape": {}, "texture": {}, "area": {}}
+    out: dict = {"shape": {}, "texture": {}, "area": {}, "offset": {}}
     for shape in world.SHAPES:
         t = track(world.render(world.VideoSpec(shape, "red", "plain", "large", "still", "gray"), 1, height, width,
                                jitter=0))
         out["shape"][shape] = t.crop_mask[0]
+        # centroid minus drawing centre, in radii (triangle and star are not centred on their centroid)
+        r = world.SIZES["large"] * min(height, width) / 32.0
+        out["offset"][shape] = ((t.centroid[0] - 0.5) * torch.tensor([width, height]) / r).float()
         for size in world.SIZES:
             t = track(world.render(world.VideoSpec(shape, "red", "plain", size, "still", "gray"), 1, height, width,
                                    jitter=0))
@@ -315,9 +325,35 @@ def classify_attributes(frames) -> dict:
     area = float(t.area[p].mean())
     size = min(world.SIZES, key=lambda s: abs(tpl["area"][(shape, s)] - area))
     out["size"] = size
-    tex = t.texture[p].mean(0)
-    out["texture"] = min(world.TEXTURES, key=lambda x: float((tpl["texture"][(shape, x, size)] - tex).abs().sum()))
+    out["texture"] = _texture_by_synthesis(t, shape, size, tpl) if t.dark is not None else min(
+        world.TEXTURES, key=lambda x: float((tpl["texture"][(shape, x, size)] - t.texture[p].mean(0)).abs().sum()))
     return out
+
+
+_TEX_FRAMES = 5  # frames used by the texture classifier (evenly spaced over those with a sprite)
+_TEX_SHIFTS = torch.linspace(-0.5, 0.5, 5)  # sub-pixel search of the sprite centre, in pixels
+
+
+def _texture_by_synthesis(t: Track, shape: str, size: str, tpl: dict) -> str:
+    """Texture by analysis-by-synthesis: for a few frames, redraw the sprite (classified shape, size scaled
+    to the measured area) with each texture at the measured centre (+- half a pixel) and keep the texture
+    whose darkness map is closest (L1, best shift) to the frame's; summed over the frames."""
+    H, W = t.masks.shape[1:]
+    frames = torch.nonzero(t.present).flatten()
+    frames = frames[torch.linspace(0, len(frames) - 1, min(_TEX_FRAMES, len(frames))).round().long()]
+    r0 = world.SIZES[size] * min(H, W) / 32.0
+    gy, gx = torch.meshgrid(_TEX_SHIFTS, _TEX_SHIFTS, indexing="ij")
+    err = {x: 0.0 for x in world.TEXTURES}
+    for k in frames.tolist():
+        r = r0 * min(1.25, max(0.8, math.sqrt(float(t.area[k]) / max(tpl["area"][(shape, size)], 1.0))))
+        c = t.centroid[k] * torch.tensor([W, H]) - tpl["offset"][shape] * r  # drawing centre, pixels
+        centres = torch.stack([(c[0] + gx.flatten()) / W, (c[1] + gy.flatten()) / H], 1)
+        obs = t.dark[k][None]
+        for x in world.TEXTURES:
+            cover, dark = world.sprite_maps(shape, x, centres, r, H, W)
+            cand = dark / cover.clamp_min(1e-3) * (1 - world.DARK) * (cover > 0.5)
+            err[x] += float((obs - cand).abs().sum((1, 2)).min())
+    return min(err, key=err.get)
 
 
 def text_score(frames, prompt: str, parts: bool = False):

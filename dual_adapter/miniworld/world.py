@@ -34,7 +34,7 @@ __all__ = [
     "HELD_OUT_SUBJECTS", "MOTION_PHRASES", "PLACEHOLDER", "GENERIC_NOUN", "VideoSpec", "Subject",
     "FRAMES", "HEIGHT", "WIDTH", "render", "caption", "vocabulary", "trajectory", "pretrain_sampler",
     "is_held_in", "subject_photos", "motion_clips", "identity_prompt", "motion_prompt", "combined_prompt",
-    "parse_prompt", "shape_mask",
+    "parse_prompt", "shape_mask", "sprite_maps",
 ]
 
 # default video size of the world (and of the ``mini`` model)
@@ -307,25 +307,34 @@ def _texture_dark(texture: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     raise DualAdapterError(f"texture {texture!r} is not one of {list(TEXTURES)}")
 
 
+def sprite_maps(shape: str, texture: str, centres: torch.Tensor, radius_px, height: int, width: int,
+                ss: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coverage maps of a sprite drawn at ``centres [N, 2]`` (normalised x, y) with radius ``radius_px``
+    (a number or one per centre), with ``ss x ss`` supersampling: ``(cover, dark)``, each ``[N, H, W]``
+    in 0..1 (share of each pixel inside the shape, and inside its texture's dark shade)."""
+    N = centres.shape[0]
+    off = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss
+    ys = (torch.arange(height, dtype=torch.float32)[:, None] + off[None]).reshape(-1)  # [H*ss]
+    xs = (torch.arange(width, dtype=torch.float32)[:, None] + off[None]).reshape(-1)
+    r = torch.as_tensor(radius_px, dtype=torch.float32).reshape(-1, 1, 1).expand(N, 1, 1)
+    cx = centres[:, 0].float().reshape(N, 1, 1) * width
+    cy = centres[:, 1].float().reshape(N, 1, 1) * height
+    u = ((xs[None, None, :] - cx) / r).expand(N, height * ss, width * ss)
+    v = ((ys[None, :, None] - cy) / r).expand(N, height * ss, width * ss)
+    inside = shape_mask(shape, u, v)
+    dark = _texture_dark(texture, u, v) & inside
+    pool = lambda m: m.float().reshape(N, height, ss, width, ss).mean((2, 4))  # noqa: E731
+    return pool(inside), pool(dark)
+
+
 def _draw(frames: torch.Tensor, subject: Subject, centres: torch.Tensor, radius_px, ss: int = 3) -> None:
     """Draw a sprite into ``frames [T, H, W, 3]`` in place at ``centres [T, 2]`` (normalised) with radius
     ``radius_px`` (a number or one per frame), with ``ss x ss`` supersampling (anti-aliased edges)."""
     T, H, W, _ = frames.shape
-    off = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss
-    ys = (torch.arange(H, dtype=torch.float32)[:, None] + off[None]).reshape(-1)  # [H*ss]
-    xs = (torch.arange(W, dtype=torch.float32)[:, None] + off[None]).reshape(-1)
-    r = torch.as_tensor(radius_px, dtype=torch.float32).reshape(-1, 1, 1).expand(T, 1, 1)
-    cx = centres[:, 0].float().reshape(T, 1, 1) * W
-    cy = centres[:, 1].float().reshape(T, 1, 1) * H
-    u = ((xs[None, None, :] - cx) / r).expand(T, H * ss, W * ss)
-    v = ((ys[None, :, None] - cy) / r).expand(T, H * ss, W * ss)
-    inside = shape_mask(subject.shape, u, v)
-    is_dark = _texture_dark(subject.texture, u, v) & inside
+    cover, dark = sprite_maps(subject.shape, subject.texture, centres, radius_px, H, W, ss)
     main = torch.tensor(COLOURS[subject.colour], dtype=torch.float32)
-    col = torch.where(is_dark[..., None], main * DARK, main)  # [T, Hs, Ws, 3]
-    cover = inside.float().reshape(T, H, ss, W, ss).mean((2, 4))[..., None]  # [T, H, W, 1]
-    colsum = (col * inside[..., None]).reshape(T, H, ss, W, ss, 3).sum((2, 4)) / (ss * ss)
-    frames.copy_(frames * (1 - cover) + colsum)
+    colsum = (cover - dark)[..., None] * main + dark[..., None] * (main * DARK)
+    frames.copy_(frames * (1 - cover[..., None]) + colsum)
 
 
 def render(spec: VideoSpec, frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH, seed: int = 0,
