@@ -97,7 +97,7 @@ def test_text_score_ground_truth_and_wrong_prompt():
     parts = [S.text_score(W.render(s, seed=i), W.caption(s), parts=True)[1] for i, s in enumerate(specs)]
     for attr in ("background", "colour", "shape", "size", "texture"):
         acc = sum(p[attr] for p in parts) / len(parts)
-        assert acc >= (0.85 if attr == "texture" else 0.95), (attr, acc)
+        assert acc >= 0.95, (attr, acc)  # texture by analysis-by-synthesis (the descriptor rule got 0.81-0.86)
     v = W.render(W.VideoSpec("circle", "red", "plain", "large", "left", "gray"), seed=0)
     assert S.text_score(v, "a large red circle moving left on a gray background") == 1.0
     assert S.text_score(v, "a small blue striped star moving left on a black background") == 0.0
