@@ -34,6 +34,7 @@ denoiser gets the backbone with :func:`dual_adapter.backbones.backbone_for`.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -208,6 +209,11 @@ class VideoBackbone:
         pick a latent frame count the frames after the padding this implies."""
         return 1
 
+    def pad_latent_frames(self, latents: torch.Tensor, denoiser: nn.Module | None = None) -> torch.Tensor:
+        """Latents (in :attr:`latent_layout`) padded in time to what the denoiser patches (CogVideoX 1.5: copies
+        of the first latent frame in front, as its pipeline pads). Default: unchanged."""
+        return latents
+
     # ---------------------------------------------------------------- text
     def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Text embeddings ``[B, L, D_text]`` of ``prompts`` on the execution device."""
@@ -283,6 +289,22 @@ class VideoBackbone:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents in :attr:`latent_layout` -> frames ``[B, F, H, W, 3]`` (0..1)."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- memory
+    #: parts stay on CPU and move to :attr:`device` only while they run
+    cpu_offload: bool = False
+
+    def use(self, part: str):
+        """Context manager yielding ``part`` (``"denoiser"``, ``"vae"``, ``"text_encoder"``) on the execution
+        device (CPU-offload aware where the backbone offloads)."""
+        return contextlib.nullcontext(getattr(self, part))
+
+    def release(self, *parts: str) -> None:
+        """Move ``parts`` (e.g. ``"vae", "text_encoder"``) to CPU to free accelerator memory."""
+        for p in parts:
+            m = getattr(self, p, None)
+            if m is not None and self.device != "cpu":
+                m.to("cpu")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, kind={self.kind!r}, device={self.device!r})"

@@ -959,6 +959,9 @@ class CogVideoXBackbone(VideoBackbone):
     def time_patch(self, denoiser: nn.Module | None = None) -> int:
         return int(getattr((denoiser or self.denoiser).config, "patch_size_t", None) or 1)
 
+    def pad_latent_frames(self, latents: torch.Tensor, denoiser: nn.Module | None = None) -> torch.Tensor:
+        return _pad_time(latents, getattr(getattr(denoiser or self.denoiser, "config", None), "patch_size_t", None))
+
     # text
     def encode_prompt(self, prompts: str | Sequence[str], on_long: str = "truncate") -> torch.Tensor:
         return encode_prompt(self._need_bundle("encode_prompt"),
@@ -1011,5 +1014,11 @@ class CogVideoXBackbone(VideoBackbone):
         return decode_latents(self._need_bundle("decode_latents"), latents, **kw)
 
     def use(self, part: str):
-        """Context manager: ``part`` (``"denoiser"``, ``"vae"``, ``"text_encoder"``) on the execution device."""
         return self._need_bundle("use").use("transformer" if part == "denoiser" else part)
+
+    def release(self, *parts: str) -> None:
+        self._need_bundle("release").release(*("transformer" if p == "denoiser" else p for p in parts))
+
+    @property
+    def cpu_offload(self) -> bool:
+        return bool(self.bundle is not None and self.bundle.cpu_offload)
