@@ -1,4 +1,6 @@
-"""Denoising loop, classifier-free guidance, schedulers, VAE encode / decode.
+"""CogVideoX's sampler: denoising loop and classifier-free guidance (schedulers and VAE encode / decode are
+:mod:`dual_adapter.backbones.cogvideox`'s, re-exported here; U-Net backbones sample with
+:mod:`dual_adapter.unet_sampling`).
 
 The loop follows diffusers' ``CogVideoXPipeline`` (CogVideoXDPMScheduler or CogVideoXDDIMScheduler
 with trailing spacing, v-prediction, CFG on a [negative; positive] batch, 1.5-model frame padding),
@@ -14,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .backbones.cogvideox import (SCHEDULERS, CogVideoXBundle, check_video_size, decode_latents, encode_frames,
-                                  latent_frames_for, make_scheduler, transformer_forward)
+                                  encode_prompt, latent_frames_for, make_scheduler, transformer_forward)
 from .errors import DualAdapterError
 from .patches import ModelPatch, patched_copy
 from .seeds import seed_generator
@@ -161,8 +163,6 @@ def sample(
         check_finite(negative_embeds, "negative prompt embeddings")
     if latents is not None:
         check_finite(latents, "initial latents")
-    from .backbone import encode_prompt
-
     device, dtype = bundle.device, bundle.dtype
     B = batch_size
     pos = _expand_embeds(prompt_embeds.to(device=device, dtype=dtype), B, "prompt embeddings")

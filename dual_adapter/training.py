@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -132,10 +132,16 @@ class TrainResult:
 
 
 def make_noise_scheduler(bundle_or_config):
-    """The CogVideoX training noise scheduler (compatibility name; a backbone's is ``backbone.noise_scheduler()``)."""
-    from .backbones.cogvideox import make_noise_scheduler as cog
+    """The training noise scheduler of a loaded model (its backbone's ``noise_scheduler()``); a bare
+    scheduler config (a mapping) is taken as CogVideoX's, the pack's default backbone."""
+    from .backbones import as_backbone, backbone_modules
 
-    return cog(bundle_or_config)
+    if not isinstance(bundle_or_config, Mapping):
+        try:
+            return as_backbone(bundle_or_config).noise_scheduler()
+        except DualAdapterError:  # something else that carries a config (e.g. a ModelInfo)
+            bundle_or_config = bundle_or_config.scheduler_config
+    return backbone_modules()["cogvideox"].for_denoiser(None, bundle_or_config).noise_scheduler()
 
 
 def step_generator(seed: int, step: int, device: str = "cpu") -> torch.Generator:

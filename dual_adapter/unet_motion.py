@@ -207,7 +207,7 @@ def adapter_state(model: nn.Module, adapter: str, scale: float | None = None) ->
 
 def save_unet_lora(lora: UNetLora, path: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
     """Write ``lora`` as safetensors (atomic; never overwrites unless asked)."""
-    from .backbone import parse_dtype
+    from .backbones.base import parse_dtype
     from .io import save_safetensors
 
     dt = parse_dtype(dtype)

@@ -349,6 +349,6 @@ def default_device(device: str | None) -> str:
 
 
 def as_dtype(dtype: Any, default: str) -> torch.dtype:
-    from ..backbone import parse_dtype
+    from .base import parse_dtype
 
     return parse_dtype(dtype or default)

@@ -168,6 +168,8 @@ class VideoBackbone:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     denoiser: nn.Module
+    #: the noise-schedule config (diffusers ``scheduler_config.json`` content) of :meth:`noise_scheduler`
+    scheduler_config: dict
     vae: Any
     text_encoder: Any
     tokenizer: Any
