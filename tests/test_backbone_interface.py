@@ -196,7 +196,8 @@ COGVIDEOX_MODULES = {"sampling.py", "native.py", "miniworld/model.py"}
 
 def _cogvideox_refs(path: Path, attrs: bool = True) -> list[str]:
     """Imports of CogVideoX code / the compatibility layer and CogVideoX class names, in code (not strings);
-    with ``attrs``, also reads of CogVideoX model / bundle attributes."""
+    with ``attrs``, also reads of CogVideoX model / bundle attributes (not an object's own, ``self.x``: DualReal's
+    adapter set names its list ``transformer_blocks`` after the checkpoint keys)."""
     out = []
     for n in ast.walk(ast.parse(path.read_text())):
         if isinstance(n, ast.ImportFrom):
@@ -210,7 +211,8 @@ def _cogvideox_refs(path: Path, attrs: bool = True) -> list[str]:
                     a.name == "dual_adapter.backbone"]
         elif isinstance(n, ast.Name) and n.id.startswith("CogVideoX"):
             out.append(f"{n.lineno}: {n.id}")
-        elif attrs and isinstance(n, ast.Attribute) and n.attr in ("transformer_blocks", "patch_size_t", "vae_scale_spatial",
+        elif attrs and isinstance(n, ast.Attribute) and not (isinstance(n.value, ast.Name) and n.value.id == "self") \
+                and n.attr in ("transformer_blocks", "patch_size_t", "vae_scale_spatial",
                                                          "vae_scale_temporal", "max_text_seq_length"):
             out.append(f"{n.lineno}: .{n.attr}")
     return out
