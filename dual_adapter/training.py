@@ -1,7 +1,7 @@
 """The one training loop every trainer shares (DualReal, TAP / motion LoRA, CustomTTT).
 
-It owns: the objective (the model's backbone's, :func:`diffusion_loss`), the optimiser (AdamW, 8-bit
-when bitsandbytes works on the device, or Lion for CustomTTT), the learning-rate schedule (cosine with restarts after a warm-up),
+It owns: the backbone's objective, the optimiser (AdamW, 8-bit when bitsandbytes works on the
+device, or Lion for CustomTTT), the learning-rate schedule (cosine with restarts after a warm-up),
 gradient clipping, bf16 autocast on GPU, per-step seeding (so a resumed run replays the same
 batches), periodic checkpoints through a caller-supplied function, resume, and one callback for
 progress, loss and interrupt. Trainers supply only ``step_fn`` (make a batch, return the loss)
