@@ -24,7 +24,8 @@ from ..errors import DualAdapterError
 from .base import ROLES, BlockInfo, VideoBackbone
 
 __all__ = ["ROLES", "BlockInfo", "VideoBackbone", "backbone_modules", "kind_of", "load_backbone",
-           "identify_folder", "tiny_names", "as_backbone", "backbone_for", "register_backbone"]
+           "identify_folder", "tiny_names", "as_backbone", "backbone_for", "register_backbone",
+           "unregister_backbone"]
 
 _FOUND: dict[str, ModuleType] = {}
 _REGISTERED: dict[str, ModuleType] = {}
@@ -45,7 +46,7 @@ def backbone_modules() -> dict[str, ModuleType]:
 def register_backbone(module) -> None:
     """Add a backbone defined outside this package (a module or namespace with ``KIND``, ``FAMILY``,
     ``tiny_names``, ``detect``, ``load``, ``owns``, ``for_denoiser``). Registering a ``KIND`` again
-    replaces it; ``module=None``-style removal is :func:`unregister_backbone`.
+    replaces it; :func:`unregister_backbone` removes it.
 
     Raises:
         DualAdapterError: a name is missing, or ``KIND`` is a built-in backbone's.
