@@ -99,14 +99,6 @@ def make_groups(num_blocks: int, group_size: int = 1, groups: Sequence[Sequence[
     return [list(range(s, min(s + group_size, num_blocks))) for s in range(0, num_blocks, group_size)]
 
 
-def _pad_frames(x: torch.Tensor, p_t: int | None) -> torch.Tensor:
-    # CogVideoX 1.5 patches time by 2: pad at the front with copies of the first frame (as training does).
-    if p_t and x.shape[1] % p_t:
-        n = p_t - x.shape[1] % p_t
-        x = torch.cat([x[:, :1].expand(-1, n, -1, -1, -1), x], 1)
-    return x
-
-
 def _fmt_blocks(blocks: Sequence[int]) -> str:
     """[0,1,2,5] -> '0-2,5'."""
     b = sorted(blocks)
@@ -171,9 +163,10 @@ class _InfluencePatch:
         self.state = state
 
     def apply(self, transformer) -> None:
-        blocks = transformer.transformer_blocks
-        for i in range(len(blocks)):
-            blocks[i] = _InfluenceBlock(blocks[i], i, self.state)
+        from .backbones import backbone_for
+
+        for b in backbone_for(transformer).blocks(transformer):
+            transformer.set_submodule(b.name, _InfluenceBlock(b.module, b.index, self.state))
 
 
 @dataclass
@@ -272,28 +265,27 @@ class InfluenceResult:
 
 
 def _influence_inputs(bundle, *, timesteps, seeds, latents, num_frames, height, width, sched):
-    """The draws: ``[(x_t [1,F,C,h,w], t [1])]`` on the bundle's device."""
-    from .backbone import check_video_size, latent_frames_for
-
-    p_t = bundle.config.patch_size_t
+    """The draws: ``[(x_t [1,F,C,h,w], t [1])]`` on the bundle's device (``bundle``: a backbone)."""
+    bb = bundle
     if latents is not None:
         if not torch.is_tensor(latents) or latents.ndim not in (4, 5):
             raise DualAdapterError(f"latents must be scaled video latents [N, F, C, h, w] (or [F, C, h, w]), got "
                                    f"{tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__}")
         lat = latents[None] if latents.ndim == 4 else latents
-        if lat.shape[2] != bundle.latent_channels:
-            raise DualAdapterError(f"latents have {lat.shape[2]} channels, the model takes {bundle.latent_channels}")
-        lat = _pad_frames(lat.detach().float().cpu(), p_t)
+        if lat.shape[2] != bb.latent_channels:
+            raise DualAdapterError(f"latents have {lat.shape[2]} channels, the model takes {bb.latent_channels}")
+        lat = bb.pad_latent_frames(lat.detach().float().cpu())
         shape = (1,) + tuple(lat.shape[1:])
     else:
-        f0, h0, w0 = bundle.default_size
+        f0, h0, w0 = bb.default_size
         num_frames, height, width = int(num_frames or f0), int(height or h0), int(width or w0)
-        check_video_size(bundle, num_frames, height, width)
-        T = latent_frames_for(bundle, num_frames)
-        if p_t and T % p_t:
+        bb.check_video_size(num_frames, height, width)
+        T = bb.latent_frames(num_frames)
+        p_t = bb.time_patch()
+        if T % p_t:
             T += p_t - T % p_t
-        s = bundle.vae_scale_spatial
-        shape = (1, T, bundle.latent_channels, height // s, width // s)
+        s = bb.vae_scale
+        shape = (1, T, bb.latent_channels, height // s, width // s)
         lat = None
     draws = []
     n_train = sched.config.num_train_timesteps
@@ -374,10 +366,10 @@ def prompt_influence(
         DualAdapterError: empty or identical prompts (a concept that does not change the prediction),
             bad groups, timesteps, space, top_k or sizes.
     """
-    from .backbone import encode_prompt, transformer_forward
+    from .backbones import as_backbone
     from .patches import patched_copy
-    from .training import make_noise_scheduler
 
+    bb = as_backbone(bundle)
     if isinstance(concepts, str):
         concepts = {"concept": concepts}
     concepts = dict(concepts or {})
@@ -393,23 +385,23 @@ def prompt_influence(
     timesteps, seeds = list(timesteps), list(seeds)
     if not timesteps or not seeds:
         raise DualAdapterError("prompt_influence needs at least one timestep and one seed")
-    n = len(bundle.transformer.transformer_blocks)
+    n = len(bb.blocks())
     grp = make_groups(n, group_size, groups)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(grp):
         raise DualAdapterError(f"top_k={top_k!r}: must be between 1 and the number of groups ({len(grp)})")
-    sched = make_noise_scheduler(bundle)
-    draws, shape = _influence_inputs(bundle, timesteps=timesteps, seeds=seeds, latents=latents,
+    sched = bb.noise_scheduler()
+    draws, shape = _influence_inputs(bb, timesteps=timesteps, seeds=seeds, latents=latents,
                                      num_frames=num_frames, height=height, width=width, sched=sched)
     names = list(concepts)
-    emb = encode_prompt(bundle, [neutral_prompt] + [concepts[c] for c in names])
+    emb = bb.encode_prompt([neutral_prompt] + [concepts[c] for c in names])
     e_n = emb[:1]
     e_c = {c: emb[k + 1: k + 2] for k, c in enumerate(names)}
 
     state = _InfluenceState(n)
-    with bundle.use("transformer") as base:
+    with bb.use("denoiser") as base:
         model = patched_copy(base, list(patches or ()) + [_InfluencePatch(state)])
         def pred(x_t, t, e):
-            v = transformer_forward(model, x_t, e, t).float()
+            v = bb.predict(x_t, t, e, denoiser=model).float()
             if space == "v":
                 return v
             return sched.get_velocity(v, x_t.float(), t).float()  # x0_pred = sqrt(abar) x_t - sqrt(1-abar) v
@@ -812,10 +804,12 @@ def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds
     Raises:
         DualAdapterError: bad steps / schedule / sizes.
     """
-    from .backbone import transformer_forward
+    from .backbones import as_backbone
     from .lora import LoraPatch
     from .patches import patched_copy
-    from .sampling import make_scheduler, sample
+    from .sampling import sample
+
+    bb = as_backbone(bundle)
 
     if not 1 <= int(teacher_steps) <= int(teacher_schedule):
         raise DualAdapterError(f"teacher_steps={teacher_steps} must be between 1 and teacher_schedule={teacher_schedule}")
@@ -835,36 +829,32 @@ def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds
 
     out = None
     try:
-        out = sample(bundle, prompt_embeds, negative_embeds, num_frames=num_frames, height=height, width=width,
+        out = sample(getattr(bb, "bundle", bundle), prompt_embeds, negative_embeds, num_frames=num_frames, height=height, width=width,
                      steps=int(teacher_schedule), cfg=float(cfg), seed=int(seed), scheduler=scheduler, patches=pt,
                      callback=cb)
     except _StopSampling:
         pass
     z = box.get("z", out)
-    sch = make_scheduler(bundle, scheduler)
+    sch = bb.make_scheduler(scheduler)
     sch.set_timesteps(int(teacher_schedule))
     t_f = int(sch.timesteps[f]) if f < len(sch.timesteps) else 0
-    from .backbone import latent_frames_for
-
     # the sampler pads 1.5 models' latents at the front while it runs; drop that padding
-    extra = max(0, z.shape[1] - latent_frames_for(bundle, num_frames or bundle.default_size[0]))
+    extra = max(0, z.shape[1] - bb.latent_frames(num_frames or bb.default_size[0]))
     z_out = z[:, extra:].detach()
     if reference == "x0_pred" and t_f > 0:
         ac = sch.alphas_cumprod[t_f].float()
-        with torch.no_grad(), bundle.use("transformer") as base:
+        with torch.no_grad(), bb.use("denoiser") as base:
             model = patched_copy(base, pt)
             t = torch.tensor([t_f], device=z.device)
             if cfg > 1.0:
                 neg = negative_embeds if negative_embeds is not None else None
                 if neg is None:
-                    from .backbone import encode_prompt
-
-                    neg = encode_prompt(bundle, "")
+                    neg = bb.encode_prompt("")
                 text = torch.cat([neg.to(z.device, z.dtype), prompt_embeds.to(z.device, z.dtype)])
-                v_u, v_c = transformer_forward(model, torch.cat([z, z]), text, t.expand(2)).float().chunk(2)
+                v_u, v_c = bb.predict(torch.cat([z, z]), t.expand(2), text, denoiser=model).float().chunk(2)
                 v = v_u + float(cfg) * (v_c - v_u)
             else:
-                v = transformer_forward(model, z, prompt_embeds.to(z.device, z.dtype), t).float()
+                v = bb.predict(z, t, prompt_embeds.to(z.device, z.dtype), denoiser=model).float()
         z_out = (ac.sqrt() * z.float() - (1 - ac).sqrt() * v)[:, extra:].to(z.dtype)
         t_f = 0
     return z_out, t_f
@@ -875,18 +865,17 @@ def _renoised_loss(model, sched, z_f: torch.Tensor, t_f: int, prompt_embeds: tor
     """``reference="z_f_renoised"`` (see :class:`TTTConfig`): ``z_f`` ``[1, F, C, h, w]`` is a sample at ``t_f``;
     re-noise it forward to ``t > t_f`` (``q(x_t | x_{t_f})``), then the student's DDIM step from ``t`` back to
     ``t_f`` should give ``z_f``. Returns the per-sample loss ``[1]``."""
-    from .backbone import transformer_forward
-    from .training import _pad_time
+    from .backbones import backbone_for
 
-    p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
-    z = _pad_time(z_f, p_t).float()
-    e = _pad_time(eps, p_t).to(z.device, torch.float32)
+    bb = backbone_for(model)
+    z = bb.pad_latent_frames(z_f, model).float()
+    e = bb.pad_latent_frames(eps, model).to(z.device, torch.float32)
     ac = sched.alphas_cumprod.to(z.device, torch.float32)
     t = t.to(z.device).long()
     a_t, a_f = ac[t].view(-1, 1, 1, 1, 1), ac[int(t_f)]
     r = a_t / a_f
     x_t = r.sqrt() * z + (1 - r).sqrt() * e
-    v = transformer_forward(model, x_t.to(z_f.dtype), prompt_embeds, t).float()
+    v = bb.predict(x_t.to(z_f.dtype), t, prompt_embeds, denoiser=model).float()
     x0 = a_t.sqrt() * x_t - (1 - a_t).sqrt() * v  # v-prediction -> x0 (as scheduler.get_velocity)
     eps_hat = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
     z_hat = a_f.sqrt() * x0 + (1 - a_f).sqrt() * eps_hat
@@ -944,7 +933,7 @@ def _merged_metadata(merged, bundle, *, appearance, motion, prompts: dict, confi
     cfg = asdict(config)
     cfg["renoise_timesteps"] = list(cfg["renoise_timesteps"])
     cfg["betas"] = list(cfg["betas"])
-    return lora_metadata(spec, bundle.transformer, base_model=base_model, method="CustomTTT", preset="custom",
+    return lora_metadata(spec, bundle.denoiser, base_model=base_model, method="CustomTTT", preset="custom",
                          prompt=prompts["combined"], prompts=prompts,
                          sources={"appearance": src(appearance), "motion": src(motion)},
                          merge="rank-concatenation (A: cat dim 0, B: cat dim 1, scales folded into B)",
@@ -1007,28 +996,29 @@ def ttt_merge(
             a diverged loss, ``optimizer="lion"`` without ``lion-pytorch``.
         InterruptedByUser: from the callback.
     """
-    from .backbone import check_video_size, encode_prompt
+    from .backbones import as_backbone
     from .lora import LoraFile, check_compatible, lora_modules
     from .patches import shallow_copy_module
-    from .training import diffusion_loss, make_noise_scheduler, train_loop
+    from .training import diffusion_loss, train_loop
 
     t_start = time.time()
+    bundle = as_backbone(bundle)  # the model, through the backbone interface
     config = copy.deepcopy(config) if config is not None else TTTConfig()
-    sched = make_noise_scheduler(bundle)
+    sched = bundle.noise_scheduler()
     config.validate(int(sched.config.num_train_timesteps))
     for what, lf in (("appearance", appearance), ("motion", motion)):
         if not isinstance(lf, LoraFile):
             raise DualAdapterError(f"{what} LoRA: expected a LoraFile (from load_lora / train_lora), got "
                                    f"{type(lf).__name__}")
-        check_compatible(lf, bundle.transformer)
+        check_compatible(lf, bundle.denoiser)
     for what, p in (("appearance_prompt", appearance_prompt), ("motion_prompt", motion_prompt), ("prompt", prompt)):
         if not isinstance(p, str) or not p.strip():
             raise DualAdapterError(f"{what} must be a non-empty string")
     f0, h0, w0 = bundle.default_size
     nf, h, w = int(config.num_frames or f0), int(config.height or h0), int(config.width or w0)
-    check_video_size(bundle, nf, h, w)
+    bundle.check_video_size(nf, h, w)
     nf_a = int(config.appearance_frames or nf)
-    check_video_size(bundle, nf_a, h, w)
+    bundle.check_video_size(nf_a, h, w)
     cfg = config.train_config()
     if config.steps > 0:  # fail on a missing optimiser package before the teachers run
         from .training import make_optimizer
@@ -1040,7 +1030,7 @@ def ttt_merge(
     f = int(config.teacher_steps)
     total = (2 * f if config.steps > 0 else 0) + int(config.steps)
 
-    emb = encode_prompt(bundle, [prompt, appearance_prompt, motion_prompt, config.negative_prompt])
+    emb = bundle.encode_prompt([prompt, appearance_prompt, motion_prompt, config.negative_prompt])
     e_comb, e_app, e_mot, e_neg = emb[0:1], emb[1:2], emb[2:3], emb[3:4]
 
     # ---- teachers
@@ -1068,7 +1058,7 @@ def ttt_merge(
     t_teachers = time.time() - t0
 
     # ---- the student
-    model = shallow_copy_module(bundle.transformer)
+    model = shallow_copy_module(bundle.denoiser)
     for p in patches or ():
         p.apply(model)
     model.eval()
@@ -1141,7 +1131,7 @@ def ttt_merge(
         if callback is not None:
             callback((2 * f) + step, total, dict(rec, phase="ttt"))
 
-    dev = next(bundle.transformer.parameters()).device
+    dev = next(bundle.denoiser.parameters()).device
     ev: dict = {}
     offloaded = []
     if getattr(bundle, "device", "cpu") != "cpu" and not getattr(bundle, "cpu_offload", False) and config.steps > 0:

@@ -94,9 +94,6 @@ _BLOCK_LINEARS = ("norm1.linear", "attn1.to_q", "attn1.to_k", "attn1.to_v", "att
 _TOP_LINEARS = ("patch_embed.proj", "patch_embed.text_proj", "time_embedding.linear_1", "time_embedding.linear_2",
                 "ofs_embedding.linear_1", "ofs_embedding.linear_2", "norm_out.linear", "proj_out")
 
-_BASE_CONFIG_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "time_embed_dim", "text_embed_dim",
-                     "in_channels", "out_channels", "patch_size", "patch_size_t", "use_rotary_positional_embeddings",
-                     "sample_frames", "sample_height", "sample_width", "max_text_seq_length")
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,8 +173,14 @@ def preset_name(targets: Sequence[str]) -> str:
     return "custom"
 
 
+def _backbone(transformer):
+    from .backbones import backbone_for
+
+    return backbone_for(transformer)
+
+
 def _blocks_of(transformer) -> int:
-    return len(transformer.transformer_blocks)
+    return len(_backbone(transformer).blocks(transformer))
 
 
 @dataclass
@@ -227,7 +230,8 @@ class LoraSpec:
                 this model (the message lists what the block offers).
         """
         self.validate()
-        n = _blocks_of(transformer)
+        bnames = [b.name for b in _backbone(transformer).blocks(transformer)]  # transformer_blocks.{i} on CogVideoX
+        n = len(bnames)
         blocks = list(range(n)) if self.blocks is None else sorted(set(self.blocks))
         bad = [b for b in blocks if not 0 <= b < n]
         if bad:
@@ -240,14 +244,14 @@ class LoraSpec:
 
         names: list[str] = []
         for t in self.targets:
-            if t.startswith("transformer_blocks.") or (t in modules and f"transformer_blocks.0.{t}" not in modules):
+            if any(t.startswith(b + ".") for b in bnames) or (t in modules and f"{bnames[0]}.{t}" not in modules):
                 cands = [t]  # an absolute module name
             else:
-                cands = [f"transformer_blocks.{i}.{t}" for i in blocks]
+                cands = [f"{bnames[i]}.{t}" for i in blocks]
             for c in cands:
                 if not linear(c):
-                    offer = sorted(k.split(".", 2)[2] for k, v in modules.items()
-                                   if k.startswith("transformer_blocks.0.") and isinstance(v, nn.Linear))
+                    offer = sorted(k[len(bnames[0]) + 1:] for k, v in modules.items()
+                                   if k.startswith(bnames[0] + ".") and isinstance(v, nn.Linear))
                     what = "not a Linear layer" if c in modules else "not in this model"
                     raise DualAdapterError(f"LoRA target {t!r} ({c}) is {what}; the Linear layers of a block are: "
                                            f"{', '.join(offer)}")
@@ -422,16 +426,14 @@ def _block_relative(names: Iterable[str]) -> tuple[list[str], list[int] | None]:
 
 
 def base_config(transformer) -> dict:
-    """The architecture fields of a CogVideoX transformer config that a LoRA depends on."""
-    c = dict(transformer.config)
-    return {k: c.get(k) for k in _BASE_CONFIG_KEYS}
+    """The architecture fields of the denoiser's config that a LoRA depends on (its backbone's
+    :meth:`~dual_adapter.backbones.base.VideoBackbone.architecture`)."""
+    return _backbone(transformer).architecture(transformer)
 
 
 def lora_metadata(spec: LoraSpec, transformer, *, base_model: str | None = None, **extra) -> dict:
     """Metadata for a LoRA trained with ``spec`` on ``transformer`` (rank, alpha, targets, blocks,
     preset, the base model's config and fingerprint); ``extra`` (training settings...) is merged in."""
-    from .backbone import config_fingerprint
-
     spec.validate()
     n = _blocks_of(transformer)
     md = {
@@ -445,7 +447,7 @@ def lora_metadata(spec: LoraSpec, transformer, *, base_model: str | None = None,
         "blocks": list(range(n)) if spec.blocks is None else sorted(set(spec.blocks)),
         "base_model": base_model,
         "base_config": base_config(transformer),
-        "base_fingerprint": config_fingerprint(transformer),
+        "base_fingerprint": _backbone(transformer).fingerprint(transformer),
     }
     md.update(extra)
     return md
@@ -815,8 +817,7 @@ def check_compatible(lora: LoraFile, transformer) -> None:
             shapes.append(f"transformer.{mod}: LoRA maps {a.shape[1]} -> {b.shape[0]} (lora_A {tuple(a.shape)}, "
                           f"lora_B {tuple(b.shape)}) but the layer is {base.in_features} -> {base.out_features}")
     if missing or shapes:
-        from .backbone import transformer_width
-
+        transformer_width = _backbone(transformer).width
         parts = []
         if missing:
             parts.append(f"{len(missing)} module(s) not in this model: " + ", ".join(missing[:8]) +
@@ -837,9 +838,7 @@ def check_compatible(lora: LoraFile, transformer) -> None:
                                f"{transformer_width(transformer)}): " + " | ".join(parts) + "." + trained)
     fp = (lora.metadata or {}).get("base_fingerprint")
     if fp:
-        from .backbone import config_fingerprint
-
-        if fp != config_fingerprint(transformer):
+        if fp != _backbone(transformer).fingerprint(transformer):
             log.warning("LoRA %s was trained on a different CogVideoX variant (same layer sizes); applying it anyway",
                         lora.name)
 
@@ -1027,7 +1026,8 @@ def train_lora(
     step takes one clip or photo at random (batch 1: clips may differ in length).
 
     Args:
-        bundle: the loaded model (:class:`~dual_adapter.backbone.CogVideoXBundle`).
+        bundle: the loaded model (a :class:`~dual_adapter.backbones.cogvideox.CogVideoXBundle`, or any
+            :class:`~dual_adapter.backbones.base.VideoBackbone` whose blocks hold ``spec``'s targets).
         clips: motion clips, each ``[F, H, W, 3]`` float 0..1 (any size: resized to cover and
             centre-cropped). Each clip is cut to ``num_frames`` (4k+1).
         photos: images ``[H, W, 3]`` 0..1, each trained as a 1-frame video (appearance LoRAs).
@@ -1068,9 +1068,9 @@ def train_lora(
         TrainingDiverged: non-finite loss or weights (nothing written; the last checkpoint stays).
         InterruptedByUser: from the callback (the checkpoint, if any, is written first).
     """
-    from .backbone import check_video_size, encode_prompt
-    from .sampling import encode_frames
+    from .backbones import as_backbone
 
+    bb = as_backbone(bundle)
     spec = copy.deepcopy(spec) if spec is not None else LoraSpec()
     spec.validate()
     cfg = cfg if cfg is not None else lora_train_config()
@@ -1083,9 +1083,9 @@ def train_lora(
         raise DualAdapterError("prompt must be a non-empty string (e.g. 'a person is playing guitar')")
     if spatial_path and not clips:
         raise DualAdapterError("spatial_path needs motion clips (its single frames come from them)")
-    f0, h0, w0 = bundle.default_size
+    f0, h0, w0 = bb.default_size
     height, width = int(height or h0), int(width or w0)
-    t = bundle.vae_scale_temporal
+    t = bb.frame_step()
     from .media import fit_frames
 
     clips = [_check_frames(c, f"clip {i}", 4) for i, c in enumerate(clips)]
@@ -1098,13 +1098,13 @@ def train_lora(
         elif c.shape[0] < n:
             raise DualAdapterError(f"clip {i} has {c.shape[0]} frames, fewer than num_frames={n}; load it with "
                                    f"media.load_clip(num_frames=...) (loops or holds short clips) or lower num_frames")
-        check_video_size(bundle, int(n), height, width)
+        bb.check_video_size(int(n), height, width)
         prepared.append(fit_frames(c[:n], height, width))
     if photos:
-        check_video_size(bundle, 1, height, width)
+        bb.check_video_size(1, height, width)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
     with _checkpoint_run(checkpoint_path, resume):  # refuse before encoding; held for the whole run
-        return _train_lora(bundle, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback,
+        return _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback,
                            checkpoint_path, resume, height, width, patches, spatial_spec, fixed_batch, base_model)
 
 
@@ -1126,47 +1126,45 @@ def _checkpoint_run(checkpoint_path: Path | None, resume: bool):
                         rename_hint="another checkpoint_path")
 
 
-def _train_lora(bundle, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback, checkpoint_path,
+def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback, checkpoint_path,
                 resume, height, width, patches, spatial_spec, fixed_batch, base_model):
-    from .backbone import encode_prompt
     from .media import fit_frames
-    from .sampling import encode_frames
 
     # ---- precompute latents and text once
     latents: list[torch.Tensor] = []
     kinds: list[str] = []
     frame_latents: list[torch.Tensor | None] = []
     for c in prepared:
-        latents.append(encode_frames(bundle, c))
+        latents.append(bb.encode_frames(c))
         kinds.append("clip")
-        frame_latents.append(encode_frames(bundle, c[:, None]) if spatial_path else None)  # [F, 1, C, h, w]
+        frame_latents.append(bb.encode_frames(c[:, None]) if spatial_path else None)  # [F, 1, C, h, w]
     for p in photos:
-        latents.append(encode_frames(bundle, fit_frames(p[None], height, width)))
+        latents.append(bb.encode_frames(fit_frames(p[None], height, width)))
         kinds.append("photo")
         frame_latents.append(None)
-    emb = encode_prompt(bundle, prompt)
+    emb = bb.encode_prompt(prompt)
     meta = dict(prompt=prompt, train=dict(num_frames=[int(c.shape[0]) for c in prepared], height=height, width=width,
                                           clips=len(prepared), photos=len(photos)))
 
     offloaded = []
-    if getattr(bundle, "device", "cpu") != "cpu" and not getattr(bundle, "cpu_offload", False):
+    if getattr(bb, "device", "cpu") != "cpu" and not getattr(bb, "cpu_offload", False):
         # free accelerator memory for training (T5-XXL is ~9 GB in bf16); put them back afterwards
         for part in ("text_encoder", "vae"):
-            m = getattr(bundle, part, None)
+            m = getattr(bb, part, None)
             if m is not None and next(m.parameters()).device.type != "cpu":
                 offloaded.append((part, next(m.parameters()).device))
-        bundle.release(*[p for p, _ in offloaded])
+        bb.release(*[p for p, _ in offloaded])
     try:
-        with bundle.use("transformer") as transformer:
+        with bb.use("denoiser") as transformer:
             return train_lora_on_latents(
-                transformer, bundle.scheduler_config, latents=latents, prompt_embeds=emb, kinds=kinds,
+                transformer, bb.scheduler_config, latents=latents, prompt_embeds=emb, kinds=kinds,
                 frame_latents=frame_latents, spec=spec, cfg=cfg, spatial_path=spatial_path,
                 debiased_loss=debiased_loss, callback=callback, checkpoint_path=checkpoint_path, resume=resume,
                 patches=patches, spatial_spec=spatial_spec, fixed_batch=fixed_batch,
-                base_model=base_model or getattr(bundle, "name", None), metadata=meta)
+                base_model=base_model or getattr(bb, "name", None), metadata=meta)
     finally:
         for part, d in offloaded:
-            getattr(bundle, part).to(d)
+            getattr(bb, part).to(d)
 
 
 def train_lora_on_latents(
@@ -1235,7 +1233,8 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
                       debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec, fixed_batch, base_model,
                       metadata):
     from .patches import shallow_copy_module
-    from .training import diffusion_loss, make_noise_scheduler, save_train_state, step_generator, train_loop
+    from .backbones import backbone_for
+    from .training import diffusion_loss, save_train_state, step_generator, train_loop
 
     # ---- the trainable copy
     model = shallow_copy_module(transformer)
@@ -1260,7 +1259,8 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
             d.train(True)
     if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
-    sched = make_noise_scheduler(dict(scheduler_config))
+    bb = backbone_for(transformer, dict(scheduler_config))
+    sched = bb.noise_scheduler()
     device_type = next(transformer.parameters()).device.type
     all_adapters = _adapter_names(model)
 
@@ -1308,7 +1308,7 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
                     p.grad = None
             info["loss_spatial"] = float(ls.detach())
         if debiased_loss and kind == "clip" and x0.shape[1] > 1:
-            p_t = getattr(model.config, "patch_size_t", None) or 1
+            p_t = bb.time_patch(model)
             n_frames = -(-x0.shape[1] // p_t) * p_t  # after the 1.5 models' padding
             a = int(torch.randint(n_frames, (1,), generator=gen))
             loss = diffusion_loss(model, sched, x0, emb, generator=gen, error_fn=debiased_error(a))

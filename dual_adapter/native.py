@@ -237,7 +237,7 @@ def convert_diffusers_to_native(src: str | os.PathLike, out: str | os.PathLike, 
     """
     from safetensors import safe_open
 
-    from .backbone import parse_dtype
+    from .backbones.base import parse_dtype
     from .io import atomic_write
 
     src_p = Path(src).expanduser()
@@ -354,7 +354,7 @@ def load_native_transformer(path: str | os.PathLike, dtype: str | torch.dtype | 
     """
     from diffusers import CogVideoXTransformer3DModel
 
-    from .backbone import parse_dtype
+    from .backbones.base import parse_dtype
     from .io import load_safetensors
 
     p = Path(path).expanduser()

@@ -149,7 +149,7 @@ def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None =
         return build_tiny_reference_encoder()
     from transformers import CLIPVisionModelWithProjection
 
-    from .backbone import parse_dtype
+    from .backbones.base import parse_dtype
 
     root = Path(name_or_path).expanduser()
     if not root.is_dir() or not (root / "config.json").exists():

@@ -1,6 +1,6 @@
 """The one training loop every trainer shares (DualReal, TAP / motion LoRA, CustomTTT).
 
-It owns: the CogVideoX objective, the optimiser (AdamW, 8-bit when bitsandbytes works on the
+It owns: the backbone's objective, the optimiser (AdamW, 8-bit when bitsandbytes works on the
 device, or Lion for CustomTTT), the learning-rate schedule (cosine with restarts after a warm-up),
 gradient clipping, bf16 autocast on GPU, per-step seeding (so a resumed run replays the same
 batches), periodic checkpoints through a caller-supplied function, resume, and one callback for
@@ -32,11 +32,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .backbone import transformer_forward
 from .errors import DualAdapterError, InterruptedByUser, TrainingDiverged
 from .io import load_safetensors, read_safetensors_metadata, run_lock, save_safetensors
 
@@ -133,24 +132,21 @@ class TrainResult:
 
 
 def make_noise_scheduler(bundle_or_config):
-    """The training noise scheduler (CogVideoXDDIMScheduler from the model's scheduler config)."""
-    from diffusers import CogVideoXDDIMScheduler
+    """The training noise scheduler of a loaded model (its backbone's ``noise_scheduler()``); a bare
+    scheduler config (a mapping) is taken as CogVideoX's, the pack's default backbone."""
+    from .backbones import as_backbone, backbone_modules
 
-    cfg = dict(getattr(bundle_or_config, "scheduler_config", bundle_or_config))
-    return CogVideoXDDIMScheduler.from_config(cfg)
+    if not isinstance(bundle_or_config, Mapping):
+        try:
+            return as_backbone(bundle_or_config).noise_scheduler()
+        except DualAdapterError:  # something else that carries a config (e.g. a ModelInfo)
+            bundle_or_config = bundle_or_config.scheduler_config
+    return backbone_modules()["cogvideox"].for_denoiser(None, bundle_or_config).noise_scheduler()
 
 
 def step_generator(seed: int, step: int, device: str = "cpu") -> torch.Generator:
     """The random generator of training step ``step`` (deterministic in ``seed`` and ``step``)."""
     return torch.Generator(device).manual_seed((int(seed) * 1_000_003 + int(step) * 7919) % (2 ** 63 - 1))
-
-
-def _pad_time(x: torch.Tensor, p_t: int | None) -> torch.Tensor:
-    # CogVideoX 1.5 patches time by 2: pad at the front with copies of the first frame, as the pipeline pads noise.
-    if p_t and x.shape[1] % p_t:
-        n = p_t - x.shape[1] % p_t
-        x = torch.cat([x[:, :1].expand(-1, n, -1, -1, -1), x], 1)
-    return x
 
 
 def diffusion_loss(
@@ -164,43 +160,27 @@ def diffusion_loss(
     reduce: bool = True,
     error_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The CogVideoX training objective (METHODS.md, "Training objective").
+    """The training objective of ``model``'s backbone (:meth:`VideoBackbone.training_loss
+    <dual_adapter.backbones.base.VideoBackbone.training_loss>`, found by :func:`dual_adapter.backbones.backbone_for`).
 
-    ``t ~ U[0, 1000)``, ``x_t = add_noise(x_0, eps, t)``, ``v = model(x_t, t)``,
-    ``x0_pred = scheduler.get_velocity(v, x_t, t)``,
+    On CogVideoX (METHODS.md, "Training objective"): ``t ~ U[0, 1000)``, ``x_t = add_noise(x_0, eps, t)``,
+    ``v = model(x_t, t)``, ``x0_pred = scheduler.get_velocity(v, x_t, t)``,
     ``loss = mean(1 / (1 - alphas_cumprod[t]) * (x0_pred - x_0)^2)``.
 
     Args:
-        latents: clean scaled latents ``x_0`` ``[B, F, C, h, w]``.
+        latents: clean scaled latents ``x_0`` in the backbone's layout (``[B, F, C, h, w]`` on CogVideoX).
         prompt_embeds: ``[B or 1, L, D_text]``.
         generator: CPU generator for ``t`` and ``eps`` (ignored for what is given explicitly).
         timesteps: optional ``[B]`` integer timesteps. noise: optional ``eps`` like ``latents``.
         reduce: return the scalar mean (default) or the per-sample loss ``[B]``.
-        error_fn: maps the prediction error ``d = x0_pred - x_0`` (``[B, F', C, h, w]``, after 1.5-model
-            padding) to the per-element error; default ``d ** 2``. MotionDirector's appearance-debiased
-            loss uses it (see :mod:`dual_adapter.lora`).
+        error_fn: maps the prediction error ``d = x0_pred - x_0`` (after 1.5-model padding) to the
+            per-element error; default ``d ** 2``. MotionDirector's appearance-debiased loss uses it
+            (see :mod:`dual_adapter.lora`).
     """
-    B = latents.shape[0]
-    p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
-    x0 = _pad_time(latents, p_t)
-    n_train = noise_scheduler.config.num_train_timesteps
-    if timesteps is None:
-        timesteps = torch.randint(0, n_train, (B,), generator=generator)
-    timesteps = timesteps.to(x0.device, non_blocking=True).long()  # host -> GPU without waiting for the GPU
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
-    noise = _pad_time(noise, p_t).to(x0.device, x0.dtype, non_blocking=True)
-    x_t = noise_scheduler.add_noise(x0, noise, timesteps)
-    if prompt_embeds.shape[0] == 1 and B > 1:
-        prompt_embeds = prompt_embeds.expand(B, -1, -1)
-    v = transformer_forward(model, x_t, prompt_embeds, timesteps)
-    x0_pred = noise_scheduler.get_velocity(v.float(), x_t.float(), timesteps)
-    ac = noise_scheduler.alphas_cumprod.to(x0.device)[timesteps].float()
-    w = 1.0 / (1.0 - ac)
-    d = x0_pred - x0.float()
-    err = d ** 2 if error_fn is None else error_fn(d)
-    per = (w.view(B, *([1] * (err.ndim - 1))) * err).reshape(B, -1).mean(1)
-    return per.mean() if reduce else per
+    from .backbones import backbone_for
+
+    return backbone_for(model).training_loss(model, noise_scheduler, latents, prompt_embeds, generator=generator,
+                                             timesteps=timesteps, noise=noise, reduce=reduce, error_fn=error_fn)
 
 
 # --------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def adapter_state(model: nn.Module, adapter: str, scale: float | None = None) ->
 
 def save_unet_lora(lora: UNetLora, path: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
     """Write ``lora`` as safetensors (atomic; never overwrites unless asked)."""
-    from .backbone import parse_dtype
+    from .backbones.base import parse_dtype
     from .io import save_safetensors
 
     dt = parse_dtype(dtype)
@@ -505,6 +505,8 @@ def train_unet_motion_lora(
     *,
     callback: Callable[[int, int, dict], None] | None = None,
     on_checkpoint: Callable[[UNetLora, int], None] | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[UNetLora, UNetLora | None, list[dict]]:
     """Train a motion LoRA (TAP preset) on clips, MotionDirector-style, on a U-Net backbone.
 
@@ -517,6 +519,11 @@ def train_unet_motion_lora(
         callback: ``callback(step, total, {"loss", ...})`` after each step; may raise to stop.
         on_checkpoint: ``on_checkpoint(motion_lora_so_far, step)`` every ``checkpoint_every`` steps and
             when the run stops early (interrupt / error), so that what was learned is kept.
+        state_path: the run's state file (:func:`dual_adapter.training.save_train_state`: both LoRAs'
+            weights, optimiser, schedule, step), rewritten at every checkpoint; None = none.
+        resume: continue from ``state_path`` (same settings expected). The run-file rules (lock, refusing
+            to replace a run, nothing to resume) are the caller's, through
+            :func:`dual_adapter.training.training_run` (the ``train-lora`` command does this).
 
     Returns:
         ``(motion_lora, spatial_lora or None, losses)``; LoRA metadata names the backbone, preset and setting.
@@ -526,7 +533,8 @@ def train_unet_motion_lora(
     """
     from .lora import LoraSpec, inject_lora, set_lora_strength
     from .patches import shallow_copy_module
-    from .training import TrainConfig, train_loop
+    from .io import read_safetensors_metadata
+    from .training import TrainConfig, save_train_state, train_loop
 
     bb = _unet_backbone(backbone)
     cfg = config or UNetMotionTrainConfig()
@@ -612,13 +620,23 @@ def train_unet_motion_lora(
     def on_ckpt(step, opt, sch, losses):
         if on_checkpoint is not None:
             on_checkpoint(current(), step)
+        if state_path is not None:
+            save_train_state(state_path, opt, sch, step, extra={"losses": list(losses)})
+
+    start_losses: list = []
+    if resume:
+        if state_path is None or not Path(state_path).is_file():
+            raise DualAdapterError(f"nothing to resume: no state file {str(state_path)!r}")
+        start_losses = list((read_safetensors_metadata(state_path).get("extra") or {}).get("losses") or [])
 
     tc = TrainConfig(steps=int(cfg.steps), lr=float(cfg.lr), betas=(0.9, 0.999), weight_decay=float(cfg.weight_decay),
                      optimizer=cfg.optimizer, lr_schedule="constant", warmup_steps=0, grad_clip=0.0,
                      mixed_precision="fp32" if bb.device == "cpu" else "auto", gradient_checkpointing=False,
                      seed=int(cfg.seed), checkpoint_every=int(cfg.checkpoint_every))
     res = train_loop(groups, step_fn, tc, device_type=str(bb.device).split(":")[0], callback=callback,
-                     before_optimizer_step=before_opt, on_checkpoint=on_ckpt if on_checkpoint else None)
+                     before_optimizer_step=before_opt,
+                     on_checkpoint=on_ckpt if (on_checkpoint or state_path is not None) else None,
+                     resume_state=state_path if resume else None, start_losses=start_losses)
     motion = current()
     motion.metadata["optimizer"] = res.optimizer_name
     spatial = _finish(bb, model, "spatial", cfg, None, role="spatial") if s_params else None

@@ -304,6 +304,53 @@ def test_cli_generate_with_ah_and_lora_on_tiny_unet3d(tmp_path, capsys):
                  "--out", str(tmp_path / "x.gif"), "--quiet"]) == 2
 
 
+def test_unet_train_lora_follows_the_run_rules_of_the_cogvideox_trainers(u3d, tmp_path, capsys):
+    """Lock, never replacing a run's files, --resume needs a state file, and the state file resumes the run
+    (it used to skip all of these: a leftover checkpoint was overwritten, --resume was ignored)."""
+    from dual_adapter import media
+    from dual_adapter import unet_motion as UM
+    from dual_adapter.cli import main
+    from dual_adapter.errors import InterruptedByUser
+    from dual_adapter.io import lock_path
+
+    clip = tmp_path / "c.gif"
+    media.write_video(torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0)), clip, fps=8)
+    args = ["train-lora", "--model", "tiny-unet3d", "--motion", str(clip), "--prompt", "a car turns",
+            "--frames", "2", "--rank", "2", "--steps", "1", "--quiet"]
+    lo = tmp_path / "m.safetensors"
+    assert main(args + ["--out", str(lo), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err and not lo.exists()
+    (tmp_path / "m.ckpt.safetensors").write_bytes(b"kept")
+    assert main(args + ["--out", str(lo)]) == 2
+    err = capsys.readouterr().err
+    assert "m.ckpt.safetensors" in err and "--resume" in err and "another --out" in err
+    assert (tmp_path / "m.ckpt.safetensors").read_bytes() == b"kept" and not lo.exists()
+    lock_path(tmp_path / "n.safetensors").write_text(json.dumps({"pid": __import__("os").getpid(),
+                                                                 "host": __import__("socket").gethostname()}))
+    assert main(args + ["--out", str(tmp_path / "n.safetensors")]) == 2
+    assert "lock" in capsys.readouterr().err.lower()
+
+    # the state file holds the weights: an interrupted run resumed equals the uninterrupted one
+    x = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    cfg = UM.UNetMotionTrainConfig(rank=2, steps=3, lr=1e-2, dropout=0.0, checkpoint_every=1)
+    state = tmp_path / "r.state.safetensors"
+
+    def stop(step, total, rec):
+        if step == 2:
+            raise InterruptedByUser("stop")
+
+    with torch.random.fork_rng():  # the LoRA's random init draws from the global generator
+        torch.manual_seed(0)
+        full, _, _ = UM.train_unet_motion_lora(u3d, [x], "a car turns", cfg)
+        torch.manual_seed(0)
+        with pytest.raises(InterruptedByUser):
+            UM.train_unet_motion_lora(u3d, [x], "a car turns", cfg, callback=stop, state_path=state)
+    assert state.is_file()
+    resumed, _, losses = UM.train_unet_motion_lora(u3d, [x], "a car turns", cfg, state_path=state, resume=True)
+    assert [r["step"] for r in losses] == [1, 2, 3]
+    assert all(torch.equal(resumed.state_dict[k], full.state_dict[k]) for k in full.state_dict)
+
+
 def test_customttt_optimizer_is_lion_when_installed_else_adamw_with_a_message(monkeypatch, caplog):
     import importlib.util
 

@@ -316,6 +316,20 @@ class UNetVideoBackbone(VideoBackbone):
         yield getattr(self, part)
 
 
+def denoiser_view(cls, denoiser, scheduler_config: dict):
+    """A ``cls`` backbone for a bare U-Net (a trainer's trainable copy): structure, objective and noise
+    scheduler only; the U-Net is left as it is (not frozen, mode kept)."""
+    bb = cls.__new__(cls)
+    p = next(denoiser.parameters(), None)
+    bb.denoiser, bb.vae, bb.text_encoder, bb.tokenizer = denoiser, None, None, None
+    bb.scheduler_config = dict(scheduler_config)
+    bb.name = "(denoiser)"
+    bb.device, bb.dtype = (str(p.device), p.dtype) if p is not None else ("cpu", torch.float32)
+    bb.sample_size, bb.extra = (8, 32, 32), {}
+    bb.prediction_type = bb.scheduler_config.get("prediction_type", "epsilon")
+    return bb
+
+
 def load_parts(folder: Path, unet_loader, *, dtype: torch.dtype, device: str, text_part="text_encoder"):
     """Load tokenizer, CLIP text encoder, VAE and scheduler config from a diffusers folder."""
     from diffusers import AutoencoderKL
@@ -335,6 +349,6 @@ def default_device(device: str | None) -> str:
 
 
 def as_dtype(dtype: Any, default: str) -> torch.dtype:
-    from ..backbone import parse_dtype
+    from .base import parse_dtype
 
     return parse_dtype(dtype or default)

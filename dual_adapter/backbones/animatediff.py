@@ -66,6 +66,18 @@ class AnimateDiffBackbone(UNetVideoBackbone):
         return int(getattr(self.denoiser.config, "motion_max_seq_length", 0) or 0) or None
 
 
+def owns(denoiser) -> bool:
+    """A diffusers ``UNetMotionModel`` (or a copy of one)."""
+    return type(denoiser).__name__ == "UNetMotionModel"
+
+
+def for_denoiser(denoiser, scheduler_config: dict | None = None) -> AnimateDiffBackbone:
+    """A :class:`AnimateDiffBackbone` for a bare U-Net (structure, objective, noise scheduler)."""
+    from ._unet import denoiser_view
+
+    return denoiser_view(AnimateDiffBackbone, denoiser, scheduler_config or ANIMATEDIFF_SCHEDULER)
+
+
 def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32") -> AnimateDiffBackbone:
     """The built-in ``tiny-animatediff``: SD1.5-shaped U-Net (widths 8/16/32/32) + MotionAdapter, seeded."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel

@@ -23,10 +23,18 @@ The interface, in the terms of the issue that asked for it:
   :meth:`VideoBackbone.encode_frames`, :meth:`VideoBackbone.decode_latents`,
   :meth:`VideoBackbone.predict` (one denoiser call in the backbone's own layout);
 * **frame-count rules** - :meth:`VideoBackbone.check_video_size`,
-  :meth:`VideoBackbone.latent_frames`, :attr:`VideoBackbone.default_size`.
+  :meth:`VideoBackbone.latent_frames`, :attr:`VideoBackbone.default_size`;
+* **what trained adapters depend on** - :meth:`VideoBackbone.width`, :meth:`VideoBackbone.architecture`
+  and :meth:`VideoBackbone.fingerprint` (stored in adapter metadata, checked when one is applied),
+  :attr:`VideoBackbone.motion_role` (the attention role a motion LoRA such as TAP targets).
+
+The training objective a trainer optimises is :meth:`VideoBackbone.training_loss` (the shared
+:func:`dual_adapter.training.diffusion_loss` dispatches to it); a trainer holding only its trainable
+denoiser gets the backbone with :func:`dual_adapter.backbones.backbone_for`.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -35,7 +43,75 @@ from torch import nn
 
 from ..errors import DualAdapterError
 
-__all__ = ["ROLES", "BlockInfo", "VideoBackbone", "check_role"]
+__all__ = ["ROLES", "BlockInfo", "VideoBackbone", "check_role", "parse_dtype", "check_device"]
+
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bf16" | "fp16" | "fp32"`` (or a torch dtype) -> torch dtype.
+
+    Raises:
+        DualAdapterError: unknown name.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise DualAdapterError(f"dtype {dtype!r} is not one of bf16, fp16, fp32") from None
+
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_device(device: str | torch.device | None, name: str = "device") -> str | None:
+    """Check that ``device`` names a torch device that exists on this machine.
+
+    ``None``, ``""`` and ``"auto"`` mean "choose automatically" and give ``None``.
+
+    Returns:
+        the device string (e.g. ``"cuda:0"``), or None.
+
+    Raises:
+        DualAdapterError: not a device name (``"banana"``), a type the pack does not run on, or a device
+            this machine does not have (``"cuda"`` without a GPU visible to torch, ``"cuda:3"`` on a
+            one-GPU machine); the message says what is available.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
+        return None
+    text = str(device).strip()
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise DualAdapterError(f"{name} {text!r} is not a device; expected cpu, cuda, cuda:N or mps") from None
+    if d.type not in _DEVICE_TYPES:
+        raise DualAdapterError(f"{name} {text!r}: the pack runs on cpu, cuda, cuda:N, mps or xpu, not {d.type!r}")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise DualAdapterError(f"{name} {text!r}: no CUDA GPU is visible to torch (torch {torch.__version__}, "
+                                   f"{built}; torch.cuda.is_available() is False); use cpu, or check the GPU driver "
+                                   f"and CUDA_VISIBLE_DEVICES")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise DualAdapterError(f"{name} {text!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    elif d.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DualAdapterError(f"{name} {text!r}: Apple's MPS backend is not available here; use cpu")
+    elif d.type == "xpu":
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise DualAdapterError(f"{name} {text!r}: no Intel XPU is available here; use cpu")
+    return text
+
+
 
 #: Attention roles a backbone can report (see the module docstring).
 ROLES = ("spatial", "temporal", "cross", "joint")
@@ -85,11 +161,15 @@ class VideoBackbone:
     latent_layout: str = "BCFHW"
     #: what the denoiser predicts: ``"epsilon"`` or ``"v_prediction"``
     prediction_type: str = "epsilon"
+    #: the attention role motion LoRAs (TAP) target: ``"temporal"`` on U-Nets, ``"joint"`` on CogVideoX
+    motion_role: str = "temporal"
 
     name: str = "?"
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     denoiser: nn.Module
+    #: the noise-schedule config (diffusers ``scheduler_config.json`` content) of :meth:`noise_scheduler`
+    scheduler_config: dict
     vae: Any
     text_encoder: Any
     tokenizer: Any
@@ -106,6 +186,35 @@ class VideoBackbone:
     def text_entry_points(self, denoiser: nn.Module | None = None) -> dict[str, nn.Module]:
         """Module name -> module that reads the text embedding (cross or joint attention)."""
         raise NotImplementedError
+
+    def width(self, denoiser: nn.Module | None = None) -> int:
+        """Hidden width of the blocks (for error messages about adapters of another model size)."""
+        raise NotImplementedError
+
+    def architecture(self, denoiser: nn.Module | None = None) -> dict:
+        """The config fields a trained adapter depends on (JSON-able; stored in adapter metadata).
+        Default: every JSON-able scalar of ``denoiser.config``."""
+        c = dict(getattr(denoiser or self.denoiser, "config", None) or {})
+        return {k: v for k, v in sorted(c.items()) if not k.startswith("_") and
+                isinstance(v, (int, float, str, bool, type(None)))}
+
+    def fingerprint(self, denoiser: nn.Module | None = None) -> str:
+        """Short hash of :meth:`architecture` (adapters store it; another variant logs a warning)."""
+        import hashlib
+        import json
+
+        blob = json.dumps(self.architecture(denoiser), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def time_patch(self, denoiser: nn.Module | None = None) -> int:
+        """Latent frames the denoiser patches together in time (2 on CogVideoX 1.5, else 1); losses that
+        pick a latent frame count the frames after the padding this implies."""
+        return 1
+
+    def pad_latent_frames(self, latents: torch.Tensor, denoiser: nn.Module | None = None) -> torch.Tensor:
+        """Latents (in :attr:`latent_layout`) padded in time to what the denoiser patches (CogVideoX 1.5: copies
+        of the first latent frame in front, as its pipeline pads). Default: unchanged."""
+        return latents
 
     # ---------------------------------------------------------------- text
     def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
@@ -126,6 +235,35 @@ class VideoBackbone:
         if self.prediction_type == "epsilon":
             return noise
         return self.noise_scheduler().get_velocity(x0, noise, t)
+
+    def training_loss(self, denoiser: nn.Module | None, noise_scheduler, latents: torch.Tensor, text: torch.Tensor,
+                      *, generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, reduce: bool = True, error_fn=None) -> torch.Tensor:
+        """The training objective at one draw of ``t ~ U[0, T)`` and ``eps`` (``generator``, unless given).
+
+        Default: ``mean(error_fn(predict(x_t) - training_target))`` (``error_fn`` default ``d ** 2``), the
+        plain epsilon / v MSE of diffusers' training scripts. ``latents`` are clean scaled latents in
+        :attr:`latent_layout`; ``reduce=False`` returns the per-sample loss ``[B]``.
+        """
+        B = latents.shape[0]
+        if timesteps is None:
+            timesteps = torch.randint(0, int(noise_scheduler.config.num_train_timesteps), (B,), generator=generator)
+        timesteps = timesteps.to(latents.device).long()
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        noise = noise.to(latents.device, latents.dtype)
+        x_t = noise_scheduler.add_noise(latents, noise, timesteps)
+        if text.shape[0] == 1 and B > 1:
+            text = text.expand(B, -1, -1)
+        pred = self.predict(x_t, timesteps, text, denoiser=denoiser).float()
+        if self.prediction_type == "epsilon":
+            target = noise.float()
+        else:
+            target = noise_scheduler.get_velocity(latents.float(), noise.float(), timesteps)
+        d = pred - target
+        err = d ** 2 if error_fn is None else error_fn(d)
+        per = err.reshape(B, -1).mean(1)
+        return per.mean() if reduce else per
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 denoiser: nn.Module | None = None) -> torch.Tensor:
@@ -153,6 +291,22 @@ class VideoBackbone:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents in :attr:`latent_layout` -> frames ``[B, F, H, W, 3]`` (0..1)."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- memory
+    #: parts stay on CPU and move to :attr:`device` only while they run
+    cpu_offload: bool = False
+
+    def use(self, part: str):
+        """Context manager yielding ``part`` (``"denoiser"``, ``"vae"``, ``"text_encoder"``) on the execution
+        device (CPU-offload aware where the backbone offloads)."""
+        return contextlib.nullcontext(getattr(self, part))
+
+    def release(self, *parts: str) -> None:
+        """Move ``parts`` (e.g. ``"vae", "text_encoder"``) to CPU to free accelerator memory."""
+        for p in parts:
+            m = getattr(self, p, None)
+            if m is not None and self.device != "cpu":
+                m.to("cpu")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, kind={self.kind!r}, device={self.device!r})"

@@ -55,6 +55,18 @@ class UNet3DBackbone(UNetVideoBackbone):
     repeat_text_per_frame = False  # UNet3DConditionModel repeats the text per frame itself
 
 
+def owns(denoiser) -> bool:
+    """A diffusers ``UNet3DConditionModel`` (or a copy of one)."""
+    return type(denoiser).__name__ == "UNet3DConditionModel"
+
+
+def for_denoiser(denoiser, scheduler_config: dict | None = None) -> UNet3DBackbone:
+    """A :class:`UNet3DBackbone` for a bare U-Net (structure, objective, noise scheduler)."""
+    from ._unet import denoiser_view
+
+    return denoiser_view(UNet3DBackbone, denoiser, scheduler_config or ZEROSCOPE_SCHEDULER)
+
+
 def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32") -> UNet3DBackbone:
     """The built-in ``tiny-unet3d``: seeded random UNet3D + VAE + CLIP text encoder, offline.
 

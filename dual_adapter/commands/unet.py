@@ -96,9 +96,7 @@ def run_generate_unet(args) -> int:
 
 def run_train_unet(args) -> int:
     """``train-lora`` on a U-Net backbone: MotionDirector-style TAP motion LoRA (METHODS.md section 2)."""
-    from .. import media, unet_motion
-    from ..training import write_loss_log
-    from .generate import _TextProgress
+    from ..training import training_run
 
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
@@ -106,9 +104,9 @@ def run_train_unet(args) -> int:
     stem = out.with_suffix("")
     losses_path, ckpt = Path(f"{stem}.losses.jsonl"), Path(f"{stem}.ckpt.safetensors")
     spatial_out = Path(f"{stem}.spatial.safetensors")
-    for p in (out, losses_path):
-        if p.exists():
-            raise DualAdapterError(f"{str(p)!r} already exists; choose another --out")
+    state = Path(f"{stem}.ckpt.state.safetensors")
+    # the CogVideoX trainers' run rules (training.training_run): <out>.lock, no run replaced, --resume needs a state
+    run_files = {"checkpoint": ckpt, "state": state, "spatial": spatial_out, "losses": losses_path}
     if not args.motion:
         raise DualAdapterError("give at least one --motion CLIP (a U-Net motion LoRA trains on clips)")
     if args.images:
@@ -116,6 +114,15 @@ def run_train_unet(args) -> int:
     if args.targets or args.blocks:
         raise DualAdapterError("--targets / --blocks are CogVideoX options; on a U-Net choose --preset "
                                "(tap, k_out, full) for the temporal attentions")
+    with training_run(out, run_files, resume=args.resume, resume_hint="--resume", rename_hint="another --out"):
+        return _train_unet(args, out, ckpt, state, spatial_out, losses_path)
+
+
+def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, losses_path: Path) -> int:
+    from .. import media, unet_motion
+    from ..training import write_loss_log
+    from .generate import _TextProgress
+
     bb = load_unet(args)
     f0, h0, w0 = bb.default_size
     n, h, w = args.frames or f0, args.height or h0, args.width or w0
@@ -139,14 +146,16 @@ def run_train_unet(args) -> int:
         unet_motion.save_unet_lora(lf, ckpt, overwrite=True)
 
     motion, spatial, losses = unet_motion.train_unet_motion_lora(
-        bb, clips, args.prompt, cfg, callback=_TextProgress("train-lora", args.quiet), on_checkpoint=keep)
+        bb, clips, args.prompt, cfg, callback=_TextProgress("train-lora", args.quiet), on_checkpoint=keep,
+        state_path=state, resume=args.resume)
     motion.metadata.update(prompt=args.prompt, clip_files=[Path(c).name for c in args.motion])
     path = unet_motion.save_unet_lora(motion, out, dtype=args.save_dtype)
     if spatial is not None:
         unet_motion.save_unet_lora(spatial, spatial_out, dtype=args.save_dtype)
     write_loss_log(losses, losses_path)
-    if ckpt.exists():
-        ckpt.unlink()
+    for p in (ckpt, state):
+        if p.exists():
+            p.unlink()
     last = losses[-1]["loss"] if losses else float("nan")
     print(f"wrote {path} ({bb.family}; preset {args.preset}, rank {args.rank}, {len(motion.modules)} modules; "
           f"{len(losses)} steps, last loss {last:.4f}) and {losses_path}", file=sys.stdout)

@@ -35,7 +35,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..backbone import config_fingerprint
 from ..errors import DualAdapterError
 from .adapters import IDENTITY_ADAPTERS, MOTION_ADAPTERS, DualRealAdapters, DualRealConfig
 
@@ -70,9 +69,12 @@ def check_compatible(config: DualRealConfig, transformer, fingerprint: str | Non
     c = transformer.config
     check_dims(config, int(c.num_attention_heads) * int(c.attention_head_dim), int(c.num_layers),
                int(c.time_embed_dim), "this model")
-    if fingerprint and fingerprint != config_fingerprint(transformer):
+    from ..backbones import backbone_for
+
+    own = backbone_for(transformer).fingerprint(transformer) if fingerprint else None
+    if fingerprint and fingerprint != own:
         log.warning("DualReal adapters were trained on a model with another config fingerprint (%s, model: %s); "
-                    "width and block count match, applying anyway", fingerprint, config_fingerprint(transformer))
+                    "width and block count match, applying anyway", fingerprint, own)
 
 
 class DualRealContext:

@@ -50,7 +50,7 @@ def stageblender_readout(
     Raises:
         DualAdapterError: the adapters have no controller (fixed weights: nothing to read).
     """
-    from ..backbone import encode_prompt
+    from ..backbones import as_backbone
     from ..sampling import sample
 
     if not isinstance(adapters, DualRealAdapterSet):
@@ -61,7 +61,7 @@ def stageblender_readout(
     prompt = None
     if isinstance(prompt_embeds, str):
         prompt = prompt_embeds
-        prompt_embeds = encode_prompt(bundle, prompt)
+        prompt_embeds = as_backbone(bundle).encode_prompt(prompt)
     rec: list = []
     timesteps: list = []
 

@@ -37,11 +37,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..backbone import CogVideoXBundle, config_fingerprint, encode_prompt
+from ..backbones import VideoBackbone, as_backbone, backbone_for
 from ..errors import DualAdapterError
 from ..patches import patched_copy
 from ..seeds import derived_seed, seed_generator
-from ..training import (TrainConfig, diffusion_loss, dist_rank_world, make_noise_scheduler, save_train_state,
+from ..training import (TrainConfig, diffusion_loss, dist_rank_world, save_train_state,
                         train_loop, training_run, write_loss_log)
 from .adapters import FORMS, DualRealAdapters, DualRealConfig
 from .checkpoint import DualRealAdapterSet, load_adapters, save_adapters
@@ -251,7 +251,7 @@ def _check_inputs(subject_images, motion_clips, identity_prompt, motion_prompt) 
 
 @torch.no_grad()
 def prepare_dualreal_data(
-    bundle: CogVideoXBundle,
+    bundle: VideoBackbone,
     subject_images: Sequence[torch.Tensor],
     identity_prompt: str,
     motion_clips: Sequence[torch.Tensor],
@@ -286,15 +286,14 @@ def prepare_dualreal_data(
         DualAdapterError: no photo / no clip, empty prompts, bad tensors, invalid size, or
             reference embeddings that are not 1024-d / not one per clip.
     """
-    from ..backbone import check_video_size
     from ..media import fit_frames, pad_or_trim_frames
     from ..reference import as_reference_embedding, encode_reference
-    from ..sampling import encode_frames
 
+    bundle = as_backbone(bundle)
     _check_inputs(subject_images, motion_clips, identity_prompt, motion_prompt)
     f0, h0, w0 = bundle.default_size
     F, H, W = int(num_frames or f0), int(height or h0), int(width or w0)
-    check_video_size(bundle, F, H, W)
+    bundle.check_video_size(F, H, W)
     photos = [_as_photo(x, i) for i, x in enumerate(subject_images)]
     clips = [_as_clip(x, i) for i, x in enumerate(motion_clips)]
     total = len(photos) + len(clips)
@@ -303,8 +302,8 @@ def prepare_dualreal_data(
 
     def enc(frames, std_list):
         if not latent_std:
-            return encode_frames(bundle, frames)
-        mean, std = encode_frames(bundle, frames, return_std=True)
+            return bundle.encode_frames(frames)
+        mean, std = bundle.encode_frames(frames, return_std=True)
         std_list.append(std)
         return mean
 
@@ -337,8 +336,8 @@ def prepare_dualreal_data(
         picks = [int(torch.randint(0, c.shape[0], (1,), generator=g)) for c in fitted]
         refs = torch.cat([encode_reference(reference_encoder, c[k: k + 1]) for c, k in zip(fitted, picks)], 0)
         enc_name = str(getattr(reference_encoder, "name", type(reference_encoder).__name__))
-    id_e = encode_prompt(bundle, identity_prompt)
-    mo_e = encode_prompt(bundle, motion_prompt)
+    id_e = bundle.encode_prompt(identity_prompt)
+    mo_e = bundle.encode_prompt(motion_prompt)
     return DualRealData(torch.cat(pl, 0), torch.cat(cl, 0), id_e, mo_e,
                         refs.to(bundle.device) if refs is not None else None, identity_prompt, motion_prompt,
                         enc_name, torch.cat(pstd, 0) if pstd else None, torch.cat(cstd, 0) if cstd else None)
@@ -358,7 +357,7 @@ NO_REFERENCE_WARNING = (
 
 def _groups_for(options: DualRealOptions, transformer) -> int:
     """``options.groups``, capped at the model's block count (7 groups need >= 7 blocks)."""
-    L = int(transformer.config.num_layers)
+    L = len(backbone_for(transformer).blocks(transformer))
     if options.groups > L:
         log.warning("DualReal: %d weight groups asked for a model with %d blocks; using %d", options.groups, L, L)
         return L
@@ -472,7 +471,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
     ctx = find_context(model)
     if train.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
-    noise_sched = make_noise_scheduler(scheduler_config)
+    noise_sched = backbone_for(transformer, scheduler_config).noise_scheduler()
     p_t = getattr(model.config, "patch_size_t", None)
 
     def loss_of(x0, emb, c, g):
@@ -546,7 +545,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
         for p in (id_params if info["phase"] == "motion" else mo_params):
             p.grad = None
 
-    meta = {"base_fingerprint": config_fingerprint(transformer), "base_model": base_model,
+    meta = {"base_fingerprint": backbone_for(transformer).fingerprint(transformer), "base_model": base_model,
             "identity_prompt": data.identity_prompt, "motion_prompt": data.motion_prompt,
             "reference_encoder": data.reference_encoder, "uses_reference": refs is not None,
             # W_cond learns only in motion steps with a non-zero reference embedding
@@ -578,7 +577,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
 
 
 def train_dualreal(
-    bundle: CogVideoXBundle,
+    bundle: VideoBackbone,
     subject_images: Sequence[torch.Tensor],
     identity_prompt: str,
     motion_clips: Sequence[torch.Tensor],
@@ -632,10 +631,11 @@ def train_dualreal(
 
 def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt, *, reference_encoder,
                     clip_references, options, train, adapters, callback, out, resume, release) -> DualRealResult:
+    bundle = as_backbone(bundle)  # the model, through the backbone interface
     if adapters is not None:
         from .patch import check_compatible
 
-        check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
+        check_compatible(adapters.config, bundle.denoiser, adapters.meta.get("base_fingerprint"))
     data = prepare_dualreal_data(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                  reference_encoder=reference_encoder, clip_references=clip_references,
                                  num_frames=options.num_frames, height=options.height, width=options.width,
@@ -649,7 +649,7 @@ def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motio
                 moved[part] = next(m.parameters()).device
         bundle.release(*moved)
     try:
-        with bundle.use("transformer") as base:
+        with bundle.use("denoiser") as base:
             return train_dualreal_on_data(base, bundle.scheduler_config, data, options, train, adapters=adapters,
                                           callback=callback, out=out, resume=resume, base_model=bundle.name)
     finally:
