@@ -207,12 +207,22 @@ def test_load_model_mini_and_loader_node_lists_it(mini):
     assert m.bundle.name == "mini"
 
 
-@pytest.mark.xfail(reason="the shipped mini (2,200 steps) is under-trained and misses the bar; README 'Miniature "
-                          "world', Pretraining", strict=False)
-def test_shipped_mini_passes_the_quality_bar_on_held_in_prompts(mini):
-    rep = S.evaluate_base(mini, n=8, steps=20, seed=1, batch=8)
-    s = rep["summary"]
-    # the bar of the README: prompted background, colour and motion in >= 90% of samples
-    # (8 samples here: at most one miss)
-    for k in ("background", "colour", "motion"):
-        assert s[k] >= 7 / 8, (k, s, rep["samples"])
+@pytest.fixture(scope="module")
+def mini_quality(mini):
+    return S.evaluate_base(mini, n=8, steps=20, seed=1, batch=8)
+
+
+def test_shipped_mini_shows_the_prompted_motion_and_background(mini_quality):
+    # the part of the README's bar (>= 90% of samples) the shipped mini meets: motion and background
+    # (measured with evaluate --n 32 --steps 25: 100% / 100%); 8 samples here: at most one miss
+    s = mini_quality["summary"]
+    for k in ("background", "motion"):
+        assert s[k] >= 7 / 8, (k, s, mini_quality["samples"])
+
+
+@pytest.mark.xfail(reason="the shipped mini misses the bar on appearance: colour 84%, size 84%, texture 47%, shape "
+                          "25% with evaluate --n 32 --steps 25 (README 'Miniature world', Pretraining)", strict=False)
+def test_shipped_mini_passes_the_whole_quality_bar_on_held_in_prompts(mini_quality):
+    s = mini_quality["summary"]
+    for k in ("background", "colour", "shape", "texture", "size", "motion"):
+        assert s[k] >= 7 / 8, (k, s, mini_quality["samples"])
