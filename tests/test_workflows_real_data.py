@@ -1,4 +1,5 @@
-"""Every workflow's API twin runs headless on the tiny model with the real inputs in ../shared/data."""
+"""Every workflow's API twin runs headless on the built-in model it names (mini, tiny or a tiny
+U-Net) with the real inputs in ../shared/data instead of the shipped examples."""
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ def _swap_inputs(wf: dict, data: Path, clip: Path) -> int:
     n = 0
     for node in wf.values():
         for k, v in node["inputs"].items():
-            if v == "examples/dog":
+            if v in ("examples/dog", "examples/mini/striped_star"):
                 node["inputs"][k] = "identity/dog"
                 n += 1
-            elif v == "examples/guitar.mp4":
+            elif v in ("examples/guitar.mp4", "examples/mini/orbit/00.gif"):
                 node["inputs"][k] = clip.relative_to(data).as_posix()
                 n += 1
     return n
@@ -38,7 +39,7 @@ def test_workflow_runs_on_real_data(path, data_dir, out_dir, monkeypatch):
             else data_dir / "motion" / "playing_guitar" / "v_PlayingGuitar_g07_c01.avi")
     monkeypatch.setenv("DUAL_ADAPTER_INPUT", str(data_dir))
     swapped = _swap_inputs(wf, data_dir, clip)
-    if path.stem not in ("generate_tiny", "dualreal_load_sample"):
+    if path.stem not in ("generate_mini", "dualreal_load_sample"):
         assert swapped, f"{path.name} reads no example input"
     t0 = time.time()
     out = run_workflow(wf, load_node_classes())
