@@ -191,8 +191,8 @@ MO_PROMPT = world.motion_prompt(MOTION)  # "a shape orbiting on a gray backgroun
 PROMPT = world.combined_prompt(SUBJECT, MOTION)  # "a * star orbiting on a gray background"
 TRAIN_STEPS, DUALREAL_STEPS, SAMPLE_STEPS = 100, 400, 25
 # The "load adapters + sample" workflow needs adapters trained on the shipped mini weights
-# (python examples/make_mini_examples.py --adapters); until that file exists it stays on tiny and the
-# tiny example adapters.
+# (python examples/make_mini_examples.py --adapters); without that file (e.g. removed to retrain it after
+# mini changed) it is written on tiny with the tiny example adapters.
 MINI_ADAPTERS = "examples/dualreal_mini_star_orbit.safetensors"
 TINY_ADAPTERS = "examples/dualreal_tiny_dog_guitar.safetensors"
 
