@@ -199,8 +199,8 @@ class DualRealLoad:
         return {"required": {
             "adapters_name": (bridge.list_files("dualreal") + shipped,
                               {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth). "
-                               "examples/dualreal_tiny_* are small adapters for the built-in tiny model, shipped "
-                               "with the pack so the example workflow runs."}),
+                               "examples/dualreal_tiny_* / dualreal_mini_* are small adapters for the built-in tiny / "
+                               "mini model, shipped with the pack so the example workflow runs."}),
         }}
 
     def load(self, adapters_name):

@@ -102,7 +102,7 @@ def test_ui_workflow_is_valid_and_matches_api_twin(path, classes):
 def test_validation_catches_bad_values(classes):
     from dual_adapter.graph import validate_workflow
 
-    api = json.loads((WF / "api" / "generate_tiny.json").read_text())
+    api = json.loads((WF / "api" / "generate_mini.json").read_text())
     api["1"]["inputs"]["model"] = "no-such-model"
     api["3"]["inputs"]["steps"] = 0
     api["9"] = {"class_type": "NoSuchNode", "inputs": {}}
@@ -113,11 +113,11 @@ def test_validation_catches_bad_values(classes):
 def test_generate_workflow_runs_headless(classes, out_dir):
     from dual_adapter.graph import load_workflow, run_workflow
 
-    out = run_workflow(load_workflow(WF / "api" / "generate_tiny.json"), classes)
+    out = run_workflow(load_workflow(WF / "api" / "generate_mini.json"), classes)
     saved = [e for k, v in out.items() if k.startswith("ui:") for e in v.get("images", [])]
     assert saved and (out_dir / saved[0]["subfolder"] / saved[0]["filename"]).stat().st_size > 0
     frames = out["4"][0]
-    assert frames.shape == (9, 64, 96, 3)
+    assert frames.shape == (9, 32, 32, 3)  # mini's own size (the sampler's 0 = the model's default)
 
 
 def test_nodes_do_not_mutate_inputs_and_patch_copies(classes, out_dir):
@@ -149,11 +149,28 @@ def test_media_nodes_read_shipped_examples(classes):
                                                  torch.zeros(0, 64, 96, 3))
 
 
+def test_shipped_mini_examples_are_the_worlds_inputs(classes):
+    """examples/mini/ (the mini workflows' inputs) holds exactly what the world draws, to 8-bit rounding: the
+    demo's photos of the held-out striped star and its clips of other sprites orbiting. Fails when the world's
+    drawing changes: rerun examples/make_mini_examples.py (after removing examples/mini/)."""
+    from dual_adapter.miniworld import world as W
+
+    q = lambda x: (x * 255).round() / 255  # noqa: E731
+    (photos, n) = classes["DualAdapterLoadPhotos"]().load("examples/mini/striped_star", W.HEIGHT, W.WIDTH)
+    assert n == 4 and torch.allclose(photos, q(W.subject_photos("striped_star", n=4, seed=0)), atol=1e-6)
+    clips, _ = W.motion_clips("orbit", n=3, seed=0, exclude="striped_star")
+    for i, want in enumerate(clips):
+        frames, count, _ = classes["DualAdapterLoadClip"]().load(path=f"examples/mini/orbit/{i:02d}.gif",
+                                                                 frames=W.FRAMES, fps=0.0, height=W.HEIGHT,
+                                                                 width=W.WIDTH, short_policy="error")
+        assert count == W.FRAMES and torch.allclose(frames, q(want), atol=1e-6), f"orbit/{i:02d}.gif"
+
+
 def test_headless_run_cli(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "dual_adapter", "run", str(WF / "generate_tiny.json"), "--output-dir",
+    r = subprocess.run([sys.executable, "-m", "dual_adapter", "run", str(WF / "generate_mini.json"), "--output-dir",
                         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and list(tmp_path.rglob("*.webp"))

@@ -324,7 +324,7 @@ def test_progress_line_format_and_eta():
 def test_headless_run_shows_node_progress_and_durations(tmp_path, capsys):
     from dual_adapter.cli import main
 
-    wf = json.loads((ROOT / "workflows" / "api" / "generate_tiny.json").read_text())
+    wf = json.loads((ROOT / "workflows" / "api" / "generate_mini.json").read_text())
     wf["3"]["inputs"]["steps"] = 3
     path = tmp_path / "w.json"
     path.write_text(json.dumps(wf))

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dual_adapter.graph import has_seed_control  # noqa: E402
+from dual_adapter.miniworld import world  # noqa: E402
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
@@ -170,21 +171,59 @@ class Graph:
         (folder / "api" / f"{self.name}.json").write_text(json.dumps(self.api(), indent=1) + "\n")
 
 
-REAL_WEIGHTS_NOTE = """**Runs as shipped on the built-in `tiny` model (random weights, CPU, seconds): it shows the graph works,
-not what the method can do.**
+# ---------------------------------------------------------------- the CogVideoX workflows: on `mini`
+# They run as shipped on the built-in pretrained `mini` (README "Miniature world"; 9 frames x 32 x 32, CPU)
+# with mini-world files in examples/mini/ (written by examples/make_mini_examples.py): photos of a subject the
+# base never saw (a yellow striped star) and clips of *other* sprites doing a motion it never saw (orbit).
+# Settings: DualReal as the demo (400 steps, lr 1e-3, 40 warm-up steps), the LoRAs and TTT as the miniworld
+# benchmark (100 steps, lr 1e-3, rank 8; TTT 10 steps at 1e-4), 25 sampling steps as the demo; prompts come from
+# the world's vocabulary (words outside it are unknown to mini's tokenizer). Measured once on the 6000-step mini
+# (one seed, examples/mini inputs): DualReal at 100 steps did not move the sprite (motion score 0.24, 'still'),
+# at 400 it orbits (0.91, 'orbit'), in 2 min on the shared 2-core machine.
+MODEL = "mini"
+SIZE = dict(height=world.HEIGHT, width=world.WIDTH)  # 32 x 32
+FRAMES = world.FRAMES  # 9
+PHOTOS = "examples/mini/striped_star"
+CLIP = "examples/mini/orbit/00.gif"
+SUBJECT, MOTION = "striped_star", "orbit"
+ID_PROMPT = world.identity_prompt(SUBJECT)  # "a * star on a gray background"
+MO_PROMPT = world.motion_prompt(MOTION)  # "a shape orbiting on a gray background"
+PROMPT = world.combined_prompt(SUBJECT, MOTION)  # "a * star orbiting on a gray background"
+TRAIN_STEPS, DUALREAL_STEPS, SAMPLE_STEPS = 100, 400, 25
+# The "load adapters + sample" workflow needs adapters trained on the shipped mini weights
+# (python examples/make_mini_examples.py --adapters); without that file (e.g. removed to retrain it after
+# mini changed) it is written on tiny with the tiny example adapters.
+MINI_ADAPTERS = "examples/dualreal_mini_star_orbit.safetensors"
+TINY_ADAPTERS = "examples/dualreal_tiny_dog_guitar.safetensors"
 
-For real results:
+REAL_WEIGHTS_NOTE = """**Runs as shipped on the built-in `mini` model: a small CogVideoX pretrained on a sprite world (9 frames x
+32 x 32, CPU), with the mini-world inputs in `examples/mini/` (a yellow striped star the model never saw;
+clips of other sprites orbiting, a motion it never saw).** Prompts use the world's words (README
+'Miniature world'): other words are unknown to `mini`.
+
+For a real CogVideoX:
 - put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load CogVideoX*;
-- set the sampler to 49 frames, 480 x 720 (or 0 = the model's default), 50 steps;
-- replace the shipped example inputs (`examples/...`) with your own photos / clips;
+- set Load Photos / Load Clip Frames to 480 x 720 (Load Clip Frames: 49 frames), the sampler to 49 frames,
+  480 x 720 (or 0 = the model's default), 50 steps;
+- replace the shipped example inputs (`examples/mini/...`) with your own photos / clips, and the prompts with yours;
 """
 
 
+def _photos(g: Graph) -> Node:
+    return g.node("DualAdapterLoadPhotos", title="Subject photos", path=PHOTOS, **SIZE)
+
+
+def _clip(g: Graph) -> Node:
+    # fps 0: every frame of the 9-frame clip, consecutive as the authors' DualReal clips (README, DualReal)
+    return g.node("DualAdapterLoadClip", title="Motion clip", path=CLIP, frames=FRAMES, fps=0.0, **SIZE)
+
+
 def g_generate(classes) -> Graph:
-    g = Graph("generate_tiny", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
-    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog is playing guitar in the park", negative_prompt="")
-    s = g.node("DualAdapterSampler", model=m[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    g = Graph("generate_mini", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a large red circle moving right on a gray background",
+               negative_prompt="")
+    s = g.node("DualAdapterSampler", model=m[0], embeds=e[0], steps=SAMPLE_STEPS, cfg=6.0, seed=42)
     d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/generate", fps=8.0)
     g.note("Text to video", REAL_WEIGHTS_NOTE + "- the prompt is all there is: no adapter in this graph.")
@@ -193,35 +232,36 @@ def g_generate(classes) -> Graph:
 
 def g_evaluate(classes) -> Graph:
     g = Graph("evaluate", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
-    prompt = "a dog is playing guitar"
+    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    prompt = "a large yellow star moving right on a gray background"
     e = g.node("DualAdapterTextEncode", model=m[0], prompt=prompt, negative_prompt="")
-    s = g.node("DualAdapterSampler", model=m[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    s = g.node("DualAdapterSampler", model=m[0], embeds=e[0], steps=SAMPLE_STEPS, cfg=6.0, seed=42)
     d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
-    ph = g.node("DualAdapterLoadPhotos", path="examples/dog", height=64, width=96)
+    ph = g.node("DualAdapterLoadPhotos", path=PHOTOS, **SIZE)
     ev = g.node("DualAdapterEvaluateVideo", frames=d[0], reference_photos=ph[0], prompt=prompt, metrics="all")
     g.node("PreviewImage", images=ev[1])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/evaluated", fps=8.0)
     g.note("Evaluate a video", REAL_WEIGHTS_NOTE + "- CLIP-T / CLIP-I / T-Cons need a CLIP folder, DINO-I and subject "
            "consistency a DINO ViT-S/16 folder, dynamic degree a RAFT-large state dict, all in `models/metrics/` "
            "(see the README's Evaluation section). Metrics whose weights are missing are listed as skipped; "
-           "temporal flickering needs none.\n- To evaluate a video file instead, feed *Load Clip Frames* into "
-           "*Evaluate Video*.")
+           "temporal flickering needs none (on 32 px sprites the learned metrics say little: the mini world's own "
+           "scorers are `python -m dual_adapter miniworld evaluate`).\n- To evaluate a video file instead, feed "
+           "*Load Clip Frames* into *Evaluate Video*.")
     return g
 
 
 def g_tap_motion_lora(classes) -> Graph:
     g = Graph("tap_motion_lora", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
-    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=8.0,
-                  height=64, width=96)
-    t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
-               preset="tap", rank=8, alpha=8.0, steps=30, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
-    g.node("DualAdapterSaveLoRA", lora=t[0], filename_prefix="tap/guitar", folder="output", precision="bf16")
+    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    clip = _clip(g)
+    t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt=MO_PROMPT, preset="tap", rank=8,
+               alpha=8.0, steps=TRAIN_STEPS, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
+    g.node("DualAdapterSaveLoRA", lora=t[0], filename_prefix="tap/orbit", folder="output", precision="bf16")
     g.node("PreviewImage", images=t[1])
     a = g.node("DualAdapterApplyLoRA", model=m[0], lora=t[0], strength=1.0)
-    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog is playing guitar in the park", negative_prompt="")
-    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a large yellow circle orbiting on a gray background",
+               negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=SAMPLE_STEPS, cfg=6.0, seed=42)
     d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/tap_motion_lora", fps=8.0)
     g.note("TAP motion LoRA", REAL_WEIGHTS_NOTE + (
@@ -236,27 +276,24 @@ def g_tap_motion_lora(classes) -> Graph:
 
 def g_customttt(classes) -> Graph:
     g = Graph("customttt", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
-    pi = g.node("DualAdapterPromptInfluence", model=m[0], appearance_prompt="a photo of a dog *",
-                motion_prompt="a person is playing guitar")
+    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    pi = g.node("DualAdapterPromptInfluence", model=m[0], appearance_prompt=ID_PROMPT, motion_prompt=MO_PROMPT)
     g.node("PreviewImage", images=pi[1])
-    ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=64, width=96)
-    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=8.0,
-                  height=64, width=96)
+    ph = _photos(g)
+    clip = _clip(g)
     app = g.node("DualAdapterTrainSelectiveLoRA", title="Appearance LoRA", model=m[0], kind="appearance",
-                 prompt="a photo of a dog *", blocks=pi[2], preset="full", rank=8, learning_rate=1e-3, steps=20,
+                 prompt=ID_PROMPT, blocks=pi[2], preset="full", rank=8, learning_rate=1e-3, steps=TRAIN_STEPS,
                  photos=ph[0])
     mot = g.node("DualAdapterTrainSelectiveLoRA", title="Motion LoRA", model=m[0], kind="motion",
-                 prompt="a person is playing guitar", blocks=pi[3], preset="full", rank=8, learning_rate=1e-3,
-                 steps=20, clip=clip[0])
-    ttt = g.node("DualAdapterTTTMerge", model=m[0], appearance_lora=app[0], appearance_prompt="a photo of a dog *",
-                 motion_lora=mot[0], motion_prompt="a person is playing guitar", prompt="a dog * is playing guitar",
-                 steps=30, learning_rate=1e-3)
+                 prompt=MO_PROMPT, blocks=pi[3], preset="full", rank=8, learning_rate=1e-3,
+                 steps=TRAIN_STEPS, clip=clip[0])
+    ttt = g.node("DualAdapterTTTMerge", model=m[0], appearance_lora=app[0], appearance_prompt=ID_PROMPT,
+                 motion_lora=mot[0], motion_prompt=MO_PROMPT, prompt=PROMPT, steps=10, learning_rate=1e-4)
     g.node("DualAdapterSaveLoRA", lora=ttt[0], filename_prefix="customttt/merged", folder="output")
     g.node("PreviewImage", images=ttt[1])
     a = g.node("DualAdapterApplyLoRA", model=m[0], lora=ttt[0], strength=1.0)
-    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog * is playing guitar", negative_prompt="")
-    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt=PROMPT, negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=SAMPLE_STEPS, cfg=6.0, seed=42)
     d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/customttt", fps=8.0)
     g.note("CustomTTT", REAL_WEIGHTS_NOTE + (
@@ -279,21 +316,19 @@ DUALREAL_NOTE = (
 
 def g_dualreal_train(classes) -> Graph:
     g = Graph("dualreal_train_sample", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
-    ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=64, width=96)
-    # fps 0: consecutive source frames, the authors' DualReal clips (see README, DualReal)
-    clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=0.0,
-                  height=64, width=96)
-    t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt="dog *", motion=clip[0],
-               motion_prompt="a person is playing guitar", steps=60, lr=3e-3, warmup_steps=10, groups=7,
-               name="dog_guitar", checkpoint_every=20)
-    g.node("DualRealSave", adapters=t[0], filename_prefix="dualreal/dog_guitar")
+    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    ph = _photos(g)
+    clip = _clip(g)
+    t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt=ID_PROMPT, motion=clip[0],
+               motion_prompt=MO_PROMPT, steps=DUALREAL_STEPS, lr=1e-3, warmup_steps=40, groups=7,
+               name="star_orbit", checkpoint_every=100)
+    g.node("DualRealSave", adapters=t[0], filename_prefix="dualreal/star_orbit")
     g.node("PreviewImage", images=t[1])
     a = g.node("DualRealApply", model=m[0], adapters=t[0])
-    sb = g.node("DualRealStageBlenderPlot", model=m[0], adapters=t[0], prompt="dog * is playing guitar", steps=10)
+    sb = g.node("DualRealStageBlenderPlot", model=m[0], adapters=t[0], prompt=PROMPT, steps=10)
     g.node("PreviewImage", images=sb[0])
-    e = g.node("DualAdapterTextEncode", model=m[0], prompt="dog * is playing guitar", negative_prompt="")
-    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt=PROMPT, negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=SAMPLE_STEPS, cfg=6.0, seed=42)
     d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/dualreal", fps=8.0)
     g.note("DualReal: train + sample", REAL_WEIGHTS_NOTE + DUALREAL_NOTE)
@@ -301,18 +336,36 @@ def g_dualreal_train(classes) -> Graph:
 
 
 def g_dualreal_load(classes) -> Graph:
+    mini = (ROOT / MINI_ADAPTERS).is_file()
     g = Graph("dualreal_load_sample", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny")
-    ad = g.node("DualRealLoad", adapters_name="examples/dualreal_tiny_dog_guitar.safetensors")
+    m = g.node("DualAdapterCogVideoXLoader", model=MODEL if mini else "tiny")
+    ad = g.node("DualRealLoad", adapters_name=MINI_ADAPTERS if mini else TINY_ADAPTERS)
     a = g.node("DualRealApply", model=m[0], adapters=ad[0])
-    e = g.node("DualAdapterTextEncode", model=m[0], prompt="dog * is playing guitar", negative_prompt="")
-    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=6.0, seed=42)
+    prompt = PROMPT if mini else "dog * is playing guitar"
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt=prompt, negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=SAMPLE_STEPS if mini else 10, cfg=6.0, seed=42)
     d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/dualreal_loaded", fps=8.0)
-    g.note("DualReal: load adapters + sample", REAL_WEIGHTS_NOTE + (
-        "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load DualReal*; "
-        "the shipped examples/dualreal_tiny_* file only fits the tiny model;\n") + DUALREAL_NOTE)
+    if mini:
+        head = REAL_WEIGHTS_NOTE + (
+            "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load "
+            "DualReal*; the shipped examples/dualreal_mini_* file (trained by `python examples/make_mini_examples.py "
+            "--adapters` on the examples/mini/ inputs) only fits the mini model;\n")
+    else:
+        head = TINY_NOTE + (
+            "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load "
+            "DualReal*; the shipped examples/dualreal_tiny_* file only fits the tiny model;\n")
+    g.note("DualReal: load adapters + sample", head + DUALREAL_NOTE)
     return g
+
+
+TINY_NOTE = """**Runs as shipped on the built-in `tiny` model (random weights, CPU, seconds): it shows the graph works,
+not what the method can do.**
+
+For real results:
+- put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load CogVideoX*;
+- set the sampler to 49 frames, 480 x 720 (or 0 = the model's default), 50 steps;
+"""
 
 
 # Core ComfyUI nodes of the native graph that have no headless stand-in (they need core's model loaders):
