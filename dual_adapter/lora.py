@@ -1289,7 +1289,8 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
         model.enable_gradient_checkpointing()
     if cfg.fsdp:
         check_micro_batches(batch_size, grad_accum, "batch_size")
-        shard_frozen_weights(model, params + spatial_params, device=next(transformer.parameters()).device)
+        shard_frozen_weights(model, params + spatial_params, device=next(transformer.parameters()).device,
+                             release_loaded=cfg.fsdp_release_loaded)
     sched = make_noise_scheduler(dict(scheduler_config))
     device_type = next(transformer.parameters()).device.type
     all_adapters = _adapter_names(model)

@@ -73,6 +73,10 @@ class TrainConfig:
             weights over the processes with FSDP (:func:`shard_frozen_weights`) instead of keeping a whole
             copy in each; the trainable weights stay replicated (plain data parallel). Needs 2+ processes
             and a batch every process gets an equal share of (:func:`check_micro_batches`).
+        fsdp_release_loaded: with ``fsdp``, free the loaded transformer's own full weights once the trainer's
+            copy is sharded, so that the per-process training peak holds only the shards (the command-line
+            trainers set it: their process ends after training). The loaded model is unusable afterwards;
+            library callers that keep the model (ComfyUI) leave it False.
     """
 
     steps: int = 1000
@@ -91,6 +95,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     sync_every: int = 0
     fsdp: bool = False
+    fsdp_release_loaded: bool = False
 
     def validate(self, min_steps: int = 0) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid field.
@@ -120,8 +125,9 @@ class TrainConfig:
             raise DualAdapterError(f"lr_schedule={self.lr_schedule!r}: expected cosine_with_restarts, cosine or constant")
         if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 0:
             raise DualAdapterError(f"sync_every={self.sync_every!r}: must be an integer >= 0")
-        if not isinstance(self.fsdp, bool):
-            raise DualAdapterError(f"fsdp={self.fsdp!r}: must be True or False")
+        for k in ("fsdp", "fsdp_release_loaded"):
+            if not isinstance(getattr(self, k), bool):
+                raise DualAdapterError(f"{k}={getattr(self, k)!r}: must be True or False")
         if self.mixed_precision not in ("auto", "bf16", "fp32"):
             raise DualAdapterError(f"mixed_precision={self.mixed_precision!r}: expected auto, bf16 or fp32")
 
@@ -615,7 +621,8 @@ def batch_diffusion_loss(
     return total
 
 
-def shard_frozen_weights(model: torch.nn.Module, trainable: Iterable[torch.Tensor], device=None) -> torch.nn.Module:
+def shard_frozen_weights(model: torch.nn.Module, trainable: Iterable[torch.Tensor], device=None,
+                         release_loaded: bool = False) -> torch.nn.Module:
     """FSDP (``TrainConfig.fsdp``): shard ``model``'s frozen weights over the running process group with
     PyTorch's FSDP2 (``torch.distributed.fsdp.fully_shard``), one unit per transformer block plus the root.
 
@@ -625,8 +632,9 @@ def shard_frozen_weights(model: torch.nn.Module, trainable: Iterable[torch.Tenso
     every process and their gradients are summed by :func:`train_loop` as in plain data parallel, so
     checkpoints, resume and the gradient mask work unchanged. ``model`` must be the trainer's own copy
     (its modules are changed in place; the weights it shares with the loaded model are replaced by shards
-    in the copy only, so the loaded model keeps its full weights: load it on the CPU, or in the process
-    that exits after training, to get the memory back). Works on CPU (gloo) and CUDA (NCCL).
+    in the copy only: the loaded model keeps its full weights unless ``release_loaded``, which then frees
+    their storage (the shards are copies), leaving the loaded model unusable: for a process that ends
+    after training). Works on CPU (gloo) and CUDA (NCCL).
 
     Raises:
         DualAdapterError: no process group (FSDP needs ``accelerate launch`` / ``torchrun`` with 2 or more
@@ -646,9 +654,14 @@ def shard_frozen_weights(model: torch.nn.Module, trainable: Iterable[torch.Tenso
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = init_device_mesh(dev.type, (world,))
     keep = {p for p in trainable}
+    loaded = [p for p in model.parameters() if p not in keep]
     for blk in blocks:
         fully_shard(blk, mesh=mesh, ignored_params={p for p in blk.parameters() if p in keep})
     fully_shard(model, mesh=mesh, ignored_params={p for p in model.parameters() if p in keep})
+    if release_loaded:
+        with torch.no_grad():
+            for p in loaded:  # the copy now holds its shards (copies); only the loaded model referenced these
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
     return model
 
 

@@ -101,7 +101,8 @@ def _train(args) -> int:
         raise DualAdapterError(f"--out {str(out)!r} must end in .safetensors")
     train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
                         checkpoint_every=args.checkpoint_every, seed=args.seed, sync_every=args.sync_every,
-                        gradient_checkpointing=not args.no_gradient_checkpointing, fsdp=args.fsdp)
+                        gradient_checkpointing=not args.no_gradient_checkpointing, fsdp=args.fsdp,
+                        fsdp_release_loaded=args.fsdp)
     _validate_cli(train)
     from ._parallel import parallel_run
     from .generate import load_bundle, preflight

@@ -143,7 +143,7 @@ def run_train(args) -> int:
                                  seed=args.seed, optimizer=args.optimizer, lr_schedule=args.schedule,
                                  warmup_steps=args.warmup, gradient_checkpointing=not args.no_gradient_checkpointing,
                                  checkpoint_every=args.checkpoint_every, sync_every=args.sync_every,
-                                 fsdp=args.fsdp)
+                                 fsdp=args.fsdp, fsdp_release_loaded=args.fsdp)
     _validate_cli(cfg)
     for opt, v in (("--batch", args.batch), ("--grad-accum", args.grad_accum)):
         if v < 1:

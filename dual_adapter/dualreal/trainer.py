@@ -477,7 +477,8 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
         for what, used in (("motion_batch", options.motion_ratio > 0), ("identity_batch", options.motion_ratio < 1)):
             if used:
                 check_micro_batches(getattr(options, what), options.grad_accum, what)
-        shard_frozen_weights(model, id_params + mo_params + ctrl_params, device=dev)
+        shard_frozen_weights(model, id_params + mo_params + ctrl_params, device=dev,
+                             release_loaded=train.fsdp_release_loaded)
     noise_sched = make_noise_scheduler(scheduler_config)
 
     def loss_of(x0, emb, c, g):
