@@ -395,7 +395,8 @@ from dual_adapter.errors import InterruptedByUser
 bundle = build_tiny("tiny", seed=0)
 frames = [media.load_clip(c, num_frames=9, fps=8.0, require_motion=True)[0] for c in clips]
 kw = dict(clips=frames, prompt="a person is waving", spec=lora.LoraSpec.from_preset("tap", rank=4, dropout=0.0),
-          checkpoint_path=work + "/res.ckpt.safetensors", batch_size=2, num_frames=9)
+          checkpoint_path=work + "/res.ckpt.safetensors", batch_size=2, num_frames=9, spatial_path=True,
+          debiased_loss=True)
 
 def stop(step, total, rec):
     if step == 2:
@@ -431,13 +432,15 @@ def test_lora_data_parallel_two_processes_match_one(tmp_path):
         frames = (0.5 + 0.4 * torch.sin(6.0 * (x - t * (0.3 + 0.2 * i)) + i)).expand(9, 64, 96, 3).contiguous()
         clips.append(str(write_video(frames, tmp_path / f"clip{i}.mp4", fps=8)))
     cli = ["--model", "tiny", "--motion", *clips, "--prompt", "a person is waving", "--steps", "3", "--batch", "2",
-           "--rank", "4", "--dropout", "0", "--lr", "1e-2", "--checkpoint-every", "2", "--quiet"]
+           "--rank", "4", "--dropout", "0", "--lr", "1e-2", "--checkpoint-every", "2", "--quiet",
+           "--spatial-path", "--debiased-loss"]  # MotionDirector's two additions ride along
     assert main(["train-lora", *cli, "--out", str(tmp_path / "one.safetensors")]) == 0
     script = tmp_path / "lora_ddp.py"
     script.write_text(_LORA_DDP_SCRIPT)
     _launch(script, str(tmp_path), ",".join(clips), *cli)
     ref = lora.load_lora(tmp_path / "one.safetensors")
-    ref_losses = [json.loads(l)["loss"] for l in (tmp_path / "one.losses.jsonl").read_text().splitlines()]
+    ref_records = [json.loads(l) for l in (tmp_path / "one.losses.jsonl").read_text().splitlines()]
+    ref_losses = [r["loss"] for r in ref_records]
     assert len(ref_losses) == 3
     for name in ("ddp", "fsdp", "resumed"):
         got = lora.load_lora(tmp_path / f"{name}.safetensors")  # rank 0's file loads as usual
@@ -445,7 +448,10 @@ def test_lora_data_parallel_two_processes_match_one(tmp_path):
         if name == "resumed":
             losses = json.loads((tmp_path / "resumed.json").read_text())
         else:
-            losses = [json.loads(l)["loss"] for l in (tmp_path / f"{name}.losses.jsonl").read_text().splitlines()]
+            records = [json.loads(l) for l in (tmp_path / f"{name}.losses.jsonl").read_text().splitlines()]
+            losses = [r["loss"] for r in records]
+            for a, b in zip(ref_records, records):  # the spatial path's loss, summed over the processes
+                assert abs(a["loss_spatial"] - b["loss_spatial"]) < 1e-5 * max(1.0, abs(a["loss_spatial"]))
             assert not list(tmp_path.glob(f"{name}.ckpt*"))  # the run's checkpoint files are gone after success
         assert all(abs(a - b) < 1e-5 * max(1.0, abs(a)) for a, b in zip(ref_losses, losses)) and len(losses) == 3, \
             (name, ref_losses, losses)
