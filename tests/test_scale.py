@@ -378,6 +378,20 @@ def test_lora_batching_and_fsdp_refusals(bundle):
                                DualRealOptions(groups=2, motion_batch=1), TrainConfig(steps=1, fsdp=True))
 
 
+def test_micro_batches_share_the_global_batch(monkeypatch):
+    """Each process's micro-batches of the global batch, and FSDP's equal-share rule (world of 2 faked)."""
+    from dual_adapter import training
+
+    assert [p.tolist() for p in training.micro_batches(3, 3)] == [[0], [1], [2]]
+    monkeypatch.setattr(training, "dist_rank_world", lambda: (1, 2))
+    assert [p.tolist() for p in training.micro_batches(4, 1)] == [[2, 3]]
+    assert [p.tolist() for p in training.micro_batches(6, 2)] == [[2, 3], [5]]  # parts [0,1] [2,3] [4] [5]
+    assert [p.tolist() for p in training.micro_batches(1, 1)] == []  # rank 1 gets nothing: zero gradients
+    training.check_micro_batches(4, 2, "batch_size")
+    with pytest.raises(DualAdapterError, match="batch_size=3 with grad_accum=1 on 2 processes"):
+        training.check_micro_batches(3, 1, "batch_size")
+
+
 _LORA_DDP_SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
