@@ -558,7 +558,8 @@ def check_micro_batches(batch: int, grad_accum: int, what: str) -> None:
         raise DualAdapterError(
             f"{what}={batch} with grad_accum={grad_accum} on {world} processes gives {n} micro-batches, which "
             f"cannot be shared equally; FSDP needs every process to run the same number of forward passes: "
-            f"use a {what} that is a multiple of {world} (or of {world} x grad_accum)")
+            f"use a {what} that is a multiple of {world}, or at least {world * max(int(grad_accum), 1)} "
+            f"(processes x grad_accum)")
 
 
 def batch_diffusion_loss(
