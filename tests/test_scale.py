@@ -254,7 +254,7 @@ def test_lora_grad_accum_equals_big_batch(bundle):
     assert any(bool(v.abs().max() > 0) for k, v in a.items() if "lora_B" in k)
 
 
-def test_lora_batching_and_fsdp_refusals(bundle):
+def test_lora_batching_and_fsdp_refusals(bundle, tmp_path):
     from dual_adapter import lora
     from dual_adapter.dualreal import DualRealOptions
 
@@ -274,6 +274,13 @@ def test_lora_batching_and_fsdp_refusals(bundle):
     with pytest.raises(DualAdapterError, match="accelerate launch --num_processes N"):
         train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, _data(bundle),
                                DualRealOptions(groups=2, motion_batch=1), TrainConfig(steps=1, fsdp=True))
+    import argparse
+
+    from dual_adapter.commands._parallel import parallel_run
+
+    with pytest.raises(DualAdapterError, match="--fsdp shards the frozen weights over several processes"):
+        with parallel_run(argparse.Namespace(fsdp=True, resume=False), tmp_path / "o.safetensors", {}, "train-lora"):
+            pass  # the CLI's check, before the model loads
 
 
 def test_micro_batches_share_the_global_batch(monkeypatch):
