@@ -1017,6 +1017,8 @@ def train_lora(
     spatial_spec: LoraSpec | None = None,
     fixed_batch: bool = False,
     base_model: str | None = None,
+    batch_size: int = 1,
+    grad_accum: int = 1,
 ) -> tuple[LoraFile, "TrainResult"]:
     """Train a (motion) LoRA on clips and/or photos (METHODS.md section 2; TAP with the default spec).
 
@@ -1056,6 +1058,11 @@ def train_lora(
         fixed_batch: every step uses the same clip, timestep and noise (step 0's draw): a
             diagnostic that checks the LoRA can fit one target; not for real training.
         base_model: name recorded in the metadata (default ``bundle.name``).
+        batch_size: samples per step (1, the authors'), drawn at random with replacement; more than 1 needs
+            samples of one size and kind (clips of the same length, or photos only). In a data-parallel run
+            (``accelerate launch``) it is the global batch, shared out over the processes.
+        grad_accum: run each step's batch as this many micro-batches per process with accumulated gradients
+            (1), so batch 3 runs within the memory of batch 1 with the batch-3 gradient (up to float rounding).
 
     Returns:
         ``(LoraFile, TrainResult)``: the motion LoRA (diffusers-format tensors + metadata) and the
@@ -1064,7 +1071,9 @@ def train_lora(
     Raises:
         DualAdapterError: no clips/photos, bad tensors, sizes the model cannot take, bad spec/config,
             ``cfg.steps`` < 1, resume without a checkpoint, an existing checkpoint without resume, another
-            process training with the same checkpoint.
+            process training with the same checkpoint, ``batch_size`` / ``grad_accum`` < 1, a batch of
+            samples of different sizes, ``cfg.fsdp`` without 2+ processes or with a batch the processes
+            cannot share equally.
         TrainingDiverged: non-finite loss or weights (nothing written; the last checkpoint stays).
         InterruptedByUser: from the callback (the checkpoint, if any, is written first).
     """
@@ -1075,6 +1084,7 @@ def train_lora(
     spec.validate()
     cfg = cfg if cfg is not None else lora_train_config()
     cfg.validate(min_steps=1)
+    _check_batching(batch_size, grad_accum)
     clips = list(clips or [])
     photos = list(photos or [])
     if not clips and not photos:
@@ -1105,7 +1115,8 @@ def train_lora(
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
     with _checkpoint_run(checkpoint_path, resume):  # refuse before encoding; held for the whole run
         return _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback,
-                           checkpoint_path, resume, height, width, patches, spatial_spec, fixed_batch, base_model)
+                           checkpoint_path, resume, height, width, patches, spatial_spec, fixed_batch, base_model,
+                           batch_size, grad_accum)
 
 
 def _checkpoint_files(checkpoint_path: Path) -> dict[str, Path]:
@@ -1127,7 +1138,7 @@ def _checkpoint_run(checkpoint_path: Path | None, resume: bool):
 
 
 def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback, checkpoint_path,
-                resume, height, width, patches, spatial_spec, fixed_batch, base_model):
+                resume, height, width, patches, spatial_spec, fixed_batch, base_model, batch_size, grad_accum):
     from .media import fit_frames
 
     # ---- precompute latents and text once
@@ -1161,7 +1172,8 @@ def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_
                 frame_latents=frame_latents, spec=spec, cfg=cfg, spatial_path=spatial_path,
                 debiased_loss=debiased_loss, callback=callback, checkpoint_path=checkpoint_path, resume=resume,
                 patches=patches, spatial_spec=spatial_spec, fixed_batch=fixed_batch,
-                base_model=base_model or getattr(bb, "name", None), metadata=meta)
+                base_model=base_model or getattr(bb, "name", None), metadata=meta, batch_size=batch_size,
+                grad_accum=grad_accum)
     finally:
         for part, d in offloaded:
             getattr(bb, part).to(d)
@@ -1187,6 +1199,8 @@ def train_lora_on_latents(
     fixed_batch: bool = False,
     base_model: str | None = None,
     metadata: Mapping | None = None,
+    batch_size: int = 1,
+    grad_accum: int = 1,
 ) -> tuple[LoraFile, "TrainResult"]:
     """The training core of :func:`train_lora`, on precomputed latents (also used by the benchmarks).
 
@@ -1221,20 +1235,33 @@ def train_lora_on_latents(
     frame_latents = list(frame_latents) if frame_latents is not None else [None] * len(items)
     if spatial_path and any(k == "clip" and f is None for k, f in zip(kinds, frame_latents)):
         raise DualAdapterError("spatial_path needs frame_latents for every clip")
+    _check_batching(batch_size, grad_accum)
+    if batch_size > 1 and len({(k, tuple(x.shape)) for k, x in zip(kinds, items)}) > 1:
+        sizes = sorted({f"{k} {list(x.shape)}" for k, x in zip(kinds, items)})
+        raise DualAdapterError(f"batch_size={batch_size} needs training samples of one size and kind (a batch is "
+                               f"one tensor), got {', '.join(sizes)}; use batch_size=1 (grad_accum then has nothing "
+                               f"to split), clips of the same length, or photos only")
     emb = prompt_embeds
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
     with _checkpoint_run(checkpoint_path, resume):
         return _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg,
                                  spatial_path, debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec,
-                                 fixed_batch, base_model, metadata)
+                                 fixed_batch, base_model, metadata, batch_size, grad_accum)
+
+
+def _check_batching(batch_size, grad_accum) -> None:
+    for k, v in (("batch_size", batch_size), ("grad_accum", grad_accum)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise DualAdapterError(f"{k}={v!r}: must be an integer >= 1")
 
 
 def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg, spatial_path,
                       debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec, fixed_batch, base_model,
-                      metadata):
+                      metadata, batch_size, grad_accum):
     from .patches import shallow_copy_module
     from .backbones import backbone_for
-    from .training import diffusion_loss, save_train_state, step_generator, train_loop
+    from .training import (all_reduce_grads, batch_diffusion_loss, check_micro_batches, dist_rank_world,
+                           save_train_state, shard_frozen_weights, step_generator, train_loop)
 
     # ---- the trainable copy
     model = shallow_copy_module(transformer)
@@ -1259,6 +1286,10 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
             d.train(True)
     if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
+    if cfg.fsdp:
+        check_micro_batches(batch_size, grad_accum, "batch_size")
+        shard_frozen_weights(model, params + spatial_params, device=next(transformer.parameters()).device,
+                             release_loaded=cfg.fsdp_release_loaded)
     bb = backbone_for(transformer, dict(scheduler_config))
     sched = bb.noise_scheduler()
     device_type = next(transformer.parameters()).device.type
@@ -1285,47 +1316,56 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
         start_losses = list((read_safetensors_metadata(resume_state).get("extra") or {}).get("losses") or [])
 
     stash: dict[int, torch.Tensor] = {}
+    world = dist_rank_world()[1]
 
     def step_fn(step: int, gen: torch.Generator):
         if fixed_batch:
             gen = step_generator(cfg.seed, 0)
-        idx = int(torch.randint(len(items), (1,), generator=gen))
-        kind, x0 = kinds[idx], items[idx]
-        info: dict = {"sample": idx}
+        idx = torch.randint(len(items), (batch_size,), generator=gen).tolist()
+        kind = kinds[idx[0]]
+        x0 = items[idx[0]] if batch_size == 1 else torch.cat([items[i] for i in idx])
+        info: dict = {"sample": idx[0]} if batch_size == 1 else {}
         stash.clear()
         if spatial_path and kind == "clip":
-            fl = frame_latents[idx]
-            j = int(torch.randint(fl.shape[0], (1,), generator=gen))
+            n_fl = frame_latents[idx[0]].shape[0]
+            js = torch.randint(n_fl, (batch_size,), generator=gen).tolist()
+            frames = torch.cat([frame_latents[i][j: j + 1] for i, j in zip(idx, js)])
             _set_active(model, ["spatial"])
             try:
-                ls = diffusion_loss(model, sched, fl[j: j + 1], emb, generator=gen)
-                ls.backward()  # the spatial path's gradient, kept apart from the clip loss's (see below)
+                ls = batch_diffusion_loss(model, sched, frames, emb, gen, grad_accum=grad_accum)
+                if ls.requires_grad:
+                    ls.backward()  # the spatial path's gradient, kept apart from the clip loss's (see below)
             finally:
                 _set_active(model, all_adapters)
             for p in spatial_params:
                 if p.grad is not None:
                     stash[id(p)] = p.grad.detach().clone()
                     p.grad = None
-            info["loss_spatial"] = float(ls.detach())
+            info["loss_spatial"] = ls.detach()
+        error_fn = None
         if debiased_loss and kind == "clip" and x0.shape[1] > 1:
             p_t = bb.time_patch(model)
             n_frames = -(-x0.shape[1] // p_t) * p_t  # after the 1.5 models' padding
-            a = int(torch.randint(n_frames, (1,), generator=gen))
-            loss = diffusion_loss(model, sched, x0, emb, generator=gen, error_fn=debiased_error(a))
-        else:
-            loss = diffusion_loss(model, sched, x0, emb, generator=gen)
+            error_fn = debiased_error(int(torch.randint(n_frames, (1,), generator=gen)))
+        loss = batch_diffusion_loss(model, sched, x0, emb, gen, grad_accum=grad_accum, error_fn=error_fn)
         return loss, info
 
     def before_optimizer_step(step: int, info: dict):
         # MotionDirector's dual path: the spatial LoRA runs in the clip step but learns from its
         # single-frame loss only, so its gradient from the clip loss is replaced by the stashed one
+        # (summed over the processes in a data-parallel run, as train_loop sums the others)
         for p in spatial_params:
             p.grad = stash.get(id(p))
+        if world > 1 and "loss_spatial" in info:
+            import torch.distributed as dist
+
+            all_reduce_grads(spatial_params)
+            dist.all_reduce(info["loss_spatial"])
 
     extra = dict(metadata or {})
     train_md = dict(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, optimizer=cfg.optimizer,
                     lr_schedule=cfg.lr_schedule, spatial_path=bool(spatial_path), debiased_loss=bool(debiased_loss),
-                    fixed_batch=bool(fixed_batch))
+                    fixed_batch=bool(fixed_batch), batch_size=int(batch_size), grad_accum=int(grad_accum))
     train_md.update(extra.pop("train", None) or {})
 
     def make_file(steps_done: int, completed: bool) -> LoraFile:
@@ -1335,7 +1375,7 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
         return LoraFile.from_state_dict(sd, md, alphas={_module_of(k): float(spec.alpha) for k in sd})
 
     def on_checkpoint(step, optimizer, lr_schedule, losses):
-        if checkpoint_path is None:
+        if checkpoint_path is None or dist_rank_world()[0] != 0:  # one writer in a data-parallel run
             return
         make_file(step, step >= cfg.steps).save(checkpoint_path, overwrite=True)
         if spatial_path:
@@ -1349,7 +1389,7 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
                             on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses,
                             resume_weights_step=weights_step,
                             checkpoint_note=f"{checkpoint_path} + {train_state_path(checkpoint_path).name}"
-                            if checkpoint_path else "")
+                            if checkpoint_path else "", distributed=world > 1)
     lf = make_file(result.steps_done, result.completed)
     # the file convention (alpha == rank): fold the scale in memory too, so that saving / applying agree
     return _folded(lf), result

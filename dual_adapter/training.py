@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainResult", "diffusion_loss", "make_noise_scheduler", "make_optimizer",
            "make_lr_schedule", "train_loop", "save_train_state", "load_train_state", "step_generator",
-           "write_loss_log", "loss_summary", "check_run_files", "training_run", "sigterm_as_interrupt"]
+           "write_loss_log", "loss_summary", "check_run_files", "training_run", "sigterm_as_interrupt",
+           "init_distributed", "dist_rank_world", "micro_batches", "check_micro_batches", "batch_diffusion_loss",
+           "shard_frozen_weights", "all_reduce_grads"]
 
 
 @dataclass
@@ -66,6 +68,14 @@ class TrainConfig:
             elsewhere), so that steps do not wait for the GPU; the callback then receives the records
             of those steps together, and a non-finite loss is detected at the read-back (the run stops
             without writing a checkpoint of the diverged weights; the last periodic one is kept).
+        fsdp: in a multi-process run (``accelerate launch`` / ``torchrun``), shard the frozen transformer's
+            weights over the processes with FSDP (:func:`shard_frozen_weights`) instead of keeping a whole
+            copy in each; the trainable weights stay replicated (plain data parallel). Needs 2+ processes
+            and a batch every process gets an equal share of (:func:`check_micro_batches`).
+        fsdp_release_loaded: with ``fsdp``, free the loaded transformer's own full weights once the trainer's
+            copy is sharded, so that the per-process training peak holds only the shards (the command-line
+            trainers set it: their process ends after training). The loaded model is unusable afterwards;
+            library callers that keep the model (ComfyUI) leave it False.
     """
 
     steps: int = 1000
@@ -83,6 +93,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     sync_every: int = 0
+    fsdp: bool = False
+    fsdp_release_loaded: bool = False
 
     def validate(self, min_steps: int = 0) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid field.
@@ -112,6 +124,9 @@ class TrainConfig:
             raise DualAdapterError(f"lr_schedule={self.lr_schedule!r}: expected cosine_with_restarts, cosine or constant")
         if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 0:
             raise DualAdapterError(f"sync_every={self.sync_every!r}: must be an integer >= 0")
+        for k in ("fsdp", "fsdp_release_loaded"):
+            if not isinstance(getattr(self, k), bool):
+                raise DualAdapterError(f"{k}={getattr(self, k)!r}: must be True or False")
         if self.mixed_precision not in ("auto", "bf16", "fp32"):
             raise DualAdapterError(f"mixed_precision={self.mixed_precision!r}: expected auto, bf16 or fp32")
 
@@ -502,7 +517,136 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
+def micro_batches(batch: int, grad_accum: int = 1) -> list[torch.Tensor]:
+    """This process's micro-batches of a global batch of ``batch`` samples: index tensors (``[b_i]``, int64).
+
+    The batch is cut into ``min(batch, grad_accum * world_size)`` near-equal parts, dealt round-robin to
+    the processes of the running group (all parts in one process). A process may get none (batch 1 on 2
+    processes): its gradients are then zero for that step (:func:`all_reduce_grads` fills them in)."""
+    rank, world = dist_rank_world()
+    n = min(int(batch), max(int(grad_accum), 1) * world)
+    return list(torch.arange(int(batch)).tensor_split(n))[rank::world]
+
+
+def check_micro_batches(batch: int, grad_accum: int, what: str) -> None:
+    """With sharded weights (``TrainConfig.fsdp``) every process must run the same number of forward passes
+    (each one gathers the shards from all processes); raise :class:`DualAdapterError` naming ``what`` (the
+    batch option, e.g. ``"motion_batch"``) when ``batch`` with ``grad_accum`` would leave them unequal."""
+    world = dist_rank_world()[1]
+    n = min(int(batch), max(int(grad_accum), 1) * world)
+    if n % world:
+        raise DualAdapterError(
+            f"{what}={batch} with grad_accum={grad_accum} on {world} processes gives {n} micro-batches, which "
+            f"cannot be shared equally; FSDP needs every process to run the same number of forward passes: "
+            f"use a {what} that is a multiple of {world}, or at least {world * max(int(grad_accum), 1)} "
+            f"(processes x grad_accum)")
+
+
+def batch_diffusion_loss(
+    model: torch.nn.Module,
+    noise_scheduler,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    grad_accum: int = 1,
+    error_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    before: Callable[[torch.Tensor], None] | None = None,
+    after: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """The loss of one training batch (:func:`diffusion_loss`), run as micro-batches when asked to.
+
+    Gradient accumulation and data parallelism share this: the batch's timesteps and noise are drawn from
+    ``generator`` exactly as :func:`diffusion_loss` draws them for the whole batch (so every process draws
+    the same global batch), the batch is cut by :func:`micro_batches`, and each of this process's
+    micro-batches runs forward and backward with its loss weighted by its share of the batch
+    (``b_i / B``): the gradients then sum to the whole batch's, over micro-batches and processes.
+
+    Args:
+        latents: ``[B, F, C, h, w]`` clean latents of the global batch. prompt_embeds: ``[1 or B, L, D]``.
+        grad_accum: micro-batches per process (capped at the batch).
+        error_fn: as :func:`diffusion_loss`.
+        before: ``before(idx)`` is called before each micro-batch's forward with its sample indices ``[b_i]``
+            (a trainer sets per-sample conditioning, e.g. DualReal's reference embeddings).
+        after: called after each micro-batch's forward (e.g. to collect a value the forward left behind).
+
+    Returns:
+        With ``grad_accum`` 1 in one process: the loss with its graph (the caller, e.g. :func:`train_loop`,
+        runs backward). Otherwise this process's share of the loss, already backpropagated, detached
+        (``train_loop`` then skips backward and sums the shares over the processes).
+    """
+    B = latents.shape[0]
+    if min(int(grad_accum), B) <= 1 and dist_rank_world()[1] == 1:
+        if before is not None:
+            before(torch.arange(B))
+        loss = diffusion_loss(model, noise_scheduler, latents, prompt_embeds, generator=generator, error_fn=error_fn)
+        if after is not None:
+            after()
+        return loss
+    p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (B,), generator=generator)
+    pad = (-latents.shape[1]) % p_t if p_t else 0
+    noise = torch.randn((B, latents.shape[1] + pad, *latents.shape[2:]), generator=generator, dtype=torch.float32)
+    total = torch.zeros((), device=latents.device)
+    for part in micro_batches(B, grad_accum):
+        if before is not None:
+            before(part)
+        emb = prompt_embeds[part.to(prompt_embeds.device)] if prompt_embeds.shape[0] == B > 1 else prompt_embeds
+        loss = diffusion_loss(model, noise_scheduler, latents[part.to(latents.device)], emb, timesteps=t[part],
+                              noise=noise[part], error_fn=error_fn) * (len(part) / B)
+        if after is not None:
+            after()
+        with torch.autocast(latents.device.type, enabled=False):  # backward as train_loop runs it: outside autocast
+            loss.backward()
+        total = total + loss.detach()
+    return total
+
+
+def shard_frozen_weights(model: torch.nn.Module, trainable: Iterable[torch.Tensor], device=None,
+                         release_loaded: bool = False) -> torch.nn.Module:
+    """FSDP (``TrainConfig.fsdp``): shard ``model``'s frozen weights over the running process group with
+    PyTorch's FSDP2 (``torch.distributed.fsdp.fully_shard``), one unit per transformer block plus the root.
+
+    Each process keeps ``1/N`` of the frozen weights and gathers a block's weights just before it runs
+    (again in backward), so the frozen transformer (10.4 GiB in bf16 at 5B) no longer sits whole on every
+    GPU. The ``trainable`` parameters (adapters, LoRA) are left out of the sharding: they stay whole in
+    every process and their gradients are summed by :func:`train_loop` as in plain data parallel, so
+    checkpoints, resume and the gradient mask work unchanged. ``model`` must be the trainer's own copy
+    (its modules are changed in place; the weights it shares with the loaded model are replaced by shards
+    in the copy only: the loaded model keeps its full weights unless ``release_loaded``, which then frees
+    their storage (the shards are copies), leaving the loaded model unusable: for a process that ends
+    after training). Works on CPU (gloo) and CUDA (NCCL).
+
+    Raises:
+        DualAdapterError: no process group (FSDP needs ``accelerate launch`` / ``torchrun`` with 2 or more
+            processes), or a model without ``transformer_blocks``.
+    """
+    rank, world = dist_rank_world()
+    if world < 2:
+        raise DualAdapterError("FSDP (--fsdp / TrainConfig.fsdp) shards the weights over several processes: start "
+                               "the run with `accelerate launch --num_processes N -m dual_adapter ...` (N >= 2) or "
+                               "torchrun, or train without --fsdp on one process")
+    blocks = getattr(model, "transformer_blocks", None)
+    if blocks is None:
+        raise DualAdapterError(f"FSDP: {type(model).__name__} has no transformer_blocks to shard")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    mesh = init_device_mesh(dev.type, (world,))
+    keep = {p for p in trainable}
+    loaded = [p for p in model.parameters() if p not in keep]
+    for blk in blocks:
+        fully_shard(blk, mesh=mesh, ignored_params={p for p in blk.parameters() if p in keep})
+    fully_shard(model, mesh=mesh, ignored_params={p for p in model.parameters() if p in keep})
+    if release_loaded:
+        with torch.no_grad():
+            for p in loaded:  # the copy now holds its shards (copies); only the loaded model referenced these
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    return model
+
+
+def all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
     """Sum the gradients over the process group (each process's loss is its share of the global batch).
     Parameters without a gradient in every process keep ``grad = None`` (AdamW then skips them)."""
     import torch.distributed as dist
@@ -543,16 +687,20 @@ def _all_finite(params: Sequence[torch.Tensor]) -> bool:
 
 
 def _step_global_rng(seed: int, step: int, device_type: str):
-    """Context: the global torch RNG (CPU and the current CUDA device) seeded from ``(seed, step)``,
-    restored afterwards. Dropout layers (peft's LoRA dropout) draw from it, not from the step's generator."""
+    """Context: the global torch RNG (CPU and the current CUDA device) seeded from ``(seed, step)`` and the
+    process's rank, restored afterwards. Dropout layers (peft's LoRA dropout) draw from it, not from the step's
+    generator; in a data-parallel run each process draws its own dropout masks (rank 0's are those of a
+    one-process run). A batch split into micro-batches therefore draws different masks than the whole
+    batch: with dropout the two agree in distribution, not bit for bit."""
     import contextlib
 
     devices = [torch.cuda.current_device()] if device_type == "cuda" and torch.cuda.is_available() else []
+    rank = dist_rank_world()[0]
 
     @contextlib.contextmanager
     def ctx():
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed((int(seed) * 1_000_003 + int(step) * 7919 + 17) % (2 ** 63 - 1))
+            torch.manual_seed((int(seed) * 1_000_003 + int(step) * 7919 + 17 + rank * 104_729) % (2 ** 63 - 1))
             yield
 
     return ctx()
@@ -691,7 +839,7 @@ def train_loop(
                 if distributed and dist_rank_world()[1] > 1:
                     import torch.distributed as dist
 
-                    _all_reduce_grads(params)
+                    all_reduce_grads(params)
                     loss = loss.detach().clone().reshape(()).float()
                     dist.all_reduce(loss)
                 if before_optimizer_step is not None:

@@ -536,7 +536,6 @@ def test_motion_clips_default_to_consecutive_native_frames(tmp_path):
 
 def test_latents_are_a_fresh_posterior_sample_each_step(bundle, monkeypatch):
     from dual_adapter.dualreal import DualRealOptions, prepare_dualreal_data, train_dualreal_on_data
-    from dual_adapter.dualreal import trainer as T
     from dual_adapter.sampling import encode_frames
     from dual_adapter.training import TrainConfig
 
@@ -551,13 +550,15 @@ def test_latents_are_a_fresh_posterior_sample_each_step(bundle, monkeypatch):
     sf = bundle.vae.config.scaling_factor
     torch.testing.assert_close(data.clip_latent_std, (dist.std * sf).permute(0, 2, 1, 3, 4))
     seen = []
-    real = T.diffusion_loss
+    from dual_adapter import training as TR  # the trainer's loss goes through training.batch_diffusion_loss
+
+    real = TR.diffusion_loss
 
     def spy(model, sched, x0, emb, **kw):
         seen.append(x0.detach().clone())
         return real(model, sched, x0, emb, **kw)
 
-    monkeypatch.setattr(T, "diffusion_loss", spy)
+    monkeypatch.setattr(TR, "diffusion_loss", spy)
     fast = TrainConfig(steps=6, warmup_steps=0, checkpoint_every=0, gradient_checkpointing=False, seed=0)
     res = train_dualreal_on_data(bundle.transformer, bundle.scheduler_config, data,
                                  DualRealOptions(groups=2, motion_batch=1, motion_ratio=1.0), fast)

@@ -13,7 +13,6 @@ runs, ``adapters.partial.safetensors`` + ``adapters.state.safetensors`` hold the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -50,11 +49,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-controller", action="store_true", help="ablation: fixed weights w_id = w_mo = 0.1")
     p.add_argument("--motion-batch", type=int, default=3, help="clips per motion step (3)")
     p.add_argument("--identity-batch", type=int, default=1, help="photos per identity step (1)")
-    p.add_argument("--grad-accum", type=int, default=1,
-                   help="run each batch as this many micro-batches with accumulated gradients (1); "
-                        "--motion-batch 3 --grad-accum 3 trains batch 3 within the memory of batch 1")
-    p.add_argument("--sync-every", type=int, default=0,
-                   help="read the loss back from the GPU every N steps (0 = auto: 10 on CUDA, 1 on CPU)")
+    from ._parallel import add_parallel_options
+
+    add_parallel_options(p, "--motion-batch")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
@@ -95,19 +92,19 @@ def _encoder_for(spec: str | None, model_name: str, device: str | None):
 
 def _train(args) -> int:
     from ..dualreal import DualRealOptions, finalize_run, load_motion_clips, run_paths, train_dualreal
-    from ..io import run_lock
     from ..media import load_images
     from ..progress import TextProgress
-    from ..training import TrainConfig, check_run_files, loss_summary
+    from ..training import TrainConfig, loss_summary
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r} must end in .safetensors")
     train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
                         checkpoint_every=args.checkpoint_every, seed=args.seed, sync_every=args.sync_every,
-                        gradient_checkpointing=not args.no_gradient_checkpointing)
+                        gradient_checkpointing=not args.no_gradient_checkpointing, fsdp=args.fsdp,
+                        fsdp_release_loaded=args.fsdp)
     _validate_cli(train)
-    from ..training import init_distributed
+    from ._parallel import parallel_run
     from .generate import load_bundle, preflight
 
     # inputs are checked against the model's configs before the model loads (minutes on 5B)
@@ -122,13 +119,7 @@ def _train(args) -> int:
                               identity_batch=args.identity_batch, grad_accum=args.grad_accum, num_frames=frames,
                               height=args.height or h0, width=args.width or w0, clip_sampling=args.clip_sampling,
                               clip_fps=args.fps, latent_sampling=args.latent_sampling)
-    rank, world, dev = init_distributed()  # accelerate launch / torchrun: data parallel, one writer (rank 0)
-    if world > 1 and dev is not None and str(dev).startswith("cuda"):
-        args.device = str(dev)
-    with run_lock(out, "train-dualreal run") if rank == 0 else contextlib.nullcontext():
-        if rank == 0:
-            check_run_files(out, run_paths(out), resume=args.resume, resume_hint="--resume",
-                            rename_hint="another --out")
+    with parallel_run(args, out, run_paths(out), "train-dualreal") as (rank, world):
         bundle = load_bundle(args)
         encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
         if encoder is None and rank == 0:

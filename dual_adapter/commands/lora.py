@@ -84,6 +84,12 @@ def register(sub) -> None:
     p.add_argument("--spatial-path", action="store_true",
                    help="MotionDirector's spatial LoRA path on single frames (dropped at inference)")
     p.add_argument("--debiased-loss", action="store_true", help="add MotionDirector's appearance-debiased loss")
+    p.add_argument("--batch", type=int, default=1,
+                   help="samples per step (1, the authors'), drawn at random; more than 1 needs clips of one length "
+                        "(or photos only); with accelerate launch it is the global batch, shared by the processes")
+    from ._parallel import add_parallel_options
+
+    add_parallel_options(p, "--batch")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--checkpoint-every", type=int, default=100, help="rewrite the checkpoint every N steps")
     p.add_argument("--resume", action="store_true",
@@ -105,14 +111,19 @@ def run_train(args) -> int:
     import torch
 
     from .. import lora, media
-    from ..io import run_lock
     from ..progress import TextProgress
-    from ..training import check_run_files, write_loss_log
+    from ..training import write_loss_log
+    from ._parallel import parallel_run
     from .dualreal import _validate_cli
     from .generate import load_bundle, preflight
     from .unet import _is_unet, run_train_unet
 
     if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
+        used = [o for o, on in (("--batch", args.batch != 1), ("--grad-accum", args.grad_accum != 1),
+                                ("--fsdp", args.fsdp)) if on]
+        if used:
+            raise DualAdapterError(f"{', '.join(used)}: the U-Net motion trainers run one clip per step on one "
+                                   f"process; drop {' and '.join(used)} (they apply to the CogVideoX models)")
         return run_train_unet(args)
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
@@ -131,8 +142,12 @@ def run_train(args) -> int:
                                  weight_decay=pick(args.weight_decay, "weight_decay"), betas=d["betas"],
                                  seed=args.seed, optimizer=args.optimizer, lr_schedule=args.schedule,
                                  warmup_steps=args.warmup, gradient_checkpointing=not args.no_gradient_checkpointing,
-                                 checkpoint_every=args.checkpoint_every)
+                                 checkpoint_every=args.checkpoint_every, sync_every=args.sync_every,
+                                 fsdp=args.fsdp, fsdp_release_loaded=args.fsdp)
     _validate_cli(cfg)
+    for opt, v in (("--batch", args.batch), ("--grad-accum", args.grad_accum)):
+        if v < 1:
+            raise DualAdapterError(f"{opt} {v}: must be an integer >= 1")
     # inputs are checked against the model's configs before the model loads (minutes on 5B)
     info = preflight(args, args.frames if args.motion else 1, args.height, args.width)
     n = args.frames or info.default_size[0]
@@ -144,14 +159,16 @@ def run_train(args) -> int:
               file=sys.stderr)
     run_files = {"checkpoint": side["ckpt"], "state": lora.train_state_path(side["ckpt"]),
                  "spatial": lora.spatial_checkpoint_path(side["ckpt"]), "losses": side["losses"]}
-    with run_lock(out, "train-lora run"):
-        check_run_files(out, run_files, resume=args.resume, resume_hint="--resume", rename_hint="another --out")
+    with parallel_run(args, out, run_files, "train-lora") as (rank, world):
         bundle = load_bundle(args)
         lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
                                   spatial_path=args.spatial_path, debiased_loss=args.debiased_loss,
-                                  callback=TextProgress("train-lora", args.quiet), checkpoint_path=side["ckpt"],
-                                  resume=args.resume, num_frames=n if clips else None, height=args.height,
-                                  width=args.width)
+                                  callback=TextProgress("train-lora", args.quiet or rank != 0),
+                                  checkpoint_path=side["ckpt"], resume=args.resume, num_frames=n if clips else None,
+                                  height=args.height, width=args.width, batch_size=args.batch,
+                                  grad_accum=args.grad_accum)
+        if rank != 0:  # one writer in a data-parallel run
+            return 0
         lf.metadata["train"] = dict(lf.metadata.get("train") or {}, clip_files=[Path(c).name for c in args.motion])
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
         path = lf.save(out, dtype=dt)

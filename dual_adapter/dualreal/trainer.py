@@ -41,8 +41,8 @@ from ..backbones import VideoBackbone, as_backbone, backbone_for
 from ..errors import DualAdapterError
 from ..patches import patched_copy
 from ..seeds import derived_seed, seed_generator
-from ..training import (TrainConfig, diffusion_loss, dist_rank_world, save_train_state,
-                        train_loop, training_run, write_loss_log)
+from ..training import (TrainConfig, batch_diffusion_loss, check_micro_batches, dist_rank_world,
+                        save_train_state, shard_frozen_weights, train_loop, training_run, write_loss_log)
 from .adapters import FORMS, DualRealAdapters, DualRealConfig
 from .checkpoint import DualRealAdapterSet, load_adapters, save_adapters
 from .patch import DualRealPatch
@@ -471,33 +471,32 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
     ctx = find_context(model)
     if train.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
+    if train.fsdp:
+        for what, used in (("motion_batch", options.motion_ratio > 0), ("identity_batch", options.motion_ratio < 1)):
+            if used:
+                check_micro_batches(getattr(options, what), options.grad_accum, what)
+        shard_frozen_weights(model, id_params + mo_params + ctrl_params, device=dev,
+                             release_loaded=train.fsdp_release_loaded)
     noise_sched = backbone_for(transformer, scheduler_config).noise_scheduler()
-    p_t = getattr(model.config, "patch_size_t", None)
 
     def loss_of(x0, emb, c, g):
-        """The batch's loss; with ``grad_accum`` > 1, backward per micro-batch and the detached total."""
-        ctx.reference = c
-        B = x0.shape[0]
-        k = min(options.grad_accum, B)
-        rank, world = dist_rank_world()
-        if k == 1 and world == 1:
-            return diffusion_loss(model, noise_sched, x0, emb, generator=g), ctx.alpha
-        # the batch's timesteps and noise, drawn as diffusion_loss draws them for the whole batch
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (B,), generator=g)
-        pad = (-x0.shape[1]) % p_t if p_t else 0
-        noise = torch.randn((B, x0.shape[1] + pad, *x0.shape[2:]), generator=g, dtype=torch.float32)
-        total, alphas = torch.zeros((), device=x0.device), []
-        # data parallel: every process draws the global batch alike and runs its share of the micro-batches
-        for part in list(torch.arange(B).tensor_split(min(B, k * world)))[rank::world]:
+        """The batch's loss (:func:`~dual_adapter.training.batch_diffusion_loss`: micro-batches with
+        ``grad_accum`` > 1 or several processes, each with its clips' reference embeddings) and the
+        StageBlender's identity weights of the micro-batches run here."""
+        alphas = []
+
+        def before(part):
             ctx.reference = c[part.to(c.device)] if c is not None else None
-            loss = diffusion_loss(model, noise_sched, x0[part.to(x0.device)], emb, timesteps=t[part],
-                                  noise=noise[part]) * (len(part) / B)
-            with torch.autocast(x0.device.type, enabled=False):  # backward as train_loop runs it: outside autocast
-                loss.backward()
-            total = total + loss.detach()
+
+        def after():
             if ctx.alpha is not None:
-                alphas.append(ctx.alpha.detach())
-        return total, (torch.cat(alphas) if alphas else None)
+                alphas.append(ctx.alpha)
+
+        loss = batch_diffusion_loss(model, noise_sched, x0, emb, g, grad_accum=options.grad_accum,
+                                    before=before, after=after)
+        if not loss.requires_grad:  # already backpropagated in micro-batches
+            alphas = [a.detach() for a in alphas]
+        return loss, (torch.cat(alphas) if len(alphas) > 1 else alphas[0] if alphas else None)
 
     P = data.photo_latents.shape[0]
     M = data.clip_latents.shape[0]
