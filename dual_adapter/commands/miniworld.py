@@ -81,7 +81,7 @@ def register(sub) -> None:
     bm.add_argument("--dualreal-steps", type=int, default=None, help="steps of every DualReal run (100; quick 40)")
     bm.add_argument("--lora-steps", type=int, default=None, help="steps of every LoRA (100; quick 40)")
     bm.add_argument("--ttt-steps", type=int, default=None, help="CustomTTT merge steps (10; quick 3)")
-    bm.add_argument("--sample-steps", type=int, default=None, help="denoising steps per video (15; quick 10)")
+    bm.add_argument("--sample-steps", type=int, default=None, help="denoising steps per video (25; quick 10)")
     bm.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     bm.add_argument("--out-dir", default="benchmarks/results", help="where the three files go (benchmarks/results)")
     bm.add_argument("--overwrite", action="store_true", help="replace existing miniworld.* files in --out-dir")
