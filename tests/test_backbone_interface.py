@@ -186,12 +186,14 @@ def test_cogvideox_answers_the_interface_as_the_code_it_replaced(tiny):
 
 # ------------------------------------------------------------------------------ static: no CogVideoX internals
 
-#: the modules of the methods (DualReal, TAP / motion LoRA, CustomTTT, the U-Net methods, the shared loop)
-METHOD_MODULES = ["training.py", "lora.py", "customttt.py", "customttt_unet.py", "unet_motion.py", "unet_sampling.py",
-                  "dualreal/trainer.py", "dualreal/readout.py", "dualreal/checkpoint.py", "dualreal/adapters.py"]
-#: CogVideoX-specific by definition, outside backbones/: the CogVideoX sampler (to move behind the interface
-#: with the sampling hot path), the native ComfyUI CogVideoX file format, the shipped mini CogVideoX
-COGVIDEOX_MODULES = {"sampling.py", "native.py", "miniworld/model.py"}
+#: the modules of the methods (DualReal, TAP / motion LoRA, CustomTTT, the U-Net methods, the shared training
+#: and sampling loops)
+METHOD_MODULES = ["training.py", "sampling.py", "lora.py", "customttt.py", "customttt_unet.py", "unet_motion.py",
+                  "unet_sampling.py", "dualreal/trainer.py", "dualreal/readout.py", "dualreal/checkpoint.py",
+                  "dualreal/adapters.py"]
+#: CogVideoX-specific by definition, outside backbones/: the native ComfyUI CogVideoX file format, the shipped
+#: mini CogVideoX
+COGVIDEOX_MODULES = {"native.py", "miniworld/model.py"}
 
 
 def _cogvideox_refs(path: Path, attrs: bool = True) -> list[str]:
@@ -236,4 +238,4 @@ def test_cogvideox_classes_are_named_only_in_backbones_and_the_compatibility_lay
             seen[rel] = refs
     assert not seen, f"CogVideoX internals outside dual_adapter/backbones/: {seen}"
     # and the checker does see them where they are
-    assert _cogvideox_refs(PKG / "sampling.py") and _cogvideox_refs(PKG / "backbones" / "cogvideox.py")
+    assert _cogvideox_refs(PKG / "native.py") and _cogvideox_refs(PKG / "backbones" / "cogvideox.py")
