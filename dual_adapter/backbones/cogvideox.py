@@ -982,7 +982,7 @@ class CogVideoXBackbone(VideoBackbone):
         return training_loss(denoiser if denoiser is not None else self.denoiser, noise_scheduler, latents, text, **kw)
 
     def predict(self, latents, t, text, denoiser=None):
-        return transformer_forward(denoiser or self.denoiser, latents, text, t)
+        return transformer_forward(denoiser if denoiser is not None else self.denoiser, latents, text, t)
 
     def scheduler_step(self, scheduler, prediction, timesteps, i, latents, state=None, **kw):
         """As diffusers' ``CogVideoXPipeline`` steps: CogVideoXDPMScheduler also takes the previous step's x0
