@@ -2,7 +2,7 @@
 :class:`~dual_adapter.backbones.base.VideoBackbone`, so adding a backbone touches one module.
 
 A fake backbone defined here (not in the library) is registered, and the TAP LoRA targeting, the shared
-training objective and the LoRA trainer run on it with no change to method code; a static check keeps
+training objective, the LoRA trainer and the shared sampler run on it with no change to method code; a static check keeps
 CogVideoX internals out of the method modules.
 """
 from __future__ import annotations
@@ -104,6 +104,20 @@ class FakeBackbone(VideoBackbone):
     def predict(self, latents, t, text, denoiser=None):
         return (denoiser or self.denoiser)(latents, t, text)
 
+    # what the shared sampler needs besides predict (latent_shape, scheduler_step: the base class's)
+    def make_scheduler(self, name="ddim"):
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    default_size, vae_scale, latent_channels = (2, 24, 24), 8, 4
+
+    def latent_frames(self, num_frames):
+        return num_frames
+
+    def check_video_size(self, num_frames, height, width):
+        pass
+
 
 @pytest.fixture
 def fake():
@@ -167,6 +181,24 @@ def test_a_registered_backbone_gets_tap_targeting_the_objective_and_lora_trainin
         on = patched_copy(den, [lora.LoraPatch(lf, 1.0)])(x0, t, text)
         off = patched_copy(den, [lora.LoraPatch(lf, 0.0)])(x0, t, text)
     assert not torch.allclose(on, ref) and torch.allclose(off, ref, atol=1e-6)
+
+
+def test_the_shared_sampler_runs_on_a_registered_backbone_as_the_diffusers_loop(fake):
+    from diffusers import DDIMScheduler
+
+    from dual_adapter.sampling import sample
+
+    _, text = _data()
+    neg = torch.zeros_like(text)
+    with torch.no_grad():
+        z = sample(fake, text, neg, steps=3, cfg=2.0, seed=4, scheduler="ddim")
+        sch = DDIMScheduler.from_config(fake.scheduler_config)
+        sch.set_timesteps(3)
+        x = torch.randn((1, 4, 2, 3, 3), generator=torch.Generator().manual_seed(4)) * sch.init_noise_sigma
+        for t in sch.timesteps:
+            e_u, e_c = fake.denoiser(torch.cat([x, x]), t.expand(2), torch.cat([neg, text])).chunk(2)
+            x = sch.step(e_u + 2.0 * (e_c - e_u), t, x).prev_sample
+    assert z.shape == (1, 4, 2, 3, 3) and torch.equal(z, x)
 
 
 def test_cogvideox_answers_the_interface_as_the_code_it_replaced(tiny):
