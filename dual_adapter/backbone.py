@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from .backbones.base import check_device, parse_dtype
 from .backbones.cogvideox import (BUILTIN_MODELS, BUILTIN_PRETRAINED, DEFAULT_SCHEDULER_CONFIG, REQUIRED_PARTS,
-                                  TINY_VARIANTS, CogVideoXBundle, ModelInfo, build_tiny, build_tiny_tokenizer,
-                                  check_video_size, config_fingerprint, encode_prompt, inspect_model,
-                                  latent_frames_for, load_cogvideox, load_model, rotary_embeddings,
+                                  SCHEDULERS, TINY_VARIANTS, CogVideoXBundle, ModelInfo, build_tiny,
+                                  build_tiny_tokenizer, check_video_size, config_fingerprint, encode_prompt,
+                                  inspect_model, latent_frames_for, load_cogvideox, load_model, rotary_embeddings,
                                   transformer_forward, transformer_width)
 
 __all__ = [
@@ -35,5 +35,6 @@ __all__ = [
     "inspect_model",
     "DEFAULT_SCHEDULER_CONFIG",
     "REQUIRED_PARTS",
+    "SCHEDULERS",
     "transformer_width",
 ]

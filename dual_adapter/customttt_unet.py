@@ -374,7 +374,7 @@ def teacher_reference(bb, lora: UNetLora, prompt: str, cfg: CustomTTTUNetConfig,
         if i == total:
             t = int(info["timestep"])
             a = ac[t].to(torch.float32)
-            seen["x0"] = (seen["prev"].float() - (1 - a).sqrt() * info["eps"]) / a.sqrt()
+            seen["x0"] = (seen["prev"].float() - (1 - a).sqrt() * info["prediction"]) / a.sqrt()
             seen["t"] = t
         seen["prev"] = info["latents"]
 

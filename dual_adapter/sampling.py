@@ -1,10 +1,12 @@
-"""CogVideoX's sampler: denoising loop and classifier-free guidance (schedulers and VAE encode / decode are
-:mod:`dual_adapter.backbones.cogvideox`'s, re-exported here; U-Net backbones sample with
-:mod:`dual_adapter.unet_sampling`).
+"""The sampler of every backbone: denoising loop and classifier-free guidance, written against the
+:class:`~dual_adapter.backbones.base.VideoBackbone` interface (the model call is the backbone's
+``predict``, the scheduler its ``make_scheduler``, one step its ``scheduler_step``, the initial noise
+its ``latent_shape``); :mod:`dual_adapter.unet_sampling` is its U-Net defaults.
 
-The loop follows diffusers' ``CogVideoXPipeline`` (CogVideoXDPMScheduler or CogVideoXDDIMScheduler
-with trailing spacing, v-prediction, CFG on a [negative; positive] batch, 1.5-model frame padding),
-written out so that it can take *model patches*, report progress every step and stop cleanly.
+On CogVideoX the loop is diffusers' ``CogVideoXPipeline`` (CogVideoXDPMScheduler or CogVideoXDDIMScheduler
+with trailing spacing, v-prediction, CFG on a [negative; positive] batch, 1.5-model frame padding); on the
+U-Nets ``TextToVideoSDPipeline`` / ``AnimateDiffPipeline`` (DDIM or DPM-Solver++, epsilon). It is written out
+so that it can take *model patches*, report progress every step and stop cleanly.
 """
 from __future__ import annotations
 
@@ -15,15 +17,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from .backbones.cogvideox import (SCHEDULERS, CogVideoXBundle, check_video_size, decode_latents, encode_frames,
-                                  encode_prompt, latent_frames_for, make_scheduler, transformer_forward)
+from .backbones import as_backbone
 from .errors import DualAdapterError
 from .patches import ModelPatch, patched_copy
 from .seeds import seed_generator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULERS", "check_finite", "make_scheduler", "sample", "decode_latents", "encode_frames", "to_comfy_latent",
+__all__ = ["check_finite", "make_scheduler", "sample", "decode_latents", "encode_frames", "to_comfy_latent",
            "from_comfy_latent", "latent_scale"]
 
 
@@ -48,6 +49,26 @@ def _compiled_model(base, patches, backend):
         _COMPILED.clear()
         _COMPILED[key] = hit
     return hit[2]
+
+
+def make_scheduler(model, name: str | None = None):
+    """A fresh sampling scheduler of ``model`` (a backbone or CogVideoX bundle): its
+    :meth:`~dual_adapter.backbones.base.VideoBackbone.make_scheduler` (``None`` = the backbone's default,
+    ``dpm`` on CogVideoX, ``ddim`` on the U-Nets). Raises DualAdapterError for an unknown name."""
+    bb = as_backbone(model)
+    return bb.make_scheduler() if name is None else bb.make_scheduler(name)
+
+
+def decode_latents(model, latents: torch.Tensor, **kw) -> torch.Tensor:
+    """``model``'s :meth:`~dual_adapter.backbones.base.VideoBackbone.decode_latents`: scaled latents in its
+    ``latent_layout`` -> frames ``[B, F, H, W, 3]`` (0..1); ``kw`` go to the backbone (CogVideoX: ``callback``)."""
+    return as_backbone(model).decode_latents(latents, **kw)
+
+
+def encode_frames(model, frames: torch.Tensor, **kw) -> torch.Tensor:
+    """``model``'s :meth:`~dual_adapter.backbones.base.VideoBackbone.encode_frames`: frames ``[F, H, W, 3]``
+    (0..1) -> scaled latents in its ``latent_layout`` (CogVideoX ``[1, F', C, h, w]``)."""
+    return as_backbone(model).encode_frames(frames, **kw)
 
 
 def latent_scale(bundle_or_vae) -> float:
@@ -101,7 +122,7 @@ def check_finite(x: torch.Tensor, name: str) -> None:
 
 
 def sample(
-    bundle: CogVideoXBundle,
+    model,
     prompt_embeds: torch.Tensor,
     negative_embeds: torch.Tensor | None = None,
     *,
@@ -119,43 +140,54 @@ def sample(
     use_dynamic_cfg: bool = False,
     return_all: bool = False,
     compile: bool | str | Callable = False,
+    denoiser: torch.nn.Module | None = None,
+    stop_after: int | None = None,
 ) -> torch.Tensor:
     """Generate video latents.
 
     Args:
-        prompt_embeds: ``[1 or B, L, D_text]`` from :func:`~dual_adapter.backbone.encode_prompt`.
+        model: a :class:`~dual_adapter.backbones.base.VideoBackbone` or a CogVideoX bundle (the defaults
+            below are CogVideoX's; :func:`dual_adapter.unet_sampling.sample` has the U-Nets').
+        prompt_embeds: ``[1 or B, L, D_text]`` from the backbone's ``encode_prompt``.
         negative_embeds: same shape; ``None`` = the empty prompt's embedding. Used when ``cfg > 1``.
         num_frames, height, width: video size in frames / pixels; default: the model's training size
-            (49 x 480 x 720 on the released models, 9 x 64 x 96 on ``tiny``). Checked with
-            :func:`~dual_adapter.backbone.check_video_size` (4k+1 frames, multiples of 16 px).
+            (49 x 480 x 720 on the released CogVideoX models, 9 x 64 x 96 on ``tiny``). Checked with the
+            backbone's ``check_video_size`` (CogVideoX: 4k+1 frames, multiples of 16 px).
         steps: denoising steps (>= 1). cfg: guidance scale (1 = no guidance; 6 in the papers).
         seed: seeds the initial noise (a CPU generator, so results match across devices); any integer in
             ``-2**63 .. 2**64 - 1``, mapped by :mod:`dual_adapter.seeds` (``seed mod 2**64``).
-        scheduler: ``"dpm"`` (CogVideoXDPMScheduler, the CogVideoX default) or ``"ddim"``.
-        patches: model patches applied to a weight-sharing copy for this call only (the bundle's
-            transformer is never modified).
-        callback: ``callback(step, total, info)`` after every step (1-based); may raise
+        batch_size: videos B; the embeddings have batch 1 (expanded) or B.
+        scheduler: a name the backbone's ``make_scheduler`` takes: ``"dpm"`` (CogVideoXDPMScheduler, the
+            CogVideoX default) or ``"ddim"``.
+        patches: model patches applied to a weight-sharing copy for this call only (the model's
+            denoiser is never modified).
+        callback: ``callback(step, total, info)`` after every step (1-based; ``info``: ``timestep``,
+            ``latents``, ``prediction`` = the guided denoiser output); may raise
             :class:`~dual_adapter.errors.InterruptedByUser` to stop.
-        latents: optional initial noise ``[B, F, C, h, w]`` (overrides ``seed``).
+        latents: optional initial noise of the backbone's ``latent_shape`` (CogVideoX ``[B, F, C, h, w]``;
+            overrides ``seed``).
         use_dynamic_cfg: the CogVideoX cosine CFG schedule.
-        compile: run the (patched) transformer through ``torch.compile`` (True, or a backend name /
+        compile: run the (patched) denoiser through ``torch.compile`` (True, or a backend name /
             callable). The compiled model is kept for the next call with the same model and patch
             objects, so repeated calls do not recompile. Off by default (the first call compiles, which
             takes minutes at 5B; worth it for many samples).
+        denoiser: an already patched denoiser to use instead (``patches`` and ``compile`` are then ignored).
+        stop_after: stop after this many steps and return the current latents (CustomTTT teachers).
 
     Returns:
-        ``[B, F, C, h, w]`` denoised latents in the scaled latent space (F = 13 for 49 frames;
-        the extra frames that 1.5 models pad are removed).
+        denoised latents in the scaled latent space and the backbone's ``latent_layout`` (CogVideoX
+        ``[B, F, C, h, w]``, F = 13 for 49 frames; the extra frames that 1.5 models pad are removed).
 
     Raises:
         DualAdapterError: invalid size, steps or embeddings; a non-finite ``cfg``, embedding or initial
             latent; latents that become non-finite while sampling (names the step and the patches).
     """
-    f0, h0, w0 = bundle.default_size
+    bb = as_backbone(model)
+    f0, h0, w0 = bb.default_size
     num_frames, height, width = num_frames or f0, height or h0, width or w0
-    check_video_size(bundle, num_frames, height, width)
-    if not isinstance(steps, int) or steps < 1:
-        raise DualAdapterError(f"steps={steps}: must be an integer >= 1")
+    bb.check_video_size(num_frames, height, width)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DualAdapterError(f"steps={steps!r}: must be an integer >= 1")
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
         raise DualAdapterError(f"cfg={cfg!r}: the guidance scale must be a finite number (1 = no guidance, 6 typical)")
     check_finite(prompt_embeds, "prompt embeddings")
@@ -163,12 +195,12 @@ def sample(
         check_finite(negative_embeds, "negative prompt embeddings")
     if latents is not None:
         check_finite(latents, "initial latents")
-    device, dtype = bundle.device, bundle.dtype
+    device, dtype = bb.device, bb.dtype
     B = batch_size
     pos = _expand_embeds(prompt_embeds.to(device=device, dtype=dtype), B, "prompt embeddings")
     do_cfg = cfg > 1.0
     if do_cfg:
-        neg = negative_embeds if negative_embeds is not None else encode_prompt(bundle, "")
+        neg = negative_embeds if negative_embeds is not None else bb.encode_prompt("")
         neg = _expand_embeds(neg.to(device=device, dtype=dtype), B, "negative prompt embeddings")
         if neg.shape[1:] != pos.shape[1:]:
             raise DualAdapterError(f"negative embeddings {tuple(neg.shape)} do not match prompt embeddings "
@@ -177,18 +209,14 @@ def sample(
     else:
         text = pos
 
-    sched = make_scheduler(bundle, scheduler)
+    sched = bb.make_scheduler(scheduler)
     sched.set_timesteps(steps, device=device)
     timesteps = sched.timesteps
 
-    T = latent_frames_for(bundle, num_frames)
-    p_t = bundle.config.patch_size_t
-    extra = 0
-    if p_t is not None and T % p_t:
-        extra = p_t - T % p_t
-    C = bundle.latent_channels
-    s = bundle.vae_scale_spatial
-    shape = (B, T + extra, C, height // s, width // s)
+    T = bb.latent_frames(num_frames)
+    shape = bb.latent_shape(B, num_frames, height, width)
+    f_dim = bb.latent_layout.index("F")
+    extra = shape[f_dim] - T  # frames padded in front (CogVideoX 1.5), dropped at the end
     if latents is None:
         g = seed_generator(seed)
         latents = torch.randn(shape, generator=g, dtype=torch.float32)
@@ -199,35 +227,33 @@ def sample(
     step_kw = {}
     if "generator" in inspect.signature(sched.step).parameters:
         step_kw["generator"] = seed_generator(seed, 1)
-    from diffusers import CogVideoXDPMScheduler
-
-    is_dpm = isinstance(sched, CogVideoXDPMScheduler)
-    old_pred = None
-    with bundle.use("transformer") as base:
-        model = _compiled_model(base, [p for p in patches or () if p is not None], compile) if compile \
-            else patched_copy(base, patches)
-        for i, t in enumerate(timesteps):
+    n = len(timesteps) if stop_after is None else min(len(timesteps), int(stop_after))
+    state = None
+    with bb.use("denoiser") as base:
+        if denoiser is not None:
+            net = denoiser
+        elif compile:
+            net = _compiled_model(base, [p for p in patches or () if p is not None], compile)
+        else:
+            net = patched_copy(base, patches)
+        for i, t in enumerate(timesteps[:n]):
             x_in = torch.cat([latents] * 2) if do_cfg else latents
             x_in = sched.scale_model_input(x_in, t)
             tt = t.expand(x_in.shape[0])
-            v = transformer_forward(model, x_in, text, tt).float()
+            v = bb.predict(x_in, tt, text, denoiser=net).float()
             scale = cfg
             if use_dynamic_cfg:
                 scale = 1 + cfg * ((1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2)
             if do_cfg:
                 v_u, v_c = v.chunk(2)
                 v = v_u + scale * (v_c - v_u)
-            if is_dpm:
-                latents, old_pred = sched.step(v, old_pred, t, timesteps[i - 1] if i > 0 else None, latents,
-                                               return_dict=False, **step_kw)
-            else:
-                latents = sched.step(v, t, latents, return_dict=False, **step_kw)[0]
+            latents, state = bb.scheduler_step(sched, v, timesteps, i, latents, state, **step_kw)
             latents = latents.to(dtype)
             if not bool(torch.isfinite(latents).all()):
                 names = ", ".join(repr(p) for p in patches if p is not None) or "none"
-                raise DualAdapterError(f"sampling produced non-finite values (NaN/Inf) at step {i + 1}/{len(timesteps)} "
+                raise DualAdapterError(f"sampling produced non-finite values (NaN/Inf) at step {i + 1}/{n} "
                                        f"(timestep {int(t)}); model patches: {names}. A diverged adapter or LoRA, "
                                        f"a non-finite reference embedding or an fp16 overflow are the usual causes")
             if callback is not None:
-                callback(i + 1, len(timesteps), {"timestep": int(t), "latents": latents})
-    return latents[:, extra:]
+                callback(i + 1, n, {"timestep": int(t), "latents": latents, "prediction": v})
+    return latents.narrow(f_dim, extra, T)

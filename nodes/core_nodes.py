@@ -144,7 +144,7 @@ class CogVideoXSampler:
                               "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Seed of the initial noise; the same seed gives the same video. Every value the widget allows (0 .. 2^64-1) is its own seed (no wrap-around)."}),
-            "scheduler": (list(sampling.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
+            "scheduler": (list(backbone.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
                           "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
         }, "optional": {
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt as core CONDITIONING (with a CONDITIONING "

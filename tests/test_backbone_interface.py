@@ -2,7 +2,7 @@
 :class:`~dual_adapter.backbones.base.VideoBackbone`, so adding a backbone touches one module.
 
 A fake backbone defined here (not in the library) is registered, and the TAP LoRA targeting, the shared
-training objective and the LoRA trainer run on it with no change to method code; a static check keeps
+training objective, the LoRA trainer and the shared sampler run on it with no change to method code; a static check keeps
 CogVideoX internals out of the method modules.
 """
 from __future__ import annotations
@@ -104,6 +104,20 @@ class FakeBackbone(VideoBackbone):
     def predict(self, latents, t, text, denoiser=None):
         return (denoiser or self.denoiser)(latents, t, text)
 
+    # what the shared sampler needs besides predict (latent_shape, scheduler_step: the base class's)
+    def make_scheduler(self, name="ddim"):
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    default_size, vae_scale, latent_channels = (2, 24, 24), 8, 4
+
+    def latent_frames(self, num_frames):
+        return num_frames
+
+    def check_video_size(self, num_frames, height, width):
+        pass
+
 
 @pytest.fixture
 def fake():
@@ -169,6 +183,24 @@ def test_a_registered_backbone_gets_tap_targeting_the_objective_and_lora_trainin
     assert not torch.allclose(on, ref) and torch.allclose(off, ref, atol=1e-6)
 
 
+def test_the_shared_sampler_runs_on_a_registered_backbone_as_the_diffusers_loop(fake):
+    from diffusers import DDIMScheduler
+
+    from dual_adapter.sampling import sample
+
+    _, text = _data()
+    neg = torch.zeros_like(text)
+    with torch.no_grad():
+        z = sample(fake, text, neg, steps=3, cfg=2.0, seed=4, scheduler="ddim")
+        sch = DDIMScheduler.from_config(fake.scheduler_config)
+        sch.set_timesteps(3)
+        x = torch.randn((1, 4, 2, 3, 3), generator=torch.Generator().manual_seed(4)) * sch.init_noise_sigma
+        for t in sch.timesteps:
+            e_u, e_c = fake.denoiser(torch.cat([x, x]), t.expand(2), torch.cat([neg, text])).chunk(2)
+            x = sch.step(e_u + 2.0 * (e_c - e_u), t, x).prev_sample
+    assert z.shape == (1, 4, 2, 3, 3) and torch.equal(z, x)
+
+
 def test_cogvideox_answers_the_interface_as_the_code_it_replaced(tiny):
     """The CogVideoX backbone module gives what the methods used to read from the bundle themselves."""
     from dual_adapter.backbones import as_backbone, backbone_for
@@ -186,12 +218,14 @@ def test_cogvideox_answers_the_interface_as_the_code_it_replaced(tiny):
 
 # ------------------------------------------------------------------------------ static: no CogVideoX internals
 
-#: the modules of the methods (DualReal, TAP / motion LoRA, CustomTTT, the U-Net methods, the shared loop)
-METHOD_MODULES = ["training.py", "lora.py", "customttt.py", "customttt_unet.py", "unet_motion.py", "unet_sampling.py",
-                  "dualreal/trainer.py", "dualreal/readout.py", "dualreal/checkpoint.py", "dualreal/adapters.py"]
-#: CogVideoX-specific by definition, outside backbones/: the CogVideoX sampler (to move behind the interface
-#: with the sampling hot path), the native ComfyUI CogVideoX file format, the shipped mini CogVideoX
-COGVIDEOX_MODULES = {"sampling.py", "native.py", "miniworld/model.py"}
+#: the modules of the methods (DualReal, TAP / motion LoRA, CustomTTT, the U-Net methods, the shared training
+#: and sampling loops)
+METHOD_MODULES = ["training.py", "sampling.py", "lora.py", "customttt.py", "customttt_unet.py", "unet_motion.py",
+                  "unet_sampling.py", "dualreal/trainer.py", "dualreal/readout.py", "dualreal/checkpoint.py",
+                  "dualreal/adapters.py"]
+#: CogVideoX-specific by definition, outside backbones/: the native ComfyUI CogVideoX file format, the shipped
+#: mini CogVideoX
+COGVIDEOX_MODULES = {"native.py", "miniworld/model.py"}
 
 
 def _cogvideox_refs(path: Path, attrs: bool = True) -> list[str]:
@@ -236,4 +270,4 @@ def test_cogvideox_classes_are_named_only_in_backbones_and_the_compatibility_lay
             seen[rel] = refs
     assert not seen, f"CogVideoX internals outside dual_adapter/backbones/: {seen}"
     # and the checker does see them where they are
-    assert _cogvideox_refs(PKG / "sampling.py") and _cogvideox_refs(PKG / "backbones" / "cogvideox.py")
+    assert _cogvideox_refs(PKG / "native.py") and _cogvideox_refs(PKG / "backbones" / "cogvideox.py")

@@ -21,7 +21,9 @@ The interface, in the terms of the issue that asked for it:
   :meth:`VideoBackbone.make_scheduler`, :meth:`VideoBackbone.noise_scheduler`;
 * **latent layout and VAE** - :attr:`VideoBackbone.latent_layout` (``"BCFHW"`` or ``"BFCHW"``),
   :meth:`VideoBackbone.encode_frames`, :meth:`VideoBackbone.decode_latents`,
-  :meth:`VideoBackbone.predict` (one denoiser call in the backbone's own layout);
+  :meth:`VideoBackbone.predict` (one denoiser call in the backbone's own layout),
+  :meth:`VideoBackbone.latent_shape`, :meth:`VideoBackbone.scheduler_step` (what the shared sampler,
+  :func:`dual_adapter.sampling.sample`, needs beyond ``predict`` and ``make_scheduler``);
 * **frame-count rules** - :meth:`VideoBackbone.check_video_size`,
   :meth:`VideoBackbone.latent_frames`, :attr:`VideoBackbone.default_size`;
 * **what trained adapters depend on** - :meth:`VideoBackbone.width`, :meth:`VideoBackbone.architecture`
@@ -270,15 +272,46 @@ class VideoBackbone:
         """One denoiser call: ``latents`` in :attr:`latent_layout`, timesteps ``[B]``, text ``[B, L, D]``."""
         raise NotImplementedError
 
+    def scheduler_step(self, scheduler, prediction: torch.Tensor, timesteps: torch.Tensor, i: int,
+                       latents: torch.Tensor, state: Any = None, **kw) -> tuple[torch.Tensor, Any]:
+        """One sampling step of ``scheduler`` (from :meth:`make_scheduler`) at ``timesteps[i]``.
+
+        ``prediction``: the (guided) denoiser output, float; ``latents``: the current latents in
+        :attr:`latent_layout`; ``state``: what this method returned at step ``i - 1`` (None at the first step);
+        ``kw``: extra ``scheduler.step`` arguments (``generator``). Returns ``(next latents, state)``.
+        Default: diffusers' ``scheduler.step(prediction, t, latents.float())``, no state.
+        """
+        return scheduler.step(prediction, timesteps[i], latents.float(), return_dict=False, **kw)[0], None
+
     # ---------------------------------------------------------------- VAE and sizes
     @property
     def default_size(self) -> tuple[int, int, int]:
         """(frames, height, width) the model was trained at."""
         raise NotImplementedError
 
+    @property
+    def vae_scale(self) -> int:
+        """Spatial compression of the VAE (pixels per latent pixel, 8 on the released models)."""
+        raise NotImplementedError
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of a latent frame."""
+        raise NotImplementedError
+
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames of a ``num_frames`` video."""
         raise NotImplementedError
+
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """Shape of the initial noise of ``batch`` videos of ``num_frames x height x width`` pixels, in
+        :attr:`latent_layout`, with the time axis padded to a multiple of :meth:`time_patch` (CogVideoX 1.5:
+        the sampler draws the padding frames as noise too and drops them, in front, after the last step)."""
+        T = self.latent_frames(num_frames)
+        T += (-T) % self.time_patch()
+        s = self.vae_scale
+        dims = {"B": batch, "F": T, "C": self.latent_channels, "H": height // s, "W": width // s}
+        return tuple(dims[a] for a in self.latent_layout)
 
     def check_video_size(self, num_frames: int, height: int, width: int) -> None:
         """Raise :class:`DualAdapterError` naming the input and valid values if the size does not fit."""

@@ -982,7 +982,17 @@ class CogVideoXBackbone(VideoBackbone):
         return training_loss(denoiser if denoiser is not None else self.denoiser, noise_scheduler, latents, text, **kw)
 
     def predict(self, latents, t, text, denoiser=None):
-        return transformer_forward(denoiser or self.denoiser, latents, text, t)
+        return transformer_forward(denoiser if denoiser is not None else self.denoiser, latents, text, t)
+
+    def scheduler_step(self, scheduler, prediction, timesteps, i, latents, state=None, **kw):
+        """As diffusers' ``CogVideoXPipeline`` steps: CogVideoXDPMScheduler also takes the previous step's x0
+        prediction (``state``, its ``old_pred_original_sample``) and timestep; the latents keep their dtype."""
+        from diffusers import CogVideoXDPMScheduler
+
+        if isinstance(scheduler, CogVideoXDPMScheduler):
+            return scheduler.step(prediction, state, timesteps[i], timesteps[i - 1] if i > 0 else None, latents,
+                                  return_dict=False, **kw)
+        return scheduler.step(prediction, timesteps[i], latents, return_dict=False, **kw)[0], None
 
     # VAE and sizes
     @property
