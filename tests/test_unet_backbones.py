@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -366,3 +367,21 @@ def test_customttt_optimizer_is_lion_when_installed_else_adamw_with_a_message(mo
         CT.pick_optimizer("lion")
     monkeypatch.setattr(CT.importlib.util, "find_spec", lambda n, *a: object() if n == "lion_pytorch" else real(n, *a))
     assert CT.pick_optimizer("auto") == "lion" and CT.pick_optimizer("adamw") == "adamw"
+
+
+def test_tiny_clip_tokenizer_ids_are_the_same_in_every_process():
+    # a trained BPE broke frequency ties differently per process (hash seed): tiny U-Net samples then
+    # differed between runs of the same seed
+    import subprocess
+    import sys
+
+    code = ("from dual_adapter.backbones._unet import build_tiny_clip_tokenizer as b; "
+            "print(b()('a Teddy bear, playing guitar *').input_ids)")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout.strip() for h in (1, 2, 3)}
+    assert len(outs) == 1, outs
+    from dual_adapter.backbones._unet import build_tiny_clip_tokenizer
+
+    tok = build_tiny_clip_tokenizer()
+    ids = tok("a dog").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and tok.decode(ids, skip_special_tokens=True) == "a dog"

@@ -26,35 +26,30 @@ log = logging.getLogger(__name__)
 
 CLIP_MAX_LEN = 77
 
-_TINY_CORPUS = [
-    "a dog is playing guitar", "a cat is running in the park", "a car is turning on the road",
-    "a person is riding a bicycle in the city", "a horse is running in the forest",
-    "a teddy bear is playing guitar on the snow", "a photo of a dog", "a photo of a cat *",
-    "a koala a tiger a panda", "the camera zooms in", "the camera zooms out", "dolly zoom",
-    "a video of a person dancing", "swimming running walking jumping skiing",
-]
 
-
-def build_tiny_clip_tokenizer(vocab_size: int = 400):
+def build_tiny_clip_tokenizer(vocab_size: int | None = None):
     """A CLIP-style tokenizer built offline with the ``tokenizers`` library (no download).
 
-    Lower-cased BPE with the CLIP end-of-word suffix ``</w>``, ``<|startoftext|>`` / ``<|endoftext|>``
-    around every sequence, padding with ``<|endoftext|>`` (as CLIP does), max length 77. Deterministic.
+    Lower-cased character-level BPE with the CLIP end-of-word suffix ``</w>`` (every printable ASCII
+    character, alone and as a word end; no merges), ``<|startoftext|>`` / ``<|endoftext|>`` around every
+    sequence, padding with ``<|endoftext|>`` (as CLIP does), max length 77. The vocabulary is written out in
+    a fixed order, so the ids are the same in every process (a trained BPE broke ties between equally frequent
+    pairs differently from one Python process to the next). ``vocab_size`` is accepted for compatibility and
+    ignored (the vocabulary has 190 entries).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tok = Tokenizer(models.BPE(unk_token=eos, end_of_word_suffix="</w>"))
+    vocab = {bos: 0, eos: 1}
+    for c in range(33, 127):
+        vocab[chr(c)] = len(vocab)
+        vocab[chr(c) + "</w>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=eos, end_of_word_suffix="</w>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[bos, eos], end_of_word_suffix="</w>",
-                                  initial_alphabet=[chr(c) for c in range(33, 127)], show_progress=False)
-    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}",
-                                                       special_tokens=[(bos, tok.token_to_id(bos)),
-                                                                       (eos, tok.token_to_id(eos))])
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=[(bos, 0), (eos, 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos,
                                    unk_token=eos, model_max_length=CLIP_MAX_LEN)
 
