@@ -583,9 +583,11 @@ def batch_diffusion_loss(
         if after is not None:
             after()
         return loss
-    p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
+    from .backbones import backbone_for
+
+    p_t = backbone_for(model).time_patch(model)  # the noise covers the padded frames, as diffusion_loss draws it
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (B,), generator=generator)
-    pad = (-latents.shape[1]) % p_t if p_t else 0
+    pad = (-latents.shape[1]) % p_t
     noise = torch.randn((B, latents.shape[1] + pad, *latents.shape[2:]), generator=generator, dtype=torch.float32)
     total = torch.zeros((), device=latents.device)
     for part in micro_batches(B, grad_accum):

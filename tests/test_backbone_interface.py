@@ -252,6 +252,27 @@ def _cogvideox_refs(path: Path, attrs: bool = True) -> list[str]:
     return out
 
 
+def test_backbone_queries_take_a_denoiser_that_cannot_be_tested_for_truth(tiny):
+    """A ``torch.compile``'d module raises when tested for truth (``denoiser or ...`` crashed compiled sampling)."""
+    from dual_adapter.backbones import as_backbone
+
+    class NoTruth(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def __bool__(self):
+            raise RuntimeError("truth of a compiled module")
+
+    bb = as_backbone(tiny)
+    d = NoTruth(tiny.transformer)
+    assert bb.pick_denoiser(d) is d and bb.pick_denoiser() is tiny.transformer
+    assert bb.time_patch(d) == 1 and bb.width(d) == bb.width() and bb.fingerprint(d) == bb.fingerprint()
+    z = torch.zeros(1, 3, 4, 2, 2)
+    assert torch.equal(bb.pad_latent_frames(z, d), z)
+
+
 def test_method_modules_reach_models_only_through_the_backbone_interface():
     # (unet_motion's MotionDirector spatial path walks the .transformer_blocks of a U-Net's 2D transformers)
     bad = {m: _cogvideox_refs(PKG / m, attrs=m != "unet_motion.py") for m in METHOD_MODULES}

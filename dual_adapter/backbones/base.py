@@ -196,7 +196,7 @@ class VideoBackbone:
     def architecture(self, denoiser: nn.Module | None = None) -> dict:
         """The config fields a trained adapter depends on (JSON-able; stored in adapter metadata).
         Default: every JSON-able scalar of ``denoiser.config``."""
-        c = dict(getattr(denoiser or self.denoiser, "config", None) or {})
+        c = dict(getattr(self.pick_denoiser(denoiser), "config", None) or {})
         return {k: v for k, v in sorted(c.items()) if not k.startswith("_") and
                 isinstance(v, (int, float, str, bool, type(None)))}
 
@@ -207,6 +207,11 @@ class VideoBackbone:
 
         blob = json.dumps(self.architecture(denoiser), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def pick_denoiser(self, denoiser: nn.Module | None = None) -> nn.Module:
+        """``denoiser`` if given, else the backbone's own (never tests a module for truth: a compiled module
+        raises there, and a module with ``__len__`` can be falsy)."""
+        return self.denoiser if denoiser is None else denoiser
 
     def time_patch(self, denoiser: nn.Module | None = None) -> int:
         """Latent frames the denoiser patches together in time (2 on CogVideoX 1.5, else 1); losses that

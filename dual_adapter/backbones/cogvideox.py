@@ -935,7 +935,7 @@ class CogVideoXBackbone(VideoBackbone):
 
     # structure
     def blocks(self, denoiser: nn.Module | None = None) -> list[BlockInfo]:
-        d = denoiser or self.denoiser
+        d = self.pick_denoiser(denoiser)
         return [BlockInfo(f"transformer_blocks.{i}", "joint", i, b, True) for i, b in enumerate(d.transformer_blocks)]
 
     def attention_modules(self, role: str, denoiser: nn.Module | None = None) -> dict[str, nn.Module]:
@@ -947,20 +947,20 @@ class CogVideoXBackbone(VideoBackbone):
         return self.attention_modules("joint", denoiser)
 
     def width(self, denoiser: nn.Module | None = None) -> int:
-        return transformer_width(denoiser or self.denoiser)
+        return transformer_width(self.pick_denoiser(denoiser))
 
     def architecture(self, denoiser: nn.Module | None = None) -> dict:
-        c = dict((denoiser or self.denoiser).config)
+        c = dict(self.pick_denoiser(denoiser).config)
         return {k: c.get(k) for k in ARCHITECTURE_KEYS}
 
     def fingerprint(self, denoiser: nn.Module | None = None) -> str:
-        return config_fingerprint(denoiser or self.denoiser)
+        return config_fingerprint(self.pick_denoiser(denoiser))
 
     def time_patch(self, denoiser: nn.Module | None = None) -> int:
-        return int(getattr((denoiser or self.denoiser).config, "patch_size_t", None) or 1)
+        return int(getattr(self.pick_denoiser(denoiser).config, "patch_size_t", None) or 1)
 
     def pad_latent_frames(self, latents: torch.Tensor, denoiser: nn.Module | None = None) -> torch.Tensor:
-        return _pad_time(latents, getattr(getattr(denoiser or self.denoiser, "config", None), "patch_size_t", None))
+        return _pad_time(latents, getattr(getattr(self.pick_denoiser(denoiser), "config", None), "patch_size_t", None))
 
     # text
     def encode_prompt(self, prompts: str | Sequence[str], on_long: str = "truncate") -> torch.Tensor:
