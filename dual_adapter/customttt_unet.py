@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -268,88 +267,72 @@ def _lora_meta(bb, role, layers, cfg, **extra):
             "method": "CustomTTT", "layers": list(layers), "rank": cfg.rank, **extra}
 
 
+def _train_role_lora(bb, latents: list, prompt: str, targets, role: str, *, lr, steps, cfg: CustomTTTUNetConfig,
+                     callback, seed_offset: int, bypass_motion: bool, **meta) -> tuple[UNetLora, list[dict]]:
+    """Train one CustomTTT LoRA (``role`` "appearance" / "motion") on ``latents`` (each ``[1, C, F, h, w]``): each
+    step one random item at one ``t``, the backbone's own objective (:meth:`VideoBackbone.training_loss`), on a
+    weight-sharing copy of the denoiser whose ``targets(copy)`` modules get the LoRA; ``bypass_motion`` runs the
+    forward without the motion modules (the appearance LoRA)."""
+    from .lora import LoraSpec, inject_lora
+    from .patches import shallow_copy_module
+    opt = pick_optimizer(cfg.optimizer)
+    text = bb.encode_prompt(prompt)
+    model = shallow_copy_module(bb.denoiser).train()
+    params = inject_lora(model, LoraSpec(rank=cfg.rank, alpha=float(cfg.rank), dropout=cfg.dropout, targets=["to_k"]),
+                         role, target_names=targets(model))
+    sched = bb.noise_scheduler()
+
+    def step_fn(k, g):
+        x0 = latents[int(torch.randint(len(latents), (1,), generator=g))]
+        with without_motion_modules(bb, model) if bypass_motion else contextlib.nullcontext():
+            return bb.training_loss(model, sched, x0, text, generator=g), {}
+
+    res = _train(bb, model, params, step_fn, lr=lr, steps=steps, cfg=cfg, optimizer=opt, callback=callback,
+                 label=role, seed_offset=seed_offset)
+    layers = cfg.appearance_layers if role == "appearance" else cfg.motion_layers
+    meta = _lora_meta(bb, role, layers, cfg, prompt=prompt, **meta, optimizer=res.optimizer_name)
+    return UNetLora(adapter_state(model, role), meta, name=f"{role}_lora"), res.losses
+
+
 def train_appearance_lora(backbone, photos: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
                           *, callback=None) -> tuple[UNetLora, list[dict]]:
     """Appearance LoRA on the appearance layers, trained on photos ``[H, W, 3]`` (0..1) as 1-frame videos with
     the motion modules bypassed. Returns ``(lora, losses)``."""
-    from .lora import LoraSpec, inject_lora
-    from .patches import shallow_copy_module
-
     bb = _check_animatediff(backbone)
     cfg = config or CustomTTTUNetConfig()
     cfg.validate()
     if not photos:
         raise DualAdapterError("photos: at least one subject photo is needed")
-    opt = pick_optimizer(cfg.optimizer)
     lat = []
     for i, p in enumerate(photos):
         if not torch.is_tensor(p) or p.ndim != 3 or p.shape[-1] != 3:
             raise DualAdapterError(f"photo {i}: expected [H, W, 3] in 0..1")
         bb.check_video_size(1, int(p.shape[0]), int(p.shape[1]))
         lat.append(bb.encode_frames(p.unsqueeze(0).float()).float())
-    text = bb.encode_prompt(prompt)
-    model = shallow_copy_module(bb.denoiser).train()
-    names = spatial_lora_targets(bb, layer_names(bb, cfg.appearance_layers), APPEARANCE_TARGETS, denoiser=model)
-    params = inject_lora(model, LoraSpec(rank=cfg.rank, alpha=float(cfg.rank), dropout=cfg.dropout, targets=["to_k"]),
-                         "appearance", target_names=names)
-    sched = bb.noise_scheduler()
-
-    def step_fn(k, g):
-        x0 = lat[int(torch.randint(len(lat), (1,), generator=g))]
-        t = torch.randint(0, int(sched.config.num_train_timesteps), (1,), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        xt = sched.add_noise(x0, noise, t)
-        with without_motion_modules(bb, model):
-            pred = bb.predict(xt.to(bb.device), t.to(bb.device), text, denoiser=model).float()
-        return torch.nn.functional.mse_loss(pred, bb.training_target(x0, noise, t).to(bb.device)), {}
-
-    res = _train(bb, model, params, step_fn, lr=cfg.appearance_lr, steps=cfg.appearance_steps, cfg=cfg,
-                 optimizer=opt, callback=callback, label="appearance")
-    lf = UNetLora(adapter_state(model, "appearance"), _lora_meta(bb, "appearance", cfg.appearance_layers, cfg,
-                                                                  prompt=prompt, optimizer=res.optimizer_name),
-                  name="appearance_lora")
-    return lf, res.losses
+    layers = layer_names(bb, cfg.appearance_layers)
+    return _train_role_lora(bb, lat, prompt, lambda m: spatial_lora_targets(bb, layers, APPEARANCE_TARGETS, denoiser=m),
+                            "appearance", lr=cfg.appearance_lr, steps=cfg.appearance_steps, cfg=cfg, callback=callback,
+                            seed_offset=0, bypass_motion=True)
 
 
 def train_motion_lora(backbone, clips: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
                       *, callback=None) -> tuple[UNetLora, list[dict]]:
     """Motion LoRA on the motion modules of the motion layers, trained on clips ``[F, H, W, 3]`` (0..1)."""
-    from .lora import LoraSpec, inject_lora
-    from .patches import shallow_copy_module
-
     bb = _check_animatediff(backbone)
     cfg = config or CustomTTTUNetConfig()
     cfg.validate()
     if not clips:
         raise DualAdapterError("clips: at least one motion clip is needed")
-    opt = pick_optimizer(cfg.optimizer)
     lat = []
     for i, c in enumerate(clips):
         if not torch.is_tensor(c) or c.ndim != 4 or c.shape[-1] != 3:
             raise DualAdapterError(f"clip {i}: expected [F, H, W, 3] in 0..1")
         bb.check_video_size(int(c.shape[0]), int(c.shape[1]), int(c.shape[2]))
         lat.append(bb.encode_frames(c.float()).float())
-    text = bb.encode_prompt(prompt)
-    model = shallow_copy_module(bb.denoiser).train()
-    names = motion_lora_targets(bb, cfg.motion_preset, layer_names(bb, cfg.motion_layers), denoiser=model)
-    params = inject_lora(model, LoraSpec(rank=cfg.rank, alpha=float(cfg.rank), dropout=cfg.dropout, targets=["to_k"]),
-                         "motion", target_names=names)
-    sched = bb.noise_scheduler()
-
-    def step_fn(k, g):
-        x0 = lat[int(torch.randint(len(lat), (1,), generator=g))]
-        t = torch.randint(0, int(sched.config.num_train_timesteps), (1,), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        xt = sched.add_noise(x0, noise, t)
-        pred = bb.predict(xt.to(bb.device), t.to(bb.device), text, denoiser=model).float()
-        return torch.nn.functional.mse_loss(pred, bb.training_target(x0, noise, t).to(bb.device)), {}
-
-    res = _train(bb, model, params, step_fn, lr=cfg.motion_lr, steps=cfg.motion_steps, cfg=cfg, optimizer=opt,
-                 callback=callback, label="motion", seed_offset=1)
-    lf = UNetLora(adapter_state(model, "motion"), _lora_meta(bb, "motion", cfg.motion_layers, cfg, prompt=prompt,
-                                                              preset=cfg.motion_preset, optimizer=res.optimizer_name),
-                  name="motion_lora")
-    return lf, res.losses
+    layers = layer_names(bb, cfg.motion_layers)
+    return _train_role_lora(bb, lat, prompt, lambda m: motion_lora_targets(bb, cfg.motion_preset, layers, denoiser=m),
+                            "motion", lr=cfg.motion_lr, steps=cfg.motion_steps, cfg=cfg, callback=callback,
+                            seed_offset=1, bypass_motion=False, preset=cfg.motion_preset)
 
 
 @torch.no_grad()
