@@ -79,7 +79,7 @@ class Track:
     crop_mask: torch.Tensor
     crop_dark: torch.Tensor
     texture: torch.Tensor
-    dark: torch.Tensor | None = None
+    dark: torch.Tensor
 
     @property
     def present(self) -> torch.Tensor:
@@ -280,8 +280,8 @@ def classify_motion(frames, motions: Sequence[str] = world.MOTIONS) -> tuple[str
 
 @lru_cache(maxsize=None)
 def _templates(height: int, width: int) -> dict:
-    """Descriptors of ground-truth sprites (centred, still) used to classify shape, texture and size."""
-    out: dict = {"shape": {}, "texture": {}, "area": {}, "offset": {}}
+    """Ground-truth sprites (centred, still): shape masks, areas per size and the centroid-to-centre offset per shape."""
+    out: dict = {"shape": {}, "area": {}, "offset": {}}
     for shape in world.SHAPES:
         t = track(world.render(world.VideoSpec(shape, "red", "plain", "large", "still", "gray"), 1, height, width,
                                jitter=0))
@@ -293,10 +293,6 @@ def _templates(height: int, width: int) -> dict:
             t = track(world.render(world.VideoSpec(shape, "red", "plain", size, "still", "gray"), 1, height, width,
                                    jitter=0))
             out["area"][(shape, size)] = float(t.area[0])
-            for tex in world.TEXTURES:
-                # mean over a few sub-pixel offsets: the texture descriptor depends a little on the phase
-                v = world.render(world.VideoSpec(shape, "red", tex, size, "left", "gray"), 5, height, width, jitter=0)
-                out["texture"][(shape, tex, size)] = track(v).texture.mean(0)
     return out
 
 
@@ -325,8 +321,7 @@ def classify_attributes(frames) -> dict:
     area = float(t.area[p].mean())
     size = min(world.SIZES, key=lambda s: abs(tpl["area"][(shape, s)] - area))
     out["size"] = size
-    out["texture"] = _texture_by_synthesis(t, shape, size, tpl) if t.dark is not None else min(
-        world.TEXTURES, key=lambda x: float((tpl["texture"][(shape, x, size)] - t.texture[p].mean(0)).abs().sum()))
+    out["texture"] = _texture_by_synthesis(t, shape, size, tpl)
     return out
 
 
