@@ -176,6 +176,12 @@ def test_pretrain_is_resumable_and_loads(tmp_path):
     pretrain_mini(out, cfg, resume=True, command="test")
     b = load_mini(out)
     assert b.name == "mini" and (out / "loss.png").exists()
+    # a pretrained folder is a model path like any other: load_model (every --model, the loader node) takes it
+    from dual_adapter.backbone import load_model
+
+    b2 = load_model(str(out))
+    assert b2.name == "mini" and type(b2.vae).__name__ == "BlockPCAVAE" and b2.dtype == torch.float32
+    assert all(torch.equal(v, b.transformer.state_dict()[k]) for k, v in b2.transformer.state_dict().items())
     with pytest.raises(DualAdapterError, match="exists"):
         pretrain_mini(out, cfg, command="test")
 

@@ -48,6 +48,29 @@ def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path):
     assert r2.returncode == 2 and "exist" in r2.stderr
 
 
+def test_benchmark_worker_processes_give_the_sequential_results():
+    """--jobs 2 deals the (subject, seed) groups to two spawned workers (one thread each); the merged results
+    equal a one-process run with one thread, sample for sample and frame for frame, in the same order."""
+    kw = dict(pairs=[("striped_star", "orbit"), ("dotted_triangle", "zigzag"), ("striped_star", "bounce")], seeds=1,
+              methods=["base", "tap_motion"], lora_steps=2, sample_steps=2)
+    before = torch.get_num_threads()
+    try:
+        one = B.run_benchmark(B.BenchConfig(jobs=1, threads=1, **kw), log=lambda m: None)
+    finally:
+        torch.set_num_threads(before)
+    two = B.run_benchmark(B.BenchConfig(jobs=2, **kw), log=lambda m: None)
+    assert two["timing"]["jobs"] == 2 and one["timing"]["jobs"] == 1
+    key = lambda r: (r["method"], r["subject"], r["target_motion"], r["seed"])  # noqa: E731
+    assert [key(r) for r in two["samples"]] == [key(r) for r in one["samples"]]
+    assert [key(r) for r in one["samples"]][:2] == [("base", "striped_star", "orbit", 0),
+                                                   ("tap_motion", "striped_star", "orbit", 0)]
+    for a, b in zip(one["samples"], two["samples"]):
+        assert {k: a[k] for k in B.METRICS} == {k: b[k] for k in B.METRICS}
+    assert two["inputs"]["pair"] == ("striped_star", "orbit")
+    for m in kw["methods"]:
+        assert torch.equal(one["frames"][m], two["frames"][m])
+
+
 def test_benchmark_config_rejects_bad_pairs_and_methods():
     from dual_adapter.errors import DualAdapterError
 
@@ -55,6 +78,8 @@ def test_benchmark_config_rejects_bad_pairs_and_methods():
         B.BenchConfig(pairs=[("red_circle", "orbit")]).validate()
     with pytest.raises(DualAdapterError, match="methods"):
         B.BenchConfig(methods=["dreambooth"]).validate()
+    with pytest.raises(DualAdapterError, match="jobs"):
+        B.BenchConfig(jobs=0).validate()
     assert len(B.BenchConfig().resolved_pairs()) == len(W.HELD_OUT_SUBJECTS) * len(W.HELD_OUT_MOTIONS) == 9
 
 

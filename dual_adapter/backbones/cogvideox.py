@@ -532,17 +532,30 @@ def load_cogvideox(
                            dtype=dt, cpu_offload=cpu_offload)
 
 
+def _is_mini_folder(path) -> bool:
+    """True when ``path`` is a folder whose ``vae/config.json`` names a mini VAE substitute."""
+    try:
+        cfg = json.loads((Path(path) / "vae" / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    return cfg.get("_class_name") in ("BlockPCAVAE", "SpaceToDepthVAE")
+
+
 def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str | None = None,
                seed: int = 0, **kw) -> CogVideoXBundle:
     """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; ``"mini"`` -> the shipped pretrained
     miniature model (:func:`dual_adapter.miniworld.model.load_mini`); anything else is a diffusers folder.
 
+    A folder in the ``mini`` layout (its ``vae/config.json`` names the mini's VAE substitute, e.g. one written
+    by ``python -m dual_adapter miniworld pretrain``) also loads with :func:`~dual_adapter.miniworld.model.load_mini`.
+
     ``dtype`` defaults to fp32 for tiny / mini models and bf16 for real ones.
     """
-    if name_or_path in BUILTIN_PRETRAINED:
+    if name_or_path in BUILTIN_PRETRAINED or _is_mini_folder(name_or_path):
         from ..miniworld.model import load_mini
 
-        return load_mini(device=check_device(device) or "cpu", dtype=dtype or "fp32")
+        folder = None if name_or_path in BUILTIN_PRETRAINED else name_or_path
+        return load_mini(folder, device=check_device(device) or "cpu", dtype=dtype or "fp32")
     if name_or_path in TINY_VARIANTS:
         return build_tiny(name_or_path, seed=seed, device=check_device(device) or "cpu", dtype=dtype or "fp32")
     return load_cogvideox(name_or_path, dtype=dtype or "bf16", device=device, **kw)

@@ -39,7 +39,7 @@ def register(sub) -> None:
     acts = p.add_subparsers(dest="action", metavar="ACTION")
 
     pt = acts.add_parser("pretrain", help="pretrain the 'mini' CogVideoX on held-in world videos",
-                         description="Pretrain the mini CogVideoX (real transformer, space-to-depth VAE, word-level "
+                         description="Pretrain the mini CogVideoX (real transformer, block-PCA VAE substitute, word-level "
                                      "T5) on held-in videos of the world and write it as a diffusers-layout folder. "
                                      "Run files (checkpoint, optimiser state, losses) go to OUT.run/.")
     pt.add_argument("--out", required=True, help="new model folder to write (the shipped one is dual_adapter/models/mini)")
@@ -82,7 +82,10 @@ def register(sub) -> None:
     bm.add_argument("--lora-steps", type=int, default=None, help="steps of every LoRA (100; quick 40)")
     bm.add_argument("--ttt-steps", type=int, default=None, help="CustomTTT merge steps (10; quick 3)")
     bm.add_argument("--sample-steps", type=int, default=None, help="denoising steps per video (25; quick 10)")
-    bm.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    bm.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads in all (0 = torch's default; with --jobs > 1, one per worker)")
+    bm.add_argument("--jobs", type=int, default=None,
+                    help="worker processes (2; 1 = all in this process); results do not depend on it")
     bm.add_argument("--out-dir", default="benchmarks/results", help="where the three files go (benchmarks/results)")
     bm.add_argument("--overwrite", action="store_true", help="replace existing miniworld.* files in --out-dir")
     bm.set_defaults(func=_benchmark)
@@ -127,7 +130,8 @@ def _benchmark(args) -> int:
 
     over = {k: getattr(args, a) for k, a in (("seeds", "seeds"), ("dualreal_steps", "dualreal_steps"),
                                               ("lora_steps", "lora_steps"), ("ttt_steps", "ttt_steps"),
-                                              ("sample_steps", "sample_steps")) if getattr(args, a) is not None}
+                                              ("sample_steps", "sample_steps"), ("jobs", "jobs"))
+            if getattr(args, a) is not None}
     over.update(model=args.model, threads=args.threads)
     if args.pairs:
         pairs = []
