@@ -50,7 +50,7 @@ class PretrainConfig:
         checkpoint_every: write ``run/partial`` + ``run/state`` every N steps.
     """
 
-    steps: int = 6000
+    steps: int = 10000
     batch: int = 8
     lr: float = 1e-3
     warmup_steps: int = 200
