@@ -100,8 +100,10 @@ class BenchConfig:
             ``max(1, threads // jobs)`` (``threads`` 0: one each).
         jobs: worker processes (1 = everything in this process). The (subject, seed) groups of pairs are
             dealt round-robin to the workers, so the artefacts shared within a group are trained once;
-            results are identical to ``jobs=1`` (every training and sampling is seeded). On the 2-core
-            machine 2 workers x 1 thread measured faster than 1 process x 2 threads (README).
+            results are identical to ``jobs=1`` with ``threads=1`` (every training and sampling is seeded; a
+            different thread count changes the last bits of torch's CPU reductions, which training
+            amplifies). On the 2-core machine 2 workers x 1 thread measured faster than 1 process x 2
+            threads (README).
 
     The defaults (100 DualReal / LoRA steps, 10 TTT steps, 2 seeds) were set before any result was seen;
     sampling uses 25 steps, the steps at which the base ``mini``'s quality is measured (``miniworld evaluate``):
@@ -224,8 +226,8 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
     groups: dict = {}
     for u in units:  # artefacts shared within a pair's subject and seed stay in one worker
         groups.setdefault((u[1], u[3]), []).append(u)
-    jobs = min(cfg.jobs, len(groups))
-    if jobs <= 1 or bundle is not None:
+    jobs = 1 if bundle is not None else min(cfg.jobs, len(groups))
+    if jobs == 1:
         parts = [_run_units(cfg, units, bundle=bundle, log=log)]
     else:
         import multiprocessing as mp
@@ -248,7 +250,7 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
         for k, v in p["stages_s"].items():
             stages[k] = stages.get(k, 0.0) + v
     results = {m: {k: _stats([s[k] for s in samples if s["method"] == m]) for k in METRICS} for m in methods}
-    timing = {"total_s": time.time() - t_all, "stages_s": stages, "jobs": max(1, jobs if bundle is None else 1)}
+    timing = {"total_s": time.time() - t_all, "stages_s": stages, "jobs": jobs}
     timing["per_method_s"] = _per_method_time(methods, stages)
     return {"config": {**asdict(cfg), "pairs": [list(p) for p in pairs], "methods": methods,
                        "model_name": first["model_name"]},
