@@ -24,10 +24,8 @@ from dataclasses import replace
 
 import torch
 
-from dual_adapter.miniworld import scorers as S
 from dual_adapter.miniworld import world as W
-
-ATTRS = ("background", "colour", "shape", "size", "texture")
+from miniworld_scorer_ceiling import ATTRS, shares  # this folder: the scorers' ceiling script
 SWAPS = {"shape": W.SHAPES, "colour": tuple(W.COLOURS), "texture": W.TEXTURES, "size": tuple(W.SIZES),
          "background": tuple(W.BACKGROUNDS), "motion": W.HELD_IN_MOTIONS}
 
@@ -73,23 +71,19 @@ def main(argv=None) -> None:
                        - base) / base) for e in wrong.values()]
         print(f"| {t} | {float(base):.3f} | " + " | ".join(f"{r:+.3f}" for r in rise) + " |")
 
-    def shares(videos) -> list[float]:
-        ok = dict.fromkeys(ATTRS, 0)
-        for v, s in zip(videos, specs):
-            got = S.classify_attributes(S.track(v))
-            for a in ATTRS:
-                ok[a] += got[a] == getattr(s, a)
-        return [ok[a] / len(specs) for a in ATTRS]
-
     print(f"\nOne-step reconstruction: share of attributes read right from the decoded x0 prediction\n")
     print("| input | " + " | ".join(ATTRS) + " |")
     print("|---" * (len(ATTRS) + 1) + "|")
-    print("| VAE round trip (no noise) | " + " | ".join(f"{x:.2f}" for x in shares(decode_latents(bundle, z))) + " |")
+    def row(videos) -> str:
+        r = shares(videos, specs)
+        return " | ".join(f"{r[a]:.2f}" for a in ATTRS)
+
+    print(f"| VAE round trip (no noise) | {row(decode_latents(bundle, z))} |")
     for t in (100, 300, 500, 700):
         tt = torch.full((len(specs),), t)
         xt = sched.add_noise(z, noise, tt)
         x0 = sched.get_velocity(bb.predict(xt, tt, right), xt, tt)
-        print(f"| t = {t} | " + " | ".join(f"{x:.2f}" for x in shares(decode_latents(bundle, x0))) + " |")
+        print(f"| t = {t} | {row(decode_latents(bundle, x0))} |")
 
 
 if __name__ == "__main__":

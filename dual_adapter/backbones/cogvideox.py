@@ -532,15 +532,6 @@ def load_cogvideox(
                            dtype=dt, cpu_offload=cpu_offload)
 
 
-def _is_mini_folder(path) -> bool:
-    """True when ``path`` is a folder whose ``vae/config.json`` names a mini VAE substitute."""
-    try:
-        cfg = json.loads((Path(path) / "vae" / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-    return cfg.get("_class_name") in ("BlockPCAVAE", "SpaceToDepthVAE")
-
-
 def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str | None = None,
                seed: int = 0, **kw) -> CogVideoXBundle:
     """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; ``"mini"`` -> the shipped pretrained
@@ -551,8 +542,9 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
 
     ``dtype`` defaults to fp32 for tiny / mini models and bf16 for real ones.
     """
-    if name_or_path in BUILTIN_PRETRAINED or _is_mini_folder(name_or_path):
-        from ..miniworld.model import load_mini
+    from ..miniworld.model import is_mini_folder, load_mini
+
+    if name_or_path in BUILTIN_PRETRAINED or is_mini_folder(name_or_path):
 
         folder = None if name_or_path in BUILTIN_PRETRAINED else name_or_path
         return load_mini(folder, device=check_device(device) or "cpu", dtype=dtype or "fp32")

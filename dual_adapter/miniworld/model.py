@@ -37,8 +37,8 @@ from torch import nn
 from ..errors import DualAdapterError
 from . import world
 
-__all__ = ["SpaceToDepthVAE", "BlockPCAVAE", "fit_block_pca", "MINI_DIR", "MINI_CONFIG", "build_mini_tokenizer", "build_mini", "save_mini",
-           "load_mini", "mini_available"]
+__all__ = ["SpaceToDepthVAE", "BlockPCAVAE", "MINI_VAE_CLASSES", "fit_block_pca", "MINI_DIR", "MINI_CONFIG",
+           "build_mini_tokenizer", "build_mini", "save_mini", "load_mini", "mini_available", "is_mini_folder"]
 
 MINI_DIR = Path(__file__).resolve().parent.parent / "models" / "mini"
 
@@ -222,10 +222,14 @@ def _make_vae_class():
 _VAE_CLS: dict = {}
 
 
+# the VAE substitutes a mini folder's ``vae/config.json`` may name (``_class_name``)
+MINI_VAE_CLASSES = ("SpaceToDepthVAE", "BlockPCAVAE")
+
+
 def __getattr__(name):  # lazy: diffusers is imported only when the classes are used
-    if name in ("SpaceToDepthVAE", "BlockPCAVAE"):
+    if name in MINI_VAE_CLASSES:
         if not _VAE_CLS:
-            _VAE_CLS.update(zip(("SpaceToDepthVAE", "BlockPCAVAE"), _make_vae_class()))
+            _VAE_CLS.update(zip(MINI_VAE_CLASSES, _make_vae_class()))
         return _VAE_CLS[name]
     raise AttributeError(name)
 
@@ -359,6 +363,16 @@ def mini_available(folder: str | os.PathLike | None = None) -> bool:
     return (f / "transformer" / "config.json").exists()
 
 
+def is_mini_folder(path) -> bool:
+    """True when ``path`` is a folder whose ``vae/config.json`` names a mini VAE substitute
+    (:data:`MINI_VAE_CLASSES`), e.g. one written by ``miniworld pretrain``."""
+    try:
+        cfg = json.loads((Path(path) / "vae" / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    return cfg.get("_class_name") in MINI_VAE_CLASSES
+
+
 def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtype: str | torch.dtype = "fp32"):
     """Load the pretrained ``mini`` (default: the shipped :data:`MINI_DIR`). Weights load with safetensors.
 
@@ -382,7 +396,7 @@ def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtyp
         transformer = CogVideoXTransformer3DModel.from_pretrained(root / "transformer", use_safetensors=True,
                                                                   torch_dtype=torch.float32)
         vae_kind = json.loads((root / "vae" / "config.json").read_text()).get("_class_name", "SpaceToDepthVAE")
-        if vae_kind not in ("SpaceToDepthVAE", "BlockPCAVAE"):
+        if vae_kind not in MINI_VAE_CLASSES:
             raise DualAdapterError(f"{str(root / 'vae')!r}: unknown mini VAE {vae_kind!r}")
         vae = __getattr__(vae_kind).from_pretrained(root / "vae", use_safetensors=True)
         text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", use_safetensors=True)
