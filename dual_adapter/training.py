@@ -242,7 +242,7 @@ def make_optimizer(param_groups: Iterable, cfg: TrainConfig) -> tuple[torch.opti
         except Exception:
             raise DualAdapterError("optimizer 'lion' needs the lion-pytorch package (pip install lion-pytorch)") from None
         return Lion(groups, **kw), name
-    fused = all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+    fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, eps=cfg.eps, fused=fused or None, **kw), "adamw"
 
 
@@ -683,8 +683,16 @@ def autocast_context(device_type: str, cfg: TrainConfig):
 
 
 def _all_finite(params: Sequence[torch.Tensor]) -> bool:
+    """True when no parameter holds a NaN or an infinity. One float32 sum per tensor and one ``isfinite`` in
+    all: a NaN or an infinity anywhere makes the total non-finite (the check runs after every optimiser step on
+    CPU, where the per-tensor ``isfinite(p).all()`` it replaces cost about a tenth of a DualReal step on
+    ``mini``)."""
     if not params:
         return True
+    total = torch.stack([p.detach().sum(dtype=torch.float32) for p in params]).sum()
+    if bool(torch.isfinite(total)):
+        return True
+    # finite values whose float32 sum overflows are not a divergence: fall back to the exact test
     return bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all())
 
 
