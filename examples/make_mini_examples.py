@@ -13,7 +13,7 @@ Frames nodes, exactly where a user's own photos and clips go:
   so the 256-colour palette keeps every 8-bit pixel exactly (H.264's 4:2:0 chroma smears 32 px sprites);
 
 ``--adapters`` (run it only on the final ``mini`` weights: adapters fit one architecture) trains DualReal
-on those files with the command printed below (the demo's settings: 400 steps, lr 1e-3, 40 warm-up steps,
+on those files with the command printed below (the demo's settings: 1000 steps, lr 1e-3, 100 warm-up steps,
 one clip per motion step, the tiny reference encoder) and copies the result to
 ``examples/dualreal_mini_star_orbit.safetensors``, the adapters of the "load adapters + sample" workflow.
 
@@ -64,7 +64,7 @@ def adapters_command(out: Path) -> list[str]:
     return ["train-dualreal", "--model", "mini", "--subject", rel(PHOTOS),
             "--identity-prompt", W.identity_prompt(SUBJECT),
             "--motion", *[rel(p) for p in sorted(CLIPS.glob("*.gif"))],
-            "--motion-prompt", W.motion_prompt(MOTION), "--steps", "400", "--lr", "1e-3", "--warmup", "40",
+            "--motion-prompt", W.motion_prompt(MOTION), "--steps", "1000", "--lr", "1e-3", "--warmup", "100",
             "--motion-batch", "1", "--no-gradient-checkpointing", "--seed", str(SEED), "--out", str(out)]
 
 

@@ -175,7 +175,8 @@ class Graph:
 # They run as shipped on the built-in pretrained `mini` (README "Miniature world"; 9 frames x 32 x 32, CPU)
 # with mini-world files in examples/mini/ (written by examples/make_mini_examples.py): photos of a subject the
 # base never saw (a yellow striped star) and clips of *other* sprites doing a motion it never saw (orbit).
-# Settings: DualReal as the demo (400 steps, lr 1e-3, 40 warm-up steps), the LoRAs and TTT as the miniworld
+# Settings: DualReal 400 steps (lr 1e-3, 40 warm-up steps; the demo ran 400 when this was measured and now runs
+# the authors' 1000), the LoRAs and TTT as the miniworld
 # benchmark (100 steps, lr 1e-3, rank 8; TTT 10 steps at 1e-4), 25 sampling steps as the demo; prompts come from
 # the world's vocabulary (words outside it are unknown to mini's tokenizer). Measured once on the 6000-step mini
 # (one seed, examples/mini inputs): DualReal at 100 steps did not move the sprite (motion score 0.24, 'still'),
