@@ -377,3 +377,18 @@ def test_a_warning_is_printed_once_per_command(tmp_path, caplog):
                      "--out", str(tmp_path / "v.mp4")]) == 0
     shown = [r for r in caplog.records if "truncated" in r.getMessage()]  # what passed the handlers' filters
     assert len(shown) == 1, caplog.text
+
+
+def test_all_finite_check_finds_nan_and_inf_but_not_a_large_finite_sum():
+    """The per-step divergence check (one summed isfinite): a NaN or an infinity in any tensor is caught; finite
+    weights whose float32 sum overflows are not a divergence."""
+    from dual_adapter.training import _all_finite
+
+    ok = [torch.ones(3, 4), torch.zeros(5, dtype=torch.float16)]
+    assert _all_finite(ok) and _all_finite([])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = torch.ones(3, 4)
+        t[1, 2] = bad
+        assert not _all_finite(ok + [t]), bad
+    big = [torch.full((4,), 3e38), torch.full((4,), 3e38)]  # each finite; their float32 sum is inf
+    assert _all_finite(big)
