@@ -545,7 +545,6 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     from ..miniworld.model import is_mini_folder, load_mini
 
     if name_or_path in BUILTIN_PRETRAINED or is_mini_folder(name_or_path):
-
         folder = None if name_or_path in BUILTIN_PRETRAINED else name_or_path
         return load_mini(folder, device=check_device(device) or "cpu", dtype=dtype or "fp32")
     if name_or_path in TINY_VARIANTS:
