@@ -78,7 +78,8 @@ def register(sub) -> None:
     bm.add_argument("--pairs", default=None, metavar="S:M,...",
                     help="pairs to run, e.g. 'striped_star:orbit,dotted_triangle:bounce' (default: all 9)")
     bm.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
-    bm.add_argument("--dualreal-steps", type=int, default=None, help="steps of every DualReal run (1000, the authors' default; quick 40)")
+    bm.add_argument("--dualreal-steps", type=int, default=None,
+                    help="steps of every DualReal run (800; the authors' default is 1000; quick 40)")
     bm.add_argument("--lora-steps", type=int, default=None, help="steps of every LoRA (100; quick 40)")
     bm.add_argument("--ttt-steps", type=int, default=None, help="CustomTTT merge steps (10; quick 3)")
     bm.add_argument("--sample-steps", type=int, default=None, help="denoising steps per video (25; quick 10)")
