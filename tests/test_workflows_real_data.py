@@ -27,7 +27,7 @@ def _swap_inputs(wf: dict, data: Path, clip: Path) -> int:
     return n
 
 
-# The shipped CogVideoX workflows train 100-400 steps on mini (0:20-2:00 each on 2 cores, measured); here only
+# The shipped CogVideoX workflows train 100-400 steps on mini (0:09-0:52 each on 2 cores, measured); here only
 # the real inputs' way through each graph matters, so every step count is capped (the tiny workflows this test
 # ran before trained 20-60 steps).
 QUICK_STEPS = 20
