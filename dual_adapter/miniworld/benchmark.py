@@ -108,7 +108,7 @@ class BenchConfig:
     The LoRA / TTT / seed defaults (100 LoRA steps, 10 TTT steps, 2 seeds) were set before any result was
     seen. DualReal runs 800 steps, a fifth fewer than the authors' 1000 (METHODS.md), for the 40-minute
     budget, as the LoRA and TTT step counts are cut for it: at 1000 the default run measured 43.1 min (on a
-    machine slower by 11-13% per step than for the 800-step run, which measured 31.2 min; README). At the
+    machine 12% slower per DualReal step than for the 800-step run, which measured 31.2 min; README). At the
     first default of 100 every DualReal row stayed at the base's motion (its adapters start at zero and are
     blended at 0.1); a sweep on three pairs (README "Miniature world") showed the motion appearing between 300
     and 1000 steps. Sampling uses 25 steps, the steps at which the base ``mini``'s quality is measured
