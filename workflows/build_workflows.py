@@ -178,9 +178,9 @@ class Graph:
 # Settings: DualReal 400 steps (lr 1e-3, 40 warm-up steps; the demo ran 400 when this was measured and now runs
 # the authors' 1000), the LoRAs and TTT as the miniworld
 # benchmark (100 steps, lr 1e-3, rank 8; TTT 10 steps at 1e-4), 25 sampling steps as the demo; prompts come from
-# the world's vocabulary (words outside it are unknown to mini's tokenizer). Measured once on the 6000-step mini
-# (one seed, examples/mini inputs): DualReal at 100 steps did not move the sprite (motion score 0.24, 'still'),
-# at 400 it orbits (0.91, 'orbit'), in 2 min on the shared 2-core machine.
+# the world's vocabulary (words outside it are unknown to mini's tokenizer). Measured on the shipped 10,000-step
+# mini (one seed, headless, idle 2-core machine; README "Workflows"): the DualReal train + sample workflow takes
+# 0:52 and its sprite moves (motion score 0.75 against the orbit) in the clips' green, not as the star.
 MODEL = "mini"
 SIZE = dict(height=world.HEIGHT, width=world.WIDTH)  # 32 x 32
 FRAMES = world.FRAMES  # 9
