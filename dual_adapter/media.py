@@ -351,6 +351,52 @@ def _open_container(path: Path):
     return container
 
 
+def _is_webp(path: Path) -> bool:
+    """True when the file starts like a WebP (``RIFF....WEBP``), whatever its extension."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+
+
+class _PillowClip:
+    """An animated (or still) WebP read with Pillow: FFmpeg, and so PyAV, cannot decode animated WebP
+    (``avcodec_send_packet``: "Invalid data found"), which is what ComfyUI's SaveAnimatedWEBP and the
+    pack's ``write_video(... .webp)`` write. Same facts as :func:`_stream_facts`; frames in order as
+    ``(seconds, PIL RGB image)``, from each frame's ``duration`` (ms; 1/25 s when absent)."""
+
+    codec = "webp"
+
+    def __init__(self, path: Path):
+        from PIL import Image
+
+        try:
+            self.image = Image.open(path)
+            self.image.load()
+        except Exception as e:
+            raise DualAdapterError(
+                f"{str(path)!r} is not a readable video file (corrupted, truncated or not a video): {e}"
+            ) from e
+        self.n = int(getattr(self.image, "n_frames", 1))
+        ms = self.image.info.get("duration") or 0
+        rate = 1000.0 / ms if ms and ms > 0 else 25.0
+        self.width, self.height = self.image.size
+        self.facts = {"fps": rate, "declared": self.n, "duration": self.n / rate, "start": 0.0}
+
+    def frames(self):
+        t = 0.0
+        for i in range(self.n):
+            self.image.seek(i)
+            yield t, self.image.convert("RGB")
+            ms = self.image.info.get("duration") or 0
+            t += (ms / 1000.0) if ms and ms > 0 else 1.0 / self.facts["fps"]
+
+    def close(self):
+        self.image.close()
+
+
 def _stream_facts(container, stream) -> dict:
     """Frame rate, declared frame count and duration of a video stream (best effort)."""
     rate = None
@@ -389,6 +435,11 @@ def probe_clip(path) -> dict:
         DualAdapterError: missing file, not a video, or no video stream.
     """
     path = Path(path)
+    if path.is_file() and _is_webp(path):
+        clip = _PillowClip(path)
+        clip.close()
+        return {"fps": clip.facts["fps"], "n_frames": clip.n, "duration_s": clip.facts["duration"],
+                "width": int(clip.width), "height": int(clip.height), "codec": clip.codec}
     container = _open_container(path)
     try:
         stream = container.streams.video[0]
@@ -416,8 +467,9 @@ def load_clip(
     """Decode a video clip into frames, resampling its frame rate and fixing its length.
 
     Args:
-        path: a video file PyAV/FFmpeg reads (MP4, AVI, MKV, WebM, MOV, GIF ...); the first
-            video stream is used.
+        path: a video file PyAV/FFmpeg reads (MP4, AVI, MKV, WebM, MOV, GIF, animated PNG ...; the
+            first video stream is used), or an animated WebP (read with Pillow, as FFmpeg cannot decode
+            it; ComfyUI's SaveAnimatedWEBP writes these).
         num_frames: number of output frames (``>= 1``); ``None`` = every output frame until
             the clip ends.
         fps: output frame rate in frames per second (``> 0``); output frame ``k`` is the source
@@ -459,18 +511,27 @@ def load_clip(
     if not isinstance(start_s, (int, float)) or isinstance(start_s, bool) or not start_s >= 0 or not math.isfinite(start_s):
         raise DualAdapterError(f"start_s for clip {str(path)!r} must be a number of seconds >= 0, got {start_s!r}")
 
-    container = _open_container(path)
-    try:
-        stream = container.streams.video[0]
-        facts = _stream_facts(container, stream)
-        fps_src = facts["fps"]
+    if path.is_file() and _is_webp(path):
+        source = _PillowClip(path)
+        facts = source.facts
         try:
-            stream.thread_type = "AUTO"
-        except Exception:
-            pass
-        picked, n_decoded, reached_end = _decode_selected(container, stream, facts, num_frames, fps, float(start_s), path)
-    finally:
-        container.close()
+            picked, n_decoded, reached_end = _decode_selected(source.frames(), facts, num_frames, fps, float(start_s), path)
+        finally:
+            source.close()
+    else:
+        container = _open_container(path)
+        try:
+            stream = container.streams.video[0]
+            facts = _stream_facts(container, stream)
+            try:
+                stream.thread_type = "AUTO"
+            except Exception:
+                pass
+            picked, n_decoded, reached_end = _decode_selected(
+                _av_frames(container, stream, facts), facts, num_frames, fps, float(start_s), path)
+        finally:
+            container.close()
+    fps_src = facts["fps"]
 
     declared = facts["declared"]
     if not picked:
@@ -496,7 +557,7 @@ def load_clip(
         t = cache.get(src_idx)
         if t is None:
             try:
-                arr = frame.to_ndarray(format="rgb24")
+                arr = np.array(frame) if not hasattr(frame, "to_ndarray") else frame.to_ndarray(format="rgb24")
             except Exception as e:
                 raise DualAdapterError(f"clip {str(path)!r}: frame {src_idx} could not be converted to RGB: {e}") from e
             t = torch.from_numpy(arr)
@@ -533,14 +594,25 @@ def load_clip(
     return frames, info
 
 
-def _decode_selected(container, stream, facts, num_frames, fps, start_s, path):
+def _av_frames(container, stream, facts):
+    """PyAV's frames of ``stream`` in decoding order as ``(seconds from the stream start, av.VideoFrame)``."""
+    fps_src, t0 = facts["fps"], facts["start"]
+    for idx, frame in enumerate(container.decode(stream)):
+        if frame.pts is not None and frame.time_base:
+            t = float(frame.pts * frame.time_base) - t0
+        else:
+            t = idx / fps_src if fps_src else float(idx)
+        yield t, frame
+
+
+def _decode_selected(frames, facts, num_frames, fps, start_s, path):
     """Decode frames in order and pick those nearest to the wanted timestamps.
 
+    ``frames`` yields ``(seconds, frame)`` in order (:func:`_av_frames`, :meth:`_PillowClip.frames`).
     Returns ``(picked, n_decoded, reached_end)`` where ``picked`` is a list of
-    ``(source_index, av.VideoFrame)`` in output order (one entry per output frame).
+    ``(source_index, frame)`` in output order (one entry per output frame).
     """
     fps_src = facts["fps"]
-    t0 = facts["start"]
     half = 0.5 / fps_src if fps_src else 0.0
     picked: list = []
     n_decoded = 0
@@ -548,21 +620,13 @@ def _decode_selected(container, stream, facts, num_frames, fps, start_s, path):
     k = 0  # next output frame
     reached_end = True
 
-    def frame_time(frame, idx):
-        if frame.pts is not None and frame.time_base:
-            return float(frame.pts * frame.time_base) - t0
-        if fps_src:
-            return idx / fps_src
-        return float(idx)
-
     def done():
         return num_frames is not None and len(picked) >= num_frames
 
     try:
-        for frame in container.decode(stream):
+        for t, frame in frames:
             idx = n_decoded
             n_decoded += 1
-            t = frame_time(frame, idx)
             if fps is None:
                 # native rate: every frame from the first one at/after start_s (half-frame tolerance)
                 if t + half >= start_s - 1e-9:

@@ -13,7 +13,7 @@ from . import bridge
 from .common import as_model, image_batch
 
 CAT = "DualAdapter"
-VIDEO_EXT = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v")
+VIDEO_EXT = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".webp")
 
 
 class CogVideoXLoader:
@@ -218,7 +218,8 @@ def _input_videos() -> list[str]:
 
 
 class LoadClipFrames:
-    DESCRIPTION = ("Read a video clip (any container PyAV reads: MP4/H.264, AVI/MPEG-4, MOV, WEBM...) into frames, "
+    DESCRIPTION = ("Read a video clip (any container PyAV reads: MP4/H.264, AVI/MPEG-4, MOV, WEBM, GIF...; animated WebP, "
+                   "as SaveAnimatedWEBP writes, through Pillow) into frames, "
                    "sampled at a target fps, resized and centre-cropped. A clip shorter than the frames asked for is "
                    "looped (or held / refused, see short_policy), with a warning in the console. Core LoadVideo + GetVideoComponents also work.")
     CATEGORY = f"{CAT}/Media"

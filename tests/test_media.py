@@ -332,6 +332,40 @@ def test_write_video_odd_size_and_other_formats(tmp_path):
         write_video(frames, tmp_path / "clip.avi")
 
 
+def test_animated_webp_loads_as_a_clip(tmp_path):
+    """FFmpeg (PyAV) cannot decode animated WebP, which ComfyUI's SaveAnimatedWEBP and write_video(.webp)
+    write; load_clip / probe_clip read it with Pillow, with the same resampling and errors as other clips."""
+    frames = torch.rand(9, 20, 28, 3, generator=torch.Generator().manual_seed(0))
+    webp = write_video(frames, tmp_path / "anim.webp", fps=8)  # lossless
+    meta = probe_clip(webp)
+    assert (meta["n_frames"], meta["width"], meta["height"], meta["codec"]) == (9, 28, 20, "webp")
+    assert meta["fps"] == pytest.approx(8.0)
+    back, info = load_clip(webp)
+    assert back.shape == frames.shape
+    assert torch.allclose(back, (frames * 255).round() / 255, atol=1e-6)
+    assert info["fps_src"] == pytest.approx(8.0) and info["n_src"] == 9 and info["duration_s"] == pytest.approx(1.125)
+    # resampling to 4 fps takes every other frame; 'hold' pads a short clip with its last frame
+    half, info = load_clip(webp, num_frames=5, fps=4)
+    assert torch.equal(half, back[::2]) and info["fps_out"] == 4.0
+    held, info = load_clip(webp, num_frames=11, short_policy="hold")
+    assert info["padded"] and torch.equal(held[9], back[8]) and torch.equal(held[10], back[8])
+    later, _ = load_clip(webp, num_frames=3, start_s=0.5)
+    assert torch.equal(later, back[4:7])
+    # a ComfyUI-style lossy WebP whose name has no extension is recognised by its header
+    pil = [Image.fromarray((f.numpy() * 255).astype(np.uint8)) for f in frames]
+    noext = tmp_path / "ComfyUI_00001_"
+    pil[0].save(noext, format="WEBP", save_all=True, append_images=pil[1:], duration=125, lossless=False, quality=80)
+    assert load_clip(noext)[0].shape == frames.shape
+    # errors: a truncated file, and a still where motion is required
+    cut = tmp_path / "cut.webp"
+    cut.write_bytes(webp.read_bytes()[: webp.stat().st_size // 2])
+    with pytest.raises(DualAdapterError, match="cut.webp"):
+        load_clip(cut)
+    still = write_video(frames[:1], tmp_path / "still.webp", fps=8)
+    with pytest.raises(DualAdapterError, match="still"):
+        load_clip(still, num_frames=9, require_motion=True)
+
+
 def test_save_image_and_png_frames(tmp_path):
     img = torch.rand(10, 14, 3)
     p = save_image(img, tmp_path / "one.png")

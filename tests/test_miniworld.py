@@ -1,6 +1,8 @@
 """The miniature world: generator, scorers on ground-truth videos, the VAE substitute, the shipped ``mini``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -110,6 +112,47 @@ def test_leakage_high_when_clip_sprite_appears():
     leaked = W.render(W.with_motion(specs[0], "bounce"), seed=9)
     assert S.leakage_score(leaked, clips) > 0.6
     assert S.leakage_score(clean, clips) < S.leakage_score(leaked, clips) - 0.3
+
+
+def test_score_command_on_files(tmp_path, capsys):
+    """`miniworld score` reads the WebP / GIF the pack writes and scores them like score_video does on
+    tensors: the subject doing the motion scores high, a clip sprite doing another motion scores low."""
+    import json
+
+    from dual_adapter.cli import main
+    from dual_adapter.media import save_image, write_video
+
+    sub = W.HELD_OUT_SUBJECTS["striped_star"]
+    good = W.render(W.VideoSpec(sub.shape, sub.colour, sub.texture, "large", "orbit"), seed=1)
+    clips, specs = W.motion_clips("orbit", 2, seed=0, exclude="striped_star")
+    bad = W.render(W.with_motion(specs[0], "zigzag"), seed=2)
+    photos = W.subject_photos("striped_star", n=3, seed=0)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "clips").mkdir()
+    for i, im in enumerate(photos):
+        save_image(im, tmp_path / "photos" / f"{i}.png")
+    for i, c in enumerate(clips):
+        write_video(c, tmp_path / "clips" / f"{i}.gif", fps=8)
+    gv = write_video(good, tmp_path / "good.webp", fps=8)
+    bv = write_video(bad, tmp_path / "bad.webp", fps=8)
+    prompt = f"a large {sub.colour} {sub.texture} {sub.shape} orbiting on a gray background"
+    r = S.score_files(gv, prompt=prompt, subject=tmp_path / "photos", motion="orbit", clips=[tmp_path / "clips"])
+    want = S.score_video(good, prompt=prompt, subject_photos=photos, motion="orbit", motion_clips=clips)
+    for k in ("identity", "motion", "text", "leakage"):
+        assert r[k] == pytest.approx(want[k], abs=0.02), k  # GIF palettes and 8-bit rounding only
+    assert r["identity"] > 0.5 and r["motion"] > 0.9 and r["text"] == 1.0 and r["motion_class"] == "orbit"
+    rc = main(["miniworld", "score", str(gv), str(bv), "--subject", str(tmp_path / "photos"), "--motion", "orbit",
+               "--clips", str(tmp_path / "clips"), "--prompt", prompt, "--json", str(tmp_path / "s.json")])
+    assert rc == 0
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert [Path(x["video"]).name for x in rows] == ["good.webp", "bad.webp"]
+    assert rows[1]["identity"] < rows[0]["identity"] - 0.3 and rows[1]["motion"] < 0.5
+    assert rows[1]["leakage"] > rows[0]["leakage"] + 0.3 and rows[1]["motion_class"] == "zigzag"
+    assert "good.webp: frames 9" in capsys.readouterr().out
+    with pytest.raises(DualAdapterError, match="world motion"):
+        S.score_files(gv, motion="moonwalk")
+    with pytest.raises(DualAdapterError, match="holds no clip"):
+        S.score_files(gv, clips=[tmp_path / "photos"])
 
 
 def test_scorers_reject_bad_input():

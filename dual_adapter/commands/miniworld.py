@@ -2,6 +2,7 @@
 
 Actions: ``pretrain`` (train the ``mini`` CogVideoX on held-in videos; seeded, resumable, progress
 lines, loss curve), ``evaluate`` (the base model's quality on held-in prompts, by the pixel scorers),
+``score`` (the pixel scorers on video files, e.g. a workflow's WebP),
 ``benchmark`` (the papers' comparison in miniature: :mod:`dual_adapter.miniworld.benchmark`).
 """
 from __future__ import annotations
@@ -65,6 +66,19 @@ def register(sub) -> None:
     ev.add_argument("--json", default=None, help="also write the per-sample results to this JSON file")
     ev.set_defaults(func=_evaluate)
 
+    sc = acts.add_parser("score", help="score video files with the world's pixel scorers (identity, motion, text, leakage)",
+                         description="Score clips (the WebP / GIF / MP4 the pack's workflows and commands write) with "
+                                     "dual_adapter.miniworld.scorers: identity against subject photos, motion against a "
+                                     "world motion or a reference clip, text against a worded prompt, leakage against "
+                                     "motion clips. Each score needs its input; the motion class is always printed.")
+    sc.add_argument("video", nargs="+", help="clip file(s) to score")
+    sc.add_argument("--prompt", default=None, help='the worded prompt, e.g. "a yellow striped star orbiting on a gray background"')
+    sc.add_argument("--subject", default=None, help="the subject's photos: a folder or an image (e.g. examples/mini/striped_star)")
+    sc.add_argument("--motion", default=None, help="a world motion name (orbit, zigzag, bounce, left, ...) or a reference clip")
+    sc.add_argument("--clips", nargs="+", default=None, help="motion clips (files or folders) for leakage (e.g. examples/mini/orbit)")
+    sc.add_argument("--json", default=None, help="also write the scores to this new JSON file")
+    sc.set_defaults(func=_score)
+
     bm = acts.add_parser("benchmark", help="the papers' comparison in miniature (every method on held-out pairs)",
                          description="Every held-out subject x motion pair over several seeds: base, identity-only, "
                                      "motion-only, merged LoRAs, DualReal and its ablations, TAP vs full motion LoRA, "
@@ -123,6 +137,23 @@ def _evaluate(args) -> int:
         from ..io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rep, indent=2), overwrite=False)
+    return 0
+
+
+def _score(args) -> int:
+    import json
+
+    from ..miniworld.scorers import score_files
+
+    rows = []
+    for v in args.video:
+        r = score_files(v, prompt=args.prompt, subject=args.subject, motion=args.motion, clips=args.clips)
+        rows.append({"video": v, **r})
+        print(v + ": " + "  ".join(f"{k} {x:.3f}" if isinstance(x, float) else f"{k} {x}" for k, x in r.items()), flush=True)
+    if args.json:
+        from ..io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=2), overwrite=False)
     return 0
 
 

@@ -50,7 +50,7 @@ from ..errors import DualAdapterError
 from . import world
 
 __all__ = ["FG_THRESHOLD", "STILL_RMS", "MOTION_OK", "Track", "track", "identity_score", "motion_score",
-           "classify_motion", "text_score", "classify_attributes", "leakage_score", "score_video",
+           "classify_motion", "text_score", "classify_attributes", "leakage_score", "score_video", "score_files",
            "evaluate_base"]
 
 FG_THRESHOLD = 0.18
@@ -398,6 +398,72 @@ def score_video(frames, *, prompt: str | None = None, subject_photos: torch.Tens
     if motion_clips:
         out["leakage"] = leakage_score(t, motion_clips)
     out["motion_class"] = classify_motion(t)[0]
+    return out
+
+
+def _frames_of(paths, what: str) -> list[torch.Tensor]:
+    """Every clip under ``paths`` (files, or folders whose .mp4/.gif/.webp/.avi/.mkv/.mov files are read in name order)."""
+    from pathlib import Path
+
+    from .. import media
+
+    files = []
+    for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in media.VIDEO_EXTENSIONS | {".avi", ".mkv", ".mov"})
+            if not found:
+                raise DualAdapterError(f"{what}: folder {str(p)!r} holds no clip (.mp4, .gif, .webp, .avi, .mkv, .mov)")
+            files += found
+        else:
+            files.append(p)
+    return [media.load_clip(f)[0] for f in files]
+
+
+def score_files(video, *, prompt: str | None = None, subject=None, motion: str | None = None, clips=None) -> dict:
+    """:func:`score_video` on files: what ``python -m dual_adapter miniworld score`` prints.
+
+    Args:
+        video: a clip file (anything :func:`dual_adapter.media.load_clip` reads: the WebP / GIF / MP4 /
+            animated PNG the pack's workflows and commands write), read whole at its own rate.
+        prompt: the worded prompt whose attributes :func:`text_score` checks, e.g. "a yellow striped
+            star orbiting on a gray background".
+        subject: the subject's photos (a folder or image files, :func:`dual_adapter.media.load_images`),
+            resized to the video's size: gives ``identity``.
+        motion: a world motion name (:data:`world.MOTIONS`, e.g. ``"orbit"``) or a reference clip file:
+            gives ``motion``.
+        clips: the motion clips (files or folders) whose sprite appearance must not show up: gives
+            ``leakage``.
+
+    Returns:
+        ``{"frames": T, "size": [H, W], "motion_class": name, "identity"?, "motion"?, "text"?,
+        "leakage"?}``.
+
+    Raises:
+        DualAdapterError: a file that cannot be read, an unknown motion name, no sprite in the photos.
+    """
+    from pathlib import Path
+
+    from .. import media
+
+    frames = _frames_of(video, "video")[0]
+    h, w = frames.shape[1:3]
+    photos = None
+    if subject is not None:
+        imgs = media.load_images([subject] if isinstance(subject, (str, Path)) else list(subject))
+        photos = torch.stack([media.fit_frames(im[None], h, w)[0] for im in imgs])
+    ref = None
+    if motion is not None:
+        if str(motion) in world.MOTIONS:
+            ref = str(motion)
+        elif Path(motion).exists():
+            ref = media.fit_frames(_frames_of(motion, "motion")[0], h, w)
+        else:
+            raise DualAdapterError(f"motion {motion!r}: expected a world motion ({', '.join(world.MOTIONS)}) "
+                                   f"or a reference clip file")
+    refs = [media.fit_frames(c, h, w) for c in _frames_of(clips, "clips")] if clips is not None else None
+    out = {"frames": int(frames.shape[0]), "size": [int(h), int(w)]}
+    out.update(score_video(frames, prompt=prompt, subject_photos=photos, motion=ref, motion_clips=refs))
     return out
 
 
