@@ -227,6 +227,16 @@ def test_pretrain_is_resumable_and_loads(tmp_path):
     assert all(torch.equal(v, b.transformer.state_dict()[k]) for k, v in b2.transformer.state_dict().items())
     with pytest.raises(DualAdapterError, match="exists"):
         pretrain_mini(out, cfg, command="test")
+    import json
+
+    assert json.loads((out / "info.json").read_text())["device"] == "cpu"
+    # --device is checked before any work: a name that is no device, or a GPU this machine does not have
+    with pytest.raises(DualAdapterError, match="not a device"):
+        PretrainConfig(device="banana").validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(DualAdapterError, match="no CUDA GPU"):
+            pretrain_mini(tmp_path / "gpu", PretrainConfig(steps=1, device="cuda"), command="test")
+        assert not (tmp_path / "gpu.run").exists()
 
 
 # --------------------------------------------------------------------------------------------

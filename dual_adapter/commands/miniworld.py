@@ -50,6 +50,7 @@ def register(sub) -> None:
     pt.add_argument("--seed", type=int, default=0, help="seed of the init and of every batch (0)")
     pt.add_argument("--threads", type=int, default=1, help="torch CPU threads (1; 0 = torch's default)")
     pt.add_argument("--checkpoint-every", type=int, default=250, help="checkpoint every N steps (250)")
+    pt.add_argument("--device", default="cpu", help="cpu (default, the shipped recipe) or cuda / cuda:N for longer runs")
     pt.add_argument("--resume", action="store_true", help="continue from OUT.run/ after an interruption")
     pt.add_argument("--log-every", type=int, default=50, help="print a progress line every N steps (50)")
     pt.set_defaults(func=_pretrain)
@@ -64,6 +65,7 @@ def register(sub) -> None:
     ev.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (0)")
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ev.add_argument("--json", default=None, help="also write the per-sample results to this JSON file")
+    ev.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     ev.set_defaults(func=_evaluate)
 
     sc = acts.add_parser("score", help="score video files with the world's pixel scorers (identity, motion, text, leakage)",
@@ -111,7 +113,7 @@ def _pretrain(args) -> int:
     from ..miniworld.pretrain import PretrainConfig, pretrain_mini
 
     cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                         checkpoint_every=args.checkpoint_every)
+                         checkpoint_every=args.checkpoint_every, device=args.device)
     print(f"pretraining mini: {cfg}", flush=True)
     pretrain_mini(args.out, cfg, resume=args.resume, callback=_Progress(args.log_every))
     print(f"wrote {args.out}", flush=True)
@@ -126,10 +128,13 @@ def _evaluate(args) -> int:
     from ..backbone import load_model
     from ..miniworld.scorers import evaluate_base
 
+    from ..backbone import check_device
+
+    device = check_device(args.device, "--device") or "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
-    bundle = load_model(args.model) if args.model == "mini" else __import__(
-        "dual_adapter.miniworld.model", fromlist=["load_mini"]).load_mini(args.model)
+    bundle = load_model(args.model, device=device) if args.model == "mini" else __import__(
+        "dual_adapter.miniworld.model", fromlist=["load_mini"]).load_mini(args.model, device=device)
     rep = evaluate_base(bundle, n=args.n, steps=args.steps, cfg=args.cfg, seed=args.seed)
     for k, v in rep["summary"].items():
         print(f"{k:>12}: {v:.3f}" if isinstance(v, float) else f"{k:>12}: {v}")
