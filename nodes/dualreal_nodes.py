@@ -89,9 +89,10 @@ class DualRealTrain:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1,
                                  "tooltip": "Seeds every step's batch, noise and timestep."}),
                 "name": ("STRING", {"default": "dualreal",
-                                    "tooltip": "Run name: checkpoints go to output/dualreal/<name>.partial.safetensors "
-                                               "(+ .state, .losses.jsonl). An existing run of that name is never "
-                                               "replaced: turn 'resume' on or choose another name."}),
+                                    "tooltip": "Run name: each run gets a new counter, its checkpoints going to "
+                                               "output/dualreal/<name>_NNNNN_.partial.safetensors (+ .state, "
+                                               ".losses.jsonl); queueing again starts a new run and never replaces "
+                                               "files. 'resume' continues the newest run of this name."}),
             },
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "Reference encoder (clip_vision_h, ViT-H/14, 1024-d). "
@@ -103,9 +104,9 @@ class DualRealTrain:
                 "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000,
                                              "tooltip": "Write a checkpoint every N steps (0 = only at the end/stop)."}),
                 "resume": ("BOOLEAN", {"default": False,
-                                       "tooltip": "Continue the run <name> from its last checkpoint (a new lr "
-                                                  "applies from there). Off: a name whose run files exist is "
-                                                  "refused (runs are never replaced); choose another name."}),
+                                       "tooltip": "Continue the newest run of <name> (highest counter) from its "
+                                                  "last checkpoint, e.g. to train more steps (a new lr applies from "
+                                                  "there). Off: a new run with the next counter."}),
                 "warmup_steps": ("INT", {"default": 200, "min": 0, "max": 100000,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
             },
@@ -145,12 +146,13 @@ class DualRealTrain:
                 else:
                     bridge.throw_if_interrupted()
 
-            out = bridge.output_dir() / "dualreal" / f"{name}.safetensors"
-            from dual_adapter.dualreal import run_paths
+            from dual_adapter.dualreal import counted_run_path, run_paths
             from dual_adapter.io import run_lock
             from dual_adapter.training import check_run_files
 
-            with run_lock(out, "Train DualReal run"):  # never replace a run: refuse, naming the two choices
+            out = counted_run_path(bridge.output_dir() / "dualreal", name, resume=bool(resume))
+            log.info("Train DualReal: run %s (checkpoints in %s)", out.stem, out.parent)
+            with run_lock(out, "Train DualReal run"):  # never replace a run (a concurrent one took the counter)
                 check_run_files(out, run_paths(out), resume=bool(resume), resume_hint="resume = true",
                                 rename_hint=f"another name than {name!r}")
                 res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,

@@ -492,7 +492,7 @@ def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch)
                                                   seed=0, name="t", warmup_steps=0, checkpoint_every=2)
     assert isinstance(adapters, DualRealAdapterSet) and adapters.config.hidden == 16 and adapters.meta["steps"] == 3
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
-    assert (out_dir / "dualreal" / "t.partial.safetensors").exists()
+    assert (out_dir / "dualreal" / "t_00001_.partial.safetensors").exists()
     assert torch.equal(motion, trained.clip)  # inputs not mutated
 
     class FakeClipVision:  # ComfyUI's CLIP_VISION: encode_image(image) -> CLIP_VISION_OUTPUT

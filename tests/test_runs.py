@@ -221,22 +221,35 @@ def test_cli_refuses_reruns_and_bad_options_naming_real_options(tmp_path, capsys
     assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob("d.*"))
 
 
-def test_node_rerun_with_the_same_name_is_refused(bundle, out_dir):
+def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir):
+    """Queueing Train DualReal again (another seed, more steps) starts a new run with the next counter and
+    leaves the earlier run's files alone; resume continues the newest run of the name."""
     from dual_adapter.patches import PatchedModel
     from nodes import dualreal_nodes as N
 
     kw = dict(model=PatchedModel(bundle), subject=torch.rand(1, 64, 96, 3), identity_prompt="dog *",
               motion=torch.rand(9, 64, 96, 3), motion_prompt=PROMPT, steps=2, lr=1e-3, motion_ratio=0.5,
               hidden_width=8, groups=2, form="zero_init", seed=0, name="same", warmup_steps=0, checkpoint_every=1)
+    runs = out_dir / "dualreal"
     with torch.inference_mode():
+        with pytest.raises(DualAdapterError, match="no run named 'same'"):
+            N.DualRealTrain().train(**dict(kw, resume=True))
         N.DualRealTrain().train(**kw)
-        part = out_dir / "dualreal" / "same.partial.safetensors"
-        before = part.read_bytes()
-        with pytest.raises(DualAdapterError, match=r"resume = true.*another name than 'same'"):
-            N.DualRealTrain().train(**dict(kw, steps=3))
-        assert part.read_bytes() == before
-        adapters, _ = N.DualRealTrain().train(**dict(kw, steps=3, resume=True))  # continues 2 -> 3
-    assert adapters.meta["steps"] == 3
+        first = runs / "same_00001_.partial.safetensors"
+        before = first.read_bytes()
+        adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=3))  # a new run, not a refusal
+        assert adapters.meta["steps"] == 3
+        assert first.read_bytes() == before  # the first run is untouched
+        assert (runs / "same_00002_.partial.safetensors").exists()
+        adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=4, resume=True))  # continues 00002: 3 -> 4
+    assert adapters.meta["steps"] == 4
+    assert first.read_bytes() == before and not (runs / "same_00003_.partial.safetensors").exists()
+    # the counter comes after every file of the name, so an interrupted run's files are never taken over
+    (runs / "same_00007_.losses.jsonl").write_text("")
+    from dual_adapter.dualreal import counted_run_path
+
+    assert counted_run_path(runs, "same", resume=False).name == "same_00008_.safetensors"
+    assert counted_run_path(runs, "same", resume=True).name == "same_00002_.safetensors"  # 00007 has no state
 
 
 # --------------------------------------------------------------------------------------------

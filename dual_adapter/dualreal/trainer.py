@@ -49,7 +49,7 @@ from .patch import DualRealPatch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "finalize_run", "prepare_dualreal_data",
+__all__ = ["CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "counted_run_path", "finalize_run", "prepare_dualreal_data",
            "train_dualreal_on_data", "train_dualreal"]
 
 
@@ -180,6 +180,38 @@ def run_paths(out: str | Path) -> dict[str, Path]:
     return {"partial": out.with_name(stem + ".partial.safetensors"),
             "state": out.with_name(stem + ".state.safetensors"),
             "losses": out.with_name(stem + ".losses.jsonl")}
+
+
+def counted_run_path(folder: str | Path, name: str, resume: bool) -> Path:
+    """The final output path of a named run under ``folder``, with ComfyUI's counter: ``<name>_NNNNN_.safetensors``
+    (its run files: :func:`run_paths`). What the Train DualReal node uses, so that queueing again (another seed,
+    more steps) starts a new run instead of being refused, and no file is ever replaced.
+
+    Args:
+        folder: where the run files go (created if missing).
+        name: the run name (a file name, no folders).
+        resume: False: a new run, the first counter after every file of that name (final, checkpoint, state,
+            losses), so an interrupted run's files are never taken over. True: the newest run of that name
+            with a state file to continue (highest counter; a run named without counter, as the pack wrote
+            before counters, counts as the oldest).
+
+    Raises:
+        DualAdapterError: ``resume`` and no run of that name has a state file.
+    """
+    import re
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    counted = re.compile(re.escape(name) + r"_(\d{5})_\.")
+    used = sorted({int(m.group(1)) for f in folder.iterdir() if (m := counted.match(f.name))})
+    if not resume:
+        return folder / f"{name}_{(used[-1] if used else 0) + 1:05d}_.safetensors"
+    candidates = [folder / f"{name}_{n:05d}_.safetensors" for n in reversed(used)] + [folder / f"{name}.safetensors"]
+    for out in candidates:
+        if run_paths(out)["state"].exists():
+            return out
+    raise DualAdapterError(f"resume: no run named {name!r} to continue in {str(folder)!r} (no {name}_NNNNN_.state."
+                           f"safetensors); turn resume off to start a new run")
 
 
 def finalize_run(result: "DualRealResult", out: str | Path) -> Path:
