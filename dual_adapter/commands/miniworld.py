@@ -125,10 +125,8 @@ def _evaluate(args) -> int:
 
     import torch
 
-    from ..backbone import load_model
+    from ..backbone import check_device, load_model
     from ..miniworld.scorers import evaluate_base
-
-    from ..backbone import check_device
 
     device = check_device(args.device, "--device") or "cpu"
     if args.threads:

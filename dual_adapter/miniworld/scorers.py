@@ -446,7 +446,7 @@ def score_files(video, *, prompt: str | None = None, subject=None, motion: str |
 
     from .. import media
 
-    frames = _frames_of(video, "video")[0]
+    frames = media.load_clip(video)[0]
     h, w = frames.shape[1:3]
     photos = None
     if subject is not None:
