@@ -73,6 +73,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 #: File extensions :func:`write_video` can write (``.mp4`` via PyAV/H.264, the others via Pillow).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".gif", ".webp"})
+#: File extensions of clips :func:`load_clip` reads, for listing folders (Load Clip Frames, ``miniworld score``).
+CLIP_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".webp"})
 #: Accepted values of ``short_policy`` / ``policy``.
 SHORT_POLICIES = ("loop", "hold", "error")
 

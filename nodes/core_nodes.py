@@ -13,7 +13,6 @@ from . import bridge
 from .common import as_model, image_batch
 
 CAT = "DualAdapter"
-VIDEO_EXT = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".webp")
 
 
 class CogVideoXLoader:
@@ -214,7 +213,7 @@ def _input_videos() -> list[str]:
     d = bridge.input_dir()
     if not d.is_dir():
         return []
-    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.suffix.lower() in VIDEO_EXT)
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.suffix.lower() in media.CLIP_EXTENSIONS)
 
 
 class LoadClipFrames:

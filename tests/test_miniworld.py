@@ -201,7 +201,7 @@ def test_pretrain_is_resumable_and_loads(tmp_path):
     from dual_adapter.miniworld.model import load_mini
     from dual_adapter.miniworld.pretrain import PretrainConfig, make_batch, pretrain_mini
 
-    cfg = PretrainConfig(steps=2, batch=2, checkpoint_every=1, threads=0)
+    cfg = PretrainConfig(steps=2, batch=2, checkpoint_every=1, threads=0, device="auto")  # auto: cpu, as for mini
     f1, c1, _ = make_batch(1, cfg)
     f2, c2, _ = make_batch(1, cfg)
     assert torch.equal(f1, f2) and c1 == c2  # a resumed run replays the same batches
@@ -229,7 +229,7 @@ def test_pretrain_is_resumable_and_loads(tmp_path):
         pretrain_mini(out, cfg, command="test")
     import json
 
-    assert json.loads((out / "info.json").read_text())["device"] == "cpu"
+    assert json.loads((out / "info.json").read_text())["device"] == "cpu"  # "auto" resolved, not passed to torch
     # --device is checked before any work: a name that is no device, or a GPU this machine does not have
     with pytest.raises(DualAdapterError, match="not a device"):
         PretrainConfig(device="banana").validate()

@@ -133,7 +133,10 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
-    bundle = build_mini(seed=cfg.seed, device=cfg.device)
+    from ..backbone import check_device
+
+    device = check_device(cfg.device, "device") or "cpu"  # "auto" / "": cpu, as load_model does for mini
+    bundle = build_mini(seed=cfg.seed, device=device)
     tr = bundle.transformer
     start_losses: list = []
     prev_seconds = 0.0
@@ -187,7 +190,7 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
         "steps_done": res.steps_done,
         "train_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "device": str(cfg.device),
+        "device": device,
         "final_loss_mean_last_100": sum(r["loss"] for r in res.losses[-100:]) / max(1, len(res.losses[-100:])),
         "parameters_transformer": sum(p.numel() for p in tr.parameters()),
         "torch": torch.__version__,

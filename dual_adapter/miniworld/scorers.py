@@ -402,7 +402,7 @@ def score_video(frames, *, prompt: str | None = None, subject_photos: torch.Tens
 
 
 def _frames_of(paths, what: str) -> list[torch.Tensor]:
-    """Every clip under ``paths`` (files, or folders whose .mp4/.gif/.webp/.avi/.mkv/.mov files are read in name order)."""
+    """Every clip under ``paths`` (files, or folders whose :data:`media.CLIP_EXTENSIONS` files are read in name order)."""
     from pathlib import Path
 
     from .. import media
@@ -411,9 +411,10 @@ def _frames_of(paths, what: str) -> list[torch.Tensor]:
     for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
         p = Path(p)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in media.VIDEO_EXTENSIONS | {".avi", ".mkv", ".mov"})
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in media.CLIP_EXTENSIONS)
             if not found:
-                raise DualAdapterError(f"{what}: folder {str(p)!r} holds no clip (.mp4, .gif, .webp, .avi, .mkv, .mov)")
+                raise DualAdapterError(f"{what}: folder {str(p)!r} holds no clip "
+                                       f"({', '.join(sorted(media.CLIP_EXTENSIONS))})")
             files += found
         else:
             files.append(p)
@@ -457,7 +458,7 @@ def score_files(video, *, prompt: str | None = None, subject=None, motion: str |
         if str(motion) in world.MOTIONS:
             ref = str(motion)
         elif Path(motion).exists():
-            ref = media.fit_frames(_frames_of(motion, "motion")[0], h, w)
+            ref = media.fit_frames(media.load_clip(motion)[0], h, w)
         else:
             raise DualAdapterError(f"motion {motion!r}: expected a world motion ({', '.join(world.MOTIONS)}) "
                                    f"or a reference clip file")
