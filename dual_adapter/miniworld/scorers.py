@@ -6,8 +6,9 @@ sprite a world video holds. Definitions (also in the README, "Miniature world"):
 * **sprite segmentation** (:func:`track`): the background colour is the per-channel median of all
   pixels of the video; a pixel is sprite when some channel differs from it by more than
   :data:`FG_THRESHOLD` (0.18). Per frame: area (pixels), centroid (normalised x, y), the
-  sprite's *main colour* (mean RGB of its brighter half of pixels by luminance) and a *canonical
-  crop*: mask and darkness map resampled on a 24 x 24 grid spanning +-1.7 equivalent radii
+  sprite's *main colour* (mean RGB of the brighter half, by luminance, of its solid pixels: those
+  differing from the background by >= 0.6 of the largest difference, so anti-aliased edges are left
+  out) and a *canonical crop*: mask and darkness map resampled on a 24 x 24 grid spanning +-1.7 equivalent radii
   (``sqrt(area / pi)``) around the centroid, i.e. aligned for position and scale.
 * **identity** (:func:`identity_score`, our CLIP-I / DINO-I analogue, 0..1, higher = more like the
   subject): per generated frame, ``shape x colour x texture`` against the reference photos, averaged
@@ -132,8 +133,13 @@ def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track
         cx = float((mf.sum(0) * xs).sum() / area[k])
         cy = float((mf.sum(1) * ys).sum() / area[k])
         cen[k] = torch.tensor([cx, cy])
-        px = x[k][m]  # [n, 3]
-        lk = lum[k][m]
+        # the main colour leaves out anti-aliased edge pixels (background mixed in: less than 0.6 of the
+        # sprite's largest difference from it); on a small sprite over a bright background they would
+        # outnumber the interior and pull the brighter half towards the background
+        solid = m & (diff[k] >= 0.6 * float(diff[k][m].max()))
+        sel = solid if int(solid.sum()) >= 4 else m
+        px = x[k][sel]  # [n, 3]
+        lk = lum[k][sel]
         bright = lk >= lk.median()
         main[k] = px[bright].mean(0)
         main_l = float(_lum(main[k]))

@@ -364,13 +364,19 @@ def render(spec: VideoSpec, frames: int = FRAMES, height: int = HEIGHT, width: i
 
 def start_offset(motion: str, rng: random.Random) -> tuple[float, float]:
     """The random offset ``(dx, dy)`` (normalised frame units) that :func:`render` adds to a motion's
-    trajectory: a whole number of :data:`TOKEN` steps (-1, 0 or +1) across the direction of travel of the
-    linear motions (both axes for ``still``, the x axis for ``bounce``; 0 along the travel and for orbit and
-    zig-zag). So with :func:`trajectory`'s 2-px steps the sprite sits on the ``mini`` transformer's token
-    grid in the first frame and every second frame: with RoPE a whole-token shift of the input is a shift of
-    the output, and the shape is learned once instead of at every sub-token offset (README "Miniature
-    world", fifth round)."""
-    across_x = motion in ("up", "down", "still", "bounce")
+    trajectory.
+
+    Held-in motions (the pretraining world): a whole number of :data:`TOKEN` steps (-1, 0 or +1) across the
+    direction of travel (both axes for ``still``), none along it. With :func:`trajectory`'s 2-px steps the
+    sprite then sits on the ``mini`` transformer's token grid in the first frame and every second frame: with
+    RoPE a whole-token shift of the input is a shift of the output, so a shape is learned once instead of at
+    every sub-token offset (README "Miniature world", fifth round). Held-out motions (the customization clips,
+    like a user's clips): continuous, up to +-0.12 across a bounce and +-0.06 otherwise.
+    """
+    if motion in HELD_OUT_MOTIONS:
+        jx = 0.12 if motion == "bounce" else 0.06
+        return rng.uniform(-jx, jx), rng.uniform(-0.06, 0.06)
+    across_x = motion in ("up", "down", "still")
     across_y = motion in ("left", "right", "still")
     dx = rng.choice((-1, 0, 1)) * TOKEN if across_x else 0.0
     dy = rng.choice((-1, 0, 1)) * TOKEN if across_y else 0.0
@@ -396,8 +402,8 @@ def subject_photos(subject: Subject | str, n: int = 4, seed: int = 0, background
                    height: int = HEIGHT, width: int = WIDTH) -> torch.Tensor:
     """``n`` still photos of a subject at varied positions and sizes: ``[N, H, W, 3]`` float 0..1.
 
-    Positions are the 9 places of the ``mini`` token grid around the centre (0 or +-1 :data:`TOKEN` on each
-    axis, as :func:`start_offset` places still sprites), radii vary between the small and large sizes.
+    Positions vary within the middle of the frame (anywhere, not on the token grid: a user's photos are not
+    aligned either), radii between the small and large sizes.
 
     Raises:
         DualAdapterError: unknown subject or background, ``n < 1``.
@@ -412,8 +418,7 @@ def subject_photos(subject: Subject | str, n: int = 4, seed: int = 0, background
     out = bg.expand(n, height, width, 3).clone()
     scale = min(height, width) / 32.0
     radii = torch.tensor([rng.uniform(SIZES["small"], SIZES["large"]) * scale for _ in range(n)])
-    centres = torch.tensor([[0.5 + TOKEN * rng.choice((-1, 0, 1)), 0.5 + TOKEN * rng.choice((-1, 0, 1))]
-                            for _ in range(n)])
+    centres = torch.tensor([[rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)] for _ in range(n)])
     _draw(out, s, centres, radii)
     return out.clamp(0, 1)
 
