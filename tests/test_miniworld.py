@@ -1,7 +1,6 @@
 """The miniature world: generator, scorers on ground-truth videos, the VAE substitute, the shipped ``mini``."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,7 @@ def test_render_layout_seeded_and_captioned():
     v = W.render(spec, seed=3)
     assert v.shape == (W.FRAMES, W.HEIGHT, W.WIDTH, 3) and v.dtype == torch.float32
     assert 0 <= float(v.min()) and float(v.max()) <= 1
-    assert torch.equal(v, W.render(spec, seed=3))
-    # held-in motions: the start offset is a whole token across the travel (3 places for a rightward motion) and
-    # none along it, so frame 0 and every second frame sit on the mini transformer's 4-px token grid
-    first = [S.track(W.render(spec, seed=seed)).centroid for seed in range(12)]  # [T, 2] normalised x, y each
-    shifts = torch.stack([c[0] - first[0][0] for c in first]) / W.TOKEN  # in tokens, relative to seed 0
-    assert torch.allclose(shifts, shifts.round(), atol=0.02) and float(shifts[:, 0].abs().max()) < 0.02
-    assert len(set(shifts[:, 1].round().tolist())) == 3
-    steps = (first[0][2::2, 0] - first[0][:-2:2, 0]) / W.TOKEN  # two frames = one whole token of travel
-    assert torch.allclose(steps, torch.ones(4), atol=0.02), steps
-    # held-out motions (customization clips) keep continuous offsets
-    orbit = [W.start_offset("orbit", random.Random(i)) for i in range(5)]
-    assert all(abs(x) <= 0.06 and abs(y) <= 0.06 for x, y in orbit) and len(set(orbit)) == 5
+    assert torch.equal(v, W.render(spec, seed=3)) and not torch.equal(v, W.render(spec, seed=4))
     assert W.caption(spec) == "a small green striped star moving right on a black background"
     assert W.parse_prompt(W.caption(spec)) == {"size": "small", "colour": "green", "texture": "striped",
                                                "shape": "star", "motion": "right", "background": "black"}
@@ -77,7 +65,7 @@ def test_identity_right_subject_scores_high_wrong_low(key):
     sub = W.HELD_OUT_SUBJECTS[key]
     photos = W.subject_photos(sub, 4, seed=1)
     right = S.identity_score(W.render(W.VideoSpec(sub.shape, sub.colour, sub.texture, "large", "orbit"), seed=3), photos)
-    assert right > 0.5  # ground truth against photos of the subject elsewhere and at other sizes: 0.56-0.80
+    assert right > 0.5  # measured 0.56-0.80 (the dotted triangle lowest: its dots are few pixels)
     # subjects that differ in one attribute: shape, texture or colour
     others = [(x, sub.colour, sub.texture) for x in W.SHAPES if x != sub.shape]
     others += [(sub.shape, sub.colour, x) for x in W.TEXTURES if x != sub.texture]

@@ -58,7 +58,7 @@ MINI_CONFIG: dict[str, Any] = dict(
         patch_size=2,
         temporal_compression_ratio=2,
         max_text_seq_length=16,
-        use_rotary_positional_embeddings=True,
+        use_rotary_positional_embeddings=False,
     ),
     # the VAE substitute (BlockPCAVAE): 2x2 pixels x 2 frames x RGB = 24 values -> 12 whitened PCA channels
     vae=dict(block_out_channels=(3, 12), temporal_compression_ratio=2, latent_channels=12),

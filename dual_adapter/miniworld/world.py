@@ -15,8 +15,8 @@ Held out from pretraining (the customization targets):
   sprites doing it, so that appearance leakage from the clips is measurable.
 
 Geometry: positions are in normalised frame coordinates (x right, y down, 0..1); a motion is a
-fixed trajectory shape (:func:`trajectory`, same phase every time) plus a random offset of a whole
-token (:func:`start_offset`), so the motion scorer can compare trajectories up to position and scale.
+fixed trajectory shape (:func:`trajectory`, same phase every time) plus a random offset, so the
+motion scorer can compare trajectories up to position and scale.
 """
 from __future__ import annotations
 
@@ -32,15 +32,13 @@ from ..errors import DualAdapterError
 __all__ = [
     "SHAPES", "COLOURS", "TEXTURES", "SIZES", "BACKGROUNDS", "MOTIONS", "HELD_IN_MOTIONS", "HELD_OUT_MOTIONS",
     "HELD_OUT_SUBJECTS", "MOTION_PHRASES", "PLACEHOLDER", "GENERIC_NOUN", "VideoSpec", "Subject",
-    "FRAMES", "HEIGHT", "WIDTH", "TOKEN", "render", "caption", "vocabulary", "trajectory", "start_offset", "pretrain_sampler",
+    "FRAMES", "HEIGHT", "WIDTH", "render", "caption", "vocabulary", "trajectory", "pretrain_sampler",
     "is_held_in", "subject_photos", "motion_clips", "identity_prompt", "motion_prompt", "combined_prompt",
     "parse_prompt", "shape_mask", "sprite_maps",
 ]
 
 # default video size of the world (and of the ``mini`` model)
 FRAMES, HEIGHT, WIDTH = 9, 32, 32
-# one token of the ``mini`` transformer in normalised frame units: 4 px at 32 px (VAE factor 2 x patch 2)
-TOKEN = 0.125
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 # named colour -> RGB 0..1 (the sprite's main colour; textures add a dark shade of it)
@@ -234,7 +232,7 @@ def trajectory(motion: str, frames: int = FRAMES) -> torch.Tensor:
     _motion(motion)
     t = torch.linspace(0, 1, frames, dtype=torch.float64) if frames > 1 else torch.zeros(1, dtype=torch.float64)
     z = torch.zeros_like(t)
-    d = 0.5  # travel of the linear motions: 2 px per frame at 9 frames x 32 px, a whole token every 2 frames
+    d = 0.44  # travel of the linear motions
     if motion == "left":
         x, y = 0.5 + d / 2 - d * t, z + 0.5
     elif motion == "right":
@@ -354,33 +352,14 @@ def render(spec: VideoSpec, frames: int = FRAMES, height: int = HEIGHT, width: i
         raise DualAdapterError(f"render: frames={frames}, height={height}, width={width}; need >= 1 frame and >= 8 px")
     rng = random.Random(int(seed))
     traj = trajectory(spec.motion, frames)
-    off = torch.tensor(start_offset(spec.motion, rng)) * jitter
+    jx = 0.12 if spec.motion in ("up", "down", "still", "bounce") else 0.06
+    jy = 0.12 if spec.motion in ("left", "right", "still") else 0.06
+    off = torch.tensor([rng.uniform(-jx, jx), rng.uniform(-jy, jy)]) * jitter
     bg = torch.tensor(BACKGROUNDS[spec.background], dtype=torch.float32)
     out = bg.expand(frames, height, width, 3).clone()
     radius = SIZES[spec.size] * min(height, width) / 32.0
     _draw(out, spec.subject, traj + off, radius)
     return out.clamp(0, 1)
-
-
-def start_offset(motion: str, rng: random.Random) -> tuple[float, float]:
-    """The random offset ``(dx, dy)`` (normalised frame units) that :func:`render` adds to a motion's
-    trajectory.
-
-    Held-in motions (the pretraining world): a whole number of :data:`TOKEN` steps (-1, 0 or +1) across the
-    direction of travel (both axes for ``still``), none along it. With :func:`trajectory`'s 2-px steps the
-    sprite then sits on the ``mini`` transformer's token grid in the first frame and every second frame: with
-    RoPE a whole-token shift of the input is a shift of the output, so a shape is learned once instead of at
-    every sub-token offset (README "Miniature world", fifth round). Held-out motions (the customization clips,
-    like a user's clips): continuous, up to +-0.12 across a bounce and +-0.06 otherwise.
-    """
-    if motion in HELD_OUT_MOTIONS:
-        jx = 0.12 if motion == "bounce" else 0.06
-        return rng.uniform(-jx, jx), rng.uniform(-0.06, 0.06)
-    across_x = motion in ("up", "down", "still")
-    across_y = motion in ("left", "right", "still")
-    dx = rng.choice((-1, 0, 1)) * TOKEN if across_x else 0.0
-    dy = rng.choice((-1, 0, 1)) * TOKEN if across_y else 0.0
-    return dx, dy
 
 
 def pretrain_sampler(seed: int = 0, held_in_only: bool = True) -> Iterator[VideoSpec]:
@@ -402,8 +381,7 @@ def subject_photos(subject: Subject | str, n: int = 4, seed: int = 0, background
                    height: int = HEIGHT, width: int = WIDTH) -> torch.Tensor:
     """``n`` still photos of a subject at varied positions and sizes: ``[N, H, W, 3]`` float 0..1.
 
-    Positions vary within the middle of the frame (anywhere, not on the token grid: a user's photos are not
-    aligned either), radii between the small and large sizes.
+    Positions vary within the middle of the frame, radii between the small and large sizes.
 
     Raises:
         DualAdapterError: unknown subject or background, ``n < 1``.
