@@ -357,3 +357,24 @@ def test_node_train_lora_with_block_selection(out_dir):
     assert plot.shape[0] == 1 and plot.shape[-1] == 3
     with pytest.raises(DualAdapterError, match="needs 'clip'"):
         cls().train(model, "motion", "x", photos=photos)
+
+
+def test_influence_reference_reads_a_still_webp_as_a_photo_and_an_animated_one_as_a_clip(tiny, tmp_path):
+    """`customttt influence --reference`: a WebP can be a photo or a clip (ComfyUI writes both); only an animated
+    one is read as a clip, so a still WebP gives the same latent as the same picture saved as PNG."""
+    from PIL import Image
+
+    from dual_adapter import media
+    from dual_adapter.commands.customttt import _reference_latents
+
+    F0, H, W = tiny.default_size
+    photo = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(1))
+    px = Image.fromarray((photo.numpy() * 255).round().astype("uint8"))
+    px.save(tmp_path / "still.webp", format="WEBP", lossless=True)
+    px.save(tmp_path / "still.png")
+    still = _reference_latents(tiny, str(tmp_path / "still.webp"), None, None, None)
+    assert torch.equal(still, _reference_latents(tiny, str(tmp_path / "still.png"), None, None, None))
+    clip = media.write_video(torch.rand(F0, H, W, 3, generator=torch.Generator().manual_seed(2)), tmp_path / "anim.webp",
+                             fps=8)
+    moving = _reference_latents(tiny, str(clip), None, None, None)
+    assert moving.shape[1] > still.shape[1] == 1  # [B, F, C, h, w]: the clip's latent frames vs one for a photo

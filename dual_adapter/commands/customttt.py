@@ -12,9 +12,6 @@ from pathlib import Path
 from ..errors import DualAdapterError
 from ..seeds import seed_arg
 
-_VIDEO_EXT = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v")
-
-
 def _ints(text: str, what: str) -> list[int]:
     try:
         out = [int(x) for x in str(text).replace(" ", "").split(",") if x]
@@ -132,7 +129,9 @@ def _reference_latents(bundle, path: str, frames, height, width):
     p = Path(path)
     if not p.exists():
         raise DualAdapterError(f"--reference {path!r} does not exist")
-    if p.suffix.lower() in _VIDEO_EXT:
+    ext = p.suffix.lower()
+    # a clip by its extension (media.CLIP_EXTENSIONS); a WebP is a clip only when animated, else a photo
+    if ext in media.CLIP_EXTENSIONS and (ext != ".webp" or media.probe_clip(p)["n_frames"] > 1):
         x, _ = media.load_clip(p, num_frames=int(frames or f0), short_policy="loop")
     else:
         x = media.load_image(p)[None]
