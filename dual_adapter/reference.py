@@ -8,6 +8,8 @@ The authors use OpenCLIP ViT-H/14 (laion2B): the projected image embedding, 1024
   [N, 1024]``;
 * :func:`build_tiny_reference_encoder` is a random, offline encoder of the same interface for the
   tiny test model;
+* :class:`PixelStatsEncoder` (``"mini"``) is a fixed stand-in for the ``mini`` world whose embedding does
+  change with appearance (global colour and texture statistics, no learned weights);
 * :func:`as_reference_embedding` accepts a precomputed embedding (tensor) or any object with an
   ``image_embeds`` attribute (ComfyUI's ``CLIP_VISION_OUTPUT``) and returns ``[B, 1, 1024]``;
 * :func:`encode_reference` runs any of these encoders (or a callable, or ComfyUI's CLIP_VISION
@@ -28,8 +30,8 @@ import torch.nn.functional as F
 
 from .errors import DualAdapterError
 
-__all__ = ["REFERENCE_DIM", "ReferenceEncoder", "build_tiny_reference_encoder", "load_reference_encoder",
-           "as_reference_embedding", "encode_reference"]
+__all__ = ["REFERENCE_DIM", "ReferenceEncoder", "PixelStatsEncoder", "build_tiny_reference_encoder",
+           "load_reference_encoder", "as_reference_embedding", "encode_reference"]
 
 REFERENCE_DIM = 1024
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -136,9 +138,51 @@ def build_tiny_reference_encoder(seed: int = 0) -> ReferenceEncoder:
     return ReferenceEncoder(model, name="tiny")
 
 
+class PixelStatsEncoder:
+    """A fixed, training-free stand-in for the CLIP image embedding, for the ``mini`` world (``"mini"``).
+
+    DualReal feeds the motion adapters the embedding of a clip frame so that they can attribute the clip's
+    appearance to it rather than learn it (METHODS.md, motion phase), and at inference the embedding of a
+    subject photo. That needs an embedding that differs with appearance; the random tiny CLIP's does not (on
+    the mini world's star photos and orbit clips, cosine similarity 0.93-0.996 whatever the sprite, README
+    "Miniature world"). This encoder summarises an image's appearance globally, with no position: per RGB
+    channel the mean, standard deviation and the 2, 10, 25, 50, 75, 90, 98% quantiles, and the mean absolute
+    horizontal and vertical difference of neighbouring pixels (texture): 33 numbers, centred (``(f - 0.5) * 4``)
+    and multiplied by a fixed Gaussian matrix ``[33, 1024] / sqrt(33)`` (seeded), so distances are kept.
+
+    ``__call__(images [N, H, W, 3] or [H, W, 3], 0..1) -> [N, 1024]`` float32 CPU. Deterministic.
+
+    Raises:
+        DualAdapterError: images that are not ``[N, H, W, 3]`` / ``[H, W, 3]``.
+    """
+
+    name = "mini"
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(int(seed))
+        self.projection = torch.randn(33, REFERENCE_DIM, generator=g) / 33 ** 0.5
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(images) or images.ndim not in (3, 4) or images.shape[-1] != 3:
+            raise DualAdapterError(f"reference image must be [H, W, 3] or [N, H, W, 3] (0..1), got "
+                                   f"{list(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+        img = images.float().cpu()
+        if img.ndim == 3:
+            img = img.unsqueeze(0)
+        px = img.reshape(img.shape[0], -1, 3)
+        qs = torch.tensor([0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98])
+        q = torch.quantile(px, qs, dim=1).permute(1, 0, 2).reshape(img.shape[0], -1)  # [N, 21]
+        gx = (img[:, :, 1:] - img[:, :, :-1]).abs().mean((1, 2))  # [N, 3]
+        gy = (img[:, 1:] - img[:, :-1]).abs().mean((1, 2))
+        f = torch.cat([px.mean(1), px.std(1), q, gx, gy], 1)
+        return ((f - 0.5) * 4) @ self.projection
+
+
 def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None = None,
                            dtype: str | torch.dtype = "fp32") -> ReferenceEncoder:
-    """``"tiny"`` -> :func:`build_tiny_reference_encoder`; else a local transformers folder holding a
+    """``"tiny"`` -> :func:`build_tiny_reference_encoder`; ``"mini"`` -> :class:`PixelStatsEncoder` (the
+    ``mini`` world's stand-in); else a local transformers folder holding a
     ``CLIPVisionModelWithProjection`` (``config.json`` + ``*.safetensors``; ``preprocessor_config.json``
     is read for size / mean / std when present).
 
@@ -147,6 +191,8 @@ def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None =
     """
     if str(name_or_path) == "tiny":
         return build_tiny_reference_encoder()
+    if str(name_or_path) == "mini":
+        return PixelStatsEncoder()
     from transformers import CLIPVisionModelWithProjection
 
     from .backbones.base import parse_dtype

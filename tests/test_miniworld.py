@@ -285,3 +285,32 @@ def test_shipped_mini_passes_the_whole_quality_bar_on_held_in_prompts(mini_quali
     s = mini_quality["summary"]
     for k in ("background", "colour", "shape", "texture", "size", "motion"):
         assert s[k] >= 7 / 8, (k, s, mini_quality["samples"])
+
+
+def test_mini_reference_encoder_follows_appearance_where_the_tiny_clip_does_not():
+    """DualReal's motion adapters need a reference embedding that changes with appearance (METHODS.md, motion
+    phase). On the star's photos vs the orbit clips' frames: the PixelStatsEncoder ("mini") puts the photos of
+    one subject closer to each other than to any clip sprite; the random tiny CLIP does not separate them."""
+    from dual_adapter.reference import PixelStatsEncoder, build_tiny_reference_encoder, load_reference_encoder
+
+    photos = W.subject_photos("striped_star", n=4, seed=0)
+    clips, _ = W.motion_clips("orbit", n=3, seed=0, exclude="striped_star")
+    frames = torch.stack([c[0] for c in clips])
+
+    def cosines(enc):
+        e = torch.cat([enc(photos), enc(frames)])
+        e = e / e.norm(dim=1, keepdim=True)
+        c = e @ e.T
+        return c[:4, :4][~torch.eye(4, dtype=torch.bool)].min(), c[:4, 4:].max()
+
+    enc = load_reference_encoder("mini")
+    assert isinstance(enc, PixelStatsEncoder) and enc.name == "mini"
+    out = enc(photos)
+    assert out.shape == (4, 1024) and torch.equal(out, PixelStatsEncoder()(photos)) and torch.isfinite(out).all()
+    assert torch.allclose(enc(photos[0]), out[:1], atol=1e-4)  # one [H, W, 3] image
+    within, across = cosines(enc)
+    assert within > across + 0.03, (within, across)
+    within, across = cosines(build_tiny_reference_encoder(0))
+    assert within < across  # the random tiny CLIP: a clip sprite is as close as another photo of the subject
+    with pytest.raises(DualAdapterError, match="reference image"):
+        enc(torch.rand(4, 32, 32))

@@ -67,9 +67,9 @@ def register(subparsers) -> None:
                    help="sample (default, the authors'): a fresh VAE posterior sample each step; mode: the "
                         "posterior mode, the same latent every step")
     p.add_argument("--reference-encoder", default=None,
-                   help="CLIP ViT-H/14 vision folder (transformers), 'tiny', or 'none' "
-                        "(default: 'tiny' for the tiny and mini models, else none = W_cond stays untrained, warned; "
-                        "the authors always train with a ViT-H/14 encoder)")
+                   help="CLIP ViT-H/14 vision folder (transformers), 'tiny', 'mini' (pixel-statistics stand-in "
+                        "for the mini world) or 'none' (default: 'tiny' for the tiny models, 'mini' for mini, else "
+                        "none = W_cond stays untrained, warned; the authors always train with a ViT-H/14 encoder)")
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
@@ -83,8 +83,8 @@ def _encoder_for(spec: str | None, model_name: str, device: str | None):
     from ..backbone import BUILTIN_PRETRAINED, TINY_VARIANTS
     from ..reference import load_reference_encoder
 
-    if spec is None:  # the CPU-sized built-in models (random tiny, pretrained mini) get the tiny encoder
-        spec = "tiny" if model_name in TINY_VARIANTS or model_name in BUILTIN_PRETRAINED else "none"
+    if spec is None:  # the CPU-sized built-in models: random tiny -> the tiny encoder, pretrained mini -> "mini"
+        spec = "tiny" if model_name in TINY_VARIANTS else "mini" if model_name in BUILTIN_PRETRAINED else "none"
     if str(spec).lower() == "none":
         return None
     return load_reference_encoder(spec, device=device)
@@ -168,7 +168,7 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--reference-embedding", default=None, metavar="FILE",
                    help="precomputed 1024-d reference embedding (.safetensors with one tensor)")
     g.add_argument("--reference-encoder", dest="dualreal_reference_encoder", default=None,
-                   help="CLIP ViT-H/14 vision folder or 'tiny' (default: the one recorded in the adapters)")
+                   help="CLIP ViT-H/14 vision folder, 'tiny' or 'mini' (default: the one recorded in the adapters)")
     g.add_argument("--dualreal-identity-scale", type=float, default=1.0, help="scale of the identity branch (1)")
     g.add_argument("--dualreal-motion-scale", type=float, default=1.0, help="scale of the motion branch (1)")
     g.add_argument("--dualreal-fixed-weights", type=float, nargs=2, default=None, metavar=("W_ID", "W_MO"),
