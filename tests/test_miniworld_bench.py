@@ -80,6 +80,8 @@ def test_benchmark_config_rejects_bad_pairs_and_methods():
         B.BenchConfig(methods=["dreambooth"]).validate()
     with pytest.raises(DualAdapterError, match="jobs"):
         B.BenchConfig(jobs=0).validate()
+    with pytest.raises(DualAdapterError, match="reference_encoder"):
+        B.BenchConfig(reference_encoder="clip").validate()
     assert len(B.BenchConfig().resolved_pairs()) == len(W.HELD_OUT_SUBJECTS) * len(W.HELD_OUT_MOTIONS) == 9
 
 

@@ -103,6 +103,9 @@ def register(sub) -> None:
                     help="torch CPU threads in all (0 = torch's default; with --jobs > 1, one per worker)")
     bm.add_argument("--jobs", type=int, default=None,
                     help="worker processes (2; 1 = all in this process); results do not depend on it")
+    bm.add_argument("--reference-encoder", choices=("mini", "tiny"), default=None,
+                    help="DualReal's reference-image encoder: mini (default; an embedding that follows appearance) "
+                         "or tiny (the random tiny CLIP, as runs before stop 21)")
     bm.add_argument("--out-dir", default="benchmarks/results", help="where the three files go (benchmarks/results)")
     bm.add_argument("--overwrite", action="store_true", help="replace existing miniworld.* files in --out-dir")
     bm.set_defaults(func=_benchmark)
@@ -165,7 +168,8 @@ def _benchmark(args) -> int:
 
     over = {k: getattr(args, a) for k, a in (("seeds", "seeds"), ("dualreal_steps", "dualreal_steps"),
                                               ("lora_steps", "lora_steps"), ("ttt_steps", "ttt_steps"),
-                                              ("sample_steps", "sample_steps"), ("jobs", "jobs"))
+                                              ("sample_steps", "sample_steps"), ("jobs", "jobs"),
+                                              ("reference_encoder", "reference_encoder"))
             if getattr(args, a) is not None}
     over.update(model=args.model, threads=args.threads)
     if args.pairs:

@@ -98,6 +98,9 @@ class BenchConfig:
         sample_steps, cfg: sampling of every video (DPM scheduler).
         threads: torch CPU threads in all (0 = torch's default); with ``jobs`` > 1 each worker gets
             ``max(1, threads // jobs)`` (``threads`` 0: one each).
+        reference_encoder: the encoder of DualReal's reference-image embedding, ``"mini"`` (default since stop 21:
+            :class:`~dual_adapter.reference.PixelStatsEncoder`, an embedding that follows appearance) or
+            ``"tiny"`` (the random tiny CLIP, seeded by the run's seed, as every run before stop 21).
         jobs: worker processes (1 = everything in this process). The (subject, seed) groups of pairs are
             dealt round-robin to the workers, so the artefacts shared within a group are trained once;
             results are identical to ``jobs=1`` with ``threads=1`` (every training and sampling is seeded; a
@@ -132,6 +135,7 @@ class BenchConfig:
     threads: int = 0
     jobs: int = 2
     quick: bool = False
+    reference_encoder: str = "mini"
 
     def resolved_pairs(self) -> list[tuple[str, str]]:
         if self.pairs is None:
@@ -159,6 +163,8 @@ class BenchConfig:
                 raise DualAdapterError(f"{k}={v!r}: must be an integer >= 1")
         if self.ttt_steps < 0:
             raise DualAdapterError(f"ttt_steps={self.ttt_steps!r}: must be >= 0")
+        if self.reference_encoder not in ("mini", "tiny"):
+            raise DualAdapterError(f"reference_encoder={self.reference_encoder!r}: expected 'mini' or 'tiny'")
         self.resolved_pairs()
         self.resolved_methods()
 
@@ -284,7 +290,7 @@ def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str
     from ..dualreal.adapters import DualRealAdapters
     from ..dualreal.checkpoint import DualRealAdapterSet
     from ..lora import LoraPatch, LoraSpec, lora_train_config, train_lora
-    from ..reference import build_tiny_reference_encoder, encode_reference
+    from ..reference import PixelStatsEncoder, build_tiny_reference_encoder, encode_reference
     from ..training import TrainConfig
 
     if cfg.threads:
@@ -331,7 +337,7 @@ def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str
         clips, _ = W.motion_clips(mname, n=cfg.clips, seed=seed, frames=frames_n, height=h, width=w, exclude=sname)
         if pi == 0 and seed == 0:
             inputs_shown = {"photos": photos_t, "clip": clips[0], "pair": (sname, mname), "seed": seed}
-        encoder = build_tiny_reference_encoder(seed)
+        encoder = PixelStatsEncoder() if cfg.reference_encoder == "mini" else build_tiny_reference_encoder(seed)
         ref = encode_reference(encoder, photos_t[:1])
         worded, custom = worded_prompt(sname, mname), W.combined_prompt(sname, mname)
         pos_worded, pos_custom = backbone.encode_prompt(bundle, worded), backbone.encode_prompt(bundle, custom)
@@ -464,7 +470,7 @@ def markdown_table(res: dict) -> str:
     c = res["config"]
     lines = [f"Model `{c['model_name']}`; {len(c['pairs'])} pair(s) x {c['seeds']} seed(s); DualReal {c['dualreal_steps']} "
              f"steps, LoRAs {c['lora_steps']} steps, TTT {c['ttt_steps']} steps, sampling {c['sample_steps']} steps, "
-             f"cfg {c['cfg']}." + (" **Quick run** (`--quick`): too few steps and samples to rank methods." if c.get("quick") else ""),
+             f"cfg {c['cfg']}, DualReal reference encoder {c.get('reference_encoder', 'tiny')}." + (" **Quick run** (`--quick`): too few steps and samples to rank methods." if c.get("quick") else ""),
              "", "| method | what | identity ↑ | motion ↑ | text ↑ | leakage ↓ | n | train s | sample s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for m, r in res["methods"].items():
