@@ -314,3 +314,17 @@ def test_mini_reference_encoder_follows_appearance_where_the_tiny_clip_does_not(
     assert within < across  # the random tiny CLIP: a clip sprite is as close as another photo of the subject
     with pytest.raises(DualAdapterError, match="reference image"):
         enc(torch.rand(4, 32, 32))
+
+
+def test_train_dualreal_on_mini_defaults_to_the_mini_reference_encoder(tmp_path):
+    from dual_adapter.cli import main
+    from dual_adapter.dualreal import load_adapters
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "mini"
+    out = tmp_path / "a.safetensors"
+    assert main(["train-dualreal", "--model", "mini", "--subject", str(root / "striped_star"),
+                 "--identity-prompt", "a * star on a gray background", "--motion", str(root / "orbit" / "00.gif"),
+                 "--motion-prompt", "a shape orbiting on a gray background", "--steps", "2", "--warmup", "0",
+                 "--motion-batch", "1", "--no-gradient-checkpointing", "--out", str(out)]) == 0
+    meta = load_adapters(out).meta
+    assert meta["reference_encoder"] == "mini" and meta["uses_reference"]
