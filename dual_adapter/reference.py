@@ -180,7 +180,7 @@ class PixelStatsEncoder:
 
 
 def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None = None,
-                           dtype: str | torch.dtype = "fp32") -> ReferenceEncoder:
+                           dtype: str | torch.dtype = "fp32") -> "ReferenceEncoder | PixelStatsEncoder":
     """``"tiny"`` -> :func:`build_tiny_reference_encoder`; ``"mini"`` -> :class:`PixelStatsEncoder` (the
     ``mini`` world's stand-in); else a local transformers folder holding a
     ``CLIPVisionModelWithProjection`` (``config.json`` + ``*.safetensors``; ``preprocessor_config.json``

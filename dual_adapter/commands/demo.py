@@ -120,11 +120,9 @@ def run(args) -> int:
     options = DualRealOptions(num_frames=frames, height=height, width=width, motion_batch=1 if small else 3)
     train = TrainConfig(steps=steps, lr=3e-3 if tiny else 1e-3, warmup_steps=min(200, steps // 10), seed=args.seed,
                         gradient_checkpointing=not small, checkpoint_every=max(steps // 5, 1))
-    encoder = None
-    if small:  # mini: the pixel-statistics stand-in for CLIP, whose embedding follows appearance; tiny: random
-        from ..reference import PixelStatsEncoder, build_tiny_reference_encoder
+    from .dualreal import encoder_for  # train-dualreal's rule: tiny -> the tiny CLIP, mini -> "mini", else none
 
-        encoder = build_tiny_reference_encoder(args.seed) if tiny else PixelStatsEncoder()
+    encoder = encoder_for(None, args.model, None)
     adapters_path = out / "adapters.safetensors"
     res = train_dualreal(bundle, photos, id_prompt, clips, mo_prompt, reference_encoder=encoder,
                          options=options, train=train, callback=TextProgress("training"), out=adapters_path)

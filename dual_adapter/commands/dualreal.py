@@ -79,7 +79,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=_train)
 
 
-def _encoder_for(spec: str | None, model_name: str, device: str | None):
+def encoder_for(spec: str | None, model_name: str, device: str | None):
+    """The reference encoder of a DualReal run: ``spec`` (a folder, ``"tiny"``, ``"mini"`` or ``"none"``) or, when
+    None, the default for ``model_name``: the tiny CLIP for the tiny models, ``"mini"`` (PixelStatsEncoder) for
+    mini, none (W_cond untrained, warned) otherwise. Used by ``train-dualreal`` and the demo."""
     from ..backbone import BUILTIN_PRETRAINED, TINY_VARIANTS
     from ..reference import load_reference_encoder
 
@@ -121,7 +124,7 @@ def _train(args) -> int:
                               clip_fps=args.fps, latent_sampling=args.latent_sampling)
     with parallel_run(args, out, run_paths(out), "train-dualreal") as (rank, world):
         bundle = load_bundle(args)
-        encoder = _encoder_for(args.reference_encoder, args.model, bundle.device)
+        encoder = encoder_for(args.reference_encoder, args.model, bundle.device)
         if encoder is None and rank == 0:
             from ..dualreal.trainer import NO_REFERENCE_WARNING
 
