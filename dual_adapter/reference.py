@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .errors import DualAdapterError
 
 __all__ = ["REFERENCE_DIM", "ReferenceEncoder", "PixelStatsEncoder", "build_tiny_reference_encoder",
-           "load_reference_encoder", "as_reference_embedding", "encode_reference"]
+           "load_reference_encoder", "builtin_encoder_name", "as_reference_embedding", "encode_reference"]
 
 REFERENCE_DIM = 1024
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -224,6 +224,24 @@ def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None =
     if device:
         model.to(device)
     return ReferenceEncoder(model, device=device, name=str(root), **kw)
+
+
+def builtin_encoder_name(model_name: str | None) -> str | None:
+    """The reference encoder that goes with a built-in CPU-sized model, by the model's name (a bundle's
+    ``name``, or what ``--model`` was given): ``"tiny"`` (the random tiny CLIP) for the random tiny models,
+    ``"mini"`` (:class:`PixelStatsEncoder`) for the pretrained ``mini`` (also a ``mini`` folder that
+    ``miniworld pretrain`` wrote: it loads under the name ``"mini"``), else ``None``: a real CogVideoX needs
+    the real encoder (OpenCLIP ViT-H/14), which is not built in. Pass the result to
+    :func:`load_reference_encoder`. Used where no encoder is given: ``train-dualreal``, the demo, the
+    Train DualReal and Apply DualReal nodes."""
+    from .backbones.cogvideox import BUILTIN_PRETRAINED, TINY_VARIANTS
+
+    name = str(model_name or "")
+    if name in TINY_VARIANTS:
+        return "tiny"
+    if name in BUILTIN_PRETRAINED:
+        return "mini"
+    return None
 
 
 def encode_reference(encoder: Any, images: torch.Tensor) -> torch.Tensor:

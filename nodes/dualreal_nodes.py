@@ -45,6 +45,21 @@ class _ComfyClipVisionEncoder:
         return self.cv.encode_image(images)
 
 
+def _builtin_encoder(choice: str, model_name: str):
+    """Train DualReal's reference encoder without a CLIP_VISION: ``choice`` "auto" (the model's built-in one,
+    :func:`dual_adapter.reference.builtin_encoder_name`), "mini", "tiny" or "none" -> an encoder or None."""
+    from dual_adapter.reference import builtin_encoder_name, load_reference_encoder
+
+    choice = str(choice or "auto")
+    if choice not in ("auto", "mini", "tiny", "none"):
+        raise DualAdapterError(f"reference_encoder must be auto, mini, tiny or none, got {choice!r}")
+    spec = builtin_encoder_name(model_name) if choice == "auto" else None if choice == "none" else choice
+    if spec is None:
+        return None
+    log.info("Train DualReal: reference encoder %r (built in; connect clip_vision for CLIP ViT-H/14)", spec)
+    return load_reference_encoder(spec)
+
+
 class DualRealTrain:
     DESCRIPTION = ("Train DualReal (joint identity + motion adapters with the StageBlender controller) on "
                    "subject photos and motion clip frames. Each step trains either the identity adapters (on a "
@@ -95,8 +110,17 @@ class DualRealTrain:
                                                "files. 'resume' continues the newest run of this name."}),
             },
             "optional": {
-                "clip_vision": ("CLIP_VISION", {"tooltip": "Reference encoder (clip_vision_h, ViT-H/14, 1024-d). "
-                                                           "Without it the motion adapters' W_cond term is not used."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Reference encoder (clip_vision_h, ViT-H/14, 1024-d), as "
+                                                           "the authors train. When connected it is used; else "
+                                                           "reference_encoder decides."}),
+                "reference_encoder": (["auto", "mini", "tiny", "none"],
+                                      {"default": "auto",
+                                       "tooltip": "Reference encoder when clip_vision is not connected. auto: the one "
+                                                  "built in for the model (mini: 'mini', a pixel-statistics stand-in "
+                                                  "for the sprite world; the tiny models: the random tiny CLIP; a real "
+                                                  "CogVideoX: none). none: the motion adapters' W_cond term stays "
+                                                  "untrained (warned). The adapters record the choice, and Apply "
+                                                  "DualReal uses it for reference_image."}),
                 "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 10000,
                                             "tooltip": "Split 'motion' into clips of this many frames (0 = one clip)."}),
                 "use_controller": ("BOOLEAN", {"default": True,
@@ -114,7 +138,7 @@ class DualRealTrain:
 
     def train(self, model, subject, identity_prompt, motion, motion_prompt, steps, lr, motion_ratio, hidden_width,
               groups, form, seed, name, clip_vision=None, frames_per_clip=0, use_controller=True,
-              checkpoint_every=100, resume=False, warmup_steps=200):
+              checkpoint_every=100, resume=False, warmup_steps=200, reference_encoder="auto"):
         from dual_adapter.dualreal import DualRealOptions, train_dualreal
         from dual_adapter.plots import plot_loss_curve
         from dual_adapter.training import TrainConfig
@@ -129,7 +153,8 @@ class DualRealTrain:
             clips = _split_clips(image_batch(motion, "motion"), int(frames_per_clip))
             for k, c in enumerate(clips):
                 check_motion_frames(c, "motion" if len(clips) == 1 else f"motion clip {k + 1}")
-            encoder = _ComfyClipVisionEncoder(clip_vision) if clip_vision is not None else None
+            encoder = (_ComfyClipVisionEncoder(clip_vision) if clip_vision is not None
+                       else _builtin_encoder(reference_encoder, bundle.name))
             options = DualRealOptions(hidden=int(hidden_width), groups=int(groups), form=form,
                                       controller=bool(use_controller), motion_ratio=float(motion_ratio))
             train = TrainConfig(steps=int(steps), lr=float(lr), seed=int(seed), checkpoint_every=int(checkpoint_every),
@@ -232,8 +257,10 @@ class DualRealApply:
                 "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
             },
             "optional": {
-                "reference_image": ("IMAGE", {"tooltip": "Subject photo for the reference embedding (needs "
-                                                         "clip_vision). The first image is used."}),
+                "reference_image": ("IMAGE", {"tooltip": "Subject photo for the reference embedding. The first "
+                                                         "image is used. Encoded with clip_vision, or, without it, "
+                                                         "with the built-in encoder the adapters were trained with "
+                                                         "('mini' or 'tiny'; other adapters need clip_vision)."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP vision ViT-H/14 (clip_vision_h) to encode "
                                                            "reference_image."}),
                 "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "A precomputed reference embedding "
@@ -250,8 +277,8 @@ class DualRealApply:
 
     def apply(self, model, adapters, reference_image=None, clip_vision=None, clip_vision_output=None,
               identity_scale=1.0, motion_scale=1.0, use_controller=True):
-        from dual_adapter.dualreal import DualRealAdapterSet, DualRealPatch, check_compatible
-        from dual_adapter.reference import as_reference_embedding, encode_reference
+        from dual_adapter.dualreal import DualRealAdapterSet, DualRealPatch, check_compatible, reference_for_adapters
+        from dual_adapter.reference import as_reference_embedding
 
         bundle = _bundle(model)
         if not isinstance(adapters, DualRealAdapterSet):
@@ -260,12 +287,9 @@ class DualRealApply:
         ref = None
         if clip_vision_output is not None:
             ref = as_reference_embedding(clip_vision_output, "clip_vision_output")[:1]
-        elif reference_image is not None:
-            if clip_vision is None:
-                raise DualAdapterError("reference_image needs clip_vision (a CLIP vision ViT-H/14 model) to be "
-                                       "encoded; or connect a CLIP_VISION_OUTPUT instead")
-            img = image_batch(reference_image, "reference_image")[:1]
-            ref = encode_reference(_ComfyClipVisionEncoder(clip_vision), img)
+        elif reference_image is not None:  # clip_vision, else the built-in encoder the adapters were trained with
+            ref = reference_for_adapters(adapters, image_batch(reference_image, "reference_image"),
+                                         _ComfyClipVisionEncoder(clip_vision) if clip_vision is not None else None)
         patch = DualRealPatch(adapters, ref, fixed_weights=None if use_controller else (0.1, 0.1),
                               identity_scale=float(identity_scale), motion_scale=float(motion_scale))
         return (model.with_patch(patch),)

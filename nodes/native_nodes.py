@@ -38,7 +38,9 @@ class DualRealApplyNative:
                 "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
             },
             "optional": {
-                "reference_image": ("IMAGE", {"tooltip": "Subject photo for the reference embedding (needs clip_vision)."}),
+                "reference_image": ("IMAGE", {"tooltip": "Subject photo for the reference embedding (the first image), "
+                                                         "encoded with clip_vision, or without it with the built-in "
+                                                         "encoder the adapters were trained with ('mini' / 'tiny')."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP vision ViT-H/14 (clip_vision_h) to encode reference_image."}),
                 "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "A precomputed reference embedding [1, 1024] "
                                                                          "(CLIP Vision Encode); used instead of reference_image."}),
@@ -55,18 +57,17 @@ class DualRealApplyNative:
 
     def apply(self, model, adapters, reference_image=None, clip_vision=None, clip_vision_output=None,
               identity_scale=1.0, motion_scale=1.0, use_controller=True, allow_divergent=False):
-        from dual_adapter.reference import as_reference_embedding, encode_reference
+        from dual_adapter.dualreal import reference_for_adapters
+        from dual_adapter.reference import as_reference_embedding
 
         from .dualreal_nodes import _ComfyClipVisionEncoder
 
         ref = None
         if clip_vision_output is not None:
             ref = as_reference_embedding(clip_vision_output, "clip_vision_output")[:1]
-        elif reference_image is not None:
-            if clip_vision is None:
-                raise DualAdapterError("reference_image needs clip_vision (CLIP vision ViT-H/14) to be encoded; or "
-                                       "connect a CLIP_VISION_OUTPUT")
-            ref = encode_reference(_ComfyClipVisionEncoder(clip_vision), image_batch(reference_image, "reference_image")[:1])
+        elif reference_image is not None:  # clip_vision, else the built-in encoder the adapters were trained with
+            ref = reference_for_adapters(adapters, image_batch(reference_image, "reference_image"),
+                                         _ComfyClipVisionEncoder(clip_vision) if clip_vision is not None else None)
         out = _bridge().apply_dualreal(model, adapters, ref, fixed_weights=None if use_controller else (0.1, 0.1),
                                        identity_scale=float(identity_scale), motion_scale=float(motion_scale),
                                        allow_divergent=bool(allow_divergent))

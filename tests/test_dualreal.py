@@ -491,6 +491,13 @@ def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch)
                                                   motion_ratio=0.5, hidden_width=16, groups=2, form="zero_init",
                                                   seed=0, name="t", warmup_steps=0, checkpoint_every=2)
     assert isinstance(adapters, DualRealAdapterSet) and adapters.config.hidden == 16 and adapters.meta["steps"] == 3
+    # no clip_vision: reference_encoder "auto" takes the tiny model's built-in encoder (the random tiny CLIP)
+    assert adapters.meta["reference_encoder"] == "tiny" and adapters.meta["uses_reference"] is True
+    with torch.inference_mode():
+        no_enc, _ = N.DualRealTrain().train(model, subject, "dog *", motion, MOTION_PROMPT, steps=1, lr=1e-3,
+                                            motion_ratio=0.5, hidden_width=16, groups=2, form="zero_init", seed=0,
+                                            name="t_none", warmup_steps=0, reference_encoder="none")
+    assert no_enc.meta["uses_reference"] is False  # W_cond left untrained, as asked
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
     assert (out_dir / "dualreal" / "t_00001_.partial.safetensors").exists()
     assert torch.equal(motion, trained.clip)  # inputs not mutated
@@ -504,8 +511,16 @@ def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch)
     (m2,) = N.DualRealApply().apply(model, a, clip_vision_output=types.SimpleNamespace(image_embeds=trained.ref))
     assert model.patches == () and len(m1.patches) == 1
     assert torch.allclose(m1.patches[0].reference, m2.patches[0].reference)
-    with pytest.raises(DualAdapterError, match="clip_vision"):
-        N.DualRealApply().apply(model, a, reference_image=subject)
+    # without clip_vision the built-in encoder the adapters record ("tiny") encodes the photo: the same embedding
+    assert a.meta["reference_encoder"] == "tiny"
+    (m3,) = N.DualRealApply().apply(model, a, reference_image=subject)
+    assert torch.allclose(m3.patches[0].reference, m1.patches[0].reference)
+    clip_trained = DualRealAdapterSet(a.config, a.state_dict, dict(a.meta, reference_encoder="/models/clip_vision_h"))
+    with pytest.raises(DualAdapterError, match="clip_vision"):  # a real CLIP encoder is not built in
+        N.DualRealApply().apply(model, clip_trained, reference_image=subject)
+    no_ref = DualRealAdapterSet(a.config, a.state_dict, dict(a.meta, uses_reference=False))
+    (m4,) = N.DualRealApply().apply(model, no_ref, reference_image=subject)  # warned, not used
+    assert m4.patches[0].reference is None
     res = N.DualRealSave().save(a, "dualreal/dog_guitar")
     saved = Path(res["ui"]["text"][0])
     assert saved.exists() and saved.parent == out_dir / "dualreal"

@@ -328,3 +328,29 @@ def test_train_dualreal_on_mini_defaults_to_the_mini_reference_encoder(tmp_path)
                  "--motion-batch", "1", "--no-gradient-checkpointing", "--out", str(out)]) == 0
     meta = load_adapters(out).meta
     assert meta["reference_encoder"] == "mini" and meta["uses_reference"]
+
+
+def test_builtin_encoder_name_and_the_nodes_use_the_mini_encoder_without_clip_vision(tmp_path, monkeypatch):
+    from dual_adapter.backbone import load_model
+    from dual_adapter.patches import PatchedModel
+    from dual_adapter.reference import PixelStatsEncoder, builtin_encoder_name
+    from nodes import bridge
+    from nodes import dualreal_nodes as N
+
+    assert builtin_encoder_name("mini") == "mini" and builtin_encoder_name("tiny") == "tiny"
+    assert builtin_encoder_name("tiny-5b") == "tiny" and builtin_encoder_name("/models/CogVideoX-2b") is None
+    monkeypatch.setattr(bridge, "output_dir", lambda: tmp_path)
+    bundle = load_model("mini")
+    assert builtin_encoder_name(bundle.name) == "mini"  # a mini folder loads under the name "mini" too
+    photos = W.subject_photos("striped_star", 2, seed=0)
+    clip = W.motion_clips("orbit", 1, seed=0, exclude="striped_star")[0][0]
+    model = PatchedModel(bundle)
+    with torch.inference_mode():
+        adapters, _ = N.DualRealTrain().train(model, photos, "a * star on a gray background", clip,
+                                              "a shape orbiting on a gray background", steps=2, lr=1e-3,
+                                              motion_ratio=0.5, hidden_width=8, groups=2, form="official", seed=0,
+                                              name="m", warmup_steps=0, checkpoint_every=0)
+    assert adapters.meta["reference_encoder"] == "mini" and adapters.meta["uses_reference"] is True
+    (patched,) = N.DualRealApply().apply(model, adapters, reference_image=photos)
+    want = PixelStatsEncoder()(photos[:1])
+    assert torch.allclose(patched.patches[0].reference.reshape(1, -1), want, atol=1e-5)

@@ -122,7 +122,7 @@ def run(args) -> int:
                         gradient_checkpointing=not small, checkpoint_every=max(steps // 5, 1))
     from .dualreal import encoder_for  # train-dualreal's rule: tiny -> the tiny CLIP, mini -> "mini", else none
 
-    encoder = encoder_for(None, args.model, None)
+    encoder = encoder_for(None, bundle.name, None)
     adapters_path = out / "adapters.safetensors"
     res = train_dualreal(bundle, photos, id_prompt, clips, mo_prompt, reference_encoder=encoder,
                          options=options, train=train, callback=TextProgress("training"), out=adapters_path)

@@ -68,8 +68,8 @@ def register(subparsers) -> None:
                         "posterior mode, the same latent every step")
     p.add_argument("--reference-encoder", default=None,
                    help="CLIP ViT-H/14 vision folder (transformers), 'tiny', 'mini' (pixel-statistics stand-in "
-                        "for the mini world) or 'none' (default: 'tiny' for the tiny models, 'mini' for mini, else "
-                        "none = W_cond stays untrained, warned; the authors always train with a ViT-H/14 encoder)")
+                        "for the mini world) or 'none' (default: 'tiny' for the tiny models, 'mini' for mini and mini "
+                        "folders, else none = W_cond stays untrained, warned; the authors always train with a ViT-H/14 encoder)")
     p.add_argument("--optimizer", default="auto", choices=("auto", "adamw", "adamw8bit"), help="optimiser (auto)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
@@ -81,13 +81,13 @@ def register(subparsers) -> None:
 
 def encoder_for(spec: str | None, model_name: str, device: str | None):
     """The reference encoder of a DualReal run: ``spec`` (a folder, ``"tiny"``, ``"mini"`` or ``"none"``) or, when
-    None, the default for ``model_name``: the tiny CLIP for the tiny models, ``"mini"`` (PixelStatsEncoder) for
-    mini, none (W_cond untrained, warned) otherwise. Used by ``train-dualreal`` and the demo."""
-    from ..backbone import BUILTIN_PRETRAINED, TINY_VARIANTS
-    from ..reference import load_reference_encoder
+    None, the default for the loaded model's name (:func:`dual_adapter.reference.builtin_encoder_name`: the tiny
+    CLIP for the tiny models, ``"mini"`` (PixelStatsEncoder) for mini and mini folders, none (W_cond untrained,
+    warned) otherwise). Used by ``train-dualreal`` and the demo."""
+    from ..reference import builtin_encoder_name, load_reference_encoder
 
-    if spec is None:  # the CPU-sized built-in models: random tiny -> the tiny encoder, pretrained mini -> "mini"
-        spec = "tiny" if model_name in TINY_VARIANTS else "mini" if model_name in BUILTIN_PRETRAINED else "none"
+    if spec is None:
+        spec = builtin_encoder_name(model_name) or "none"
     if str(spec).lower() == "none":
         return None
     return load_reference_encoder(spec, device=device)
@@ -124,7 +124,7 @@ def _train(args) -> int:
                               clip_fps=args.fps, latent_sampling=args.latent_sampling)
     with parallel_run(args, out, run_paths(out), "train-dualreal") as (rank, world):
         bundle = load_bundle(args)
-        encoder = encoder_for(args.reference_encoder, args.model, bundle.device)
+        encoder = encoder_for(args.reference_encoder, bundle.name, bundle.device)
         if encoder is None and rank == 0:
             from ..dualreal.trainer import NO_REFERENCE_WARNING
 

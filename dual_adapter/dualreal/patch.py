@@ -427,6 +427,41 @@ def w_cond_trained(adapters) -> bool:
     return True
 
 
+def reference_for_adapters(adapters, images: torch.Tensor, encoder: Any = None,
+                           what: str = "reference_image") -> torch.Tensor | None:
+    """The reference embedding ``c`` of a subject photo for sampling with ``adapters`` (METHODS.md: at
+    inference the motion adapters see ``W_cond(c)`` of the subject's reference image).
+
+    Args:
+        adapters: a :class:`~dual_adapter.dualreal.checkpoint.DualRealAdapterSet` (its metadata says how
+            ``W_cond`` was trained: ``uses_reference`` / ``reference_encoder``).
+        images: ``[N, H, W, 3]`` 0..1; the first image is encoded.
+        encoder: the encoder to use (anything :func:`~dual_adapter.reference.encode_reference` takes, e.g.
+            ComfyUI's CLIP_VISION); ``None`` = the built-in one the adapters were trained with (``"mini"`` or
+            ``"tiny"``, :func:`~dual_adapter.reference.load_reference_encoder`).
+        what: the input's name, for messages.
+
+    Returns:
+        ``[1, 1024]`` float32, or ``None`` (warned) when the adapters were trained without reference embeddings.
+
+    Raises:
+        DualAdapterError: no ``encoder`` and the adapters' encoder is not built in (e.g. CLIP ViT-H/14).
+    """
+    from ..reference import encode_reference, load_reference_encoder
+
+    if not w_cond_trained(adapters):
+        log.warning("%s is ignored: these adapters were trained without reference embeddings", what)
+        return None
+    if encoder is None:
+        name = (getattr(adapters, "meta", None) or {}).get("reference_encoder")
+        if name not in ("mini", "tiny"):
+            raise DualAdapterError(f"{what} needs a CLIP vision ViT-H/14 encoder (clip_vision / --reference-encoder): "
+                                   f"these adapters were trained with the reference encoder {name!r}, which is not "
+                                   f"built in; or give a precomputed reference embedding instead")
+        encoder = load_reference_encoder(name)
+    return encode_reference(encoder, images[:1])
+
+
 class DualRealPatch:
     """Model patch running DualReal's DA-blocks and StageBlender (METHODS.md section 1).
 
