@@ -14,8 +14,8 @@ Frames nodes, exactly where a user's own photos and clips go:
 
 ``--adapters`` (run it only on the final ``mini`` weights: adapters fit one architecture) trains DualReal
 on those files with the command printed below (the demo's settings: 1000 steps, lr 1e-3, 100 warm-up steps,
-one clip per motion step; but the tiny reference encoder, named explicitly since ``train-dualreal`` defaults to
-the ``mini`` encoder on ``mini`` from stop 21: the shipped file was made with the tiny one) and copies the result to
+one clip per motion step, the ``mini`` reference encoder, train-dualreal's default on ``mini``, named explicitly)
+and copies the result to
 ``examples/dualreal_mini_star_orbit.safetensors``, the adapters of the "load adapters + sample" workflow.
 
 Run from the pack root::
@@ -66,7 +66,7 @@ def adapters_command(out: Path) -> list[str]:
             "--identity-prompt", W.identity_prompt(SUBJECT),
             "--motion", *[rel(p) for p in sorted(CLIPS.glob("*.gif"))],
             "--motion-prompt", W.motion_prompt(MOTION), "--steps", "1000", "--lr", "1e-3", "--warmup", "100",
-            "--motion-batch", "1", "--no-gradient-checkpointing", "--reference-encoder", "tiny", "--seed", str(SEED),
+            "--motion-batch", "1", "--no-gradient-checkpointing", "--reference-encoder", "mini", "--seed", str(SEED),
             "--out", str(out)]
 
 

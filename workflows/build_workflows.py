@@ -306,10 +306,11 @@ def g_customttt(classes) -> Graph:
 
 
 DUALREAL_NOTE = (
-    "- for the reference image: add *Load CLIP Vision* (`clip_vision_h.safetensors`, ViT-H/14) and connect it to "
-    "`clip_vision` of Train DualReal and Apply DualReal (with the photo on `reference_image`); without it the motion "
-    "adapters' W_cond stays untrained (a warning says so; the authors always train with one) and a reference is "
-    "ignored at inference;\n"
+    "- the reference image: on mini, Train DualReal's reference_encoder 'auto' takes the built-in 'mini' encoder "
+    "(a pixel-statistics stand-in) and Apply DualReal encodes the subject photo on `reference_image` with it; for a "
+    "real CogVideoX add *Load CLIP Vision* (`clip_vision_h.safetensors`, ViT-H/14) and connect it to `clip_vision` "
+    "of both nodes; without an encoder the motion adapters' W_cond stays untrained (a warning says so; the authors "
+    "always train with one) and a reference is ignored at inference;\n"
     "- the authors' setting: 1000 steps, lr 1e-3, 200 warm-up steps, motion_ratio 0.5, hidden 64, 7 groups, "
     "49 consecutive source frames per clip (Load Clip Frames fps 0; fps 8 resamples to CogVideoX's rate instead) "
     "at 480 x 720 (frames_per_clip 49); inference 50 steps, CFG 6, prompt like 'Dog * is playing guitar'.")
@@ -325,7 +326,7 @@ def g_dualreal_train(classes) -> Graph:
                name="star_orbit", checkpoint_every=100)
     g.node("DualRealSave", adapters=t[0], filename_prefix="dualreal/star_orbit")
     g.node("PreviewImage", images=t[1])
-    a = g.node("DualRealApply", model=m[0], adapters=t[0])
+    a = g.node("DualRealApply", model=m[0], adapters=t[0], reference_image=ph[0])
     sb = g.node("DualRealStageBlenderPlot", model=m[0], adapters=t[0], prompt=PROMPT, steps=10)
     g.node("PreviewImage", images=sb[0])
     e = g.node("DualAdapterTextEncode", model=m[0], prompt=PROMPT, negative_prompt="")
@@ -341,7 +342,7 @@ def g_dualreal_load(classes) -> Graph:
     g = Graph("dualreal_load_sample", classes)
     m = g.node("DualAdapterCogVideoXLoader", model=MODEL if mini else "tiny")
     ad = g.node("DualRealLoad", adapters_name=MINI_ADAPTERS if mini else TINY_ADAPTERS)
-    a = g.node("DualRealApply", model=m[0], adapters=ad[0])
+    a = g.node("DualRealApply", model=m[0], adapters=ad[0], **({"reference_image": _photos(g)[0]} if mini else {}))
     prompt = PROMPT if mini else "dog * is playing guitar"
     e = g.node("DualAdapterTextEncode", model=m[0], prompt=prompt, negative_prompt="")
     s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=SAMPLE_STEPS if mini else 10, cfg=6.0, seed=42)
