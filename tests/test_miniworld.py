@@ -1,6 +1,7 @@
 """The miniature world: generator, scorers on ground-truth videos, the VAE substitute, the shipped ``mini``."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,37 @@ def test_pretrain_is_resumable_and_loads(tmp_path):
         with pytest.raises(DualAdapterError, match="no CUDA GPU"):
             pretrain_mini(tmp_path / "gpu", PretrainConfig(steps=1, device="cuda"), command="test")
         assert not (tmp_path / "gpu.run").exists()
+
+
+def test_pretrain_workers_draw_the_same_batches_and_resume_restarts_them(tmp_path):
+    """``workers`` only moves the drawing of batches into other processes: the same batches, and the same losses as
+    without, also when a resumed run asks for the batches from a later step."""
+    from dual_adapter.miniworld.pretrain import PretrainConfig, _Batches, make_batch, pretrain_mini
+
+    cfg = PretrainConfig(steps=6, batch=2, checkpoint_every=2, threads=0, workers=2)
+    batches = _Batches(cfg)
+    for step in (0, 1, 4, 5):  # out of order (4 after 1): the loader restarts at 4
+        f, c = batches(step)
+        f0, c0, _ = make_batch(step, cfg)
+        assert torch.equal(f, f0) and c == c0
+    pretrain_mini(tmp_path / "w0", PretrainConfig(steps=3, batch=2, checkpoint_every=1, threads=0), command="t")
+    reference = [json.loads(line)["loss"] for line in (tmp_path / "w0.run" / "losses.jsonl").read_text().splitlines()
+                 if line.strip()]
+
+    def stop(step, total, info):
+        if step == 2:
+            raise InterruptedByUser("test")
+
+    cfg = PretrainConfig(steps=3, batch=2, checkpoint_every=1, threads=0, workers=2)
+    with pytest.raises(InterruptedByUser):
+        pretrain_mini(tmp_path / "r", cfg, callback=stop, command="t")
+    pretrain_mini(tmp_path / "r", cfg, resume=True, command="t")
+    resumed = [json.loads(line)["loss"] for line in (tmp_path / "r.run" / "losses.jsonl").read_text().splitlines()
+               if line.strip()]
+    assert len(reference) == 3 and resumed == reference  # workers 2, interrupted and resumed = workers 0
+    for bad in (dict(workers=-1), dict(mixed_precision="fp16")):
+        with pytest.raises(DualAdapterError, match=next(iter(bad))):
+            PretrainConfig(**bad).validate()
 
 
 # --------------------------------------------------------------------------------------------

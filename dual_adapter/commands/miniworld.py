@@ -51,6 +51,11 @@ def register(sub) -> None:
     pt.add_argument("--threads", type=int, default=1, help="torch CPU threads (1; 0 = torch's default)")
     pt.add_argument("--checkpoint-every", type=int, default=250, help="checkpoint every N steps (250)")
     pt.add_argument("--device", default="cpu", help="cpu (default, the shipped recipe) or cuda / cuda:N for longer runs")
+    pt.add_argument("--workers", type=int, default=0,
+                    help="processes drawing the batches ahead of training (0: in this process; same data for any "
+                         "number; on a GPU, e.g. 12)")
+    pt.add_argument("--mixed-precision", choices=("fp32", "bf16"), default="fp32",
+                    help="fp32 (default, the shipped recipe) or bf16 autocast (for GPU runs)")
     pt.add_argument("--resume", action="store_true", help="continue from OUT.run/ after an interruption")
     pt.add_argument("--log-every", type=int, default=50, help="print a progress line every N steps (50)")
     pt.set_defaults(func=_pretrain)
@@ -116,7 +121,8 @@ def _pretrain(args) -> int:
     from ..miniworld.pretrain import PretrainConfig, pretrain_mini
 
     cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                         checkpoint_every=args.checkpoint_every, device=args.device)
+                         checkpoint_every=args.checkpoint_every, device=args.device, workers=args.workers,
+                         mixed_precision=args.mixed_precision)
     print(f"pretraining mini: {cfg}", flush=True)
     pretrain_mini(args.out, cfg, resume=args.resume, callback=_Progress(args.log_every))
     print(f"wrote {args.out}", flush=True)

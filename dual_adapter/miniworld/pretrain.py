@@ -51,6 +51,11 @@ class PretrainConfig:
         device: where the transformer trains (``"cpu"``, the shipped recipe; ``"cuda"`` for longer runs on a
             GPU). Batches are drawn and the noise and timesteps sampled on the CPU from the same seeds, so a
             run's data do not depend on the device (the arithmetic does, slightly).
+        workers: processes that draw the batches ahead of the training step (0 = in the training process, the
+            shipped recipe). Each batch depends only on ``(seed, step)``, so the data are the same for any
+            number; on a GPU the drawing (about 14 ms per 8 videos on one CPU core) is what limits the speed.
+        mixed_precision: ``"fp32"`` (the shipped recipe) or ``"bf16"`` autocast (on a GPU; on the CPU it saved
+            about 15-25% of the step time here).
     """
 
     steps: int = 10000
@@ -63,6 +68,8 @@ class PretrainConfig:
     threads: int = 1
     checkpoint_every: int = 250
     device: str = "cpu"
+    workers: int = 0
+    mixed_precision: str = "fp32"
 
     def validate(self) -> None:
         from ..backbone import check_device
@@ -72,6 +79,10 @@ class PretrainConfig:
             raise DualAdapterError(f"steps={self.steps}, batch={self.batch}: both must be >= 1")
         if not (0 <= self.photo_fraction < 1 and 0 <= self.caption_dropout < 1):
             raise DualAdapterError("photo_fraction and caption_dropout must be in [0, 1)")
+        if self.workers < 0:
+            raise DualAdapterError(f"workers={self.workers}: must be >= 0 (0 = draw batches in this process)")
+        if self.mixed_precision not in ("fp32", "bf16"):
+            raise DualAdapterError(f"mixed_precision={self.mixed_precision!r}: expected fp32 or bf16")
 
 
 def make_batch(step: int, cfg: PretrainConfig) -> tuple[torch.Tensor, list[str], list[world.VideoSpec]]:
@@ -90,6 +101,44 @@ def make_batch(step: int, cfg: PretrainConfig) -> tuple[torch.Tensor, list[str],
         specs.append(spec)
         caps.append("" if rng.random() < cfg.caption_dropout else world.caption(spec))
     return torch.stack(vids), caps, specs
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` = the batch of step ``start + i`` (frames and captions; :func:`make_batch`)."""
+
+    def __init__(self, cfg: PretrainConfig, start: int):
+        self.cfg, self.start = cfg, int(start)
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.steps - self.start)
+
+    def __getitem__(self, i: int):
+        frames, caps, _ = make_batch(self.start + int(i), self.cfg)
+        return frames, caps
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+class _Batches:
+    """The batch of each step, drawn in the training process (``workers`` 0) or ahead of it by a DataLoader's
+    worker processes, in step order. Asking for a step out of order (e.g. after a resume) restarts the loader there."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg, self.it, self.next = cfg, None, None
+
+    def __call__(self, step: int):
+        if not self.cfg.workers:
+            frames, caps, _ = make_batch(step, self.cfg)
+            return frames, caps
+        if self.it is None or step != self.next:
+            loader = torch.utils.data.DataLoader(_StepBatches(self.cfg, step), batch_size=None, shuffle=False,
+                                                 num_workers=self.cfg.workers, prefetch_factor=4,
+                                                 worker_init_fn=_one_thread)
+            self.it, self.next = iter(loader), step
+        self.next += 1
+        return next(self.it)
 
 
 def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume: bool = False,
@@ -159,8 +208,10 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
                 text_cache[c] = x
         return torch.stack([text_cache[c] for c in caps])
 
+    batches = _Batches(cfg)
+
     def step_fn(step, gen):
-        frames, caps, _ = make_batch(step, cfg)
+        frames, caps = batches(step)
         z = encode_frames(bundle, frames)
         return diffusion_loss(tr, sched, z, embed(caps), generator=gen), {"frames": int(frames.shape[1])}
 
@@ -176,9 +227,10 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
         write_loss_log(losses, losses_path)
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, lr_schedule="cosine",
-                       optimizer="adamw", mixed_precision="fp32", gradient_checkpointing=False, seed=cfg.seed,
-                       checkpoint_every=cfg.checkpoint_every)
+                       optimizer="adamw", mixed_precision=cfg.mixed_precision, gradient_checkpointing=False,
+                       seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
     res = train_loop([p for p in tr.parameters()], step_fn, tcfg, callback=callback,
+                     device_type=torch.device(device).type,
                      on_checkpoint=on_checkpoint, resume_state=state_path if resume else None,
                      start_losses=start_losses)
     seconds = prev_seconds + res.seconds
