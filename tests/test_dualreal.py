@@ -6,6 +6,7 @@ loss / sampling / memorisation / save-load / readout tests.
 from __future__ import annotations
 
 import json
+import logging
 import types
 from argparse import Namespace
 from pathlib import Path
@@ -447,7 +448,7 @@ def test_no_reference_encoder_trains_without_w_cond(bundle):
 
 
 @needs_data
-def test_cli_train_dualreal_and_generate_hooks(tmp_path, bundle, capsys):
+def test_cli_train_dualreal_and_generate_hooks(tmp_path, bundle, capsys, caplog):
     from dual_adapter.cli import main
     from dual_adapter.commands import dualreal as cmd
 
@@ -469,6 +470,11 @@ def test_cli_train_dualreal_and_generate_hooks(tmp_path, bundle, capsys):
                      dualreal_fixed_weights=None)
     patches = cmd.generate_patches(args, bundle)
     assert len(patches) == 1 and patches[0].reference.shape == (1, 1, 1024)
+    # another encoder than the one W_cond was trained on (tiny) is used as asked, with a warning
+    with caplog.at_level(logging.WARNING, logger="dual_adapter"):
+        other = cmd.generate_patches(Namespace(**dict(vars(args), dualreal_reference_encoder="mini")), bundle)
+    assert "built-in 'tiny' reference encoder" in caplog.text
+    assert not torch.allclose(other[0].reference, patches[0].reference)
     assert cmd.generate_patches(Namespace(dualreal=None, reference_image=None, reference_embedding=None), bundle) == []
     # generate's parser accepts the options
     from dual_adapter.cli import build_parser
@@ -479,7 +485,7 @@ def test_cli_train_dualreal_and_generate_hooks(tmp_path, bundle, capsys):
 
 
 @needs_data
-def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch):
+def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch, caplog):
     from dual_adapter.patches import PatchedModel
     from nodes import dualreal_nodes as N
 
@@ -507,7 +513,10 @@ def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch)
             return types.SimpleNamespace(image_embeds=trained.enc(image))
 
     a = trained.res.adapters
-    (m1,) = N.DualRealApply().apply(model, a, reference_image=subject, clip_vision=FakeClipVision())
+    with caplog.at_level(logging.WARNING, logger="dual_adapter"):
+        (m1,) = N.DualRealApply().apply(model, a, reference_image=subject, clip_vision=FakeClipVision())
+    # used as given, but warned: these adapters' W_cond learned from the built-in "tiny" encoder
+    assert "built-in 'tiny' reference encoder" in caplog.text
     (m2,) = N.DualRealApply().apply(model, a, clip_vision_output=types.SimpleNamespace(image_embeds=trained.ref))
     assert model.patches == () and len(m1.patches) == 1
     assert torch.allclose(m1.patches[0].reference, m2.patches[0].reference)

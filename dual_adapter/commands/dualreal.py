@@ -180,7 +180,7 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
 
 def _load_reference(args, adapters, bundle):
     from ..io import load_safetensors
-    from ..reference import as_reference_embedding, encode_reference, load_reference_encoder
+    from ..reference import as_reference_embedding, load_reference_encoder
 
     emb_file = getattr(args, "reference_embedding", None)
     img = getattr(args, "reference_image", None)
@@ -191,14 +191,15 @@ def _load_reference(args, adapters, bundle):
                                    f"found {len(tensors)}")
         return as_reference_embedding(next(iter(tensors.values())), f"--reference-embedding {emb_file!r}")
     if img:
+        from ..dualreal import reference_for_adapters
         from ..media import load_image
 
-        spec = getattr(args, "dualreal_reference_encoder", None) or adapters.meta.get("reference_encoder")
-        if not spec or spec in ("precomputed", "OpenCLIP ViT-H/14"):
-            raise DualAdapterError("--reference-image needs an encoder: pass --reference-encoder FOLDER "
-                                   "(a CLIP ViT-H/14 vision model) or --reference-embedding FILE")
-        enc = load_reference_encoder(spec, device=bundle.device)
-        return encode_reference(enc, load_image(img))
+        spec = getattr(args, "dualreal_reference_encoder", None)
+        recorded = adapters.meta.get("reference_encoder")
+        if not spec and recorded not in (None, "mini", "tiny", "precomputed", "OpenCLIP ViT-H/14"):
+            spec = recorded  # the CLIP folder the adapters were trained with, where it still is
+        enc = load_reference_encoder(spec, device=bundle.device) if spec else None
+        return reference_for_adapters(adapters, load_image(img)[None], enc, what="--reference-image")
     return None
 
 
@@ -223,8 +224,8 @@ def generate_patches(args, bundle) -> list:
     adapters = load_any(path)
     check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
     ref = _load_reference(args, adapters, bundle)
-    if ref is not None and not w_cond_trained(adapters):  # DualRealPatch drops it too (with a log warning)
-        print("note: adapters were trained without reference embeddings; the reference image is ignored",
+    if ref is not None and not w_cond_trained(adapters):  # a --reference-embedding (DualRealPatch drops it too)
+        print("note: adapters were trained without reference embeddings; the reference is ignored",
               file=sys.stderr)
         ref = None
     elif ref is None and w_cond_trained(adapters):

@@ -446,14 +446,21 @@ def reference_for_adapters(adapters, images: torch.Tensor, encoder: Any = None,
 
     Raises:
         DualAdapterError: no ``encoder`` and the adapters' encoder is not built in (e.g. CLIP ViT-H/14).
+
+    An ``encoder`` other than the built-in one the adapters record (e.g. a CLIP_VISION for adapters trained with
+    ``"mini"``) is used as given, with a warning: ``W_cond`` never saw its embeddings.
     """
     from ..reference import encode_reference, load_reference_encoder
 
     if not w_cond_trained(adapters):
         log.warning("%s is ignored: these adapters were trained without reference embeddings", what)
         return None
+    name = (getattr(adapters, "meta", None) or {}).get("reference_encoder")
+    if encoder is not None and name in ("mini", "tiny") and getattr(encoder, "name", None) != name:
+        log.warning("%s: these adapters' W_cond was trained on the built-in %r reference encoder; the embedding of "
+                    "the encoder given (%s) is not what it learned from (leave the encoder out to use %r)", what,
+                    name, getattr(encoder, "name", type(encoder).__name__), name)
     if encoder is None:
-        name = (getattr(adapters, "meta", None) or {}).get("reference_encoder")
         if name not in ("mini", "tiny"):
             raise DualAdapterError(f"{what} needs a CLIP vision ViT-H/14 encoder (clip_vision / --reference-encoder): "
                                    f"these adapters were trained with the reference encoder {name!r}, which is not "
