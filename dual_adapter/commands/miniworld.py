@@ -56,7 +56,13 @@ def register(sub) -> None:
                          "number; on a GPU, e.g. 12)")
     pt.add_argument("--mixed-precision", choices=("fp32", "bf16"), default="fp32",
                     help="fp32 (default, the shipped recipe) or bf16 autocast (for GPU runs)")
-    pt.add_argument("--resume", action="store_true", help="continue from OUT.run/ after an interruption")
+    pt.add_argument("--warmup", type=int, default=200, help="linear warm-up steps before the cosine decay (200)")
+    pt.add_argument("--init", default=None, metavar="MODEL",
+                    help="continue training a trained mini: 'mini' (the shipped one) or a folder this command wrote "
+                         "(its text encoder and VAE are kept; --seed then draws only the batches). Default: a fresh "
+                         "model from --seed")
+    pt.add_argument("--resume", action="store_true", help="continue from OUT.run/ after an interruption (pass the "
+                                                          "same options)")
     pt.add_argument("--log-every", type=int, default=50, help="print a progress line every N steps (50)")
     pt.set_defaults(func=_pretrain)
 
@@ -122,7 +128,7 @@ def _pretrain(args) -> int:
 
     cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                          checkpoint_every=args.checkpoint_every, device=args.device, workers=args.workers,
-                         mixed_precision=args.mixed_precision)
+                         mixed_precision=args.mixed_precision, warmup_steps=args.warmup, init=args.init)
     print(f"pretraining mini: {cfg}", flush=True)
     pretrain_mini(args.out, cfg, resume=args.resume, callback=_Progress(args.log_every))
     print(f"wrote {args.out}", flush=True)

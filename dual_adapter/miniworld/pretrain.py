@@ -56,6 +56,10 @@ class PretrainConfig:
             number; on a GPU the drawing (about 14 ms per 8 videos on one CPU core) is what limits the speed.
         mixed_precision: ``"fp32"`` (the shipped recipe) or ``"bf16"`` autocast (on a GPU; on the CPU it saved
             about 15-25% of the step time here).
+        init: ``None`` (a fresh model from ``seed``, the shipped recipe), ``"mini"`` (the shipped model) or a
+            ``mini`` folder that this command wrote: training continues from its transformer, with its text
+            encoder, tokenizer and VAE (which pretraining never changes); ``seed`` then draws only the batches,
+            noise and timesteps. The init model's ``info.json`` is kept in the new one's under ``"init"``.
     """
 
     steps: int = 10000
@@ -70,6 +74,7 @@ class PretrainConfig:
     device: str = "cpu"
     workers: int = 0
     mixed_precision: str = "fp32"
+    init: str | None = None
 
     def validate(self) -> None:
         from ..backbone import check_device
@@ -83,6 +88,11 @@ class PretrainConfig:
             raise DualAdapterError(f"workers={self.workers}: must be >= 0 (0 = draw batches in this process)")
         if self.mixed_precision not in ("fp32", "bf16"):
             raise DualAdapterError(f"mixed_precision={self.mixed_precision!r}: expected fp32 or bf16")
+        if self.warmup_steps < 0:
+            raise DualAdapterError(f"warmup_steps={self.warmup_steps}: must be >= 0")
+        if self.init is not None and self.init != "mini" and not (Path(self.init) / "transformer").is_dir():
+            raise DualAdapterError(f"init={self.init!r}: expected 'mini' or a mini model folder that "
+                                   f"'miniworld pretrain' wrote (with transformer/, vae/, text_encoder/ ...)")
 
 
 def make_batch(step: int, cfg: PretrainConfig) -> tuple[torch.Tensor, list[str], list[world.VideoSpec]]:
@@ -185,7 +195,16 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
     from ..backbone import check_device
 
     device = check_device(cfg.device, "device") or "cpu"  # "auto" / "": cpu, as load_model does for mini
-    bundle = build_mini(seed=cfg.seed, device=device)
+    init_info = None
+    if cfg.init is None:
+        bundle = build_mini(seed=cfg.seed, device=device)
+    else:  # continue from a trained mini: its transformer, text encoder, tokenizer and VAE
+        from .model import MINI_DIR, load_mini
+
+        init_dir = MINI_DIR if cfg.init == "mini" else Path(cfg.init)
+        bundle = load_mini(init_dir, device=device)
+        info_file = init_dir / "info.json"
+        init_info = json.loads(info_file.read_text()) if info_file.exists() else {}
     tr = bundle.transformer
     start_losses: list = []
     prev_seconds = 0.0
@@ -247,6 +266,9 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
         "parameters_transformer": sum(p.numel() for p in tr.parameters()),
         "torch": torch.__version__,
     }
+    if init_info is not None:
+        info["init"] = {"model": cfg.init, **{k: init_info[k] for k in ("command", "steps_done", "train_seconds",
+                                                                         "config", "init") if k in init_info}}
     save_mini(bundle, out, info=info)
     save_image(plot_loss_curve(res.losses, title="mini pretraining loss", smooth=50)[0], out / "loss.png")
     write_loss_log(res.losses, run / "losses.jsonl")
