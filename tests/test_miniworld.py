@@ -240,6 +240,32 @@ def test_pretrain_is_resumable_and_loads(tmp_path):
         assert not (tmp_path / "gpu.run").exists()
 
 
+def test_pretrain_init_continues_a_trained_mini_with_its_text_encoder(tmp_path):
+    """``init`` continues from a trained mini: its transformer is the start, its text encoder / VAE are kept
+    (a fresh T5 from ``seed`` would not match what the transformer learned); ``seed`` draws only the batches."""
+    from dual_adapter.miniworld.model import build_mini, load_mini
+    from dual_adapter.miniworld.pretrain import PretrainConfig, pretrain_mini
+
+    pretrain_mini(tmp_path / "a", PretrainConfig(steps=2, batch=2, checkpoint_every=10, threads=0), command="made a")
+    a = load_mini(tmp_path / "a")
+    cfg = PretrainConfig(steps=1, batch=2, lr=1e-12, warmup_steps=0, seed=5, threads=0, init=str(tmp_path / "a"))
+    pretrain_mini(tmp_path / "b", cfg, command="made b")
+    b, fresh = load_mini(tmp_path / "b"), build_mini(seed=5)
+    for k, v in a.text_encoder.state_dict().items():
+        assert torch.equal(b.text_encoder.state_dict()[k], v)
+    sd_a, sd_b, sd_fresh = (m.transformer.state_dict() for m in (a, b, fresh))
+    assert all(torch.allclose(sd_b[k], v, atol=1e-6) for k, v in sd_a.items())  # lr ~0: still a's weights
+    assert not all(torch.allclose(sd_fresh[k], v, atol=1e-3) for k, v in sd_a.items())  # (not seed 5's)
+    info = json.loads((tmp_path / "b" / "info.json").read_text())
+    assert info["init"]["model"] == str(tmp_path / "a") and info["init"]["command"] == "made a"
+    assert info["init"]["steps_done"] == 2 and info["config"]["init"] == str(tmp_path / "a")
+    with pytest.raises(DualAdapterError, match="init="):
+        PretrainConfig(init=str(tmp_path / "nowhere")).validate()
+    with pytest.raises(DualAdapterError, match="warmup_steps"):
+        PretrainConfig(warmup_steps=-1).validate()
+    PretrainConfig(init="mini").validate()  # the shipped model
+
+
 def test_pretrain_workers_draw_the_same_batches_and_resume_restarts_them(tmp_path):
     """``workers`` only moves the drawing of batches into other processes: the same batches, and the same losses as
     without, also when a resumed run asks for the batches from a later step."""
