@@ -475,6 +475,13 @@ def test_cli_train_dualreal_and_generate_hooks(tmp_path, bundle, capsys, caplog)
         other = cmd.generate_patches(Namespace(**dict(vars(args), dualreal_reference_encoder="mini")), bundle)
     assert "built-in 'tiny' reference encoder" in caplog.text
     assert not torch.allclose(other[0].reference, patches[0].reference)
+    # adapters trained with a CLIP_VISION in ComfyUI record no folder: --reference-image needs --reference-encoder
+    a = load_adapters(out)
+    comfy = tmp_path / "comfy.safetensors"
+    save_adapters(DualRealAdapterSet(a.config, a.state_dict, dict(a.meta, reference_encoder="comfy:clip_vision")),
+                  comfy)
+    with pytest.raises(DualAdapterError, match="--reference-encoder"):
+        cmd.generate_patches(Namespace(**dict(vars(args), dualreal=str(comfy))), bundle)
     assert cmd.generate_patches(Namespace(dualreal=None, reference_image=None, reference_embedding=None), bundle) == []
     # generate's parser accepts the options
     from dual_adapter.cli import build_parser

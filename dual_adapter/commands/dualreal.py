@@ -196,7 +196,7 @@ def _load_reference(args, adapters, bundle):
 
         spec = getattr(args, "dualreal_reference_encoder", None)
         recorded = adapters.meta.get("reference_encoder")
-        if not spec and recorded not in (None, "mini", "tiny", "precomputed", "OpenCLIP ViT-H/14"):
+        if not spec and recorded and Path(recorded).is_dir():
             spec = recorded  # the CLIP folder the adapters were trained with, where it still is
         enc = load_reference_encoder(spec, device=bundle.device) if spec else None
         return reference_for_adapters(adapters, load_image(img)[None], enc, what="--reference-image")
@@ -223,12 +223,8 @@ def generate_patches(args, bundle) -> list:
 
     adapters = load_any(path)
     check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
-    ref = _load_reference(args, adapters, bundle)
-    if ref is not None and not w_cond_trained(adapters):  # a --reference-embedding (DualRealPatch drops it too)
-        print("note: adapters were trained without reference embeddings; the reference is ignored",
-              file=sys.stderr)
-        ref = None
-    elif ref is None and w_cond_trained(adapters):
+    ref = _load_reference(args, adapters, bundle)  # untrained W_cond: DualRealPatch drops a reference, warned
+    if ref is None and w_cond_trained(adapters):
         print("note: no --reference-image / --reference-embedding: the motion adapters run without W_cond",
               file=sys.stderr)
     return [DualRealPatch(adapters, ref, fixed_weights=args.dualreal_fixed_weights,
