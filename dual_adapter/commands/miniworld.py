@@ -44,7 +44,7 @@ def register(sub) -> None:
                                      "T5) on held-in videos of the world and write it as a diffusers-layout folder. "
                                      "Run files (checkpoint, optimiser state, losses) go to OUT.run/.")
     pt.add_argument("--out", required=True, help="new model folder to write (the shipped one is dual_adapter/models/mini)")
-    pt.add_argument("--steps", type=int, default=16000, help="optimiser steps (16000, the shipped mini: 43 min on 2 CPU cores)")
+    pt.add_argument("--steps", type=int, default=10000, help="optimiser steps (10000)")
     pt.add_argument("--batch", type=int, default=8, help="videos per step (8)")
     pt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3; warm-up then cosine)")
     pt.add_argument("--seed", type=int, default=0, help="seed of the init and of every batch (0)")

@@ -62,7 +62,7 @@ class PretrainConfig:
             noise and timesteps. The init model's ``info.json`` is kept in the new one's under ``"init"``.
     """
 
-    steps: int = 16000
+    steps: int = 10000
     batch: int = 8
     lr: float = 1e-3
     warmup_steps: int = 200
