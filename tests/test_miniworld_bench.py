@@ -85,6 +85,15 @@ def test_benchmark_config_rejects_bad_pairs_and_methods():
     assert len(B.BenchConfig().resolved_pairs()) == len(W.HELD_OUT_SUBJECTS) * len(W.HELD_OUT_MOTIONS) == 9
 
 
+def test_benchmark_table_names_the_model_folder_it_ran_on():
+    """A mini-layout folder loads as a bundle named "mini"; the table's header must still say which folder."""
+    res = json.loads((ROOT / "benchmarks" / "results" / "miniworld.json").read_text())
+    assert B.markdown_table(res).startswith("Model `mini`;")
+    res["config"]["model"] = "/runs/mini16k"
+    head = B.markdown_table(res).splitlines()[0]
+    assert head.startswith("Model `/runs/mini16k` (a `mini`-layout folder);"), head
+
+
 # Margin: DualReal must beat the base by more than MARGIN_SIGMAS x the seed-to-seed spread (the pooled standard
 # deviation of the base's and DualReal's scores over SEEDS sampling seeds, measured in the test itself), and by at
 # least MIN_GAP in absolute terms (a floor for the case where both spreads are ~0).

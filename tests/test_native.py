@@ -66,7 +66,10 @@ def test_streamed_converter_round_trip_sharded(tinies, variant, tmp_path):
     e = torch.randn(1, 16, 32)
     ts = torch.tensor([500])
     from dual_adapter.backbone import transformer_forward
-    assert torch.equal(transformer_forward(m, x, e, ts), transformer_forward(t, x, e, ts))
+    # the weights are bit-identical (above); the forward is equal up to float rounding: the loaded weights are views
+    # into the file's buffer at unaligned offsets, and on some CPUs the kernels round differently there (measured
+    # 3.6e-7 on tiny-1.5 in stop 25; 0.0 after cloning the same weights into fresh memory)
+    torch.testing.assert_close(transformer_forward(m, x, e, ts), transformer_forward(t, x, e, ts), rtol=0, atol=1e-5)
     with pytest.raises(DualAdapterError, match="already exists"):
         native.convert_diffusers_to_native(tmp_path / "m", out)
     bf = native.convert_diffusers_to_native(tmp_path / "m" / "transformer", tmp_path / "b.safetensors", dtype="bf16")

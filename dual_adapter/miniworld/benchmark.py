@@ -468,7 +468,10 @@ def _per_method_time(methods, seconds: dict) -> dict:
 def markdown_table(res: dict) -> str:
     """The results as a markdown table: one row per method, ``mean ± std`` per metric, n, seconds."""
     c = res["config"]
-    lines = [f"Model `{c['model_name']}`; {len(c['pairs'])} pair(s) x {c['seeds']} seed(s); DualReal {c['dualreal_steps']} "
+    # a mini-layout folder loads as a bundle named "mini": say which folder it was
+    model = c.get("model", c["model_name"])
+    label = f"`{model}`" if model == c["model_name"] else f"`{model}` (a `{c['model_name']}`-layout folder)"
+    lines = [f"Model {label}; {len(c['pairs'])} pair(s) x {c['seeds']} seed(s); DualReal {c['dualreal_steps']} "
              f"steps, LoRAs {c['lora_steps']} steps, TTT {c['ttt_steps']} steps, sampling {c['sample_steps']} steps, "
              f"cfg {c['cfg']}, DualReal reference encoder {c.get('reference_encoder', 'tiny')}." + (" **Quick run** (`--quick`): too few steps and samples to rank methods." if c.get("quick") else ""),
              "", "| method | what | identity ↑ | motion ↑ | text ↑ | leakage ↓ | n | train s | sample s |",
