@@ -86,7 +86,9 @@ def run(args) -> int:
 
     t0 = time.time()
     tiny = args.model in backbone.TINY_VARIANTS
-    mini = args.model == "mini"
+    from ..miniworld.model import is_mini_folder
+
+    mini = args.model == "mini" or is_mini_folder(args.model)  # the shipped mini, or a folder `miniworld pretrain` wrote
     small = tiny or mini  # CPU-sized built-in models
     world_inputs = mini and args.subject is None and args.motion is None
     out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
