@@ -86,16 +86,14 @@ def run(args) -> int:
 
     t0 = time.time()
     tiny = args.model in backbone.TINY_VARIANTS
-    from ..miniworld.model import is_mini_folder
-
-    mini = args.model == "mini" or is_mini_folder(args.model)  # the shipped mini, or a folder `miniworld pretrain` wrote
-    small = tiny or mini  # CPU-sized built-in models
-    world_inputs = mini and args.subject is None and args.motion is None
     out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise DualAdapterError(f"--out-dir {str(out)!r} is not empty; choose a new folder")
     bundle = load_bundle(args)
+    mini = bundle.name == "mini"  # the loader's decision: the shipped mini, or a folder `miniworld pretrain` wrote
+    small = tiny or mini  # CPU-sized built-in models
+    world_inputs = mini and args.subject is None and args.motion is None
     frames, height, width = bundle.default_size
     if world_inputs:
         subj, mot = args.world_subject, args.world_motion
