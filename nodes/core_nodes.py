@@ -55,8 +55,9 @@ class CogVideoXLoader:
 
     def _load(self, model, dtype, device, vae_tiling, vae_slicing, cpu_offload, native_transformer="none"):
         tf = None if native_transformer in (None, "", "none") else bridge.resolve("diffusion_models", native_transformer)
-        if tf is not None and model in backbone.TINY_VARIANTS:
-            raise DualAdapterError("native_transformer needs a diffusers folder for the VAE / T5 (not a tiny model)")
+        if tf is not None and (model in backbone.TINY_VARIANTS or model in backbone.BUILTIN_PRETRAINED):
+            raise DualAdapterError(f"native_transformer needs a real CogVideoX diffusers folder for the VAE / T5, not "
+                                   f"the built-in {model!r}; choose a model from models/CogVideo/ or set it to none")
         dt = None if dtype == "auto" else dtype
         if model in backbone.TINY_VARIANTS:
             dev = "cpu" if device == "auto" else device

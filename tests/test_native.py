@@ -334,3 +334,16 @@ def test_pack_loader_takes_a_folder_without_transformer_plus_a_native_file(tinie
     got = load_cogvideox(root, dtype="fp32", device="cpu", transformer_file=nat)
     assert got.config.patch_size_t == 2
     assert all(torch.equal(got.transformer.state_dict()[k], v) for k, v in b.transformer.state_dict().items())
+
+
+def test_a_native_transformer_file_with_a_builtin_or_mini_model_is_refused_not_dropped(tmp_path):
+    """``load_model`` used to drop ``transformer_file`` silently for ``mini`` folders (only the CLI refused it, and
+    only for the built-in names): the user got the folder's own transformer without a word."""
+    from dual_adapter.backbone import load_model
+    from dual_adapter.miniworld.model import build_mini, save_mini
+
+    save_mini(build_mini(seed=0), tmp_path / "m")
+    for name in ("tiny", "mini", str(tmp_path / "m")):
+        with pytest.raises(DualAdapterError, match="native transformer file needs a real CogVideoX"):
+            load_model(name, transformer_file=tmp_path / "x.safetensors")
+    assert load_model(str(tmp_path / "m"), cpu_offload=True).name == "mini"  # harmless there: ignored

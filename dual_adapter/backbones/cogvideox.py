@@ -540,10 +540,23 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     A folder in the ``mini`` layout (its ``vae/config.json`` names the mini's VAE substitute, e.g. one written
     by ``python -m dual_adapter miniworld pretrain``) also loads with :func:`~dual_adapter.miniworld.model.load_mini`.
 
-    ``dtype`` defaults to fp32 for tiny / mini models and bf16 for real ones.
+    ``dtype`` defaults to fp32 for tiny / mini models and bf16 for real ones. ``**kw`` goes to
+    :func:`load_cogvideox` (``transformer_file``, ``cpu_offload``); built-in and ``mini`` models have no use for
+    them: ``cpu_offload`` is ignored there (with a log line; they fit anywhere), ``transformer_file`` is refused.
+
+    Raises:
+        DualAdapterError: ``transformer_file`` with a built-in or ``mini`` model (a native transformer file needs a
+            real CogVideoX diffusers folder for its VAE and T5); the errors of :func:`load_cogvideox`.
     """
     from ..miniworld.model import is_mini_folder, load_mini
 
+    builtin = name_or_path in BUILTIN_PRETRAINED or name_or_path in TINY_VARIANTS or is_mini_folder(name_or_path)
+    if builtin and kw.get("transformer_file"):
+        raise DualAdapterError(f"transformer file {str(kw['transformer_file'])!r} with model {str(name_or_path)!r}: a "
+                               f"native transformer file needs a real CogVideoX diffusers folder (for its VAE and "
+                               f"T5), not a built-in or mini model")
+    if builtin and kw.get("cpu_offload"):
+        log.info("cpu_offload is not used for %s (a built-in size model)", name_or_path)
     if name_or_path in BUILTIN_PRETRAINED or is_mini_folder(name_or_path):
         folder = None if name_or_path in BUILTIN_PRETRAINED else name_or_path
         return load_mini(folder, device=check_device(device) or "cpu", dtype=dtype or "fp32")

@@ -66,15 +66,10 @@ def preflight(args, frames: int | None = None, height: int | None = None, width:
 def load_bundle(args):
     from ..backbone import load_model
 
-    kw = {}
-    if args.model not in ("tiny", "tiny-5b", "tiny-1.5", "mini"):
-        kw["cpu_offload"] = bool(getattr(args, "cpu_offload", False))
-        if getattr(args, "transformer", None):
-            kw["transformer_file"] = args.transformer
-    elif getattr(args, "transformer", None):
-        from ..errors import DualAdapterError
-
-        raise DualAdapterError("--transformer needs --model FOLDER (a diffusers folder for the VAE and T5), not a tiny model")
+    # load_model refuses --transformer with a built-in or mini model and ignores --cpu-offload there
+    kw = {"cpu_offload": bool(getattr(args, "cpu_offload", False))}
+    if getattr(args, "transformer", None):
+        kw["transformer_file"] = args.transformer
     return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
 
 
