@@ -30,7 +30,8 @@ class CogVideoXLoader:
             "model": (choices, {"default": "tiny", "tooltip": "A diffusers folder under models/CogVideo/ (with transformer/, "
                                 "vae/, text_encoder/, tokenizer/, scheduler/), or a built-in random tiny model: "
                                 "'tiny' (2B-like, sincos), 'tiny-5b' (RoPE), 'tiny-1.5' (RoPE, patch_size_t=2), "
-                                "or 'mini', the built-in pretrained miniature model (9 x 32 x 32 sprite videos, CPU)."}),
+                                "or 'mini', the built-in pretrained miniature model (9 x 32 x 32 sprite videos, CPU). A mini folder "
+                                "that 'miniworld pretrain' wrote can also go in models/CogVideo/."}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Weights dtype. auto = bf16 for "
                       "real models (fp16 also suits 2B), fp32 for tiny."}),
             "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "Where the model runs. auto = CUDA if "
@@ -66,6 +67,11 @@ class CogVideoXLoader:
             dev = "cpu" if device == "auto" else device
             return (PatchedModel(backbone.load_model(model, device=dev, dtype=dt or "fp32")),)
         path = bridge.resolve("CogVideo", model)
+        from dual_adapter.miniworld.model import is_mini_folder
+
+        if is_mini_folder(path):  # a mini that 'miniworld pretrain' wrote, put in models/CogVideo/: load_model's path
+            dev = "cpu" if device == "auto" else device
+            return (PatchedModel(backbone.load_model(str(path), device=dev, dtype=dt or "fp32", transformer_file=tf)),)
         from dual_adapter.backbones import backbone_modules, identify_folder
 
         kind = identify_folder(path)

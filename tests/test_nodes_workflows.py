@@ -197,3 +197,21 @@ def test_loader_refuses_a_native_transformer_with_a_builtin_model(classes, out_d
     for model in ("tiny", "mini"):
         with pytest.raises(DualAdapterError, match="native_transformer needs a real CogVideoX diffusers folder"):
             classes["DualAdapterCogVideoXLoader"]().load(model, native_transformer="t.safetensors")
+
+
+def test_loader_loads_a_mini_folder_put_in_models_cogvideo(classes, out_dir, tmp_path):
+    """A folder that 'miniworld pretrain' wrote, put in models/CogVideo/, is listed; it used to fail to load with
+    "num_channels (3) must be divisible by num_groups (32)" (it went to the real-CogVideoX loader)."""
+    import shutil
+
+    import torch
+
+    from dual_adapter.miniworld.model import MINI_DIR
+
+    shutil.copytree(MINI_DIR, tmp_path / "models" / "CogVideo" / "my_mini")
+    loader = classes["DualAdapterCogVideoXLoader"]
+    assert "my_mini" in loader.INPUT_TYPES()["required"]["model"][0]
+    m = loader().load("my_mini")[0]
+    assert m.bundle.name == "mini" and m.bundle.dtype == torch.float32
+    shipped = loader().load("mini")[0].bundle.transformer.state_dict()
+    assert all(torch.equal(v, shipped[k]) for k, v in m.bundle.transformer.state_dict().items())
