@@ -56,29 +56,22 @@ class CogVideoXLoader:
 
     def _load(self, model, dtype, device, vae_tiling, vae_slicing, cpu_offload, native_transformer="none"):
         tf = None if native_transformer in (None, "", "none") else bridge.resolve("diffusion_models", native_transformer)
-        if tf is not None and (model in backbone.TINY_VARIANTS or model in backbone.BUILTIN_PRETRAINED):
-            raise DualAdapterError(f"native_transformer needs a real CogVideoX diffusers folder for the VAE / T5, not "
-                                   f"the built-in {model!r}; choose a model from models/CogVideo/ or set it to none")
         dt = None if dtype == "auto" else dtype
-        if model in backbone.TINY_VARIANTS:
-            dev = "cpu" if device == "auto" else device
-            return (PatchedModel(backbone.build_tiny(model, device=dev, dtype=dt or "fp32")),)
-        if model in backbone.BUILTIN_PRETRAINED:
-            dev = "cpu" if device == "auto" else device
-            return (PatchedModel(backbone.load_model(model, device=dev, dtype=dt or "fp32")),)
-        path = bridge.resolve("CogVideo", model)
+        dev = None if device == "auto" else device
+        # tiny*, mini and a mini folder (one 'miniworld pretrain' wrote, put in models/CogVideo/): load_model builds or
+        # loads them (CPU and fp32 unless set) and refuses a native transformer file with them
+        path = None if model in backbone.BUILTIN_MODELS else bridge.resolve("CogVideo", model)
         from dual_adapter.miniworld.model import is_mini_folder
 
-        if is_mini_folder(path):  # a mini that 'miniworld pretrain' wrote, put in models/CogVideo/: load_model's path
-            dev = "cpu" if device == "auto" else device
-            return (PatchedModel(backbone.load_model(str(path), device=dev, dtype=dt or "fp32", transformer_file=tf)),)
+        if path is None or is_mini_folder(path):
+            return (PatchedModel(backbone.load_model(model if path is None else str(path), device=dev, dtype=dt,
+                                                     transformer_file=tf)),)
         from dual_adapter.backbones import backbone_modules, identify_folder
 
         kind = identify_folder(path)
         if kind not in (None, "cogvideox"):  # a U-Net video model put in models/CogVideo/
             raise DualAdapterError(f"model {model!r} is a {backbone_modules()[kind].FAMILY} model, not CogVideoX; "
                                    f"put it in models/diffusers/ and use Load U-Net Video Model")
-        dev = None if device == "auto" else device
         b = backbone.load_cogvideox(path, dtype=dt or "bf16", device=dev, vae_tiling=vae_tiling,
                                     vae_slicing=vae_slicing, cpu_offload=cpu_offload, transformer_file=tf)
         return (PatchedModel(b),)

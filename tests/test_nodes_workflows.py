@@ -189,13 +189,14 @@ def test_loader_lists_model_folders(classes, out_dir, tmp_path):
 
 
 def test_loader_refuses_a_native_transformer_with_a_builtin_model(classes, out_dir, tmp_path):
-    """A native transformer file with 'mini' was silently dropped (only the tiny models were refused)."""
+    """A native transformer file with 'mini' was silently dropped (only the tiny models were refused); the refusal
+    is load_model's, shared with the CLI."""
     from dual_adapter.errors import DualAdapterError
 
     (tmp_path / "models" / "diffusion_models").mkdir(parents=True)
     (tmp_path / "models" / "diffusion_models" / "t.safetensors").write_bytes(b"")
     for model in ("tiny", "mini"):
-        with pytest.raises(DualAdapterError, match="native_transformer needs a real CogVideoX diffusers folder"):
+        with pytest.raises(DualAdapterError, match="native transformer file needs a real CogVideoX diffusers folder"):
             classes["DualAdapterCogVideoXLoader"]().load(model, native_transformer="t.safetensors")
 
 

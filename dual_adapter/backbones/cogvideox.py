@@ -550,14 +550,15 @@ def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device
     """
     from ..miniworld.model import is_mini_folder, load_mini
 
-    builtin = name_or_path in BUILTIN_PRETRAINED or name_or_path in TINY_VARIANTS or is_mini_folder(name_or_path)
+    mini = name_or_path in BUILTIN_PRETRAINED or is_mini_folder(name_or_path)  # is_mini_folder reads vae/config.json
+    builtin = mini or name_or_path in TINY_VARIANTS
     if builtin and kw.get("transformer_file"):
         raise DualAdapterError(f"transformer file {str(kw['transformer_file'])!r} with model {str(name_or_path)!r}: a "
                                f"native transformer file needs a real CogVideoX diffusers folder (for its VAE and "
                                f"T5), not a built-in or mini model")
     if builtin and kw.get("cpu_offload"):
-        log.info("cpu_offload is not used for %s (a built-in size model)", name_or_path)
-    if name_or_path in BUILTIN_PRETRAINED or is_mini_folder(name_or_path):
+        log.info("cpu_offload is not used for %s (built-in and mini models fit anywhere)", name_or_path)
+    if mini:
         folder = None if name_or_path in BUILTIN_PRETRAINED else name_or_path
         return load_mini(folder, device=check_device(device) or "cpu", dtype=dtype or "fp32")
     if name_or_path in TINY_VARIANTS:
