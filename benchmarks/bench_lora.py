@@ -7,7 +7,7 @@ prompt embeddings (no VAE / T5 in memory), gradient checkpointing, bf16 autocast
   * ``lora-tap-r32``: TAP preset (attn1.to_q, to_k), rank 32 (the authors' setting);
   * ``lora-full-r64``: q, k, v, out at rank 64 (what public CogVideoX LoRA trainers report:
     about 20 GB peak on 5B with checkpointing and precomputed latents);
-  * ``dualreal-motion``: a DualReal motion step (batch 3 clips, METHODS.md section 1);
+  * ``dualreal-motion``: a DualReal motion step (batch 3 clips, docs/dualreal.md);
   * ``dualreal-identity``: a DualReal identity step (1 photo = 1 latent frame).
 
 Without a GPU: the same rows on small configurations on CPU (shape checks and relative cost only).

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 10's open question in one command on a lent GPU (one H100 / H200, about 8-9 minutes in all): does the
-# `mini` recipe reach the quality bar (shape and texture, README "Miniature world") with one to two orders of
+# One command on one GPU (one H100 / H200, about 8-9 minutes in all) for the open question: does the
+# `mini` recipe reach the quality bar (shape and texture, docs/miniworld.md) with one to two orders of
 # magnitude more training than the 2-core CPU allows?
 #   1. a 300-step timing probe (batch 64, bf16, batches drawn by --workers processes), to size the run;
 #   2. `miniworld pretrain` for as many whole thousands of steps as fit in BUDGET_MIN minutes (default 5);
-#   3. `miniworld evaluate` of the result on the README's two prompt sets (n 32 seed 0, n 64 seed 1).
+#   3. `miniworld evaluate` of the result on the two prompt sets of docs/results/miniworld.md (n 32 seed 0, n 64 seed 1).
 # Everything goes to $OUT (default benchmarks/results/gpu_mini): the model folder (mini_gpu/, with info.json and
 # loss.png), the evaluate JSONs, and summary.txt. Each part has a time limit, so the whole stays under ~10 min.
 # A CPU dry run of the plumbing (minutes, tiny budget): DEVICE=cpu BUDGET_MIN=0.3 BATCH=8 WORKERS=1 PROBE=20 \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 13 in one command (one H100 / H200, about 6-8 minutes):
+# The GPU figures of docs/performance.md in one command (one H100 / H200, about 6-8 minutes):
 #   * training step time and peak memory (torch.cuda.max_memory_allocated) of a DualReal motion step,
 #     an identity step and the rank-64 LoRA baseline, and the sampling step with / without DA-blocks,
 #     on the real 5B and 2B configurations (bench_dualreal.py);

@@ -18,7 +18,7 @@ Three measurements on ``n`` held-in world videos (no full sampling; about 1 min 
   it shows whether the model can *draw* an attribute when the layout is given; at high ``t`` whether the
   caption alone steers it.
 
-Prints three markdown tables. The README's "Miniature world" section quotes them for the shipped ``mini``.
+Prints three markdown tables. The docs/miniworld.md quotes them for the shipped ``mini``.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ ground-truth videos, and from the same videos after a round trip through the shi
 
     python benchmarks/miniworld_scorer_ceiling.py [--n 120] [--seed 5]
 
-Prints one line per case (share right per attribute). These are the figures the README's "Miniature world"
+Prints one line per case (share right per attribute). These are the figures docs/miniworld.md
 section quotes for the scorers and for ``BlockPCAVAE``; no model sampling is involved (about 1 min on 2 cores).
 """
 from __future__ import annotations

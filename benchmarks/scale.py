@@ -165,7 +165,7 @@ def _phase_trainable(module, motion: bool):
     fn = getattr(T, "set_phase_trainable", None)
     if fn is not None:
         fn(module, motion)
-    else:  # the trainer before issue 13: everything requires grad, the mask drops grads after backward
+    else:  # the earlier trainer (benchmarks/results/scale_before.json): everything requires grad, the mask drops grads after backward
         module.requires_grad_(True)
     return [p for p in module.parameters() if p.requires_grad]
 
@@ -322,7 +322,7 @@ def _optimizer_bytes(params, kind: str, fused: bool) -> tuple[int, int]:
 
 
 def _fused_adamw_default() -> bool:
-    """Whether the library's optimiser uses the fused AdamW kernel on CUDA (issue 13)."""
+    """Whether the library's optimiser uses the fused AdamW kernel on CUDA (docs/performance.md)."""
     import inspect
 
     from dual_adapter import training

@@ -1,6 +1,6 @@
 """dual_adapter: customized video generation on CogVideoX (DualReal, TAP motion LoRA, CustomTTT).
 
-Pure torch / diffusers / peft; never imports ComfyUI. See README.md for the Python API.
+Pure torch / diffusers / peft; never imports ComfyUI. See README.md and docs/ for the Python API.
 
 Importing the package checks that the installed torch is >= 2.6 (:func:`require_safe_torch`).
 """

@@ -1,6 +1,6 @@
 """CustomTTT on CogVideoX: prompt-influence analysis, layer-selective LoRAs, test-time-training merge.
 
-METHODS.md section 3 (CustomTTT, Bi et al.). Three parts:
+docs/customttt.md (CustomTTT, Bi et al.). Three parts:
 
 1. **Prompt influence** (paper): which transformer blocks carry a concept? CogVideoX has no
    cross-attention; text reaches a block only through its joint attention over ``[text; visual]``
@@ -474,7 +474,7 @@ def selective_spec(kind: str, blocks: Sequence[int] | str | None, *, rank: int =
 
     Defaults (authors, sup): rank 32, dropout 0.1. Targets: ``"full"`` (attention q, k, v, out) for both
     kinds, because the authors' LoRAs adapt whole attention layers; a motion LoRA may use ``"tap"``
-    (METHODS section 2). alpha defaults to rank (scale 1).
+    (docs/tap.md). alpha defaults to rank (scale 1).
 
     Args:
         kind: ``"appearance"`` or ``"motion"`` (recorded by the caller; both have the same default targets).
@@ -630,7 +630,7 @@ class TTTConfig:
         appearance_frames: video length of the appearance teacher; None = the student's (default). 1 = a
             1-frame reference, as the appearance LoRA was trained on photos.
     Student (base + both LoRAs, all LoRA weights trainable, base frozen, combined prompt):
-        reference: what the loss is toward (METHODS.md section 3). After ``f = 5`` of 25 DDIM steps ``z_f``
+        reference: what the loss is toward (docs/customttt.md). After ``f = 5`` of 25 DDIM steps ``z_f``
             sits at ``t_f ~ 799`` (``abar ~ 0.006``: about ``0.08 x_0 + 1.0 noise``), so it is no clean sample.
             ``"x0_pred"`` (default): the teacher's clean-latent estimate at ``z_f`` (one extra guided teacher
             call), ``x0 = sqrt(abar_f) z_f - sqrt(1 - abar_f) v``, used as ``x_0`` of the CogVideoX objective:
@@ -956,7 +956,7 @@ def ttt_merge(
     keep_student: bool = False,
 ) -> TTTResult:
     """CustomTTT's test-time-training merge of an appearance LoRA and a motion LoRA into one LoRA
-    (METHODS.md section 3, sup).
+    (docs/customttt.md, sup).
 
     1. References: the appearance teacher (base + ``appearance`` under ``appearance_prompt``) and the motion
        teacher (base + ``motion`` under ``motion_prompt``) each run ``f = config.teacher_steps`` sampler steps

@@ -1,4 +1,4 @@
-"""CustomTTT as its authors describe it, on AnimateDiff (METHODS.md section 3).
+"""CustomTTT as its authors describe it, on AnimateDiff (docs/customttt.md).
 
 CustomTTT (Bi et al., 2025; no code released) on an AnimateDiff U-Net:
 

@@ -1,13 +1,13 @@
 """Motion LoRA with TAP on CogVideoX: presets, peft injection, training, diffusers-format files.
 
-METHODS.md section 2 ("Separate Motion from Appearance"). TAP (Temporal Attention
+docs/tap.md ("Separate Motion from Appearance"). TAP (Temporal Attention
 Purification, paper) trains a motion LoRA that reshapes attention only and never the Value
 projection, so the pretrained values are re-organised into the new motion. CogVideoX attends
 jointly over space and time, so on this backbone TAP is a LoRA on ``attn1.to_q`` and
 ``attn1.to_k`` of every block (preset ``tap``). Other presets: ``k_out`` (the authors' released
 code: ``to_k`` and ``to_out.0``) and ``full`` (q, k, v, out: the plain LoRA baseline).
 AH (appearance highway) needs U-Net skip connections that CogVideoX does not have; it is not
-built here (see the README, section "TAP motion LoRA and LoRA files").
+built here (docs/tap.md).
 
 What lives here:
   * :data:`PRESETS`, :class:`LoraSpec` (rank, alpha, dropout, targets, blocks);
@@ -943,7 +943,7 @@ def parse_lora_arg(text: str) -> tuple[str, float]:
 def lora_train_config(**overrides):
     """The shared loop's :class:`~dual_adapter.training.TrainConfig` with the motion-LoRA defaults.
 
-    Authors' setting (METHODS.md section 2): AdamW, lr 5e-4, weight decay 1e-2, 1000 steps. This
+    Authors' setting (docs/tap.md): AdamW, lr 5e-4, weight decay 1e-2, 1000 steps. This
     project's choices on top: betas (0.9, 0.999) and eps 1e-8 (AdamW's defaults), constant learning
     rate with no warm-up, grad-norm clip 1.0, plain AdamW (not 8-bit: a LoRA's optimiser state is
     small), gradient checkpointing on, bf16 autocast on GPU, checkpoint every 100 steps.
@@ -1020,7 +1020,7 @@ def train_lora(
     batch_size: int = 1,
     grad_accum: int = 1,
 ) -> tuple[LoraFile, "TrainResult"]:
-    """Train a (motion) LoRA on clips and/or photos (METHODS.md section 2; TAP with the default spec).
+    """Train a (motion) LoRA on clips and/or photos (docs/tap.md; TAP with the default spec).
 
     Latents and the prompt embedding are computed once (VAE posterior mode, T5), then the LoRA
     trains on a weight-sharing copy of ``bundle.transformer`` (never modified) with the shared loop

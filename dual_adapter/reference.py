@@ -1,4 +1,4 @@
-"""Reference-image embeddings for DualReal's motion adapters (METHODS.md section 1).
+"""Reference-image embeddings for DualReal's motion adapters (docs/dualreal.md).
 
 The authors use OpenCLIP ViT-H/14 (laion2B): the projected image embedding, 1024-d. Here:
 
@@ -16,7 +16,7 @@ The authors use OpenCLIP ViT-H/14 (laion2B): the projected image embedding, 1024
   object, whose ``encode_image`` returns a CLIP_VISION_OUTPUT).
 
 Without any encoder DualReal still trains and samples: the motion adapters' ``W_cond`` term is
-skipped (METHODS.md: "With no embedding, the W_cond term is skipped").
+skipped (docs/dualreal.md: without an embedding the W_cond term is skipped).
 """
 from __future__ import annotations
 
@@ -142,10 +142,9 @@ class PixelStatsEncoder:
     """A fixed, training-free stand-in for the CLIP image embedding, for the ``mini`` world (``"mini"``).
 
     DualReal feeds the motion adapters the embedding of a clip frame so that they can attribute the clip's
-    appearance to it rather than learn it (METHODS.md, motion phase), and at inference the embedding of a
+    appearance to it rather than learn it (docs/dualreal.md, joint training), and at inference the embedding of a
     subject photo. That needs an embedding that differs with appearance; the random tiny CLIP's does not (on
-    the mini world's star photos and orbit clips, cosine similarity 0.93-0.996 whatever the sprite, README
-    "Miniature world"). This encoder summarises an image's appearance globally, with no position: per RGB
+    the mini world's star photos and orbit clips, cosine similarity 0.93-0.996 whatever the sprite, docs/results/miniworld.md). This encoder summarises an image's appearance globally, with no position: per RGB
     channel the mean, standard deviation and the 2, 10, 25, 50, 75, 90, 98% quantiles, and the mean absolute
     horizontal and vertical difference of neighbouring pixels (texture): 33 numbers, centred (``(f - 0.5) * 4``)
     and multiplied by a fixed Gaussian matrix ``[33, 1024] / sqrt(33)`` (seeded), so distances are kept.

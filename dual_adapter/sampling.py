@@ -80,7 +80,7 @@ def latent_scale(bundle_or_vae) -> float:
 def to_comfy_latent(latents: torch.Tensor, scale: float = 1.0) -> dict:
     """``[B, F, C, h, w]`` transformer latents -> ComfyUI LATENT ``{"samples": [B, C, F, h, w]}``.
 
-    Latent convention (README "Native ComfyUI"): a LATENT holds the *unscaled* VAE latent, as core ComfyUI
+    Latent convention (docs/native_comfyui.md): a LATENT holds the *unscaled* VAE latent, as core ComfyUI
     does (core's CogVideoX model multiplies by the scale itself), so pass ``scale`` = :func:`latent_scale`
     of the model: the samples are ``latents / scale``.
     """

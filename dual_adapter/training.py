@@ -50,7 +50,7 @@ __all__ = ["TrainConfig", "TrainResult", "diffusion_loss", "make_noise_scheduler
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of the shared loop. Defaults are DualReal's (METHODS.md section 1).
+    """Hyper-parameters of the shared loop. Defaults are DualReal's (docs/dualreal.md).
 
     Attributes:
         steps: optimiser steps. lr: peak learning rate.
@@ -178,7 +178,7 @@ def diffusion_loss(
     """The training objective of ``model``'s backbone (:meth:`VideoBackbone.training_loss
     <dual_adapter.backbones.base.VideoBackbone.training_loss>`, found by :func:`dual_adapter.backbones.backbone_for`).
 
-    On CogVideoX (METHODS.md, "Training objective"): ``t ~ U[0, 1000)``, ``x_t = add_noise(x_0, eps, t)``,
+    On CogVideoX (docs/training.md, "The training objective"): ``t ~ U[0, 1000)``, ``x_t = add_noise(x_0, eps, t)``,
     ``v = model(x_t, t)``, ``x0_pred = scheduler.get_velocity(v, x_t, t)``,
     ``loss = mean(1 / (1 - alphas_cumprod[t]) * (x0_pred - x_0)^2)``.
 

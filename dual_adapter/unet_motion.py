@@ -1,6 +1,6 @@
 """TAP motion LoRA, MotionDirector training and AH on the U-Net video backbones, as the SMA authors built them.
 
-METHODS.md section 2 ("Separate Motion from Appearance", Liu et al., ACM MM 2025). The authors'
+docs/unet.md ("Separate Motion from Appearance", Liu et al., ACM MM 2025). The authors'
 code is ``LiuHuijie6410/SeperateMotionFromAppearance``; the facts below were read in it (paths and
 line numbers of its newest commit, 3ddac5f) and this module re-implements them on diffusers 0.42:
 
@@ -351,7 +351,7 @@ class AppearanceHighway:
                 or getattr(down[1], "downsamplers", None) is None:
             raise DualAdapterError("AH (appearance highway) needs a U-Net with skip connections and spatial attention "
                                    "in down block 2 (ZeroScope / ModelScope UNet3D); this model has none. On "
-                                   "CogVideoX there is no AH (METHODS.md section 2)")
+                                   "CogVideoX there is no AH (docs/unet.md)")
         store: dict[str, Any] = {}
 
         def rec_spatial(j):
@@ -457,7 +457,7 @@ def _freeu_hooks(unet, freeu) -> list:
 
 @dataclass
 class UNetMotionTrainConfig:
-    """Settings of :func:`train_unet_motion_lora`. Defaults: the SMA authors' (METHODS.md section 2).
+    """Settings of :func:`train_unet_motion_lora`. Defaults: the SMA authors' (docs/unet.md).
 
     Attributes:
         preset: temporal LoRA targets (``tap`` / ``k_out`` / ``full``, see :data:`PRESETS`).

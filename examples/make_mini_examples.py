@@ -1,7 +1,7 @@
 """Write the shipped mini-world example inputs (and, with ``--adapters``, the mini DualReal example adapters).
 
-The example workflows run on the built-in pretrained ``mini`` model (9 frames x 32 x 32, README "Miniature
-world"), so their inputs are files of the mini world, loaded with the ordinary Load Photos / Load Clip
+The example workflows run on the built-in pretrained ``mini`` model (9 frames x 32 x 32, docs/miniworld.md),
+so their inputs are files of the mini world, loaded with the ordinary Load Photos / Load Clip
 Frames nodes, exactly where a user's own photos and clips go:
 
 * ``examples/mini/striped_star/00.png .. 03.png``: 4 photos (32 x 32 PNG) of the held-out subject

@@ -28,8 +28,8 @@ def _as_lora(x, name: str = "lora") -> L.LoraFile:
 
 
 class TrainMotionLoRA:
-    DESCRIPTION = ("Train a motion LoRA on CogVideoX from one to three clips (METHODS: 'Separate Motion from "
-                   "Appearance'). Preset tap = LoRA on attention query and key only (TAP: the value projection stays "
+    DESCRIPTION = ("Train a motion LoRA on CogVideoX from one to three clips ('Separate Motion from "
+                   "Appearance', docs/tap.md). Preset tap = LoRA on attention query and key only (TAP: the value projection stays "
                    "frozen so the pretrained appearance is re-used, not re-learned); k_out = the authors' code; full = "
                    "q, k, v, out. Optional MotionDirector spatial path and appearance-debiased loss. Progress per step; "
                    "Cancel stops and keeps the last checkpoint in output/lora_checkpoints/.")

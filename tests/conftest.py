@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny model (built once per session), paths of ../shared/data."""
+"""Shared fixtures: the tiny model (built once per test run), paths of ../shared/data."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""The backbone interface (issue 14 item 1): a method reaches a model only through
+"""The backbone interface: a method reaches a model only through
 :class:`~dual_adapter.backbones.base.VideoBackbone`, so adding a backbone touches one module.
 
 A fake backbone defined here (not in the library) is registered, and the TAP LoRA targeting, the shared
@@ -150,7 +150,7 @@ def test_a_registered_backbone_gets_tap_targeting_the_objective_and_lora_trainin
 
     den = fake.denoiser
     assert kind_of("tiny-fake") == "fake" and isinstance(backbone_for(den), FakeBackbone)
-    # TAP (METHODS.md section 2): Q and K of the motion attention of every block, never V
+    # TAP (docs/tap.md): Q and K of the motion attention of every block, never V
     names = lora.LoraSpec.from_preset("tap", rank=2).target_modules(den)
     assert names == [f"layers.{i}.attn1.{p}" for p in ("to_q", "to_k") for i in range(3)]
     assert lora.LoraSpec(targets=["ff"], blocks=[1]).target_modules(den) == ["layers.1.ff"]

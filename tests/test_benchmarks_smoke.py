@@ -27,7 +27,7 @@ def test_benchmark_runs_and_writes_json(name, args, tmp_path):
 
 
 def test_miniworld_conditioning_prints_its_three_tables():
-    """The README's "Where the base loses appearance" figures come from this script: it still runs and every
+    """The figures of docs/results/miniworld.md, "Where the base loses appearance", come from this script: it still runs and every
     swapped word moves the text embedding (a relative change > 0; identical embeddings would print 0.00)."""
     r = subprocess.run([sys.executable, "miniworld_conditioning.py", "--n", "4"], cwd=ROOT / "benchmarks",
                        capture_output=True, text=True, timeout=600)

@@ -1,4 +1,4 @@
-"""CustomTTT: prompt influence, layer-selective LoRAs, TTT merge (METHODS.md section 3), CLI and nodes."""
+"""CustomTTT: prompt influence, layer-selective LoRAs, TTT merge (docs/customttt.md), CLI and nodes."""
 from __future__ import annotations
 
 import json

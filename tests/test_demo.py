@@ -1,4 +1,4 @@
-"""The README's demo command: DualReal end to end on the shipped example inputs."""
+"""The README's demo command (docs/demo.md): DualReal end to end on the shipped example inputs."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,7 @@ def test_demo_writes_video_adapters_curve_and_report(tmp_path):
 
 def test_demo_on_a_mini_folder_uses_the_mini_world_inputs(tmp_path):
     """``--model FOLDER`` with a folder ``miniworld pretrain`` wrote is a mini like the shipped one: mini-world
-    subject and clips, mini-world scores (until stop 27 such a folder got the real-model path: the dog photos)."""
+    subject and clips, mini-world scores."""
     import shutil
 
     from dual_adapter.miniworld.model import MINI_DIR

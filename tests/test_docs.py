@@ -15,15 +15,15 @@ TEXT_SUFFIXES = {".py", ".md", ".json", ".txt", ".toml", ".sh", ".cfg", ".ini", 
 # Words that speak of how the project was developed rather than of the software. Built from parts so that this
 # file does not match itself.
 DEV_WORDS = [
-    r"\bstops? \d+",                  # "stop 21"
-    r"\b" + "sess" + r"ions?\b",      # a working period (pytest's scope="session" is removed before the search)
+    r"\b" + "st" + r"ops? \d+",        # a numbered work period
+    r"\b" + "sess" + r"ions?\b",      # (pytest's fixture scope is removed before the search, see ALLOWED)
     r"\b" + "throw" + r"away\b",
     r"\b" + "pil" + r"ots?\b",
     r"\b" + "iss" + r"ues? \d+",      # a tracker number
 ]
 OUTSIDE_FILES = [r"\b" + "METHODS" + r"\.md\b", r"\b" + "NOTES" + r"\.md\b", r"\b" + "ARCHITECTURE" + r"\.md\b"]
-# Narrow exceptions: pytest's fixture scope is the API's own word.
-ALLOWED = [re.compile(r"""scope=["']session["']""")]
+# Narrow exception: pytest's fixture scope, where the word is the API's own.
+ALLOWED = [re.compile(r"""scope=["']""" + "sess" + r"""ion["']""")]
 
 
 def _tracked_text_files() -> list[Path]:
@@ -68,9 +68,9 @@ def test_no_citation_of_files_outside_the_repository():
 
 def test_dev_word_patterns_catch_what_they_should():
     rx = re.compile("|".join(DEV_WORDS), re.IGNORECASE)
-    for s in ["measured in stop 21", "a Throwaway script", "the pilots", "a working sess" + "ion", "see iss" + "ue 13"]:
+    for s in ["measured in st" + "op 21", "a Throw" + "away script", "the pil" + "ots", "a working sess" + "ion", "see iss" + "ue 13"]:
         assert rx.search(s), s
-    for s in ["it stops the run", "stop the run at step 5", "autopilot-free", "@pytest.fixture(scope='session')"]:
+    for s in ["it stops the run", "stop the run at step 5", "autopilot-free", "@pytest.fixture(scope='sess" + "ion')"]:
         line = s
         for allowed in ALLOWED:
             line = allowed.sub("", line)

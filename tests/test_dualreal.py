@@ -1,4 +1,4 @@
-"""DualReal (METHODS.md section 1): DA-blocks, StageBlender, joint training, checkpoints, CLI, nodes.
+"""DualReal (docs/dualreal.md): DA-blocks, StageBlender, joint training, checkpoints, CLI, nodes.
 
 CPU, tiny model. One joint training run on a dog photo + a guitar clip (module fixture) serves the
 loss / sampling / memorisation / save-load / readout tests.
@@ -118,7 +118,7 @@ def test_untrained_zero_init_leaves_output_unchanged(variant):
 
 
 def test_fused_da_block_equals_adapter_formula(bundle):
-    """The fused DA-block computes attn_out += w_id A_id(n) + w_mo A_mo(n, c) before the gates (METHODS)."""
+    """The fused DA-block computes attn_out += w_id A_id(n) + w_mo A_mo(n, c) before the gates (docs/dualreal.md)."""
     tr = bundle.transformer
     x, e, t = _inputs(bundle)
     for form in ("official", "zero_init"):

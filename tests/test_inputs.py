@@ -1,4 +1,4 @@
-"""Hostile and wrong inputs (issue 11): path policy of the nodes, seeds, devices, model folders,
+"""Hostile and wrong inputs: path policy of the nodes, seeds, devices, model folders,
 motion clips, CLI arguments. Each test failed before its fix."""
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_every_widget_seed_maps_to_a_generator(tiny):
     assert torch.isfinite(top).all()
     assert torch.equal(run(-1), top), "the documented mapping: seed mod 2**64"
     # torch's CPU generator (mt19937) keys on the low 32 bits of its seed, as ComfyUI's own samplers do
-    # (documented in the README): 2**63 + 1 draws seed 1's noise, not an overflow.
+    # (documented in docs/foundation.md): 2**63 + 1 draws seed 1's noise, not an overflow.
     assert torch.equal(run(2 ** 63 + 1), run(1)) and not torch.equal(run(1), run(2))
     from dual_adapter.seeds import check_seed, seed_generator
 

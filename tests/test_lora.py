@@ -122,7 +122,7 @@ def test_tap_training_changes_only_query_key_lora(trained, tiny):
 
 
 def test_loss_falls_on_fixed_batch(tiny, guitar):
-    """TAP on a random base barely learns on random draws (NOTES.md); on one fixed draw it must fit."""
+    """TAP on a random base barely learns on random draws (docs/results/tiny_learning.md); on one fixed draw it must fit."""
     cfg = lora.lora_train_config(steps=30, lr=1e-2, gradient_checkpointing=False, checkpoint_every=0)
     _, res = lora.train_lora(tiny, clips=[guitar], prompt=PROMPT, spec=lora.LoraSpec(rank=8, alpha=8, dropout=0.0),
                              cfg=cfg, fixed_batch=True)

@@ -330,7 +330,7 @@ def mini_quality(mini):
 
 
 def test_shipped_mini_shows_the_prompted_motion_and_background(mini_quality):
-    # the part of the README's bar (>= 90% of samples) the shipped mini meets: motion and background
+    # the part of the quality bar (docs/results/miniworld.md) (>= 90% of samples) the shipped mini meets: motion and background
     # (measured with evaluate --n 32 --steps 25: 100% / 100%); 8 samples here: at most one miss
     s = mini_quality["summary"]
     for k in ("background", "motion"):
@@ -338,7 +338,7 @@ def test_shipped_mini_shows_the_prompted_motion_and_background(mini_quality):
 
 
 @pytest.mark.xfail(reason="the shipped mini misses the bar on appearance: colour 94%, size 84%, texture 56%, shape "
-                          "22% with evaluate --n 32 --steps 25 (README 'Miniature world', Pretraining)", strict=True)
+                          "22% with evaluate --n 32 --steps 25 (docs/miniworld.md, Pretraining)", strict=True)
 def test_shipped_mini_passes_the_whole_quality_bar_on_held_in_prompts(mini_quality):
     s = mini_quality["summary"]
     for k in ("background", "colour", "shape", "texture", "size", "motion"):
@@ -346,8 +346,8 @@ def test_shipped_mini_passes_the_whole_quality_bar_on_held_in_prompts(mini_quali
 
 
 def test_mini_reference_encoder_follows_appearance_where_the_tiny_clip_does_not():
-    """DualReal's motion adapters need a reference embedding that changes with appearance (METHODS.md, motion
-    phase). On the star's photos vs the orbit clips' frames: the PixelStatsEncoder ("mini") puts the photos of
+    """DualReal's motion adapters need a reference embedding that changes with appearance (docs/dualreal.md, joint
+    training). On the star's photos vs the orbit clips' frames: the PixelStatsEncoder ("mini") puts the photos of
     one subject closer to each other than to any clip sprite; the random tiny CLIP does not separate them."""
     from dual_adapter.reference import PixelStatsEncoder, build_tiny_reference_encoder, load_reference_encoder
 

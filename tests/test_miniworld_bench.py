@@ -1,4 +1,4 @@
-"""Issue 10 stage 2: the miniature benchmark end to end, and customization measured against the base model."""
+"""The miniature benchmark end to end, and customization measured against the base model."""
 from __future__ import annotations
 
 import json
@@ -100,7 +100,7 @@ def test_benchmark_table_names_the_model_folder_it_ran_on():
 SEEDS, MARGIN_SIGMAS, MIN_GAP = 3, 2.0, 0.05
 
 
-# DualReal trained once at the authors' 1000 steps (METHODS.md) on the star + orbit inputs, then SEEDS videos each
+# DualReal trained once at the authors' 1000 steps (docs/dualreal.md) on the star + orbit inputs, then SEEDS videos each
 # from the base (worded prompt) and from DualReal ("a * star orbiting ..."), shared by the two margin tests below.
 DUALREAL_STEPS = 1000
 
@@ -149,7 +149,7 @@ def test_dualreal_raises_motion_above_base_by_the_seed_spread(dualreal_vs_base):
     _assert_gap(*dualreal_vs_base, "motion")
 
 
-# Passes since stop 21: with the PixelStatsEncoder (an embedding that follows appearance) in place of the random tiny
-# CLIP, the customized star keeps the subject's colour (README 'Miniature world'); its shape still does not appear.
+# Passes with the PixelStatsEncoder (an embedding that follows appearance) in place of the random tiny
+# CLIP, the customized star keeps the subject's colour (docs/miniworld.md); its shape still does not appear.
 def test_dualreal_raises_identity_above_base_by_the_seed_spread(dualreal_vs_base):
     _assert_gap(*dualreal_vs_base, "identity")

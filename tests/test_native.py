@@ -68,7 +68,7 @@ def test_streamed_converter_round_trip_sharded(tinies, variant, tmp_path):
     from dual_adapter.backbone import transformer_forward
     # the weights are bit-identical (above); the forward is equal up to float rounding: the loaded weights are views
     # into the file's buffer at unaligned offsets, and on some CPUs the kernels round differently there (measured
-    # 3.6e-7 on tiny-1.5 in stop 25; 0.0 after cloning the same weights into fresh memory)
+    # 3.6e-7 on tiny-1.5 once; 0.0 after cloning the same weights into fresh memory)
     torch.testing.assert_close(transformer_forward(m, x, e, ts), transformer_forward(t, x, e, ts), rtol=0, atol=1e-5)
     with pytest.raises(DualAdapterError, match="already exists"):
         native.convert_diffusers_to_native(tmp_path / "m", out)

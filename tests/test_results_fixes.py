@@ -1,4 +1,4 @@
-"""Wrong-or-silent-result fixes (issue 11): patch composition, reference handling, CustomTTT merge
+"""Wrong-or-silent-result fixes: patch composition, reference handling, CustomTTT merge
 reference, finiteness checks, reproducibility, and the DualReal recipe options.
 
 CPU, tiny model, seconds.
@@ -311,7 +311,7 @@ def test_z_f_renoised_loss_matches_a_ddim_step(bundle):
 
 
 def _stageblender_by_hand(P: dict, pool, temb, scale=0.2):
-    """METHODS.md section 1, StageBlender, written from the text with the authors' tensor names."""
+    """docs/dualreal.md, StageBlender, written from the text with the authors' tensor names."""
     import torch.nn.functional as F
 
     lin = lambda x, n: x @ P[f"{n}.weight"].float().T + P[f"{n}.bias"].float()  # noqa: E731
@@ -326,7 +326,7 @@ def _stageblender_by_hand(P: dict, pool, temb, scale=0.2):
 
 def _authors_adapter_pth(D=64, T=32, n=2, L=4, h=64, seed=0) -> dict:
     """An adapter.pth as the authors' code saves it: every trainable tensor under its own name, bf16
-    nn.Parameters (names written out from METHODS.md, not derived from this package's map)."""
+    nn.Parameters (names written out from docs/dualreal.md, not derived from this package's map)."""
     g = torch.Generator().manual_seed(seed)
     P = lambda *s: torch.nn.Parameter((torch.randn(*s, generator=g) * 0.05).to(torch.bfloat16))  # noqa: E731
     sd = {}
@@ -366,7 +366,7 @@ def test_import_authors_adapter_pth_literal_names(tmp_path, bundle):
     for k, v in sd.items():
         if k.startswith("transformer_blocks."):
             assert torch.equal(imp.state_dict[k], v.detach().float()), k
-    # controller: the imported StageBlender computes the METHODS formula on the authors' tensors
+    # controller: the imported StageBlender computes the docs/dualreal.md formula on the authors' tensors
     mod = imp.to_module()
     g = torch.Generator().manual_seed(1)
     pool, temb = torch.randn(3, 64, generator=g), torch.randn(3, 32, generator=g)

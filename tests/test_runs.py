@@ -1,4 +1,4 @@
-"""Run lifecycle (issue 11, items 1-7, 18, 20): never lose or destroy a run, one progress format.
+"""Run lifecycle: never lose or destroy a run, one progress format.
 
 CPU, tiny model, DualReal on random latents (fast). Each test names the failure it guards against.
 """

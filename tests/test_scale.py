@@ -1,4 +1,4 @@
-"""Issue 13: what makes DualReal fit and run fast at real scale, checked on the tiny model (CPU).
+"""What makes DualReal fit and run fast at real scale, checked on the tiny model (CPU).
 
 Gradient accumulation equals the big batch; the inactive adapter set gets no gradient computed; the
 sampling path for frozen adapters (per-forward up tables) equals the training path; the residual stream

@@ -172,14 +172,14 @@ class Graph:
 
 
 # ---------------------------------------------------------------- the CogVideoX workflows: on `mini`
-# They run as shipped on the built-in pretrained `mini` (README "Miniature world"; 9 frames x 32 x 32, CPU)
+# They run as shipped on the built-in pretrained `mini` (docs/miniworld.md; 9 frames x 32 x 32, CPU)
 # with mini-world files in examples/mini/ (written by examples/make_mini_examples.py): photos of a subject the
 # base never saw (a yellow striped star) and clips of *other* sprites doing a motion it never saw (orbit).
 # Settings: DualReal 400 steps (lr 1e-3, 40 warm-up steps; the demo ran 400 when this was measured and now runs
 # the authors' 1000), the LoRAs and TTT as the miniworld
 # benchmark (100 steps, lr 1e-3, rank 8; TTT 10 steps at 1e-4), 25 sampling steps as the demo; prompts come from
 # the world's vocabulary (words outside it are unknown to mini's tokenizer). Measured on the shipped 10,000-step
-# mini (one seed, headless, idle 2-core machine; README "Workflows"): the DualReal train + sample workflow takes
+# mini (one seed, headless, idle 2-core machine; docs/results/workflows.md): the DualReal train + sample workflow takes
 # 0:52 and its sprite moves (motion score 0.75 against the orbit) in the clips' green, not as the star.
 MODEL = "mini"
 SIZE = dict(height=world.HEIGHT, width=world.WIDTH)  # 32 x 32
@@ -199,8 +199,7 @@ TINY_ADAPTERS = "examples/dualreal_tiny_dog_guitar.safetensors"
 
 REAL_WEIGHTS_NOTE = """**Runs as shipped on the built-in `mini` model: a small CogVideoX pretrained on a sprite world (9 frames x
 32 x 32, CPU), with the mini-world inputs in `examples/mini/` (a yellow striped star the model never saw;
-clips of other sprites orbiting, a motion it never saw).** Prompts use the world's words (README
-'Miniature world'): other words are unknown to `mini`.
+clips of other sprites orbiting, a motion it never saw).** Prompts use the world's words (docs/miniworld.md): other words are unknown to `mini`.
 
 For a real CogVideoX:
 - put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load CogVideoX*;
@@ -215,7 +214,7 @@ def _photos(g: Graph) -> Node:
 
 
 def _clip(g: Graph) -> Node:
-    # fps 0: every frame of the 9-frame clip, consecutive as the authors' DualReal clips (README, DualReal)
+    # fps 0: every frame of the 9-frame clip, consecutive as the authors' DualReal clips (docs/dualreal.md)
     return g.node("DualAdapterLoadClip", title="Motion clip", path=CLIP, frames=FRAMES, fps=0.0, **SIZE)
 
 
@@ -244,7 +243,7 @@ def g_evaluate(classes) -> Graph:
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/evaluated", fps=8.0)
     g.note("Evaluate a video", REAL_WEIGHTS_NOTE + "- CLIP-T / CLIP-I / T-Cons need a CLIP folder, DINO-I and subject "
            "consistency a DINO ViT-S/16 folder, dynamic degree a RAFT-large state dict, all in `models/metrics/` "
-           "(see the README's Evaluation section). Metrics whose weights are missing are listed as skipped; "
+           "(see docs/evaluation.md). Metrics whose weights are missing are listed as skipped; "
            "temporal flickering needs none (on 32 px sprites the learned metrics say little: the mini world's own "
            "scorers are `python -m dual_adapter miniworld evaluate`).\n- To evaluate a video file instead, feed "
            "*Load Clip Frames* into *Evaluate Video*.")
@@ -425,7 +424,7 @@ def g_native(classes) -> Graph:
         "- adapters from *Train DualReal* (`models/dualreal/`), LoRA from *Train Motion LoRA* (`models/loras/`), any "
         "supported format; core LoraLoaderModelOnly stacks with *Apply LoRA to MODEL*;\n"
         "- CogVideoX-1.5 runs in core as in diffusers; on 5B 1.0 core scales the RoPE grid (a warning); 2B and "
-        "5B-I2V 1.0 are refused (core builds them with other positions), see README 'Native ComfyUI'."))
+        "5B-I2V 1.0 are refused (core builds them with other positions), see docs/native_comfyui.md."))
     return g
 
 

@@ -144,7 +144,7 @@ class UNetVideoBackbone(VideoBackbone):
     def text_layers(self, denoiser=None) -> list[BlockInfo]:
         """The blocks where text enters (a cross-attention reads the prompt), in forward order.
 
-        These are CustomTTT's "layers" on a U-Net (this project's reading, see README): on SD1.5 /
+        These are CustomTTT's "layers" on a U-Net (this package's reading, see docs/unet.md): on SD1.5 /
         ZeroScope, 7 of them: ``down_blocks.0-2``, ``mid_block``, ``up_blocks.1-3``.
         """
         return [b for b in self.blocks(denoiser) if b.has_text]

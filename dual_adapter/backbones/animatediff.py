@@ -13,7 +13,7 @@ Local folders: an SD1.5-style diffusers folder (``unet/``, ``vae/``, ``text_enco
 ``UNetMotionModel`` (a saved ``AnimateDiffPipeline``).
 
 Built-in ``tiny-animatediff``: seeded random weights, offline, default 8 frames x 32 x 32 px.
-This is the backbone CustomTTT was published on (METHODS.md section 3).
+This is the backbone CustomTTT was published on (docs/customttt.md).
 """
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def _tiny_transformer_config(variant: str, num_layers: int = 4) -> dict[str, Any
 
 # Built-in *pretrained* models shipped in the package (CPU-sized): name -> description.
 BUILTIN_PRETRAINED: dict[str, str] = {
-    "mini": "pretrained miniature CogVideoX of the sprite world (README 'Miniature world'); 9 x 32 x 32",
+    "mini": "pretrained miniature CogVideoX of the sprite world (docs/miniworld.md); 9 x 32 x 32",
 }
 BUILTIN_MODELS = tuple(TINY_VARIANTS) + tuple(BUILTIN_PRETRAINED)
 
@@ -768,7 +768,7 @@ def training_loss(
     reduce: bool = True,
     error_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The CogVideoX training objective (METHODS.md, "Training objective"); :func:`dual_adapter.training.diffusion_loss`
+    """The CogVideoX training objective (docs/training.md, "The training objective"); :func:`dual_adapter.training.diffusion_loss`
     calls it for CogVideoX denoisers.
 
     ``t ~ U[0, 1000)``, ``x_t = add_noise(x_0, eps, t)``, ``v = model(x_t, t)``,

@@ -11,7 +11,7 @@ Built-in ``tiny-unet3d``: the same architecture, seeded random weights, built of
 second (block widths 8/16/32/32, 2 layers per block, CLIP width 32, VAE 2x); default video
 8 frames x 32 x 32 px.
 
-This is the backbone the SMA authors built TAP and AH on (METHODS.md section 2); AH lives in
+This is the backbone the SMA authors built TAP and AH on (docs/unet.md); AH lives in
 :mod:`dual_adapter.unet_motion`.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ ZEROSCOPE_SCHEDULER = dict(
     beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
     prediction_type="epsilon",
 )
-#: the authors' training size (METHODS.md section 2: 16 frames at 384x384)
+#: the authors' training size (docs/unet.md: 16 frames at 384x384)
 AUTHORS_SIZE = (16, 384, 384)
 
 

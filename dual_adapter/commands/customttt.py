@@ -1,4 +1,4 @@
-"""``python -m dual_adapter prompt-influence`` and ``ttt-merge`` (CustomTTT, METHODS.md section 3).
+"""``python -m dual_adapter prompt-influence`` and ``ttt-merge`` (CustomTTT, docs/customttt.md).
 
 prompt-influence prints a ranked table of how strongly each block (group) carries a concept prompt
 and the recommended ``--blocks`` for ``train-lora``; ttt-merge merges an appearance LoRA and a motion
@@ -47,7 +47,7 @@ def register(sub) -> None:
                        description="Prompt-influence analysis (CustomTTT). For each block (or group of blocks) the "
                        "concept prompt's text stream is injected at that block only, all other blocks getting the "
                        "neutral prompt's; the score is how far that moves the prediction toward the full-concept "
-                       "prediction (projection, 1 = all the way). See the README, section CustomTTT.")
+                       "prediction (projection, 1 = all the way). See docs/customttt.md.")
     add_model_options(p)
     p.add_argument("--appearance-prompt", default=None, help="appearance concept prompt, e.g. 'a photo of dog *'")
     p.add_argument("--motion-prompt", default=None, help="motion concept prompt, e.g. 'a car is turning on a road'")
@@ -73,7 +73,7 @@ def register(sub) -> None:
                        description="Test-time-training merge (CustomTTT): two teachers (base + one LoRA, own prompt) "
                        "give reference latents after f sampler steps; the student (base + both LoRAs, trainable) "
                        "learns to denoise both under the combined prompt; the result is one diffusers-format LoRA. "
-                       "Options left open by the paper have the documented defaults (README, section CustomTTT).")
+                       "Options left open by the paper have the documented defaults (docs/customttt.md).")
     add_model_options(q)
     q.add_argument("--appearance", required=True, help="appearance LoRA (.safetensors)")
     q.add_argument("--appearance-prompt", required=True, help="prompt the appearance LoRA was trained with")

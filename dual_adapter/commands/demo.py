@@ -1,6 +1,6 @@
 """``python -m dual_adapter demo``: the main job end to end.
 
-By default on the built-in pretrained ``mini`` model (README "Miniature world") with a held-out
+By default on the built-in pretrained ``mini`` model (docs/miniworld.md) with a held-out
 mini-world subject (``--world-subject``, default ``striped_star``: photos drawn by
 :func:`~dual_adapter.miniworld.world.subject_photos`) and a held-out motion (``--world-motion``, default
 ``orbit``: clips of *other* sprites, :func:`~dual_adapter.miniworld.world.motion_clips`) -> DualReal
@@ -176,7 +176,7 @@ def run(args) -> int:
     first, last = loss_summary(res.losses)
     print(format_table(report))
     if world_scores is not None:
-        print("mini-world scores (README 'Miniature world'; identity/motion/text higher = better, leakage lower): " +
+        print("mini-world scores (docs/miniworld.md; identity/motion/text higher = better, leakage lower): " +
               ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in world_scores.items()))
     print(f"\nDualReal demo done in {time.time() - t0:.0f} s ({steps} training steps, loss {first:.3f} -> {last:.3f}).")
     print(f"wrote to {out}/:")
@@ -189,7 +189,7 @@ def run(args) -> int:
                        ("metrics.png", "metrics plot")):
         print(f"  {out / name}  {what}")
     if mini:
-        print("(mini is a small pretrained model of a sprite world: README 'Miniature world' gives its measured "
+        print("(mini is a small pretrained model of a sprite world: docs/miniworld.md gives its measured "
               "quality; pass --model with a CogVideoX folder for real photos and clips)")
     if tiny:
         print("(tiny is a random model: the files show the pipeline works, not the quality; pass --model with a "

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
         "train-dualreal",
         help="train DualReal identity + motion adapters with the StageBlender controller",
         description="Joint identity + motion training of DualReal DA-blocks and the StageBlender controller "
-                    "(METHODS.md section 1) on subject photos and motion clips.",
+                    "(docs/dualreal.md) on subject photos and motion clips.",
     )
     from .generate import add_model_options
 

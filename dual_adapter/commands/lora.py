@@ -1,6 +1,6 @@
 """``python -m dual_adapter train-lora`` / ``lora-info``, and ``generate --lora FILE[:STRENGTH]``.
 
-train-lora trains a motion LoRA (TAP by default, METHODS.md section 2) on one or more clips and
+train-lora trains a motion LoRA (TAP by default, docs/tap.md) on one or more clips and
 writes it in the diffusers CogVideoX LoRA format, with the per-step losses as JSON lines beside
 it (``<out>.losses.jsonl``). While it runs, a checkpoint (``<out>.ckpt.safetensors`` and its
 state file ``<out>.ckpt.state.safetensors``: weights, optimiser, schedule, step) is rewritten every
@@ -24,9 +24,9 @@ from ..seeds import seed_arg
 
 def _defaults(kind: str, optimizer: str) -> dict:
     """Defaults of ``train-lora`` by what it trains: a motion LoRA (clips) gets TAP's (preset tap, AdamW lr 5e-4,
-    weight decay 1e-2, 1000 steps; METHODS.md section 2), an appearance LoRA (photos only) CustomTTT's (preset
-    full, 500 steps, AdamW lr 1e-4 / weight decay 1e-2, or with Lion the authors' lr 1e-5 / 0.1; METHODS.md
-    section 3, :func:`dual_adapter.customttt.selective_train_config`)."""
+    weight decay 1e-2, 1000 steps; docs/tap.md), an appearance LoRA (photos only) CustomTTT's (preset
+    full, 500 steps, AdamW lr 1e-4 / weight decay 1e-2, or with Lion the authors' lr 1e-5 / 0.1;
+    docs/customttt.md, :func:`dual_adapter.customttt.selective_train_config`)."""
     if kind == "appearance":
         from ..customttt import selective_train_config
 

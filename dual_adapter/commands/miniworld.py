@@ -1,4 +1,4 @@
-"""``python -m dual_adapter miniworld <action>``: the miniature pretrained world (README "Miniature world").
+"""``python -m dual_adapter miniworld <action>``: the miniature pretrained world (docs/miniworld.md).
 
 Actions: ``pretrain`` (train the ``mini`` CogVideoX on held-in videos; seeded, resumable, progress
 lines, loss curve), ``evaluate`` (the base model's quality on held-in prompts, by the pixel scorers),
@@ -36,7 +36,7 @@ class _Progress:
 
 def register(sub) -> None:
     p = sub.add_parser("miniworld", help="the miniature world: pretrain / evaluate the built-in 'mini' model",
-                       description="A miniature pretrained CogVideoX world of sprite videos (README, 'Miniature world').")
+                       description="A miniature pretrained CogVideoX world of sprite videos (docs/miniworld.md).")
     acts = p.add_subparsers(dest="action", metavar="ACTION")
 
     pt = acts.add_parser("pretrain", help="pretrain the 'mini' CogVideoX on held-in world videos",
@@ -96,7 +96,7 @@ def register(sub) -> None:
                          description="Every held-out subject x motion pair over several seeds: base, identity-only, "
                                      "motion-only, merged LoRAs, DualReal and its ablations, TAP vs full motion LoRA, "
                                      "CustomTTT merges vs naive merge, scored from pixels. Writes miniworld.json, "
-                                     "miniworld.md and miniworld.png (README, 'Miniature world').")
+                                     "miniworld.md and miniworld.png (docs/miniworld.md).")
     bm.add_argument("--model", default="mini", help="'mini' (default) or a mini-layout model folder")
     bm.add_argument("--quick", action="store_true",
                     help="a few minutes: one pair (striped_star x orbit), one seed, 40 training steps, 3 TTT steps, "
@@ -116,7 +116,7 @@ def register(sub) -> None:
                     help="worker processes (2; 1 = all in this process); results do not depend on it")
     bm.add_argument("--reference-encoder", choices=("mini", "tiny"), default=None,
                     help="DualReal's reference-image encoder: mini (default; an embedding that follows appearance) "
-                         "or tiny (the random tiny CLIP, as runs before stop 21)")
+                         "or tiny (the random tiny CLIP)")
     bm.add_argument("--out-dir", default="benchmarks/results", help="where the three files go (benchmarks/results)")
     bm.add_argument("--overwrite", action="store_true", help="replace existing miniworld.* files in --out-dir")
     bm.set_defaults(func=_benchmark)

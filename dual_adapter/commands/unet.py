@@ -3,7 +3,7 @@
 ``generate`` and ``train-lora`` hand over to :func:`run_generate_unet` / :func:`run_train_unet`
 when ``--model`` is a U-Net (``tiny-unet3d``, ``tiny-animatediff`` or such a folder); this module
 adds ``generate --ah`` (the SMA authors' appearance highway, UNet3D only) and the
-``customttt-animatediff`` command (CustomTTT as published, METHODS.md section 3).
+``customttt-animatediff`` command (CustomTTT as published, docs/customttt.md).
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def run_generate_unet(args) -> int:
 
 
 def run_train_unet(args) -> int:
-    """``train-lora`` on a U-Net backbone: MotionDirector-style TAP motion LoRA (METHODS.md section 2)."""
+    """``train-lora`` on a U-Net backbone: MotionDirector-style TAP motion LoRA (docs/unet.md)."""
     from ..training import training_run
 
     out = Path(args.out)
@@ -167,7 +167,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("customttt-animatediff",
                        help="CustomTTT as published, on AnimateDiff: layer-selective LoRAs + TTT merge",
-                       description="CustomTTT (METHODS.md section 3) on an AnimateDiff U-Net: appearance LoRA "
+                       description="CustomTTT (docs/customttt.md) on an AnimateDiff U-Net: appearance LoRA "
                                    "on layers {2, 6} trained on photos without the motion modules, motion LoRA "
                                    "on layers {2, 5} trained on clips, then the test-time-training merge; "
                                    "writes the merged LoRA and a video.")

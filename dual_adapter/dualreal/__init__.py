@@ -1,4 +1,4 @@
-"""DualReal: joint identity + motion adapters with the StageBlender controller (METHODS.md section 1).
+"""DualReal: joint identity + motion adapters with the StageBlender controller (docs/dualreal.md).
 
 Public API:
     DualRealConfig, DualRealAdapters, Adapter, DABlockAdapters   (adapters.py: DA-block adapters)

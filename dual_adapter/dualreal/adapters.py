@@ -1,4 +1,4 @@
-"""DualReal's DA-block adapters (METHODS.md section 1, paper eqs. 1-3).
+"""DualReal's DA-block adapters (docs/dualreal.md, paper eqs. 1-3).
 
 Each transformer block of CogVideoX gets four bottleneck adapters that run *in parallel* with its
 two sub-layers: identity-attention, identity-FF, motion-attention, motion-FF. An adapter maps the

@@ -150,7 +150,7 @@ def import_official(path: str | os.PathLike, *, time_embed_dim: int | None = Non
     width and group count are read from the tensor shapes. Controller sub-module names of the
     released code are mapped to ours (:data:`~dual_adapter.dualreal.controller.AUTHORS_CONTROLLER_KEYS`);
     our own names are accepted too. Identity adapters with a ``condition_linear`` (the released code
-    can build them) are refused, since METHODS.md gives W_cond to the motion adapters only.
+    can build them) are refused, since DualReal gives W_cond (docs/dualreal.md) to the motion adapters only.
 
     Raises:
         DualAdapterError: unreadable file, no adapter tensors, unknown keys, or inconsistent shapes.

@@ -1,4 +1,4 @@
-"""The StageBlender controller and the split of blocks into weight groups (METHODS.md section 1,
+"""The StageBlender controller and the split of blocks into weight groups (docs/dualreal.md,
 paper eqs. 7-12, built in the released code's form).
 
 Input: the patch-embedded ``[text; visual]`` tokens before block 0, max-pooled over tokens

@@ -4,7 +4,7 @@
 ``CogVideoXBlock`` of the copy it is applied to by a :class:`DABlock`, which holds the original
 block (same weight tensors) and that block's four adapters, and re-implements
 ``CogVideoXBlock.forward`` with the adapter outputs added to the attention / feed-forward outputs
-*before* the gates (METHODS.md section 1)::
+*before* the gates (docs/dualreal.md)::
 
     attn_out += w_id * A_id_attn(n1) + w_mo * A_mo_attn(n1, c);   h += gate_msa * attn_out
     ff_out   += w_id * A_id_ff(n2)   + w_mo * A_mo_ff(n2, c);     h += gate_ff  * ff_out
@@ -22,7 +22,7 @@ forward (:meth:`DualRealContext.up_table`). It is algebraically the per-adapter 
 check the two agree.
 
 With classifier-free guidance the sampler batches ``[negative; positive]``; the reference
-embedding ``c`` is broadcast so that both branches use the same ``c`` (METHODS.md, inference).
+embedding ``c`` is broadcast so that both branches use the same ``c`` (docs/dualreal.md, sampling with the adapters).
 """
 from __future__ import annotations
 
@@ -429,7 +429,7 @@ def w_cond_trained(adapters) -> bool:
 
 def reference_for_adapters(adapters, images: torch.Tensor, encoder: Any = None,
                            what: str = "reference_image") -> torch.Tensor | None:
-    """The reference embedding ``c`` of a subject photo for sampling with ``adapters`` (METHODS.md: at
+    """The reference embedding ``c`` of a subject photo for sampling with ``adapters`` (docs/dualreal.md: at
     inference the motion adapters see ``W_cond(c)`` of the subject's reference image).
 
     Args:
@@ -470,7 +470,7 @@ def reference_for_adapters(adapters, images: torch.Tensor, encoder: Any = None,
 
 
 class DualRealPatch:
-    """Model patch running DualReal's DA-blocks and StageBlender (METHODS.md section 1).
+    """Model patch running DualReal's DA-blocks and StageBlender (docs/dualreal.md).
 
     Args:
         adapters: a :class:`~dual_adapter.dualreal.adapters.DualRealAdapters` module (used as is:

@@ -1,4 +1,4 @@
-"""DualReal's dual-aware joint training (METHODS.md section 1; paper Sec. 3.2, eqs. 4-6).
+"""DualReal's dual-aware joint training (docs/dualreal.md; paper Sec. 3.2, eqs. 4-6).
 
 Each step picks a phase: *motion* with probability ``motion_ratio``, else *identity*.
 
@@ -624,7 +624,7 @@ def train_dualreal(
     resume: bool = False,
     release: bool = True,
 ) -> DualRealResult:
-    """Train DualReal adapters + StageBlender on subject photos and motion clips (METHODS.md section 1).
+    """Train DualReal adapters + StageBlender on subject photos and motion clips (docs/dualreal.md).
 
     Args:
         bundle: the loaded model (never modified).

@@ -8,7 +8,7 @@
 * :mod:`.suite` - :func:`evaluate_video` over any selection of metrics;
 * :mod:`.report` - text tables, CSV / JSON files, a plot.
 
-See the README, section "Evaluation".
+See docs/evaluation.md.
 """
 from .definitions import (  # noqa: F401
     DynamicDegreeResult,

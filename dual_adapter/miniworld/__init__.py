@@ -5,5 +5,5 @@
 * :mod:`.model` - the ``mini`` CogVideoX (real transformer, space-to-depth VAE, word-level T5): build, save, load;
 * :mod:`.pretrain` - pretraining the ``mini`` transformer on held-in videos (``python -m dual_adapter miniworld pretrain``).
 
-See the README, section "Miniature world".
+See docs/miniworld.md.
 """

@@ -1,4 +1,4 @@
-"""The papers' comparison in miniature (``python -m dual_adapter miniworld benchmark``; README "Miniature world").
+"""The papers' comparison in miniature (``python -m dual_adapter miniworld benchmark``; docs/miniworld.md).
 
 Every held-out subject x held-out motion pair (:data:`~.world.HELD_OUT_SUBJECTS` x
 :data:`~.world.HELD_OUT_MOTIONS`) over several seeds, on one model (default ``mini``), with the same inputs
@@ -98,25 +98,24 @@ class BenchConfig:
         sample_steps, cfg: sampling of every video (DPM scheduler).
         threads: torch CPU threads in all (0 = torch's default); with ``jobs`` > 1 each worker gets
             ``max(1, threads // jobs)`` (``threads`` 0: one each).
-        reference_encoder: the encoder of DualReal's reference-image embedding, ``"mini"`` (default since stop 21:
+        reference_encoder: the encoder of DualReal's reference-image embedding, ``"mini"`` (default:
             :class:`~dual_adapter.reference.PixelStatsEncoder`, an embedding that follows appearance) or
-            ``"tiny"`` (the random tiny CLIP, seeded by the run's seed, as every run before stop 21).
+            ``"tiny"`` (the random tiny CLIP, seeded by the run's seed).
         jobs: worker processes (1 = everything in this process). The (subject, seed) groups of pairs are
             dealt round-robin to the workers, so the artefacts shared within a group are trained once;
             results are identical to ``jobs=1`` with ``threads=1`` (every training and sampling is seeded; a
             different thread count changes the last bits of torch's CPU reductions, which training
             amplifies). On the 2-core machine 2 workers x 1 thread measured faster than 1 process x 2
-            threads (README).
+            threads (docs/results/miniworld.md).
 
     The LoRA / TTT / seed defaults (100 LoRA steps, 10 TTT steps, 2 seeds) were set before any result was
-    seen. DualReal runs 800 steps, a fifth fewer than the authors' 1000 (METHODS.md), for the 40-minute
+    seen. DualReal runs 800 steps, a fifth fewer than the authors' 1000 (docs/dualreal.md), for the 40-minute
     budget, as the LoRA and TTT step counts are cut for it: at 1000 the default run measured 43.1 min (on a
-    machine 12% slower per DualReal step than for the 800-step run, which measured 31.2 min; README). At the
-    first default of 100 every DualReal row stayed at the base's motion (its adapters start at zero and are
-    blended at 0.1); a sweep on three pairs (README "Miniature world") showed the motion appearing between 300
+    machine 12% slower per DualReal step than for the 800-step run, which measured 31.2 min; docs/results/miniworld.md). At
+    100 steps every DualReal row stayed at the base's motion (its adapters start at zero and are
+    blended at 0.1); a sweep on three pairs (docs/results/miniworld.md) showed the motion appearing between 300
     and 1000 steps. Sampling uses 25 steps, the steps at which the base ``mini``'s quality is measured
-    (``miniworld evaluate``): at the first default of 15 the retrained ``mini``'s samples kept visible noise,
-    base included.
+    (``miniworld evaluate``): at 15 the ``mini``'s samples keep visible noise, base included.
     """
 
     model: str = "mini"

@@ -42,7 +42,7 @@ __all__ = ["SpaceToDepthVAE", "BlockPCAVAE", "MINI_VAE_CLASSES", "fit_block_pca"
 
 MINI_DIR = Path(__file__).resolve().parent.parent / "models" / "mini"
 
-# transformer + text sizes of the shipped ``mini`` (see README "Miniature world")
+# transformer + text sizes of the shipped ``mini`` (docs/miniworld.md)
 MINI_CONFIG: dict[str, Any] = dict(
     transformer=dict(
         num_attention_heads=4,
@@ -182,7 +182,7 @@ def _make_vae_class():
         values; the exact fold (96 per token at width 96) left the shipped model no room to denoise
         (measured: noisy samples, no learned motion), as a real 16-channel VAE latent is what CogVideoX
         is built for. Reconstruction of world videos: mean abs error 0.006 (0..1 pixels), and the
-        pixel scorers read the same attributes and motion as on the originals (README "Miniature world").
+        pixel scorers read the same attributes and motion as on the originals (docs/miniworld.md).
 
         Raises:
             DualAdapterError: as :class:`SpaceToDepthVAE`.

@@ -1,7 +1,7 @@
 """Scores of the miniature world, computed from frames with no learned encoder.
 
 All functions take frames ``[T, H, W, 3]`` float 0..1 (a photo is ``T = 1``) and work on the one
-sprite a world video holds. Definitions (also in the README, "Miniature world"):
+sprite a world video holds. Definitions (also in docs/miniworld.md):
 
 * **sprite segmentation** (:func:`track`): the background colour is the per-channel median of all
   pixels of the video; a pixel is sprite when some channel differs from it by more than
