@@ -173,16 +173,10 @@ def _check_animatediff(backbone):
 
 @contextlib.contextmanager
 def without_motion_modules(backbone, denoiser: nn.Module):
-    """Run ``denoiser`` as the image U-Net: every motion module passes its input through unchanged."""
-    handles = []
-    for m in backbone.temporal_containers(denoiser).values():
-        handles.append(m.register_forward_hook(lambda mod, args, kwargs, out: args[0] if args else
-                                               kwargs["hidden_states"], with_kwargs=True))
-    try:
-        yield denoiser
-    finally:
-        for h in handles:
-            h.remove()
+    """Run ``denoiser`` as the image U-Net: every motion module passes its input through unchanged
+    (:meth:`~dual_adapter.backbones._unet.UNetVideoBackbone.without_temporal_modules`)."""
+    with backbone.without_temporal_modules(denoiser) as d:
+        yield d
 
 
 @contextlib.contextmanager
