@@ -390,7 +390,9 @@ class AnimateDiffTTTMerge:
                                         "tooltip": "TTT learning rate (1e-6)."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Teacher video frames; 0 = the model's."}),
             "reference": (list(CT.REFERENCES), {"default": "x0_pred", "tooltip": "x0_pred = the teacher's x0 prediction "
-                          "at step f (default); z_f = its latent, re-noised only at t >= t_f."}),
+                          "at step f (default: one guided teacher call at z_f); z_f_renoised = its latent z_f, "
+                          "re-noised forward from the timestep it sits at; z_f_as_x0 = z_f taken as clean. As on "
+                          "CogVideoX (docs/customttt.md)."}),
             "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
                               "runs before its reference is taken (5)."}),
             "sampler_steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The DDIM schedule the teachers "
