@@ -46,12 +46,18 @@ def _teacher_run(ad, lora, cfg, n):
     return z, seen
 
 
-def test_z_f_sits_at_the_timestep_reported(ad, lora):
-    cfg = _cfg(reference="z_f_renoised")
+def _reference_and_teacher(ad, lora, reference):
+    """The reference under test, and the teacher's own z_f and timesteps (one step further)."""
+    cfg = _cfg(reference=reference)
     f = cfg.teacher_steps
-    ref, t_f = CT.teacher_reference(ad, lora, PROMPT, cfg, seed=0)
+    ref, t_ref = CT.teacher_reference(ad, lora, PROMPT, cfg, seed=0)
     z_f, _ = _teacher_run(ad, lora, cfg, f)
     _, ts = _teacher_run(ad, lora, cfg, f + 1)
+    return cfg, f, ref, t_ref, z_f, ts
+
+
+def test_z_f_sits_at_the_timestep_reported(ad, lora):
+    cfg, f, ref, t_f, z_f, ts = _reference_and_teacher(ad, lora, "z_f_renoised")
     assert torch.allclose(ref, z_f)
     assert t_f == ts[f] and t_f < ts[f - 1]  # the timestep z_f is denoised at next, not the last call's
     sch = ad.make_scheduler("ddim")
@@ -60,11 +66,7 @@ def test_z_f_sits_at_the_timestep_reported(ad, lora):
 
 
 def test_x0_prediction_is_one_guided_call_at_z_f(ad, lora):
-    cfg = _cfg(reference="x0_pred")
-    f = cfg.teacher_steps
-    ref, t_ref = CT.teacher_reference(ad, lora, PROMPT, cfg, seed=0)
-    z_f, _ = _teacher_run(ad, lora, cfg, f)
-    _, ts = _teacher_run(ad, lora, cfg, f + 1)
+    cfg, f, ref, t_ref, z_f, ts = _reference_and_teacher(ad, lora, "x0_pred")
     t_f = ts[f]
     net = patched_copy(ad.denoiser, [UM.UNetLoraPatch(lora)])
     with torch.no_grad():
