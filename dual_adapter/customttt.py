@@ -780,26 +780,57 @@ class _StopSampling(Exception):
     pass
 
 
+def predicted_x0(backbone, prediction: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The clean-latent estimate ``x0`` from a denoiser output at ``x_t`` (``abar = alphas_cumprod[t]``, a scalar
+    or broadcastable): ``sqrt(abar) x_t - sqrt(1 - abar) v`` for v-prediction (CogVideoX),
+    ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)`` for epsilon-prediction (the U-Nets)."""
+    abar = abar.to(x_t.device, torch.float32)
+    if getattr(backbone, "prediction_type", "v_prediction") == "epsilon":
+        return (x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()
+    return abar.sqrt() * x_t - (1 - abar).sqrt() * prediction
+
+
+def student_mode(model: nn.Module, dropout: float) -> None:
+    """The TTT student's mode, the same on every backbone: the base in eval mode (no dropout of its own), LoRA
+    dropout ``dropout`` active when > 0."""
+    from .lora import lora_modules
+
+    model.eval()
+    if dropout > 0:
+        for m in lora_modules(model).values():
+            for d in m.lora_dropout.values():
+                d.train(True)
+
+
+@torch.no_grad()
 def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None = None, *,
                       teacher_steps: int = 5, teacher_schedule: int = 25, scheduler: str = "ddim", cfg: float = 6.0,
                       seed: int = 0, num_frames: int | None = None, height: int | None = None,
                       width: int | None = None, reference: str = "x0_pred", patches: Sequence = (),
                       callback: Callback | None = None) -> tuple[torch.Tensor, int]:
     """A teacher's reference latent (CustomTTT sup): base + ``lora`` denoises the first ``teacher_steps`` of a
-    ``teacher_schedule``-step schedule (trailing spacing) from Gaussian noise ``seed`` with CFG.
+    ``teacher_schedule``-step schedule from Gaussian noise ``seed`` with CFG. One definition for every backbone
+    (CogVideoX here, the U-Nets through :func:`dual_adapter.customttt_unet.teacher_reference`; docs/customttt.md).
 
-    Uses :func:`dual_adapter.sampling.sample` and stops it after ``teacher_steps`` steps.
+    Uses :func:`dual_adapter.sampling.sample` and stops it after ``teacher_steps`` steps: ``z_f`` is the latent
+    after step ``f``, which sits at ``t_f = timesteps[f]``, the timestep the sampler would denoise it at next
+    (DDIM 25 on a 1000-step schedule: ``f = 5`` gives ``t_f = 761`` with leading spacing, 799 with trailing).
 
     Args:
-        lora: a :class:`~dual_adapter.lora.LoraFile` or None (the base model as teacher).
+        bundle: a CogVideoX bundle or any :class:`~dual_adapter.backbones.base.VideoBackbone`.
+        lora: a :class:`~dual_adapter.lora.LoraFile` or None (the base model as teacher; U-Net LoRAs come in
+            ``patches``).
         prompt_embeds, negative_embeds: ``[1, L, D]`` text embeddings.
-        reference: ``"x0_pred"`` (default: the teacher's clean estimate at ``z_f``: ``sqrt(abar) z_f -
-            sqrt(1 - abar) v`` with the guided ``v``) or ``"z_f_renoised"`` / ``"z_f_as_x0"`` / ``"z_f"``
-            (the latent after ``f`` steps itself; see :class:`TTTConfig` for how each is used).
+        reference: ``"x0_pred"`` (default): the teacher's clean estimate at ``z_f``, one extra guided teacher
+            call at ``(z_f, t_f)`` turned into ``x0`` by :func:`predicted_x0` (``sqrt(abar) z_f - sqrt(1 - abar)
+            v`` for v-prediction, ``(z_f - sqrt(1 - abar) eps) / sqrt(abar)`` for epsilon); or
+            ``"z_f_renoised"`` / ``"z_f_as_x0"`` / ``"z_f"`` (the latent after ``f`` steps itself; see
+            :class:`TTTConfig` for how each is used).
 
     Returns:
-        ``(z [1, F, C, h, w], t_f)``: the reference in the scaled latent space and the timestep ``z_f`` sits at
-        (0 when the schedule was run to the end or for ``x0_pred``).
+        ``(z, t_f)``: the reference in the scaled latent space and the backbone's layout (CogVideoX
+        ``[1, F, C, h, w]``, U-Nets ``[1, C, F, h, w]``) and the timestep it sits at: ``t_f`` for the ``z_f``
+        references, 0 for ``x0_pred`` (clean) and when the schedule was run to the end.
 
     Raises:
         DualAdapterError: bad steps / schedule / sizes.
@@ -839,8 +870,10 @@ def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds
     sch.set_timesteps(int(teacher_schedule))
     t_f = int(sch.timesteps[f]) if f < len(sch.timesteps) else 0
     # the sampler pads 1.5 models' latents at the front while it runs; drop that padding
-    extra = max(0, z.shape[1] - bb.latent_frames(num_frames or bb.default_size[0]))
-    z_out = z[:, extra:].detach()
+    f_dim = bb.latent_layout.index("F")
+    T = bb.latent_frames(num_frames or bb.default_size[0])
+    extra = max(0, z.shape[f_dim] - T)
+    z_out = z.narrow(f_dim, extra, z.shape[f_dim] - extra).detach()
     if reference == "x0_pred" and t_f > 0:
         ac = sch.alphas_cumprod[t_f].float()
         with torch.no_grad(), bb.use("denoiser") as base:
@@ -855,14 +888,15 @@ def teacher_reference(bundle, lora, prompt_embeds: torch.Tensor, negative_embeds
                 v = v_u + float(cfg) * (v_c - v_u)
             else:
                 v = bb.predict(z, t, prompt_embeds.to(z.device, z.dtype), denoiser=model).float()
-        z_out = (ac.sqrt() * z.float() - (1 - ac).sqrt() * v)[:, extra:].to(z.dtype)
+        x0 = predicted_x0(bb, v, z.float(), ac)
+        z_out = x0.narrow(f_dim, extra, x0.shape[f_dim] - extra).to(z.dtype)
         t_f = 0
     return z_out, t_f
 
 
 def _renoised_loss(model, sched, z_f: torch.Tensor, t_f: int, prompt_embeds: torch.Tensor, t: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:
-    """``reference="z_f_renoised"`` (see :class:`TTTConfig`): ``z_f`` ``[1, F, C, h, w]`` is a sample at ``t_f``;
+    """``reference="z_f_renoised"`` (see :class:`TTTConfig`): ``z_f`` (the backbone's layout) is a sample at ``t_f``;
     re-noise it forward to ``t > t_f`` (``q(x_t | x_{t_f})``), then the student's DDIM step from ``t`` back to
     ``t_f`` should give ``z_f``. Returns the per-sample loss ``[1]``."""
     from .backbones import backbone_for
@@ -872,11 +906,11 @@ def _renoised_loss(model, sched, z_f: torch.Tensor, t_f: int, prompt_embeds: tor
     e = bb.pad_latent_frames(eps, model).to(z.device, torch.float32)
     ac = sched.alphas_cumprod.to(z.device, torch.float32)
     t = t.to(z.device).long()
-    a_t, a_f = ac[t].view(-1, 1, 1, 1, 1), ac[int(t_f)]
+    a_t, a_f = ac[t].view(-1, *([1] * (z.ndim - 1))), ac[int(t_f)]
     r = a_t / a_f
     x_t = r.sqrt() * z + (1 - r).sqrt() * e
-    v = bb.predict(x_t.to(z_f.dtype), t, prompt_embeds, denoiser=model).float()
-    x0 = a_t.sqrt() * x_t - (1 - a_t).sqrt() * v  # v-prediction -> x0 (as scheduler.get_velocity)
+    pred = bb.predict(x_t.to(z_f.dtype), t, prompt_embeds, denoiser=model).float()
+    x0 = predicted_x0(bb, pred, x_t, a_t)
     eps_hat = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
     z_hat = a_f.sqrt() * x0 + (1 - a_f).sqrt() * eps_hat
     return ((z_hat - z) ** 2).flatten(1).mean(1)
@@ -1061,13 +1095,9 @@ def ttt_merge(
     model = shallow_copy_module(bundle.denoiser)
     for p in patches or ():
         p.apply(model)
-    model.eval()
     params = _inject_trainable(model, appearance, "appearance", config.dropout)
     params += _inject_trainable(model, motion, "motion", config.dropout)
-    if config.dropout > 0:
-        for m in lora_modules(model).values():
-            for d in m.lora_dropout.values():
-                d.train(True)
+    student_mode(model, config.dropout)
     if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing") and config.steps > 0:
         model.enable_gradient_checkpointing()
     lo, hi = (int(v) for v in config.renoise_timesteps)

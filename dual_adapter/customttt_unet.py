@@ -25,10 +25,13 @@ This project's readings where the paper leaves a choice open (each a named optio
   ``up_blocks.2``. The appearance LoRA sits on the spatial transformers' attention projections
   (``attn1``/``attn2`` q, k, v, out) of those blocks; the motion LoRA on the motion modules' attention
   of those blocks (preset ``full``; ``tap`` allowed).
-* **reference** = the teacher's x0 prediction at step f (``"x0_pred"``, default), or its latent
-  ``z_f`` (``"z_f"``, then re-noised only at ``t >= t_f``): after 5 of 25 steps ``z_f`` is mostly noise.
-* **re-noising** = t ~ U[0, 1000) for ``x0_pred`` references; references are computed once
-  (``regenerate_references=False``); loss weights 1 and 1.
+* **reference** = the teacher's x0 prediction at step f (``"x0_pred"``, default): one extra guided teacher
+  call at ``(z_f, t_f)``, where ``t_f`` is the timestep ``z_f`` sits at (761 after 5 of 25 DDIM steps); or
+  ``z_f`` itself, re-noised forward from ``t_f`` (``"z_f_renoised"``) or taken as clean (``"z_f_as_x0"``,
+  old name ``"z_f"``). The definitions are CogVideoX's (:func:`dual_adapter.customttt.teacher_reference`),
+  shared by both backbones (docs/customttt.md).
+* **re-noising** = t ~ U[0, 1000) (``t > t_f`` for ``z_f_renoised``); references are computed once; loss
+  weights 1 and 1; the student in eval mode with LoRA dropout ``ttt_dropout`` (0), as on CogVideoX.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .customttt import REFERENCE_ALIASES, REFERENCES  # one set of reference definitions for both backbones
 from .errors import DualAdapterError
 from .unet_motion import UNET_LORA_FORMAT, UNetLora, UNetLoraPatch, adapter_state, motion_lora_targets, \
     spatial_lora_targets
@@ -54,7 +58,6 @@ __all__ = ["CustomTTTUNetConfig", "CustomTTTUNetResult", "parse_layers", "layer_
 #: appearance LoRA targets inside each spatial transformer block of the chosen layers
 APPEARANCE_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                       "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
-REFERENCES = ("x0_pred", "z_f")
 _WARNED_NO_LION = False
 
 
@@ -133,6 +136,7 @@ class CustomTTTUNetConfig:
     cfg: float = 9.0
     teacher_steps: int = 5
     reference: str = "x0_pred"
+    ttt_dropout: float = 0.0
     weight_appearance: float = 1.0
     weight_motion: float = 1.0
     seed: int = 0
@@ -141,6 +145,9 @@ class CustomTTTUNetConfig:
     width: int | None = None
 
     def validate(self):
+        self.reference = REFERENCE_ALIASES.get(self.reference, self.reference)
+        if not 0 <= float(self.ttt_dropout) < 1:
+            raise DualAdapterError(f"ttt_dropout={self.ttt_dropout!r}: must be in [0, 1)")
         if self.reference not in REFERENCES:
             raise DualAdapterError(f"reference={self.reference!r}: expected one of {REFERENCES}")
         if not 1 <= int(self.teacher_steps) <= int(self.sampler_steps):
@@ -173,16 +180,10 @@ def _check_animatediff(backbone):
 
 @contextlib.contextmanager
 def without_motion_modules(backbone, denoiser: nn.Module):
-    """Run ``denoiser`` as the image U-Net: every motion module passes its input through unchanged."""
-    handles = []
-    for m in backbone.temporal_containers(denoiser).values():
-        handles.append(m.register_forward_hook(lambda mod, args, kwargs, out: args[0] if args else
-                                               kwargs["hidden_states"], with_kwargs=True))
-    try:
-        yield denoiser
-    finally:
-        for h in handles:
-            h.remove()
+    """Run ``denoiser`` as the image U-Net: every motion module passes its input through unchanged
+    (:meth:`~dual_adapter.backbones._unet.UNetVideoBackbone.without_temporal_modules`)."""
+    with backbone.without_temporal_modules(denoiser) as d:
+        yield d
 
 
 @contextlib.contextmanager
@@ -335,42 +336,45 @@ def train_motion_lora(backbone, clips: Sequence[torch.Tensor], prompt: str, conf
                             seed_offset=1, bypass_motion=False, preset=cfg.motion_preset)
 
 
-@torch.no_grad()
 def teacher_reference(bb, lora: UNetLora, prompt: str, cfg: CustomTTTUNetConfig, seed: int) -> tuple[torch.Tensor, int]:
-    """Denoise ``teacher_steps`` of ``sampler_steps`` DDIM steps (CFG ``cfg.cfg``) with base + ``lora`` from noise.
+    """Denoise ``teacher_steps`` of ``sampler_steps`` DDIM steps (CFG ``cfg.cfg``) with base + ``lora`` from noise
+    ``seed``: :func:`dual_adapter.customttt.teacher_reference`, the definition both backbones share.
 
-    Returns ``(reference [1, C, F, h, w], t_f)``: the x0 prediction at step f (``x0_pred``) or ``z_f``.
+    Returns ``(reference [1, C, F, h, w], t_f)``: for ``x0_pred`` the teacher's x0 prediction at ``z_f`` (one
+    extra guided call at ``(z_f, t_f)``) and 0; for the ``z_f`` references ``z_f`` and the timestep it sits at
+    (``f = 5`` of DDIM 25: 761).
     """
-    from .unet_sampling import sample
+    from .customttt import teacher_reference as shared
 
     f0, h0, w0 = bb.default_size
-    n, h, w = cfg.num_frames or f0, cfg.height or h0, cfg.width or w0
-    sched = bb.make_scheduler("ddim")
-    sched.set_timesteps(cfg.sampler_steps)
-    ac = sched.alphas_cumprod
-    seen = {}
-    s = bb.vae_scale
-    x = torch.randn((1, bb.latent_channels, n, h // s, w // s), generator=torch.Generator("cpu").manual_seed(seed))
-    seen["prev"] = x * sched.init_noise_sigma
+    return shared(bb, None, bb.encode_prompt(prompt), None, teacher_steps=cfg.teacher_steps,
+                  teacher_schedule=cfg.sampler_steps, scheduler="ddim", cfg=cfg.cfg, seed=seed,
+                  num_frames=cfg.num_frames or f0, height=cfg.height or h0, width=cfg.width or w0,
+                  reference=cfg.reference, patches=[UNetLoraPatch(lora)])
 
-    def cb(i, total, info):
-        if i == total:
-            t = int(info["timestep"])
-            a = ac[t].to(torch.float32)
-            seen["x0"] = (seen["prev"].float() - (1 - a).sqrt() * info["prediction"]) / a.sqrt()
-            seen["t"] = t
-        seen["prev"] = info["latents"]
 
-    z = sample(bb, bb.encode_prompt(prompt), None, num_frames=n, height=h, width=w, steps=cfg.sampler_steps,
-               cfg=cfg.cfg, seed=seed, scheduler="ddim", patches=[UNetLoraPatch(lora)], latents=x,
-               stop_after=cfg.teacher_steps, callback=cb)
-    ref = seen["x0"] if cfg.reference == "x0_pred" else z.float()
-    return ref, seen["t"]
+def ttt_loss(model, sched, ref: torch.Tensor, t_ref: int, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             reference: str) -> torch.Tensor:
+    """The student's loss toward one teacher's reference at timestep ``t [1]`` with noise ``noise``, as on
+    CogVideoX: ``x0_pred`` / ``z_f_as_x0``: the backbone's objective with ``ref`` as ``x_0``
+    (``x_t = add_noise(ref, noise, t)``); ``z_f_renoised``: ``ref`` is a sample at ``t_ref < t``, re-noised
+    with ``q(x_t | x_{t_ref})`` and the student's DDIM step back to ``t_ref`` compared with it."""
+    from .customttt import _renoised_loss
+    from .training import diffusion_loss
+
+    if reference == "z_f_renoised" and t_ref:
+        return _renoised_loss(model, sched, ref, int(t_ref), text, t, noise).mean()
+    return diffusion_loss(model, sched, ref, text, timesteps=t, noise=noise)
 
 
 def ttt_merge(backbone, appearance: UNetLora, motion: UNetLora, *, appearance_prompt: str, motion_prompt: str,
               prompt: str, config: CustomTTTUNetConfig | None = None, callback=None) -> tuple[UNetLora, list[dict], str]:
-    """The test-time-training merge (see module docstring). Returns ``(merged_lora, losses, optimizer_name)``."""
+    """The test-time-training merge (see module docstring). Returns ``(merged_lora, losses, optimizer_name)``.
+
+    The student is in eval mode with LoRA dropout ``config.ttt_dropout`` (default 0), as on CogVideoX
+    (:func:`dual_adapter.customttt.student_mode`).
+    """
+    from .customttt import student_mode
     from .lora import LoraSpec, inject_lora, lora_modules
     from .patches import shallow_copy_module
 
@@ -381,27 +385,27 @@ def ttt_merge(backbone, appearance: UNetLora, motion: UNetLora, *, appearance_pr
     ref_a, t_a = teacher_reference(bb, appearance, appearance_prompt, cfg, cfg.seed)
     ref_m, t_m = teacher_reference(bb, motion, motion_prompt, cfg, cfg.seed + 1)
     text = bb.encode_prompt(prompt)
-    model = shallow_copy_module(bb.denoiser).train()
+    model = shallow_copy_module(bb.denoiser)
     params = []
     for nm, lf in (("appearance", appearance), ("motion", motion)):
         r = lf.rank
-        params += inject_lora(model, LoraSpec(rank=r, alpha=float(r), dropout=cfg.dropout, targets=["to_k"]), nm,
+        params += inject_lora(model, LoraSpec(rank=r, alpha=float(r), dropout=cfg.ttt_dropout, targets=["to_k"]), nm,
                               target_names=lf.modules)
         layers = lora_modules(model, nm)
         with torch.no_grad():
             for m in lf.modules:
                 layers[m].lora_A[nm].weight.copy_(lf.state_dict[f"unet.{m}.lora_A.weight"])
                 layers[m].lora_B[nm].weight.copy_(lf.state_dict[f"unet.{m}.lora_B.weight"])
+    student_mode(model, cfg.ttt_dropout)
     sched = bb.noise_scheduler()
     T = int(sched.config.num_train_timesteps)
+    dev = bb.device
 
     def one(ref, t_f, g):
-        lo = t_f if cfg.reference == "z_f" else 0
-        t = torch.randint(lo, T, (1,), generator=g)
+        renoised = cfg.reference == "z_f_renoised" and t_f
+        t = torch.randint(int(t_f) + 1 if renoised else 0, T, (1,), generator=g)
         noise = torch.randn(ref.shape, generator=g)
-        xt = sched.add_noise(ref, noise, t)
-        pred = bb.predict(xt.to(bb.device), t.to(bb.device), text, denoiser=model).float()
-        return torch.nn.functional.mse_loss(pred, bb.training_target(ref, noise, t).to(bb.device))
+        return ttt_loss(model, sched, ref.to(dev), t_f, text, t.to(dev), noise.to(dev), cfg.reference)
 
     def step_fn(k, g):
         la, lm = one(ref_a, t_a, g), one(ref_m, t_m, g)

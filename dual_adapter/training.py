@@ -247,11 +247,21 @@ def make_optimizer(param_groups: Iterable, cfg: TrainConfig) -> tuple[torch.opti
 
 
 def make_lr_schedule(optimizer, cfg: TrainConfig):
-    """Warm-up then cosine-with-restarts / cosine / constant (diffusers.optimization)."""
+    """Warm-up then cosine-with-restarts / cosine / constant (diffusers.optimization).
+
+    The warm-up is ``cfg.warmup_steps`` as given, as in DualReal's released trainer (diffusers ``get_scheduler``
+    with ``num_warmup_steps=lr_warmup_steps``): step ``k`` (0-based) of the warm-up runs at ``lr * k / warmup``,
+    so a run of ``steps <= warmup_steps`` never reaches ``lr`` and peaks at ``lr * (steps - 1) / warmup_steps``
+    (100 steps with the default 200 warm-up steps: 4.95e-4 for lr 1e-3). A warning says so.
+    """
     from diffusers.optimization import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
                                         get_cosine_with_hard_restarts_schedule_with_warmup)
 
-    warm = min(int(cfg.warmup_steps), max(int(cfg.steps) - 1, 0))
+    warm = int(cfg.warmup_steps)
+    if warm >= int(cfg.steps) > 0:
+        log.warning("warm-up of %d steps in a %d-step run: the learning rate peaks at %.3g (lr x %d/%d), as in the "
+                    "authors' schedule; lower the warm-up to reach lr", warm, int(cfg.steps),
+                    float(cfg.lr) * (int(cfg.steps) - 1) / warm, int(cfg.steps) - 1, warm)
     total = max(int(cfg.steps), 1)
     if cfg.lr_schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warm)

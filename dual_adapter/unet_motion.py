@@ -91,12 +91,12 @@ def _unet_backbone(backbone):
     return bb
 
 
-def motion_lora_targets(backbone, preset: str | Sequence[str] = "tap", layers: Sequence[str] | None = None,
+def motion_lora_targets(backbone, preset: str | Sequence[str] = "k_out", layers: Sequence[str] | None = None,
                         denoiser: nn.Module | None = None) -> list[str]:
     """Full module names of the motion LoRA: ``preset`` projections of every temporal attention.
 
     Args:
-        preset: ``tap`` (to_q, to_k), ``k_out`` (to_k, to_out.0: the authors' code) or ``full``; or
+        preset: ``k_out`` (to_k, to_out.0: the authors' code, default), ``tap`` (to_q, to_k) or ``full``; or
             an explicit list of projections (``["to_k", "to_out.0"]``).
         layers: only temporal attentions under these module-name prefixes (``["down_blocks.2",
             "up_blocks.0"]``: CustomTTT's layer-selective motion LoRA); ``None`` = all.
@@ -457,21 +457,26 @@ def _freeu_hooks(unet, freeu) -> list:
 
 @dataclass
 class UNetMotionTrainConfig:
-    """Settings of :func:`train_unet_motion_lora`. Defaults: the SMA authors' (docs/unet.md).
+    """Settings of :func:`train_unet_motion_lora`. Defaults: the SMA authors' released code (docs/tap.md).
+
+    The library, the ``train-lora`` command and the *Train Motion LoRA (TAP, U-Net)* node all take their
+    defaults from here: TAP as published is ``k_out`` with the spatial path and the debiased loss on.
 
     Attributes:
-        preset: temporal LoRA targets (``tap`` / ``k_out`` / ``full``, see :data:`PRESETS`).
+        preset: temporal LoRA targets (:data:`PRESETS`): ``k_out`` (default: ``to_k`` + ``to_out.0`` of every
+            temporal attention, the authors' code), ``tap`` (``to_q`` + ``to_k``, the paper's wording), ``full``.
         rank, alpha, dropout: LoRA size (32, 32, 0.1). lr, weight_decay: AdamW (5e-4, 1e-2).
         steps: optimiser steps (1000). seed: every step's randomness.
-        spatial_path: MotionDirector's spatial LoRA path (trained on single frames, dropped at inference).
+        spatial_path: MotionDirector's spatial LoRA path (trained on single frames through the U-Net without
+            its temporal modules, dropped at inference; on, as in the authors' code).
         spatial_skip_prob: probability of skipping the spatial path in a step (0.2, ``train.py`` l.905).
-        debiased_loss: add the appearance-debiased term (beta 1; always on in the authors' code).
+        debiased_loss: add the appearance-debiased term (beta 1; on, as always in the authors' code).
         optimizer: ``adamw`` (the authors') / ``lion`` / ``auto``.
         gradient_checkpointing: recompute activations (real models; off for tiny ones on CPU).
         layers: temporal attentions under these module prefixes only (None = all).
     """
 
-    preset: str = "tap"
+    preset: str = "k_out"
     rank: int = 32
     alpha: float | None = None
     dropout: float = 0.1
@@ -479,9 +484,9 @@ class UNetMotionTrainConfig:
     weight_decay: float = 1e-2
     steps: int = 1000
     seed: int = 0
-    spatial_path: bool = False
+    spatial_path: bool = True
     spatial_skip_prob: float = 0.2
-    debiased_loss: bool = False
+    debiased_loss: bool = True
     optimizer: str = "adamw"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 100
@@ -587,7 +592,10 @@ def train_unet_motion_lora(
             set_lora_strength(model, "motion", 0.0)
             set_lora_strength(model, "spatial", 1.0)
             j = int(torch.randint(F, (1,), generator=g))
-            pred_s = bb.predict(xt[:, :, j:j + 1].to(dev), t.to(dev), text, denoiser=model).float()
+            # one frame through the image U-Net: the authors' U-Net skips transformer_in, the temporal
+            # convolutions and attentions when num_frames == 1 (diffusers would run them)
+            with bb.without_temporal_modules(model):
+                pred_s = bb.predict(xt[:, :, j:j + 1].to(dev), t.to(dev), text, denoiser=model).float()
             loss_s = torch.nn.functional.mse_loss(pred_s, target[:, :, j:j + 1].to(dev))
             loss_s.backward()
             saved["spatial"] = [p.grad.clone() if p.grad is not None else None for p in s_params]

@@ -163,10 +163,11 @@ class UNetApplyAH:
 
 
 class UNetTrainMotionLoRA:
-    DESCRIPTION = ("Train a TAP motion LoRA on a U-Net's temporal attention from a clip, MotionDirector-style (SMA "
-                   "authors' setting: rank 32, dropout 0.1, AdamW 5e-4, 1000 steps, 16 frames at 384x384). Preset tap = "
-                   "to_q + to_k, k_out = to_k + to_out.0 (the authors' code), full = q, k, v, out; the value projection "
-                   "stays frozen with tap and k_out.")
+    DESCRIPTION = ("Train a TAP motion LoRA on a U-Net's temporal attention from a clip, MotionDirector-style, as the "
+                   "SMA authors' code does (rank 32, dropout 0.1, AdamW 5e-4, 1000 steps, 16 frames at 384x384; "
+                   "spatial path and debiased loss on). Preset k_out = to_k + to_out.0 (the authors' code, default), "
+                   "tap = to_q + to_k (the paper's wording), full = q, k, v, out; the value projection stays frozen "
+                   "with k_out and tap.")
     CATEGORY = CAT
     RETURN_TYPES = ("UNET_LORA",)
     RETURN_NAMES = ("lora",)
@@ -174,26 +175,30 @@ class UNetTrainMotionLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
+        d = UM.UNetMotionTrainConfig()  # one set of defaults: the library's (the authors' code)
         return {"required": {
             "model": ("UNET_VIDEO_MODEL", {"tooltip": "ZeroScope/ModelScope or AnimateDiff."}),
             "clip": ("IMAGE", {"tooltip": "The motion clip [F, H, W, 3] at a size the model takes (e.g. Load Clip "
                      "Frames with height/width set)."}),
             "prompt": ("STRING", {"multiline": True, "default": "a person is playing guitar",
                                   "tooltip": "Training prompt describing the motion."}),
-            "preset": (list(UM.PRESETS), {"default": "tap", "tooltip": "Temporal-attention projections that get the LoRA."}),
-            "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
-            "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000)."}),
-            "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
+            "preset": (list(UM.PRESETS), {"default": d.preset, "tooltip": "Temporal-attention projections that get "
+                       "the LoRA, in every temporal attention (transformer_in included): k_out = to_k + to_out.0 (the "
+                       "authors' code), tap = to_q + to_k, full = q, k, v, out."}),
+            "rank": ("INT", {"default": d.rank, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
+            "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000)."}),
+            "learning_rate": ("FLOAT", {"default": d.lr, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4), weight decay 1e-2."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
-            "spatial_path": ("BOOLEAN", {"default": True, "tooltip": "MotionDirector's spatial LoRA path on single "
-                             "frames (dropped at inference)."}),
-            "debiased_loss": ("BOOLEAN", {"default": True, "tooltip": "Add the appearance-debiased loss (the authors' "
-                              "code always does)."}),
+            "spatial_path": ("BOOLEAN", {"default": d.spatial_path, "tooltip": "MotionDirector's spatial LoRA path "
+                             "on single frames through the U-Net without its temporal modules (dropped at inference; "
+                             "on in the authors' code)."}),
+            "debiased_loss": ("BOOLEAN", {"default": d.debiased_loss, "tooltip": "Add the appearance-debiased loss "
+                              "(the authors' code always does)."}),
         }}
 
-    def train(self, model, clip, prompt, preset="tap", rank=32, steps=1000, learning_rate=5e-4, seed=0,
-              spatial_path=True, debiased_loss=True):
+    def train(self, model, clip, prompt, preset=UM.UNetMotionTrainConfig.preset, rank=32, steps=1000,
+              learning_rate=5e-4, seed=0, spatial_path=True, debiased_loss=True):
         m = _model(model)
         frames = check_motion_frames(image_batch(clip, "clip"), "clip")  # a still would train no motion
         cfg = UM.UNetMotionTrainConfig(preset=preset, rank=int(rank), steps=int(steps), lr=float(learning_rate),
@@ -385,7 +390,9 @@ class AnimateDiffTTTMerge:
                                         "tooltip": "TTT learning rate (1e-6)."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Teacher video frames; 0 = the model's."}),
             "reference": (list(CT.REFERENCES), {"default": "x0_pred", "tooltip": "x0_pred = the teacher's x0 prediction "
-                          "at step f (default); z_f = its latent, re-noised only at t >= t_f."}),
+                          "at step f (default: one guided teacher call at z_f); z_f_renoised = its latent z_f, "
+                          "re-noised forward from the timestep it sits at; z_f_as_x0 = z_f taken as clean. As on "
+                          "CogVideoX (docs/customttt.md)."}),
             "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
                               "runs before its reference is taken (5)."}),
             "sampler_steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The DDIM schedule the teachers "

@@ -446,7 +446,7 @@ def g_zeroscope_tap_ah(classes) -> Graph:
     clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
                   height=32, width=32)
     t = g.node("DualAdapterUNetTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
-               preset="tap", rank=4, steps=1, learning_rate=1e-3, seed=0, spatial_path=True, debiased_loss=True)
+               preset="k_out", rank=4, steps=1, learning_rate=1e-3, seed=0, spatial_path=True, debiased_loss=True)
     g.node("DualAdapterUNetSaveLoRA", lora=t[0], filename_prefix="unet_lora/zeroscope_tap")
     a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=t[0], strength=1.0)
     ah = g.node("DualAdapterUNetApplyAH", model=a[0], enabled=True, freeu=True, s1=1.1, s2=1.0, b1=1.0, b2=1.0)

@@ -89,6 +89,26 @@ def check_folder(folder: Path, parts: Sequence[str], family: str) -> None:
                                f"{', '.join(m + '/' for m in missing)}")
 
 
+#: class names of the modules that mix frames (``without_temporal_modules`` makes them identities)
+_TEMPORAL_CLASSES = ("TransformerTemporalModel", "TemporalConvLayer", "AnimateDiffTransformer3D")
+
+
+def _passthrough(module: nn.Module):
+    """A ``forward`` for ``module`` that returns its input in the output form its own forward has."""
+    temporal_transformer = type(module).__name__ == "TransformerTemporalModel"
+
+    def forward(hidden_states, *args, **kwargs):
+        if not temporal_transformer:
+            return hidden_states  # TemporalConvLayer, AnimateDiffTransformer3D return a tensor
+        if kwargs.get("return_dict", True):
+            from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
+
+            return TransformerTemporalModelOutput(sample=hidden_states)
+        return (hidden_states,)
+
+    return forward
+
+
 def _eval_frozen(*mods):
     for m in mods:
         if m is not None:
@@ -176,6 +196,41 @@ class UNetVideoBackbone(VideoBackbone):
         """Module name -> temporal transformer (``TransformerTemporalModel`` / ``AnimateDiffTransformer3D``)."""
         d = self._d(denoiser)
         return {n: m for n, m in d.named_modules() if type(m).__name__ == self.temporal_container}
+
+    def temporal_modules(self, denoiser=None) -> dict[str, nn.Module]:
+        """Module name -> every module that mixes frames: temporal transformers (``transformer_in`` and the
+        blocks' ``temp_attentions`` on the UNet3D, the motion modules on AnimateDiff) and the UNet3D's
+        temporal convolutions (``temp_convs``, ``TemporalConvLayer``)."""
+        d = self._d(denoiser)
+        return {n: m for n, m in d.named_modules() if type(m).__name__ in _TEMPORAL_CLASSES}
+
+    @contextlib.contextmanager
+    def without_temporal_modules(self, denoiser=None):
+        """Run ``denoiser`` as an image U-Net: every :meth:`temporal_modules` entry passes its input through.
+
+        This is what the SMA authors' U-Net does on a single frame (MotionDirector's spatial path):
+        ``transformer_in``, the temporal convolutions and the temporal attentions are skipped when
+        ``num_frames == 1`` (their ``models/unet_3d_condition.py`` and ``models/unet_3d_blocks.py``), where
+        diffusers runs them. On AnimateDiff it bypasses the motion modules (CustomTTT's appearance LoRA is
+        trained so). The modules are not called at all inside the block (their weights and LoRAs do not
+        enter the output); on leaving, they run again.
+
+        Yields:
+            the denoiser.
+        """
+        d = self._d(denoiser)
+        mods = list(self.temporal_modules(d).values())
+        saved = [m.__dict__.get("forward") for m in mods]
+        for m in mods:
+            m.forward = _passthrough(m)
+        try:
+            yield d
+        finally:
+            for m, f in zip(mods, saved):
+                if f is None:
+                    m.__dict__.pop("forward", None)
+                else:
+                    m.forward = f
 
     def spatial_transformers(self, denoiser=None) -> dict[str, nn.Module]:
         """Module name -> spatial ``Transformer2DModel`` (spatial self-attention + text cross-attention)."""

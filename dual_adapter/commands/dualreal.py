@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output .safetensors (refuses to overwrite)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (1000)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")
-    p.add_argument("--warmup", type=int, default=200, help="warm-up steps (200; capped at steps-1)")
+    p.add_argument("--warmup", type=int, default=200, help="warm-up steps (200, the authors'; a shorter run peaks below --lr: see docs/schedule.md)")
     p.add_argument("--motion-ratio", type=float, default=0.5, help="probability of a motion step (0.5)")
     p.add_argument("--p-image-zero", type=float, default=0.0, help="probability of a zero reference embedding (0)")
     p.add_argument("--hidden", type=int, default=64, help="adapter bottleneck width (64)")

@@ -53,9 +53,9 @@ def register(sub) -> None:
                    help="photos or folders of photos, each trained as a 1-frame video (appearance LoRA)")
     p.add_argument("--prompt", required=True, help="training prompt, e.g. 'a person is playing guitar'")
     p.add_argument("--preset", default=None, choices=["tap", "k_out", "full"],
-                   help="tap = attn1.to_q + to_k (default for a motion LoRA; the paper's TAP on CogVideoX), k_out = "
-                        "to_k + to_out.0 (the authors' code), full = q, k, v, out (default for an appearance LoRA, "
-                        "i.e. --subject without --motion: CustomTTT)")
+                   help="tap = attn1.to_q + to_k (default for a CogVideoX motion LoRA; the paper's TAP), k_out = "
+                        "to_k + to_out.0 (the authors' code; default on a U-Net model, see docs/tap.md), full = q, "
+                        "k, v, out (default for an appearance LoRA, i.e. --subject without --motion: CustomTTT)")
     p.add_argument("--targets", default=None, help="explicit comma-separated modules inside each block "
                    "(e.g. attn1.to_q,attn1.to_k,ff.net.2); overrides --preset")
     p.add_argument("--blocks", default=None, help="blocks that get the LoRA, e.g. '0-5,12' (default all)")
@@ -81,9 +81,12 @@ def register(sub) -> None:
     p.add_argument("--short-policy", default="loop", choices=["loop", "hold", "error"],
                    help="a clip shorter than --frames at --fps: loop it (default; a warning says so), hold its last "
                         "frame, or stop with an error")
-    p.add_argument("--spatial-path", action="store_true",
-                   help="MotionDirector's spatial LoRA path on single frames (dropped at inference)")
-    p.add_argument("--debiased-loss", action="store_true", help="add MotionDirector's appearance-debiased loss")
+    p.add_argument("--spatial-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="MotionDirector's spatial LoRA path on single frames (dropped at inference); default on for "
+                        "a U-Net model (the SMA authors' code), off on CogVideoX")
+    p.add_argument("--debiased-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="MotionDirector's appearance-debiased loss; default on for a U-Net model (the SMA authors' "
+                        "code), off on CogVideoX")
     p.add_argument("--batch", type=int, default=1,
                    help="samples per step (1, the authors'), drawn at random; more than 1 needs clips of one length "
                         "(or photos only); with accelerate launch it is the global batch, shared by the processes")
@@ -162,7 +165,7 @@ def run_train(args) -> int:
     with parallel_run(args, out, run_files, "train-lora") as (rank, world):
         bundle = load_bundle(args)
         lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
-                                  spatial_path=args.spatial_path, debiased_loss=args.debiased_loss,
+                                  spatial_path=bool(args.spatial_path), debiased_loss=bool(args.debiased_loss),
                                   callback=TextProgress("train-lora", args.quiet or rank != 0),
                                   checkpoint_path=side["ckpt"], resume=args.resume, num_frames=n if clips else None,
                                   height=args.height, width=args.width, batch_size=args.batch,

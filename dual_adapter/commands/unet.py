@@ -118,6 +118,21 @@ def run_train_unet(args) -> int:
         return _train_unet(args, out, ckpt, state, spatial_out, losses_path)
 
 
+def unet_train_config(args, device: str = "cpu"):
+    """The :class:`~dual_adapter.unet_motion.UNetMotionTrainConfig` of a ``train-lora`` run on a U-Net: every
+    option not given on the command line (``None``) keeps the library's default, the SMA authors' code
+    (preset ``k_out``, spatial path and debiased loss on, AdamW lr 5e-4, wd 1e-2, 1000 steps; docs/tap.md)."""
+    from .. import unet_motion
+
+    given = dict(preset=args.preset, lr=args.lr, weight_decay=args.weight_decay, steps=args.steps,
+                 spatial_path=args.spatial_path, debiased_loss=args.debiased_loss)
+    return unet_motion.UNetMotionTrainConfig(
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, seed=args.seed,
+        optimizer="adamw" if args.optimizer == "adamw8bit" else args.optimizer,
+        gradient_checkpointing=not args.no_gradient_checkpointing and device != "cpu",
+        checkpoint_every=args.checkpoint_every, **{k: v for k, v in given.items() if v is not None})
+
+
 def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, losses_path: Path) -> int:
     from .. import media, unet_motion
     from ..training import write_loss_log
@@ -130,17 +145,8 @@ def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, los
     clips = [media.fit_frames(media.load_clip(c, num_frames=n, fps=args.fps, start_s=args.start,
                                               short_policy=args.short_policy, require_motion=True)[0], h, w)
              for c in args.motion]
-    from .lora import _defaults
-
-    d = _defaults("motion", args.optimizer)  # train-lora's motion defaults (TAP's), where a flag is not given
-    args.preset = args.preset or d["preset"]
-    pick = lambda given, key: d[key] if given is None else given  # noqa: E731
-    cfg = unet_motion.UNetMotionTrainConfig(
-        preset=args.preset, rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=pick(args.lr, "lr"),
-        weight_decay=pick(args.weight_decay, "weight_decay"), steps=pick(args.steps, "steps"), seed=args.seed, spatial_path=args.spatial_path,
-        debiased_loss=args.debiased_loss, optimizer="adamw" if args.optimizer == "adamw8bit" else args.optimizer,
-        gradient_checkpointing=not args.no_gradient_checkpointing and bb.device != "cpu",
-        checkpoint_every=args.checkpoint_every)
+    cfg = unet_train_config(args, bb.device)
+    args.preset = cfg.preset
 
     def keep(lf, step):
         unet_motion.save_unet_lora(lf, ckpt, overwrite=True)
