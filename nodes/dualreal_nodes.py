@@ -238,8 +238,13 @@ class DualRealLoad:
     def load(self, adapters_name):
         from dual_adapter.dualreal import load_any
 
-        shipped = bridge.EXAMPLES_DIR / adapters_name[len("examples/"):]
-        if adapters_name.startswith("examples/") and bridge.is_inside(shipped, bridge.EXAMPLES_DIR) and shipped.is_file():
+        shipped = None
+        if isinstance(adapters_name, str) and adapters_name.startswith("examples/"):
+            try:  # the shipped examples, under the read rule
+                shipped = bridge.allowed_read_path(adapters_name[len("examples/"):], [bridge.EXAMPLES_DIR])
+            except DualAdapterError:
+                pass  # not there: the models folder's one message below
+        if shipped is not None and shipped.is_file():
             return (load_any(shipped),)
         return (load_any(bridge.resolve("dualreal", adapters_name)),)
 

@@ -111,6 +111,13 @@ def test_reads_give_one_message_for_refused_too_long_and_missing(classes, out_di
     assert len(msgs) == 1, msgs
 
 
+def test_model_loaders_give_the_one_message_for_long_and_nul_names(classes, out_dir):
+    """Before: Load DualReal with 'examples/' + 300 x's raised a raw OSError (File name too long)."""
+    for name in ("examples/" + LONG, LONG, "a\x00b", "examples/a\x00b", "examples/../README.md"):
+        for load in (lambda n: classes["DualRealLoad"]().load(n), lambda n: classes["DualAdapterLoadLoRA"]().load(n)):
+            assert "not found or is not allowed" in _err(lambda: load(name))
+
+
 def test_the_read_rule_touches_the_disk_only_inside_the_folder(tmp_path, monkeypatch):
     from dual_adapter import paths
 
