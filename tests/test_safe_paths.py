@@ -11,40 +11,12 @@ import pytest
 import torch
 
 from dual_adapter.errors import DualAdapterError
-
-
-@pytest.fixture(scope="module")
-def classes():
-    from dual_adapter.commands.run import load_node_classes
-
-    return load_node_classes()
-
-
-def _bridge():
-    import sys
-
-    from dual_adapter.commands.run import load_node_classes
-
-    load_node_classes()
-    return sys.modules["dual_adapter_pack_nodes.bridge"]
-
-
-def _err(fn) -> str:
-    with pytest.raises(DualAdapterError) as e:
-        fn()
-    return str(e.value)
+from test_inputs import _bridge, _err, _tiny_lora, classes  # noqa: F401  (classes: the node classes fixture)
 
 
 def _files(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
-
-
-def _tiny_lora():
-    from dual_adapter.lora import LoraFile
-
-    k = "transformer.transformer_blocks.0.attn1.to_q"
-    return LoraFile({f"{k}.lora_A.weight": torch.zeros(2, 64), f"{k}.lora_B.weight": torch.zeros(64, 2)},
-                    rank=2, alpha=2.0, targets=["attn1.to_q"], blocks=[0])
+    """Files and folders under ``root`` (a refused save must make neither)."""
+    return set(root.rglob("*"))
 
 
 LONG = "x" * 300  # over the 255-byte limit of one file name
