@@ -201,8 +201,7 @@ def write_path(prefix: str, base: str | os.PathLike, ext: str, what: str = "file
     text = str(prefix if prefix is not None else "").strip()
     if not text:
         raise DualAdapterError(f"{what} is empty; give a file name (sub-folders are fine, e.g. 'tap/guitar')")
-    rule = (f"files are only written inside {str(base)!r}; give a relative name without '..' "
-            f"(sub-folders are fine, e.g. 'tap/guitar')")
+    rule = f"files are only written inside {str(base)!r} (sub-folders are fine, e.g. 'tap/guitar')"
     try:
         rel = check_relative(text, what, stem_bytes=MAX_STEM_BYTES)
     except PathRefused as e:
