@@ -1,5 +1,10 @@
 """Safe file I/O: safetensors with metadata, atomic writes, counter-named outputs, run locks.
 
+Names are reserved atomically: :func:`reserve_path` creates the empty file with ``O_CREAT | O_EXCL``,
+which succeeds for exactly one process; :func:`next_free_path` picks counter names that way, and
+:func:`atomic_write` then replaces this process's own reservation (and claims a name the same way when it
+is not reserved yet), so two processes saving under one name never overwrite each other.
+
 Rules (DEVELOPERS.md): weights are written atomically (temporary file in the same
 folder, then ``os.replace``), an existing file is never overwritten unless the caller
 asks for it, and weights are only ever *loaded* with safetensors.
@@ -19,7 +24,7 @@ import socket
 import tempfile
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 import torch
@@ -37,6 +42,10 @@ __all__ = [
     "read_safetensors_metadata",
     "next_free_path",
     "next_free_dir",
+    "reserve_path",
+    "is_own_reservation",
+    "release_reservation",
+    "reservation",
     "clean_stale_temps",
     "run_lock",
     "lock_path",
@@ -105,12 +114,18 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
     and is removed if ``write_fn`` fails. A reader never sees a half-written file. Temporaries of the
     same ``path`` left by killed processes are removed first (:func:`clean_stale_temps`).
 
+    Without ``overwrite`` the name is claimed before writing: this process's own reservation
+    (:func:`reserve_path`, :func:`next_free_path`) is replaced; otherwise the empty file is created
+    exclusively first (so another process cannot take the name meanwhile). If the write fails, the
+    reservation is removed again.
+
     Raises:
-        DualAdapterError: ``path`` exists and ``overwrite`` is False.
+        DualAdapterError: ``path`` exists (and is not this process's reservation) and ``overwrite`` is
+            False, or its folder cannot be made.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
+    _mkdir(path.parent, str(path))
+    if not overwrite and not is_own_reservation(path) and not reserve_path(path):
         raise DualAdapterError(
             f"output file {str(path)!r} already exists; choose another name (existing files are never replaced)"
         )
@@ -125,7 +140,9 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        release_reservation(path)
         raise
+    _forget_reservation(path)
     return path
 
 
@@ -220,34 +237,111 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise DualAdapterError(f"weights file {str(path)!r} is not a readable safetensors file: {e}") from None
 
 
-_COUNTER = re.compile(r"^(?P<stem>.*)_(?P<n>\d{5})_$")
+# --------------------------------------------------------------------------------------------
+# name reservation
+
+_RESERVED: set[str] = set()
+_RESERVED_GUARD = threading.Lock()
 
 
-def next_free_path(folder: str | os.PathLike, prefix: str, ext: str) -> Path:
-    """Return ``folder/prefix_NNNNN_.ext`` with the first counter not yet used (ComfyUI style).
+def _key(path: str | os.PathLike) -> str:
+    return os.path.abspath(path)
 
-    ``prefix`` may contain sub-folders (``"dualreal/dog"``). Never returns an existing file.
+
+def _mkdir(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:
+        raise DualAdapterError(f"cannot make the folder {str(folder)!r} for {what}: "
+                               f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def reserve_path(path: str | os.PathLike) -> bool:
+    """Reserve the name ``path`` by creating it empty with ``O_CREAT | O_EXCL`` (atomic: exactly one process
+    succeeds, on local file systems and NFSv3+).
+
+    Returns:
+        True if this process now owns the name (write it with :func:`atomic_write`, which replaces the
+        empty file), False if the name is taken.
+    """
+    try:
+        fd = os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    with _RESERVED_GUARD:
+        _RESERVED.add(_key(path))
+    return True
+
+
+def is_own_reservation(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an empty file this process reserved (:func:`reserve_path`) and has not written yet."""
+    with _RESERVED_GUARD:
+        if _key(path) not in _RESERVED:
+            return False
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
+
+
+def _forget_reservation(path: str | os.PathLike) -> None:
+    with _RESERVED_GUARD:
+        _RESERVED.discard(_key(path))
+
+
+def release_reservation(path: str | os.PathLike) -> None:
+    """Give back a name this process reserved and never wrote (its empty file is removed). No-op otherwise."""
+    if is_own_reservation(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    _forget_reservation(path)
+
+
+@contextlib.contextmanager
+def reservation(path: str | os.PathLike | None):
+    """Hold a reserved name while work that may write it runs; on the way out (finished, failed or stopped)
+    a reservation that was never written is released, so no empty file stays behind. ``None``: no-op."""
+    try:
+        yield path
+    finally:
+        if path is not None:
+            release_reservation(path)
+
+
+def next_free_path(folder: str | os.PathLike, prefix: str, ext: str, what: str = "output") -> Path:
+    """Reserve and return ``folder/prefix_NNNNN_.ext``, the first counter after every file named
+    ``prefix_NNNNN_.<anything>`` (ComfyUI style: one counter per name whatever the extension).
+
+    ``prefix`` may contain sub-folders (``"dualreal/dog"``); they are made. The name is reserved by
+    creating the empty file exclusively (:func:`reserve_path`), so two processes never get the same one;
+    write it with :func:`atomic_write` (any ``overwrite``), or give it back with
+    :func:`release_reservation`. This function trusts ``prefix``: names from a workflow go through
+    :func:`dual_adapter.paths.write_path` first.
+
+    Raises:
+        DualAdapterError: the folder cannot be made or read (names ``what``).
     """
     folder = Path(folder)
-    sub = Path(prefix)
+    sub = PurePosixPath(prefix)
     target_dir = folder / sub.parent
-    target_dir.mkdir(parents=True, exist_ok=True)
+    _mkdir(target_dir, what)
     stem = sub.name
     ext = ext.lstrip(".")
-    n = 1
-    pat = re.compile(re.escape(stem) + r"_(\d{5})_\." + re.escape(ext) + "$")
-    for f in target_dir.iterdir():
-        m = pat.match(f.name)
-        if m:
-            n = max(n, int(m.group(1)) + 1)
+    pat = re.compile(re.escape(stem) + r"_(\d{5,})_\.")
+    try:
+        used = [int(m.group(1)) for f in os.listdir(target_dir) if (m := pat.match(f))]
+    except OSError as e:
+        raise DualAdapterError(f"cannot read the folder {str(target_dir)!r} for {what}: {e.strerror}") from None
+    n = max(used, default=0) + 1
     while True:
         p = target_dir / f"{stem}_{n:05d}_.{ext}"
-        if not p.exists():
-            return p
+        try:
+            if reserve_path(p):
+                return p
+        except OSError as e:
+            raise DualAdapterError(f"cannot create {str(p)!r} for {what}: {e.strerror}") from None
         n += 1
-
-
-
 
 
 def next_free_dir(folder: str | os.PathLike, prefix: str) -> Path:

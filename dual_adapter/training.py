@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from .errors import DualAdapterError, InterruptedByUser, TrainingDiverged
-from .io import load_safetensors, read_safetensors_metadata, run_lock, save_safetensors
+from .io import is_own_reservation, load_safetensors, read_safetensors_metadata, run_lock, save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +379,13 @@ def _state_step(state: Path) -> str:
         return ""
 
 
+def _empty_file(path: str | Path) -> bool:
+    try:
+        return Path(path).is_file() and Path(path).stat().st_size == 0
+    except OSError:
+        return False
+
+
 def check_run_files(out: str | Path | None, files: dict, *, resume: bool, state_key: str = "state",
                     resume_hint: str = "resume=True", rename_hint: str = "another output name") -> None:
     """The resume / refuse rules every trainer and front end shares (never destroy a run).
@@ -394,12 +401,17 @@ def check_run_files(out: str | Path | None, files: dict, *, resume: bool, state_
     Raises:
         DualAdapterError: ``out`` exists; without ``resume``, any side file exists (names them and the
             two choices: continue it, or choose another name); with ``resume``, no state file.
+
+    Names this process reserved (:func:`dual_adapter.io.reserve_path`, still empty) do not count as
+    existing. With ``resume``, an empty ``out`` (the reservation of a killed run) is removed.
     """
-    if out is not None and Path(out).exists():
+    if out is not None and resume and _empty_file(out) and not is_own_reservation(out):
+        Path(out).unlink()  # the name reservation of a run that was killed (the caller holds the run's lock)
+    if out is not None and Path(out).exists() and not is_own_reservation(out):
         out = Path(out)
         raise DualAdapterError(f"{str(out)!r} already exists (a finished run); choose {rename_hint} "
                                f"(existing files are never replaced)")
-    existing = [Path(p) for p in files.values() if Path(p).exists()]
+    existing = [Path(p) for p in files.values() if Path(p).exists() and not is_own_reservation(p)]
     state = Path(files[state_key])
     if resume:
         if not state.exists():

@@ -7,8 +7,7 @@ node classes import and run in plain pytest.
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 try:  # pragma: no cover - exercised only inside ComfyUI
     import comfy.model_management as _mm  # type: ignore
@@ -21,6 +20,7 @@ except Exception:  # ComfyUI absent: tests, scripts
     IN_COMFY = False
 
 from dual_adapter.errors import DualAdapterError, InterruptedByUser
+from dual_adapter.paths import check_relative, is_inside, looks_absolute, read_path, write_path  # noqa: F401 (is_inside: nodes)
 
 # model folders this pack registers: name -> sub-folder of ComfyUI's models/
 MODEL_FOLDERS = {"CogVideo": "CogVideo", "dualreal": "dualreal", "loras": "loras", "clip_vision": "clip_vision"}
@@ -90,15 +90,14 @@ def resolve(name: str, rel: str) -> Path:
     Raises:
         DualAdapterError: ``rel`` is not inside those folders or does not exist (one message for both).
     """
-    if IN_COMFY:
+    if IN_COMFY and isinstance(rel, str) and not looks_absolute(rel):
         try:
+            check_relative(rel)  # the string first: ComfyUI's lookup touches the disk
             p = _fp.get_full_path(name, rel)
-            if p:
-                return allowed_read_path(p, list(folder_dirs(name)), what=f"{name} file")
-        except DualAdapterError:
-            raise
-        except Exception:
-            pass
+        except Exception:  # refused by the string check, or ComfyUI's lookup failed: the one message below
+            p = None
+        if p:
+            return allowed_read_path(p, list(folder_dirs(name)), what=f"{name} file")
     return allowed_read_path(rel, folder_dirs(name), what=f"{name} file")
 
 
@@ -132,41 +131,13 @@ def _absolute_allowed() -> bool:
     return os.environ.get(ALLOW_ABSOLUTE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _looks_absolute(text: str) -> bool:
-    """Absolute on any platform: ``/x``, ``\\x``, ``C:\\x``, ``C:/x``, ``~``."""
-    t = text.replace("\\", "/")
-    return t.startswith("/") or t.startswith("~") or bool(re.match(r"^[A-Za-z]:", t))
-
-
-def is_inside(path: Path, base: Path) -> bool:
-    """``path`` lies in ``base`` after normalising ``..`` (``os.path.abspath``, as ComfyUI does:
-    symlinks an administrator put inside a folder are followed)."""
-    p, b = os.path.abspath(path), os.path.abspath(base)
-    try:
-        return os.path.commonpath([p, b]) == b
-    except ValueError:  # different drives on Windows
-        return False
-
-
-def _check_relative(text: str, what: str, exc_text: str) -> PurePosixPath:
-    if "\x00" in text:
-        raise DualAdapterError(exc_text)
-    rel = PurePosixPath(text.replace("\\", "/"))
-    if _looks_absolute(text) or ".." in rel.parts:
-        raise DualAdapterError(exc_text)
-    return rel
-
-
 def allowed_read_path(path: str | os.PathLike, bases, what: str = "path") -> Path:
-    """The one read policy of the pack's nodes: ``path`` as a file or folder inside one of ``bases``.
-
-    ``path`` is looked up relative to each folder of ``bases`` in turn (first existing match wins).
-    An absolute path is accepted only when it already lies inside one of ``bases``; ``..`` may not
-    leave them. With ``$DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1`` (an explicit opt-in for single-user
-    machines) any absolute path is read as given.
-
-    A path that is not allowed and a path that does not exist get the *same* error, so a workflow
-    cannot probe which files exist on the server.
+    """The one read policy of the pack's nodes (:func:`dual_adapter.paths.read_path`): ``path`` as a file or
+    folder inside one of ``bases`` (first existing match wins). An absolute path is accepted only when it lies
+    inside one of ``bases``; ``..`` is refused. With ``$DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1`` (an explicit
+    opt-in for single-user machines) any absolute path is read as given. The string is checked before the
+    disk is touched, and a path that is not allowed, too long, or missing gets the *same* error, so a
+    workflow cannot probe which files exist on the server. Symlinks inside ``bases`` are followed.
 
     Returns:
         the existing ``Path``.
@@ -174,55 +145,24 @@ def allowed_read_path(path: str | os.PathLike, bases, what: str = "path") -> Pat
     Raises:
         DualAdapterError: not allowed, or does not exist (one message for both).
     """
-    bases = [Path(b) for b in bases]
-    text = os.fspath(path).strip()
-    where = " or ".join(repr(str(b)) for b in bases) or "(no folder)"
-    err = (f"{what} {text!r} was not found in {where}; give a name relative to that folder "
-           f"(absolute paths and '..' are refused unless {ALLOW_ABSOLUTE_ENV}=1 is set)")
-    if not text or "\x00" in text:
-        raise DualAdapterError(err)
-    if _absolute_allowed() and _looks_absolute(text):
-        p = Path(text).expanduser()
-        if p.exists():
-            return p
-        raise DualAdapterError(err)
-    if _looks_absolute(text):
-        p = Path(text)
-        if p.is_absolute() and p.exists() and any(is_inside(p, b) for b in bases):
-            return p
-        raise DualAdapterError(err)
-    rel = _check_relative(text, what, err)
-    for b in bases:
-        p = b / rel
-        if is_inside(p, b) and p.exists():
-            return p
-    raise DualAdapterError(err)
+    return read_path(path, bases, what, allow_absolute=_absolute_allowed(),
+                     hint=f" (absolute paths elsewhere need {ALLOW_ABSOLUTE_ENV}=1)")
 
 
 def output_path(prefix: str, ext: str, base: str | os.PathLike | None = None, what: str = "filename_prefix") -> Path:
-    """The one write policy of the pack's nodes: a new ``<base>/<prefix>_NNNNN_.<ext>`` (ComfyUI's counter).
+    """The one write policy of the pack's nodes (:func:`dual_adapter.paths.write_path`): a new, *reserved*
+    ``<base>/<prefix>_NNNNN_.<ext>`` (ComfyUI's counter; the empty file is created exclusively, so two
+    processes never get the same name: write it with :func:`dual_adapter.io.atomic_write`).
 
     ``base`` defaults to ComfyUI's output folder. ``prefix`` may name sub-folders (``tap/guitar``) but
-    must stay inside ``base``: an absolute prefix, a drive letter or ``..`` is refused, the way ComfyUI's
+    must stay inside ``base``: an absolute prefix, a drive letter, ``..``, a NUL, a name over 160 bytes or
+    more than 32 folders deep is refused before anything is made on disk, the way ComfyUI's
     ``folder_paths.get_save_image_path`` refuses to save outside the output folder.
 
     Raises:
-        DualAdapterError: an empty prefix or one that leaves ``base`` (the message names the input).
+        DualAdapterError: an empty prefix or one that breaks the rule (the message names the input).
     """
-    from dual_adapter.io import next_free_path
-
-    base = Path(base) if base is not None else output_dir()
-    text = str(prefix or "").strip()
-    err = (f"{what} {prefix!r}: files are only written inside {str(base)!r}; give a relative name without "
-           f"'..' (sub-folders are fine, e.g. 'tap/guitar')")
-    if not text:
-        raise DualAdapterError(f"{what} is empty; give a file name (sub-folders are fine, e.g. 'tap/guitar')")
-    rel = _check_relative(text, what, err)
-    if not rel.name or rel.name in (".", ".."):
-        raise DualAdapterError(err)
-    if not is_inside(base / rel, base):
-        raise DualAdapterError(err)
-    return next_free_path(base, str(rel), ext)
+    return write_path(prefix, Path(base) if base is not None else output_dir(), ext, what)
 
 
 def resolve_input(path: str | os.PathLike, what: str = "path") -> Path:
@@ -233,7 +173,7 @@ def resolve_input(path: str | os.PathLike, what: str = "path") -> Path:
         DualAdapterError: outside those folders or missing (one message for both; see
             :func:`allowed_read_path`).
     """
-    text = os.fspath(path).strip()
+    text = os.fspath(path).strip() if isinstance(path, (str, os.PathLike)) else ""
     try:
         return allowed_read_path(text, [input_dir()], what=what)
     except DualAdapterError as e:

@@ -35,8 +35,8 @@ def training_mode():
 
 
 def unique_output(prefix: str, ext: str, what: str = "filename_prefix") -> Path:
-    """A new ``output/<prefix>_NNNNN_.<ext>`` path that does not exist yet, inside the output folder
-    (the bridge's write policy: absolute prefixes and ``..`` are refused)."""
+    """A new, reserved ``output/<prefix>_NNNNN_.<ext>`` path inside the output folder (the bridge's write
+    policy, docs/security.md: absolute prefixes and ``..`` are refused; write it with ``atomic_write``)."""
     from . import bridge
 
     return bridge.output_path(prefix, ext, what=what)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent, latent_scale
@@ -187,7 +188,7 @@ class DualAdapterTTTMerge:
                           height=height or None, width=width or None)
         cfg.validate()
         ckpt = bridge.output_path("lora_checkpoints/customttt", "safetensors") if steps else None
-        with training_mode():
+        with reservation(ckpt), training_mode():
             res = C.ttt_merge(m.bundle, a, mo, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
                               prompt=prompt, config=cfg, patches=m.patches, callback=_ProgressOnce(),
                               checkpoint_path=ckpt)
@@ -262,7 +263,7 @@ class DualAdapterTrainSelectiveLoRA:
             over["lr"] = float(learning_rate)
         cfg = C.selective_train_config(kind, **over)
         ckpt = bridge.output_path(f"lora_checkpoints/{kind}_lora", "safetensors")
-        with training_mode():
+        with reservation(ckpt), training_mode():
             lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
                                              callback=bridge.Progress(int(steps)), checkpoint_path=ckpt,
                                              height=height or None, width=width or None, patches=m.patches, **data)

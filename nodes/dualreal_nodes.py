@@ -10,6 +10,7 @@ import logging
 import torch
 
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 
 from . import bridge
@@ -148,7 +149,14 @@ class DualRealTrain:
             log.warning("Train DualReal trains against the base model; the %d patch(es) on the input model are "
                         "not used during training", len(model.patches))
         name = (name or "dualreal").strip().replace("\\", "/").split("/")[-1] or "dualreal"
-        with training_mode():
+        from dual_adapter.dualreal import counted_run_path, run_paths
+        from dual_adapter.io import run_lock
+        from dual_adapter.training import check_run_files
+
+        # the name is checked and a new run's name reserved before any work (a concurrent run takes the next
+        # counter); a reservation that was never written is given back on the way out
+        out = counted_run_path(bridge.output_dir() / "dualreal", name, resume=bool(resume))
+        with reservation(out), training_mode():
             photos = list(image_batch(subject, "subject"))
             clips = _split_clips(image_batch(motion, "motion"), int(frames_per_clip))
             for k, c in enumerate(clips):
@@ -171,13 +179,8 @@ class DualRealTrain:
                 else:
                     bridge.throw_if_interrupted()
 
-            from dual_adapter.dualreal import counted_run_path, run_paths
-            from dual_adapter.io import run_lock
-            from dual_adapter.training import check_run_files
-
-            out = counted_run_path(bridge.output_dir() / "dualreal", name, resume=bool(resume))
             log.info("Train DualReal: run %s (checkpoints in %s)", out.stem, out.parent)
-            with run_lock(out, "Train DualReal run"):  # never replace a run (a concurrent one took the counter)
+            with run_lock(out, "Train DualReal run"):
                 check_run_files(out, run_paths(out), resume=bool(resume), resume_hint="resume = true",
                                 rename_hint=f"another name than {name!r}")
                 res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
@@ -208,7 +211,9 @@ class DualRealSave:
 
         if not isinstance(adapters, DualRealAdapterSet):
             raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
-        path = save_adapters(adapters, bridge.output_path(filename_prefix or "dualreal/dualreal", "safetensors"))
+        out = bridge.output_path(filename_prefix or "dualreal/dualreal", "safetensors")
+        with reservation(out):  # a failed save leaves no empty file behind
+            path = save_adapters(adapters, out)
         return {"ui": {"text": [str(path)]}}
 
 
@@ -233,8 +238,13 @@ class DualRealLoad:
     def load(self, adapters_name):
         from dual_adapter.dualreal import load_any
 
-        shipped = bridge.EXAMPLES_DIR / adapters_name[len("examples/"):]
-        if adapters_name.startswith("examples/") and bridge.is_inside(shipped, bridge.EXAMPLES_DIR) and shipped.is_file():
+        shipped = None
+        if isinstance(adapters_name, str) and adapters_name.startswith("examples/"):
+            try:  # the shipped examples, under the read rule
+                shipped = bridge.allowed_read_path(adapters_name[len("examples/"):], [bridge.EXAMPLES_DIR])
+            except DualAdapterError:
+                pass  # not there: the models folder's one message below
+        if shipped is not None and shipped.is_file():
             return (load_any(shipped),)
         return (load_any(bridge.resolve("dualreal", adapters_name)),)
 

@@ -10,6 +10,7 @@ import torch
 
 from dual_adapter import lora as L
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 
 from . import bridge
@@ -100,7 +101,7 @@ class TrainMotionLoRA:
         n = min((n - 1) // t * t + 1, m.bundle.default_size[0])
         ckpt = bridge.output_path("lora_checkpoints/motion_lora", "safetensors")
         progress = bridge.Progress(int(steps))
-        with training_mode():
+        with reservation(ckpt), training_mode():
             lf, res = L.train_lora(m.bundle, clips=clips, prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
                                    debiased_loss=debiased_loss, callback=progress, checkpoint_path=ckpt,
                                    num_frames=n, height=height or None, width=width or None, patches=m.patches)
@@ -150,12 +151,13 @@ class SaveLoRA:
         base = bridge.folder_dirs("loras")[0] if folder == "models/loras" else bridge.output_dir() / "loras"
         path = bridge.output_path(filename_prefix, "safetensors", base=base)
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        if key_format == "comfyui_native":
-            from dual_adapter.lora_formats import save_lora_native
+        with reservation(path):  # a refused LoRA leaves no empty file behind
+            if key_format == "comfyui_native":
+                from dual_adapter.lora_formats import save_lora_native
 
-            save_lora_native(path, lf, dtype=dt)
-        else:
-            lf.save(path, dtype=dt)
+                save_lora_native(path, lf, dtype=dt)
+            else:
+                lf.save(path, dtype=dt)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 

@@ -121,23 +121,24 @@ class ConvertToNative:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (bridge.list_model_dirs("CogVideo") or [""], {"tooltip": "A diffusers folder under models/CogVideo/."}),
-            "filename_prefix": ("STRING", {"default": "cogvideox_native", "tooltip": "Output name start (a counter is added)."}),
+            "filename_prefix": ("STRING", {"default": "cogvideox_native", "tooltip": "Output name start, inside "
+                                "models/diffusion_models/ (sub-folders allowed; no absolute path or '..'). A counter "
+                                "_00001_ is added."}),
             "dtype": (["keep", "bf16", "fp16", "fp32"], {"default": "bf16", "tooltip": "Cast of floating tensors."}),
         }}
 
     def convert(self, model, filename_prefix="cogvideox_native", dtype="bf16"):
-        from dual_adapter.io import next_free_path
+        from dual_adapter.io import reservation
         from dual_adapter.native import convert_diffusers_to_native
 
         if not model:
             raise DualAdapterError("model: no diffusers CogVideoX folder chosen (put one in models/CogVideo/)")
-        if not filename_prefix.strip() or ".." in filename_prefix.replace("\\", "/").split("/"):
-            raise DualAdapterError(f"filename_prefix {filename_prefix!r}: give a name without '..'")
-        out = next_free_path(bridge.folder_dirs("diffusion_models")[0], filename_prefix.strip(), "safetensors")
+        src = bridge.resolve("CogVideo", model)  # the source first: a refused model makes nothing on disk
+        out = bridge.output_path(filename_prefix, "safetensors", base=bridge.folder_dirs("diffusion_models")[0])
         prog = bridge.Progress(1)
-        path = convert_diffusers_to_native(bridge.resolve("CogVideo", model), out,
-                                           dtype=None if dtype == "keep" else dtype,
-                                           callback=lambda d, t: prog(d, t))
+        with reservation(out):  # a failed conversion leaves no empty file behind
+            path = convert_diffusers_to_native(src, out, dtype=None if dtype == "keep" else dtype,
+                                               callback=lambda d, t: prog(d, t))
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 

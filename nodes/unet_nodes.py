@@ -14,6 +14,7 @@ from dual_adapter import unet_motion as UM
 from dual_adapter import unet_sampling
 from dual_adapter.backbones import kind_of, load_backbone
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.patches import PatchedModel
 
@@ -248,7 +249,10 @@ class UNetSaveLoRA:
                              "filename_prefix": ("STRING", {"default": "unet_lora/motion", "tooltip": "Under output/."})}}
 
     def save(self, lora, filename_prefix="unet_lora/motion"):
-        path = UM.save_unet_lora(_lora(lora), unique_output(filename_prefix, "safetensors"))
+        lf = _lora(lora)
+        out = unique_output(filename_prefix, "safetensors")
+        with reservation(out):  # a failed save leaves no empty file behind
+            path = UM.save_unet_lora(lf, out)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 

@@ -220,7 +220,7 @@ def test_next_free_path_counts_up(tmp_path):
     assert a.name == "dog_00001_.safetensors"
     a.write_bytes(b"x")
     b = next_free_path(tmp_path, "dualreal/dog", "safetensors")
-    assert b.name == "dog_00002_.safetensors" and not b.exists()
+    assert b.name == "dog_00002_.safetensors" and b.stat().st_size == 0  # reserved: created empty, exclusively
 
 
 # ---------------------------------------------------------------- CLI

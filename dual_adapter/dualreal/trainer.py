@@ -31,6 +31,7 @@ refused when any of them exists, with ``resume`` when there is no state file
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -189,23 +190,31 @@ def counted_run_path(folder: str | Path, name: str, resume: bool) -> Path:
 
     Args:
         folder: where the run files go (created if missing).
-        name: the run name (a file name, no folders).
+        name: the run name: one file name, no folders, at most
+            :data:`dual_adapter.paths.MAX_STEM_BYTES` bytes, no NUL (checked before the disk is touched).
         resume: False: a new run, the first counter after every file of that name (final, checkpoint, state,
-            losses), so an interrupted run's files are never taken over. True: the newest run of that name
-            with a state file to continue (highest counter; a run named without counter, as the pack wrote
-            before counters, counts as the oldest).
+            losses), so an interrupted run's files are never taken over; the final name is *reserved*
+            (:func:`dual_adapter.io.next_free_path`: an empty file created exclusively, so a concurrent run
+            takes the next counter; release it with :func:`dual_adapter.io.reservation` if the run ends
+            without writing it). True: the newest run of that name with a state file to continue (highest
+            counter; a run named without counter, as the pack wrote before counters, counts as the oldest).
 
     Raises:
-        DualAdapterError: ``resume`` and no run of that name has a state file.
+        DualAdapterError: ``name`` breaks the path rule (:func:`dual_adapter.paths.check_relative`);
+            ``resume`` and no run of that name has a state file.
     """
     import re
 
+    from ..io import next_free_path
+    from ..paths import MAX_STEM_BYTES, check_relative
+
+    name = check_relative(name, "name", stem_bytes=MAX_STEM_BYTES, max_depth=1).as_posix()
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    counted = re.compile(re.escape(name) + r"_(\d{5})_\.")
-    used = sorted({int(m.group(1)) for f in folder.iterdir() if (m := counted.match(f.name))})
     if not resume:
-        return folder / f"{name}_{(used[-1] if used else 0) + 1:05d}_.safetensors"
+        return next_free_path(folder, name, "safetensors", what="name")
+    counted = re.compile(re.escape(name) + r"_(\d{5})_\.")
+    names = os.listdir(folder) if folder.is_dir() else []
+    used = sorted({int(m.group(1)) for f in names if (m := counted.match(f))})
     candidates = [folder / f"{name}_{n:05d}_.safetensors" for n in reversed(used)] + [folder / f"{name}.safetensors"]
     for out in candidates:
         if run_paths(out)["state"].exists():
