@@ -20,3 +20,12 @@ class InterruptedByUser(RuntimeError):
 class TrainingDiverged(DualAdapterError):
     """Training produced a non-finite loss or non-finite weights. Nothing non-finite is written: the
     last checkpoint on disk (from a step whose weights were finite) is kept."""
+
+
+class DiskFull(DualAdapterError):
+    """A write failed because the disk (or the user's quota) is full. ``path`` is the file that could not be
+    written; atomic writes leave the previous version of it intact."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path

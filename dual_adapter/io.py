@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import DualAdapterError
+from .errors import DiskFull, DualAdapterError
 
 __all__ = [
     "atomic_write",
@@ -107,6 +107,8 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
 
     Raises:
         DualAdapterError: ``path`` exists and ``overwrite`` is False.
+        DiskFull: the disk or quota is full (``ENOSPC`` / ``EDQUOT``, also as safetensors reports it); the
+            previous file at ``path``, if any, is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +124,27 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
         write_fn(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; writers may recreate the file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_disk_full(e):
+            raise DiskFull(f"disk full while writing {str(path)!r} (no space left on the device, or over the quota); "
+                           f"the previous version of the file, if any, is kept", str(path)) from None
         raise
     return path
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk or quota is full: an ``OSError`` with ``ENOSPC`` / ``EDQUOT``, or
+    safetensors' ``SafetensorError`` wrapping one (it reports the OS error in its message only)."""
+    import errno
+
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if isinstance(e, OSError):
+        return e.errno in codes
+    if isinstance(e, SafetensorError):
+        return any(f"os error {c})" in str(e) for c in codes) or "No space left" in str(e)
+    return False
 
 
 _atomic_replace = atomic_write
