@@ -860,7 +860,8 @@ def train_loop(
 
     def diverged(step: int, what: str) -> TrainingDiverged:
         return TrainingDiverged(f"training diverged at step {step}: {what}. Nothing from it was saved; {kept()}. "
-                                f"Lower the learning rate (lr={cfg.lr:g}) and resume or start again")
+                                f"Lower the learning rate (lr={cfg.lr:g}) and "
+                                + ("resume from it" if last_ckpt else "start again"))
 
     def checkpoint(step: int, then: str = "") -> bool:
         """Write a checkpoint of sane weights (else raise TrainingDiverged); True when written. A full disk is
