@@ -805,8 +805,11 @@ def train_loop(
 
     ``on_checkpoint(step, optimizer, lr_schedule, losses)`` is called every ``cfg.checkpoint_every`` steps,
     at the end, and also when the run stops early (interrupt, SIGTERM or error) so that what was learned
-    so far is kept; the exception is then re-raised. It is never called with non-finite weights: on
-    divergence nothing is written and the last checkpoint stays.
+    so far is kept; the exception is then re-raised. It is never called with non-finite weights, nor with
+    weights that fail :class:`SanityCheck` (weight norm or loss far outside the run's history): on divergence
+    nothing is written and the last (sane) checkpoint stays. When it raises
+    :class:`~dual_adapter.errors.DiskFull`, the failure is logged (naming the checkpoint kept) and the run
+    goes on; at the end the result is still returned, with ``checkpoint_error`` set.
 
     ``resume_state`` (a file from :func:`save_train_state`) restores the weights, optimiser, schedule and
     step count, so that the run continues where it stopped. A state file without weights (older
@@ -823,7 +826,8 @@ def train_loop(
 
     Raises:
         DualAdapterError: invalid config, a state file that does not fit.
-        TrainingDiverged: a non-finite loss or non-finite weights (names the step; nothing written).
+        TrainingDiverged: a non-finite loss or non-finite weights, or a checkpoint that is not sane (names the
+            step and the last sane checkpoint kept; nothing written).
         InterruptedByUser: re-raised from the callback (or SIGTERM) after checkpointing.
     """
     cfg.validate()
