@@ -335,6 +335,7 @@ def run_lock(path: str | os.PathLike, what: str = "run"):
 
     Raises:
         DualAdapterError: another live process holds the lock (names it and the lock file).
+        DiskFull: the lock file cannot be written for lack of space (nothing is left behind).
     """
     lp = lock_path(path)
     lp.parent.mkdir(parents=True, exist_ok=True)
@@ -366,9 +367,17 @@ def run_lock(path: str | os.PathLike, what: str = "run"):
             raise DualAdapterError(
                 f"another {what} is writing {str(Path(path))!r} ({who}; lock file {str(lp)!r}). Wait for it to "
                 f"finish or choose another output name; if no such process runs, delete the lock file") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                lp.unlink()
+            if _is_disk_full(e):
+                raise DiskFull(f"disk full: the {what}'s lock file {str(lp)!r} cannot be written; free some space "
+                               f"before starting", str(lp)) from None
+            raise
         break
     with _HELD_GUARD:
         _HELD[key] = 1

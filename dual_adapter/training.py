@@ -978,5 +978,5 @@ def train_loop(
         raise
     result.seconds = time.time() - t0
     if on_checkpoint is not None:
-        checkpoint(result.steps_done, "the trained weights are still returned (the output is written where it fits)")
+        checkpoint(result.steps_done, "the trained weights are still returned (the final output is written if it fits)")
     return result

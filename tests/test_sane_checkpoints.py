@@ -154,3 +154,19 @@ def test_a_full_disk_with_checkpoint_every_0_says_so_without_a_traceback(tmp_pat
     assert f"error: disk full while writing {str(out)!r}" in err  # the final output was tried too
     assert "Traceback" not in err and "SafetensorError" not in err
     assert not out.exists()
+
+
+def test_a_full_disk_at_the_start_is_said_plainly_and_leaves_no_lock(tmp_path, monkeypatch):
+    import errno
+
+    import dual_adapter.io as io_mod
+    from dual_adapter.io import lock_path, run_lock
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_mod.json, "dump", full)
+    with pytest.raises(DiskFull, match=r"disk full: the training run's lock file .*cannot be written"):
+        with run_lock(tmp_path / "a.safetensors", "training run"):
+            pass
+    assert not lock_path(tmp_path / "a.safetensors").exists()
