@@ -18,5 +18,15 @@ class InterruptedByUser(RuntimeError):
 
 
 class TrainingDiverged(DualAdapterError):
-    """Training produced a non-finite loss or non-finite weights. Nothing non-finite is written: the
-    last checkpoint on disk (from a step whose weights were finite) is kept."""
+    """Training produced a non-finite loss or non-finite weights, or weights far outside the run's history
+    (:class:`dual_adapter.training.SanityCheck`). Nothing of it is written: the last checkpoint on disk (a
+    sane one) is kept."""
+
+
+class DiskFull(DualAdapterError):
+    """A write failed because the disk (or the user's quota) is full. ``path`` is the file that could not be
+    written; atomic writes leave the previous version of it intact."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path

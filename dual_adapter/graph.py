@@ -23,31 +23,64 @@ from .errors import DualAdapterError, InterruptedByUser
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_workflow", "validate_workflow", "run_workflow", "ui_to_api", "has_seed_control"]
+__all__ = ["load_workflow", "validate_workflow", "run_workflow", "ui_to_api", "has_seed_control", "shape_problems",
+           "read_json"]
 
 
 def load_workflow(path: str | Path) -> dict:
     """Read an API-format workflow JSON (``{id: {"class_type", "inputs"}}``).
 
     Raises:
-        DualAdapterError: the file is missing, not JSON, or is a UI-format workflow (it says to use
-            the ``workflows/api/`` twin or ComfyUI's "Export (API)").
+        DualAdapterError: the file is missing, not JSON (or nested too deeply to read), is a UI-format
+            workflow (it says to use the ``workflows/api/`` twin or ComfyUI's "Export (API)"), has no
+            nodes, or a node that is not ``{"class_type": str, "inputs": {...}}`` (names the node id).
     """
     p = Path(path)
     if not p.is_file():
         raise DualAdapterError(f"workflow {str(p)!r} does not exist")
-    try:
-        wf = json.loads(p.read_text())
-    except ValueError as e:
-        raise DualAdapterError(f"workflow {str(p)!r} is not valid JSON: {e}") from None
+    wf = read_json(p, f"workflow {str(p)!r}")
     if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
         twin = p.parent / "api" / p.name
         hint = f" (its API twin is {twin})" if twin.exists() else ""
         raise DualAdapterError(f"workflow {str(p)!r} is in ComfyUI's UI format; the headless runner takes the "
                                f"API format (ComfyUI: Workflow > Export (API)){hint}")
-    if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
-        raise DualAdapterError(f"workflow {str(p)!r} is not an API-format workflow ({{id: {{class_type, inputs}}}})")
+    problems = shape_problems(wf)
+    if problems:
+        raise DualAdapterError(f"workflow {str(p)!r} is not an API-format workflow ({{id: {{class_type, inputs}}}}): "
+                               + "; ".join(problems))
     return wf
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file, or raise :class:`DualAdapterError` naming ``what``: invalid JSON, or nesting deeper
+    than Python's parser can follow (``RecursionError``, e.g. ``[[[[...`` 200,000 deep)."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise DualAdapterError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DualAdapterError(f"{what} is nested too deeply to read (an API workflow is two levels deep: "
+                               f"{{id: {{class_type, inputs}}}})") from None
+
+
+def shape_problems(wf: Any) -> list[str]:
+    """What keeps ``wf`` from being an API-format workflow (empty = it has that shape): not an object, no
+    nodes, a node that is not an object, whose ``class_type`` is not a string or whose ``inputs`` is not an
+    object. Each problem names the node id."""
+    if not isinstance(wf, dict):
+        return [f"the top level is a {type(wf).__name__}, not an object of nodes"]
+    if not wf:
+        return ["the workflow has no nodes"]
+    out = []
+    for nid, node in wf.items():
+        if not isinstance(node, dict):
+            out.append(f"node {nid} is a {type(node).__name__}, not an object with class_type and inputs")
+        elif not isinstance(node.get("class_type"), str):
+            out.append(f"node {nid}: class_type must be a string (a node class name), got {node.get('class_type')!r}"[:300])
+        elif not isinstance(node.get("inputs", {}), dict):
+            out.append(f"node {nid} ({node['class_type']}): inputs must be an object {{name: value or [node_id, "
+                       f"output]}}, got a {type(node['inputs']).__name__}")
+    return out
 
 
 def _is_link(v) -> bool:
@@ -67,9 +100,13 @@ def validate_workflow(wf: Mapping[str, dict], node_classes: Mapping[str, type]) 
     """Check a workflow against node definitions; returns a list of problems (empty = valid).
 
     Mirrors ComfyUI's checks: unknown class, link to a missing node or output slot, missing required
-    input, combo value not in its list, number outside [min, max]; and at least one output node.
+    input, combo value not in its list, number outside [min, max]; and at least one output node. A
+    workflow without the API shape (:func:`shape_problems`: no nodes, a node whose ``class_type`` is not a
+    string or whose ``inputs`` is not an object) gets those problems only.
     """
-    errs: list[str] = []
+    errs: list[str] = shape_problems(wf)
+    if errs:
+        return errs
     outputs = 0
     for nid, node in wf.items():
         ct = node.get("class_type")
@@ -144,24 +181,8 @@ def run_workflow(
     if errs:
         raise DualAdapterError("workflow is not valid:\n  " + "\n  ".join(errs))
     results: dict[str, tuple] = {}
-    order: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(nid: str):
-        if nid in results or nid in order:
-            return
-        if nid in visiting:
-            raise DualAdapterError(f"workflow has a cycle through node {nid}")
-        visiting.add(nid)
-        for v in wf[nid].get("inputs", {}).values():
-            if _is_link(v):
-                visit(v[0])
-        visiting.discard(nid)
-        order.append(nid)
-
-    for nid, node in wf.items():
-        if getattr(node_classes[node["class_type"]], "OUTPUT_NODE", False):
-            visit(nid)
+    order = _execution_order(wf, [nid for nid, node in wf.items()
+                                  if getattr(node_classes[node["class_type"]], "OUTPUT_NODE", False)])
     ui: dict[str, Any] = {}
     with torch.inference_mode():
         for k, nid in enumerate(order):
@@ -194,6 +215,36 @@ def run_workflow(
                 out = tuple(out.get("result", ()))
             results[nid] = tuple(out) if out is not None else ()
     return {**{k: v for k, v in results.items()}, **{f"ui:{k}": v for k, v in ui.items()}}
+
+
+def _execution_order(wf: Mapping[str, dict], outputs: list[str]) -> list[str]:
+    """The nodes ``outputs`` depend on, each after its inputs, once each (a depth-first walk in input order,
+    iterative: a chain of any length works). Raises :class:`DualAdapterError` on a cycle, naming a node."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def deps(nid: str):
+        return iter([v[0] for v in wf[nid].get("inputs", {}).values() if _is_link(v)])
+
+    for root in outputs:
+        if root in state:
+            continue
+        state[root] = 1
+        stack = [(root, deps(root))]
+        while stack:
+            nid, it = stack[-1]
+            for dep in it:
+                if state.get(dep) == 1:
+                    raise DualAdapterError(f"workflow has a cycle through node {dep}")
+                if dep not in state:
+                    state[dep] = 1
+                    stack.append((dep, deps(dep)))
+                    break
+            else:
+                stack.pop()
+                state[nid] = 2
+                order.append(nid)
+    return order
 
 
 def has_seed_control(name: str, typ, opts: Mapping) -> bool:

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import DualAdapterError
+from .errors import DiskFull, DualAdapterError
 
 __all__ = [
     "atomic_write",
@@ -122,6 +122,8 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
     Raises:
         DualAdapterError: ``path`` exists (and is not this process's reservation) and ``overwrite`` is
             False, or its folder cannot be made.
+        DiskFull: the disk or quota is full (``ENOSPC`` / ``EDQUOT``, also as safetensors reports it); the
+            previous file at ``path``, if any, is left as it was.
     """
     path = Path(path)
     _mkdir(path.parent, str(path))
@@ -137,13 +139,29 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
         write_fn(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; writers may recreate the file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
         release_reservation(path)
+        if _is_disk_full(e):
+            raise DiskFull(f"disk full while writing {str(path)!r} (no space left on the device, or over the quota); "
+                           f"the previous version of the file, if any, is kept", str(path)) from None
         raise
     _forget_reservation(path)
     return path
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk or quota is full: an ``OSError`` with ``ENOSPC`` / ``EDQUOT``, or
+    safetensors' ``SafetensorError`` wrapping one (it reports the OS error in its message only)."""
+    import errno
+
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if isinstance(e, OSError):
+        return e.errno in codes
+    if isinstance(e, SafetensorError):
+        return any(f"os error {c})" in str(e) for c in codes) or "No space left" in str(e)
+    return False
 
 
 _atomic_replace = atomic_write
@@ -411,6 +429,7 @@ def run_lock(path: str | os.PathLike, what: str = "run"):
 
     Raises:
         DualAdapterError: another live process holds the lock (names it and the lock file).
+        DiskFull: the lock file cannot be written for lack of space (nothing is left behind).
     """
     lp = lock_path(path)
     lp.parent.mkdir(parents=True, exist_ok=True)
@@ -442,9 +461,17 @@ def run_lock(path: str | os.PathLike, what: str = "run"):
             raise DualAdapterError(
                 f"another {what} is writing {str(Path(path))!r} ({who}; lock file {str(lp)!r}). Wait for it to "
                 f"finish or choose another output name; if no such process runs, delete the lock file") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                lp.unlink()
+            if _is_disk_full(e):
+                raise DiskFull(f"disk full: the {what}'s lock file {str(lp)!r} cannot be written; free some space "
+                               f"before starting", str(lp)) from None
+            raise
         break
     with _HELD_GUARD:
         _HELD[key] = 1

@@ -730,7 +730,7 @@ def _convert(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path:
     pattern: dict[str, float] = {}
     dm = meta.get("lora_adapter_metadata")
     if ours and not isinstance(dm, (str, dict)):
-        alpha_all = float(meta.get("alpha") or 0) or None
+        alpha_all = _alpha_number(meta.get("alpha") or 0, where, "alpha") or None
     else:
         if isinstance(dm, str):
             try:
@@ -744,8 +744,9 @@ def _convert(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path:
             cfg = _read_peft_config(path)
         # peft semantics: alpha_pattern entry if one matches the module, else lora_alpha
         if cfg.get("lora_alpha") is not None:
-            alpha_all = float(cfg["lora_alpha"])
-            pattern = {str(k): float(v) for k, v in (cfg.get("alpha_pattern") or {}).items()}
+            alpha_all = _alpha_number(cfg["lora_alpha"], where, "lora_alpha")
+            pattern = {str(k): _alpha_number(v, where, f"alpha_pattern[{k!r}]")
+                       for k, v in (cfg.get("alpha_pattern") or {}).items()}
     for mod, r in ranks.items():
         if mod in file_alpha:
             alphas[mod] = file_alpha[mod]
@@ -756,6 +757,17 @@ def _convert(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path:
         log.warning("%s: %d text-encoder LoRA keys are not applied (this pack only patches the transformer)",
                     where, len(skipped))
     return LoraFile.from_state_dict(sd, meta, alphas=alphas, source_format=fmt, path=str(path), skipped=skipped)
+
+
+def _alpha_number(v, where: str, name: str) -> float:
+    """A LoRA alpha read from a file's metadata as a finite float, or :class:`DualAdapterError` naming it."""
+    try:
+        out = float(v)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if isinstance(v, bool) or not math.isfinite(out):
+        raise DualAdapterError(f"{where}: its {name} is {v!r}; it must be a finite number (the LoRA scale alpha)")
+    return out
 
 
 def load_lora(path: str | Path) -> LoraFile:
@@ -789,6 +801,11 @@ def load_lora(path: str | Path) -> LoraFile:
     tensors, meta = load_safetensors(p)
     if not tensors:
         raise DualAdapterError(f"LoRA file {str(p)!r} contains no tensors")
+    ints = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in tensors.items()
+            if not v.is_floating_point() and not k.endswith(".alpha")]
+    if ints:
+        raise DualAdapterError(f"LoRA file {str(p)!r}: LoRA weights must be floating point (float32, float16 or "
+                               f"bfloat16); these are not: {ints[:5]}" + (f" (and {len(ints) - 5} more)" if len(ints) > 5 else ""))
     from .lora_formats import normalize_lora_tensors  # native / VideoX-Fun / finetrainers layouts
 
     tensors, meta = normalize_lora_tensors(tensors, meta, p)

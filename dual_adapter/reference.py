@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from .errors import DualAdapterError
 
 __all__ = ["REFERENCE_DIM", "ReferenceEncoder", "PixelStatsEncoder", "build_tiny_reference_encoder",
-           "load_reference_encoder", "builtin_encoder_name", "as_reference_embedding", "encode_reference"]
+           "load_reference_encoder", "load_clip_vision", "builtin_encoder_name", "as_reference_embedding",
+           "encode_reference"]
 
 REFERENCE_DIM = 1024
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -98,9 +99,10 @@ class ReferenceEncoder:
         self.device = device
         self.name = name
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: torch.Tensor, crop: bool = True) -> torch.Tensor:
         """``[N, H, W, 3]`` 0..1 -> ``[N, 3, S, S]`` normalised: shorter side resized to S (bicubic),
-        centre crop, CLIP mean/std (what ``CLIPImageProcessor`` does)."""
+        centre crop, CLIP mean/std (what ``CLIPImageProcessor`` does). ``crop=False``: the whole image is
+        resized to ``S x S`` instead (ComfyUI's CLIP Vision Encode with crop "none")."""
         if not torch.is_tensor(images) or images.ndim not in (3, 4) or images.shape[-1] != 3:
             raise DualAdapterError(f"reference image must be [H, W, 3] or [N, H, W, 3] (0..1), got "
                                    f"{list(images.shape) if torch.is_tensor(images) else type(images).__name__}")
@@ -109,6 +111,9 @@ class ReferenceEncoder:
         x = images.float().permute(0, 3, 1, 2)
         S = self.image_size
         h, w = x.shape[-2:]
+        if not crop:
+            x = F.interpolate(x, size=(S, S), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+            return (x - self.mean) / self.std
         s = S / min(h, w)
         nh, nw = max(S, round(h * s)), max(S, round(w * s))
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
@@ -117,13 +122,19 @@ class ReferenceEncoder:
         return (x - self.mean) / self.std
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, crop: bool = True) -> torch.Tensor:
         """Images ``[N, H, W, 3]`` (or ``[H, W, 3]``) 0..1 -> embeddings ``[N, 1024]`` float32 CPU."""
         p = next(self.model.parameters())
         dev = self.device or p.device
-        x = self.preprocess(images).to(dev, p.dtype)
+        x = self.preprocess(images, crop=crop).to(dev, p.dtype)
         out = self.model(pixel_values=x).image_embeds
         return out.float().cpu()
+
+    def encode_image(self, images: torch.Tensor, crop: bool = True):
+        """ComfyUI's CLIP_VISION interface: an output whose ``image_embeds`` is ``[N, 1024]`` float32 CPU."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(image_embeds=self(images, crop=crop))
 
 
 def build_tiny_reference_encoder(seed: int = 0) -> ReferenceEncoder:
@@ -223,6 +234,70 @@ def load_reference_encoder(name_or_path: str | os.PathLike, device: str | None =
     if device:
         model.to(device)
     return ReferenceEncoder(model, device=device, name=str(root), **kw)
+
+
+def load_clip_vision(path: str | os.PathLike, device: str | None = None) -> ReferenceEncoder:
+    """A CLIP vision encoder from ComfyUI's ``models/clip_vision`` (what the headless runner's CLIPVisionLoader
+    stand-in loads): a single ``.safetensors`` file in transformers' key layout (``vision_model.*`` and
+    ``visual_projection.weight``, as ComfyUI's ``clip_vision_h.safetensors``), or a transformers folder
+    (:func:`load_reference_encoder`).
+
+    A file holds no config: the sizes are read from the tensors (width, depth, MLP width, patch, image size,
+    projection), with 16 attention heads (OpenCLIP ViT-H/14, ViT-L/14 and ViT-bigG/14 all have 16; 12 for a
+    768-wide ViT-B) and GELU (quick-GELU for the 1024-wide OpenAI ViT-L/14), as ComfyUI's own configs.
+
+    Returns:
+        a :class:`ReferenceEncoder` (``encode_image(images [N, H, W, 3] 0..1, crop=True)`` returns an output
+        whose ``image_embeds`` is ``[N, projection]``).
+
+    Raises:
+        DualAdapterError: no such file; an OpenCLIP-layout file (``visual.transformer.*``: convert it to the
+            transformers layout first); a file that is not a CLIP vision model; a projection other than
+            1024-d (DualReal needs ViT-H/14's).
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from .io import load_safetensors
+
+    p = Path(path)
+    if p.is_dir():
+        return load_reference_encoder(p, device=device)
+    tensors, _ = load_safetensors(p)
+    what = f"CLIP vision file {str(p)!r}"
+    if any(k.startswith("visual.transformer.") for k in tensors):
+        raise DualAdapterError(f"{what} is in OpenCLIP's layout (visual.transformer.*); save it in transformers' "
+                               f"layout (CLIPVisionModelWithProjection, e.g. ComfyUI's clip_vision_h.safetensors)")
+    pre = "vision_model."
+    need = [pre + "embeddings.patch_embedding.weight", pre + "embeddings.position_embedding.weight",
+            pre + "encoder.layers.0.mlp.fc1.weight", "visual_projection.weight"]
+    missing = [k for k in need if k not in tensors]
+    if missing:
+        raise DualAdapterError(f"{what} is not a CLIP vision model in transformers' layout: no {missing[:2]}")
+    patch = tensors[need[0]]
+    width, channels, ps = int(patch.shape[0]), int(patch.shape[1]), int(patch.shape[-1])
+    grid = int(round((tensors[need[1]].shape[0] - 1) ** 0.5))
+    layers = 1 + max(int(k.split(".")[3]) for k in tensors if k.startswith(pre + "encoder.layers."))
+    heads = 12 if width == 768 else 16
+    if width % heads:
+        raise DualAdapterError(f"{what}: width {width} is not that of a known CLIP vision model (ViT-B/L/H/bigG)")
+    cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=int(tensors[need[2]].shape[0]),
+                           num_hidden_layers=layers, num_attention_heads=heads, num_channels=channels,
+                           image_size=grid * ps, patch_size=ps, projection_dim=int(tensors[need[3]].shape[0]),
+                           hidden_act="quick_gelu" if width == 1024 else "gelu", layer_norm_eps=1e-5)
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(cfg)
+    tensors.pop(pre + "embeddings.position_ids", None)
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise DualAdapterError(f"{what} does not match a CLIP vision model of its sizes: {detail}") from None
+    model.vision_model.embeddings.register_buffer("position_ids", torch.arange(grid * grid + 1).unsqueeze(0),
+                                                  persistent=False)
+    model = model.float()
+    if device:
+        model.to(device)
+    return ReferenceEncoder(model, device=device, name=str(p))
 
 
 def builtin_encoder_name(model_name: str | None) -> str | None:

@@ -17,7 +17,12 @@ Run lifecycle (the same for every trainer and front end):
   weights checkpoint and its state file cannot give a mismatched pair.
 * Divergence: every step checks the loss and, after the update, the weights; on a non-finite value
   the run stops with :class:`~dual_adapter.errors.TrainingDiverged` and writes nothing, so the last
-  checkpoint on disk (finite weights) is kept.
+  checkpoint on disk (finite weights) is kept. A checkpoint is also written only when it is *sane*
+  (:class:`SanityCheck`: loss and weight norm within bounds of the run so far); an insane one stops the
+  run the same way, so that the kept checkpoint is one a resume with a lower learning rate recovers from.
+* A full disk (:class:`~dual_adapter.errors.DiskFull`) during a periodic checkpoint is reported and the
+  run goes on (the previous checkpoint stays whole); at the end of the run it is reported and the
+  trained weights are still returned, so the caller can write (smaller) output or keep them in memory.
 * SIGTERM is handled like Ctrl-C (SIGINT): the checkpoint is written, then the run stops with
   :class:`~dual_adapter.errors.InterruptedByUser` (main thread only; see :func:`sigterm_as_interrupt`).
 """
@@ -36,7 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .errors import DualAdapterError, InterruptedByUser, TrainingDiverged
+from .errors import DiskFull, DualAdapterError, InterruptedByUser, TrainingDiverged
 from .io import is_own_reservation, load_safetensors, read_safetensors_metadata, run_lock, save_safetensors
 
 log = logging.getLogger(__name__)
@@ -45,7 +50,7 @@ __all__ = ["TrainConfig", "TrainResult", "diffusion_loss", "make_noise_scheduler
            "make_lr_schedule", "train_loop", "save_train_state", "load_train_state", "step_generator",
            "write_loss_log", "loss_summary", "check_run_files", "training_run", "sigterm_as_interrupt",
            "init_distributed", "dist_rank_world", "micro_batches", "check_micro_batches", "batch_diffusion_loss",
-           "shard_frozen_weights", "all_reduce_grads"]
+           "shard_frozen_weights", "all_reduce_grads", "SanityCheck"]
 
 
 @dataclass
@@ -140,6 +145,7 @@ class TrainResult:
     steps_done: int = 0
     seconds: float = 0.0
     optimizer_name: str = ""
+    checkpoint_error: str = ""  # set when the last checkpoint could not be written (a full disk)
 
 
 # --------------------------------------------------------------------------------------------
@@ -704,6 +710,63 @@ def autocast_context(device_type: str, cfg: TrainConfig):
     return contextlib.nullcontext()
 
 
+class SanityCheck:
+    """Whether the weights at a checkpoint are *sane*: a resume point that training can recover from.
+
+    A non-finite value is caught elsewhere; this catches a run that is blowing up while still finite (lr 1e9:
+    weights of 1e16 and a loss that turns NaN a few steps later), judged against the run's own history:
+
+    * the weight norm (L2 over every trainable tensor) must stay within ``norm_factor`` (1000) times the
+      reference norm: the norm at the start of the run (or at the resumed checkpoint) or at the last sane
+      checkpoint, whichever is larger (with lr 1e-1, ten times the default, the tiny models' norm grows
+      about 10x in 30 steps; lr 1e9 grows it 1e10x in one step). A reference norm of 0 (all-zero weights)
+      skips this test.
+    * the median loss of the steps since the last sane checkpoint (at least the last ``window`` steps) must
+      stay within ``loss_factor`` (10) times the median of the steps before them (tested once at least
+      ``window`` earlier steps exist).
+
+    ``problem(step, losses)`` returns None (sane) or the reason; ``accept(step)`` moves the reference to a
+    checkpoint that was written.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], start_step: int = 0, norm_factor: float = 1000.0,
+                 loss_factor: float = 10.0, window: int = 5):
+        self.params = list(params)
+        self.norm_factor, self.loss_factor, self.window = float(norm_factor), float(loss_factor), int(window)
+        self.start_norm = self.ref_norm = self.norm()
+        self.start_step = self.ref_step = int(start_step)
+
+    def norm(self) -> float:
+        """The L2 norm over every trainable tensor (float64 on the CPU: exact for weights of any size)."""
+        if not self.params:
+            return 0.0
+        return math.sqrt(sum(float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) ** 2 for p in self.params))
+
+    def problem(self, step: int, losses: Sequence[dict]) -> str | None:
+        n = self.norm()
+        ref, at = max((self.start_norm, self.start_step), (self.ref_norm, self.ref_step))
+        if ref > 0 and not n <= self.norm_factor * ref:
+            return (f"the weight norm grew to {n:.3g}, {n / ref:.3g} times its {ref:.3g} at step {at} "
+                    f"(a sane run stays within {self.norm_factor:g} times)")
+        vals = [float(r["loss"]) for r in losses if r.get("loss") is not None]
+        recent = max(self.window, sum(1 for r in losses if r.get("step", 0) > self.ref_step))
+        if len(vals) >= recent + self.window:
+            now, before = _median(vals[-recent:]), _median(vals[:-recent])
+            if before > 0 and not now <= self.loss_factor * before:
+                return (f"the median loss of the last {recent} steps is {now:.4g}, {now / before:.3g} times the "
+                        f"run's median of {before:.4g} before them (a sane run stays within "
+                        f"{self.loss_factor:g} times)")
+        return None
+
+    def accept(self, step: int) -> None:
+        self.ref_norm, self.ref_step = self.norm(), int(step)
+
+
+def _median(v: Sequence[float]) -> float:
+    s = sorted(v)
+    return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
+
+
 def _all_finite(params: Sequence[torch.Tensor]) -> bool:
     """True when no parameter holds a NaN or an infinity. One float32 sum per tensor and one ``isfinite`` in
     all (a NaN or an infinity anywhere makes the total non-finite), since on CPU this runs after every
@@ -764,8 +827,11 @@ def train_loop(
 
     ``on_checkpoint(step, optimizer, lr_schedule, losses)`` is called every ``cfg.checkpoint_every`` steps,
     at the end, and also when the run stops early (interrupt, SIGTERM or error) so that what was learned
-    so far is kept; the exception is then re-raised. It is never called with non-finite weights: on
-    divergence nothing is written and the last checkpoint stays.
+    so far is kept; the exception is then re-raised. It is never called with non-finite weights, nor with
+    weights that fail :class:`SanityCheck` (weight norm or loss far outside the run's history): on divergence
+    nothing is written and the last (sane) checkpoint stays. When it raises
+    :class:`~dual_adapter.errors.DiskFull`, the failure is logged (naming the checkpoint kept) and the run
+    goes on; at the end the result is still returned, with ``checkpoint_error`` set.
 
     ``resume_state`` (a file from :func:`save_train_state`) restores the weights, optimiser, schedule and
     step count, so that the run continues where it stopped. A state file without weights (older
@@ -782,7 +848,8 @@ def train_loop(
 
     Raises:
         DualAdapterError: invalid config, a state file that does not fit.
-        TrainingDiverged: a non-finite loss or non-finite weights (names the step; nothing written).
+        TrainingDiverged: a non-finite loss or non-finite weights, or a checkpoint that is not sane (names the
+            step and the last sane checkpoint kept; nothing written).
         InterruptedByUser: re-raised from the callback (or SIGTERM) after checkpointing.
     """
     cfg.validate()
@@ -811,19 +878,38 @@ def train_loop(
     result = TrainResult(losses=losses, completed=False, steps_done=start, optimizer_name=opt_name)
     last_ckpt = start if resume_state is not None else None
     where = f" ({checkpoint_note})" if checkpoint_note else ""
+    sanity = SanityCheck(params, start)
+
+    def kept() -> str:
+        return (f"the last sane checkpoint, from step {last_ckpt}{where}, is kept" if last_ckpt
+                else "no checkpoint had been written yet" + (" (checkpoint_every=0)" if not cfg.checkpoint_every else ""))
 
     def diverged(step: int, what: str) -> TrainingDiverged:
-        kept = (f"the last checkpoint, from step {last_ckpt}{where}, is kept" if last_ckpt
-                else "no checkpoint had been written yet" + (" (checkpoint_every=0)" if not cfg.checkpoint_every else ""))
-        return TrainingDiverged(f"training diverged at step {step}: {what}. Nothing from it was saved; {kept}. "
-                                f"Lower the learning rate (lr={cfg.lr:g}) and resume or start again")
+        return TrainingDiverged(f"training diverged at step {step}: {what}. Nothing from it was saved; {kept()}. "
+                                f"Lower the learning rate (lr={cfg.lr:g}) and "
+                                + ("resume from it" if last_ckpt else "start again"))
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, then: str = "") -> bool:
+        """Write a checkpoint of sane weights (else raise TrainingDiverged); True when written. A full disk is
+        reported (``then``: what happens next) and the run goes on."""
         nonlocal last_ckpt
         if not _all_finite(params):  # belt and braces: never write non-finite weights
             raise diverged(step, "the weights are not finite")
-        on_checkpoint(step, optimizer, sched, losses)
+        why = sanity.problem(step, losses)
+        if why is not None:
+            raise diverged(step, why)
+        try:
+            on_checkpoint(step, optimizer, sched, losses)
+        except DiskFull as e:
+            then = then or (f"training goes on and the next checkpoint is tried at step "
+                             f"{min(step + cfg.checkpoint_every, cfg.steps)}")
+            msg = f"disk full while writing {e.path or 'the checkpoint'} at step {step}; {kept()}; {then}"
+            log.error("%s", msg)
+            result.checkpoint_error = msg
+            return False
         last_ckpt = step
+        sanity.accept(step)
+        return True
 
     t0 = time.time()
     step = start
@@ -907,12 +993,12 @@ def train_loop(
                 and not is_diverged:
             try:
                 with _no_sigterm():
-                    checkpoint(result.steps_done)
-                log.warning("the run stopped at step %d; its checkpoint is kept%s", result.steps_done, where)
+                    if checkpoint(result.steps_done, "the run stops"):
+                        log.warning("the run stopped at step %d; its checkpoint is kept%s", result.steps_done, where)
             except Exception as e:  # never hide the original error
                 log.error("could not write the checkpoint after the run stopped: %s", e)
         raise
     result.seconds = time.time() - t0
     if on_checkpoint is not None:
-        checkpoint(result.steps_done)
+        checkpoint(result.steps_done, "the trained weights are still returned (the final output is written if it fits)")
     return result

@@ -155,7 +155,9 @@ class LoadImage:
 
 
 class CLIPVisionLoader:
-    """Loads a CLIP vision model (e.g. clip_vision_h.safetensors) from models/clip_vision."""
+    """Loads a CLIP vision model (e.g. clip_vision_h.safetensors, transformers' key layout) from
+    models/clip_vision with :func:`dual_adapter.reference.load_clip_vision`; its ``encode_image`` gives
+    ``image_embeds [N, 1024]``. An OpenCLIP-layout or foreign file is refused with a message naming it."""
 
     RETURN_TYPES = ("CLIP_VISION",)
     FUNCTION = "load_clip"

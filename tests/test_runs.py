@@ -20,7 +20,7 @@ from dual_adapter.backbone import encode_prompt
 from dual_adapter.dualreal import (DualRealData, DualRealOptions, load_adapters, run_paths,
                                    train_dualreal_on_data)
 from dual_adapter.errors import DualAdapterError, InterruptedByUser, TrainingDiverged
-from dual_adapter.io import load_safetensors, lock_path, save_safetensors
+from dual_adapter.io import lock_path, save_safetensors
 from dual_adapter.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +63,6 @@ def _stop_at(n):
         if step == n:
             raise InterruptedByUser("stop")
     return cb
-
-
-def _all_finite(path) -> bool:
-    tensors, _ = load_safetensors(path)
-    return all(bool(torch.isfinite(t.float()).all()) for t in tensors.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,13 +113,13 @@ def test_a_second_process_with_the_same_out_is_refused_until_it_is_gone(bundle, 
 
 def test_divergence_keeps_the_last_finite_checkpoint_and_writes_no_nan(bundle, data, tmp_path):
     out = tmp_path / "run.safetensors"
-    with pytest.raises(TrainingDiverged, match=r"diverged at step (\d+).*last checkpoint, from step \d+.*lr"):
+    # lr 1e8 blows the weights up at the first step: no checkpoint is sane, none is written (a resume from the
+    # last *sane* one is tested in test_sane_checkpoints.py)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 1: the weight norm.*no checkpoint had been "
+                                               r"written yet.*lr=1e\+08\) and start again"):
         _train(bundle, data, out, _cfg(30, lr=1e8, checkpoint_every=1, grad_clip=0.0))
     files = run_paths(out)
-    assert _all_finite(files["partial"]) and _all_finite(files["state"])
-    part = load_adapters(files["partial"])
-    losses = [json.loads(x) for x in files["losses"].read_text().splitlines()]
-    assert part.meta["steps"] == len(losses) and all(r["loss"] == r["loss"] for r in losses)
+    assert not files["partial"].exists() and not files["state"].exists()
 
 
 def test_a_kill_between_the_weights_and_state_writes_resumes_consistently(bundle, data, tmp_path):

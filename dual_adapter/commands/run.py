@@ -49,7 +49,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import os
 
-    from ..graph import load_workflow, run_workflow
+    from ..graph import load_workflow, read_json, run_workflow
 
     if args.output_dir:
         os.environ["DUAL_ADAPTER_OUTPUT"] = args.output_dir
@@ -58,13 +58,12 @@ def run(args) -> int:
     path = Path(args.workflow)
     twin = path.parent / "api" / path.name
     if twin.is_file() and path.is_file():
-        import json
-
         try:
-            if "nodes" in json.loads(path.read_text()):
+            ui = read_json(path, f"workflow {str(path)!r}")
+            if isinstance(ui, dict) and "nodes" in ui:
                 path = twin
-        except ValueError:
-            pass
+        except DualAdapterError:
+            pass  # load_workflow reports it
     wf = load_workflow(path)
     classes = load_node_classes()
     from ..progress import console, format_duration, set_console_label

@@ -19,6 +19,7 @@ and the StageBlender controller); its ``state_dict`` keys follow the authors' ch
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -122,6 +123,12 @@ class DualRealConfig:
         if self.groups > self.num_blocks:
             raise DualAdapterError(f"DualReal groups={self.groups}: more weight groups than the model's "
                                    f"{self.num_blocks} blocks")
+        for k in ("lam", "scale"):  # types first: a file's config may hold "abc" or null
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise DualAdapterError(f"DualReal {k}={v!r}: must be a finite number")
+        if not isinstance(self.controller, bool):
+            raise DualAdapterError(f"DualReal controller={self.controller!r}: must be true or false")
         if not (self.scale > 0):
             raise DualAdapterError(f"DualReal scale={self.scale}: must be > 0")
 
