@@ -7,6 +7,7 @@ import torch
 
 from dual_adapter import backbone, media, sampling
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.seeds import SEED_MAX
 from dual_adapter.patches import PatchedModel
 
 from . import bridge
@@ -141,8 +142,8 @@ class CogVideoXSampler:
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Denoising steps (50 in the papers)."}),
             "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Seed of the initial noise; the same seed gives the same video. Every value the widget allows (0 .. 2^64-1) is its own seed (no wrap-around)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                             "tooltip": "Seed of the initial noise; the same seed gives the same video. Any value 0 .. 2^64-1 (the range of every seed in the pack, as ComfyUI's KSampler)."}),
             "scheduler": (list(backbone.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
                           "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
         }, "optional": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.seeds import SEED_MAX
 from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent, latent_scale
@@ -141,7 +142,7 @@ class DualAdapterTTTMerge:
                                         "tooltip": "1e-5 with AdamW (default); the authors' Lion uses 1e-6."}),
             "optimizer": (["adamw", "lion"], {"default": "adamw", "tooltip": "adamw (weight decay 1e-2) or the "
                           "authors' lion (weight decay 0.1; needs the lion-pytorch package)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds the teachers' noise and the "
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds the teachers' noise and the "
                              "re-noising draws; the same seed repeats the run."}),
         }, "optional": {
             "teacher_schedule": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The f teacher steps are the "
@@ -229,7 +230,7 @@ class DualAdapterTrainSelectiveLoRA:
                                         "tooltip": "0 = the default for the kind (AdamW: 1e-4 appearance, 5e-4 motion; "
                                         "the authors' Lion rates x10)."}),
             "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Optimiser steps (500 in the paper)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's noise and timestep."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's noise and timestep."}),
         }, "optional": {
             "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] for kind=appearance."}),
             "clip": ("IMAGE", {"tooltip": "Motion clip frames [F, H, W, 3] (4k+1) for kind=motion; a still (identical frames) is refused."}),

@@ -10,6 +10,7 @@ import logging
 import torch
 
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.seeds import SEED_MAX
 from dual_adapter.media import check_motion_frames
 
 from . import bridge
@@ -101,7 +102,7 @@ class DualRealTrain:
                                                       "tooltip": "official: adapters add their input back, as the "
                                                                  "authors' code (needed for their checkpoints). "
                                                                  "zero_init: an untrained adapter changes nothing."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1,
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
                                  "tooltip": "Seeds every step's batch, noise and timestep."}),
                 "name": ("STRING", {"default": "dualreal",
                                     "tooltip": "Run name: each run gets a new counter, its checkpoints going to "
@@ -312,7 +313,7 @@ class DualRealStageBlenderPlot:
                 "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Trained adapters with a StageBlender controller."}),
                 "prompt": ("STRING", {"default": "dog * is playing guitar", "multiline": True,
                                       "tooltip": "Prompt to sample with."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Noise seed."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Noise seed."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "Denoising steps."}),
                 "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Guidance scale; with CFG the prompted branch is reported."}),

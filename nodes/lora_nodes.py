@@ -10,6 +10,7 @@ import torch
 
 from dual_adapter import lora as L
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.seeds import SEED_MAX
 from dual_adapter.media import check_motion_frames
 
 from . import bridge
@@ -59,7 +60,7 @@ class TrainMotionLoRA:
             "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4 in the paper), constant schedule."}),
             "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000 in the paper)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's timestep, "
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's timestep, "
                              "noise and clip choice; the same seed repeats the run."}),
         }, "optional": {
             "clip_2": ("IMAGE", {"tooltip": "A second clip of the same motion (optional)."}),

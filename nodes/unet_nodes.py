@@ -14,6 +14,7 @@ from dual_adapter import unet_motion as UM
 from dual_adapter import unet_sampling
 from dual_adapter.backbones import kind_of, load_backbone
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.seeds import SEED_MAX
 from dual_adapter.media import check_motion_frames
 from dual_adapter.patches import PatchedModel
 
@@ -94,7 +95,7 @@ class UNetSampler:
             "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps (CustomTTT: 25 DDIM)."}),
             "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.5, "tooltip": "Guidance scale "
                     "(CustomTTT 9; SMA configs 12)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Initial-noise seed (CPU generator)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Initial-noise seed (CPU generator)."}),
             "scheduler": (["ddim", "dpm"], {"default": "ddim", "tooltip": "DDIM (the authors') or DPM-Solver++."}),
         }}
 
@@ -185,7 +186,7 @@ class UNetTrainMotionLoRA:
             "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000)."}),
             "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4), weight decay 1e-2."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's randomness."}),
             "spatial_path": ("BOOLEAN", {"default": True, "tooltip": "MotionDirector's spatial LoRA path on single "
                              "frames (dropped at inference)."}),
             "debiased_loss": ("BOOLEAN", {"default": True, "tooltip": "Add the appearance-debiased loss (the authors' "
@@ -296,7 +297,7 @@ _CT_COMMON = {
     "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
     "optimizer": (["auto", "lion", "adamw"], {"default": "auto", "tooltip": "auto = Lion (the authors') when "
                   "lion-pytorch is installed, else AdamW (a console message says so)."}),
-    "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
+    "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's randomness."}),
 }
 
 
