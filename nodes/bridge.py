@@ -6,6 +6,8 @@ node classes import and run in plain pytest.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -299,8 +301,29 @@ class Progress:
         self.t0 = time.time()
         lab = None if IN_COMFY else console_label()
         self.text = TextProgress(lab if label == "step" else f"{lab} {label}") if lab is not None else None
+        self.losses: list[dict] = []  # the records with a loss seen so far (this queue's run)
+
+    @contextlib.contextmanager
+    def on_cancel(self, kept, exact=None):
+        """Context for a training call: when the queue's Cancel stops it, show under the node where it stopped,
+        the loss so far and what was kept (:func:`cancel_notice`), then let the interrupt propagate.
+
+        ``kept``: a string, or a callable returning one after the stop (e.g. the checkpoint's path and how to
+        resume). ``exact``: optional callable returning the run's records (``{"step", "loss", ...}``) as written
+        to disk, when they are more complete than what this bar saw (a GPU reports every few steps)."""
+        try:
+            yield
+        except interrupt_exception_types():
+            try:
+                records = (exact() if exact is not None else None) or self.losses
+                cancel_notice(self.label, records, self.total, kept() if callable(kept) else kept, self.bar)
+            except Exception as e:  # the notice never hides the interrupt
+                logging.getLogger(__name__).error("could not show the cancel notice: %s", e)
+            raise
 
     def __call__(self, step: int, total: int | None = None, info: dict | None = None, preview=None) -> None:
+        if info and "loss" in info:  # recorded first: a Cancel raised just below still knows this step
+            self.losses.append({**info, "step": int(step)})
         throw_if_interrupted()
         if self.text is not None:
             self.text(step, total or self.total, info)
@@ -315,6 +338,34 @@ class Progress:
                 el = time.time() - self.t0
                 eta = el / step * (tot - step) if step > 0 else None
                 progress_text(format_progress(self.label, step, tot, el, eta, info))
+
+
+def cancel_notice(label: str, records: list[dict], total: int, kept: str, bar=None) -> str:
+    """After a Cancel: ``"cancelled at step N/T (loss x); checkpoint kept: <kept>"`` under the running node (and in
+    the console), with the loss curve of ``records`` (``{"step", "loss", ...}``) as the node's preview image.
+    Returns the text. Outside ComfyUI only the console line is written."""
+    step = int(records[-1]["step"]) if records else 0
+    if records:
+        text = f"cancelled at {label} {step}/{int(total)} (loss {float(records[-1]['loss']):.4f}); checkpoint kept: {kept}"
+    else:
+        text = f"cancelled at {label} 0/{int(total)}, before the first step: nothing was trained, no checkpoint"
+    logging.getLogger(__name__).warning(text)
+    progress_text(text)
+    if records and bar is not None:
+        try:
+            import numpy as np
+            from PIL import Image
+
+            from dual_adapter.plots import plot_loss_curve
+
+            img = plot_loss_curve(records, title=f"loss until the cancel at {label} {step}",
+                                  group_by="phase" if any("phase" in r for r in records) else None,
+                                  smooth=max(1, min(25, len(records) // 10)))
+            pil = Image.fromarray((img[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
+            bar.update_absolute(min(step, int(total)), int(total), ("PNG", pil, 768))
+        except Exception as e:  # ComfyUI re-checks the interrupt in its progress hook; the text is what counts
+            logging.getLogger(__name__).debug("no loss-curve preview after the cancel: %s", e)
+    return text
 
 
 def interrupt_exception_types() -> tuple[type, ...]:

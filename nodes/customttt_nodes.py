@@ -263,9 +263,10 @@ class DualAdapterTrainSelectiveLoRA:
             over["lr"] = float(learning_rate)
         cfg = C.selective_train_config(kind, **over)
         ckpt = bridge.output_path(f"lora_checkpoints/{kind}_lora", "safetensors")
-        with training_mode():
+        bar = bridge.Progress(int(steps))
+        with training_mode(), bar.on_cancel(f"{ckpt.name} in {ckpt.parent} (Load LoRA (CogVideoX) lists it)"):
             lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
-                                             callback=bridge.Progress(int(steps)), checkpoint_path=ckpt,
+                                             callback=bar, checkpoint_path=ckpt,
                                              height=height or None, width=width or None, patches=m.patches, **data)
         return (lf, plot_loss_curve(res.losses, title=f"{kind} LoRA (blocks {blocks or 'all'}) loss", smooth=20))
 

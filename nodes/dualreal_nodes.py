@@ -181,11 +181,26 @@ class DualRealTrain:
             with run_lock(out, "Train DualReal run"):  # never replace a run (a concurrent one took the counter)
                 check_run_files(out, run_paths(out), resume=bool(resume), resume_hint="resume = true",
                                 rename_hint=f"another name than {name!r}")
-                res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
-                                     options=options, train=train, callback=cb, out=out, resume=bool(resume))
+                files = run_paths(out)
+
+                def kept():
+                    return (f"{files['partial'].name} in {out.parent} (Load DualReal lists it); continue with resume = "
+                            f"true, name {name!r} and steps above the step reached")
+
+                with bar.on_cancel(kept, exact=lambda: _read_losses(files["losses"])):
+                    res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt,
+                                         reference_encoder=encoder, options=options, train=train, callback=cb, out=out,
+                                         resume=bool(resume))
             curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
                                     smooth=max(1, min(25, len(res.losses) // 10)))
         return (res.adapters, curve)
+
+
+def _read_losses(path) -> list[dict]:
+    """The run's per-step records from its ``.losses.jsonl`` (empty when there is none yet)."""
+    if not path.is_file():
+        return []
+    return [r for r in (json.loads(l) for l in path.read_text().splitlines() if l.strip()) if "loss" in r]
 
 
 class DualRealSave:

@@ -101,7 +101,7 @@ class TrainMotionLoRA:
         n = min((n - 1) // t * t + 1, m.bundle.default_size[0])
         ckpt = bridge.output_path("lora_checkpoints/motion_lora", "safetensors")
         progress = bridge.Progress(int(steps))
-        with training_mode():
+        with training_mode(), progress.on_cancel(f"{ckpt.name} in {ckpt.parent} (Load LoRA (CogVideoX) lists it)"):
             lf, res = L.train_lora(m.bundle, clips=clips, prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
                                    debiased_loss=debiased_loss, callback=progress, checkpoint_path=ckpt,
                                    num_frames=n, height=height or None, width=width or None, patches=m.patches)
