@@ -68,17 +68,36 @@ def list_model_dirs(name: str) -> list[str]:
     return out
 
 
+#: Sub-folders of ComfyUI's output folder that the pack's Save and Train nodes write weights to, per model kind.
+#: The Load node of that kind lists their files too, as ``output/<sub>/<name>``, after the ``models/<kind>`` ones,
+#: so whatever a Save node wrote can be picked in the next queue.
+SAVED_OUTPUTS = {"dualreal": ("dualreal",), "loras": ("loras", "lora_checkpoints", "unet_lora")}
+
+
+def saved_output_dir(name: str) -> Path:
+    """Where the Save node of model kind ``name`` writes in the output folder (``output/dualreal``, ...)."""
+    return output_dir() / SAVED_OUTPUTS[name][0]
+
+
 def list_files(name: str) -> list[str]:
-    """Weight files (relative names) under every ``models/<name>`` directory."""
+    """Weight files (relative names) under every ``models/<name>`` directory, then, for the kinds of
+    :data:`SAVED_OUTPUTS`, those under the output folder's sub-folders as ``output/<sub>/<name>``."""
+    out: list[str] = []
+    got = False
     if IN_COMFY:
         try:
-            return list(_fp.get_filename_list(name))
+            out, got = list(_fp.get_filename_list(name)), True
         except Exception:
             pass
-    out: list[str] = []
-    for d in folder_dirs(name):
+    if not got:
+        for d in folder_dirs(name):
+            if d.is_dir():
+                out += sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.suffix in _DUALREAL_EXT)
+    for sub in SAVED_OUTPUTS.get(name, ()):
+        d = output_dir() / sub
         if d.is_dir():
-            out += sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.suffix in _DUALREAL_EXT)
+            out += sorted(f"output/{sub}/{p.relative_to(d).as_posix()}" for p in d.rglob("*")
+                          if p.is_file() and p.suffix in _DUALREAL_EXT)
     return out
 
 
@@ -92,6 +111,10 @@ def resolve(name: str, rel: str) -> Path:
     Raises:
         DualAdapterError: ``rel`` is not inside those folders or does not exist (one message for both).
     """
+    text = str(rel).replace("\\", "/")
+    for sub in SAVED_OUTPUTS.get(name, ()):  # a file a Save node wrote, as list_files names it
+        if text.startswith(f"output/{sub}/"):
+            return allowed_read_path(text[len(f"output/{sub}/"):], [output_dir() / sub], what=f"{name} file")
     if IN_COMFY:
         try:
             p = _fp.get_full_path(name, rel)
@@ -225,6 +248,21 @@ def output_path(prefix: str, ext: str, base: str | os.PathLike | None = None, wh
     if not is_inside(base / rel, base):
         raise DualAdapterError(err)
     return next_free_path(base, str(rel), ext)
+
+
+def saved_output_path(sub: str, prefix: str, ext: str = "safetensors", what: str = "filename_prefix") -> Path:
+    """A new ``output/<sub>/<prefix>_NNNNN_.<ext>`` for a Save node (``sub`` one of :data:`SAVED_OUTPUTS`' folders,
+    which the matching Load node lists). A prefix that starts with ``<sub>/`` names that folder itself
+    (``dualreal/x`` -> ``output/dualreal/x_NNNNN_``), as workflows wrote it when the prefix was relative to
+    ``output/``.
+
+    Raises:
+        DualAdapterError: an empty prefix or one that leaves the folder (see :func:`output_path`).
+    """
+    text = str(prefix or "").strip().replace("\\", "/")
+    if text.startswith(sub + "/"):
+        text = text[len(sub) + 1:]
+    return output_path(text, ext, base=output_dir() / sub, what=what)
 
 
 def resolve_input(path: str | os.PathLike, what: str = "path") -> Path:

@@ -7,8 +7,8 @@ import torch
 
 from dual_adapter import backbone, media, sampling
 from dual_adapter.errors import DualAdapterError
-from dual_adapter.seeds import SEED_MAX
 from dual_adapter.patches import PatchedModel
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
 from .common import as_model, image_batch

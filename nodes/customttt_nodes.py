@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
-from dual_adapter.seeds import SEED_MAX
 from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent, latent_scale
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
 from .common import as_model, training_mode

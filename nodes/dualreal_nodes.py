@@ -10,8 +10,8 @@ import logging
 import torch
 
 from dual_adapter.errors import DualAdapterError
-from dual_adapter.seeds import SEED_MAX
 from dual_adapter.media import check_motion_frames
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
 from .common import as_model, image_batch, training_mode
@@ -65,8 +65,9 @@ class DualRealTrain:
     DESCRIPTION = ("Train DualReal (joint identity + motion adapters with the StageBlender controller) on "
                    "subject photos and motion clip frames. Each step trains either the identity adapters (on a "
                    "photo, identity prompt) or the motion adapters (on a clip, motion prompt); the controller "
-                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>.partial.safetensors "
-                   "(kept if you stop the queue). Returns the adapters and a loss curve.")
+                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>_NNNNN_.partial.safetensors "
+                   "(a new counter per run; kept if you cancel the queue, and listed by Load DualReal). Returns the "
+                   "adapters and a loss curve.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = ("DUALREAL_ADAPTERS", "IMAGE")
@@ -205,7 +206,8 @@ def _read_losses(path) -> list[dict]:
 
 class DualRealSave:
     DESCRIPTION = ("Save DualReal adapters + controller as a .safetensors file (with metadata: form, widths, groups, "
-                   "base-model fingerprint, steps, prompts) in the output folder, never overwriting.")
+                   "base-model fingerprint, steps, prompts) in output/dualreal/, never overwriting; Load DualReal "
+                   "lists it in the next queue.")
     CATEGORY = CATEGORY
     FUNCTION = "save"
     RETURN_TYPES = ()
@@ -215,8 +217,10 @@ class DualRealSave:
     def INPUT_TYPES(cls):
         return {"required": {
             "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
-            "filename_prefix": ("STRING", {"default": "dualreal/dualreal",
-                                           "tooltip": "Output sub-folder and name; a counter is appended."}),
+            "filename_prefix": ("STRING", {"default": "dualreal",
+                                           "tooltip": "File name in output/dualreal/ (sub-folders allowed); a counter "
+                                                      "is appended. Load DualReal lists the file at once, as "
+                                                      "output/dualreal/<name>_NNNNN_.safetensors."}),
         }}
 
     def save(self, adapters, filename_prefix):
@@ -224,13 +228,14 @@ class DualRealSave:
 
         if not isinstance(adapters, DualRealAdapterSet):
             raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
-        path = save_adapters(adapters, bridge.output_path(filename_prefix or "dualreal/dualreal", "safetensors"))
+        path = save_adapters(adapters, bridge.saved_output_path("dualreal", filename_prefix or "dualreal"))
         return {"ui": {"text": [str(path)]}}
 
 
 class DualRealLoad:
-    DESCRIPTION = ("Load DualReal adapters from models/dualreal: our .safetensors files, or the authors' adapter.pth "
-                   "(imported into the 'official' form).")
+    DESCRIPTION = ("Load DualReal adapters: files in models/dualreal, and what Save DualReal and Train DualReal wrote "
+                   "in output/dualreal/ (listed as output/dualreal/...; a .partial file is a run's last checkpoint). "
+                   "Our .safetensors files, or the authors' adapter.pth (imported into the 'official' form).")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("DUALREAL_ADAPTERS",)
@@ -239,9 +244,11 @@ class DualRealLoad:
     @classmethod
     def INPUT_TYPES(cls):
         shipped = sorted(f"examples/{p.name}" for p in (bridge.PACK_ROOT / "examples").glob("dualreal_*.safetensors"))
+        files = [f for f in bridge.list_files("dualreal") if not f.endswith(".state.safetensors")]  # optimiser state
         return {"required": {
-            "adapters_name": (bridge.list_files("dualreal") + shipped,
-                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth). "
+            "adapters_name": (files + shipped,
+                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth), or one Save "
+                               "DualReal / Train DualReal wrote (output/dualreal/...). "
                                "examples/dualreal_tiny_* / dualreal_mini_* are small adapters for the built-in tiny / "
                                "mini model, shipped with the pack so the example workflow runs."}),
         }}

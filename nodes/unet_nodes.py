@@ -14,12 +14,12 @@ from dual_adapter import unet_motion as UM
 from dual_adapter import unet_sampling
 from dual_adapter.backbones import kind_of, load_backbone
 from dual_adapter.errors import DualAdapterError
-from dual_adapter.seeds import SEED_MAX
 from dual_adapter.media import check_motion_frames
 from dual_adapter.patches import PatchedModel
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
-from .common import image_batch, training_mode, unique_output
+from .common import image_batch, training_mode
 
 CAT = "DualAdapter/U-Net"
 TINY = ["tiny-unet3d", "tiny-animatediff"]
@@ -231,7 +231,7 @@ class UNetApplyLoRA:
 
 class UNetSaveLoRA:
     DESCRIPTION = ("Save a UNET_LORA (.safetensors, keys unet.<module>.lora_A/B.weight, metadata naming the backbone) "
-                   "to the output folder with a counter; never overwrites.")
+                   "to output/unet_lora/ with a counter; never overwrites. Load U-Net LoRA lists it in the next queue.")
     CATEGORY = CAT
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
@@ -241,15 +241,18 @@ class UNetSaveLoRA:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"lora": ("UNET_LORA", {"tooltip": "The LoRA to save."}),
-                             "filename_prefix": ("STRING", {"default": "unet_lora/motion", "tooltip": "Under output/."})}}
+                             "filename_prefix": ("STRING", {"default": "motion", "tooltip": "File name in "
+                                                 "output/unet_lora/ (sub-folders allowed); a counter is appended. Load "
+                                                 "U-Net LoRA lists it at once, as output/unet_lora/<name>_NNNNN_."})}}
 
-    def save(self, lora, filename_prefix="unet_lora/motion"):
-        path = UM.save_unet_lora(_lora(lora), unique_output(filename_prefix, "safetensors"))
+    def save(self, lora, filename_prefix="motion"):
+        path = UM.save_unet_lora(_lora(lora), bridge.saved_output_path("unet_lora", filename_prefix or "motion"))
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 
 class UNetLoadLoRA:
-    DESCRIPTION = ("Load a U-Net LoRA from models/loras/. A CogVideoX LoRA is refused with a message saying so; the "
+    DESCRIPTION = ("Load a U-Net LoRA from models/loras/ or output/unet_lora/ (what Save U-Net LoRA wrote); only "
+                   "U-Net LoRAs are listed, a CogVideoX LoRA is refused with a message saying so; the "
                    "backbone it was trained on is checked when it is applied.")
     CATEGORY = CAT
     RETURN_TYPES = ("UNET_LORA",)
@@ -258,7 +261,10 @@ class UNetLoadLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"lora_name": (bridge.list_files("loras") or [""], {"tooltip": "A file in models/loras/."})}}
+        from .lora_nodes import lora_files
+
+        return {"required": {"lora_name": (lora_files(unet=True) or [""], {"tooltip": "A U-Net LoRA in models/loras/ "
+                             "or one Save U-Net LoRA wrote (output/unet_lora/...). CogVideoX LoRAs are left out."})}}
 
     def load(self, lora_name):
         return (UM.load_unet_lora(bridge.resolve("loras", lora_name)),)
