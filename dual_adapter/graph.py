@@ -23,7 +23,7 @@ from .errors import DualAdapterError, InterruptedByUser
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_workflow", "validate_workflow", "run_workflow", "ui_to_api", "has_seed_control"]
+__all__ = ["load_workflow", "api_twin", "validate_workflow", "run_workflow", "ui_to_api", "has_seed_control"]
 
 
 def load_workflow(path: str | Path) -> dict:
@@ -31,7 +31,7 @@ def load_workflow(path: str | Path) -> dict:
 
     Raises:
         DualAdapterError: the file is missing, not JSON, or is a UI-format workflow (it says to use
-            the ``workflows/api/`` twin or ComfyUI's "Export (API)").
+            the API twin in ``workflows/api/`` (see :func:`api_twin`) or ComfyUI's "Export (API)").
     """
     p = Path(path)
     if not p.is_file():
@@ -41,13 +41,25 @@ def load_workflow(path: str | Path) -> dict:
     except ValueError as e:
         raise DualAdapterError(f"workflow {str(p)!r} is not valid JSON: {e}") from None
     if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
-        twin = p.parent / "api" / p.name
-        hint = f" (its API twin is {twin})" if twin.exists() else ""
+        twin = api_twin(p)
+        hint = f" (its API twin is {twin})" if twin is not None else ""
         raise DualAdapterError(f"workflow {str(p)!r} is in ComfyUI's UI format; the headless runner takes the "
                                f"API format (ComfyUI: Workflow > Export (API)){hint}")
     if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
         raise DualAdapterError(f"workflow {str(p)!r} is not an API-format workflow ({{id: {{class_type, inputs}}}})")
     return wf
+
+
+def api_twin(path: str | Path) -> Path | None:
+    """The API-format twin of a UI-format workflow ``path``, or None: ``<folder>/api/NAME.json``, or for the pack's
+    shipped ``example_workflows/NAME.json`` the file of that name in ``workflows/api/`` or ``workflows/native/api/``."""
+    p = Path(path)
+    root = Path(__file__).resolve().parents[1]
+    for twin in (p.parent / "api" / p.name, root / "workflows" / "api" / p.name,
+                 root / "workflows" / "native" / "api" / p.name):
+        if twin.is_file() and (twin.parent.parent == p.parent or p.parent.name == "example_workflows"):
+            return twin
+    return None
 
 
 def _is_link(v) -> bool:

@@ -96,9 +96,10 @@ class DualRealTrain:
                                            "tooltip": "Probability that a step trains motion (else identity)."}),
                 "hidden_width": ("INT", {"default": 64, "min": 1, "max": 1024,
                                          "tooltip": "Adapter bottleneck width (64 in the paper)."}),
-                "groups": ("INT", {"default": 7, "min": 1, "max": 64,
+                "groups": ("INT", {"default": 0, "min": 0, "max": 64,
                                    "tooltip": "StageBlender weight groups: blocks are split into this many "
-                                              "contiguous groups (7 in the paper; 1 = no grouping)."}),
+                                              "contiguous groups. 0 = the paper's 7, or one per block on a model "
+                                              "with fewer blocks (the built-in mini has 4); 1 = no grouping."}),
                 "form": (["official", "zero_init"], {"default": "official",
                                                       "tooltip": "official: adapters add their input back, as the "
                                                                  "authors' code (needed for their checkpoints). "

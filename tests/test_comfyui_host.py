@@ -25,6 +25,16 @@ pytestmark = [pytest.mark.comfyui,
               pytest.mark.skipif(not COMFY, reason="COMFYUI_PATH is not set (path of a ComfyUI checkout)")]
 
 
+def _ui_workflows() -> list[Path]:
+    """The shipped UI-format workflows (example_workflows/, what the Templates browser lists)."""
+    return sorted((ROOT / "example_workflows").glob("*.json"))
+
+
+def _api_twin(wf: Path) -> Path:
+    return next(p for p in (ROOT / "workflows" / "api" / wf.name, ROOT / "workflows" / "native" / "api" / wf.name)
+                if p.is_file())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,8 +160,8 @@ def test_ui_workflows_load_in_the_frontend(server):
             page = browser.new_page()
             page.goto(server["url"], wait_until="networkidle", timeout=120_000)
             page.wait_for_function("window.app && window.app.graph", timeout=120_000)
-            for wf in sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "native").glob("*.json")):
-                api = json.loads((wf.parent / "api" / wf.name).read_text())
+            for wf in _ui_workflows():
+                api = json.loads(_api_twin(wf).read_text())
                 problems = page.evaluate(_CHECK_JS, [json.loads(wf.read_text()), api])
                 assert not problems, f"{wf.name}: {problems}"
         finally:
@@ -161,6 +171,6 @@ def test_ui_workflows_load_in_the_frontend(server):
 def test_every_shipped_workflow_names_only_nodes_the_server_has(server):
     """Without a browser: every node type of every UI workflow (the native one included) is in /object_info."""
     info = _get(server["url"] + "/object_info", timeout=60)
-    for wf in sorted((ROOT / "workflows").glob("*.json")) + sorted((ROOT / "workflows" / "native").glob("*.json")):
+    for wf in _ui_workflows():
         types = {n["type"] for n in json.loads(wf.read_text())["nodes"]} - {"MarkdownNote", "Note"}
         assert not types - set(info), f"{wf.name}: missing nodes {sorted(types - set(info))}"
