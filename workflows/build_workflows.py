@@ -79,6 +79,8 @@ class Graph:
         return n
 
     def note(self, title: str, markdown: str) -> None:
+        if self.name in SHOWS and not self.notes:
+            markdown = f"**What it shows as shipped** (measured, one seed): {SHOWS[self.name]}\n\n" + markdown
         self.notes.append((title, markdown))
 
     # -------------------------------------------------------------------------------- formats
@@ -269,9 +271,22 @@ TRAIN_STEPS, DUALREAL_STEPS, SAMPLE_STEPS = 100, 400, 25
 MINI_ADAPTERS = "examples/dualreal_mini_star_orbit.safetensors"
 TINY_ADAPTERS = "examples/dualreal_tiny_dog_guitar.safetensors"
 
+# What each workflow's video shows as shipped, measured (one seed; docs/results/workflows.md has the command and
+# the scores): the first line of its note, so the canvas never promises more than the run gives.
+SHOWS = {
+    "dualreal_train_sample": "a **green** sprite (the motion clip's colour, not the star's yellow) that orbits "
+                             "(motion 0.87 against the orbit, classified orbit; identity 0.00 against the star "
+                             "photos). One clip of 400 steps teaches the motion; the subject's look does not carry "
+                             "over at this size.",
+    "dualreal_load_sample": "a yellow sprite, the subject's colour, that barely moves (identity 0.11, motion 0.50, "
+                            "classified still): the shipped adapters keep more of the subject and less of the motion.",
+    "tap_motion_lora": "a large yellow blob that barely moves (motion 0.68 against the orbit, classified still).",
+    "generate_mini": "a red circle moving right (motion 0.98, classified right).",
+}
+
 REAL_WEIGHTS_NOTE = """**Runs as shipped on the built-in `mini` model: a small CogVideoX pretrained on a sprite world (9 frames x
-32 x 32, CPU), with the mini-world inputs in `examples/mini/` (a yellow striped star the model never saw;
-clips of other sprites orbiting, a motion it never saw).** Prompts use the world's words (README
+32 x 32, CPU), with the mini-world inputs in `examples/mini/` (photos of a yellow striped star the model never
+saw; clips of other, green, sprites orbiting, a motion it never saw).** Prompts use the world's words (README
 'Miniature world'): other words are unknown to `mini`.
 
 For a real CogVideoX:
@@ -341,7 +356,8 @@ def g_tap_motion_lora(classes) -> Graph:
         "- in *Train Motion LoRA (TAP)*: 49-frame clip at 480 x 720 (Load Clip Frames: frames 49), rank 32, "
         "alpha 32, dropout 0.1, learning rate 5e-4, 1000 steps, gradient checkpointing on (the authors' setting);\n"
         "- the trained LoRA is saved (Save LoRA) and applied at once (Apply LoRA); a saved LoRA goes back in with "
-        "*Load LoRA (CogVideoX)* from `models/loras`, and files from other CogVideoX LoRA trainers load the same way;\n"
+        "*Load LoRA (CogVideoX)*, which lists it as `output/loras/tap/...` in the next queue (files from other "
+        "CogVideoX LoRA trainers go in `models/loras/`);\n"
         "- preset tap trains only attention query/key: the video keeps the base model's appearance and takes the "
         "clip's motion; use a prompt with a new subject at sampling time."))
     return g
@@ -422,13 +438,13 @@ def g_dualreal_load(classes) -> Graph:
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/dualreal_loaded", fps=8.0)
     if mini:
         head = REAL_WEIGHTS_NOTE + (
-            "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load "
-            "DualReal*; the shipped examples/dualreal_mini_* file (trained by `python examples/make_mini_examples.py "
+            "- pick your trained adapters in *Load DualReal* (what Save DualReal wrote: `output/dualreal/...`; or "
+            "files in `models/dualreal/`, .safetensors or the authors' adapter.pth); the shipped examples/dualreal_mini_* file (trained by `python examples/make_mini_examples.py "
             "--adapters` on the examples/mini/ inputs) only fits the mini model;\n")
     else:
         head = TINY_NOTE + (
-            "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load "
-            "DualReal*; the shipped examples/dualreal_tiny_* file only fits the tiny model;\n")
+            "- pick your trained adapters in *Load DualReal* (what Save DualReal wrote: `output/dualreal/...`; or "
+            "files in `models/dualreal/`, .safetensors or the authors' adapter.pth); the shipped examples/dualreal_tiny_* file only fits the tiny model;\n")
     g.note("DualReal: load adapters + sample", head + DUALREAL_NOTE)
     return g
 
@@ -474,7 +490,7 @@ def g_native(classes) -> Graph:
     m = g.node("UNETLoader", unet_name="cogvideox5b_native.safetensors", weight_dtype="default")
     lo = g.node("DualAdapterLoadLoRA", lora_name="tap/guitar_00001_.safetensors")
     ml = g.node("DualAdapterApplyLoRANative", model=m[0], lora=lo[0], strength=1.0)
-    ad = g.node("DualRealLoad", adapters_name="dualreal/dog_guitar_00001_.safetensors")
+    ad = g.node("DualRealLoad", adapters_name="output/dualreal/dog_guitar_00001_.safetensors")
     ph = g.node("LoadImage", image="dog.png")
     cv = g.node("CLIPVisionLoader", clip_name="clip_vision_h.safetensors")
     md = g.node("DualAdapterDualRealApplyNative", model=ml[0], adapters=ad[0], reference_image=ph[0], clip_vision=cv[0])
@@ -494,7 +510,8 @@ def g_native(classes) -> Graph:
         "`models/CogVideo/` with *Convert CogVideoX to Native* or `python -m dual_adapter convert-native`);\n"
         "- text encoder: T5-XXL in `models/text_encoders/` with CLIPLoader type `cogvideox`; VAE: the CogVideoX VAE "
         "in `models/vae/`; reference: `clip_vision_h.safetensors` in `models/clip_vision/`;\n"
-        "- adapters from *Train DualReal* (`models/dualreal/`), LoRA from *Train Motion LoRA* (`models/loras/`), any "
+        "- adapters: what *Save DualReal* wrote (`output/dualreal/`, listed by *Load DualReal* as `output/dualreal/...`) "
+        "or files in `models/dualreal/`; LoRA: what *Save LoRA* wrote (`models/loras/` or `output/loras/`), any "
         "supported format; core LoraLoaderModelOnly stacks with *Apply LoRA to MODEL*;\n"
         "- CogVideoX-1.5 runs in core as in diffusers; on 5B 1.0 core scales the RoPE grid (a warning); 2B and "
         "5B-I2V 1.0 are refused (core builds them with other positions), see README 'Native ComfyUI'."))
