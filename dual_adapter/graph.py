@@ -257,7 +257,7 @@ def ui_to_api(ui_wf: Mapping[str, Any], node_classes: Mapping[str, type]) -> dic
                 raise DualAdapterError(f"UI workflow node {n.get('id')} ({n['type']}): no widget value for {name!r}")
             inputs[name] = wv[pos]
             pos += 1 + has_seed_control(name, typ, opts)
-            if opts.get("image_upload") or opts.get("video_upload"):
+            if opts.get("image_upload"):  # its upload widget holds a value in the file; video_upload's does not
                 pos += 1
         api[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
     return api

@@ -295,7 +295,8 @@ def test_cancel_shows_in_the_node_and_the_checkpoint_loads_in_the_next_queue(ser
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         m = json.loads(msg.data)
                         if m["type"] == "progress" and m["data"].get("value", 0) >= 5 and not sent:
-                            await asyncio.to_thread(_post, server["url"] + "/interrupt", {})
+                            await asyncio.to_thread(urllib.request.urlopen, urllib.request.Request(
+                                server["url"] + "/interrupt", data=b"{}", method="POST"), timeout=30)
                             sent = True
                         if m["type"] in ("execution_interrupted", "execution_error", "execution_success"):
                             return pid, m["type"]

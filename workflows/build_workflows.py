@@ -162,7 +162,7 @@ class Graph:
                     widgets.append(v.node and None if isinstance(v, Out) else self._value(n, name, typ, opts))
                     if has_seed_control(name, typ, opts):
                         widgets.append("fixed")
-                    if opts.get("image_upload") or opts.get("video_upload"):
+                    if opts.get("image_upload"):  # video_upload's button holds no value in the file
                         widgets.append("image")
             outputs = []
             names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
