@@ -23,8 +23,8 @@ from .errors import DualAdapterError, InterruptedByUser
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_workflow", "validate_workflow", "run_workflow", "ui_to_api", "has_seed_control", "shape_problems",
-           "read_json"]
+__all__ = ["load_workflow", "api_twin", "validate_workflow", "run_workflow", "ui_to_api", "has_seed_control",
+           "shape_problems", "read_json"]
 
 
 def load_workflow(path: str | Path) -> dict:
@@ -32,7 +32,7 @@ def load_workflow(path: str | Path) -> dict:
 
     Raises:
         DualAdapterError: the file is missing, not JSON (or nested too deeply to read), is a UI-format
-            workflow (it says to use the ``workflows/api/`` twin or ComfyUI's "Export (API)"), has no
+            workflow (it says to use the API twin, :func:`api_twin`, or ComfyUI's "Export (API)"), has no
             nodes, or a node that is not ``{"class_type": str, "inputs": {...}}`` (names the node id).
     """
     p = Path(path)
@@ -40,8 +40,8 @@ def load_workflow(path: str | Path) -> dict:
         raise DualAdapterError(f"workflow {str(p)!r} does not exist")
     wf = read_json(p, f"workflow {str(p)!r}")
     if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
-        twin = p.parent / "api" / p.name
-        hint = f" (its API twin is {twin})" if twin.exists() else ""
+        twin = api_twin(p)
+        hint = f" (its API twin is {twin})" if twin is not None else ""
         raise DualAdapterError(f"workflow {str(p)!r} is in ComfyUI's UI format; the headless runner takes the "
                                f"API format (ComfyUI: Workflow > Export (API)){hint}")
     problems = shape_problems(wf)
@@ -81,6 +81,18 @@ def shape_problems(wf: Any) -> list[str]:
             out.append(f"node {nid} ({node['class_type']}): inputs must be an object {{name: value or [node_id, "
                        f"output]}}, got a {type(node['inputs']).__name__}")
     return out
+
+
+def api_twin(path: str | Path) -> Path | None:
+    """The API-format twin of a UI-format workflow ``path``, or None: ``<folder>/api/NAME.json``, or for the pack's
+    shipped ``example_workflows/NAME.json`` the file of that name in ``workflows/api/`` or ``workflows/native/api/``."""
+    p = Path(path)
+    root = Path(__file__).resolve().parents[1]
+    for twin in (p.parent / "api" / p.name, root / "workflows" / "api" / p.name,
+                 root / "workflows" / "native" / "api" / p.name):
+        if twin.is_file() and (twin.parent.parent == p.parent or p.parent.name == "example_workflows"):
+            return twin
+    return None
 
 
 def _is_link(v) -> bool:
@@ -296,7 +308,7 @@ def ui_to_api(ui_wf: Mapping[str, Any], node_classes: Mapping[str, type]) -> dic
                 raise DualAdapterError(f"UI workflow node {n.get('id')} ({n['type']}): no widget value for {name!r}")
             inputs[name] = wv[pos]
             pos += 1 + has_seed_control(name, typ, opts)
-            if opts.get("image_upload") or opts.get("video_upload"):
+            if opts.get("image_upload"):  # its upload widget holds a value in the file; video_upload's does not
                 pos += 1
         api[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
     return api

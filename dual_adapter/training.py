@@ -847,7 +847,8 @@ def train_loop(
     optimiser step. Only ``step_fn`` knows how to split a batch, so a trainer opts in.
 
     Raises:
-        DualAdapterError: invalid config, a state file that does not fit.
+        DualAdapterError: invalid config, a state file that does not fit, a resume whose state is already at or
+            past ``cfg.steps`` (nothing is written).
         TrainingDiverged: a non-finite loss or non-finite weights, or a checkpoint that is not sane (names the
             step and the last sane checkpoint kept; nothing written).
         InterruptedByUser: re-raised from the callback (or SIGTERM) after checkpointing.
@@ -861,6 +862,11 @@ def train_loop(
     if resume_state is not None:
         st = _load_state(resume_state, optimizer, sched)
         start = st["step"]
+        if start >= cfg.steps:  # nothing left to train: say so instead of "finishing" without a step
+            raise DualAdapterError(
+                f"resume: the run is already at step {start} and steps={cfg.steps} asks for no more; steps counts "
+                f"the whole run, not the steps to add: set it above {start} to train more (the checkpoint"
+                f"{' ' + checkpoint_note if checkpoint_note else ''} is kept as it is and loads as a result)")
         if not st["params_restored"] and resume_weights_step is not None and resume_weights_step != start:
             raise DualAdapterError(
                 f"resume: the weights checkpoint is from step {resume_weights_step} but the state file "

@@ -63,7 +63,7 @@ from .errors import DualAdapterError
 
 __all__ = [
     "PRESETS", "SPATIAL_PATH_TARGETS", "AUTHORS_FREEU", "motion_lora_targets", "spatial_lora_targets",
-    "UNetLora", "UNetLoraPatch", "save_unet_lora", "load_unet_lora", "AppearanceHighway",
+    "UNetLora", "UNetLoraPatch", "save_unet_lora", "load_unet_lora", "is_unet_lora_file", "AppearanceHighway",
     "UNetMotionTrainConfig", "train_unet_motion_lora", "UNET_LORA_FORMAT",
 ]
 
@@ -214,6 +214,34 @@ def save_unet_lora(lora: UNetLora, path: str | Path, dtype: str = "fp32", overwr
     meta = dict(lora.metadata)
     meta.setdefault("format", UNET_LORA_FORMAT)
     return save_safetensors({k: v.to(dt) for k, v in lora.state_dict.items()}, path, meta, overwrite=overwrite)
+
+
+_UNET_MODULES = ("down_blocks.", "up_blocks.", "mid_block.")
+_kind_cache: dict[tuple, bool] = {}
+
+
+def is_unet_lora_file(path: str | Path) -> bool:
+    """Whether a ``.safetensors`` LoRA file is for a U-Net (ZeroScope / ModelScope / AnimateDiff: keys name
+    ``down_blocks.`` / ``up_blocks.`` / ``mid_block.`` modules) rather than a CogVideoX transformer. Reads only
+    the file's header (cached per path, size and modification time); an unreadable file counts as not a U-Net
+    LoRA (its loader then says what is wrong with it)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return False
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _kind_cache:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception:
+            keys = []
+        _kind_cache[key] = any(m in k for k in keys for m in _UNET_MODULES) and \
+            not any(k.startswith("transformer.") for k in keys)
+    return _kind_cache[key]
 
 
 def load_unet_lora(path: str | Path, backbone=None) -> UNetLora:

@@ -6,6 +6,8 @@ node classes import and run in plain pytest.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -66,17 +68,36 @@ def list_model_dirs(name: str) -> list[str]:
     return out
 
 
+#: Sub-folders of ComfyUI's output folder that the pack's Save and Train nodes write weights to, per model kind.
+#: The Load node of that kind lists their files too, as ``output/<sub>/<name>``, after the ``models/<kind>`` ones,
+#: so whatever a Save node wrote can be picked in the next queue.
+SAVED_OUTPUTS = {"dualreal": ("dualreal",), "loras": ("loras", "lora_checkpoints", "unet_lora")}
+
+
+def saved_output_dir(name: str) -> Path:
+    """Where the Save node of model kind ``name`` writes in the output folder (``output/dualreal``, ...)."""
+    return output_dir() / SAVED_OUTPUTS[name][0]
+
+
 def list_files(name: str) -> list[str]:
-    """Weight files (relative names) under every ``models/<name>`` directory."""
+    """Weight files (relative names) under every ``models/<name>`` directory, then, for the kinds of
+    :data:`SAVED_OUTPUTS`, those under the output folder's sub-folders as ``output/<sub>/<name>``."""
+    out: list[str] = []
+    got = False
     if IN_COMFY:
         try:
-            return list(_fp.get_filename_list(name))
+            out, got = list(_fp.get_filename_list(name)), True
         except Exception:
             pass
-    out: list[str] = []
-    for d in folder_dirs(name):
+    if not got:
+        for d in folder_dirs(name):
+            if d.is_dir():
+                out += sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.suffix in _DUALREAL_EXT)
+    for sub in SAVED_OUTPUTS.get(name, ()):
+        d = output_dir() / sub
         if d.is_dir():
-            out += sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.suffix in _DUALREAL_EXT)
+            out += sorted(f"output/{sub}/{p.relative_to(d).as_posix()}" for p in d.rglob("*")
+                          if p.is_file() and p.suffix in _DUALREAL_EXT)
     return out
 
 
@@ -90,6 +111,10 @@ def resolve(name: str, rel: str) -> Path:
     Raises:
         DualAdapterError: ``rel`` is not inside those folders or does not exist (one message for both).
     """
+    text = str(rel).replace("\\", "/")
+    for sub in SAVED_OUTPUTS.get(name, ()):  # a file a Save node wrote, as list_files names it
+        if text.startswith(f"output/{sub}/"):
+            return allowed_read_path(text[len(f"output/{sub}/"):], [output_dir() / sub], what=f"{name} file")
     if IN_COMFY and isinstance(rel, str) and not looks_absolute(rel):
         try:
             check_relative(rel)  # the string first: ComfyUI's lookup touches the disk
@@ -163,6 +188,21 @@ def output_path(prefix: str, ext: str, base: str | os.PathLike | None = None, wh
         DualAdapterError: an empty prefix or one that breaks the rule (the message names the input).
     """
     return write_path(prefix, Path(base) if base is not None else output_dir(), ext, what)
+
+
+def saved_output_path(sub: str, prefix: str, ext: str = "safetensors", what: str = "filename_prefix") -> Path:
+    """A new ``output/<sub>/<prefix>_NNNNN_.<ext>`` for a Save node (``sub`` one of :data:`SAVED_OUTPUTS`' folders,
+    which the matching Load node lists). A prefix that starts with ``<sub>/`` names that folder itself
+    (``dualreal/x`` -> ``output/dualreal/x_NNNNN_``), as workflows wrote it when the prefix was relative to
+    ``output/``.
+
+    Raises:
+        DualAdapterError: an empty prefix or one that leaves the folder (see :func:`output_path`).
+    """
+    text = str(prefix or "").strip().replace("\\", "/")
+    if text.startswith(sub + "/"):
+        text = text[len(sub) + 1:]
+    return output_path(text, ext, base=output_dir() / sub, what=what)
 
 
 def resolve_input(path: str | os.PathLike, what: str = "path") -> Path:
@@ -239,8 +279,29 @@ class Progress:
         self.t0 = time.time()
         lab = None if IN_COMFY else console_label()
         self.text = TextProgress(lab if label == "step" else f"{lab} {label}") if lab is not None else None
+        self.losses: list[dict] = []  # the records with a loss seen so far (this queue's run)
+
+    @contextlib.contextmanager
+    def on_cancel(self, kept, exact=None):
+        """Context for a training call: when the queue's Cancel stops it, show under the node where it stopped,
+        the loss so far and what was kept (:func:`cancel_notice`), then let the interrupt propagate.
+
+        ``kept``: a string, or a callable returning one after the stop (e.g. the checkpoint's path and how to
+        resume). ``exact``: optional callable returning the run's records (``{"step", "loss", ...}``) as written
+        to disk, when they are more complete than what this bar saw (a GPU reports every few steps)."""
+        try:
+            yield
+        except interrupt_exception_types():
+            try:
+                records = (exact() if exact is not None else None) or self.losses
+                cancel_notice(self.label, records, self.total, kept() if callable(kept) else kept, self.bar)
+            except Exception as e:  # the notice never hides the interrupt
+                logging.getLogger(__name__).error("could not show the cancel notice: %s", e)
+            raise
 
     def __call__(self, step: int, total: int | None = None, info: dict | None = None, preview=None) -> None:
+        if info and "loss" in info:  # recorded first: a Cancel raised just below still knows this step
+            self.losses.append({**info, "step": int(step)})
         throw_if_interrupted()
         if self.text is not None:
             self.text(step, total or self.total, info)
@@ -255,6 +316,34 @@ class Progress:
                 el = time.time() - self.t0
                 eta = el / step * (tot - step) if step > 0 else None
                 progress_text(format_progress(self.label, step, tot, el, eta, info))
+
+
+def cancel_notice(label: str, records: list[dict], total: int, kept: str, bar=None) -> str:
+    """After a Cancel: ``"cancelled at step N/T (loss x); checkpoint kept: <kept>"`` under the running node (and in
+    the console), with the loss curve of ``records`` (``{"step", "loss", ...}``) as the node's preview image.
+    Returns the text. Outside ComfyUI only the console line is written."""
+    step = int(records[-1]["step"]) if records else 0
+    if records:
+        text = f"cancelled at {label} {step}/{int(total)} (loss {float(records[-1]['loss']):.4f}); checkpoint kept: {kept}"
+    else:
+        text = f"cancelled at {label} 0/{int(total)}, before the first step: nothing was trained, no checkpoint"
+    logging.getLogger(__name__).warning(text)
+    progress_text(text)
+    if records and bar is not None:
+        try:
+            import numpy as np
+            from PIL import Image
+
+            from dual_adapter.plots import plot_loss_curve
+
+            img = plot_loss_curve(records, title=f"loss until the cancel at {label} {step}",
+                                  group_by="phase" if any("phase" in r for r in records) else None,
+                                  smooth=max(1, min(25, len(records) // 10)))
+            pil = Image.fromarray((img[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
+            bar.update_absolute(min(step, int(total)), int(total), ("PNG", pil, 768))
+        except Exception as e:  # ComfyUI re-checks the interrupt in its progress hook; the text is what counts
+            logging.getLogger(__name__).debug("no loss-curve preview after the cancel: %s", e)
+    return text
 
 
 def interrupt_exception_types() -> tuple[type, ...]:

@@ -8,11 +8,18 @@ import torch
 from dual_adapter import backbone, media, sampling
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import PatchedModel
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
 from .common import as_model, image_batch
 
 CAT = "DualAdapter"
+
+
+def default_model(found: list[str]) -> str:
+    """Load CogVideoX's default choice: the first model folder found in models/CogVideo/, else the built-in
+    pretrained ``mini`` (never a random ``tiny*``, which draws noise by design)."""
+    return found[0] if found else "mini"
 
 
 class CogVideoXLoader:
@@ -25,9 +32,12 @@ class CogVideoXLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        choices = list(backbone.BUILTIN_MODELS) + bridge.list_model_dirs("CogVideo")
+        found = bridge.list_model_dirs("CogVideo")
+        choices = list(backbone.BUILTIN_MODELS) + found
         return {"required": {
-            "model": (choices, {"default": "tiny", "tooltip": "A diffusers folder under models/CogVideo/ (with transformer/, "
+            "model": (choices, {"default": default_model(found), "tooltip": "The default is the first folder found in "
+                                "models/CogVideo/, else 'mini' (the tiny models draw noise by design: they test graphs). "
+                                "A diffusers folder under models/CogVideo/ (with transformer/, "
                                 "vae/, text_encoder/, tokenizer/, scheduler/), or a built-in random tiny model: "
                                 "'tiny' (2B-like, sincos), 'tiny-5b' (RoPE), 'tiny-1.5' (RoPE, patch_size_t=2), "
                                 "or 'mini', the built-in pretrained miniature model (9 x 32 x 32 sprite videos, CPU). A mini folder "
@@ -141,8 +151,8 @@ class CogVideoXSampler:
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Denoising steps (50 in the papers)."}),
             "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Seed of the initial noise; the same seed gives the same video. Every value the widget allows (0 .. 2^64-1) is its own seed (no wrap-around)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                             "tooltip": "Seed of the initial noise; the same seed gives the same video. Any value 0 .. 2^64-1 (the range of every seed in the pack, as ComfyUI's KSampler)."}),
             "scheduler": (list(backbone.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
                           "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
         }, "optional": {
@@ -229,7 +239,8 @@ class LoadClipFrames:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video": ([""] + _input_videos(), {"default": "", "tooltip": "A clip in ComfyUI's input folder (or use path)."}),
+            "video": ([""] + _input_videos(), {"default": "", "video_upload": True, "tooltip": "A clip in ComfyUI's "
+                      "input folder; the upload button below puts a file there (or use path)."}),
             "path": ("STRING", {"default": "", "tooltip": "Path of a clip relative to ComfyUI's input folder (or the pack's examples/, e.g. examples/guitar.mp4); overrides 'video' when set. Absolute paths and '..' are refused unless DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1."}),
             "frames": ("INT", {"default": 49, "min": 1, "max": 1025, "tooltip": "Frames to return (4k+1 for CogVideoX; 49)."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 120.0, "step": 0.5, "tooltip": "Sample at this frame "

@@ -8,6 +8,7 @@ from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent, latent_scale
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
 from .common import as_model, training_mode
@@ -142,7 +143,7 @@ class DualAdapterTTTMerge:
                                         "tooltip": "1e-5 with AdamW (default); the authors' Lion uses 1e-6."}),
             "optimizer": (["adamw", "lion"], {"default": "adamw", "tooltip": "adamw (weight decay 1e-2) or the "
                           "authors' lion (weight decay 0.1; needs the lion-pytorch package)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds the teachers' noise and the "
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds the teachers' noise and the "
                              "re-noising draws; the same seed repeats the run."}),
         }, "optional": {
             "teacher_schedule": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The f teacher steps are the "
@@ -230,7 +231,7 @@ class DualAdapterTrainSelectiveLoRA:
                                         "tooltip": "0 = the default for the kind (AdamW: 1e-4 appearance, 5e-4 motion; "
                                         "the authors' Lion rates x10)."}),
             "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Optimiser steps (500 in the paper)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's noise and timestep."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's noise and timestep."}),
         }, "optional": {
             "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] for kind=appearance."}),
             "clip": ("IMAGE", {"tooltip": "Motion clip frames [F, H, W, 3] (4k+1) for kind=motion; a still (identical frames) is refused."}),
@@ -263,9 +264,10 @@ class DualAdapterTrainSelectiveLoRA:
             over["lr"] = float(learning_rate)
         cfg = C.selective_train_config(kind, **over)
         ckpt = bridge.output_path(f"lora_checkpoints/{kind}_lora", "safetensors")
-        with reservation(ckpt), training_mode():
+        bar = bridge.Progress(int(steps))
+        with reservation(ckpt), training_mode(), bar.on_cancel(f"{ckpt.name} in {ckpt.parent} (Load LoRA (CogVideoX) lists it)"):
             lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
-                                             callback=bridge.Progress(int(steps)), checkpoint_path=ckpt,
+                                             callback=bar, checkpoint_path=ckpt,
                                              height=height or None, width=width or None, patches=m.patches, **data)
         return (lf, plot_loss_curve(res.losses, title=f"{kind} LoRA (blocks {blocks or 'all'}) loss", smooth=20))
 

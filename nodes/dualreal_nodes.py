@@ -12,6 +12,7 @@ import torch
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
 from .common import as_model, image_batch, training_mode
@@ -65,8 +66,9 @@ class DualRealTrain:
     DESCRIPTION = ("Train DualReal (joint identity + motion adapters with the StageBlender controller) on "
                    "subject photos and motion clip frames. Each step trains either the identity adapters (on a "
                    "photo, identity prompt) or the motion adapters (on a clip, motion prompt); the controller "
-                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>.partial.safetensors "
-                   "(kept if you stop the queue). Returns the adapters and a loss curve.")
+                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>_NNNNN_.partial.safetensors "
+                   "(a new counter per run; kept if you cancel the queue, and listed by Load DualReal). Returns the "
+                   "adapters and a loss curve.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = ("DUALREAL_ADAPTERS", "IMAGE")
@@ -95,14 +97,15 @@ class DualRealTrain:
                                            "tooltip": "Probability that a step trains motion (else identity)."}),
                 "hidden_width": ("INT", {"default": 64, "min": 1, "max": 1024,
                                          "tooltip": "Adapter bottleneck width (64 in the paper)."}),
-                "groups": ("INT", {"default": 7, "min": 1, "max": 64,
+                "groups": ("INT", {"default": 0, "min": 0, "max": 64,
                                    "tooltip": "StageBlender weight groups: blocks are split into this many "
-                                              "contiguous groups (7 in the paper; 1 = no grouping)."}),
+                                              "contiguous groups. 0 = the paper's 7, or one per block on a model "
+                                              "with fewer blocks (the built-in mini has 4); 1 = no grouping."}),
                 "form": (["official", "zero_init"], {"default": "official",
                                                       "tooltip": "official: adapters add their input back, as the "
                                                                  "authors' code (needed for their checkpoints). "
                                                                  "zero_init: an untrained adapter changes nothing."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1,
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
                                  "tooltip": "Seeds every step's batch, noise and timestep."}),
                 "name": ("STRING", {"default": "dualreal",
                                     "tooltip": "Run name: each run gets a new counter, its checkpoints going to "
@@ -183,16 +186,32 @@ class DualRealTrain:
             with run_lock(out, "Train DualReal run"):
                 check_run_files(out, run_paths(out), resume=bool(resume), resume_hint="resume = true",
                                 rename_hint=f"another name than {name!r}")
-                res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
-                                     options=options, train=train, callback=cb, out=out, resume=bool(resume))
+                files = run_paths(out)
+
+                def kept():
+                    return (f"{files['partial'].name} in {out.parent} (Load DualReal lists it); continue with resume = "
+                            f"true, name {name!r} and steps above the step reached")
+
+                with bar.on_cancel(kept, exact=lambda: _read_losses(files["losses"])):
+                    res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt,
+                                         reference_encoder=encoder, options=options, train=train, callback=cb, out=out,
+                                         resume=bool(resume))
             curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
                                     smooth=max(1, min(25, len(res.losses) // 10)))
         return (res.adapters, curve)
 
 
+def _read_losses(path) -> list[dict]:
+    """The run's per-step records from its ``.losses.jsonl`` (empty when there is none yet)."""
+    if not path.is_file():
+        return []
+    return [r for r in (json.loads(l) for l in path.read_text().splitlines() if l.strip()) if "loss" in r]
+
+
 class DualRealSave:
     DESCRIPTION = ("Save DualReal adapters + controller as a .safetensors file (with metadata: form, widths, groups, "
-                   "base-model fingerprint, steps, prompts) in the output folder, never overwriting.")
+                   "base-model fingerprint, steps, prompts) in output/dualreal/, never overwriting; Load DualReal "
+                   "lists it in the next queue.")
     CATEGORY = CATEGORY
     FUNCTION = "save"
     RETURN_TYPES = ()
@@ -202,8 +221,10 @@ class DualRealSave:
     def INPUT_TYPES(cls):
         return {"required": {
             "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
-            "filename_prefix": ("STRING", {"default": "dualreal/dualreal",
-                                           "tooltip": "Output sub-folder and name; a counter is appended."}),
+            "filename_prefix": ("STRING", {"default": "dualreal",
+                                           "tooltip": "File name in output/dualreal/ (sub-folders allowed); a counter "
+                                                      "is appended. Load DualReal lists the file at once, as "
+                                                      "output/dualreal/<name>_NNNNN_.safetensors."}),
         }}
 
     def save(self, adapters, filename_prefix):
@@ -211,15 +232,16 @@ class DualRealSave:
 
         if not isinstance(adapters, DualRealAdapterSet):
             raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
-        out = bridge.output_path(filename_prefix or "dualreal/dualreal", "safetensors")
+        out = bridge.saved_output_path("dualreal", filename_prefix or "dualreal")
         with reservation(out):  # a failed save leaves no empty file behind
             path = save_adapters(adapters, out)
         return {"ui": {"text": [str(path)]}}
 
 
 class DualRealLoad:
-    DESCRIPTION = ("Load DualReal adapters from models/dualreal: our .safetensors files, or the authors' adapter.pth "
-                   "(imported into the 'official' form).")
+    DESCRIPTION = ("Load DualReal adapters: files in models/dualreal, and what Save DualReal and Train DualReal wrote "
+                   "in output/dualreal/ (listed as output/dualreal/...; a .partial file is a run's last checkpoint). "
+                   "Our .safetensors files, or the authors' adapter.pth (imported into the 'official' form).")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("DUALREAL_ADAPTERS",)
@@ -228,9 +250,11 @@ class DualRealLoad:
     @classmethod
     def INPUT_TYPES(cls):
         shipped = sorted(f"examples/{p.name}" for p in (bridge.PACK_ROOT / "examples").glob("dualreal_*.safetensors"))
+        files = [f for f in bridge.list_files("dualreal") if not f.endswith(".state.safetensors")]  # optimiser state
         return {"required": {
-            "adapters_name": (bridge.list_files("dualreal") + shipped,
-                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth). "
+            "adapters_name": (files + shipped,
+                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth), or one Save "
+                               "DualReal / Train DualReal wrote (output/dualreal/...). "
                                "examples/dualreal_tiny_* / dualreal_mini_* are small adapters for the built-in tiny / "
                                "mini model, shipped with the pack so the example workflow runs."}),
         }}
@@ -322,7 +346,7 @@ class DualRealStageBlenderPlot:
                 "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Trained adapters with a StageBlender controller."}),
                 "prompt": ("STRING", {"default": "dog * is playing guitar", "multiline": True,
                                       "tooltip": "Prompt to sample with."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Noise seed."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Noise seed."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "Denoising steps."}),
                 "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Guidance scale; with CFG the prompted branch is reported."}),

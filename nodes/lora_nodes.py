@@ -12,6 +12,7 @@ from dual_adapter import lora as L
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
 from .common import as_model, image_batch, training_mode
@@ -60,7 +61,7 @@ class TrainMotionLoRA:
             "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4 in the paper), constant schedule."}),
             "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000 in the paper)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's timestep, "
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's timestep, "
                              "noise and clip choice; the same seed repeats the run."}),
         }, "optional": {
             "clip_2": ("IMAGE", {"tooltip": "A second clip of the same motion (optional)."}),
@@ -101,7 +102,7 @@ class TrainMotionLoRA:
         n = min((n - 1) // t * t + 1, m.bundle.default_size[0])
         ckpt = bridge.output_path("lora_checkpoints/motion_lora", "safetensors")
         progress = bridge.Progress(int(steps))
-        with reservation(ckpt), training_mode():
+        with reservation(ckpt), training_mode(), progress.on_cancel(f"{ckpt.name} in {ckpt.parent} (Load LoRA (CogVideoX) lists it)"):
             lf, res = L.train_lora(m.bundle, clips=clips, prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
                                    debiased_loss=debiased_loss, callback=progress, checkpoint_path=ckpt,
                                    num_frames=n, height=height or None, width=width or None, patches=m.patches)
@@ -148,8 +149,10 @@ class SaveLoRA:
     def save(self, lora, filename_prefix="motion_lora", folder="models/loras", precision="bf16",
              key_format="diffusers"):
         lf = _as_lora(lora)
-        base = bridge.folder_dirs("loras")[0] if folder == "models/loras" else bridge.output_dir() / "loras"
-        path = bridge.output_path(filename_prefix, "safetensors", base=base)
+        if folder == "models/loras":
+            path = bridge.output_path(filename_prefix, "safetensors", base=bridge.folder_dirs("loras")[0])
+        else:
+            path = bridge.saved_output_path("loras", filename_prefix)
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         with reservation(path):  # a refused LoRA leaves no empty file behind
             if key_format == "comfyui_native":
@@ -161,8 +164,32 @@ class SaveLoRA:
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 
+def lora_files(unet: bool) -> list[str]:
+    """The ``.safetensors`` LoRAs of models/loras and the pack's output folders (:func:`bridge.list_files`) that are
+    for a U-Net (``unet=True``) or for CogVideoX (``unet=False``), told apart by their keys (header only)."""
+    from dual_adapter.unet_motion import is_unet_lora_file
+
+    out = []
+    for f in bridge.list_files("loras"):
+        if not f.lower().endswith(".safetensors"):
+            continue
+        try:
+            path = bridge.resolve("loras", f)
+        except DualAdapterError:
+            continue
+        if is_unet_lora_file(path) == unet:
+            out.append(f)
+    return out
+
+
+def cogvideox_lora_files() -> list[str]:
+    """CogVideoX LoRAs for Load LoRA (CogVideoX)'s list (see :func:`lora_files`)."""
+    return lora_files(unet=False)
+
+
 class LoadLoRA:
-    DESCRIPTION = ("Load a CogVideoX LoRA from models/loras: files saved by this pack, diffusers / peft LoRAs from "
+    DESCRIPTION = ("Load a CogVideoX LoRA from models/loras or from what this pack's Save / Train nodes wrote in the "
+                   "output folder (output/loras, output/lora_checkpoints): files saved by this pack, diffusers / peft LoRAs from "
                    "other trainers (CogVideoX factory, finetrainers...) and kohya-style lora_unet_* files "
                    "(CogVideoX-Fun, also VideoX-Fun's lora_unet__ names), ComfyUI-native diffusion_model.blocks.N.q files "
                    "(.alpha read; .diff refused) and finetrainers files (alpha from lora_config). Text-encoder parts "
@@ -174,9 +201,10 @@ class LoadLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = [f for f in bridge.list_files("loras") if f.lower().endswith(".safetensors")]
         return {"required": {
-            "lora_name": (files or [""], {"tooltip": "A .safetensors LoRA in models/loras (sub-folders included)."}),
+            "lora_name": (cogvideox_lora_files() or [""], {"tooltip": "A .safetensors CogVideoX LoRA in models/loras "
+                          "(sub-folders included), or one this pack wrote in the output folder (output/loras/..., "
+                          "output/lora_checkpoints/...). U-Net LoRAs are left out (Load U-Net LoRA takes them)."}),
         }}
 
     def load(self, lora_name):

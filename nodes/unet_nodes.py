@@ -17,9 +17,10 @@ from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.patches import PatchedModel
+from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
-from .common import image_batch, training_mode, unique_output
+from .common import image_batch, training_mode
 
 CAT = "DualAdapter/U-Net"
 TINY = ["tiny-unet3d", "tiny-animatediff"]
@@ -95,7 +96,7 @@ class UNetSampler:
             "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps (CustomTTT: 25 DDIM)."}),
             "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.5, "tooltip": "Guidance scale "
                     "(CustomTTT 9; SMA configs 12)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Initial-noise seed (CPU generator)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Initial-noise seed (CPU generator)."}),
             "scheduler": (["ddim", "dpm"], {"default": "ddim", "tooltip": "DDIM (the authors') or DPM-Solver++."}),
         }}
 
@@ -190,7 +191,7 @@ class UNetTrainMotionLoRA:
             "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000)."}),
             "learning_rate": ("FLOAT", {"default": d.lr, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4), weight decay 1e-2."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's randomness."}),
             "spatial_path": ("BOOLEAN", {"default": d.spatial_path, "tooltip": "MotionDirector's spatial LoRA path "
                              "on single frames through the U-Net without its temporal modules (dropped at inference; "
                              "on in the authors' code)."}),
@@ -236,7 +237,7 @@ class UNetApplyLoRA:
 
 class UNetSaveLoRA:
     DESCRIPTION = ("Save a UNET_LORA (.safetensors, keys unet.<module>.lora_A/B.weight, metadata naming the backbone) "
-                   "to the output folder with a counter; never overwrites.")
+                   "to output/unet_lora/ with a counter; never overwrites. Load U-Net LoRA lists it in the next queue.")
     CATEGORY = CAT
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
@@ -246,18 +247,21 @@ class UNetSaveLoRA:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"lora": ("UNET_LORA", {"tooltip": "The LoRA to save."}),
-                             "filename_prefix": ("STRING", {"default": "unet_lora/motion", "tooltip": "Under output/."})}}
+                             "filename_prefix": ("STRING", {"default": "motion", "tooltip": "File name in "
+                                                 "output/unet_lora/ (sub-folders allowed); a counter is appended. Load "
+                                                 "U-Net LoRA lists it at once, as output/unet_lora/<name>_NNNNN_."})}}
 
-    def save(self, lora, filename_prefix="unet_lora/motion"):
+    def save(self, lora, filename_prefix="motion"):
         lf = _lora(lora)
-        out = unique_output(filename_prefix, "safetensors")
+        out = bridge.saved_output_path("unet_lora", filename_prefix or "motion")
         with reservation(out):  # a failed save leaves no empty file behind
             path = UM.save_unet_lora(lf, out)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
 
 
 class UNetLoadLoRA:
-    DESCRIPTION = ("Load a U-Net LoRA from models/loras/. A CogVideoX LoRA is refused with a message saying so; the "
+    DESCRIPTION = ("Load a U-Net LoRA from models/loras/ or output/unet_lora/ (what Save U-Net LoRA wrote); only "
+                   "U-Net LoRAs are listed, a CogVideoX LoRA is refused with a message saying so; the "
                    "backbone it was trained on is checked when it is applied.")
     CATEGORY = CAT
     RETURN_TYPES = ("UNET_LORA",)
@@ -266,7 +270,10 @@ class UNetLoadLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"lora_name": (bridge.list_files("loras") or [""], {"tooltip": "A file in models/loras/."})}}
+        from .lora_nodes import lora_files
+
+        return {"required": {"lora_name": (lora_files(unet=True) or [""], {"tooltip": "A U-Net LoRA in models/loras/ "
+                             "or one Save U-Net LoRA wrote (output/unet_lora/...). CogVideoX LoRAs are left out."})}}
 
     def load(self, lora_name):
         return (UM.load_unet_lora(bridge.resolve("loras", lora_name)),)
@@ -305,7 +312,7 @@ _CT_COMMON = {
     "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
     "optimizer": (["auto", "lion", "adamw"], {"default": "auto", "tooltip": "auto = Lion (the authors') when "
                   "lion-pytorch is installed, else AdamW (a console message says so)."}),
-    "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
+    "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's randomness."}),
 }
 
 

@@ -307,7 +307,7 @@ def test_native_workflow_ui_and_api_twins_agree():
     bw = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bw)
     classes = {**bw.NATIVE_CORE_SPECS, **load_node_classes()}
-    ui = json.loads((root / "workflows" / "native" / "dualreal_lora_ksampler.json").read_text())
+    ui = json.loads((root / "example_workflows" / "dualreal_lora_ksampler.json").read_text())
     api = json.loads((root / "workflows" / "native" / "api" / "dualreal_lora_ksampler.json").read_text())
     types = {n["type"] for n in ui["nodes"]}
     assert {"UNETLoader", "CLIPLoader", "KSampler", "DualAdapterDualRealApplyNative",

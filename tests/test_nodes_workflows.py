@@ -9,7 +9,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-WF = ROOT / "workflows"
+WF = ROOT / "workflows"  # API format (api/, native/api/) and the builder
+UI = ROOT / "example_workflows"  # UI format + thumbnails (ComfyUI's Templates browser)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,12 @@ def test_pack_types_do_not_reuse_core_names():
             assert t in core or t.isupper() and t not in ("MODEL", "LORA"), (name, t)
 
 
+def _api_twin(name: str) -> Path:
+    return next(p for p in (WF / "api" / name, WF / "native" / "api" / name) if p.is_file())
+
+
 def _workflow_files():
-    return sorted(p for p in WF.glob("*.json"))
+    return sorted(p for p in UI.glob("*.json") if not (WF / "native" / "api" / p.name).is_file())
 
 
 def test_workflows_exist_in_both_formats():
@@ -78,10 +83,9 @@ def test_workflow_files_match_node_definitions(classes):
     bw = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bw)
     for g in bw.build_all(classes):
-        base = WF / g.subdir if g.subdir else WF
-        assert json.loads((base / f"{g.name}.json").read_text()) == json.loads(json.dumps(g.ui())), \
-            f"workflows/{g.name}.json is stale: run python workflows/build_workflows.py"
-        assert json.loads((base / "api" / f"{g.name}.json").read_text()) == json.loads(json.dumps(g.api()))
+        assert json.loads((UI / f"{g.name}.json").read_text()) == json.loads(json.dumps(g.ui())), \
+            f"example_workflows/{g.name}.json is stale: run python workflows/build_workflows.py"
+        assert json.loads(g.api_path().read_text()) == json.loads(json.dumps(g.api()))
 
 
 @pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.stem)
@@ -93,7 +97,7 @@ def test_ui_workflow_is_valid_and_matches_api_twin(path, classes):
         assert n["type"] in classes or n["type"] in ("Note", "MarkdownNote"), f"{path.name}: unknown node {n['type']}"
     notes = [n for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert notes and "models/CogVideo" in notes[0]["widgets_values"][0], "each workflow says how to use real weights"
-    api = json.loads((WF / "api" / path.name).read_text())
+    api = json.loads(_api_twin(path.name).read_text())
     assert validate_workflow(api, classes) == []
     conv = ui_to_api(ui, classes)
     assert {k: v["inputs"] for k, v in conv.items()} == {k: v["inputs"] for k, v in api.items()}
@@ -170,7 +174,7 @@ def test_headless_run_cli(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "dual_adapter", "run", str(WF / "generate_mini.json"), "--output-dir",
+    r = subprocess.run([sys.executable, "-m", "dual_adapter", "run", str(UI / "generate_mini.json"), "--output-dir",
                         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and list(tmp_path.rglob("*.webp"))

@@ -1,6 +1,12 @@
 """Write the example workflows: each graph is defined once here and written in both formats,
-``workflows/NAME.json`` (ComfyUI UI format: drag-and-drop onto the canvas) and
-``workflows/api/NAME.json`` (API format: ``python -m dual_adapter run`` and ComfyUI's /prompt).
+``example_workflows/NAME.json`` (ComfyUI UI format: ComfyUI's Templates browser lists this folder under the
+pack's name; drag-and-drop onto the canvas works too) with its thumbnail ``example_workflows/NAME.jpg`` (and
+``.webp``), and ``workflows/api/NAME.json`` (API format: ``python -m dual_adapter run`` and ComfyUI's /prompt).
+
+ComfyUI serves a pack's templates from the first folder that exists among ``example_workflows``, ``example``,
+``examples``, ``workflow``, ``workflows`` (``app/custom_node_manager.py``), so the UI files live in the first one:
+``examples/`` holds the shipped inputs and would otherwise shadow them. Only UI files sit at the top of a listed
+folder (ComfyUI lists ``<folder>/*.json`` of each), so no workflow is listed twice.
 
 Widget values are taken from the nodes' own INPUT_TYPES (order and defaults), so the files always
 match the node definitions; tests check that they do. Run from the pack root:
@@ -19,12 +25,31 @@ from dual_adapter.graph import has_seed_control  # noqa: E402
 from dual_adapter.miniworld import world  # noqa: E402
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+UI_DIR = ROOT / "example_workflows"  # UI format + thumbnails: what ComfyUI's Templates browser lists
+API_DIR = ROOT / "workflows"  # API format (api/ and native/api/) and this script
+#: Nodes that show an image or video after a run: ComfyUI's frontend grows such a node to at least 220 px below
+#: its widgets (``setSizeForImage``); the layout reserves that room so the node never grows over the next one.
+IMAGE_NODES = ("PreviewImage", "SaveAnimatedWEBP", "SaveImage", "SaveAnimatedPNG")
+IMAGE_ROOM = 240
+THUMB_SIZE = (512, 384)
 
 
 def node_classes() -> dict:
     from dual_adapter.commands.run import load_node_classes
 
     return load_node_classes()
+
+
+def display_name(ctype: str) -> str:
+    """The name ComfyUI shows for a node type (the pack's display names; core types as they are spelled)."""
+    import importlib
+    import sys
+
+    nodes = sys.modules.get("dual_adapter_pack_nodes") or importlib.import_module("nodes")
+    core = {"PreviewImage": "Preview Image", "SaveAnimatedWEBP": "Save Animated WEBP", "PreviewAny": "Preview Any",
+            "LoadImage": "Load Image", "CLIPVisionLoader": "Load CLIP Vision", "UNETLoader": "Load Diffusion Model",
+            "CLIPLoader": "Load CLIP", "VAELoader": "Load VAE", "VAEDecode": "VAE Decode"}
+    return nodes.NODE_DISPLAY_NAME_MAPPINGS.get(ctype) or core.get(ctype, ctype)
 
 
 class Out:
@@ -54,6 +79,8 @@ class Graph:
         return n
 
     def note(self, title: str, markdown: str) -> None:
+        if self.name in SHOWS and not self.notes:
+            markdown = f"**What it shows as shipped** (measured, one seed): {SHOWS[self.name]}\n\n" + markdown
         self.notes.append((title, markdown))
 
     # -------------------------------------------------------------------------------- formats
@@ -135,7 +162,7 @@ class Graph:
                     widgets.append(v.node and None if isinstance(v, Out) else self._value(n, name, typ, opts))
                     if has_seed_control(name, typ, opts):
                         widgets.append("fixed")
-                    if opts.get("image_upload") or opts.get("video_upload"):
+                    if opts.get("image_upload"):  # video_upload's button holds no value in the file
                         widgets.append("image")
             outputs = []
             names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
@@ -146,7 +173,7 @@ class Graph:
             multiline = sum(1 for name, _, typ, opts in self._spec(n.type) if typ == "STRING" and opts.get("multiline")
                             and not isinstance(n.values.get(name), Out))
             n_w = max(len(outputs), len(inputs)) + len(widgets) + 3 * multiline
-            height = 46 + 24 * n_w
+            height = 46 + 24 * n_w + (IMAGE_ROOM if n.type in IMAGE_NODES else 0)
             rows[col] = row + height + 50
             ui_nodes.append({
                 "id": n.id, "type": n.type, "pos": [40 + 380 * col, 40 + row], "size": [340, height],
@@ -164,11 +191,58 @@ class Graph:
         return {"last_node_id": nid, "last_link_id": len(links), "nodes": ui_nodes, "links": links, "groups": [],
                 "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 400]}}, "version": 0.4}
 
-    def save(self, folder: Path = ROOT / "workflows") -> None:
-        folder = folder / self.subdir if self.subdir else folder
-        (folder / "api").mkdir(parents=True, exist_ok=True)
-        (folder / f"{self.name}.json").write_text(json.dumps(self.ui(), indent=1) + "\n")
-        (folder / "api" / f"{self.name}.json").write_text(json.dumps(self.api(), indent=1) + "\n")
+    def api_path(self) -> Path:
+        return (API_DIR / self.subdir if self.subdir else API_DIR) / "api" / f"{self.name}.json"
+
+    def thumbnail(self, title: str = ""):
+        """A PIL image of the graph as laid out on the canvas (node boxes with their titles, the links): the
+        Templates browser's picture of this workflow."""
+        from PIL import Image, ImageDraw, ImageFont
+
+        ui = self.ui()
+        boxes = {n["id"]: (n["pos"], n["size"], n.get("title") or n["type"]) for n in ui["nodes"]
+                 if n["type"] != "MarkdownNote"}
+        x0 = min(p[0] for p, s, _ in boxes.values())
+        y0 = min(p[1] for p, s, _ in boxes.values())
+        x1 = max(p[0] + s[0] for p, s, _ in boxes.values())
+        y1 = max(p[1] + s[1] for p, s, _ in boxes.values())
+        W, H = THUMB_SIZE
+        top = 46
+        k = min((W - 24) / (x1 - x0), (H - top - 12) / (y1 - y0))
+        ox, oy = (W - k * (x1 - x0)) / 2, top + (H - top - 12 - k * (y1 - y0)) / 2
+
+        def xy(x, y):
+            return ox + k * (x - x0), oy + k * (y - y0)
+
+        img = Image.new("RGB", THUMB_SIZE, (32, 34, 40))
+        d = ImageDraw.Draw(img)
+        try:
+            font, small = ImageFont.load_default(size=20), ImageFont.load_default(size=max(9, int(60 * k)))
+        except TypeError:  # Pillow < 10.1: one bitmap size
+            font = small = ImageFont.load_default()
+        for _, a, _, b, _, _ in ui["links"]:
+            (pa, sa, _), (pb, sb, _) = boxes[a], boxes[b]
+            d.line([xy(pa[0] + sa[0], pa[1] + 20), xy(pb[0], pb[1] + 20)], fill=(120, 160, 210), width=2)
+        for nid, (p, s, name) in boxes.items():
+            ctype = next(n["type"] for n in ui["nodes"] if n["id"] == nid)
+            fill = (70, 90, 60) if ctype.startswith(("DualReal", "DualAdapter")) else (60, 62, 70)
+            d.rounded_rectangle([xy(*p), xy(p[0] + s[0], p[1] + s[1])], radius=4, fill=fill, outline=(150, 150, 150))
+            label = display_name(ctype) if name == ctype else name
+            room = k * s[0] - 8
+            while len(label) > 3 and d.textlength(label, font=small) > room:
+                label = label[:-2].rstrip() + "."
+            d.text((xy(*p)[0] + 4, xy(*p)[1] + 3), label, fill=(235, 235, 235), font=small)
+        d.text((12, 12), (title or self.name)[:44], fill=(250, 250, 250), font=font)
+        return img
+
+    def save(self) -> None:
+        UI_DIR.mkdir(parents=True, exist_ok=True)
+        self.api_path().parent.mkdir(parents=True, exist_ok=True)
+        (UI_DIR / f"{self.name}.json").write_text(json.dumps(self.ui(), indent=1) + "\n")
+        self.api_path().write_text(json.dumps(self.api(), indent=1) + "\n")
+        thumb = self.thumbnail(self.notes[0][0] if self.notes else "")
+        thumb.save(UI_DIR / f"{self.name}.jpg", quality=88)
+        thumb.save(UI_DIR / f"{self.name}.webp", quality=88)
 
 
 # ---------------------------------------------------------------- the CogVideoX workflows: on `mini`
@@ -197,9 +271,22 @@ TRAIN_STEPS, DUALREAL_STEPS, SAMPLE_STEPS = 100, 400, 25
 MINI_ADAPTERS = "examples/dualreal_mini_star_orbit.safetensors"
 TINY_ADAPTERS = "examples/dualreal_tiny_dog_guitar.safetensors"
 
+# What each workflow's video shows as shipped, measured (one seed; docs/results/workflows.md has the command and
+# the scores): the first line of its note, so the canvas never promises more than the run gives.
+SHOWS = {
+    "dualreal_train_sample": "a **green** sprite (the motion clip's colour, not the star's yellow) that orbits "
+                             "(motion 0.87 against the orbit, classified orbit; identity 0.00 against the star "
+                             "photos). One clip of 400 steps teaches the motion; the subject's look does not carry "
+                             "over at this size.",
+    "dualreal_load_sample": "a yellow sprite, the subject's colour, that barely moves (identity 0.11, motion 0.50, "
+                            "classified still): the shipped adapters keep more of the subject and less of the motion.",
+    "tap_motion_lora": "a large yellow blob that barely moves (motion 0.68 against the orbit, classified still).",
+    "generate_mini": "a red circle moving right (motion 0.98, classified right).",
+}
+
 REAL_WEIGHTS_NOTE = """**Runs as shipped on the built-in `mini` model: a small CogVideoX pretrained on a sprite world (9 frames x
-32 x 32, CPU), with the mini-world inputs in `examples/mini/` (a yellow striped star the model never saw;
-clips of other sprites orbiting, a motion it never saw).** Prompts use the world's words (docs/miniworld.md): other words are unknown to `mini`.
+32 x 32, CPU), with the mini-world inputs in `examples/mini/` (photos of a yellow striped star the model never
+saw; clips of other, green, sprites orbiting, a motion it never saw).** Prompts use the world's words (docs/miniworld.md): other words are unknown to `mini`.
 
 For a real CogVideoX:
 - put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load CogVideoX*;
@@ -268,7 +355,8 @@ def g_tap_motion_lora(classes) -> Graph:
         "- in *Train Motion LoRA (TAP)*: 49-frame clip at 480 x 720 (Load Clip Frames: frames 49), rank 32, "
         "alpha 32, dropout 0.1, learning rate 5e-4, 1000 steps, gradient checkpointing on (the authors' setting);\n"
         "- the trained LoRA is saved (Save LoRA) and applied at once (Apply LoRA); a saved LoRA goes back in with "
-        "*Load LoRA (CogVideoX)* from `models/loras`, and files from other CogVideoX LoRA trainers load the same way;\n"
+        "*Load LoRA (CogVideoX)*, which lists it as `output/loras/tap/...` in the next queue (files from other "
+        "CogVideoX LoRA trainers go in `models/loras/`);\n"
         "- preset tap trains only attention query/key: the video keeps the base model's appearance and takes the "
         "clip's motion; use a prompt with a new subject at sampling time."))
     return g
@@ -321,9 +409,9 @@ def g_dualreal_train(classes) -> Graph:
     ph = _photos(g)
     clip = _clip(g)
     t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt=ID_PROMPT, motion=clip[0],
-               motion_prompt=MO_PROMPT, steps=DUALREAL_STEPS, lr=1e-3, warmup_steps=40, groups=7,
+               motion_prompt=MO_PROMPT, steps=DUALREAL_STEPS, lr=1e-3, warmup_steps=40,
                name="star_orbit", checkpoint_every=100)
-    g.node("DualRealSave", adapters=t[0], filename_prefix="dualreal/star_orbit")
+    g.node("DualRealSave", adapters=t[0], filename_prefix="star_orbit")
     g.node("PreviewImage", images=t[1])
     a = g.node("DualRealApply", model=m[0], adapters=t[0], reference_image=ph[0])
     sb = g.node("DualRealStageBlenderPlot", model=m[0], adapters=t[0], prompt=PROMPT, steps=10)
@@ -349,13 +437,13 @@ def g_dualreal_load(classes) -> Graph:
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/dualreal_loaded", fps=8.0)
     if mini:
         head = REAL_WEIGHTS_NOTE + (
-            "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load "
-            "DualReal*; the shipped examples/dualreal_mini_* file (trained by `python examples/make_mini_examples.py "
+            "- pick your trained adapters in *Load DualReal* (what Save DualReal wrote: `output/dualreal/...`; or "
+            "files in `models/dualreal/`, .safetensors or the authors' adapter.pth); the shipped examples/dualreal_mini_* file (trained by `python examples/make_mini_examples.py "
             "--adapters` on the examples/mini/ inputs) only fits the mini model;\n")
     else:
         head = TINY_NOTE + (
-            "- pick your trained adapters (models/dualreal/, .safetensors or the authors' adapter.pth) in *Load "
-            "DualReal*; the shipped examples/dualreal_tiny_* file only fits the tiny model;\n")
+            "- pick your trained adapters in *Load DualReal* (what Save DualReal wrote: `output/dualreal/...`; or "
+            "files in `models/dualreal/`, .safetensors or the authors' adapter.pth); the shipped examples/dualreal_tiny_* file only fits the tiny model;\n")
     g.note("DualReal: load adapters + sample", head + DUALREAL_NOTE)
     return g
 
@@ -401,7 +489,7 @@ def g_native(classes) -> Graph:
     m = g.node("UNETLoader", unet_name="cogvideox5b_native.safetensors", weight_dtype="default")
     lo = g.node("DualAdapterLoadLoRA", lora_name="tap/guitar_00001_.safetensors")
     ml = g.node("DualAdapterApplyLoRANative", model=m[0], lora=lo[0], strength=1.0)
-    ad = g.node("DualRealLoad", adapters_name="dualreal/dog_guitar_00001_.safetensors")
+    ad = g.node("DualRealLoad", adapters_name="output/dualreal/dog_guitar_00001_.safetensors")
     ph = g.node("LoadImage", image="dog.png")
     cv = g.node("CLIPVisionLoader", clip_name="clip_vision_h.safetensors")
     md = g.node("DualAdapterDualRealApplyNative", model=ml[0], adapters=ad[0], reference_image=ph[0], clip_vision=cv[0])
@@ -421,7 +509,8 @@ def g_native(classes) -> Graph:
         "`models/CogVideo/` with *Convert CogVideoX to Native* or `python -m dual_adapter convert-native`);\n"
         "- text encoder: T5-XXL in `models/text_encoders/` with CLIPLoader type `cogvideox`; VAE: the CogVideoX VAE "
         "in `models/vae/`; reference: `clip_vision_h.safetensors` in `models/clip_vision/`;\n"
-        "- adapters from *Train DualReal* (`models/dualreal/`), LoRA from *Train Motion LoRA* (`models/loras/`), any "
+        "- adapters: what *Save DualReal* wrote (`output/dualreal/`, listed by *Load DualReal* as `output/dualreal/...`) "
+        "or files in `models/dualreal/`; LoRA: what *Save LoRA* wrote (`models/loras/` or `output/loras/`), any "
         "supported format; core LoraLoaderModelOnly stacks with *Apply LoRA to MODEL*;\n"
         "- CogVideoX-1.5 runs in core as in diffusers; on 5B 1.0 core scales the RoPE grid (a warning); 2B and "
         "5B-I2V 1.0 are refused (core builds them with other positions), see docs/native_comfyui.md."))
@@ -447,7 +536,7 @@ def g_zeroscope_tap_ah(classes) -> Graph:
                   height=32, width=32)
     t = g.node("DualAdapterUNetTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
                preset="k_out", rank=4, steps=1, learning_rate=1e-3, seed=0, spatial_path=True, debiased_loss=True)
-    g.node("DualAdapterUNetSaveLoRA", lora=t[0], filename_prefix="unet_lora/zeroscope_tap")
+    g.node("DualAdapterUNetSaveLoRA", lora=t[0], filename_prefix="zeroscope_tap")
     a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=t[0], strength=1.0)
     ah = g.node("DualAdapterUNetApplyAH", model=a[0], enabled=True, freeu=True, s1=1.1, s2=1.0, b1=1.0, b2=1.0)
     s = g.node("DualAdapterUNetSampler", model=ah[0], prompt="a dog is playing guitar in the park", negative_prompt="",
@@ -479,7 +568,7 @@ def g_animatediff_customttt(classes) -> Graph:
                 appearance_prompt="a photo of a sks dog", motion_prompt="a person is playing guitar",
                 prompt="a sks dog is playing guitar", steps=1, learning_rate=1e-4, frames=2, reference="x0_pred",
                 teacher_steps=1, sampler_steps=2, optimizer="auto", seed=0)
-    g.node("DualAdapterUNetSaveLoRA", lora=tt[0], filename_prefix="unet_lora/customttt_merged")
+    g.node("DualAdapterUNetSaveLoRA", lora=tt[0], filename_prefix="customttt_merged")
     a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=tt[0], strength=1.0)
     s = g.node("DualAdapterUNetSampler", model=a[0], prompt="a sks dog is playing guitar", negative_prompt="",
                frames=2, height=32, width=32, steps=2, cfg=9.0, seed=42, scheduler="ddim")
@@ -511,5 +600,4 @@ def build_all(classes=None) -> list[Graph]:
 if __name__ == "__main__":
     for g in build_all():
         g.save()
-        sub = f"{g.subdir}/" if g.subdir else ""
-        print(f"wrote workflows/{sub}{g.name}.json and workflows/{sub}api/{g.name}.json")
+        print(f"wrote example_workflows/{g.name}.json (+ .jpg, .webp) and {g.api_path().relative_to(ROOT)}")

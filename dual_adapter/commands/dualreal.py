@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--motion-ratio", type=float, default=0.5, help="probability of a motion step (0.5)")
     p.add_argument("--p-image-zero", type=float, default=0.0, help="probability of a zero reference embedding (0)")
     p.add_argument("--hidden", type=int, default=64, help="adapter bottleneck width (64)")
-    p.add_argument("--groups", type=int, default=7, help="StageBlender weight groups (7)")
+    p.add_argument("--groups", type=int, default=0, help="StageBlender weight groups (0 = the paper's 7, or one per "
+                   "block on a model with fewer blocks)")
     p.add_argument("--form", choices=("official", "zero_init"), default="official", help="DA-block form (official)")
     p.add_argument("--no-controller", action="store_true", help="ablation: fixed weights w_id = w_mo = 0.1")
     p.add_argument("--motion-batch", type=int, default=3, help="clips per motion step (3)")

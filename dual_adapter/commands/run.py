@@ -39,7 +39,7 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run an API-format ComfyUI workflow headless (no server)",
                        description="Run a workflow's API-format twin (workflows/api/NAME.json, or ComfyUI's "
                                    "Export (API)) with the pack's nodes, without the ComfyUI server. Given a "
-                                   "UI-format file from workflows/, its API twin in workflows/api/ is used.")
+                                   "UI-format file from example_workflows/, its API twin in workflows/api/ is used.")
     p.add_argument("workflow", help="API-format workflow JSON")
     p.add_argument("--output-dir", default=None, help="where files are written (default ./output)")
     p.add_argument("--input-dir", default=None, help="where LoadImage / Load Clip look for input names (default ./input)")
@@ -49,15 +49,16 @@ def register(sub) -> None:
 def run(args) -> int:
     import os
 
-    from ..graph import load_workflow, read_json, run_workflow
+    from ..graph import api_twin, load_workflow, read_json, run_workflow
 
     if args.output_dir:
         os.environ["DUAL_ADAPTER_OUTPUT"] = args.output_dir
     if args.input_dir:
         os.environ["DUAL_ADAPTER_INPUT"] = args.input_dir
+
     path = Path(args.workflow)
-    twin = path.parent / "api" / path.name
-    if twin.is_file() and path.is_file():
+    twin = api_twin(path)
+    if twin is not None and path.is_file():
         try:
             ui = read_json(path, f"workflow {str(path)!r}")
             if isinstance(ui, dict) and "nodes" in ui:

@@ -60,12 +60,18 @@ CLIP_SAMPLINGS = ("native", "fps")
 LATENT_SAMPLINGS = ("sample", "mode")
 
 
+#: StageBlender weight groups of the paper (Table 3): what ``groups=0`` means on a model with at least 7 blocks.
+DEFAULT_GROUPS = 7
+
+
 @dataclass
 class DualRealOptions:
     """DualReal-specific training options (the loop's own settings are in :class:`TrainConfig`).
 
     Attributes:
-        hidden: adapter bottleneck width (64). groups: StageBlender weight groups (7).
+        hidden: adapter bottleneck width (64). groups: StageBlender weight groups; 0 (the default) = the
+            paper's 7, or one per block on a model with fewer blocks (e.g. 4 on the built-in mini). An explicit
+            count above the model's blocks is capped with a warning.
         form: ``"official"`` or ``"zero_init"`` (see :mod:`~dual_adapter.dualreal.adapters`).
         controller: train the StageBlender (False = fixed w_id = w_mo = 0.1, the ablation).
         motion_ratio: probability that a step is a motion step (0.5), in [0, 1].
@@ -90,7 +96,7 @@ class DualRealOptions:
     """
 
     hidden: int = 64
-    groups: int = 7
+    groups: int = 0
     form: str = "official"
     controller: bool = True
     motion_ratio: float = 0.5
@@ -123,8 +129,10 @@ class DualRealOptions:
                 raise DualAdapterError(f"{k}={v!r}: must be a number in [0, 1]")
         for k in ("hidden", "groups", "motion_batch", "identity_batch", "grad_accum"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DualAdapterError(f"{k}={v!r}: must be an integer >= 1")
+            low = 0 if k == "groups" else 1  # groups 0: the default count (see the class docstring)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise DualAdapterError(f"{k}={v!r}: must be an integer >= {low}" +
+                                       (" (0 = the paper's 7, or one per block on smaller models)" if low == 0 else ""))
 
 
 @dataclass
@@ -397,8 +405,11 @@ NO_REFERENCE_WARNING = (
 
 
 def _groups_for(options: DualRealOptions, transformer) -> int:
-    """``options.groups``, capped at the model's block count (7 groups need >= 7 blocks)."""
+    """``options.groups``, capped at the model's block count (7 groups need >= 7 blocks); 0 = :data:`DEFAULT_GROUPS`,
+    or one group per block when the model has fewer (no warning: the default fits every model)."""
     L = len(backbone_for(transformer).blocks(transformer))
+    if options.groups == 0:
+        return min(DEFAULT_GROUPS, L)
     if options.groups > L:
         log.warning("DualReal: %d weight groups asked for a model with %d blocks; using %d", options.groups, L, L)
         return L

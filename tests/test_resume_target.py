@@ -1,0 +1,28 @@
+"""Resume with ``steps`` at or below the step the run already reached says so (it used to train nothing and
+report success), and leaves the run's files as they were."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dual_adapter.errors import DualAdapterError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_resume_past_the_target_says_so(tiny, out_dir):
+    from dual_adapter.patches import PatchedModel
+    from nodes import dualreal_nodes as N
+
+    kw = dict(model=PatchedModel(tiny), subject=torch.rand(1, 64, 96, 3), identity_prompt="dog *",
+              motion=torch.rand(9, 64, 96, 3), motion_prompt="a dog runs", steps=2, lr=1e-3, motion_ratio=0.5,
+              hidden_width=4, groups=1, form="zero_init", seed=0, name="done", warmup_steps=0, checkpoint_every=1,
+              reference_encoder="none")
+    with torch.inference_mode():
+        N.DualRealTrain().train(**kw)
+        run = sorted((out_dir / "dualreal").iterdir())
+        before = {p.name: p.read_bytes() for p in run}
+        for steps in (2, 1):
+            with pytest.raises(DualAdapterError, match=r"already at step 2.*steps=%d.*above 2" % steps):
+                N.DualRealTrain().train(**dict(kw, steps=steps, resume=True))
+    assert {p.name: p.read_bytes() for p in sorted((out_dir / "dualreal").iterdir())} == before
