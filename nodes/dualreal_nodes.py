@@ -64,8 +64,9 @@ class DualRealTrain:
     DESCRIPTION = ("Train DualReal (joint identity + motion adapters with the StageBlender controller) on "
                    "subject photos and motion clip frames. Each step trains either the identity adapters (on a "
                    "photo, identity prompt) or the motion adapters (on a clip, motion prompt); the controller "
-                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>.partial.safetensors "
-                   "(kept if you stop the queue). Returns the adapters and a loss curve.")
+                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>_NNNNN_.partial.safetensors "
+                   "(kept if you stop the queue); a finished run saves <name>_NNNNN_.safetensors there and removes "
+                   "its checkpoints. Returns the adapters and a loss curve.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = ("DUALREAL_ADAPTERS", "IMAGE")
@@ -106,7 +107,8 @@ class DualRealTrain:
                 "name": ("STRING", {"default": "dualreal",
                                     "tooltip": "Run name: each run gets a new counter, its checkpoints going to "
                                                "output/dualreal/<name>_NNNNN_.partial.safetensors (+ .state, "
-                                               ".losses.jsonl); queueing again starts a new run and never replaces "
+                                               ".losses.jsonl), replaced by <name>_NNNNN_.safetensors when the "
+                                               "run finishes; queueing again starts a new run and never replaces "
                                                "files. 'resume' continues the newest run of this name."}),
             },
             "optional": {
@@ -171,7 +173,7 @@ class DualRealTrain:
                 else:
                     bridge.throw_if_interrupted()
 
-            from dual_adapter.dualreal import counted_run_path, run_paths
+            from dual_adapter.dualreal import counted_run_path, finalize_run, run_paths
             from dual_adapter.io import run_lock
             from dual_adapter.training import check_run_files
 
@@ -182,6 +184,8 @@ class DualRealTrain:
                                 rename_hint=f"another name than {name!r}")
                 res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
                                      options=options, train=train, callback=cb, out=out, resume=bool(resume))
+                path = finalize_run(res, out)  # the final file replaces the run's .partial / .state, as in the CLI
+            log.info("Train DualReal: wrote %s", path)
             curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
                                     smooth=max(1, min(25, len(res.losses) // 10)))
         return (res.adapters, curve)

@@ -35,7 +35,7 @@ def register(sub) -> None:
                                    "the motion, and write the video, a strip image (photos | clip | result), "
                                    "adapters, loss curve and a metrics report. Default: the pretrained 'mini' model "
                                    "with mini-world inputs drawn by code.")
-    add_model_options(p)
+    add_model_options(p, unets=False)  # DualReal runs on CogVideoX
     p.set_defaults(model="mini")
     p.add_argument("--world-subject", default="striped_star", choices=sorted(HELD_OUT_SUBJECTS),
                    help="mini-world subject the model never saw (default striped_star); used on mini without --subject")
@@ -43,8 +43,8 @@ def register(sub) -> None:
                    help="mini-world motion the model never saw (default orbit); used on mini without --motion")
     p.add_argument("--subject", nargs="+", default=None, metavar="PHOTO_OR_DIR",
                    help="subject photos (default: mini-world photos on mini, else the shipped examples/dog)")
-    p.add_argument("--motion", nargs="+", default=None, metavar="CLIP",
-                   help="motion clips (default: mini-world clips on mini, else the shipped examples/guitar.mp4)")
+    p.add_argument("--motion", nargs="+", default=None, metavar="CLIP_OR_DIR",
+                   help="motion clips or folders of clips (default: mini-world clips on mini, else the shipped examples/guitar.mp4)")
     p.add_argument("--identity-prompt", default=None, help="identity prompt (mini world: 'a * star on a gray "
                    "background'; real inputs: 'dog *')")
     p.add_argument("--motion-prompt", default=None, help="motion prompt (mini world: 'a shape orbiting on a gray "
@@ -68,8 +68,27 @@ def _new_dir(base: Path) -> Path:
 
 
 def run(args) -> int:
+    """Check ``--model`` / ``--device`` (configs only), then reserve the output folder and run the demo in it; a
+    demo that fails before writing anything removes the folder it made (no empty ``demo_NNNNN_`` is left)."""
     import os
 
+    from .generate import preflight
+
+    preflight(args)
+    created = not (args.out_dir and Path(args.out_dir).exists())
+    out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise DualAdapterError(f"--out-dir {str(out)!r} is not empty; choose a new folder")
+    try:
+        return _demo(args, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _demo(args, out: Path) -> int:
     import torch
 
     from .. import backbone, media, sampling
@@ -86,10 +105,6 @@ def run(args) -> int:
 
     t0 = time.time()
     tiny = args.model in backbone.TINY_VARIANTS
-    out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.iterdir()):
-        raise DualAdapterError(f"--out-dir {str(out)!r} is not empty; choose a new folder")
     bundle = load_bundle(args)
     mini = bundle.name == "mini"  # the loader's decision: the shipped mini, or a folder `miniworld pretrain` wrote
     small = tiny or mini  # CPU-sized built-in models
