@@ -224,6 +224,9 @@ def build_tiny(variant: str = "tiny", seed: int = 0, device: str = "cpu", dtype:
     if variant not in TINY_VARIANTS:
         raise DualAdapterError(f"tiny variant {variant!r} is not one of {sorted(TINY_VARIANTS)}")
     device = check_device(device) or "cpu"
+    from ..threads import small_model_threads
+
+    small_model_threads(device)  # one CPU thread unless the user chose a count (docs/results/demo.md)
     tokenizer = build_tiny_tokenizer()
     g = torch.random.fork_rng()
     with g:

@@ -44,6 +44,9 @@ def add_model_options(p: argparse.ArgumentParser, unets: bool = True) -> None:
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
     p.add_argument("--cpu-offload", action="store_true", help="keep model parts on CPU until they run")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: 1 for the "
+                   "tiny and mini models, which gain nothing from more and slow down on a busy machine; torch's "
+                   "default for real models; OMP_NUM_THREADS or DUAL_ADAPTER_THREADS also choose)")
     p.add_argument("--transformer", default=None, metavar="FILE", help="a native ComfyUI single-file CogVideoX "
                    "transformer (models/diffusion_models/*.safetensors) used instead of --model's transformer/")
 

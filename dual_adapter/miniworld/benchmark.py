@@ -273,17 +273,27 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
 def _worker(cfg_dict: dict, units: list, index: int) -> dict:
     """One worker process of :func:`run_benchmark`: its share of the (pair, seed) runs."""
     cfg = BenchConfig(**{**cfg_dict, "pairs": [tuple(p) for p in cfg_dict["pairs"]] if cfg_dict.get("pairs") else None})
-    torch.set_num_threads(max(1, (cfg.threads or 0) // max(1, cfg.jobs)))
+    from ..threads import set_threads
+
+    set_threads(max(1, (cfg.threads or 0) // max(1, cfg.jobs)))  # kept when the mini loads
     cfg.threads = 0  # set above, per worker
     return _run_units(cfg, units, log=lambda m: print(f"[job {index + 1}] {m}", flush=True))
 
 
 def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str], None] = print) -> dict:
-    """Every method on the given ``(pair index, subject, motion, seed)`` runs, in this process.
+    """Every method on the given ``(pair index, subject, motion, seed)`` runs, in this process, on ``cfg.threads``
+    torch threads (0: one for the mini, :mod:`dual_adapter.threads`).
 
     Returns ``{"samples", "stages_s", "frames" (videos of pair 0 / seed 0 when among the units), "inputs",
     "model_name"}``.
     """
+    from ..threads import threads_for_command
+
+    with threads_for_command(cfg.threads or None):  # a count chosen here is kept when the mini loads
+        return _run_units_threaded(cfg, units, bundle=bundle, log=log)
+
+
+def _run_units_threaded(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str], None] = print) -> dict:
     from .. import backbone, sampling
     from ..customttt import TTTConfig, merge_loras, prompt_influence, train_selective_lora, ttt_merge
     from ..dualreal import DualRealOptions, DualRealPatch, train_dualreal
@@ -293,8 +303,6 @@ def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str
     from ..reference import PixelStatsEncoder, build_tiny_reference_encoder, encode_reference
     from ..training import TrainConfig
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     timer = _Timer()
     t0 = time.time()
     bundle = bundle if bundle is not None else _load(cfg.model)
