@@ -130,9 +130,10 @@ class DualRealTrain:
                 "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000,
                                              "tooltip": "Write a checkpoint every N steps (0 = only at the end/stop)."}),
                 "resume": ("BOOLEAN", {"default": False,
-                                       "tooltip": "Continue the newest run of <name> (highest counter) from its "
-                                                  "last checkpoint, e.g. to train more steps (a new lr applies from "
-                                                  "there). Off: a new run with the next counter."}),
+                                       "tooltip": "Continue the newest stopped run of <name> (highest counter "
+                                                  "with a .state file) from its last checkpoint, e.g. with more "
+                                                  "steps (a new lr applies from there); a finished run keeps only "
+                                                  "its final file. Off: a new run with the next counter."}),
                 "warmup_steps": ("INT", {"default": 200, "min": 0, "max": 100000,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
             },
