@@ -98,7 +98,8 @@ class BenchConfig:
         lora_steps: steps of every LoRA (appearance, motion, TAP, selective).
         ttt_steps, ttt_teacher_steps, ttt_teacher_schedule: CustomTTT merge settings (authors: 30, 5, 25).
         sample_steps, cfg: sampling of every video (DPM scheduler).
-        threads: torch CPU threads in all (0 = torch's default); with ``jobs`` > 1 each worker gets
+        threads: torch CPU threads in all (0 = the pack's choice, one for the mini: :mod:`dual_adapter.threads`);
+            with ``jobs`` > 1 each worker gets
             ``max(1, threads // jobs)`` (``threads`` 0: one each).
         reference_encoder: the encoder of DualReal's reference-image embedding, ``"mini"`` (default since stop 21:
             :class:`~dual_adapter.reference.PixelStatsEncoder`, an embedding that follows appearance) or
