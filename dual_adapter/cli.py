@@ -68,10 +68,12 @@ def _run(parser, args) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .threads import threads_for_command
     from .training import sigterm_as_interrupt
 
     try:
-        with sigterm_as_interrupt():  # SIGTERM stops like Ctrl-C: a training run keeps its checkpoint
+        # --threads N (where a command has it) is the user's count: small models keep it (dual_adapter.threads)
+        with sigterm_as_interrupt(), threads_for_command(getattr(args, "threads", None)):
             return int(args.func(args) or 0)
     except DualAdapterError as e:
         print(f"error: {e}", file=sys.stderr)

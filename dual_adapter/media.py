@@ -55,6 +55,8 @@ __all__ = [
     "SHORT_POLICIES",
     "load_image",
     "load_images",
+    "expand_folders",
+    "CLIP_EXTENSIONS",
     "load_clip",
     "probe_clip",
     "fit_frames",
@@ -211,6 +213,42 @@ def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
+def expand_folders(paths_or_dirs, extensions, what: str) -> list[Path]:
+    """Files and folders -> files: a folder contributes its files whose extension is in ``extensions``, in
+    natural name order (``2.png`` before ``10.png``), not recursing, skipping hidden files and other files; a
+    file named explicitly is kept as it is (its reader checks it).
+
+    Args:
+        paths_or_dirs: a list of files and/or folders (a single path is accepted too).
+        extensions: lower-case suffixes with the dot, e.g. :data:`IMAGE_EXTENSIONS`, :data:`CLIP_EXTENSIONS`.
+        what: the kind of file, for messages (``"image"``, ``"clip"``).
+
+    Raises:
+        DualAdapterError: the list is empty, a path does not exist, or a folder holds no such files.
+    """
+    if isinstance(paths_or_dirs, (str, os.PathLike)):
+        paths_or_dirs = [paths_or_dirs]
+    entries = list(paths_or_dirs or [])
+    if not entries:
+        raise DualAdapterError(f"{what} list is empty; expected at least one {what} file or folder")
+    files: list[Path] = []
+    for entry in entries:
+        p = Path(entry)
+        if p.is_dir():
+            found = sorted((c for c in p.iterdir()
+                            if c.is_file() and not c.name.startswith(".") and c.suffix.lower() in extensions),
+                           key=_natural_key)
+            if not found:
+                raise DualAdapterError(f"folder {str(p)!r} contains no {what} files; expected files ending in "
+                                       f"{', '.join(sorted(extensions))}")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DualAdapterError(f"{what} path {str(p)!r} does not exist")
+    return files
+
+
 def load_images(paths_or_dirs, background="white", color_manage: bool = True) -> list[torch.Tensor]:
     """Load several images; directories expand to the image files directly inside them.
 
@@ -228,33 +266,7 @@ def load_images(paths_or_dirs, background="white", color_manage: bool = True) ->
         DualAdapterError: the list is empty, a path does not exist, a directory holds no
             image files, or a file is not a readable image.
     """
-    if isinstance(paths_or_dirs, (str, os.PathLike)):
-        paths_or_dirs = [paths_or_dirs]
-    entries = list(paths_or_dirs or [])
-    if not entries:
-        raise DualAdapterError("image list is empty; expected at least one image file or folder")
-    files: list[Path] = []
-    for entry in entries:
-        p = Path(entry)
-        if p.is_dir():
-            found = sorted(
-                (
-                    c
-                    for c in p.iterdir()
-                    if c.is_file() and not c.name.startswith(".") and c.suffix.lower() in IMAGE_EXTENSIONS
-                ),
-                key=_natural_key,
-            )
-            if not found:
-                raise DualAdapterError(
-                    f"folder {str(p)!r} contains no image files; expected files ending in "
-                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
-                )
-            files.extend(found)
-        elif p.exists():
-            files.append(p)
-        else:
-            raise DualAdapterError(f"image path {str(p)!r} does not exist")
+    files = expand_folders(paths_or_dirs, IMAGE_EXTENSIONS, "image")
     return [load_image(f, background=background, color_manage=color_manage) for f in files]
 
 

@@ -6,7 +6,7 @@ from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
-from dual_adapter.lora import LoraFile
+from dual_adapter.lora import LoraFile, finish_run_files
 from dual_adapter.sampling import from_comfy_latent, latent_scale
 from dual_adapter.seeds import SEED_MAX
 
@@ -269,6 +269,8 @@ class DualAdapterTrainSelectiveLoRA:
             lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
                                              callback=bar, checkpoint_path=ckpt,
                                              height=height or None, width=width or None, patches=m.patches, **data)
+        if res.completed:  # the finished LoRA stays in output/lora_checkpoints as an autosave; its optimiser state goes
+            finish_run_files(ckpt)
         return (lf, plot_loss_curve(res.losses, title=f"{kind} LoRA (blocks {blocks or 'all'}) loss", smooth=20))
 
 

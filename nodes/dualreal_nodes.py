@@ -67,8 +67,9 @@ class DualRealTrain:
                    "subject photos and motion clip frames. Each step trains either the identity adapters (on a "
                    "photo, identity prompt) or the motion adapters (on a clip, motion prompt); the controller "
                    "trains in both. Writes periodic checkpoints to output/dualreal/<name>_NNNNN_.partial.safetensors "
-                   "(a new counter per run; kept if you cancel the queue, and listed by Load DualReal). Returns the "
-                   "adapters and a loss curve.")
+                   "(a new counter per run; kept if you cancel the queue, and listed by Load DualReal); a finished "
+                   "run saves <name>_NNNNN_.safetensors there and removes its checkpoints. Returns the adapters and "
+                   "a loss curve.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = ("DUALREAL_ADAPTERS", "IMAGE")
@@ -110,7 +111,8 @@ class DualRealTrain:
                 "name": ("STRING", {"default": "dualreal",
                                     "tooltip": "Run name: each run gets a new counter, its checkpoints going to "
                                                "output/dualreal/<name>_NNNNN_.partial.safetensors (+ .state, "
-                                               ".losses.jsonl); queueing again starts a new run and never replaces "
+                                               ".losses.jsonl), replaced by <name>_NNNNN_.safetensors when the "
+                                               "run finishes; queueing again starts a new run and never replaces "
                                                "files. 'resume' continues the newest run of this name."}),
             },
             "optional": {
@@ -132,9 +134,10 @@ class DualRealTrain:
                 "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000,
                                              "tooltip": "Write a checkpoint every N steps (0 = only at the end/stop)."}),
                 "resume": ("BOOLEAN", {"default": False,
-                                       "tooltip": "Continue the newest run of <name> (highest counter) from its "
-                                                  "last checkpoint, e.g. to train more steps (a new lr applies from "
-                                                  "there). Off: a new run with the next counter."}),
+                                       "tooltip": "Continue the newest stopped run of <name> (highest counter "
+                                                  "with a .state file) from its last checkpoint, e.g. with more "
+                                                  "steps (a new lr applies from there); a finished run keeps only "
+                                                  "its final file. Off: a new run with the next counter."}),
                 "warmup_steps": ("INT", {"default": 200, "min": 0, "max": 100000,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
             },
@@ -152,7 +155,7 @@ class DualRealTrain:
             log.warning("Train DualReal trains against the base model; the %d patch(es) on the input model are "
                         "not used during training", len(model.patches))
         name = (name or "dualreal").strip().replace("\\", "/").split("/")[-1] or "dualreal"
-        from dual_adapter.dualreal import counted_run_path, run_paths
+        from dual_adapter.dualreal import counted_run_path, finalize_run, run_paths
         from dual_adapter.io import run_lock
         from dual_adapter.training import check_run_files
 
@@ -196,6 +199,8 @@ class DualRealTrain:
                     res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt,
                                          reference_encoder=encoder, options=options, train=train, callback=cb, out=out,
                                          resume=bool(resume))
+                    path = finalize_run(res, out)  # the final file replaces the run's .partial / .state, as in the CLI
+            log.info("Train DualReal: wrote %s", path)
             curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
                                     smooth=max(1, min(25, len(res.losses) // 10)))
         return (res.adapters, curve)

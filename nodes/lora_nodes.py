@@ -106,9 +106,8 @@ class TrainMotionLoRA:
             lf, res = L.train_lora(m.bundle, clips=clips, prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
                                    debiased_loss=debiased_loss, callback=progress, checkpoint_path=ckpt,
                                    num_frames=n, height=height or None, width=width or None, patches=m.patches)
-        state = L.train_state_path(ckpt)
-        if res.completed and state.exists():
-            state.unlink()  # the finished LoRA stays in output/lora_checkpoints as an autosave; its optimiser state goes
+        if res.completed:  # the finished LoRA stays in output/lora_checkpoints as an autosave; its optimiser state goes
+            L.finish_run_files(ckpt)
         from dual_adapter.plots import plot_loss_curve
 
         plot = plot_loss_curve(res.losses, title=f"motion LoRA ({spec_name(spec)}) loss", smooth=20)

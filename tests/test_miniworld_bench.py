@@ -27,7 +27,7 @@ def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path):
     data = json.loads((out / "miniworld.json").read_text())
     assert list(data["methods"]) == list(B.METHODS)
     for m, res in data["methods"].items():
-        assert set(res) == set(B.METRICS)
+        assert set(res) == set(B.METRICS + B.IDENTITY_PARTS)  # identity is reported with its parts
         for k, st in res.items():
             assert st["n"] == 1 and st["std"] == 0.0 and -1.0 <= st["mean"] <= 1.0, (m, k, st)
     assert len(data["samples"]) == len(B.METHODS)

@@ -216,9 +216,11 @@ def test_cli_refuses_reruns_and_bad_options_naming_real_options(tmp_path, capsys
     assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob("d.*"))
 
 
-def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir):
+def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir, monkeypatch):
     """Queueing Train DualReal again (another seed, more steps) starts a new run with the next counter and
-    leaves the earlier run's files alone; resume continues the newest run of the name."""
+    leaves the earlier run's files alone; a finished run keeps its final file only (as the CLI's); resume
+    continues the newest interrupted run of the name."""
+    from dual_adapter.errors import InterruptedByUser
     from dual_adapter.patches import PatchedModel
     from nodes import dualreal_nodes as N
 
@@ -230,21 +232,33 @@ def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir)
         with pytest.raises(DualAdapterError, match="no run named 'same'"):
             N.DualRealTrain().train(**dict(kw, resume=True))
         N.DualRealTrain().train(**kw)
-        first = runs / "same_00001_.partial.safetensors"
+        first = runs / "same_00001_.safetensors"
         before = first.read_bytes()
         adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=3))  # a new run, not a refusal
         assert adapters.meta["steps"] == 3
         assert first.read_bytes() == before  # the first run is untouched
-        assert (runs / "same_00002_.partial.safetensors").exists()
-        adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=4, resume=True))  # continues 00002: 3 -> 4
+        assert sorted(f.name for f in runs.glob("same_00002_*")) == ["same_00002_.losses.jsonl",
+                                                                     "same_00002_.safetensors"]
+
+        def stop_at_3(step, total, info):  # the queue's Cancel after step 3
+            if step == 3:
+                raise InterruptedByUser("cancelled")
+
+        with monkeypatch.context() as mp, pytest.raises(InterruptedByUser):
+            mp.setattr(N.bridge, "Progress", lambda total: stop_at_3)
+            N.DualRealTrain().train(**dict(kw, seed=1, steps=4))
+        assert (runs / "same_00003_.state.safetensors").exists()
+        adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=4, resume=True))  # continues 00003: 3 -> 4
     assert adapters.meta["steps"] == 4
-    assert first.read_bytes() == before and not (runs / "same_00003_.partial.safetensors").exists()
+    assert first.read_bytes() == before and not list(runs.glob("same_00004_*"))
+    assert not list(runs.glob("same_*.partial.safetensors")) and not list(runs.glob("same_*.state.safetensors"))
     # the counter comes after every file of the name, so an interrupted run's files are never taken over
+    (runs / "same_00005_.state.safetensors").write_bytes(b"")
     (runs / "same_00007_.losses.jsonl").write_text("")
     from dual_adapter.dualreal import counted_run_path
 
     assert counted_run_path(runs, "same", resume=False).name == "same_00008_.safetensors"
-    assert counted_run_path(runs, "same", resume=True).name == "same_00002_.safetensors"  # 00007 has no state
+    assert counted_run_path(runs, "same", resume=True).name == "same_00005_.safetensors"  # 00007 has no state
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,6 +82,9 @@ def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32") -> AnimateDiffB
     """The built-in ``tiny-animatediff``: SD1.5-shaped U-Net (widths 8/16/32/32) + MotionAdapter, seeded."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
+    from ..threads import small_model_threads
+
+    small_model_threads(device)  # one CPU thread unless the user chose a count (docs/results/demo.md)
     with torch.random.fork_rng():
         tokenizer, text_encoder, vae = build_tiny_text_and_vae(seed)
         torch.manual_seed(seed + 2)

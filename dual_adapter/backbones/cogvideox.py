@@ -224,6 +224,9 @@ def build_tiny(variant: str = "tiny", seed: int = 0, device: str = "cpu", dtype:
     if variant not in TINY_VARIANTS:
         raise DualAdapterError(f"tiny variant {variant!r} is not one of {sorted(TINY_VARIANTS)}")
     device = check_device(device) or "cpu"
+    from ..threads import small_model_threads
+
+    small_model_threads(device)  # one CPU thread unless the user chose a count (docs/results/demo.md)
     tokenizer = build_tiny_tokenizer()
     g = torch.random.fork_rng()
     with g:
@@ -401,6 +404,24 @@ def _native_file_config(path) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _no_such_model(name: str) -> str:
+    """The message for a ``--model`` that is neither a built-in CogVideoX name nor a folder: a built-in U-Net name
+    is named as such; otherwise the built-in names (a close one first) and what a folder must hold."""
+    import difflib
+
+    from . import backbone_modules, tiny_names
+
+    other = tiny_names().get(name)
+    names = ", ".join(repr(n) for n in BUILTIN_MODELS)
+    if other is not None and other != KIND:
+        return (f"model {name!r} is a built-in {backbone_modules()[other].FAMILY} model, not CogVideoX; this command "
+                f"runs CogVideoX models only: {names} or a diffusers CogVideoX folder")
+    close = difflib.get_close_matches(name, BUILTIN_MODELS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"model folder {name!r} does not exist ({hint}expected a built-in model, {names}, or a diffusers "
+            f"CogVideoX folder with {', '.join(p + '/' for p in REQUIRED_PARTS)})")
+
+
 def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.PathLike | None = None) -> ModelInfo:
     """Read and check a model's configs without loading any weights (seconds, not minutes).
 
@@ -432,8 +453,7 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
         return ModelInfo(str(name_or_path), SimpleNamespace(**t), SimpleNamespace(**v), dict(DEFAULT_SCHEDULER_CONFIG))
     root = Path(name_or_path).expanduser()
     if not root.is_dir():
-        raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected 'tiny', 'tiny-5b', 'tiny-1.5' or a "
-                               f"diffusers CogVideoX folder with {', '.join(p + '/' for p in REQUIRED_PARTS)})")
+        raise DualAdapterError(_no_such_model(str(name_or_path)))
     missing = _missing_parts(root)
     if transformer_file:
         missing = [m for m in missing if not m.startswith("transformer")]

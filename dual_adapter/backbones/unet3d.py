@@ -74,6 +74,9 @@ def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32") -> UNet3DBackbo
     """
     from diffusers import UNet3DConditionModel
 
+    from ..threads import small_model_threads
+
+    small_model_threads(device)  # one CPU thread unless the user chose a count (docs/results/demo.md)
     with torch.random.fork_rng():
         tokenizer, text_encoder, vae = build_tiny_text_and_vae(seed)
         torch.manual_seed(seed + 2)

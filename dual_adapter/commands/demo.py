@@ -4,9 +4,10 @@ By default on the built-in pretrained ``mini`` model (docs/miniworld.md) with a 
 mini-world subject (``--world-subject``, default ``striped_star``: photos drawn by
 :func:`~dual_adapter.miniworld.world.subject_photos`) and a held-out motion (``--world-motion``, default
 ``orbit``: clips of *other* sprites, :func:`~dual_adapter.miniworld.world.motion_clips`) -> DualReal
-adapters trained jointly -> a video of the subject doing the motion, plus a strip image (subject photos |
+adapters trained jointly -> a video sampled for the subject doing the motion, plus a strip image (subject photos |
 motion clip frames | result frames), the loss curve, the StageBlender readout, a metrics report and the
-mini-world scores (identity, motion, text, leakage). No files are read: the world is drawn by code.
+mini-world scores (identity with its shape / colour / texture parts, motion, text, leakage) with what the video
+shows in words (:func:`~dual_adapter.miniworld.verdict.describe_video`). No files are read: the world is drawn by code.
 
 ``--subject`` / ``--motion`` take real photos and clips instead (default for models other than mini:
 the shipped ``examples/dog`` and ``examples/guitar.mp4``); ``--model PATH`` runs a real CogVideoX;
@@ -35,7 +36,7 @@ def register(sub) -> None:
                                    "the motion, and write the video, a strip image (photos | clip | result), "
                                    "adapters, loss curve and a metrics report. Default: the pretrained 'mini' model "
                                    "with mini-world inputs drawn by code.")
-    add_model_options(p)
+    add_model_options(p, unets=False)  # DualReal runs on CogVideoX
     p.set_defaults(model="mini")
     p.add_argument("--world-subject", default="striped_star", choices=sorted(HELD_OUT_SUBJECTS),
                    help="mini-world subject the model never saw (default striped_star); used on mini without --subject")
@@ -43,8 +44,8 @@ def register(sub) -> None:
                    help="mini-world motion the model never saw (default orbit); used on mini without --motion")
     p.add_argument("--subject", nargs="+", default=None, metavar="PHOTO_OR_DIR",
                    help="subject photos (default: mini-world photos on mini, else the shipped examples/dog)")
-    p.add_argument("--motion", nargs="+", default=None, metavar="CLIP",
-                   help="motion clips (default: mini-world clips on mini, else the shipped examples/guitar.mp4)")
+    p.add_argument("--motion", nargs="+", default=None, metavar="CLIP_OR_DIR",
+                   help="motion clips or folders of clips (default: mini-world clips on mini, else the shipped examples/guitar.mp4)")
     p.add_argument("--identity-prompt", default=None, help="identity prompt (mini world: 'a * star on a gray "
                    "background'; real inputs: 'dog *')")
     p.add_argument("--motion-prompt", default=None, help="motion prompt (mini world: 'a shape orbiting on a gray "
@@ -68,8 +69,27 @@ def _new_dir(base: Path) -> Path:
 
 
 def run(args) -> int:
+    """Check ``--model`` / ``--device`` (configs only), then reserve the output folder and run the demo in it; a
+    demo that fails before writing anything removes the folder it made (no empty ``demo_NNNNN_`` is left)."""
     import os
 
+    from .generate import preflight
+
+    preflight(args)
+    created = not (args.out_dir and Path(args.out_dir).exists())
+    out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise DualAdapterError(f"--out-dir {str(out)!r} is not empty; choose a new folder")
+    try:
+        return _demo(args, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _demo(args, out: Path) -> int:
     import torch
 
     from .. import backbone, media, sampling
@@ -86,10 +106,6 @@ def run(args) -> int:
 
     t0 = time.time()
     tiny = args.model in backbone.TINY_VARIANTS
-    out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.iterdir()):
-        raise DualAdapterError(f"--out-dir {str(out)!r} is not empty; choose a new folder")
     bundle = load_bundle(args)
     mini = bundle.name == "mini"  # the loader's decision: the shipped mini, or a folder `miniworld pretrain` wrote
     small = tiny or mini  # CPU-sized built-in models
@@ -154,19 +170,18 @@ def run(args) -> int:
 
     report = evaluate_video(video, prompt=prompt, references=photo_t, metrics="all", fps=8.0,
                             callback=TextProgress("metrics"))
-    world_scores = None
+    verdict = None
     if world_inputs:
-        from ..miniworld.scorers import score_video
+        from ..miniworld.verdict import describe_video
 
         s = W.HELD_OUT_SUBJECTS[args.world_subject]
         worded = W.combined_prompt(args.world_subject, args.world_motion,
                                    token=" ".join([s.colour] + ([] if s.texture == "plain" else [s.texture])))
-        try:
-            world_scores = score_video(video, prompt=worded, subject_photos=photo_t, motion=args.world_motion,
-                                       motion_clips=[clip_t] + [media.fit_frames(c, height, width) for c in clips[1:]])
-        except DualAdapterError as e:  # e.g. no sprite found in the video
-            world_scores = {"error": str(e)}
-        report["miniworld"] = world_scores
+        verdict = describe_video(video, subject=args.world_subject, motion=args.world_motion, photos=photo_t,
+                                 clips=[clip_t] + [media.fit_frames(c, height, width) for c in clips[1:]],
+                                 prompt=worded)
+        report["miniworld"] = {**verdict["scores"], "true_video_range": verdict["truth"], "seen": verdict["seen"],
+                               "summary": verdict["summary"]}
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "metrics.txt").write_text(format_table(report) + "\n")
     import numpy as np
@@ -175,12 +190,12 @@ def run(args) -> int:
 
     first, last = loss_summary(res.losses)
     print(format_table(report))
-    if world_scores is not None:
-        print("mini-world scores (docs/miniworld.md; identity/motion/text higher = better, leakage lower): " +
-              ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in world_scores.items()))
+    if verdict is not None:
+        print("\nwhat video.mp4 shows, read from its pixels by the mini-world scorers (docs/demo.md):")
+        print("\n".join(verdict["lines"]))
     print(f"\nDualReal demo done in {time.time() - t0:.0f} s ({steps} training steps, loss {first:.3f} -> {last:.3f}).")
     print(f"wrote to {out}/:")
-    for name, what in (("video.mp4", "the subject doing the motion"),
+    for name, what in (("video.mp4", "the generated video" + (" (what it shows: above)" if verdict else "")),
                        ("strip.png", "subject photos | motion clip frames | result frames"),
                        ("adapters.safetensors", "DA-blocks + StageBlender"),
                        ("loss_curve.png", "training loss per phase"), ("adapters.losses.jsonl", "per-step losses"),

@@ -32,10 +32,11 @@ def register(subparsers) -> None:
     )
     from .generate import add_model_options
 
-    add_model_options(p)
+    add_model_options(p, unets=False)  # DualReal runs on CogVideoX
     p.add_argument("--subject", nargs="+", required=True, metavar="PHOTO_OR_DIR", help="subject photos or folders")
     p.add_argument("--identity-prompt", required=True, help="identity prompt, e.g. 'dog *'")
-    p.add_argument("--motion", nargs="+", required=True, metavar="CLIP", help="motion clips (video files)")
+    p.add_argument("--motion", nargs="+", required=True, metavar="CLIP_OR_DIR",
+                   help="motion clips (video files, or folders of them)")
     p.add_argument("--motion-prompt", required=True, help="motion prompt, e.g. 'a person is playing guitar'")
     p.add_argument("--out", required=True, help="output .safetensors (refuses to overwrite)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (1000)")

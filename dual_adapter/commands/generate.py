@@ -31,16 +31,22 @@ def _patch_providers():
     return mods
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload."""
+def add_model_options(p: argparse.ArgumentParser, unets: bool = True) -> None:
+    """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload.
+
+    ``unets=False``: a command that runs CogVideoX only; ``--model``'s help then offers no U-Net."""
     p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', 'mini' (built-in "
                    "pretrained miniature model, CPU), or a "
-                   "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/); "
-                   "U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder")
+                   "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/)" +
+                   ("; U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder"
+                    if unets else ""))
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
     p.add_argument("--cpu-offload", action="store_true", help="keep model parts on CPU until they run")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: 1 for the "
+                   "tiny and mini models, which gain nothing from more and slow down on a busy machine; torch's "
+                   "default for real models; OMP_NUM_THREADS or DUAL_ADAPTER_THREADS also choose)")
     p.add_argument("--transformer", default=None, metavar="FILE", help="a native ComfyUI single-file CogVideoX "
                    "transformer (models/diffusion_models/*.safetensors) used instead of --model's transformer/")
 

@@ -176,9 +176,7 @@ def run_train(args) -> int:
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
         path = lf.save(out, dtype=dt)
         write_loss_log(res.losses, side["losses"])
-        for p in (side["ckpt"], lora.train_state_path(side["ckpt"]), lora.spatial_checkpoint_path(side["ckpt"])):
-            if p.exists():
-                p.unlink()
+        lora.finish_run_files(side["ckpt"], final_saved=True)
     last = res.losses[-1]["loss"] if res.losses else float("nan")
     print(f"wrote {path} (rank {lf.rank}, targets {','.join(lf.targets)}, {len(lf.modules)} modules; "
           f"{res.steps_done} steps, last loss {last:.4f}) and {side['losses']}")

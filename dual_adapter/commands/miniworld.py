@@ -74,7 +74,8 @@ def register(sub) -> None:
     ev.add_argument("--steps", type=int, default=25, help="denoising steps (25)")
     ev.add_argument("--cfg", type=float, default=6.0, help="guidance scale (6)")
     ev.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (0)")
-    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = one for the mini, "
+                    "unless OMP_NUM_THREADS or DUAL_ADAPTER_THREADS says otherwise)")
     ev.add_argument("--json", default=None, help="also write the per-sample results to this JSON file")
     ev.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     ev.set_defaults(func=_evaluate)
@@ -111,7 +112,8 @@ def register(sub) -> None:
     bm.add_argument("--ttt-steps", type=int, default=None, help="CustomTTT merge steps (10; quick 3)")
     bm.add_argument("--sample-steps", type=int, default=None, help="denoising steps per video (25; quick 10)")
     bm.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads in all (0 = torch's default; with --jobs > 1, one per worker)")
+                    help="torch CPU threads in all (0 = one for the mini, unless OMP_NUM_THREADS or "
+                         "DUAL_ADAPTER_THREADS says otherwise; with --jobs > 1, one per worker)")
     bm.add_argument("--jobs", type=int, default=None,
                     help="worker processes (2; 1 = all in this process); results do not depend on it")
     bm.add_argument("--reference-encoder", choices=("mini", "tiny"), default=None,
@@ -144,8 +146,6 @@ def _evaluate(args) -> int:
     from ..miniworld.scorers import evaluate_base
 
     device = check_device(args.device, "--device") or "cpu"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     bundle = load_model(args.model, device=device) if args.model == "mini" else __import__(
         "dual_adapter.miniworld.model", fromlist=["load_mini"]).load_mini(args.model, device=device)
     rep = evaluate_base(bundle, n=args.n, steps=args.steps, cfg=args.cfg, seed=args.seed)

@@ -253,21 +253,26 @@ def load_motion_clips(paths: Sequence, num_frames: int, clip_sampling: str = "na
                       short_policy: str = "loop") -> list[torch.Tensor]:
     """Decode motion clip files for DualReal: ``[num_frames, H, W, 3]`` float 0..1 each.
 
+    ``paths``: clip files and/or folders; a folder contributes its clip files (extensions in
+    :data:`dual_adapter.media.CLIP_EXTENSIONS`) in natural name order, as a folder of photos does
+    (:func:`dual_adapter.media.expand_folders`).
+
     ``clip_sampling="native"`` (the authors'): ``num_frames`` consecutive source frames from the start;
     ``"fps"``: frames resampled to ``fps`` (see :class:`DualRealOptions` for the trade-off). A clip shorter
     than ``num_frames`` is handled by ``short_policy`` (see :func:`dual_adapter.media.load_clip`); a still
     (an image, a 1-frame video, identical frames) is refused: DualReal's motion phase would learn no motion.
 
     Raises:
-        DualAdapterError: unknown ``clip_sampling``; unreadable clips (names the file).
+        DualAdapterError: unknown ``clip_sampling``; a missing path or a folder without clips; unreadable clips
+            (names the file).
     """
-    from ..media import load_clip
+    from ..media import CLIP_EXTENSIONS, expand_folders, load_clip
 
     if clip_sampling not in CLIP_SAMPLINGS:
         raise DualAdapterError(f"clip_sampling={clip_sampling!r}: expected one of {CLIP_SAMPLINGS}")
     rate = None if clip_sampling == "native" else float(fps)
     return [load_clip(p, num_frames=int(num_frames), fps=rate, short_policy=short_policy, require_motion=True)[0]
-            for p in paths]
+            for p in expand_folders(paths, CLIP_EXTENSIONS, "clip")]
 
 
 def _as_photo(x, i: int) -> torch.Tensor:

@@ -57,10 +57,12 @@ from ..errors import DualAdapterError
 from . import scorers as S
 from . import world as W
 
-__all__ = ["METHODS", "METRICS", "BenchConfig", "quick_config", "run_benchmark", "write_results", "markdown_table",
+__all__ = ["METHODS", "METRICS", "IDENTITY_PARTS", "BenchConfig", "quick_config", "run_benchmark", "write_results", "markdown_table",
            "picture_grid"]
 
 METRICS = ("identity", "motion", "text", "leakage")
+#: The identity score's parts (per frame identity = shape x colour x texture), kept per sample and per method.
+IDENTITY_PARTS = ("identity_shape", "identity_colour", "identity_texture")
 TTT_REFERENCES = ("x0_pred", "z_f_renoised", "z_f_as_x0")
 METHODS = ("base", "identity_only", "motion_only", "lora_merged", "dualreal", "dualreal_separate", "dualreal_fixed",
            "dualreal_n1", "tap_motion", "full_motion", "customttt_naive") + tuple(f"customttt_{r}" for r in TTT_REFERENCES)
@@ -96,7 +98,8 @@ class BenchConfig:
         lora_steps: steps of every LoRA (appearance, motion, TAP, selective).
         ttt_steps, ttt_teacher_steps, ttt_teacher_schedule: CustomTTT merge settings (authors: 30, 5, 25).
         sample_steps, cfg: sampling of every video (DPM scheduler).
-        threads: torch CPU threads in all (0 = torch's default); with ``jobs`` > 1 each worker gets
+        threads: torch CPU threads in all (0 = the pack's choice, one for the mini: :mod:`dual_adapter.threads`);
+            with ``jobs`` > 1 each worker gets
             ``max(1, threads // jobs)`` (``threads`` 0: one each).
         reference_encoder: the encoder of DualReal's reference-image embedding, ``"mini"`` (default:
             :class:`~dual_adapter.reference.PixelStatsEncoder`, an embedding that follows appearance) or
@@ -260,7 +263,8 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
     for p in parts:
         for k, v in p["stages_s"].items():
             stages[k] = stages.get(k, 0.0) + v
-    results = {m: {k: _stats([s[k] for s in samples if s["method"] == m]) for k in METRICS} for m in methods}
+    results = {m: {k: _stats([s[k] for s in samples if s["method"] == m]) for k in METRICS + IDENTITY_PARTS}
+               for m in methods}
     timing = {"total_s": time.time() - t_all, "stages_s": stages, "jobs": jobs}
     timing["per_method_s"] = _per_method_time(methods, stages)
     return {"config": {**asdict(cfg), "pairs": [list(p) for p in pairs], "methods": methods,
@@ -272,17 +276,27 @@ def run_benchmark(config: BenchConfig | None = None, *, bundle=None, log: Callab
 def _worker(cfg_dict: dict, units: list, index: int) -> dict:
     """One worker process of :func:`run_benchmark`: its share of the (pair, seed) runs."""
     cfg = BenchConfig(**{**cfg_dict, "pairs": [tuple(p) for p in cfg_dict["pairs"]] if cfg_dict.get("pairs") else None})
-    torch.set_num_threads(max(1, (cfg.threads or 0) // max(1, cfg.jobs)))
+    from ..threads import set_threads
+
+    set_threads(max(1, (cfg.threads or 0) // max(1, cfg.jobs)))  # kept when the mini loads
     cfg.threads = 0  # set above, per worker
     return _run_units(cfg, units, log=lambda m: print(f"[job {index + 1}] {m}", flush=True))
 
 
 def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str], None] = print) -> dict:
-    """Every method on the given ``(pair index, subject, motion, seed)`` runs, in this process.
+    """Every method on the given ``(pair index, subject, motion, seed)`` runs, in this process, on ``cfg.threads``
+    torch threads (0: one for the mini, :mod:`dual_adapter.threads`).
 
     Returns ``{"samples", "stages_s", "frames" (videos of pair 0 / seed 0 when among the units), "inputs",
     "model_name"}``.
     """
+    from ..threads import threads_for_command
+
+    with threads_for_command(cfg.threads or None):  # a count chosen here is kept when the mini loads
+        return _run_units_threaded(cfg, units, bundle=bundle, log=log)
+
+
+def _run_units_threaded(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str], None] = print) -> dict:
     from .. import backbone, sampling
     from ..customttt import TTTConfig, merge_loras, prompt_influence, train_selective_lora, ttt_merge
     from ..dualreal import DualRealOptions, DualRealPatch, train_dualreal
@@ -292,8 +306,6 @@ def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str
     from ..reference import PixelStatsEncoder, build_tiny_reference_encoder, encode_reference
     from ..training import TrainConfig
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     timer = _Timer()
     t0 = time.time()
     bundle = bundle if bundle is not None else _load(cfg.model)
@@ -431,10 +443,11 @@ def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str
             timer.add("sample " + method, t0)
             sc = S.score_video(video, prompt=worded, subject_photos=photos_t, motion=mname, motion_clips=clips)
             samples.append({"method": method, "subject": sname, "target_motion": mname, "seed": seed,
-                            **{k: sc.get(k) for k in METRICS}, "motion_class": sc.get("motion_class")})
+                            **{k: sc.get(k) for k in METRICS + IDENTITY_PARTS}, "motion_class": sc.get("motion_class")})
             if pi == 0 and seed == 0:
                 grid[method] = video
-            log(f"  {method:<24} " + "  ".join(f"{k} {sc[k]:.3f}" for k in METRICS))
+            log(f"  {method:<24} " + "  ".join(f"{k} {sc[k]:.3f}" for k in METRICS) + " (" +
+                ", ".join(f"{k[len('identity_'):]} {sc[k]:.3f}" for k in IDENTITY_PARTS) + ")")
     return {"samples": samples, "stages_s": dict(timer.seconds), "frames": grid, "inputs": inputs_shown,
             "model_name": getattr(bundle, "name", cfg.model)}
 
@@ -482,6 +495,12 @@ def markdown_table(res: dict) -> str:
         sh = " + shared" if t.get("uses_shared") else ""
         lines.append(f"| {m} | {res['descriptions'][m]} | " + " | ".join(cells) +
                      f" | {r['identity']['n']} | {own:.0f}{sh} | {t.get('sample_s', 0.0):.0f} |")
+    parts = [(m, r) for m, r in res["methods"].items() if all(k in r for k in IDENTITY_PARTS)]
+    if parts:  # results written before the parts were kept have none
+        lines += ["", "Identity's parts (per frame identity = shape x colour x texture; each a mean over frames):", "",
+                  "| method | shape ↑ | colour ↑ | texture ↑ |", "|---|---|---|---|"]
+        lines += [f"| {m} | " + " | ".join(f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in IDENTITY_PARTS) + " |"
+                  for m, r in parts]
     st = res["timing"]["stages_s"]
     shared = {k[len('train '):]: v for k, v in st.items() if k.startswith("train ") and not k.startswith("train+merge")}
     if shared:

@@ -384,6 +384,9 @@ def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtyp
 
     from ..backbone import CogVideoXBundle, parse_dtype
 
+    from ..threads import small_model_threads
+
+    small_model_threads(device)  # one CPU thread unless the user chose a count (docs/results/demo.md)
     root = Path(folder) if folder else MINI_DIR
     need = ["transformer/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json",
             "scheduler/scheduler_config.json"]

@@ -390,13 +390,15 @@ def leakage_score(frames, clips: Sequence[torch.Tensor]) -> float:
 
 def score_video(frames, *, prompt: str | None = None, subject_photos: torch.Tensor | None = None,
                 motion: str | torch.Tensor | None = None, motion_clips: Sequence[torch.Tensor] | None = None) -> dict:
-    """Every score that its inputs allow, on one tracked video: ``identity`` (with ``subject_photos``),
-    ``motion`` (with ``motion``: a name, trajectory or clip), ``text`` (with ``prompt``), ``leakage``
-    (with ``motion_clips``), plus ``motion_class``."""
+    """Every score that its inputs allow, on one tracked video: ``identity`` (with ``subject_photos``) and its
+    parts ``identity_shape``, ``identity_colour``, ``identity_texture`` (each a mean over frames, 0..1; identity is
+    the mean of their per-frame product, so it is at most the smallest part), ``motion`` (with ``motion``: a name,
+    trajectory or clip), ``text`` (with ``prompt``), ``leakage`` (with ``motion_clips``), plus ``motion_class``."""
     t = _as_track(frames)
     out: dict = {}
     if subject_photos is not None:
-        out["identity"] = identity_score(t, subject_photos)
+        out["identity"], parts = identity_score(t, subject_photos, parts=True)
+        out.update({f"identity_{k}": v for k, v in parts.items()})
     if motion is not None:
         out["motion"] = motion_score(t, motion)
     if prompt is not None:
@@ -443,8 +445,8 @@ def score_files(video, *, prompt: str | None = None, subject=None, motion: str |
             ``leakage``.
 
     Returns:
-        ``{"frames": T, "size": [H, W], "motion_class": name, "identity"?, "motion"?, "text"?,
-        "leakage"?}``.
+        ``{"frames": T, "size": [H, W], "motion_class": name, "identity"?, "identity_shape"?,
+        "identity_colour"?, "identity_texture"?, "motion"?, "text"?, "leakage"?}``.
 
     Raises:
         DualAdapterError: a file that cannot be read, an unknown motion name, no sprite in the photos.
