@@ -32,10 +32,35 @@ from .errors import DualAdapterError, InterruptedByUser
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreviewOptions", "Previewer", "backbone_renderer", "contact_sheet", "preview_frames"]
+__all__ = ["PreviewOptions", "Previewer", "backbone_renderer", "contact_sheet", "preview_frames", "auto_every",
+           "preview_folder", "AUTO_EVERY"]
 
 #: Frames a preview has at most (a short video; the model's own length when shorter).
 PREVIEW_FRAMES = 13
+#: Steps between previews when the front end says "auto" (-1) on a real model.
+AUTO_EVERY = 100
+
+
+def auto_every(every: int, backbone=None) -> int:
+    """``every`` as given, or for -1 ("auto") :data:`AUTO_EVERY` on a real model and 0 (off) on the built-in test
+    models (``tiny*``, ``mini*``), whose CPU runs would spend most of their time sampling.
+
+    Raises:
+        DualAdapterError: ``every`` < -1 or not an integer.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < -1:
+        raise DualAdapterError(f"preview_every={every!r}: must be an integer >= -1 (-1 = auto, 0 = off)")
+    if every != -1:
+        return every
+    name = str(getattr(backbone, "name", "") or "")
+    return 0 if name.startswith(("tiny", "mini")) else AUTO_EVERY
+
+
+def preview_folder(weights_path: str | Path) -> Path:
+    """Where the previews of a run whose checkpoint / output is ``X.safetensors`` go: ``X.previews/`` beside it."""
+    p = Path(weights_path)
+    stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.stem
+    return p.with_name(stem + ".previews")
 
 
 @dataclass
