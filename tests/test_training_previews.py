@@ -160,3 +160,21 @@ def test_animatediff_customttt_stages_preview(tmp_path):
         withp, _ = CT.train_appearance_lora(ad, [_clip(2, (32, 32, 3))], "a photo of dog *", cfg, run=run)
     _same(plain.state_dict, withp.state_dict)
     assert seen == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def test_train_lora_command_writes_previews_beside_the_output(tmp_path, capsys):
+    from pathlib import Path
+
+    from dual_adapter.cli import main
+
+    guitar = Path(__file__).resolve().parents[1] / "examples" / "guitar.mp4"
+    out = tmp_path / "m.safetensors"
+    assert main(["train-lora", "--model", "tiny", "--motion", str(guitar), "--prompt", PROMPT, "--rank", "2",
+                 "--steps", "3", "--no-gradient-checkpointing", "--preview-every", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (tmp_path / "m.previews").iterdir()) == ["preview_000002.webp",
+                                                                            "preview_000003.webp", "previews.png"]
+    assert "% of the training time" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.state.safetensors"))  # a finished run keeps no state file
