@@ -988,6 +988,8 @@ def ttt_merge(
     checkpoint_path: str | Path | None = None,
     base_model: str | None = None,
     keep_student: bool = False,
+    resume: bool = False,
+    preview=None,
 ) -> TTTResult:
     """CustomTTT's test-time-training merge of an appearance LoRA and a motion LoRA into one LoRA
     (docs/customttt.md, sup).
@@ -1018,9 +1020,14 @@ def ttt_merge(
         callback: ``callback(k, total, info)``: ``2 f`` teacher steps then one per TTT step; may raise
             InterruptedByUser to stop (the checkpoint, if any, keeps what was learned).
         checkpoint_path: ``.safetensors`` file for the merged LoRA, rewritten every ``checkpoint_every`` steps,
-            at the end and when the run stops.
+            at the end and when the run stops; its state file (:func:`dual_adapter.lora.train_state_path`: the
+            student's weights, optimiser, schedule, step, losses) goes beside it.
         base_model: name recorded in the metadata (default ``bundle.name``).
         keep_student: also return the trained student transformer.
+        resume: continue the interrupted run of ``checkpoint_path`` from its state file (the teachers run again:
+            same seeds, same references), so the result equals an uninterrupted run's.
+        preview: :class:`~dual_adapter.previews.PreviewOptions` (a validation video of the student every
+            ``every`` steps; default prompt: ``prompt``), or None.
 
     Returns:
         :class:`TTTResult`.
@@ -1147,10 +1154,30 @@ def ttt_merge(
         return merged
 
     ckpt = Path(checkpoint_path) if checkpoint_path else None
+    from .lora import train_state_path
+    from .training import save_train_state
 
     def on_checkpoint(step, optimizer, lr_schedule, losses):
         if ckpt is not None:
             make_file(step, step >= cfg.steps).save(ckpt, overwrite=True)
+            save_train_state(train_state_path(ckpt), optimizer, lr_schedule, step, extra={"losses": list(losses)})
+
+    resume_state, start_losses = None, []
+    if resume:
+        if ckpt is None or not train_state_path(ckpt).is_file():
+            raise DualAdapterError(f"nothing to resume: no state file "
+                                   f"{str(train_state_path(ckpt)) if ckpt is not None else '(no checkpoint_path)'!r}")
+        from .io import read_safetensors_metadata
+
+        resume_state = train_state_path(ckpt)
+        start_losses = list((read_safetensors_metadata(resume_state).get("extra") or {}).get("losses") or [])
+    previewer = None
+    if preview is not None and preview.enabled and config.steps > 0:
+        from .previews import Previewer, backbone_renderer
+
+        pemb = bundle.encode_prompt(preview.prompt) if preview.prompt else e_comb
+        previewer = Previewer(preview, backbone_renderer(bundle, pemb, preview, height=h, width=w,
+                                                         negative_embeds=e_neg)).bind(model)
 
     def step_fn(step: int, gen: torch.Generator):
         if config.regenerate_references and step > 0:
@@ -1177,7 +1204,8 @@ def ttt_merge(
             if config.eval_draws and config.steps > 0:
                 ev["before"] = evaluate()
             result = train_loop([{"params": params}], step_fn, cfg, device_type=dev.type, callback=cb,
-                                on_checkpoint=on_checkpoint)
+                                on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses,
+                                preview=previewer)
             if config.eval_draws and config.steps > 0:
                 ev["after"] = evaluate()
     finally:

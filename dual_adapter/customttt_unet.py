@@ -39,7 +39,8 @@ import contextlib
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -248,19 +249,64 @@ def prompt_influence(backbone, concept_prompt: str, neutral_prompt: str, *, time
 
 
 def _train(bb, model, params, step_fn, *, lr, steps, cfg: CustomTTTUNetConfig, optimizer: str, callback, label,
-           seed_offset=0):
-    from .training import TrainConfig, train_loop
+           seed_offset=0, run=None, preview_prompt=None, preview_size=None, around=None):
+    """One CustomTTT training stage through the shared loop. ``run``: :class:`StageRun` (state file, resume,
+    previews) or None."""
+    from .training import TrainConfig, save_train_state, train_loop
 
+    run = run or StageRun()
     tc = TrainConfig(steps=int(steps), lr=float(lr), betas=tuple(cfg.betas), weight_decay=float(cfg.weight_decay),
                      optimizer=optimizer, lr_schedule="constant", warmup_steps=0, grad_clip=0.0,
                      mixed_precision="fp32" if bb.device == "cpu" else "auto", gradient_checkpointing=False,
-                     seed=int(cfg.seed) + seed_offset, checkpoint_every=0)
+                     seed=int(cfg.seed) + seed_offset, checkpoint_every=int(run.checkpoint_every))
 
     def cb(k, n, info):
         if callback is not None:
             callback(k, n, dict(info, stage=label))
 
-    return train_loop([{"params": params}], step_fn, tc, device_type=str(bb.device).split(":")[0], callback=cb)
+    state = Path(run.state_path) if run.state_path is not None else None
+
+    def on_checkpoint(step, optimizer_, sched, losses):
+        save_train_state(state, optimizer_, sched, step, extra={"losses": list(losses), "stage": label})
+
+    start_losses: list = []
+    if run.resume:
+        if state is None or not state.is_file():
+            raise DualAdapterError(f"nothing to resume: no state file {str(state)!r} for the {label} stage")
+        from .io import read_safetensors_metadata
+
+        start_losses = list((read_safetensors_metadata(state).get("extra") or {}).get("losses") or [])
+    previewer = None
+    if run.preview is not None and run.preview.enabled:
+        from .previews import Previewer, backbone_renderer
+
+        p = run.preview
+        text = bb.encode_prompt(p.prompt or preview_prompt)
+        h, w = preview_size or bb.default_size[1:]
+        previewer = Previewer(p, backbone_renderer(bb, text, p, height=int(h), width=int(w))).bind(model, around)
+    return train_loop([{"params": params}], step_fn, tc, device_type=str(bb.device).split(":")[0], callback=cb,
+                      on_checkpoint=on_checkpoint if state is not None else None,
+                      resume_state=state if run.resume else None, start_losses=start_losses, preview=previewer)
+
+
+@dataclass
+class StageRun:
+    """Run files of one CustomTTT stage on a U-Net (appearance LoRA, motion LoRA or TTT merge).
+
+    Attributes:
+        state_path: the stage's state file (:func:`dual_adapter.training.save_train_state`: the LoRA weights,
+            optimiser, schedule, step and losses), rewritten every ``checkpoint_every`` steps and when the stage
+            stops; None = none.
+        resume: continue the stage from ``state_path`` (bit-identical to an uninterrupted stage).
+        checkpoint_every: steps between state files (0 = only at the end and when the stage stops).
+        preview: :class:`~dual_adapter.previews.PreviewOptions` (validation videos of the stage; default prompt:
+            the stage's prompt), or None.
+    """
+
+    state_path: str | Path | None = None
+    resume: bool = False
+    checkpoint_every: int = 100
+    preview: Any = None
 
 
 def _lora_meta(bb, role, layers, cfg, **extra):
@@ -269,7 +315,8 @@ def _lora_meta(bb, role, layers, cfg, **extra):
 
 
 def _train_role_lora(bb, latents: list, prompt: str, targets, role: str, *, lr, steps, cfg: CustomTTTUNetConfig,
-                     callback, seed_offset: int, bypass_motion: bool, **meta) -> tuple[UNetLora, list[dict]]:
+                     callback, seed_offset: int, bypass_motion: bool, run=None, size=None,
+                     **meta) -> tuple[UNetLora, list[dict]]:
     """Train one CustomTTT LoRA (``role`` "appearance" / "motion") on ``latents`` (each ``[1, C, F, h, w]``): each
     step one random item at one ``t``, the backbone's own objective (:meth:`VideoBackbone.training_loss`), on a
     weight-sharing copy of the denoiser whose ``targets(copy)`` modules get the LoRA; ``bypass_motion`` runs the
@@ -289,16 +336,17 @@ def _train_role_lora(bb, latents: list, prompt: str, targets, role: str, *, lr, 
             return bb.training_loss(model, sched, x0, text, generator=g), {}
 
     res = _train(bb, model, params, step_fn, lr=lr, steps=steps, cfg=cfg, optimizer=opt, callback=callback,
-                 label=role, seed_offset=seed_offset)
+                 label=role, seed_offset=seed_offset, run=run, preview_prompt=prompt, preview_size=size)
     layers = cfg.appearance_layers if role == "appearance" else cfg.motion_layers
     meta = _lora_meta(bb, role, layers, cfg, prompt=prompt, **meta, optimizer=res.optimizer_name)
     return UNetLora(adapter_state(model, role), meta, name=f"{role}_lora"), res.losses
 
 
 def train_appearance_lora(backbone, photos: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
-                          *, callback=None) -> tuple[UNetLora, list[dict]]:
+                          *, callback=None, run: StageRun | None = None) -> tuple[UNetLora, list[dict]]:
     """Appearance LoRA on the appearance layers, trained on photos ``[H, W, 3]`` (0..1) as 1-frame videos with
-    the motion modules bypassed. Returns ``(lora, losses)``."""
+    the motion modules bypassed (previews sample with them, as the LoRA is used). ``run``: state file, resume and
+    previews (:class:`StageRun`). Returns ``(lora, losses)``."""
     bb = _check_animatediff(backbone)
     cfg = config or CustomTTTUNetConfig()
     cfg.validate()
@@ -313,12 +361,13 @@ def train_appearance_lora(backbone, photos: Sequence[torch.Tensor], prompt: str,
     layers = layer_names(bb, cfg.appearance_layers)
     return _train_role_lora(bb, lat, prompt, lambda m: spatial_lora_targets(bb, layers, APPEARANCE_TARGETS, denoiser=m),
                             "appearance", lr=cfg.appearance_lr, steps=cfg.appearance_steps, cfg=cfg, callback=callback,
-                            seed_offset=0, bypass_motion=True)
+                            seed_offset=0, bypass_motion=True, run=run, size=tuple(photos[0].shape[:2]))
 
 
 def train_motion_lora(backbone, clips: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
-                      *, callback=None) -> tuple[UNetLora, list[dict]]:
-    """Motion LoRA on the motion modules of the motion layers, trained on clips ``[F, H, W, 3]`` (0..1)."""
+                      *, callback=None, run: StageRun | None = None) -> tuple[UNetLora, list[dict]]:
+    """Motion LoRA on the motion modules of the motion layers, trained on clips ``[F, H, W, 3]`` (0..1).
+    ``run``: state file, resume and previews (:class:`StageRun`)."""
     bb = _check_animatediff(backbone)
     cfg = config or CustomTTTUNetConfig()
     cfg.validate()
@@ -333,7 +382,8 @@ def train_motion_lora(backbone, clips: Sequence[torch.Tensor], prompt: str, conf
     layers = layer_names(bb, cfg.motion_layers)
     return _train_role_lora(bb, lat, prompt, lambda m: motion_lora_targets(bb, cfg.motion_preset, layers, denoiser=m),
                             "motion", lr=cfg.motion_lr, steps=cfg.motion_steps, cfg=cfg, callback=callback,
-                            seed_offset=1, bypass_motion=False, preset=cfg.motion_preset)
+                            seed_offset=1, bypass_motion=False, preset=cfg.motion_preset, run=run,
+                            size=tuple(clips[0].shape[1:3]))
 
 
 def teacher_reference(bb, lora: UNetLora, prompt: str, cfg: CustomTTTUNetConfig, seed: int) -> tuple[torch.Tensor, int]:
@@ -368,8 +418,10 @@ def ttt_loss(model, sched, ref: torch.Tensor, t_ref: int, text: torch.Tensor, t:
 
 
 def ttt_merge(backbone, appearance: UNetLora, motion: UNetLora, *, appearance_prompt: str, motion_prompt: str,
-              prompt: str, config: CustomTTTUNetConfig | None = None, callback=None) -> tuple[UNetLora, list[dict], str]:
+              prompt: str, config: CustomTTTUNetConfig | None = None, callback=None,
+              run: StageRun | None = None) -> tuple[UNetLora, list[dict], str]:
     """The test-time-training merge (see module docstring). Returns ``(merged_lora, losses, optimizer_name)``.
+    ``run``: state file, resume and previews (:class:`StageRun`; the teachers run again on resume, same seeds).
 
     The student is in eval mode with LoRA dropout ``config.ttt_dropout`` (default 0), as on CogVideoX
     (:func:`dual_adapter.customttt.student_mode`).
@@ -413,7 +465,8 @@ def ttt_merge(backbone, appearance: UNetLora, motion: UNetLora, *, appearance_pr
                                                                       "loss_motion": float(lm.detach())}
 
     res = _train(bb, model, params, step_fn, lr=cfg.ttt_lr, steps=cfg.ttt_steps, cfg=cfg, optimizer=opt,
-                 callback=callback, label="ttt", seed_offset=2)
+                 callback=callback, label="ttt", seed_offset=2, run=run, preview_prompt=prompt,
+                 preview_size=(cfg.height or bb.default_size[1], cfg.width or bb.default_size[2]))
     sd = {**adapter_state(model, "appearance"), **adapter_state(model, "motion")}
     meta = _lora_meta(bb, "merged", list(cfg.appearance_layers) + list(cfg.motion_layers), cfg, prompt=prompt,
                       appearance_prompt=appearance_prompt, motion_prompt=motion_prompt, ttt_steps=cfg.ttt_steps,

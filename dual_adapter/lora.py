@@ -1050,6 +1050,7 @@ def train_lora(
     base_model: str | None = None,
     batch_size: int = 1,
     grad_accum: int = 1,
+    preview=None,
 ) -> tuple[LoraFile, "TrainResult"]:
     """Train a (motion) LoRA on clips and/or photos (docs/tap.md; TAP with the default spec).
 
@@ -1094,6 +1095,8 @@ def train_lora(
             (``accelerate launch``) it is the global batch, shared out over the processes.
         grad_accum: run each step's batch as this many micro-batches per process with accumulated gradients
             (1), so batch 3 runs within the memory of batch 1 with the batch-3 gradient (up to float rounding).
+        preview: :class:`~dual_adapter.previews.PreviewOptions` (a validation video every ``every`` steps with
+            the LoRA as it is then, the spatial path off; default prompt: ``prompt``), or None.
 
     Returns:
         ``(LoraFile, TrainResult)``: the motion LoRA (diffusers-format tensors + metadata) and the
@@ -1147,7 +1150,7 @@ def train_lora(
     with _checkpoint_run(checkpoint_path, resume):  # refuse before encoding; held for the whole run
         return _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback,
                            checkpoint_path, resume, height, width, patches, spatial_spec, fixed_batch, base_model,
-                           batch_size, grad_accum)
+                           batch_size, grad_accum, preview)
 
 
 def _checkpoint_files(checkpoint_path: Path) -> dict[str, Path]:
@@ -1169,7 +1172,8 @@ def _checkpoint_run(checkpoint_path: Path | None, resume: bool):
 
 
 def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_loss, callback, checkpoint_path,
-                resume, height, width, patches, spatial_spec, fixed_batch, base_model, batch_size, grad_accum):
+                resume, height, width, patches, spatial_spec, fixed_batch, base_model, batch_size, grad_accum,
+                preview=None):
     from .media import fit_frames
 
     # ---- precompute latents and text once
@@ -1185,6 +1189,12 @@ def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_
         kinds.append("photo")
         frame_latents.append(None)
     emb = bb.encode_prompt(prompt)
+    previewer = None
+    if preview is not None and preview.enabled:
+        from .previews import Previewer, backbone_renderer
+
+        pemb = bb.encode_prompt(preview.prompt) if preview.prompt else emb
+        previewer = Previewer(preview, backbone_renderer(bb, pemb, preview, height=height, width=width))
     meta = dict(prompt=prompt, train=dict(num_frames=[int(c.shape[0]) for c in prepared], height=height, width=width,
                                           clips=len(prepared), photos=len(photos)))
 
@@ -1204,7 +1214,7 @@ def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_
                 debiased_loss=debiased_loss, callback=callback, checkpoint_path=checkpoint_path, resume=resume,
                 patches=patches, spatial_spec=spatial_spec, fixed_batch=fixed_batch,
                 base_model=base_model or getattr(bb, "name", None), metadata=meta, batch_size=batch_size,
-                grad_accum=grad_accum)
+                grad_accum=grad_accum, preview=previewer)
     finally:
         for part, d in offloaded:
             getattr(bb, part).to(d)
@@ -1232,6 +1242,7 @@ def train_lora_on_latents(
     metadata: Mapping | None = None,
     batch_size: int = 1,
     grad_accum: int = 1,
+    preview=None,
 ) -> tuple[LoraFile, "TrainResult"]:
     """The training core of :func:`train_lora`, on precomputed latents (also used by the benchmarks).
 
@@ -1246,6 +1257,7 @@ def train_lora_on_latents(
         frame_latents: per sample, ``[F, 1, C, h, w]`` single-frame latents of its frames (needed for
             clips when ``spatial_path``), or None.
         metadata: extra metadata merged into the LoRA's (``train`` dicts are merged).
+        preview: a :class:`~dual_adapter.previews.Previewer` (bound here to the model being trained), or None.
         Others: as :func:`train_lora`.
 
     Returns:
@@ -1277,7 +1289,7 @@ def train_lora_on_latents(
     with _checkpoint_run(checkpoint_path, resume):
         return _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg,
                                  spatial_path, debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec,
-                                 fixed_batch, base_model, metadata, batch_size, grad_accum)
+                                 fixed_batch, base_model, metadata, batch_size, grad_accum, preview)
 
 
 def _check_batching(batch_size, grad_accum) -> None:
@@ -1288,7 +1300,7 @@ def _check_batching(batch_size, grad_accum) -> None:
 
 def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg, spatial_path,
                       debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec, fixed_batch, base_model,
-                      metadata, batch_size, grad_accum):
+                      metadata, batch_size, grad_accum, preview=None):
     from .patches import shallow_copy_module
     from .backbones import backbone_for
     from .training import (all_reduce_grads, batch_diffusion_loss, check_micro_batches, dist_rank_world,
@@ -1414,13 +1426,25 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
             save_lora(spatial_checkpoint_path(checkpoint_path), lora_state_dict(model, "spatial"), smd, overwrite=True)
         save_train_state(train_state_path(checkpoint_path), optimizer, lr_schedule, step, extra={"losses": list(losses)})
 
+    if preview is not None:
+        import contextlib
+
+        @contextlib.contextmanager
+        def inference_lora():  # the spatial path is dropped at inference
+            _set_active(model, ["default"])
+            try:
+                yield
+            finally:
+                _set_active(model, all_adapters)
+
+        preview.bind(model, inference_lora if spatial_path else None)
     with torch.inference_mode(False), torch.enable_grad():
         result = train_loop(param_groups, step_fn, cfg, device_type=device_type, callback=callback,
                             before_optimizer_step=before_optimizer_step if spatial_path else None,
                             on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses,
                             resume_weights_step=weights_step,
                             checkpoint_note=f"{checkpoint_path} + {train_state_path(checkpoint_path).name}"
-                            if checkpoint_path else "", distributed=world > 1)
+                            if checkpoint_path else "", distributed=world > 1, preview=preview)
     lf = make_file(result.steps_done, result.completed)
     # the file convention (alpha == rank): fold the scale in memory too, so that saving / applying agree
     return _folded(lf), result

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["figure_to_image", "plot_loss_curve", "new_figure", "input_output_strip"]
+__all__ = ["figure_to_image", "plot_loss_curve", "new_figure", "input_output_strip", "training_view"]
 
 
 def new_figure(width_in: float = 6.4, height_in: float = 3.6, dpi: int = 100):
@@ -99,3 +99,35 @@ def input_output_strip(photos: torch.Tensor, clip: torch.Tensor, video: torch.Te
                 cols.append(white(gap))
             cols.append(fit(img))
     return torch.cat(cols, 1)
+
+
+def training_view(records: Sequence[dict], frames: torch.Tensor | None = None, step: int | None = None,
+                  columns: int = 6, title: str = "training loss") -> torch.Tensor:
+    """What a training node shows while it runs: the latest validation preview's frames (``frames``
+    ``[F, H, W, 3]`` 0..1, ``columns`` evenly spaced, made at ``step``) above the loss curve of ``records``
+    (``{"step", "loss", ...}``; one series per ``phase`` when the records have one, a moving average over a
+    tenth of the steps). Either part may be missing. Returns ``[H, W, 3]`` float 0..1.
+    """
+    import torch.nn.functional as F
+
+    parts = []
+    if frames is not None and frames.shape[0]:
+        T = frames.shape[0]
+        idx = [round(i * (T - 1) / max(1, columns - 1)) for i in range(min(columns, T))]
+        tile = 640 // len(idx)
+        x = frames[idx].detach().float().clamp(0, 1).permute(0, 3, 1, 2)
+        h = max(1, round(x.shape[-2] * tile / x.shape[-1]))
+        x = F.interpolate(x, size=(h, tile), mode="nearest" if tile >= x.shape[-1] else "area")
+        strip = torch.cat(list(x.permute(0, 2, 3, 1)), 1)
+        parts.append(strip)
+    recs = [r for r in records if r.get("loss") is not None]
+    if recs:
+        where = f" (preview: step {step})" if frames is not None and step is not None else ""
+        img = plot_loss_curve(recs, title=title + where, group_by="phase" if any("phase" in r for r in recs) else None,
+                              smooth=max(1, min(25, len(recs) // 10)))[0]
+        parts.append(img)
+    if not parts:
+        return torch.ones(8, 8, 3)
+    W = max(p.shape[1] for p in parts)
+    padded = [torch.cat([p, torch.ones(p.shape[0], W - p.shape[1], 3)], 1) if p.shape[1] < W else p for p in parts]
+    return torch.cat(padded, 0)

@@ -146,6 +146,7 @@ class TrainResult:
     seconds: float = 0.0
     optimizer_name: str = ""
     checkpoint_error: str = ""  # set when the last checkpoint could not be written (a full disk)
+    preview_seconds: float = 0.0  # time spent on validation previews (not in ``seconds``)
 
 
 # --------------------------------------------------------------------------------------------
@@ -813,6 +814,7 @@ def train_loop(
     resume_weights_step: int | None = None,
     checkpoint_note: str = "",
     distributed: bool = False,
+    preview: Any = None,
 ) -> TrainResult:
     """Run ``cfg.steps`` optimiser steps.
 
@@ -846,6 +848,12 @@ def train_loop(
     and the loss are summed over the processes after backward; every process then takes the same
     optimiser step. Only ``step_fn`` knows how to split a batch, so a trainer opts in.
 
+    ``preview``: a :class:`~dual_adapter.previews.Previewer` the trainer has bound to the model it trains; after
+    every step it says is due (and after any checkpoint of that step) it samples one video with the current weights
+    under a forked RNG and no gradient, so the run's weights are bit-identical with and without previews. Its time
+    is kept out of ``TrainResult.seconds`` and reported at the end as a share of the training time
+    (``TrainResult.preview_seconds``; only rank 0 previews in a data-parallel run).
+
     Raises:
         DualAdapterError: invalid config, a state file that does not fit, a resume whose state is already at or
             past ``cfg.steps`` (nothing is written).
@@ -878,6 +886,8 @@ def train_loop(
             log.warning("resume: the learning rate changed from %g to %g; the new one applies from step %d "
                         "(the schedule keeps its position)", float(old_lr), float(cfg.lr), start + 1)
         losses = [r for r in losses if r.get("step", 0) <= start]
+        if preview is not None:
+            preview.forget_after(start)
         if not _all_finite(params):
             raise TrainingDiverged(f"resume: the state file {str(resume_state)!r} holds non-finite weights; "
                                    f"start a new run")
@@ -985,6 +995,9 @@ def train_loop(
                         raise diverged(step + 1, "the weights became non-finite after the update")
                 if ckpt:
                     checkpoint(step + 1)
+                if preview is not None and dist_rank_world()[0] == 0 and preview.due(step + 1, cfg.steps):
+                    flush()
+                    preview(step + 1)
         result.completed = True
     except TrainingDiverged:
         result.seconds = time.time() - t0
@@ -1005,6 +1018,11 @@ def train_loop(
                 log.error("could not write the checkpoint after the run stopped: %s", e)
         raise
     result.seconds = time.time() - t0
+    if preview is not None:
+        result.preview_seconds = preview.seconds
+        result.seconds -= preview.seconds
+        if preview.count:
+            log.info("%s", preview.report(result.seconds))
     if on_checkpoint is not None:
         checkpoint(result.steps_done, "the trained weights are still returned (the final output is written if it fits)")
     return result

@@ -50,6 +50,8 @@ dropped (``validation_data.spatial_scale: 0``).
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -540,6 +542,7 @@ def train_unet_motion_lora(
     on_checkpoint: Callable[[UNetLora, int], None] | None = None,
     state_path: str | Path | None = None,
     resume: bool = False,
+    preview=None,
 ) -> tuple[UNetLora, UNetLora | None, list[dict]]:
     """Train a motion LoRA (TAP preset) on clips, MotionDirector-style, on a U-Net backbone.
 
@@ -557,6 +560,8 @@ def train_unet_motion_lora(
         resume: continue from ``state_path`` (same settings expected). The run-file rules (lock, refusing
             to replace a run, nothing to resume) are the caller's, through
             :func:`dual_adapter.training.training_run` (the ``train-lora`` command does this).
+        preview: :class:`~dual_adapter.previews.PreviewOptions` (a validation video every ``every`` steps with the
+            motion LoRA as it is then, the spatial LoRA off; default prompt: the first clip's), or None.
 
     Returns:
         ``(motion_lora, spatial_lora or None, losses)``; LoRA metadata names the backbone, preset and setting.
@@ -669,10 +674,23 @@ def train_unet_motion_lora(
                      optimizer=cfg.optimizer, lr_schedule="constant", warmup_steps=0, grad_clip=0.0,
                      mixed_precision="fp32" if bb.device == "cpu" else "auto", gradient_checkpointing=False,
                      seed=int(cfg.seed), checkpoint_every=int(cfg.checkpoint_every))
+    previewer = None
+    if preview is not None and preview.enabled:
+        from .previews import Previewer, backbone_renderer
+
+        def inference_lora():  # the spatial LoRA is dropped at inference; each step sets both strengths again
+            set_lora_strength(model, "motion", 1.0)
+            if s_params:
+                set_lora_strength(model, "spatial", 0.0)
+            return contextlib.nullcontext()
+
+        pemb = bb.encode_prompt(preview.prompt).float() if preview.prompt else texts[0]
+        h, w = (int(x) for x in clips[0].shape[1:3])
+        previewer = Previewer(preview, backbone_renderer(bb, pemb, preview, height=h, width=w)).bind(model, inference_lora)
     res = train_loop(groups, step_fn, tc, device_type=str(bb.device).split(":")[0], callback=callback,
                      before_optimizer_step=before_opt,
                      on_checkpoint=on_ckpt if (on_checkpoint or state_path is not None) else None,
-                     resume_state=state_path if resume else None, start_losses=start_losses)
+                     resume_state=state_path if resume else None, start_losses=start_losses, preview=previewer)
     motion = current()
     motion.metadata["optimizer"] = res.optimizer_name
     spatial = _finish(bb, model, "spatial", cfg, None, role="spatial") if s_params else None

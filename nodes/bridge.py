@@ -265,8 +265,14 @@ class Progress:
 
     Use as the library's ``callback``: ``cb(step, total, info)`` updates the bar, checks for interrupt, and
     when ``info`` has a ``loss`` shows the progress line (step, %, elapsed, ETA, loss) under the node
-    (about 50 updates per run).
+    (about 50 updates per run). While a run trains, the node's preview image is the live training view
+    (:func:`dual_adapter.plots.training_view`: the latest validation preview above the loss curve, one series
+    per phase), redrawn every :attr:`plot_every_s` seconds and after each preview (:meth:`show_preview`, the
+    ``on_preview`` of :class:`dual_adapter.previews.PreviewOptions`).
     """
+
+    #: seconds between redraws of the live loss curve (drawing takes about 0.1 s)
+    plot_every_s = 3.0
 
     def __init__(self, total: int, label: str = "step"):
         import time
@@ -280,6 +286,8 @@ class Progress:
         lab = None if IN_COMFY else console_label()
         self.text = TextProgress(lab if label == "step" else f"{lab} {label}") if lab is not None else None
         self.losses: list[dict] = []  # the records with a loss seen so far (this queue's run)
+        self.preview: tuple[int, object] | None = None  # (step, frames [F, H, W, 3]) of the latest preview
+        self._drawn = 0.0
 
     @contextlib.contextmanager
     def on_cancel(self, kept, exact=None):
@@ -299,7 +307,34 @@ class Progress:
                 logging.getLogger(__name__).error("could not show the cancel notice: %s", e)
             raise
 
+    def show_preview(self, step: int, frames) -> None:
+        """A validation preview was made at ``step`` (frames ``[F, H, W, 3]``): show it with the loss curve now."""
+        self.preview = (int(step), frames)
+        self.draw(step)
+
+    def draw(self, step: int) -> None:
+        """Send the live training view as the node's preview image (no-op outside ComfyUI)."""
+        import time
+
+        self._drawn = time.time()
+        if self.bar is None:
+            return
+        try:
+            import numpy as np
+            from PIL import Image
+
+            from dual_adapter.plots import training_view
+
+            st, frames = self.preview if self.preview is not None else (None, None)
+            img = training_view(self.losses, frames, st, title=f"{self.label} loss")
+            pil = Image.fromarray((img.clamp(0, 1).numpy() * 255).astype(np.uint8))
+            self.bar.update_absolute(min(int(step), self.total), self.total, ("JPEG", pil, 768))
+        except Exception as e:  # a view that cannot be drawn never stops training
+            logging.getLogger(__name__).debug("no live training view: %s", e)
+
     def __call__(self, step: int, total: int | None = None, info: dict | None = None, preview=None) -> None:
+        import time
+
         if info and "loss" in info:  # recorded first: a Cancel raised just below still knows this step
             self.losses.append({**info, "step": int(step)})
         throw_if_interrupted()
@@ -307,9 +342,9 @@ class Progress:
             self.text(step, total or self.total, info)
         if self.bar is not None:
             self.bar.update_absolute(min(step, self.total), total or self.total, preview)
+            if info and "loss" in info and time.time() - self._drawn >= self.plot_every_s:
+                self.draw(step)
             if info and "loss" in info and (step % max(1, self.total // 50) == 0 or step >= self.total):
-                import time
-
                 from dual_adapter.progress import format_progress
 
                 tot = total or self.total

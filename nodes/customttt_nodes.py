@@ -6,12 +6,13 @@ from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
-from dual_adapter.lora import LoraFile, finish_run_files
+from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent, latent_scale
 from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
-from .common import as_model, training_mode
+from .common import (as_model, finish_run, kept_note, preview_inputs, preview_options, run_checkpoint, run_inputs,
+                     training_mode)
 
 CAT = "DualAdapter/CustomTTT"
 
@@ -38,6 +39,25 @@ class _ProgressOnce:
 
     def __init__(self):
         self.bar = None
+
+    def show_preview(self, step, frames):
+        if self.bar is not None:
+            self.bar.show_preview(step, frames)
+
+    def on_cancel(self, kept):
+        """:meth:`bridge.Progress.on_cancel` once the bar exists (a Cancel during the teachers keeps nothing)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            try:
+                yield
+            except bridge.interrupt_exception_types():
+                if self.bar is not None:
+                    with self.bar.on_cancel(kept):
+                        raise
+                raise
+        return ctx()
 
     def __call__(self, step, total, info=None):
         if self.bar is None:
@@ -113,7 +133,8 @@ class DualAdapterTTTMerge:
                    "noise to a reference latent; the student (model + both LoRAs, all LoRA weights trainable) learns "
                    "to denoise both references under the combined prompt (L = w_a L_appearance + w_m L_motion). "
                    "Output: one merged LoRA (rank-concatenated where both LoRAs touch a layer) for Apply LoRA / "
-                   "Save LoRA. Progress per step; Cancel keeps the last state in output/lora_checkpoints/.")
+                   "Save LoRA. Progress per step, the loss curve and validation previews of the student on the node; Cancel "
+                   "keeps the last state in output/lora_checkpoints/ and 'resume' continues it.")
     CATEGORY = CAT
     RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
     RETURN_NAMES = ("lora", "loss_plot")
@@ -168,13 +189,16 @@ class DualAdapterTTTMerge:
             "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
             "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
             "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Less VRAM, about 30% slower."}),
+            **run_inputs("customttt", checkpoint_every=10),
+            **preview_inputs(),
         }}
 
     def merge(self, model, appearance_lora, appearance_prompt, motion_lora, motion_prompt, prompt, steps=30,
               teacher_steps=5, teacher_cfg=6.0, learning_rate=1e-5, optimizer="adamw", seed=0, teacher_schedule=25,
               reference="x0_pred", renoise_min=0, renoise_max=1000, w_appearance=1.0, w_motion=1.0,
               regenerate_references=False, shared_teacher_noise=True, negative_prompt="", frames=0, height=0,
-              width=0, gradient_checkpointing=True):
+              width=0, gradient_checkpointing=True, name="customttt", resume=False, checkpoint_every=10,
+              preview_every=-1, preview_prompt=""):
         m = as_model(model)
         a = _as_lora(appearance_lora, "appearance_lora")
         mo = _as_lora(motion_lora, "motion_lora")
@@ -186,13 +210,17 @@ class DualAdapterTTTMerge:
                           w_motion=float(w_motion), regenerate_references=bool(regenerate_references),
                           optimizer=optimizer, lr=float(learning_rate), weight_decay=wd, seed=int(seed),
                           gradient_checkpointing=bool(gradient_checkpointing), num_frames=frames or None,
-                          height=height or None, width=width or None)
+                          height=height or None, width=width or None, checkpoint_every=int(checkpoint_every))
         cfg.validate()
-        ckpt = bridge.output_path("lora_checkpoints/customttt", "safetensors") if steps else None
-        with reservation(ckpt), training_mode():
+        ckpt = run_checkpoint(name, "customttt", resume) if steps else None
+        bar = _ProgressOnce()
+        pv = preview_options(bar, preview_every, preview_prompt, m.bundle, ckpt) if steps else None
+        with reservation(ckpt), training_mode(), bar.on_cancel(lambda: kept_note(ckpt, name)):
             res = C.ttt_merge(m.bundle, a, mo, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
-                              prompt=prompt, config=cfg, patches=m.patches, callback=_ProgressOnce(),
-                              checkpoint_path=ckpt)
+                              prompt=prompt, config=cfg, patches=m.patches, callback=bar,
+                              checkpoint_path=ckpt, resume=bool(resume) and bool(steps), preview=pv)
+        if ckpt is not None:
+            finish_run(ckpt, res.train.completed)
         from dual_adapter.plots import plot_loss_curve
 
         recs = [dict(step=r["step"], loss=r[k], term=k.replace("loss_", "") if k != "loss" else "combined")
@@ -207,8 +235,9 @@ class DualAdapterTTTMerge:
 class DualAdapterTrainSelectiveLoRA:
     DESCRIPTION = ("Train a CustomTTT layer-selective LoRA on the chosen blocks only: an appearance LoRA on subject "
                    "photos (each a 1-frame video) or a motion LoRA on a clip. Pick the blocks with Prompt Influence "
-                   "(its appearance_blocks / motion_blocks outputs connect to 'blocks'). Progress per step; Cancel stops "
-                   "and keeps the last checkpoint in output/lora_checkpoints/.")
+                   "(its appearance_blocks / motion_blocks outputs connect to 'blocks'). Progress per step, the loss curve and "
+                   "validation previews on the node; Cancel stops and keeps the last checkpoint in "
+                   "output/lora_checkpoints/; 'resume' continues it.")
     CATEGORY = "DualAdapter/CustomTTT"
     RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
     RETURN_NAMES = ("lora", "loss_plot")
@@ -237,10 +266,13 @@ class DualAdapterTrainSelectiveLoRA:
             "clip": ("IMAGE", {"tooltip": "Motion clip frames [F, H, W, 3] (4k+1) for kind=motion; a still (identical frames) is refused."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (480; tiny 64)."}),
             "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (720; tiny 96)."}),
+            **run_inputs("selective_lora"),
+            **preview_inputs(),
         }}
 
     def train(self, model, kind, prompt, blocks="", preset="full", rank=32, learning_rate=0.0, steps=500, seed=0,
-              photos=None, clip=None, height=0, width=0):
+              photos=None, clip=None, height=0, width=0, name="selective_lora", resume=False, checkpoint_every=100,
+              preview_every=-1, preview_prompt=""):
         from dual_adapter.plots import plot_loss_curve
 
         from .common import image_batch
@@ -259,18 +291,18 @@ class DualAdapterTrainSelectiveLoRA:
             n = min((x.shape[0] - 1) // t * t + 1, m.bundle.default_size[0])
             data = dict(clips=[x[:n]], num_frames=n)
         spec = C.selective_spec(kind, blocks or None, rank=int(rank), targets=preset)
-        over = dict(steps=int(steps), seed=int(seed))
+        over = dict(steps=int(steps), seed=int(seed), checkpoint_every=int(checkpoint_every))
         if learning_rate > 0:
             over["lr"] = float(learning_rate)
         cfg = C.selective_train_config(kind, **over)
-        ckpt = bridge.output_path(f"lora_checkpoints/{kind}_lora", "safetensors")
+        ckpt = run_checkpoint(name, "selective_lora", resume)
         bar = bridge.Progress(int(steps))
-        with reservation(ckpt), training_mode(), bar.on_cancel(f"{ckpt.name} in {ckpt.parent} (Load LoRA (CogVideoX) lists it)"):
+        pv = preview_options(bar, preview_every, preview_prompt, m.bundle, ckpt)
+        with reservation(ckpt), training_mode(), bar.on_cancel(lambda: kept_note(ckpt, name)):
             lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
-                                             callback=bar, checkpoint_path=ckpt,
+                                             callback=bar, checkpoint_path=ckpt, resume=bool(resume), preview=pv,
                                              height=height or None, width=width or None, patches=m.patches, **data)
-        if res.completed:  # the finished LoRA stays in output/lora_checkpoints as an autosave; its optimiser state goes
-            finish_run_files(ckpt)
+        finish_run(ckpt, res.completed)
         return (lf, plot_loss_curve(res.losses, title=f"{kind} LoRA (blocks {blocks or 'all'}) loss", smooth=20))
 
 

@@ -15,7 +15,7 @@ from dual_adapter.media import check_motion_frames
 from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
-from .common import as_model, image_batch, training_mode
+from .common import as_model, image_batch, preview_inputs, preview_options, training_mode
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,14 @@ class DualRealTrain:
                                                   "its final file. Off: a new run with the next counter."}),
                 "warmup_steps": ("INT", {"default": 200, "min": 0, "max": 100000,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
+                **preview_inputs(),
             },
         }
 
     def train(self, model, subject, identity_prompt, motion, motion_prompt, steps, lr, motion_ratio, hidden_width,
               groups, form, seed, name, clip_vision=None, frames_per_clip=0, use_controller=True,
-              checkpoint_every=100, resume=False, warmup_steps=200, reference_encoder="auto"):
+              checkpoint_every=100, resume=False, warmup_steps=200, reference_encoder="auto", preview_every=-1,
+              preview_prompt=""):
         from dual_adapter.dualreal import DualRealOptions, train_dualreal
         from dual_adapter.plots import plot_loss_curve
         from dual_adapter.training import TrainConfig
@@ -198,7 +200,8 @@ class DualRealTrain:
                 with bar.on_cancel(kept, exact=lambda: _read_losses(files["losses"])):
                     res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt,
                                          reference_encoder=encoder, options=options, train=train, callback=cb, out=out,
-                                         resume=bool(resume))
+                                         resume=bool(resume),
+                                         preview=preview_options(bar, preview_every, preview_prompt, bundle, out))
                     path = finalize_run(res, out)  # the final file replaces the run's .partial / .state, as in the CLI
             log.info("Train DualReal: wrote %s", path)
             curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",

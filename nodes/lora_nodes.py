@@ -15,7 +15,8 @@ from dual_adapter.media import check_motion_frames
 from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
-from .common import as_model, image_batch, training_mode
+from .common import (as_model, finish_run, image_batch, kept_note, preview_inputs, preview_options, run_checkpoint,
+                     run_inputs, training_mode)
 
 CAT = "DualAdapter/LoRA"
 
@@ -34,7 +35,8 @@ class TrainMotionLoRA:
                    "Appearance', docs/tap.md). Preset tap = LoRA on attention query and key only (TAP: the value projection stays "
                    "frozen so the pretrained appearance is re-used, not re-learned); k_out = the authors' code; full = "
                    "q, k, v, out. Optional MotionDirector spatial path and appearance-debiased loss. Progress per step; "
-                   "Cancel stops and keeps the last checkpoint in output/lora_checkpoints/.")
+                   "Cancel stops and keeps the last checkpoint in output/lora_checkpoints/; 'resume' continues it. While it trains "
+                   "the node shows the loss curve and validation previews.")
     CATEGORY = CAT
     RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
     RETURN_NAMES = ("lora", "loss_plot")
@@ -79,11 +81,14 @@ class TrainMotionLoRA:
                               "loss (noise of a random anchor frame subtracted)."}),
             "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute activations in the backward "
                                        "pass: much less VRAM, about 30% slower. Needed for 5B at 49x480x720."}),
+            **run_inputs("motion_lora"),
+            **preview_inputs(),
         }}
 
     def train(self, model, clip, prompt, preset="tap", rank=32, alpha=32.0, dropout=0.1, learning_rate=5e-4,
               steps=1000, seed=0, clip_2=None, clip_3=None, height=0, width=0, targets="", blocks="",
-              spatial_path=False, debiased_loss=False, gradient_checkpointing=True):
+              spatial_path=False, debiased_loss=False, gradient_checkpointing=True, name="motion_lora",
+              resume=False, checkpoint_every=100, preview_every=-1, preview_prompt=""):
         m = as_model(model)
         if preset == "custom":
             if not targets.strip():
@@ -94,20 +99,22 @@ class TrainMotionLoRA:
         spec = L.LoraSpec(rank=int(rank), alpha=float(alpha), dropout=float(dropout), targets=tg, blocks=L.parse_blocks(blocks))
         spec.validate()
         cfg = L.lora_train_config(steps=int(steps), lr=float(learning_rate), seed=int(seed),
-                                  gradient_checkpointing=bool(gradient_checkpointing))
+                                  gradient_checkpointing=bool(gradient_checkpointing),
+                                  checkpoint_every=int(checkpoint_every))
         clips = [check_motion_frames(image_batch(c, name), name)
                  for name, c in (("clip", clip), ("clip_2", clip_2), ("clip_3", clip_3)) if c is not None]
         t = m.bundle.vae_scale_temporal
         n = min(c.shape[0] for c in clips)
         n = min((n - 1) // t * t + 1, m.bundle.default_size[0])
-        ckpt = bridge.output_path("lora_checkpoints/motion_lora", "safetensors")
+        ckpt = run_checkpoint(name, "motion_lora", resume)
         progress = bridge.Progress(int(steps))
-        with reservation(ckpt), training_mode(), progress.on_cancel(f"{ckpt.name} in {ckpt.parent} (Load LoRA (CogVideoX) lists it)"):
+        pv = preview_options(progress, preview_every, preview_prompt, m.bundle, ckpt)
+        with reservation(ckpt), training_mode(), progress.on_cancel(lambda: kept_note(ckpt, name)):
             lf, res = L.train_lora(m.bundle, clips=clips, prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
                                    debiased_loss=debiased_loss, callback=progress, checkpoint_path=ckpt,
-                                   num_frames=n, height=height or None, width=width or None, patches=m.patches)
-        if res.completed:  # the finished LoRA stays in output/lora_checkpoints as an autosave; its optimiser state goes
-            L.finish_run_files(ckpt)
+                                   resume=bool(resume), num_frames=n, height=height or None, width=width or None,
+                                   patches=m.patches, preview=pv)
+        finish_run(ckpt, res.completed)
         from dual_adapter.plots import plot_loss_curve
 
         plot = plot_loss_curve(res.losses, title=f"motion LoRA ({spec_name(spec)}) loss", smooth=20)

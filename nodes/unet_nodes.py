@@ -20,7 +20,7 @@ from dual_adapter.patches import PatchedModel
 from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
-from .common import image_batch, training_mode
+from .common import image_batch, preview_inputs, preview_options, run_inputs, training_mode
 
 CAT = "DualAdapter/U-Net"
 TINY = ["tiny-unet3d", "tiny-animatediff"]
@@ -197,19 +197,55 @@ class UNetTrainMotionLoRA:
                              "on in the authors' code)."}),
             "debiased_loss": ("BOOLEAN", {"default": d.debiased_loss, "tooltip": "Add the appearance-debiased loss "
                               "(the authors' code always does)."}),
-        }}
+        }, "optional": {**_RUN("unet_motion_lora"), **preview_inputs()}}
 
     def train(self, model, clip, prompt, preset=UM.UNetMotionTrainConfig.preset, rank=32, steps=1000,
-              learning_rate=5e-4, seed=0, spatial_path=True, debiased_loss=True):
+              learning_rate=5e-4, seed=0, spatial_path=True, debiased_loss=True, name="unet_motion_lora",
+              resume=False, checkpoint_every=100, preview_every=-1, preview_prompt=""):
         m = _model(model)
         frames = check_motion_frames(image_batch(clip, "clip"), "clip")  # a still would train no motion
         cfg = UM.UNetMotionTrainConfig(preset=preset, rank=int(rank), steps=int(steps), lr=float(learning_rate),
                                        seed=int(seed), spatial_path=bool(spatial_path), debiased_loss=bool(debiased_loss),
-                                       gradient_checkpointing=m.bundle.device != "cpu")
-        with training_mode():
-            lf, _, _ = UM.train_unet_motion_lora(m.bundle, [frames], prompt, cfg,
-                                                 callback=bridge.Progress(int(steps), "motion LoRA"))
+                                       gradient_checkpointing=m.bundle.device != "cpu",
+                                       checkpoint_every=int(checkpoint_every))
+        out, state = _unet_run(name, "unet_motion_lora", resume)
+        bar = bridge.Progress(int(steps), "motion LoRA")
+
+        def keep(lf, step):
+            UM.save_unet_lora(lf, out, overwrite=True)
+
+        with reservation(out), training_mode(), bar.on_cancel(lambda: _kept(out, state, name)):
+            with torch.random.fork_rng():  # the LoRA's random init: the run's seed, so a run repeats
+                torch.manual_seed(int(seed))
+                lf, _, _ = UM.train_unet_motion_lora(
+                    m.bundle, [frames], prompt, cfg, callback=bar, on_checkpoint=keep, state_path=state,
+                    resume=bool(resume), preview=preview_options(bar, preview_every, preview_prompt, m.bundle, out))
+        _finish(state)
         return (lf,)
+
+
+def _RUN(default: str) -> dict:
+    return run_inputs(default)
+
+
+def _unet_run(name: str, default: str, resume: bool):
+    """``(checkpoint, state file)`` of a U-Net training node's run: ``output/unet_lora/<name>_NNNNN_.safetensors``
+    (a new counter, or with ``resume`` the newest with a state file) and its ``.state.safetensors``."""
+    from dual_adapter.dualreal import counted_run_path, run_paths
+
+    out = counted_run_path(bridge.output_dir() / "unet_lora", (name or "").strip() or default, resume=bool(resume))
+    return out, run_paths(out)["state"]
+
+
+def _kept(out, state, name: str) -> str:
+    what = out.name if out.is_file() and out.stat().st_size else state.name
+    return f"{what} in {out.parent}; continue with resume = true, name {name!r} and the same steps"
+
+
+def _finish(state) -> None:
+    """A finished run's state file goes (the checkpoint, if any, stays as an autosave Load U-Net LoRA lists)."""
+    if state.exists():
+        state.unlink()
 
 
 class UNetApplyLoRA:
@@ -316,6 +352,20 @@ _CT_COMMON = {
 }
 
 
+def _stage(m, label, name, resume, checkpoint_every, preview_every, preview_prompt, steps, train, seed=0):
+    """Run one CustomTTT stage of an AnimateDiff node with its run files (state file in output/unet_lora/,
+    resume, previews, Cancel notice); returns the node's output tuple."""
+    out, state = _unet_run(name, label.lower() + "_lora", resume)
+    bar = bridge.Progress(steps, label)
+    run = CT.StageRun(state_path=state, resume=bool(resume), checkpoint_every=int(checkpoint_every),
+                      preview=preview_options(bar, preview_every, preview_prompt, m.bundle, out))
+    with reservation(out), training_mode(), bar.on_cancel(lambda: _kept(out, state, name)), torch.random.fork_rng():
+        torch.manual_seed(int(seed))  # the LoRAs' random init: the run's seed, so a run repeats (and resumes)
+        lf = train(run, bar)
+    _finish(state)
+    return (lf,)
+
+
 class AnimateDiffTrainAppearanceLoRA:
     DESCRIPTION = ("CustomTTT appearance LoRA: spatial attention of the appearance layers (default 2,6), trained on the "
                    "subject photos as 1-frame videos with the motion modules bypassed (authors: lr 1e-5, 500 steps).")
@@ -334,16 +384,16 @@ class AnimateDiffTrainAppearanceLoRA:
             "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
             "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "Learning rate (1e-5)."}),
-            **_CT_COMMON}}
+            **_CT_COMMON}, "optional": {**_RUN("appearance_lora"), **preview_inputs()}}
 
-    def train(self, model, photos, prompt, layers="2,6", steps=500, learning_rate=1e-5, rank=32, optimizer="auto", seed=0):
+    def train(self, model, photos, prompt, layers="2,6", steps=500, learning_rate=1e-5, rank=32, optimizer="auto", seed=0,
+              name="appearance_lora", resume=False, checkpoint_every=100, preview_every=-1, preview_prompt=""):
         m = _model(model, kind="animatediff")
         ph = list(image_batch(photos, "photos"))
         cfg = CT.CustomTTTUNetConfig(appearance_layers=CT.parse_layers(layers), appearance_steps=int(steps),
                                      appearance_lr=float(learning_rate), rank=int(rank), optimizer=optimizer, seed=int(seed))
-        with training_mode():
-            lf, _ = CT.train_appearance_lora(m.bundle, ph, prompt, cfg, callback=bridge.Progress(int(steps), "appearance"))
-        return (lf,)
+        return _stage(m, "appearance", name, resume, checkpoint_every, preview_every, preview_prompt, int(steps),
+                      lambda run, bar: CT.train_appearance_lora(m.bundle, ph, prompt, cfg, callback=bar, run=run)[0], seed=seed)
 
 
 class AnimateDiffTrainMotionLoRA:
@@ -365,17 +415,17 @@ class AnimateDiffTrainMotionLoRA:
             "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
             "learning_rate": ("FLOAT", {"default": 5e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "Learning rate (5e-5)."}),
-            **_CT_COMMON}}
+            **_CT_COMMON}, "optional": {**_RUN("motion_lora"), **preview_inputs()}}
 
     def train(self, model, clip, prompt, layers="2,5", preset="full", steps=500, learning_rate=5e-5, rank=32,
-              optimizer="auto", seed=0):
+              optimizer="auto", seed=0, name="motion_lora", resume=False, checkpoint_every=100, preview_every=-1,
+              preview_prompt=""):
         m = _model(model, kind="animatediff")
         cfg = CT.CustomTTTUNetConfig(motion_layers=CT.parse_layers(layers), motion_preset=preset, motion_steps=int(steps),
                                      motion_lr=float(learning_rate), rank=int(rank), optimizer=optimizer, seed=int(seed))
-        with training_mode():
-            lf, _ = CT.train_motion_lora(m.bundle, [check_motion_frames(image_batch(clip, "clip"), "clip")], prompt, cfg,
-                                         callback=bridge.Progress(int(steps), "motion"))
-        return (lf,)
+        x = check_motion_frames(image_batch(clip, "clip"), "clip")
+        return _stage(m, "motion", name, resume, checkpoint_every, preview_every, preview_prompt, int(steps),
+                      lambda run, bar: CT.train_motion_lora(m.bundle, [x], prompt, cfg, callback=bar, run=run)[0], seed=seed)
 
 
 class AnimateDiffTTTMerge:
@@ -408,21 +458,21 @@ class AnimateDiffTTTMerge:
                               "runs before its reference is taken (5)."}),
             "sampler_steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The DDIM schedule the teachers "
                               "step through (25), at CFG 9."}),
-            "optimizer": _CT_COMMON["optimizer"], "seed": _CT_COMMON["seed"]}}
+            "optimizer": _CT_COMMON["optimizer"], "seed": _CT_COMMON["seed"]},
+            "optional": {**run_inputs("customttt", checkpoint_every=10), **preview_inputs()}}
 
     def merge(self, model, appearance_lora, motion_lora, appearance_prompt, motion_prompt, prompt, steps=30,
               learning_rate=1e-6, frames=0, reference="x0_pred", teacher_steps=5, sampler_steps=25, optimizer="auto",
-              seed=0):
+              seed=0, name="customttt", resume=False, checkpoint_every=10, preview_every=-1, preview_prompt=""):
         m = _model(model, kind="animatediff")
         cfg = CT.CustomTTTUNetConfig(ttt_steps=int(steps), ttt_lr=float(learning_rate), num_frames=frames or None,
                                      reference=reference, teacher_steps=int(teacher_steps),
                                      sampler_steps=int(sampler_steps), optimizer=optimizer, seed=int(seed))
-        with training_mode():
-            merged, _, _ = CT.ttt_merge(m.bundle, _lora(appearance_lora, "appearance_lora"),
-                                        _lora(motion_lora, "motion_lora"), appearance_prompt=appearance_prompt,
-                                        motion_prompt=motion_prompt, prompt=prompt, config=cfg,
-                                        callback=bridge.Progress(int(steps), "TTT"))
-        return (merged,)
+        a, mo = _lora(appearance_lora, "appearance_lora"), _lora(motion_lora, "motion_lora")
+        return _stage(m, "TTT", name, resume, checkpoint_every, preview_every, preview_prompt, int(steps),
+                      lambda run, bar: CT.ttt_merge(m.bundle, a, mo, appearance_prompt=appearance_prompt,
+                                                    motion_prompt=motion_prompt, prompt=prompt, config=cfg,
+                                                    callback=bar, run=run)[0], seed=seed)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -116,6 +116,12 @@ def register(sub) -> None:
     q.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
     q.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     q.add_argument("--save-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the saved file")
+    q.add_argument("--resume", action="store_true", help="continue the interrupted run of --out from its checkpoint "
+                   "(<out>.ckpt.safetensors and <out>.ckpt.state.safetensors: student weights, optimiser, step; the "
+                   "teachers run again with the same seeds), giving the uninterrupted run's result")
+    from ._previews import add_preview_options
+
+    add_preview_options(q)
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(func=run_merge)
 
@@ -189,12 +195,13 @@ def run_merge(args) -> int:
     from ..training import write_loss_log
     from .generate import _TextProgress, load_bundle, preflight
 
+    from ..lora import train_state_path
+    from ..training import check_run_files
+
     out = _new_file(args.out, (".safetensors",), "--out")
     losses_path = out.with_name(out.stem + ".losses.jsonl")
     ckpt = out.with_name(out.stem + ".ckpt.safetensors")
-    for p in (losses_path, ckpt):
-        if p.exists():
-            raise DualAdapterError(f"{str(p)!r} already exists; choose another --out")
+    run_files = {"checkpoint": ckpt, "state": train_state_path(ckpt), "losses": losses_path}
     over = dict(steps=args.steps, teacher_steps=args.teacher_steps, teacher_schedule=args.teacher_schedule,
                 teacher_scheduler=args.teacher_scheduler, teacher_cfg=args.teacher_cfg,
                 negative_prompt=args.negative_prompt, teacher_seed=args.teacher_seed,
@@ -221,15 +228,22 @@ def run_merge(args) -> int:
 
     preflight(args, args.frames, args.height, args.width)  # before the model loads
     with run_lock(out, "ttt-merge run"):  # a second run with the same --out is refused while this one runs
+        check_run_files(out, run_files, resume=args.resume, resume_hint="--resume", rename_hint="another --out")
         bundle = load_bundle(args)
+        from ._previews import preview_options, report
+
+        pv = preview_options(args, bundle, out)
         res = C.ttt_merge(bundle, a, m, appearance_prompt=args.appearance_prompt, motion_prompt=args.motion_prompt,
                           prompt=args.prompt, config=cfg, callback=_TextProgress("ttt-merge", args.quiet),
-                          checkpoint_path=ckpt)
+                          checkpoint_path=ckpt, resume=args.resume, preview=pv)
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
         path = res.lora.save(out, dtype=dt)
         write_loss_log(res.train.losses, losses_path)
-        if ckpt.exists():
-            ckpt.unlink()
+        for p in (ckpt, train_state_path(ckpt)):
+            if p.exists():
+                p.unlink()
+        if pv is not None:
+            report(args, res.train.preview_seconds, res.train.seconds, pv.folder)
     s = res.seconds
     print(f"wrote {path} ({len(res.lora.modules)} modules, blocks {res.lora.blocks}; {res.train.steps_done} TTT steps, "
           f"teachers {s['teachers']:.1f}s + TTT {s['ttt']:.1f}s) and {losses_path}")

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
     from ._parallel import add_parallel_options
 
     add_parallel_options(p, "--motion-batch")
+    from ._previews import add_preview_options
+
+    add_preview_options(p)
     p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
@@ -132,12 +135,18 @@ def _train(args) -> int:
 
             bar = "!" * 100
             print(f"{bar}\nWARNING: {NO_REFERENCE_WARNING}\n{bar}", file=sys.stderr, flush=True)
+        from ._previews import preview_options, report
+
+        pv = preview_options(args, bundle, out)
         res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt,
                              reference_encoder=encoder, options=options, train=train,
-                             callback=TextProgress("train-dualreal", quiet=rank != 0), out=out, resume=args.resume)
+                             callback=TextProgress("train-dualreal", quiet=rank != 0), out=out, resume=args.resume,
+                             preview=pv)
         if rank != 0:
             return 0
         path = finalize_run(res, out)
+        if pv is not None:
+            report(args, res.preview_seconds, res.seconds, pv.folder)
     first, last = loss_summary(res.losses)
     print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "
           f"{res.seconds:.1f} s, {res.optimizer_name}); loss {first:.4f} -> {last:.4f}; "

@@ -93,6 +93,9 @@ def register(sub) -> None:
     from ._parallel import add_parallel_options
 
     add_parallel_options(p, "--batch")
+    from ._previews import add_preview_options
+
+    add_preview_options(p)
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--checkpoint-every", type=int, default=100, help="rewrite the checkpoint every N steps")
     p.add_argument("--resume", action="store_true",
@@ -164,12 +167,15 @@ def run_train(args) -> int:
                  "spatial": lora.spatial_checkpoint_path(side["ckpt"]), "losses": side["losses"]}
     with parallel_run(args, out, run_files, "train-lora") as (rank, world):
         bundle = load_bundle(args)
+        from ._previews import preview_options, report
+
+        pv = preview_options(args, bundle, out)
         lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
                                   spatial_path=bool(args.spatial_path), debiased_loss=bool(args.debiased_loss),
                                   callback=TextProgress("train-lora", args.quiet or rank != 0),
                                   checkpoint_path=side["ckpt"], resume=args.resume, num_frames=n if clips else None,
                                   height=args.height, width=args.width, batch_size=args.batch,
-                                  grad_accum=args.grad_accum)
+                                  grad_accum=args.grad_accum, preview=pv)
         if rank != 0:  # one writer in a data-parallel run
             return 0
         lf.metadata["train"] = dict(lf.metadata.get("train") or {}, clip_files=[Path(c).name for c in args.motion])
@@ -177,6 +183,8 @@ def run_train(args) -> int:
         path = lf.save(out, dtype=dt)
         write_loss_log(res.losses, side["losses"])
         lora.finish_run_files(side["ckpt"], final_saved=True)
+        if pv is not None:
+            report(args, res.preview_seconds, res.seconds, pv.folder)
     last = res.losses[-1]["loss"] if res.losses else float("nan")
     print(f"wrote {path} (rank {lf.rank}, targets {','.join(lf.targets)}, {len(lf.modules)} modules; "
           f"{res.steps_done} steps, last loss {last:.4f}) and {side['losses']}")

@@ -151,9 +151,12 @@ def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, los
     def keep(lf, step):
         unet_motion.save_unet_lora(lf, ckpt, overwrite=True)
 
+    from ._previews import preview_options
+
+    pv = preview_options(args, bb, out)
     motion, spatial, losses = unet_motion.train_unet_motion_lora(
         bb, clips, args.prompt, cfg, callback=_TextProgress("train-lora", args.quiet), on_checkpoint=keep,
-        state_path=state, resume=args.resume)
+        state_path=state, resume=args.resume, preview=pv)
     motion.metadata.update(prompt=args.prompt, clip_files=[Path(c).name for c in args.motion])
     path = unet_motion.save_unet_lora(motion, out, dtype=args.save_dtype)
     if spatial is not None:

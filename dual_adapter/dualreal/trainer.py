@@ -179,6 +179,7 @@ class DualRealResult:
     seconds: float = 0.0
     optimizer_name: str = ""
     files: dict = field(default_factory=dict)
+    preview_seconds: float = 0.0
 
 
 def run_paths(out: str | Path) -> dict[str, Path]:
@@ -451,6 +452,7 @@ def train_dualreal_on_data(
     out: str | Path | None = None,
     resume: bool = False,
     base_model: str = "",
+    preview=None,
 ) -> DualRealResult:
     """Joint training on precomputed :class:`DualRealData` (what :func:`train_dualreal` calls; also
     used by the benchmarks with random latents).
@@ -466,6 +468,8 @@ def train_dualreal_on_data(
         resume: continue from ``X.state.safetensors`` (weights, optimiser, schedule, step; the adapters'
             settings come from ``X.partial.safetensors``). Without ``resume``, existing run files are
             never replaced: the run is refused (see :func:`dual_adapter.training.check_run_files`).
+        preview: a :class:`~dual_adapter.previews.Previewer` (validation videos while training; bound here to the
+            model being trained, with the first clip's reference embedding), or None.
 
     Raises:
         DualAdapterError: invalid options (``steps`` < 1 included), adapters for another model, run files
@@ -482,11 +486,11 @@ def train_dualreal_on_data(
     files = run_paths(out) if out is not None else {}
     with training_run(out, files, resume=resume):
         return _train_on_data(transformer, scheduler_config, data, options, train, adapters=adapters,
-                              callback=callback, files=files, resume=resume, base_model=base_model)
+                              callback=callback, files=files, resume=resume, base_model=base_model, preview=preview)
 
 
 def _train_on_data(transformer, scheduler_config, data, options, train, *, adapters, callback, files, resume,
-                   base_model) -> DualRealResult:
+                   base_model, preview=None) -> DualRealResult:
     dev = next(transformer.parameters()).device
     start_losses: list = []
     resume_state = None
@@ -619,17 +623,30 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
         save_train_state(files["state"], optimizer, sched, step)
         write_loss_log(losses, files["losses"])
 
+    if preview is not None:
+        import contextlib
+
+        @contextlib.contextmanager
+        def preview_context():  # the motion adapters see the first clip's reference, as W_cond at inference
+            before = ctx.reference
+            ctx.reference = refs[:1].float().unsqueeze(1) if refs is not None else None
+            try:
+                yield
+            finally:
+                ctx.reference = before
+
+        preview.bind(model, preview_context)
     device_type = dev.type
     res = train_loop([{"params": id_params + mo_params + ctrl_params}], step_fn, train, device_type=device_type,
                      callback=callback, before_optimizer_step=mask,
                      on_checkpoint=on_checkpoint if files else None, resume_state=resume_state,
                      start_losses=start_losses, resume_weights_step=weights_step,
                      checkpoint_note=f"{files['partial']} + {files['state'].name}" if files else "",
-                     distributed=dist_rank_world()[1] > 1)
+                     distributed=dist_rank_world()[1] > 1, preview=preview)
     ctx.reference = None
     out_set = _snapshot(module, meta, res.steps_done, res.completed)
     return DualRealResult(out_set, res.losses, res.completed, res.steps_done, res.seconds, res.optimizer_name,
-                          {k: str(v) for k, v in files.items()})
+                          {k: str(v) for k, v in files.items()}, res.preview_seconds)
 
 
 def train_dualreal(
@@ -648,6 +665,7 @@ def train_dualreal(
     out: str | Path | None = None,
     resume: bool = False,
     release: bool = True,
+    preview=None,
 ) -> DualRealResult:
     """Train DualReal adapters + StageBlender on subject photos and motion clips (docs/dualreal.md).
 
@@ -664,9 +682,11 @@ def train_dualreal(
         adapters: continue from a set. out / resume: run files and resume (see module docstring).
         release: move the VAE and T5 off the accelerator while training (they are moved back after).
         callback: ``callback(step, total, info)``; encoding reports ``info["stage"] == "encode"``.
+        preview: :class:`~dual_adapter.previews.PreviewOptions` (validation videos every ``every`` steps; the
+            default prompt is ``"<identity_prompt>, <motion_prompt>"``), or None.
 
     Returns:
-        :class:`DualRealResult` (``.adapters`` is the DUALREAL_ADAPTERS payload).
+        :class:`DualRealResult` (``.adapters`` is the DUALREAL_ADAPTERS payload; ``.preview_seconds``).
 
     Raises:
         DualAdapterError: no photo or no clip (DualReal needs both), bad inputs or options;
@@ -682,11 +702,12 @@ def train_dualreal(
         return _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                reference_encoder=reference_encoder, clip_references=clip_references, options=options,
                                train=train, adapters=adapters, callback=callback, out=out, resume=resume,
-                               release=release)
+                               release=release, preview=preview)
 
 
 def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt, *, reference_encoder,
-                    clip_references, options, train, adapters, callback, out, resume, release) -> DualRealResult:
+                    clip_references, options, train, adapters, callback, out, resume, release,
+                    preview=None) -> DualRealResult:
     bundle = as_backbone(bundle)  # the model, through the backbone interface
     if adapters is not None:
         from .patch import check_compatible
@@ -697,6 +718,14 @@ def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motio
                                  num_frames=options.num_frames, height=options.height, width=options.width,
                                  seed=train.seed, callback=callback,
                                  latent_std=options.latent_sampling == "sample")
+    previewer = None
+    if preview is not None and preview.enabled:
+        from ..previews import Previewer, backbone_renderer
+
+        f0, h0, w0 = bundle.default_size
+        emb = bundle.encode_prompt(preview.prompt or f"{identity_prompt}, {motion_prompt}")
+        previewer = Previewer(preview, backbone_renderer(bundle, emb, preview, height=options.height or h0,
+                                                         width=options.width or w0))
     moved = {}
     if release and not bundle.cpu_offload and bundle.device != "cpu":
         for part in ("vae", "text_encoder"):
@@ -707,7 +736,8 @@ def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motio
     try:
         with bundle.use("denoiser") as base:
             return train_dualreal_on_data(base, bundle.scheduler_config, data, options, train, adapters=adapters,
-                                          callback=callback, out=out, resume=resume, base_model=bundle.name)
+                                          callback=callback, out=out, resume=resume, base_model=bundle.name,
+                                          preview=previewer)
     finally:
         for part, d in moved.items():  # leave the bundle as it was, for sampling in the same process
             getattr(bundle, part).to(d)
