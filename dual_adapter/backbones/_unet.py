@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import DualAdapterError
+from ..limits import check_config_files
 from .base import BlockInfo, VideoBackbone, check_role
 
 log = logging.getLogger(__name__)
@@ -331,6 +332,7 @@ def load_parts(folder: Path, unet_loader, *, dtype: torch.dtype, device: str, te
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
+    check_config_files(folder, ("unet", "vae", text_part))
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(folder / text_part, torch_dtype=dtype).to(device)
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)

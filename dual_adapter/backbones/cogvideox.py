@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import DualAdapterError
+from ..limits import check_model_config
 from .base import BlockInfo, VideoBackbone, check_device, check_role, parse_dtype
 
 log = logging.getLogger("dual_adapter.backbone")
@@ -454,6 +455,8 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
                                f"(CogVideoXTransformer3DModel)")
     _check_types(tcfg, _TRANSFORMER_KEYS, f"transformer config {str(tpath)!r}")
     _check_types(vcfg, _VAE_KEYS, f"VAE config {str(vpath)!r}")
+    check_model_config(tcfg, f"transformer config {str(tpath)!r}")  # bounded before anything is built
+    check_model_config(vcfg, f"VAE config {str(vpath)!r}")
     _refuse_image_to_video(root, tcfg, vcfg)
     scfg = {k: v for k, v in scfg.items() if not k.startswith("_")}
     from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler

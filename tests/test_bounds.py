@@ -1,0 +1,132 @@
+"""Hostile sizes from tiny files and arguments are refused up front, by name, without a large allocation.
+
+Each case builds a tiny crafted file (a few bytes to a few KB) that declares something huge (10^8 blocks, a
+1 x 1000 photo, a 2 x 1000 video ...) and checks that a clear DualAdapterError naming the input comes back
+quickly: the bounds in dual_adapter.limits are checked on the header / config / tensor names before anything is
+built or decoded.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dual_adapter import limits
+from dual_adapter.errors import DualAdapterError
+
+#: A refusal must come long before a big allocation could happen (the unbounded cases ran for minutes).
+FAST_S = 5.0
+
+
+@contextmanager
+def refused_fast(match: str):
+    t0 = time.perf_counter()
+    with pytest.raises(DualAdapterError, match=match):
+        yield
+    assert time.perf_counter() - t0 < FAST_S
+
+
+# ----------------------------------------------------------------------------- adapter files and model configs
+def _adapter_tensors(num_blocks: int, dim: int = 8, hidden: int = 4) -> dict:
+    sd = {}
+    for i in range(num_blocks):
+        for ad in ("id_attn_adapter", "id_ff_adapter", "motion_attn_adapter", "motion_ff_adapter"):
+            sd[f"transformer_blocks.{i}.{ad}.down_linear.weight"] = torch.zeros(hidden, dim)
+            sd[f"transformer_blocks.{i}.{ad}.down_linear.bias"] = torch.zeros(hidden)
+            sd[f"transformer_blocks.{i}.{ad}.up_linear.weight"] = torch.zeros(dim, hidden)
+            sd[f"transformer_blocks.{i}.{ad}.up_linear.bias"] = torch.zeros(dim)
+    return sd
+
+
+def test_official_pth_with_a_huge_block_index_is_refused(tmp_path):
+    from dual_adapter.dualreal.checkpoint import import_official
+
+    sd = _adapter_tensors(1)
+    sd["transformer_blocks.100000000.id_attn_adapter.down_linear.weight"] = torch.zeros(4, 8)
+    p = tmp_path / "adapter.pth"
+    torch.save(sd, p)
+    assert p.stat().st_size < 16_000
+    with refused_fast(r"adapter\.pth.*block index 100000000.*at most 256"):
+        import_official(p)
+    # a gap in the block indices (0 and 3 only) is refused from the names too
+    sd = _adapter_tensors(1)
+    sd.update({k.replace(".0.", ".3."): v for k, v in _adapter_tensors(1).items()})
+    torch.save(sd, tmp_path / "gap.pth")
+    with refused_fast(r"gap\.pth.*only 2 blocks"):
+        import_official(tmp_path / "gap.pth")
+
+
+@pytest.mark.parametrize("num_blocks", [100_000_000, 1e8])
+def test_adapter_file_whose_config_asks_for_1e8_blocks_is_refused(tmp_path, num_blocks):
+    from dual_adapter.dualreal.checkpoint import FORMAT, load_adapters
+    from dual_adapter.io import save_safetensors
+
+    cfg = {"num_blocks": num_blocks, "dim": 8, "time_embed_dim": 8, "hidden": 4, "groups": 1, "controller": False}
+    p = save_safetensors(_adapter_tensors(1), tmp_path / "a.safetensors", {"format": FORMAT, "version": 1,
+                                                                           "config": cfg})
+    with refused_fast(r"num_blocks=1.*1 \.\. 256"):
+        load_adapters(p)
+
+
+def test_adapter_config_is_checked_against_its_tensor_names_first(tmp_path):
+    from dual_adapter.dualreal.checkpoint import FORMAT, load_adapters
+    from dual_adapter.io import save_safetensors
+
+    cfg = {"num_blocks": 2, "dim": 8, "time_embed_dim": 8, "hidden": 4, "groups": 1, "controller": False}
+    sd = _adapter_tensors(1)
+    sd["transformer_blocks.7.id_attn_adapter.down_linear.weight"] = torch.zeros(4, 8)
+    p = save_safetensors(sd, tmp_path / "b.safetensors", {"format": FORMAT, "version": 1, "config": cfg})
+    with refused_fast(r"b\.safetensors.*block index 7.*config says 2 blocks"):
+        load_adapters(p)
+
+
+@pytest.mark.parametrize("field,value", [("dim", 10**7), ("hidden", 10**6), ("groups", 10**6)])
+def test_every_adapter_config_value_is_bounded(field, value):
+    from dual_adapter.dualreal.adapters import DualRealConfig
+
+    cfg = dict(num_blocks=2, dim=8, time_embed_dim=8, hidden=4, groups=1)
+    cfg[field] = value
+    with refused_fast(field):
+        DualRealConfig.from_dict(cfg)
+
+
+def test_cogvideox_folder_with_1e7_layers_is_refused_before_building(tiny, tmp_path):
+    from dual_adapter import backbone
+
+    from test_inputs import _fake_folder
+
+    from safetensors.torch import save_file
+
+    root = _fake_folder(tmp_path / "m", tiny, transformer={"num_layers": 10_000_000})
+    save_file({"x": torch.zeros(1)}, root / "transformer" / "diffusion_pytorch_model.safetensors")  # a 4-byte "model"
+    with refused_fast(r"transformer config.*num_layers=10000000.*bound 256"):
+        backbone.load_cogvideox(root, device="cpu", dtype="fp32")
+    root = _fake_folder(tmp_path / "w", tiny, transformer={"num_attention_heads": 4096, "attention_head_dim": 4096})
+    with refused_fast(r"num_attention_heads x attention_head_dim"):
+        backbone.load_cogvideox(root, device="cpu", dtype="fp32")
+
+
+def test_unet_and_mini_folders_with_huge_configs_are_refused(tmp_path):
+    from dual_adapter.backbones import unet3d
+    from dual_adapter.miniworld.model import load_mini
+
+    root = tmp_path / "zeroscope"
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (root / part).mkdir(parents=True)
+    (root / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel",
+                                                           "layers_per_block": 10_000_000}))
+    with refused_fast(r"unet.config\.json.*layers_per_block=10000000"):
+        unet3d.load(str(root), device="cpu")
+    mini = tmp_path / "mini"
+    for f in ("transformer/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json",
+              "scheduler/scheduler_config.json"):
+        (mini / f).parent.mkdir(parents=True, exist_ok=True)
+        (mini / f).write_text("{}")
+    (mini / "transformer" / "config.json").write_text(json.dumps({"num_layers": 1e7}))
+    with refused_fast(r"transformer.config\.json.*num_layers=10000000\.0 must be an integer"):
+        load_mini(mini)
