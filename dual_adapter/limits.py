@@ -21,7 +21,8 @@ from pathlib import Path
 from .errors import DualAdapterError
 
 __all__ = [
-    "MAX_FRAMES", "MAX_SIDE", "MAX_SAMPLING_STEPS", "MAX_TRAIN_STEPS", "MIN_CFG", "MAX_CFG", "MAX_RANK",
+    "MAX_FRAMES", "MAX_SIDE", "MAX_SAMPLING_STEPS", "MAX_TRAIN_STEPS", "MAX_TTT_STEPS", "MIN_CFG", "MAX_CFG",
+    "MAX_RANK",
     "MAX_ADAPTER_HIDDEN", "MAX_GROUPS", "MAX_BATCH", "MAX_BLOCKS", "MAX_WIDTH", "MAX_CONFIG_INT",
     "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "MAX_DECODED_BYTES", "MAX_CLIP_FRAMES",
     "check_int", "check_float", "check_video_size", "check_model_config", "check_config_files", "check_decoded_size", "arg_int",
@@ -37,6 +38,8 @@ MAX_SIDE = 2048
 MAX_SAMPLING_STEPS = 1000
 #: Optimiser steps of one training run (LoRA, DualReal, CustomTTT merge, mini-world pre-training).
 MAX_TRAIN_STEPS = 100_000
+#: Optimiser steps of a CustomTTT merge (30 in the paper; each step runs the teachers).
+MAX_TTT_STEPS = 10_000
 #: Classifier-free guidance scale: 1 = no guidance; below 1 is not guidance (it extrapolates away from the prompt).
 MIN_CFG = 1.0
 MAX_CFG = 30.0
@@ -176,6 +179,10 @@ def check_config_files(folder, parts) -> None:
         check_model_config(data, f"config {str(path)!r}")
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
 def check_decoded_size(what: str, width: int, height: int, frames: int = 1) -> None:
     """Refuse media whose decoded size is too large, from its header, before decoding.
 
@@ -192,9 +199,9 @@ def check_decoded_size(what: str, width: int, height: int, frames: int = 1) -> N
                                f"downscale it first")
     need = n * w * h * 3 * 4
     if need > MAX_DECODED_BYTES:
-        raise DualAdapterError(f"{what}: {n} frames of {w} x {h} pixels would take {need / 2**30:.1f} GiB decoded "
-                               f"(at most {MAX_DECODED_BYTES / 2**30:.0f} GiB, see docs/limits.md); ask for fewer "
-                               f"frames or a lower fps, or downscale the clip first")
+        raise DualAdapterError(f"{what}: {n} frames of {w} x {h} pixels would take {_mib(need)} decoded "
+                               f"(at most {_mib(MAX_DECODED_BYTES)}, see docs/limits.md); ask for fewer frames or a "
+                               f"lower fps, or downscale the clip first")
 
 
 # ----------------------------------------------------------------------------- command line

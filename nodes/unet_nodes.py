@@ -16,6 +16,8 @@ from dual_adapter.backbones import kind_of, load_backbone
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.media import check_motion_frames
 from dual_adapter.patches import PatchedModel
+from dual_adapter.limits import (MAX_CFG, MAX_RANK, MAX_SAMPLING_STEPS, MAX_SIDE, MAX_TRAIN_STEPS,
+                                 MAX_TTT_STEPS, MIN_CFG)
 
 from . import bridge
 from .common import image_batch, training_mode, unique_output
@@ -89,10 +91,10 @@ class UNetSampler:
             "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Used when cfg > 1."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0 = the model's (tiny 8, ZeroScope 24, "
                        "AnimateDiff 16)."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps (CustomTTT: 25 DDIM)."}),
-            "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.5, "tooltip": "Guidance scale "
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "Denoising steps (CustomTTT: 25 DDIM)."}),
+            "cfg": ("FLOAT", {"default": 9.0, "min": MIN_CFG, "max": MAX_CFG, "step": 0.5, "tooltip": "Guidance scale "
                     "(CustomTTT 9; SMA configs 12)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Initial-noise seed (CPU generator)."}),
             "scheduler": (["ddim", "dpm"], {"default": "ddim", "tooltip": "DDIM (the authors') or DPM-Solver++."}),
@@ -181,8 +183,8 @@ class UNetTrainMotionLoRA:
             "prompt": ("STRING", {"multiline": True, "default": "a person is playing guitar",
                                   "tooltip": "Training prompt describing the motion."}),
             "preset": (list(UM.PRESETS), {"default": "tap", "tooltip": "Temporal-attention projections that get the LoRA."}),
-            "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
-            "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000)."}),
+            "rank": ("INT", {"default": 32, "min": 1, "max": MAX_RANK, "tooltip": "LoRA rank (32)."}),
+            "steps": ("INT", {"default": 1000, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Optimiser steps (1000)."}),
             "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4), weight decay 1e-2."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
@@ -293,7 +295,7 @@ class AnimateDiffPromptInfluence:
 
 
 _CT_COMMON = {
-    "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
+    "rank": ("INT", {"default": 32, "min": 1, "max": MAX_RANK, "tooltip": "LoRA rank (32)."}),
     "optimizer": (["auto", "lion", "adamw"], {"default": "auto", "tooltip": "auto = Lion (the authors') when "
                   "lion-pytorch is installed, else AdamW (a console message says so)."}),
     "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seeds every step's randomness."}),
@@ -315,7 +317,7 @@ class AnimateDiffTrainAppearanceLoRA:
             "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] at a size the model takes."}),
             "prompt": ("STRING", {"default": "a photo of a sks dog", "tooltip": "Appearance prompt."}),
             "layers": ("STRING", {"default": "2,6", "tooltip": "Text layers (0-based) that get the LoRA."}),
-            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Steps (500)."}),
             "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "Learning rate (1e-5)."}),
             **_CT_COMMON}}
@@ -346,7 +348,7 @@ class AnimateDiffTrainMotionLoRA:
             "prompt": ("STRING", {"default": "a person is playing guitar", "tooltip": "Motion prompt."}),
             "layers": ("STRING", {"default": "2,5", "tooltip": "Text layers (0-based) whose motion modules get the LoRA."}),
             "preset": (list(UM.PRESETS), {"default": "full", "tooltip": "Projections of the motion-module attention."}),
-            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Steps (500)."}),
             "learning_rate": ("FLOAT", {"default": 5e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "Learning rate (5e-5)."}),
             **_CT_COMMON}}
@@ -380,15 +382,15 @@ class AnimateDiffTTTMerge:
             "appearance_prompt": ("STRING", {"default": "a photo of a sks dog", "tooltip": "Appearance teacher prompt."}),
             "motion_prompt": ("STRING", {"default": "a person is playing guitar", "tooltip": "Motion teacher prompt."}),
             "prompt": ("STRING", {"default": "a sks dog is playing guitar", "tooltip": "Combined prompt."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "TTT steps (30)."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": MAX_TTT_STEPS, "tooltip": "TTT steps (30)."}),
             "learning_rate": ("FLOAT", {"default": 1e-6, "min": 1e-9, "max": 1.0, "step": 1e-7, "round": False,
                                         "tooltip": "TTT learning rate (1e-6)."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Teacher video frames; 0 = the model's."}),
             "reference": (list(CT.REFERENCES), {"default": "x0_pred", "tooltip": "x0_pred = the teacher's x0 prediction "
                           "at step f (default); z_f = its latent, re-noised only at t >= t_f."}),
-            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
+            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "f: sampler steps each teacher "
                               "runs before its reference is taken (5)."}),
-            "sampler_steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The DDIM schedule the teachers "
+            "sampler_steps": ("INT", {"default": 25, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "The DDIM schedule the teachers "
                               "step through (25), at CFG 9."}),
             "optimizer": _CT_COMMON["optimizer"], "seed": _CT_COMMON["seed"]}}
 

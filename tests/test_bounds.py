@@ -130,3 +130,87 @@ def test_unet_and_mini_folders_with_huge_configs_are_refused(tmp_path):
     (mini / "transformer" / "config.json").write_text(json.dumps({"num_layers": 1e7}))
     with refused_fast(r"transformer.config\.json.*num_layers=10000000\.0 must be an integer"):
         load_mini(mini)
+
+
+# ----------------------------------------------------------------------------- media
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width x height`` (its pixel data is a stub): a few dozen bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_image_headers_are_refused_before_decoding(tmp_path):
+    from dual_adapter import media
+
+    for w, h in ((12000, 12000), (1, 20000)):
+        p = _png_header(tmp_path / f"{w}x{h}.png", w, h)
+        with refused_fast(rf"{w}x{h}\.png.*{w} x {h} pixels.*downscale"):
+            media.load_image(p)
+
+
+def test_thin_strips_are_cropped_before_scaling(tmp_path, out_dir):
+    """A 1 x 1000 PNG (88 bytes) made Load Photos scale it to 480 x 480000 first; a 1 x 10000 one asked for 62 GB."""
+    from PIL import Image
+
+    from dual_adapter import media
+    from nodes.core_nodes import LoadPhotos
+
+    inp = tmp_path / "input"
+    inp.mkdir()
+    Image.new("RGB", (1, 1000), (200, 10, 10)).save(inp / "strip.png")
+    t0 = time.perf_counter()
+    out, n = LoadPhotos().load("strip.png", 480, 720)
+    assert out.shape == (1, 480, 720, 3) and n == 1
+    assert torch.allclose(out[0, 240, 360], torch.tensor([200, 10, 10]) / 255.0, atol=0.01)
+    wide = media.fit_frames(torch.rand(2, 1, 10000, 3), 480, 720)  # a 1 x 10000 strip, two frames
+    assert wide.shape == (2, 480, 720, 3)
+    assert time.perf_counter() - t0 < FAST_S
+
+
+def test_thin_video_is_cropped_before_scaling(tmp_path, out_dir):
+    """A 2 x 1000 MP4 (a few KB) asked for 28 GB in Load Clip Frames."""
+    from dual_adapter import media
+    from nodes.core_nodes import LoadClipFrames
+
+    inp = tmp_path / "input"
+    inp.mkdir()
+    clip = torch.linspace(0, 1, 9).view(9, 1, 1, 1).expand(9, 1000, 2, 3).contiguous()
+    media.write_video(clip, inp / "thin.mp4", fps=8)
+    assert (inp / "thin.mp4").stat().st_size < 20_000
+    t0 = time.perf_counter()
+    x, n, _ = LoadClipFrames().load(path="thin.mp4", frames=9, fps=8.0, height=480, width=720)
+    assert x.shape == (9, 480, 720, 3) and n == 9
+    assert time.perf_counter() - t0 < FAST_S
+
+
+def test_clip_reads_are_bounded(tmp_path, monkeypatch):
+    from dual_adapter import media
+
+    p = media.write_video(torch.rand(24, 16, 16, 3), tmp_path / "long.mp4", fps=8)
+    monkeypatch.setattr(limits, "MAX_CLIP_FRAMES", 10)  # a 10,000-frame clip, in miniature
+    with refused_fast(r"long\.mp4.*more than 10 frames"):
+        media.load_clip(p)
+    assert media.load_clip(p, num_frames=5)[0].shape == (5, 16, 16, 3)
+    monkeypatch.setattr(limits, "MAX_DECODED_BYTES", 16 * 16 * 12 * 4)  # room for 4 decoded frames
+    with refused_fast(r"long\.mp4'?: 5 frames of 16 x 16 pixels would take 0.0146 MiB"):
+        media.load_clip(p, num_frames=5)
+
+
+def test_evaluate_bounds_a_long_clip_and_reads_the_first_frames(tmp_path, monkeypatch, capsys):
+    from dual_adapter import cli, media
+
+    p = media.write_video(torch.rand(24, 16, 16, 3), tmp_path / "long.mp4", fps=8)
+    monkeypatch.setattr(limits, "MAX_CLIP_FRAMES", 10)
+    assert cli.main(["evaluate", "--video", str(p), "--metrics", "temporal_flickering"]) == 2
+    assert "more than 10 frames" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--video", str(p), "--metrics", "temporal_flickering", "--frames", "8"]) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--video", str(p), "--frames", str(limits.MAX_CLIP_FRAMES + 1)])
