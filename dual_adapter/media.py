@@ -759,7 +759,7 @@ def check_frame_values(frames: torch.Tensor, what: str = "frames") -> torch.Tens
         hint = (" (they look like 0..255 values: divide by 255)" if hi > 1.0 + FRAME_VALUE_SLACK and lo >= -0.5
                 else " (they look like -1..1 values: map them with (x + 1) / 2)" if lo >= -1.0 - FRAME_VALUE_SLACK
                 else "")
-        raise DualAdapterError(f"{what}: values range {lo:g} .. {hi:g}; images are 0..1{hint}")
+        raise DualAdapterError(f"{what}: values range {lo:.3g} .. {hi:.3g}; images are 0..1{hint}")
     return frames
 
 

@@ -214,3 +214,93 @@ def test_evaluate_bounds_a_long_clip_and_reads_the_first_frames(tmp_path, monkey
     assert cli.main(["evaluate", "--video", str(p), "--metrics", "temporal_flickering", "--frames", "8"]) == 0
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--video", str(p), "--frames", str(limits.MAX_CLIP_FRAMES + 1)])
+
+
+# ----------------------------------------------------------------------------- command line and library bounds
+@pytest.mark.parametrize("argv,flag", [
+    (["generate", "--prompt", "x", "--out", "o.mp4", "--height", "160000"], "--height"),
+    (["generate", "--prompt", "x", "--out", "o.mp4", "--frames", "100001"], "--frames"),
+    (["generate", "--prompt", "x", "--out", "o.mp4", "--steps", "100000"], "--steps"),
+    (["generate", "--prompt", "x", "--out", "o.mp4", "--cfg", "-3"], "--cfg"),
+    (["train-lora", "--prompt", "x", "--out", "o.safetensors", "--rank", "100000"], "--rank"),
+    (["train-dualreal", "--subject", "s", "--identity-prompt", "x", "--motion", "m", "--motion-prompt", "y",
+      "--out", "o.safetensors", "--hidden", "1000000"], "--hidden"),
+    (["ttt-merge", "--appearance", "a", "--appearance-prompt", "x", "--motion", "m", "--motion-prompt", "y",
+      "--prompt", "z", "--out", "o.safetensors", "--teacher-cfg", "0"], "--teacher-cfg"),
+])
+def test_cli_refuses_what_the_nodes_refuse(argv, flag, capsys):
+    from dual_adapter import cli
+
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and time.perf_counter() - t0 < FAST_S
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "out of range" in err
+
+
+def test_nodes_and_cli_share_one_set_of_bounds():
+    from dual_adapter import cli
+    from nodes.core_nodes import CogVideoXSampler
+
+    req = CogVideoXSampler.INPUT_TYPES()["required"]
+    assert req["frames"][1]["max"] == limits.MAX_FRAMES and req["height"][1]["max"] == limits.MAX_SIDE
+    assert req["steps"][1]["max"] == limits.MAX_SAMPLING_STEPS
+    assert (req["cfg"][1]["min"], req["cfg"][1]["max"]) == (limits.MIN_CFG, limits.MAX_CFG)
+    gen = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["generate"]._actions
+               if "--height" in a.option_strings)
+    assert gen.type(str(limits.MAX_SIDE)) == limits.MAX_SIDE
+    with pytest.raises(Exception):
+        gen.type(str(limits.MAX_SIDE + 1))
+
+
+def test_library_refuses_a_huge_video_before_allocating(tiny):
+    """A single denoising step on 100001 frames ran for 12 minutes without seeing SIGTERM: refused up front."""
+    from dual_adapter import sampling
+
+    emb = torch.zeros(1, 16, 32)
+    with refused_fast(r"frames=100001: at most 1025"):
+        sampling.sample(tiny, emb, num_frames=100001, steps=1, cfg=1.0)
+    with refused_fast(r"height=160000: at most 2048"):
+        sampling.sample(tiny, emb, height=160000, steps=1, cfg=1.0)
+    with refused_fast(r"steps=10000000: must be in 1 \.\. 1000"):
+        sampling.sample(tiny, emb, steps=10_000_000, cfg=1.0)
+
+
+# ----------------------------------------------------------------------------- broken frames
+def test_truncated_gif_clip_is_refused_not_looped(tmp_path):
+    from dual_adapter import media
+
+    full = media.write_video(torch.rand(9, 32, 48, 3), tmp_path / "full.gif", fps=8)
+    data = full.read_bytes()
+    for cut in (0.1, 0.5):
+        p = tmp_path / f"cut{cut}.gif"
+        p.write_bytes(data[: int(len(data) * cut)])
+        with refused_fast(rf"cut{cut}\.gif.*(corrupted|truncated)"):
+            media.load_clip(p, num_frames=9)
+    frames, info = media.load_clip(full, num_frames=9)  # a whole GIF still reads, at its own frame rate
+    assert frames.shape == (9, 32, 48, 3) and info["n_read"] == 9 and info["fps_src"] == pytest.approx(8, rel=0.05)
+
+
+def test_nan_and_0_255_frames_are_refused(tiny, out_dir):
+    from dual_adapter import media, sampling
+    from nodes.core_nodes import CogVideoXEncode
+    from nodes.headless_core import SaveImage
+
+    from dual_adapter.patches import PatchedModel
+
+    good = torch.rand(5, 64, 96, 3)
+    nan = good.clone()
+    nan[2, 3, 4, 0] = float("nan")
+    with pytest.raises(DualAdapterError, match=r"frames: 1 of .* NaN or infinite"):
+        CogVideoXEncode().encode(PatchedModel(tiny), nan)
+    with pytest.raises(DualAdapterError, match=r"frames: values range .* \.\. 25\d; .*0\.\.255 values: divide by 255"):
+        CogVideoXEncode().encode(PatchedModel(tiny), good * 255)
+    with pytest.raises(DualAdapterError, match=r"frames to encode: values range -[\d.]+ \.\. .*-1\.\.1"):
+        sampling.encode_frames(tiny, good * 2 - 1)
+    with pytest.raises(DualAdapterError, match="images: 1 of .* NaN"):
+        SaveImage().save_images(nan, "nan")
+    assert not list(out_dir.rglob("*.png"))
+    with pytest.raises(DualAdapterError, match="frames to write: 1 of .* NaN"):
+        media.write_video(nan, out_dir / "nan.mp4")
+    assert CogVideoXEncode().encode(PatchedModel(tiny), good)[0]["samples"].isfinite().all()
