@@ -205,33 +205,29 @@ def check_decoded_size(what: str, width: int, height: int, frames: int = 1) -> N
 
 
 # ----------------------------------------------------------------------------- command line
-def arg_int(lo: int, hi: int):
-    """An ``argparse`` ``type=`` for an integer in ``lo .. hi``: ``--height 160000`` fails at parse time."""
+def _arg(convert, lo, hi):
+    """An ``argparse`` ``type=`` that parses with ``convert`` and refuses non-finite values or values outside
+    ``lo .. hi`` with the bound in the message (argparse exits with status 2)."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            v = int(text)
+            v = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{v} is out of range {lo} .. {hi} (see docs/limits.md)")
-        return v
-
-    parse.__name__ = "int"
-    return parse
-
-
-def arg_float(lo: float, hi: float):
-    """An ``argparse`` ``type=`` for a finite number in ``lo .. hi``: ``--cfg -3`` fails at parse time."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if convert is int else 'a number'}") \
+                from None
         if not math.isfinite(v) or not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"{text} is out of range {lo:g} .. {hi:g} (see docs/limits.md)")
         return v
 
-    parse.__name__ = "float"
+    parse.__name__ = convert.__name__
     return parse
+
+
+def arg_int(lo: int, hi: int):
+    """An ``argparse`` ``type=`` for an integer in ``lo .. hi``: ``--height 160000`` fails at parse time."""
+    return _arg(int, lo, hi)
+
+
+def arg_float(lo: float, hi: float):
+    """An ``argparse`` ``type=`` for a finite number in ``lo .. hi``: ``--cfg -3`` fails at parse time."""
+    return _arg(float, lo, hi)

@@ -233,7 +233,7 @@ def test_cli_refuses_what_the_nodes_refuse(argv, flag, capsys):
 
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as e:
-        cli.main(argv)
+        cli.build_parser().parse_args(argv)  # refused while parsing: nothing is loaded or run
     assert e.value.code == 2 and time.perf_counter() - t0 < FAST_S
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and "out of range" in err
@@ -304,3 +304,14 @@ def test_nan_and_0_255_frames_are_refused(tiny, out_dir):
     with pytest.raises(DualAdapterError, match="frames to write: 1 of .* NaN"):
         media.write_video(nan, out_dir / "nan.mp4")
     assert CogVideoXEncode().encode(PatchedModel(tiny), good)[0]["samples"].isfinite().all()
+
+
+def test_training_steps_are_bounded(tmp_path, capsys):
+    from dual_adapter.cli import main
+    from dual_adapter.training import TrainConfig
+
+    with refused_fast(r"steps=200000: at most 100000"):
+        TrainConfig(steps=200_000).validate(min_steps=1)
+    assert main(["train-dualreal", "--subject", str(tmp_path), "--identity-prompt", "x", "--motion", str(tmp_path),
+                 "--motion-prompt", "y", "--out", str(tmp_path / "o.safetensors"), "--steps", "200000"]) == 2
+    assert "--steps 200000: at most 100000" in capsys.readouterr().err

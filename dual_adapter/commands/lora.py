@@ -68,14 +68,14 @@ def register(sub) -> None:
                    "appearance 1e-4 with AdamW / 1e-5 with Lion, CustomTTT)")
     p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 1e-2; appearance with "
                    "Lion 0.1)")
-    p.add_argument("--steps", type=lim.arg_int(1, lim.MAX_TRAIN_STEPS), default=None,
+    p.add_argument("--steps", type=int, default=None,
                    help="optimiser steps (default: motion 1000, appearance 500)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every step's randomness (default 0)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "lion", "auto"],
                    help="optimiser (default adamw)")
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "cosine_with_restarts"],
                    help="learning-rate schedule (default constant)")
-    p.add_argument("--warmup", type=lim.arg_int(0, lim.MAX_TRAIN_STEPS), default=0, help="warm-up steps (default 0)")
+    p.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 0)")
     p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
                    help="frames per clip, 4k+1 (default: the model's, 49; tiny 9)")
     p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
