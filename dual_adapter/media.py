@@ -479,9 +479,9 @@ def load_clip(
     """Decode a video clip into frames, resampling its frame rate and fixing its length.
 
     Args:
-        path: a video file PyAV/FFmpeg reads (MP4, AVI, MKV, WebM, MOV, GIF, animated PNG ...; the
-            first video stream is used), or an animated WebP (read with Pillow, as FFmpeg cannot decode
-            it; ComfyUI's SaveAnimatedWEBP writes these).
+        path: a video file PyAV/FFmpeg reads (MP4, AVI, MKV, WebM, MOV, animated PNG ...; the
+            first video stream is used), or a GIF or animated WebP (read with Pillow: FFmpeg cannot decode
+            animated WebP, which ComfyUI's SaveAnimatedWEBP writes, and ends a truncated GIF silently).
         num_frames: number of output frames (``>= 1``); ``None`` = every output frame until
             the clip ends.
         fps: output frame rate in frames per second (``> 0``); output frame ``k`` is the source
@@ -510,7 +510,8 @@ def load_clip(
             clip that declares more frames than can be decoded when those frames are needed);
             no video stream; ``num_frames < 1``; ``fps <= 0``; ``start_s < 0`` or past the end;
             unknown ``short_policy``; too short a clip with ``short_policy="error"``; a still with
-            ``require_motion=True``.
+            ``require_motion=True``; a frame or a read above the bounds of :mod:`dual_adapter.limits`
+            (checked from the header before decoding; a read to the end stops at ``MAX_CLIP_FRAMES``).
     """
     path = Path(path)
     _check_policy(short_policy)

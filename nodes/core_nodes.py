@@ -218,8 +218,8 @@ def _input_videos() -> list[str]:
 
 
 class LoadClipFrames:
-    DESCRIPTION = ("Read a video clip (any container PyAV reads: MP4/H.264, AVI/MPEG-4, MOV, WEBM, GIF...; animated WebP, "
-                   "as SaveAnimatedWEBP writes, through Pillow) into frames, "
+    DESCRIPTION = ("Read a video clip (any container PyAV reads: MP4/H.264, AVI/MPEG-4, MOV, WEBM...; GIF and animated "
+                   "WebP, as SaveAnimatedWEBP writes, through Pillow) into frames, "
                    "sampled at a target fps, resized and centre-cropped. A clip shorter than the frames asked for is "
                    "looped (or held / refused, see short_policy), with a warning in the console. Core LoadVideo + GetVideoComponents also work.")
     CATEGORY = f"{CAT}/Media"
