@@ -44,11 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DualAdapterError
+from . import limits
 from .io import atomic_write, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "check_frame_values",
     "check_motion_frames",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
@@ -151,7 +153,9 @@ def load_image(path, background="white", color_manage: bool = True) -> torch.Ten
         ``torch.Tensor`` ``[H, W, 3]`` float32 in ``0..1`` (H, W in pixels after EXIF rotation).
 
     Raises:
-        DualAdapterError: the file does not exist, is not an image, or is corrupted/truncated.
+        DualAdapterError: the file does not exist, is not an image, is corrupted/truncated, or is
+            larger than :data:`~dual_adapter.limits.MAX_IMAGE_PIXELS` / ``MAX_IMAGE_SIDE`` (read
+            from its header, before it is decoded).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -165,6 +169,7 @@ def load_image(path, background="white", color_manage: bool = True) -> torch.Ten
     bg = _background_rgb(background)
     try:
         with Image.open(path) as im:
+            limits.check_decoded_size(f"image file {str(path)!r}", *im.size)  # from the header, before decoding
             im.seek(0)
             im.load()
             im = ImageOps.exif_transpose(im)
@@ -365,35 +370,40 @@ def _open_container(path: Path):
     return container
 
 
-def _is_webp(path: Path) -> bool:
-    """True when the file starts like a WebP (``RIFF....WEBP``), whatever its extension."""
+def _read_with_pillow(path: Path) -> bool:
+    """True when the file starts like a WebP (``RIFF....WEBP``) or a GIF (``GIF87a`` / ``GIF89a``), whatever its
+    extension: those clips are read with Pillow (:class:`_PillowClip`)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(12)
     except OSError:
         return False
-    return len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return (len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[:6] in (b"GIF87a", b"GIF89a")
 
 
 class _PillowClip:
-    """An animated (or still) WebP read with Pillow: FFmpeg, and so PyAV, cannot decode animated WebP
+    """An animated (or still) WebP or GIF read with Pillow. FFmpeg, and so PyAV, cannot decode animated WebP
     (``avcodec_send_packet``: "Invalid data found"), which is what ComfyUI's SaveAnimatedWEBP and the
-    pack's ``write_video(... .webp)`` write. Same facts as :func:`_stream_facts`; frames in order as
-    ``(seconds, PIL RGB image)``, from each frame's ``duration`` (ms; 1/25 s when absent)."""
-
-    codec = "webp"
+    pack's ``write_video(... .webp)`` write; and FFmpeg's GIF decoder ends a truncated GIF silently (a clip cut
+    after its first frame came back as that frame looped), where Pillow reports the truncation. Same facts as
+    :func:`_stream_facts`; frames in order as ``(seconds, PIL RGB image)``, from each frame's ``duration``
+    (ms; 1/25 s when absent)."""
 
     def __init__(self, path: Path):
         from PIL import Image
 
         try:
             self.image = Image.open(path)
+            limits.check_decoded_size(f"clip {str(path)!r}", *self.image.size)  # from the header, before decoding
             self.image.load()
+            self.n = int(getattr(self.image, "n_frames", 1))
+        except DualAdapterError:
+            raise
         except Exception as e:
             raise DualAdapterError(
                 f"{str(path)!r} is not a readable video file (corrupted, truncated or not a video): {e}"
             ) from e
-        self.n = int(getattr(self.image, "n_frames", 1))
+        self.codec = str(self.image.format or "webp").lower()
         ms = self.image.info.get("duration") or 0
         rate = 1000.0 / ms if ms and ms > 0 else 25.0
         self.width, self.height = self.image.size
@@ -449,7 +459,7 @@ def probe_clip(path) -> dict:
         DualAdapterError: missing file, not a video, or no video stream.
     """
     path = Path(path)
-    if path.is_file() and _is_webp(path):
+    if path.is_file() and _read_with_pillow(path):
         clip = _PillowClip(path)
         clip.close()
         return {"fps": clip.facts["fps"], "n_frames": clip.n, "duration_s": clip.facts["duration"],
@@ -481,9 +491,9 @@ def load_clip(
     """Decode a video clip into frames, resampling its frame rate and fixing its length.
 
     Args:
-        path: a video file PyAV/FFmpeg reads (MP4, AVI, MKV, WebM, MOV, GIF, animated PNG ...; the
-            first video stream is used), or an animated WebP (read with Pillow, as FFmpeg cannot decode
-            it; ComfyUI's SaveAnimatedWEBP writes these).
+        path: a video file PyAV/FFmpeg reads (MP4, AVI, MKV, WebM, MOV, animated PNG ...; the
+            first video stream is used), or a GIF or animated WebP (read with Pillow: FFmpeg cannot decode
+            animated WebP, which ComfyUI's SaveAnimatedWEBP writes, and ends a truncated GIF silently).
         num_frames: number of output frames (``>= 1``); ``None`` = every output frame until
             the clip ends.
         fps: output frame rate in frames per second (``> 0``); output frame ``k`` is the source
@@ -512,7 +522,8 @@ def load_clip(
             clip that declares more frames than can be decoded when those frames are needed);
             no video stream; ``num_frames < 1``; ``fps <= 0``; ``start_s < 0`` or past the end;
             unknown ``short_policy``; too short a clip with ``short_policy="error"``; a still with
-            ``require_motion=True``.
+            ``require_motion=True``; a frame or a read above the bounds of :mod:`dual_adapter.limits`
+            (checked from the header before decoding; a read to the end stops at ``MAX_CLIP_FRAMES``).
     """
     path = Path(path)
     _check_policy(short_policy)
@@ -525,11 +536,13 @@ def load_clip(
     if not isinstance(start_s, (int, float)) or isinstance(start_s, bool) or not start_s >= 0 or not math.isfinite(start_s):
         raise DualAdapterError(f"start_s for clip {str(path)!r} must be a number of seconds >= 0, got {start_s!r}")
 
-    if path.is_file() and _is_webp(path):
+    if path.is_file() and _read_with_pillow(path):
         source = _PillowClip(path)
         facts = source.facts
         try:
-            picked, n_decoded, reached_end = _decode_selected(source.frames(), facts, num_frames, fps, float(start_s), path)
+            picked, n_decoded, reached_end = _decode_selected(source.frames(), facts, num_frames, fps, float(start_s),
+                                                              path, _max_frames(path, source.width, source.height,
+                                                                                num_frames))
         finally:
             source.close()
     else:
@@ -537,12 +550,14 @@ def load_clip(
         try:
             stream = container.streams.video[0]
             facts = _stream_facts(container, stream)
+            cc = stream.codec_context
+            max_out = _max_frames(path, cc.width, cc.height, num_frames)
             try:
                 stream.thread_type = "AUTO"
             except Exception:
                 pass
             picked, n_decoded, reached_end = _decode_selected(
-                _av_frames(container, stream, facts), facts, num_frames, fps, float(start_s), path)
+                _av_frames(container, stream, facts), facts, num_frames, fps, float(start_s), path, max_out)
         finally:
             container.close()
     fps_src = facts["fps"]
@@ -619,12 +634,29 @@ def _av_frames(container, stream, facts):
         yield t, frame
 
 
-def _decode_selected(frames, facts, num_frames, fps, start_s, path):
+def _max_frames(path: Path, width: int, height: int, num_frames: int | None) -> int:
+    """How many output frames of ``width x height`` one read may hold (:mod:`dual_adapter.limits`): the header's
+    size is checked first (0 = not declared: the first decoded frame is checked instead); ``num_frames`` frames
+    must fit in :data:`~dual_adapter.limits.MAX_DECODED_BYTES`; a read to the end stops at
+    :data:`~dual_adapter.limits.MAX_CLIP_FRAMES` or that many bytes."""
+    w, h = int(width or 0), int(height or 0)
+    if w and h:
+        limits.check_decoded_size(f"clip {str(path)!r}", w, h, num_frames or 1)
+    if num_frames is not None:
+        return int(num_frames)
+    if not (w and h):
+        return limits.MAX_CLIP_FRAMES
+    return max(1, min(limits.MAX_CLIP_FRAMES, limits.MAX_DECODED_BYTES // (w * h * 12)))
+
+
+def _decode_selected(frames, facts, num_frames, fps, start_s, path, max_out: int | None = None):
     """Decode frames in order and pick those nearest to the wanted timestamps.
 
     ``frames`` yields ``(seconds, frame)`` in order (:func:`_av_frames`, :meth:`_PillowClip.frames`).
     Returns ``(picked, n_decoded, reached_end)`` where ``picked`` is a list of
-    ``(source_index, frame)`` in output order (one entry per output frame).
+    ``(source_index, frame)`` in output order (one entry per output frame). More than ``max_out`` output frames
+    (a read to the end of a very long clip), or a first frame above the size bounds, raise
+    :class:`DualAdapterError` while decoding, before the frames are converted.
     """
     fps_src = facts["fps"]
     half = 0.5 / fps_src if fps_src else 0.0
@@ -641,6 +673,14 @@ def _decode_selected(frames, facts, num_frames, fps, start_s, path):
         for t, frame in frames:
             idx = n_decoded
             n_decoded += 1
+            if idx == 0:  # the decoded size, where the header declared none
+                fw, fh = (frame.width, frame.height) if hasattr(frame, "width") else frame.size
+                limits.check_decoded_size(f"clip {str(path)!r}", fw, fh, num_frames or 1)
+            if max_out is not None and len(picked) > max_out:
+                raise DualAdapterError(
+                    f"clip {str(path)!r} has more than {max_out} frames to return: at most {limits.MAX_CLIP_FRAMES} "
+                    f"frames and {limits.MAX_DECODED_BYTES / 2**30:.0f} GiB of decoded frames are read at once (see "
+                    f"docs/limits.md); ask for a number of frames or a lower fps")
             if fps is None:
                 # native rate: every frame from the first one at/after start_s (half-frame tolerance)
                 if t + half >= start_s - 1e-9:
@@ -680,6 +720,9 @@ def _decode_selected(frames, facts, num_frames, fps, start_s, path):
                 break
             picked.append((prev[0], prev[2]))
             k += 1
+    if max_out is not None and len(picked) > max_out:
+        raise DualAdapterError(f"clip {str(path)!r} has {len(picked)} frames to return: at most {max_out} are read at "
+                               f"once (see docs/limits.md); ask for a number of frames or a lower fps")
     return picked, n_decoded, reached_end
 
 
@@ -696,12 +739,50 @@ def _check_frames(frames, what: str = "frames") -> torch.Tensor:
     return frames
 
 
+#: How far frame values may stray outside ``0..1`` before they are refused as another range (they are clamped).
+FRAME_VALUE_SLACK = 0.5
+
+
+def check_frame_values(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
+    """Refuse frames that are not images in ``0..1``: NaN / inf values, or a range that is clearly another
+    convention (``0..255`` values, or ``-1..1`` VAE-space frames). Values within :data:`FRAME_VALUE_SLACK` of
+    ``0..1`` pass (the consumers clamp them).
+
+    Args:
+        frames: any float tensor of pixel values (``[F, H, W, 3]``, ``[H, W, 3]``...).
+        what: the input's name, for the message.
+
+    Returns:
+        ``frames`` unchanged.
+
+    Raises:
+        DualAdapterError: naming ``what``, how many values are non-finite, or the range found.
+    """
+    if not isinstance(frames, torch.Tensor) or not frames.numel():
+        return frames
+    x = frames.detach()
+    if not x.is_floating_point():
+        raise DualAdapterError(f"{what}: expected float pixel values in 0..1, got {x.dtype} (divide by 255 first)")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise DualAdapterError(f"{what}: {bad} of {x.numel()} values are NaN or infinite; the frames upstream are "
+                               f"broken (a diverged model or a failed decode), nothing is made from them")
+    lo, hi = float(x.min()), float(x.max())
+    if hi > 1.0 + FRAME_VALUE_SLACK or lo < -FRAME_VALUE_SLACK:
+        hint = (" (they look like 0..255 values: divide by 255)" if hi > 1.0 + FRAME_VALUE_SLACK and lo >= -0.5
+                else " (they look like -1..1 values: map them with (x + 1) / 2)" if lo >= -1.0 - FRAME_VALUE_SLACK
+                else "")
+        raise DualAdapterError(f"{what}: values range {lo:.3g} .. {hi:.3g}; images are 0..1{hint}")
+    return frames
+
+
 def fit_frames(frames: torch.Tensor, height: int, width: int, chunk: int = 32) -> torch.Tensor:
     """Resize to cover ``height x width`` keeping the aspect ratio, then centre-crop.
 
     The scale is ``max(height / H, width / W)`` so the resized frames cover the target in
-    both directions; the excess of the longer side is cropped equally from both ends
-    (bilinear interpolation with antialiasing, ``torch.nn.functional.interpolate``).
+    both directions; the excess of the longer side is cropped equally from both ends, before
+    scaling, so memory never exceeds the input plus the output (bilinear interpolation with
+    antialiasing, ``torch.nn.functional.interpolate``).
 
     Args:
         frames: ``[N, H, W, 3]`` float in ``0..1`` (any float dtype/device).
@@ -721,16 +802,16 @@ def fit_frames(frames: torch.Tensor, height: int, width: int, chunk: int = 32) -
     height, width = int(height), int(width)
     n, h, w, _ = frames.shape
     scale = max(height / h, width / w)
-    rh = max(height, int(round(h * scale)))
-    rw = max(width, int(round(w * scale)))
-    top = (rh - height) // 2
-    left = (rw - width) // 2
+    # crop the source to the target's aspect first, then scale only that region: memory stays that of the input
+    # plus the output (scaling a 1 x 1000 strip to cover 480 x 720 first would make a 480 x 480000 image)
+    ch = min(h, max(1, int(round(height / scale))))
+    cw = min(w, max(1, int(round(width / scale))))
+    top, left = (h - ch) // 2, (w - cw) // 2
     out = torch.empty((n, height, width, 3), dtype=torch.float32, device=frames.device)
     for i in range(0, n, max(1, int(chunk))):
-        x = frames[i : i + chunk].to(torch.float32).permute(0, 3, 1, 2)
-        if (rh, rw) != (h, w):
-            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
-        x = x[:, :, top : top + height, left : left + width]
+        x = frames[i : i + chunk, top : top + ch, left : left + cw].to(torch.float32).permute(0, 3, 1, 2)
+        if (ch, cw) != (height, width):
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
         out[i : i + chunk] = x.permute(0, 2, 3, 1).clamp(0.0, 1.0)
     return out
 
@@ -806,6 +887,7 @@ def nearest_valid_frames(n: int, temporal_compression: int = 4, mode: str = "nea
 # writing
 # --------------------------------------------------------------------------------------
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    check_frame_values(frames, "frames to write")  # NaN frames are refused, not written as black
     x = frames.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round_()
     return x.to(torch.uint8).numpy()
 

@@ -369,6 +369,9 @@ def load_native_transformer(path: str | os.PathLike, dtype: str | torch.dtype | 
     if not cfg:
         cfg = native_config_from_state_dict(native_sd)
         log.warning("%s: no diffusers config in the file; inferred %s", p.name, cfg)
+    from .limits import check_model_config
+
+    check_model_config(cfg, f"transformer file {str(p)!r}")  # before a model of that size is built
     import inspect
 
     known = set(inspect.signature(CogVideoXTransformer3DModel.__init__).parameters)

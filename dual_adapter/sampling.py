@@ -19,6 +19,7 @@ import torch
 
 from .backbones import as_backbone
 from .errors import DualAdapterError
+from .limits import MAX_SAMPLING_STEPS, check_int
 from .patches import ModelPatch, patched_copy
 from .seeds import seed_generator
 
@@ -67,8 +68,14 @@ def decode_latents(model, latents: torch.Tensor, **kw) -> torch.Tensor:
 
 def encode_frames(model, frames: torch.Tensor, **kw) -> torch.Tensor:
     """``model``'s :meth:`~dual_adapter.backbones.base.VideoBackbone.encode_frames`: frames ``[F, H, W, 3]``
-    (0..1) -> scaled latents in its ``latent_layout`` (CogVideoX ``[1, F', C, h, w]``)."""
-    return as_backbone(model).encode_frames(frames, **kw)
+    (0..1) -> scaled latents in its ``latent_layout`` (CogVideoX ``[1, F', C, h, w]``).
+
+    Raises:
+        DualAdapterError: frames with NaN / inf values or not in 0..1 (:func:`dual_adapter.media.check_frame_values`).
+    """
+    from .media import check_frame_values
+
+    return as_backbone(model).encode_frames(check_frame_values(frames, "frames to encode"), **kw)
 
 
 def latent_scale(bundle_or_vae) -> float:
@@ -186,8 +193,7 @@ def sample(
     f0, h0, w0 = bb.default_size
     num_frames, height, width = num_frames or f0, height or h0, width or w0
     bb.check_video_size(num_frames, height, width)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise DualAdapterError(f"steps={steps!r}: must be an integer >= 1")
+    check_int("steps", steps, 1, MAX_SAMPLING_STEPS)
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
         raise DualAdapterError(f"cfg={cfg!r}: the guidance scale must be a finite number (1 = no guidance, 6 typical)")
     check_finite(prompt_embeds, "prompt embeddings")

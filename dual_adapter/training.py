@@ -43,6 +43,7 @@ import torch
 
 from .errors import DiskFull, DualAdapterError, InterruptedByUser, TrainingDiverged
 from .io import is_own_reservation, load_safetensors, read_safetensors_metadata, run_lock, save_safetensors
+from .limits import MAX_TRAIN_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class TrainConfig:
             what = "nothing would be trained" if min_steps >= 1 and isinstance(self.steps, int) and \
                 not isinstance(self.steps, bool) and self.steps >= 0 else "not a step count"
             raise DualAdapterError(f"steps={self.steps!r}: must be an integer >= {min_steps} ({what})")
+        for k in ("steps", "warmup_steps"):  # the bound shared with the nodes' widgets (docs/limits.md)
+            if isinstance(getattr(self, k), int) and getattr(self, k) > MAX_TRAIN_STEPS:
+                raise DualAdapterError(f"{k}={getattr(self, k)}: at most {MAX_TRAIN_STEPS} (see docs/limits.md)")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) \
                 or not self.lr > 0:
             raise DualAdapterError(f"lr={self.lr!r}: the learning rate must be a finite number > 0 (e.g. 1e-3)")

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from dual_adapter.errors import DualAdapterError
+from dual_adapter.media import check_frame_values
 from dual_adapter.patches import PatchedModel
 
 
@@ -18,13 +19,14 @@ def as_model(model, name: str = "model") -> PatchedModel:
 
 
 def image_batch(image, name: str = "image", allow_empty: bool = False) -> torch.Tensor:
-    """Check an IMAGE input ``[N, H, W, 3]`` 0..1 and return a float32 clone (inputs are never mutated)."""
+    """Check an IMAGE input ``[N, H, W, 3]`` 0..1 and return a float32 clone (inputs are never mutated).
+    NaN / inf values and other ranges (0..255, -1..1) are refused (:func:`dual_adapter.media.check_frame_values`)."""
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] not in (3, 4):
         shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
         raise DualAdapterError(f"{name}: expected an IMAGE [N, H, W, 3] with values 0..1, got {shape}")
     if image.shape[0] == 0 and not allow_empty:
         raise DualAdapterError(f"{name}: the image batch is empty (0 images); connect at least one image")
-    return image[..., :3].detach().clone().float()
+    return check_frame_values(image[..., :3].detach().clone().float(), name)
 
 
 @contextlib.contextmanager

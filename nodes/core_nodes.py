@@ -8,6 +8,7 @@ import torch
 from dual_adapter import backbone, media, sampling
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import PatchedModel
+from dual_adapter.limits import MAX_CFG, MAX_FRAMES, MAX_SAMPLING_STEPS, MAX_SIDE, MIN_CFG
 from dual_adapter.seeds import SEED_MAX
 
 from . import bridge
@@ -142,14 +143,14 @@ class CogVideoXSampler:
             "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX, optionally through Apply DualReal / Apply LoRA."}),
             "embeds": ("COGVIDEOX_EMBEDS,CONDITIONING", {"tooltip": "From Encode Prompt (CogVideoX), or a core "
                        "CONDITIONING (CLIPLoader type cogvideox -> CLIPTextEncode; T5 [1, 226, 4096])."}),
-            "frames": ("INT", {"default": 0, "min": 0, "max": 1025, "step": 1, "tooltip": "Frames, 4k+1 (49 on the "
+            "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES, "step": 1, "tooltip": "Frames, 4k+1 (49 on the "
                        "released models). 0 = the model's training size (49 on real models, 9 on tiny)."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, multiple of 16. "
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, multiple of 16. "
                        "0 = model default (480; 64 on tiny)."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, multiple of 16. "
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, multiple of 16. "
                       "0 = model default (720; 96 on tiny)."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Denoising steps (50 in the papers)."}),
-            "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
+            "steps": ("INT", {"default": 50, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "Denoising steps (50 in the papers)."}),
+            "cfg": ("FLOAT", {"default": 6.0, "min": MIN_CFG, "max": MAX_CFG, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                              "tooltip": "Seed of the initial noise; the same seed gives the same video. Any value 0 .. 2^64-1 (the range of every seed in the pack, as ComfyUI's KSampler)."}),
@@ -206,8 +207,8 @@ class CogVideoXEncode:
         return {"required": {
             "model": ("COGVIDEOX_MODEL", {"tooltip": "The model whose VAE encodes."}),
             "frames": ("IMAGE", {"tooltip": "Video frames [F, H, W, 3], 0..1."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = model default."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = model default."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "0 = model default."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "0 = model default."}),
         }}
 
     def encode(self, model, frames, height=0, width=0):
@@ -227,8 +228,8 @@ def _input_videos() -> list[str]:
 
 
 class LoadClipFrames:
-    DESCRIPTION = ("Read a video clip (any container PyAV reads: MP4/H.264, AVI/MPEG-4, MOV, WEBM, GIF...; animated WebP, "
-                   "as SaveAnimatedWEBP writes, through Pillow) into frames, "
+    DESCRIPTION = ("Read a video clip (any container PyAV reads: MP4/H.264, AVI/MPEG-4, MOV, WEBM...; GIF and animated "
+                   "WebP, as SaveAnimatedWEBP writes, through Pillow) into frames, "
                    "sampled at a target fps, resized and centre-cropped. A clip shorter than the frames asked for is "
                    "looped (or held / refused, see short_policy), with a warning in the console. Core LoadVideo + GetVideoComponents also work.")
     CATEGORY = f"{CAT}/Media"
@@ -242,12 +243,12 @@ class LoadClipFrames:
             "video": ([""] + _input_videos(), {"default": "", "video_upload": True, "tooltip": "A clip in ComfyUI's "
                       "input folder; the upload button below puts a file there (or use path)."}),
             "path": ("STRING", {"default": "", "tooltip": "Path of a clip relative to ComfyUI's input folder (or the pack's examples/, e.g. examples/guitar.mp4); overrides 'video' when set. Absolute paths and '..' are refused unless DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1."}),
-            "frames": ("INT", {"default": 49, "min": 1, "max": 1025, "tooltip": "Frames to return (4k+1 for CogVideoX; 49)."}),
+            "frames": ("INT", {"default": 49, "min": 1, "max": MAX_FRAMES, "tooltip": "Frames to return (4k+1 for CogVideoX; 49)."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 120.0, "step": 0.5, "tooltip": "Sample at this frame "
                     "rate (CogVideoX is trained at 8 fps). 0 = every source frame."}),
             "start_s": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 36000.0, "step": 0.1, "tooltip": "Start time, seconds."}),
-            "height": ("INT", {"default": 480, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = keep source size."}),
-            "width": ("INT", {"default": 720, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = keep source size."}),
+            "height": ("INT", {"default": 480, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "0 = keep source size."}),
+            "width": ("INT", {"default": 720, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "0 = keep source size."}),
             "short_policy": (["loop", "hold", "error"], {"default": "loop", "tooltip": "A clip with fewer frames than "
                              "asked: loop it from the start, hold its last frame, or stop with an error."}),
         }}
@@ -276,8 +277,8 @@ class LoadPhotos:
             "path": ("STRING", {"default": "", "tooltip": "An image file or a folder of images (PNG/JPG/WEBP...) relative to ComfyUI's input "
                      "folder (or the pack's examples/, e.g. examples/dog). Absolute paths and '..' are refused unless "
                      "DUAL_ADAPTER_ALLOW_ABSOLUTE_PATHS=1."}),
-            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16, "tooltip": "Output height, pixels."}),
-            "width": ("INT", {"default": 720, "min": 16, "max": 2048, "step": 16, "tooltip": "Output width, pixels."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": MAX_SIDE, "step": 16, "tooltip": "Output height, pixels."}),
+            "width": ("INT", {"default": 720, "min": 16, "max": MAX_SIDE, "step": 16, "tooltip": "Output width, pixels."}),
         }}
 
     def load(self, path, height=480, width=720):

@@ -9,6 +9,8 @@ from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent, latent_scale
 from dual_adapter.seeds import SEED_MAX
+from dual_adapter.limits import (MAX_BLOCKS, MAX_CFG, MAX_FRAMES, MAX_RANK, MAX_SAMPLING_STEPS, MAX_SIDE,
+                                 MAX_TRAIN_STEPS, MAX_TTT_STEPS, MIN_CFG)
 
 from . import bridge
 from .common import (as_model, finish_run, kept_note, preview_inputs, preview_options, run_checkpoint, run_inputs,
@@ -92,9 +94,9 @@ class DualAdapterPromptInfluence:
                                          "tooltip": "The motion concept prompt. Empty = skip."}),
             "neutral_prompt": ("STRING", {"multiline": True, "default": "",
                                           "tooltip": "What every non-injected block sees (default: the empty prompt)."}),
-            "group_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Contiguous blocks per scored group "
+            "group_size": ("INT", {"default": 1, "min": 1, "max": MAX_BLOCKS, "tooltip": "Contiguous blocks per scored group "
                                "(1 = every block alone; e.g. 5 on 2B = 6 groups, fewer model calls)."}),
-            "top_k": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Groups per recommended block set "
+            "top_k": ("INT", {"default": 2, "min": 1, "max": MAX_BLOCKS, "tooltip": "Groups per recommended block set "
                           "(the authors use 2 layers)."}),
             "timesteps": ("STRING", {"default": "250,500,750", "tooltip": "Timesteps (0..999) of the noisy inputs the "
                                      "predictions are compared at."}),
@@ -105,10 +107,10 @@ class DualAdapterPromptInfluence:
         }, "optional": {
             "reference": ("LATENT", {"tooltip": "Optional clean latent (e.g. an encoded subject photo or clip, from "
                                      "Encode (CogVideoX)) to noise instead of random latents."}),
-            "frames": ("INT", {"default": 0, "min": 0, "max": 1025, "tooltip": "Video frames without a reference, 4k+1. "
+            "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES, "tooltip": "Video frames without a reference, 4k+1. "
                                "0 = the model's (49; tiny 9). Fewer frames = faster analysis."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, 0 = model default."}),
         }}
 
     def analyse(self, model, appearance_prompt, motion_prompt, neutral_prompt="", group_size=1, top_k=2,
@@ -154,11 +156,11 @@ class DualAdapterTTTMerge:
                                          "tooltip": "The prompt the motion LoRA was trained with (teacher)."}),
             "prompt": ("STRING", {"multiline": True, "default": "a dog * is turning on a road",
                                   "tooltip": "The combined prompt the student learns under (and that you sample with)."}),
-            "steps": ("INT", {"default": 30, "min": 0, "max": 10000, "tooltip": "TTT steps (30 in the paper). 0 = the "
+            "steps": ("INT", {"default": 30, "min": 0, "max": MAX_TTT_STEPS, "tooltip": "TTT steps (30 in the paper). 0 = the "
                               "exact merge of the two LoRAs, no training."}),
-            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
+            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "f: sampler steps each teacher "
                                       "runs from noise to its reference (5 in the paper)."}),
-            "teacher_cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Teachers' "
+            "teacher_cfg": ("FLOAT", {"default": 6.0, "min": MIN_CFG, "max": MAX_CFG, "step": 0.1, "tooltip": "Teachers' "
                                       "guidance scale (6, CogVideoX's; the authors used 9 on AnimateDiff)."}),
             "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-9, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "1e-5 with AdamW (default); the authors' Lion uses 1e-6."}),
@@ -167,7 +169,7 @@ class DualAdapterTTTMerge:
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds the teachers' noise and the "
                              "re-noising draws; the same seed repeats the run."}),
         }, "optional": {
-            "teacher_schedule": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The f teacher steps are the "
+            "teacher_schedule": ("INT", {"default": 25, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "The f teacher steps are the "
                                          "first f of a schedule this long (DDIM 25 in the paper)."}),
             "reference": (list(C.REFERENCES), {"default": "x0_pred", "tooltip": "Student target. x0_pred (default): "
                           "the teachers' clean-latent prediction at step f. z_f_renoised: the teacher latent after f "
@@ -185,9 +187,9 @@ class DualAdapterTTTMerge:
                                       "every step (slower; default: references computed once)."}),
             "shared_teacher_noise": ("BOOLEAN", {"default": True, "tooltip": "Both teachers start from the same noise."}),
             "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Teachers' negative prompt."}),
-            "frames": ("INT", {"default": 0, "min": 0, "max": 1025, "tooltip": "Video frames, 4k+1. 0 = the model's."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+            "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES, "tooltip": "Video frames, 4k+1. 0 = the model's."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, 0 = model default."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, 0 = model default."}),
             "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Less VRAM, about 30% slower."}),
             **run_inputs("customttt", checkpoint_every=10),
             **preview_inputs(),
@@ -255,17 +257,17 @@ class DualAdapterTrainSelectiveLoRA:
                        "Prompt Influence). Empty = all blocks."}),
             "preset": (["full", "tap", "k_out"], {"default": "full", "tooltip": "Attention projections that get the "
                        "LoRA: full = q, k, v, out (CustomTTT); tap = q, k only (TAP, for motion)."}),
-            "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32 in the paper)."}),
+            "rank": ("INT", {"default": 32, "min": 1, "max": MAX_RANK, "tooltip": "LoRA rank (32 in the paper)."}),
             "learning_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "0 = the default for the kind (AdamW: 1e-4 appearance, 5e-4 motion; "
                                         "the authors' Lion rates x10)."}),
-            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Optimiser steps (500 in the paper)."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Optimiser steps (500 in the paper)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's noise and timestep."}),
         }, "optional": {
             "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] for kind=appearance."}),
             "clip": ("IMAGE", {"tooltip": "Motion clip frames [F, H, W, 3] (4k+1) for kind=motion; a still (identical frames) is refused."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (480; tiny 64)."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0 = the model's (720; tiny 96)."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "0 = the model's (480; tiny 64)."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "0 = the model's (720; tiny 96)."}),
             **run_inputs("selective_lora"),
             **preview_inputs(),
         }}

@@ -13,6 +13,8 @@ from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.seeds import SEED_MAX
+from dual_adapter.limits import (MAX_ADAPTER_HIDDEN, MAX_CFG, MAX_FRAMES, MAX_GROUPS, MAX_SAMPLING_STEPS,
+                                 MAX_TRAIN_STEPS, MIN_CFG)
 
 from . import bridge
 from .common import as_model, image_batch, preview_inputs, preview_options, training_mode
@@ -90,15 +92,15 @@ class DualRealTrain:
                                                 "Several clips: concatenate them and set frames_per_clip."}),
                 "motion_prompt": ("STRING", {"default": "a person is playing guitar", "multiline": False,
                                              "tooltip": "Prompt of the motion phase (describes the motion)."}),
-                "steps": ("INT", {"default": 1000, "min": 1, "max": 100000,
+                "steps": ("INT", {"default": 1000, "min": 1, "max": MAX_TRAIN_STEPS,
                                   "tooltip": "Optimiser steps (the authors use 1000)."}),
                 "lr": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
                                  "tooltip": "Peak learning rate (AdamW, cosine with restarts after warm-up)."}),
                 "motion_ratio": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                            "tooltip": "Probability that a step trains motion (else identity)."}),
-                "hidden_width": ("INT", {"default": 64, "min": 1, "max": 1024,
+                "hidden_width": ("INT", {"default": 64, "min": 1, "max": MAX_ADAPTER_HIDDEN,
                                          "tooltip": "Adapter bottleneck width (64 in the paper)."}),
-                "groups": ("INT", {"default": 0, "min": 0, "max": 64,
+                "groups": ("INT", {"default": 0, "min": 0, "max": MAX_GROUPS,
                                    "tooltip": "StageBlender weight groups: blocks are split into this many "
                                               "contiguous groups. 0 = the paper's 7, or one per block on a model "
                                               "with fewer blocks (the built-in mini has 4); 1 = no grouping."}),
@@ -127,18 +129,18 @@ class DualRealTrain:
                                                   "CogVideoX: none). none: the motion adapters' W_cond term stays "
                                                   "untrained (warned). The adapters record the choice, and Apply "
                                                   "DualReal uses it for reference_image."}),
-                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 10000,
+                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES,
                                             "tooltip": "Split 'motion' into clips of this many frames (0 = one clip)."}),
                 "use_controller": ("BOOLEAN", {"default": True,
                                                "tooltip": "Off = ablation with fixed weights w_id = w_mo = 0.1."}),
-                "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000,
+                "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": MAX_TRAIN_STEPS,
                                              "tooltip": "Write a checkpoint every N steps (0 = only at the end/stop)."}),
                 "resume": ("BOOLEAN", {"default": False,
                                        "tooltip": "Continue the newest stopped run of <name> (highest counter "
                                                   "with a .state file) from its last checkpoint, e.g. with more "
                                                   "steps (a new lr applies from there); a finished run keeps only "
                                                   "its final file. Off: a new run with the next counter."}),
-                "warmup_steps": ("INT", {"default": 200, "min": 0, "max": 100000,
+                "warmup_steps": ("INT", {"default": 200, "min": 0, "max": MAX_TRAIN_STEPS,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
                 **preview_inputs(),
             },
@@ -355,8 +357,8 @@ class DualRealStageBlenderPlot:
                 "prompt": ("STRING", {"default": "dog * is playing guitar", "multiline": True,
                                       "tooltip": "Prompt to sample with."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Noise seed."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "Denoising steps."}),
-                "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                "steps": ("INT", {"default": 50, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "Denoising steps."}),
+                "cfg": ("FLOAT", {"default": 6.0, "min": MIN_CFG, "max": MAX_CFG, "step": 0.1,
                                   "tooltip": "Guidance scale; with CFG the prompted branch is reported."}),
             },
             "optional": {

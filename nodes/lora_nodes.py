@@ -13,6 +13,7 @@ from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.seeds import SEED_MAX
+from dual_adapter.limits import MAX_RANK, MAX_SIDE, MAX_TRAIN_STEPS
 
 from . import bridge
 from .common import (as_model, finish_run, image_batch, kept_note, preview_inputs, preview_options, run_checkpoint,
@@ -55,22 +56,22 @@ class TrainMotionLoRA:
             "preset": (["tap", "k_out", "full", "custom"], {"default": "tap", "tooltip": "Which attention projections "
                        "get the LoRA: tap = to_q + to_k (TAP), k_out = to_k + to_out.0 (authors' code), full = q, k, v, "
                        "out, custom = the 'targets' list."}),
-            "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32 in the paper)."}),
+            "rank": ("INT", {"default": 32, "min": 1, "max": MAX_RANK, "tooltip": "LoRA rank (32 in the paper)."}),
             "alpha": ("FLOAT", {"default": 32.0, "min": 0.01, "max": 1024.0, "step": 0.5,
                                 "tooltip": "LoRA alpha; the update is scaled by alpha / rank (saved files fold it in)."}),
             "dropout": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.9, "step": 0.01,
                                   "tooltip": "Dropout on the LoRA input while training (0.1 in the paper)."}),
             "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4 in the paper), constant schedule."}),
-            "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000 in the paper)."}),
+            "steps": ("INT", {"default": 1000, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Optimiser steps (1000 in the paper)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's timestep, "
                              "noise and clip choice; the same seed repeats the run."}),
         }, "optional": {
             "clip_2": ("IMAGE", {"tooltip": "A second clip of the same motion (optional)."}),
             "clip_3": ("IMAGE", {"tooltip": "A third clip of the same motion (optional)."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16,
                                "tooltip": "Training height in pixels, multiple of 16. 0 = the model's (480; tiny 64)."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16,
                               "tooltip": "Training width in pixels, multiple of 16. 0 = the model's (720; tiny 96)."}),
             "targets": ("STRING", {"default": "", "tooltip": "With preset 'custom': comma-separated modules inside each "
                                    "block, e.g. attn1.to_q,attn1.to_k,ff.net.2."}),

@@ -18,6 +18,8 @@ from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.patches import PatchedModel
 from dual_adapter.seeds import SEED_MAX
+from dual_adapter.limits import (MAX_CFG, MAX_RANK, MAX_SAMPLING_STEPS, MAX_SIDE, MAX_TRAIN_STEPS,
+                                 MAX_TTT_STEPS, MIN_CFG)
 
 from . import bridge
 from .common import image_batch, preview_inputs, preview_options, run_inputs, training_mode
@@ -91,10 +93,10 @@ class UNetSampler:
             "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Used when cfg > 1."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0 = the model's (tiny 8, ZeroScope 24, "
                        "AnimateDiff 16)."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps (CustomTTT: 25 DDIM)."}),
-            "cfg": ("FLOAT", {"default": 9.0, "min": 1.0, "max": 30.0, "step": 0.5, "tooltip": "Guidance scale "
+            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip": "Pixels; 0 = the model's."}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "Denoising steps (CustomTTT: 25 DDIM)."}),
+            "cfg": ("FLOAT", {"default": 9.0, "min": MIN_CFG, "max": MAX_CFG, "step": 0.5, "tooltip": "Guidance scale "
                     "(CustomTTT 9; SMA configs 12)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Initial-noise seed (CPU generator)."}),
             "scheduler": (["ddim", "dpm"], {"default": "ddim", "tooltip": "DDIM (the authors') or DPM-Solver++."}),
@@ -187,8 +189,8 @@ class UNetTrainMotionLoRA:
             "preset": (list(UM.PRESETS), {"default": d.preset, "tooltip": "Temporal-attention projections that get "
                        "the LoRA, in every temporal attention (transformer_in included): k_out = to_k + to_out.0 (the "
                        "authors' code), tap = to_q + to_k, full = q, k, v, out."}),
-            "rank": ("INT", {"default": d.rank, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
-            "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimiser steps (1000)."}),
+            "rank": ("INT", {"default": d.rank, "min": 1, "max": MAX_RANK, "tooltip": "LoRA rank (32)."}),
+            "steps": ("INT", {"default": d.steps, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Optimiser steps (1000)."}),
             "learning_rate": ("FLOAT", {"default": d.lr, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                         "tooltip": "AdamW learning rate (5e-4), weight decay 1e-2."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's randomness."}),
@@ -345,7 +347,7 @@ class AnimateDiffPromptInfluence:
 
 
 _CT_COMMON = {
-    "rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank (32)."}),
+    "rank": ("INT", {"default": 32, "min": 1, "max": MAX_RANK, "tooltip": "LoRA rank (32)."}),
     "optimizer": (["auto", "lion", "adamw"], {"default": "auto", "tooltip": "auto = Lion (the authors') when "
                   "lion-pytorch is installed, else AdamW (a console message says so)."}),
     "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "tooltip": "Seeds every step's randomness."}),
@@ -381,7 +383,7 @@ class AnimateDiffTrainAppearanceLoRA:
             "photos": ("IMAGE", {"tooltip": "Subject photos [N, H, W, 3] at a size the model takes."}),
             "prompt": ("STRING", {"default": "a photo of a sks dog", "tooltip": "Appearance prompt."}),
             "layers": ("STRING", {"default": "2,6", "tooltip": "Text layers (0-based) that get the LoRA."}),
-            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Steps (500)."}),
             "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "Learning rate (1e-5)."}),
             **_CT_COMMON}, "optional": {**_RUN("appearance_lora"), **preview_inputs()}}
@@ -412,7 +414,7 @@ class AnimateDiffTrainMotionLoRA:
             "prompt": ("STRING", {"default": "a person is playing guitar", "tooltip": "Motion prompt."}),
             "layers": ("STRING", {"default": "2,5", "tooltip": "Text layers (0-based) whose motion modules get the LoRA."}),
             "preset": (list(UM.PRESETS), {"default": "full", "tooltip": "Projections of the motion-module attention."}),
-            "steps": ("INT", {"default": 500, "min": 1, "max": 100000, "tooltip": "Steps (500)."}),
+            "steps": ("INT", {"default": 500, "min": 1, "max": MAX_TRAIN_STEPS, "tooltip": "Steps (500)."}),
             "learning_rate": ("FLOAT", {"default": 5e-5, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "Learning rate (5e-5)."}),
             **_CT_COMMON}, "optional": {**_RUN("motion_lora"), **preview_inputs()}}
@@ -446,7 +448,7 @@ class AnimateDiffTTTMerge:
             "appearance_prompt": ("STRING", {"default": "a photo of a sks dog", "tooltip": "Appearance teacher prompt."}),
             "motion_prompt": ("STRING", {"default": "a person is playing guitar", "tooltip": "Motion teacher prompt."}),
             "prompt": ("STRING", {"default": "a sks dog is playing guitar", "tooltip": "Combined prompt."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "TTT steps (30)."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": MAX_TTT_STEPS, "tooltip": "TTT steps (30)."}),
             "learning_rate": ("FLOAT", {"default": 1e-6, "min": 1e-9, "max": 1.0, "step": 1e-7, "round": False,
                                         "tooltip": "TTT learning rate (1e-6)."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Teacher video frames; 0 = the model's."}),
@@ -454,9 +456,9 @@ class AnimateDiffTTTMerge:
                           "at step f (default: one guided teacher call at z_f); z_f_renoised = its latent z_f, "
                           "re-noised forward from the timestep it sits at; z_f_as_x0 = z_f taken as clean. As on "
                           "CogVideoX (docs/customttt.md)."}),
-            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip": "f: sampler steps each teacher "
+            "teacher_steps": ("INT", {"default": 5, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "f: sampler steps each teacher "
                               "runs before its reference is taken (5)."}),
-            "sampler_steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "The DDIM schedule the teachers "
+            "sampler_steps": ("INT", {"default": 25, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "The DDIM schedule the teachers "
                               "step through (25), at CFG 9."}),
             "optimizer": _CT_COMMON["optimizer"], "seed": _CT_COMMON["seed"]},
             "optional": {**run_inputs("customttt", checkpoint_every=10), **preview_inputs()}}

@@ -185,7 +185,9 @@ def test_non_finite_inputs_and_outputs_are_refused(bundle, tmp_path):
         decode_latents(bundle, torch.full((1, 2, 4, 4, 6), float("nan")))
     # the CLI: a clear error and a non-zero exit, no video
     out = tmp_path / "v.mp4"
-    assert main(["generate", "--prompt", "a dog", "--cfg", "nan", "--steps", "1", "--out", str(out), "--quiet"]) != 0
+    with pytest.raises(SystemExit) as e:  # refused while parsing (the guidance bounds of docs/limits.md)
+        main(["generate", "--prompt", "a dog", "--cfg", "nan", "--steps", "1", "--out", str(out), "--quiet"])
+    assert e.value.code == 2
     assert not out.exists()
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import DualAdapterError
+from ..limits import check_config_files, check_video_size as check_size_bounds
 from .base import BlockInfo, VideoBackbone, check_role
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ class UNetVideoBackbone(VideoBackbone):
         return self.vae_scale * 2 ** (len(self.denoiser.config.block_out_channels) - 1)
 
     def check_video_size(self, num_frames, height, width):
+        check_size_bounds(num_frames, height, width)  # the upper bounds shared with the nodes and the CLI
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise DualAdapterError(f"frames={num_frames!r}: expected an integer >= 1 ({self.family} takes any "
                                    f"frame count; trained at {self.sample_size[0]})")
@@ -386,6 +388,7 @@ def load_parts(folder: Path, unet_loader, *, dtype: torch.dtype, device: str, te
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
+    check_config_files(folder, ("unet", "vae", text_part))
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(folder / text_part, torch_dtype=dtype).to(device)
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DualAdapterError
+from ..limits import check_config_files
 from ._unet import (UNetVideoBackbone, as_dtype, build_tiny_text_and_vae, check_folder, default_device,
                     folder_class, load_parts)
 
@@ -131,6 +132,7 @@ def load(name_or_path: str, dtype=None, device=None, seed: int = 0, **_) -> Anim
         if adapter is None or not (adapter / "config.json").is_file():
             raise DualAdapterError(f"{base}: an SD1.5 folder needs a MotionAdapter for {FAMILY}: give "
                                    f"'{base}::ADAPTER_FOLDER' or put the adapter in {base / 'motion_adapter'}")
+        check_config_files(adapter.parent, (adapter.name,))
         loader = lambda f: UNetMotionModel.from_unet2d(  # noqa: E731
             UNet2DConditionModel.from_pretrained(f / "unet"), MotionAdapter.from_pretrained(adapter))
     else:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import DualAdapterError
+from ..limits import check_model_config, check_video_size as check_size_bounds
 from .base import BlockInfo, VideoBackbone, check_device, check_role, parse_dtype
 
 log = logging.getLogger("dual_adapter.backbone")
@@ -474,6 +475,8 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
                                f"(CogVideoXTransformer3DModel)")
     _check_types(tcfg, _TRANSFORMER_KEYS, f"transformer config {str(tpath)!r}")
     _check_types(vcfg, _VAE_KEYS, f"VAE config {str(vpath)!r}")
+    check_model_config(tcfg, f"transformer config {str(tpath)!r}")  # bounded before anything is built
+    check_model_config(vcfg, f"VAE config {str(vpath)!r}")
     _refuse_image_to_video(root, tcfg, vcfg)
     scfg = {k: v for k, v in scfg.items() if not k.startswith("_")}
     from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
@@ -647,8 +650,10 @@ def check_video_size(bundle: CogVideoXBundle, num_frames: int, height: int, widt
     that are multiples of ``8 * patch_size`` (16 on all released models).
 
     Raises:
-        DualAdapterError: naming the input and the nearest valid values.
+        DualAdapterError: naming the input and the nearest valid values; a size above
+            :data:`~dual_adapter.limits.MAX_FRAMES` / ``MAX_SIDE``.
     """
+    check_size_bounds(num_frames, height, width)  # the upper bounds shared with the nodes and the CLI
     t = bundle.vae_scale_temporal
     if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % t:
         lo = max(1, (int(num_frames) - 1) // t * t + 1) if isinstance(num_frames, int) else 1

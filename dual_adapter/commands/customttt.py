@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 from ..seeds import seed_arg
 
@@ -53,17 +54,22 @@ def register(sub) -> None:
     p.add_argument("--motion-prompt", default=None, help="motion concept prompt, e.g. 'a car is turning on a road'")
     p.add_argument("--concept", action="append", default=[], metavar="NAME=PROMPT", help="another concept (repeatable)")
     p.add_argument("--neutral-prompt", default="", help="prompt of the non-injected blocks (default: empty prompt)")
-    p.add_argument("--group-size", type=int, default=1, help="contiguous blocks per group (default 1)")
+    p.add_argument("--group-size", type=lim.arg_int(1, lim.MAX_BLOCKS), default=1,
+                   help="contiguous blocks per group (default 1)")
     p.add_argument("--groups", default=None, help="explicit groups, ';'-separated, e.g. '0-4;5-9;10,12'")
     p.add_argument("--timesteps", default="250,500,750", help="timesteps of the draws (default 250,500,750)")
     p.add_argument("--seeds", default="0,1", help="noise seeds of the draws (default 0,1)")
     p.add_argument("--space", default="x0", choices=["x0", "v"], help="prediction space (default x0)")
-    p.add_argument("--top-k", type=int, default=2, help="groups per recommended block set (default 2, as the authors)")
+    p.add_argument("--top-k", type=lim.arg_int(1, lim.MAX_BLOCKS), default=2,
+                   help="groups per recommended block set (default 2, as the authors)")
     p.add_argument("--reference", default=None, metavar="IMAGE_OR_CLIP",
                    help="use this photo / clip (encoded) as the clean latent of the draws instead of Gaussian latents")
-    p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the model's)")
-    p.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
+    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
+                   help="frames, 4k+1 (default: the model's)")
+    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="pixels, multiple of 16 (default: the model's)")
+    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="pixels, multiple of 16 (default: the model's)")
     p.add_argument("--json", default=None, help="also write the full result as JSON here (never overwritten)")
     p.add_argument("--plot", default=None, help="also write the bar chart here (.png; never overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -84,16 +90,20 @@ def register(sub) -> None:
                    "<out>.losses.jsonl")
     q.add_argument("--authors", action="store_true", help="start from the authors' setting (Lion lr 1e-6, betas "
                    "0.9/0.99, wd 0.1, CFG 9; needs lion-pytorch); other flags override it")
-    q.add_argument("--steps", type=int, default=None, help="TTT steps (default 30)")
-    q.add_argument("--teacher-steps", type=int, default=None, help="f: teacher sampler steps (default 5)")
-    q.add_argument("--teacher-schedule", type=int, default=None, help="schedule the f steps come from (default 25)")
+    q.add_argument("--steps", type=lim.arg_int(0, lim.MAX_TTT_STEPS), default=None, help="TTT steps (default 30)")
+    q.add_argument("--teacher-steps", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=None,
+                   help="f: teacher sampler steps (default 5)")
+    q.add_argument("--teacher-schedule", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=None,
+                   help="schedule the f steps come from (default 25)")
     q.add_argument("--teacher-scheduler", default=None, choices=["ddim", "dpm"], help="teacher sampler (default ddim)")
-    q.add_argument("--teacher-cfg", type=float, default=None, help="teachers' guidance scale (default 6)")
+    q.add_argument("--teacher-cfg", type=lim.arg_float(lim.MIN_CFG, lim.MAX_CFG), default=None,
+                   help="teachers' guidance scale (default 6)")
     q.add_argument("--negative-prompt", default=None, help="teachers' negative prompt (default empty)")
     q.add_argument("--teacher-seed", type=seed_arg, default=None, help="teachers' noise seed (default 0)")
     q.add_argument("--separate-teacher-noise", action="store_true", help="teachers start from different noise "
                    "(default: the same)")
-    q.add_argument("--appearance-frames", type=int, default=None, help="appearance teacher's frames (default: the "
+    q.add_argument("--appearance-frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
+                   help="appearance teacher's frames (default: the "
                    "video's; 1 = an image reference)")
     q.add_argument("--reference", default=None, choices=["x0_pred", "z_f_renoised", "z_f_as_x0", "z_f"],
                    help="student target: x0_pred (default: the teachers' x0 prediction at step f), z_f_renoised "
@@ -109,11 +119,15 @@ def register(sub) -> None:
     q.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5 AdamW; authors 1e-6 Lion)")
     q.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 1e-2; authors 0.1 Lion)")
     q.add_argument("--seed", type=seed_arg, default=None, help="seed of the re-noising draws (default 0)")
-    q.add_argument("--eval-draws", type=int, default=4, help="measure the combined loss on N fixed draws before and "
+    q.add_argument("--eval-draws", type=lim.arg_int(0, lim.MAX_BATCH), default=4,
+                   help="measure the combined loss on N fixed draws before and "
                    "after (default 4; 0 = off)")
-    q.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the model's)")
-    q.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
-    q.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
+    q.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
+                   help="frames, 4k+1 (default: the model's)")
+    q.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="pixels, multiple of 16 (default: the model's)")
+    q.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="pixels, multiple of 16 (default: the model's)")
     q.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     q.add_argument("--save-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the saved file")
     q.add_argument("--resume", action="store_true", help="continue the interrupted run of --out from its checkpoint "

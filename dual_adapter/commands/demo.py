@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 from ..seeds import seed_arg
 
@@ -52,9 +53,9 @@ def register(sub) -> None:
                    "background'; real inputs: 'a person is playing guitar')")
     p.add_argument("--prompt", default=None, help="inference prompt (mini world: 'a * star orbiting on a gray "
                    "background'; real inputs: 'dog * is playing guitar')")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=lim.arg_int(1, lim.MAX_TRAIN_STEPS), default=None,
                    help="training steps (default: 1000, the authors' default, on mini and real models; 300 on tiny)")
-    p.add_argument("--sample-steps", type=int, default=None,
+    p.add_argument("--sample-steps", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=None,
                    help="denoising steps (default: 25 on mini and tiny, 50 otherwise)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of training and sampling (0)")
     p.add_argument("--out-dir", default=None, help="where to write (default: output/demo_NNNNN_/, a new folder)")

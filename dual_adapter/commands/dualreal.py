@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 from ..seeds import seed_arg
 
@@ -44,22 +45,27 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=200, help="warm-up steps (200, the authors'; a shorter run peaks below --lr: see docs/schedule.md)")
     p.add_argument("--motion-ratio", type=float, default=0.5, help="probability of a motion step (0.5)")
     p.add_argument("--p-image-zero", type=float, default=0.0, help="probability of a zero reference embedding (0)")
-    p.add_argument("--hidden", type=int, default=64, help="adapter bottleneck width (64)")
-    p.add_argument("--groups", type=int, default=0, help="StageBlender weight groups (0 = the paper's 7, or one per "
-                   "block on a model with fewer blocks)")
+    p.add_argument("--hidden", type=lim.arg_int(1, lim.MAX_ADAPTER_HIDDEN), default=64,
+                   help="adapter bottleneck width (64)")
+    p.add_argument("--groups", type=lim.arg_int(0, lim.MAX_GROUPS), default=0, help="StageBlender weight groups (0 = the "
+                   "paper's 7, or one per block on a model with fewer blocks)")
     p.add_argument("--form", choices=("official", "zero_init"), default="official", help="DA-block form (official)")
     p.add_argument("--no-controller", action="store_true", help="ablation: fixed weights w_id = w_mo = 0.1")
-    p.add_argument("--motion-batch", type=int, default=3, help="clips per motion step (3)")
-    p.add_argument("--identity-batch", type=int, default=1, help="photos per identity step (1)")
+    p.add_argument("--motion-batch", type=lim.arg_int(1, lim.MAX_BATCH), default=3, help="clips per motion step (3)")
+    p.add_argument("--identity-batch", type=lim.arg_int(1, lim.MAX_BATCH), default=1,
+                   help="photos per identity step (1)")
     from ._parallel import add_parallel_options
 
     add_parallel_options(p, "--motion-batch")
     from ._previews import add_preview_options
 
     add_preview_options(p)
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
-    p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
-    p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
+    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
+                   help="frames per clip (4k+1; default the model's: 49, tiny 9)")
+    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="training height in px (default the model's)")
+    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="training width in px (default the model's)")
     p.add_argument("--clip-sampling", choices=("native", "fps"), default="native",
                    help="native (default, the authors'): consecutive source frames (49 frames = ~2 s of a 25 fps "
                         "clip); fps: resample to --fps (49 frames = 6 s at 8 fps: more of the action, at the speed "

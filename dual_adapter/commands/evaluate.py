@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v"}
@@ -48,6 +49,10 @@ def register(subparsers) -> None:
         "motion_smoothness, dynamic_degree",
     )
     p.add_argument("--fps", type=float, default=None, help="frame rate to assume (default: the file's)")
+    p.add_argument("--frames", type=lim.arg_int(2, lim.MAX_CLIP_FRAMES), default=None, metavar="N",
+                   help=f"evaluate the first N frames (default: the whole clip; a clip with more than "
+                        f"{lim.MAX_CLIP_FRAMES} frames, or more than {lim.MAX_DECODED_BYTES >> 30} GiB of decoded "
+                        f"frames, is refused: see docs/limits.md)")
     p.add_argument("--clip", default=None, help="CLIP folder or name (default clip-vit-base-patch32 in the models dirs)")
     p.add_argument("--dino", default=None, help="DINO folder or name (default dino-vits16)")
     p.add_argument("--subject-dino", default=None, help="DINO for VBench subject consistency (default: --dino; VBench uses ViT-B/16)")
@@ -70,11 +75,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read_video(path: Path):
-    """``(frames [F,H,W,3] 0..1, fps)`` via dual_adapter.media.load_clip."""
+def _read_video(path: Path, frames: int | None = None):
+    """``(frames [F,H,W,3] 0..1, fps)`` via dual_adapter.media.load_clip: the first ``frames`` frames (``None``: the
+    whole clip, within :mod:`dual_adapter.limits`; a clip shorter than ``frames`` is refused)."""
     from ..media import load_clip
 
-    frames, info = load_clip(path)
+    frames, info = load_clip(path, num_frames=frames, short_policy="error")
     return frames, info.get("fps_src") or info.get("fps_out")
 
 
@@ -130,7 +136,7 @@ def _run_single(args) -> int:
     from ..metrics import evaluate_video, format_table, plot_result, write_json
 
     video = Path(args.video)
-    frames, fps = _read_video(video)
+    frames, fps = _read_video(video, args.frames)
     fps = args.fps or fps or 8.0
     refs = _load_refs(args.reference)
     result = evaluate_video(
@@ -226,7 +232,7 @@ def _run_batch(args) -> int:
         if entry.get("reference"):
             r = entry["reference"]
             refs = _load_refs([mroot / x for x in ([r] if isinstance(r, str) else r)])
-        frames, fps = _read_video(video)
+        frames, fps = _read_video(video, args.frames)
         print(f"[{n}/{len(videos)}] {rel.as_posix()}", file=sys.stderr)
         res = evaluate_video(
             frames,

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 from ..seeds import seed_arg
 
@@ -88,11 +89,16 @@ def register(sub) -> None:
     add_model_options(p)
     p.add_argument("--prompt", required=True, help="the text prompt")
     p.add_argument("--negative-prompt", default="", help="negative prompt (used when --cfg > 1)")
-    p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the model's: 49, tiny 9)")
-    p.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (default 480, tiny 64)")
-    p.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (default 720, tiny 96)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--cfg", type=float, default=6.0, help="guidance scale (default 6)")
+    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
+                   help="frames, 4k+1 (default: the model's: 49, tiny 9)")
+    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="pixels, multiple of 16 (default 480, tiny 64)")
+    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="pixels, multiple of 16 (default 720, tiny 96)")
+    p.add_argument("--steps", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=50,
+                   help="denoising steps (default 50)")
+    p.add_argument("--cfg", type=lim.arg_float(lim.MIN_CFG, lim.MAX_CFG), default=6.0,
+                   help="guidance scale (default 6)")
     p.add_argument("--seed", type=seed_arg, default=0, help="noise seed (default 0)")
     p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim"], help="CogVideoX DPM (default) or DDIM")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")

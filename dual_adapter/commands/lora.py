@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 from ..seeds import seed_arg
 
@@ -59,23 +60,28 @@ def register(sub) -> None:
     p.add_argument("--targets", default=None, help="explicit comma-separated modules inside each block "
                    "(e.g. attn1.to_q,attn1.to_k,ff.net.2); overrides --preset")
     p.add_argument("--blocks", default=None, help="blocks that get the LoRA, e.g. '0-5,12' (default all)")
-    p.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32, as the authors)")
+    p.add_argument("--rank", type=lim.arg_int(1, lim.MAX_RANK), default=32,
+                   help="LoRA rank (default 32, as the authors)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default = rank: scale 1)")
     p.add_argument("--dropout", type=float, default=0.1, help="LoRA dropout (default 0.1, as the authors)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: motion 5e-4 as TAP's authors; "
                    "appearance 1e-4 with AdamW / 1e-5 with Lion, CustomTTT)")
     p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 1e-2; appearance with "
                    "Lion 0.1)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: motion 1000, appearance 500)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default: motion 1000, appearance 500)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every step's randomness (default 0)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit", "lion", "auto"],
                    help="optimiser (default adamw)")
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "cosine_with_restarts"],
                    help="learning-rate schedule (default constant)")
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 0)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip, 4k+1 (default: the model's, 49; tiny 9)")
-    p.add_argument("--height", type=int, default=None, help="training height, multiple of 16 (default 480; tiny 64)")
-    p.add_argument("--width", type=int, default=None, help="training width, multiple of 16 (default 720; tiny 96)")
+    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
+                   help="frames per clip, 4k+1 (default: the model's, 49; tiny 9)")
+    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="training height, multiple of 16 (default 480; tiny 64)")
+    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help="training width, multiple of 16 (default 720; tiny 96)")
     p.add_argument("--fps", type=float, default=8.0, help="sample clips at this frame rate (default 8, CogVideoX's)")
     p.add_argument("--start", type=float, default=0.0, help="start of each clip, seconds (default 0)")
     p.add_argument("--short-policy", default="loop", choices=["loop", "hold", "error"],
@@ -87,7 +93,7 @@ def register(sub) -> None:
     p.add_argument("--debiased-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="MotionDirector's appearance-debiased loss; default on for a U-Net model (the SMA authors' "
                         "code), off on CogVideoX")
-    p.add_argument("--batch", type=int, default=1,
+    p.add_argument("--batch", type=lim.arg_int(1, lim.MAX_BATCH), default=1,
                    help="samples per step (1, the authors'), drawn at random; more than 1 needs clips of one length "
                         "(or photos only); with accelerate launch it is the global batch, shared by the processes")
     from ._parallel import add_parallel_options

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 
 
@@ -44,8 +45,8 @@ def register(sub) -> None:
                                      "T5) on held-in videos of the world and write it as a diffusers-layout folder. "
                                      "Run files (checkpoint, optimiser state, losses) go to OUT.run/.")
     pt.add_argument("--out", required=True, help="new model folder to write (the shipped one is dual_adapter/models/mini)")
-    pt.add_argument("--steps", type=int, default=10000, help="optimiser steps (10000)")
-    pt.add_argument("--batch", type=int, default=8, help="videos per step (8)")
+    pt.add_argument("--steps", type=lim.arg_int(1, lim.MAX_TRAIN_STEPS), default=10000, help="optimiser steps (10000)")
+    pt.add_argument("--batch", type=lim.arg_int(1, lim.MAX_BATCH), default=8, help="videos per step (8)")
     pt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3; warm-up then cosine)")
     pt.add_argument("--seed", type=int, default=0, help="seed of the init and of every batch (0)")
     pt.add_argument("--threads", type=int, default=1, help="torch CPU threads (1; 0 = torch's default)")
@@ -71,8 +72,8 @@ def register(sub) -> None:
                                      "texture, size and motion from the frames (dual_adapter.miniworld.scorers).")
     ev.add_argument("--model", default="mini", help="'mini' (default) or a mini-layout folder")
     ev.add_argument("--n", type=int, default=32, help="prompts (32)")
-    ev.add_argument("--steps", type=int, default=25, help="denoising steps (25)")
-    ev.add_argument("--cfg", type=float, default=6.0, help="guidance scale (6)")
+    ev.add_argument("--steps", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=25, help="denoising steps (25)")
+    ev.add_argument("--cfg", type=lim.arg_float(lim.MIN_CFG, lim.MAX_CFG), default=6.0, help="guidance scale (6)")
     ev.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (0)")
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = one for the mini, "
                     "unless OMP_NUM_THREADS or DUAL_ADAPTER_THREADS says otherwise)")
@@ -106,11 +107,14 @@ def register(sub) -> None:
     bm.add_argument("--pairs", default=None, metavar="S:M,...",
                     help="pairs to run, e.g. 'striped_star:orbit,dotted_triangle:bounce' (default: all 9)")
     bm.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
-    bm.add_argument("--dualreal-steps", type=int, default=None,
+    bm.add_argument("--dualreal-steps", type=lim.arg_int(1, lim.MAX_TRAIN_STEPS), default=None,
                     help="steps of every DualReal run (800; the authors' default is 1000; quick 40)")
-    bm.add_argument("--lora-steps", type=int, default=None, help="steps of every LoRA (100; quick 40)")
-    bm.add_argument("--ttt-steps", type=int, default=None, help="CustomTTT merge steps (10; quick 3)")
-    bm.add_argument("--sample-steps", type=int, default=None, help="denoising steps per video (25; quick 10)")
+    bm.add_argument("--lora-steps", type=lim.arg_int(1, lim.MAX_TRAIN_STEPS), default=None,
+                    help="steps of every LoRA (100; quick 40)")
+    bm.add_argument("--ttt-steps", type=lim.arg_int(0, lim.MAX_TTT_STEPS), default=None,
+                    help="CustomTTT merge steps (10; quick 3)")
+    bm.add_argument("--sample-steps", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=None,
+                    help="denoising steps per video (25; quick 10)")
     bm.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads in all (0 = one for the mini, unless OMP_NUM_THREADS or "
                          "DUAL_ADAPTER_THREADS says otherwise; with --jobs > 1, one per worker)")

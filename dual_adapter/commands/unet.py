@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import limits as lim
 from ..errors import DualAdapterError
 
 
@@ -189,18 +190,22 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True, help="the combined prompt, e.g. 'a sks dog is playing guitar'")
     p.add_argument("--appearance-layers", default="2,6", help="appearance LoRA layers (default 2,6)")
     p.add_argument("--motion-layers", default="2,5", help="motion LoRA layers (default 2,5)")
-    p.add_argument("--appearance-steps", type=int, default=500, help="default 500 (authors)")
-    p.add_argument("--motion-steps", type=int, default=500, help="default 500 (authors)")
-    p.add_argument("--ttt-steps", type=int, default=30, help="default 30 (authors)")
-    p.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32)")
+    p.add_argument("--appearance-steps", type=lim.arg_int(1, lim.MAX_TRAIN_STEPS), default=500,
+                   help="default 500 (authors)")
+    p.add_argument("--motion-steps", type=lim.arg_int(1, lim.MAX_TRAIN_STEPS), default=500,
+                   help="default 500 (authors)")
+    p.add_argument("--ttt-steps", type=lim.arg_int(0, lim.MAX_TTT_STEPS), default=30, help="default 30 (authors)")
+    p.add_argument("--rank", type=lim.arg_int(1, lim.MAX_RANK), default=32, help="LoRA rank (default 32)")
     p.add_argument("--optimizer", default="auto", choices=["auto", "lion", "adamw"],
                    help="auto = Lion when lion-pytorch is installed (the authors'), else AdamW")
-    p.add_argument("--frames", type=int, default=None, help="frames (default: the model's)")
-    p.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
+    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None, help="frames (default: the model's)")
+    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None, help="pixels (default: the model's)")
+    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None, help="pixels (default: the model's)")
     p.add_argument("--fps", type=float, default=8.0, help="clip sampling rate and output frame rate (default 8)")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25, authors)")
-    p.add_argument("--cfg", type=float, default=9.0, help="guidance (default 9, authors)")
+    p.add_argument("--steps", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=25,
+                   help="DDIM steps (default 25, authors)")
+    p.add_argument("--cfg", type=lim.arg_float(lim.MIN_CFG, lim.MAX_CFG), default=9.0,
+                   help="guidance (default 9, authors)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--out", required=True, help="merged LoRA .safetensors (never overwritten); the video goes to "
                    "<out>.mp4")

@@ -27,6 +27,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import DualAdapterError
+from ..limits import MAX_ADAPTER_HIDDEN, MAX_BLOCKS, MAX_GROUPS, MAX_WIDTH, check_int
 from .controller import StageBlender, block_groups
 
 __all__ = ["FORMS", "REFERENCE_DIM", "ADAPTER_NAMES", "IDENTITY_ADAPTERS", "MOTION_ADAPTERS", "Adapter",
@@ -114,10 +115,10 @@ class DualRealConfig:
 
     def validate(self) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid field."""
-        for k in ("num_blocks", "dim", "time_embed_dim", "hidden", "groups", "cond_dim", "controller_hidden"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DualAdapterError(f"DualReal {k}={v!r}: must be an integer >= 1")
+        bounds = {"num_blocks": MAX_BLOCKS, "dim": MAX_WIDTH, "time_embed_dim": MAX_WIDTH, "hidden": MAX_ADAPTER_HIDDEN,
+                  "groups": MAX_GROUPS, "cond_dim": MAX_WIDTH, "controller_hidden": MAX_ADAPTER_HIDDEN}
+        for k, hi in bounds.items():  # bounded (docs/limits.md): a file's config must not build 10^8 modules
+            check_int(f"DualReal {k}", getattr(self, k), 1, hi)
         if self.form not in FORMS:
             raise DualAdapterError(f"DualReal form {self.form!r}: expected one of {FORMS}")
         if self.groups > self.num_blocks:

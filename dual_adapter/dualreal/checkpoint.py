@@ -28,6 +28,7 @@ import torch
 
 from ..errors import DualAdapterError
 from ..io import load_safetensors, save_safetensors
+from ..limits import MAX_BLOCKS
 from .adapters import ADAPTER_NAMES, REFERENCE_DIM, DualRealAdapters, DualRealConfig
 from .controller import AUTHORS_CONTROLLER_KEYS
 
@@ -109,7 +110,8 @@ def load_adapters(path: str | os.PathLike) -> DualRealAdapterSet:
     if meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
         raise DualAdapterError(f"{str(path)!r} is not a DualReal adapter file (no 'dualreal-adapters' metadata); "
                                f"for the authors' adapter.pth use import_official")
-    cfg = DualRealConfig.from_dict(meta["config"])
+    cfg = DualRealConfig.from_dict(meta["config"])  # bounded (docs/limits.md) before anything is built
+    _check_block_indices(tensors, str(path), cfg.num_blocks)
     _check_tensors(cfg, tensors, str(path))
     extra = {k: v for k, v in meta.items() if k not in ("format", "version", "config")}
     return DualRealAdapterSet(cfg, tensors, extra)
@@ -118,6 +120,28 @@ def load_adapters(path: str | os.PathLike) -> DualRealAdapterSet:
 def _reference_shapes(cfg: DualRealConfig) -> dict:
     with torch.device("meta"):
         return DualRealAdapters(cfg).state_dict()
+
+
+_BLOCK_INDEX = re.compile(r"(?:^|\.)transformer_blocks\.(\d+)\.")
+
+
+def _check_block_indices(tensors, what: str, num_blocks: int | None = None) -> set[int]:
+    """The block indices named by tensor keys, checked against ``num_blocks`` (the file's config) or, when
+    it is not known yet, against :data:`~dual_adapter.limits.MAX_BLOCKS`, from the names alone (nothing built).
+
+    Raises:
+        DualAdapterError: an index at or above the block count, or blocks missing from the tensors.
+    """
+    found = {int(m.group(1)) for k in tensors for m in [_BLOCK_INDEX.search(k)] if m}
+    limit = MAX_BLOCKS if num_blocks is None else num_blocks
+    if found and max(found) >= limit:
+        raise DualAdapterError(f"{what}: tensor key block index {max(found)} is out of range: "
+                               + (f"the file's config says {num_blocks} blocks" if num_blocks is not None else
+                                  f"at most {MAX_BLOCKS} blocks are supported (see docs/limits.md)"))
+    if num_blocks is not None and len(found) != num_blocks:
+        raise DualAdapterError(f"{what}: the file's config says {num_blocks} blocks but its tensors cover "
+                               f"{len(found)}")
+    return found
 
 
 def _check_tensors(cfg: DualRealConfig, tensors: dict, what: str) -> None:
@@ -193,7 +217,10 @@ def import_official(path: str | os.PathLike, *, time_embed_dim: int | None = Non
                                f"transformer_blocks.0.id_attn_adapter.down_linear.weight)")
     if unknown:
         raise DualAdapterError(f"{str(p)!r}: {len(unknown)} unrecognised tensor(s), e.g. {unknown[0]!r}")
-    L = max(blocks) + 1
+    L = max(_check_block_indices(out, str(p))) + 1  # bounded before a module is built
+    if len(blocks) != L:
+        raise DualAdapterError(f"{str(p)!r}: tensors name blocks up to {L - 1} but only {len(blocks)} blocks are "
+                               f"present (a block index is missing or damaged)")
     w = out.get("transformer_blocks.0.id_attn_adapter.down_linear.weight")
     if w is None:
         raise DualAdapterError(f"{str(p)!r}: transformer_blocks.0.id_attn_adapter.down_linear.weight is missing")

@@ -383,6 +383,7 @@ def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtyp
     from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
     from ..backbone import CogVideoXBundle, parse_dtype
+    from ..limits import check_config_files
 
     from ..threads import small_model_threads
 
@@ -394,6 +395,7 @@ def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtyp
     if missing:
         raise DualAdapterError(f"the mini model folder {str(root)!r} lacks {', '.join(missing)}; make it with "
                                f"'python -m dual_adapter miniworld pretrain --out {root}'")
+    check_config_files(root, ("transformer", "vae", "text_encoder"))  # bounded before anything is built
     dt = parse_dtype(dtype)
     try:
         transformer = CogVideoXTransformer3DModel.from_pretrained(root / "transformer", use_safetensors=True,
