@@ -240,12 +240,14 @@ def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir,
         assert sorted(f.name for f in runs.glob("same_00002_*")) == ["same_00002_.losses.jsonl",
                                                                      "same_00002_.safetensors"]
 
-        def stop_at_3(step, total, info):  # the queue's Cancel after step 3
-            if step == 3:
-                raise InterruptedByUser("cancelled")
+        class StopAt3(N.bridge.Progress):  # the queue's Cancel after step 3
+            def __call__(self, step, total, info):
+                if step == 3:
+                    raise InterruptedByUser("cancelled")
+                return super().__call__(step, total, info)
 
         with monkeypatch.context() as mp, pytest.raises(InterruptedByUser):
-            mp.setattr(N.bridge, "Progress", lambda total: stop_at_3)
+            mp.setattr(N.bridge, "Progress", StopAt3)
             N.DualRealTrain().train(**dict(kw, seed=1, steps=4))
         assert (runs / "same_00003_.state.safetensors").exists()
         adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=4, resume=True))  # continues 00003: 3 -> 4
