@@ -24,7 +24,22 @@ MAX_LINES = 700
 
 #: The layer order, lowest first. A module may import its own layer and the layers below, never above.
 #: Each entry is a module or a package prefix (the longest match wins). See CONTRIBUTING.md.
-LAYERS: list[tuple[str, list[str]]] = []
+LAYERS: list[tuple[str, list[str]]] = [
+    ("foundation", ["dual_adapter", "dual_adapter.errors", "dual_adapter.io", "dual_adapter.paths",
+                    "dual_adapter.seeds", "dual_adapter.progress", "dual_adapter.plots", "dual_adapter.patches"]),
+    ("media", ["dual_adapter.media"]),
+    ("backbones", ["dual_adapter.backbones"]),
+    ("interop", ["dual_adapter.native"]),
+    ("sampling", ["dual_adapter.sampling", "dual_adapter.unet_sampling", "dual_adapter.reference"]),
+    ("training", ["dual_adapter.training"]),
+    ("methods", ["dual_adapter.lora", "dual_adapter.lora_formats", "dual_adapter.unet_motion",
+                 "dual_adapter.customttt", "dual_adapter.customttt_unet", "dual_adapter.dualreal"]),
+    ("miniworld", ["dual_adapter.miniworld"]),
+    ("models", ["dual_adapter.models"]),
+    ("evaluation", ["dual_adapter.metrics", "dual_adapter.miniworld.benchmark"]),
+    ("commands", ["dual_adapter.commands", "dual_adapter.graph"]),
+    ("entry points", ["dual_adapter.cli", "dual_adapter.__main__", "dual_adapter.backbone"]),
+]
 
 
 @dataclass(frozen=True)
@@ -170,7 +185,8 @@ def layer_of(mod: str) -> int | None:
     best, best_len = None, -1
     for i, (_, entries) in enumerate(LAYERS):
         for e in entries:
-            if (mod == e or mod.startswith(e + ".")) and len(e) > best_len:
+            # the package itself is an entry of its own: a new top-level module must be placed explicitly
+            if (mod == e or (e != PACKAGE and mod.startswith(e + "."))) and len(e) > best_len:
                 best, best_len = i, len(e)
     return best
 
