@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import REAL_CONFIGS, build_transformer  # noqa: E402
 
-from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
+from dual_adapter.backbones.cogvideox import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
 
 GIB = 2 ** 30
 CONFIGS = {
@@ -250,7 +250,7 @@ def _train_step(model, cfg, batch, T, device):
 
 
 def _sample_step(model, cfg, batch, T, device):
-    from dual_adapter.backbone import transformer_forward
+    from dual_adapter.backbones.cogvideox import transformer_forward
 
     pt = cfg.get("patch_size_t") or 1
     x0, emb, t, _ = _inputs(cfg, batch, T + (-T) % pt, device)  # 1.5 models: padded as sample() pads

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dual_adapter.backbone import build_tiny, encode_prompt, transformer_forward
+from dual_adapter.backbones.cogvideox import build_tiny, encode_prompt, transformer_forward
 from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealPatch
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import patched_copy

@@ -26,7 +26,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def register(sub) -> None:
-    from .generate import add_model_options
+    from ._common import add_model_options
 
     from ..miniworld.world import HELD_OUT_MOTIONS, HELD_OUT_SUBJECTS
 
@@ -72,7 +72,8 @@ def run(args) -> int:
 
     import torch
 
-    from .. import backbone, media, sampling
+    from .. import media, sampling
+    from ..backbones import cogvideox
     from ..dualreal import DualRealOptions, DualRealPatch, finalize_run, load_motion_clips, train_dualreal
     from ..dualreal.readout import plot_stageblender, stageblender_readout
     from ..metrics.report import format_table, plot_result
@@ -80,12 +81,12 @@ def run(args) -> int:
     from ..plots import plot_loss_curve
     from ..training import TrainConfig, loss_summary
     from ..progress import TextProgress
-    from .generate import load_bundle
+    from ._common import load_bundle
 
     from ..miniworld import world as W
 
     t0 = time.time()
-    tiny = args.model in backbone.TINY_VARIANTS
+    tiny = args.model in cogvideox.TINY_VARIANTS
     out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
@@ -135,8 +136,8 @@ def run(args) -> int:
         from ..reference import encode_reference
 
         ref = encode_reference(encoder, photos[0])
-    pos = backbone.encode_prompt(bundle, prompt)
-    neg = backbone.encode_prompt(bundle, "")
+    pos = cogvideox.encode_prompt(bundle, prompt)
+    neg = cogvideox.encode_prompt(bundle, "")
     n_steps = args.sample_steps or (25 if small else 50)
     lat = sampling.sample(bundle, pos, neg, steps=n_steps, cfg=6.0, seed=args.seed,
                           patches=[DualRealPatch(res.adapters, ref)], callback=TextProgress("sampling"))

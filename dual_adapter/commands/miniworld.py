@@ -140,7 +140,8 @@ def _evaluate(args) -> int:
 
     import torch
 
-    from ..backbone import check_device, load_model
+    from ..backbones.base import check_device
+    from ..models import load_model
     from ..miniworld.scorers import evaluate_base
 
     device = check_device(args.device, "--device") or "cpu"

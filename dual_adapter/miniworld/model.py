@@ -293,12 +293,12 @@ def build_mini(seed: int = 0, config: dict | None = None, device: str = "cpu", s
     ``config`` overrides :data:`MINI_CONFIG` (``{"transformer": {...}, "text_encoder": {...}}``).
     ``scaling_factor`` default 1.0 (the :class:`BlockPCAVAE` latents are already whitened); the VAE is fitted
     by :func:`fit_block_pca` (once per process and VAE shape: later builds reuse the fit).
-    Returns a :class:`~dual_adapter.backbone.CogVideoXBundle` named ``"mini"``.
+    Returns a :class:`~dual_adapter.backbones.cogvideox.CogVideoXBundle` named ``"mini"``.
     """
     from diffusers import CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from ..backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle
+    from ..backbones.cogvideox import CogVideoXBundle, DEFAULT_SCHEDULER_CONFIG
 
     cfg = {k: dict(v) for k, v in MINI_CONFIG.items()}
     for k, v in (config or {}).items():
@@ -382,7 +382,8 @@ def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtyp
     from diffusers import CogVideoXTransformer3DModel
     from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
-    from ..backbone import CogVideoXBundle, parse_dtype
+    from ..backbones.base import parse_dtype
+    from ..backbones.cogvideox import CogVideoXBundle
 
     root = Path(folder) if folder else MINI_DIR
     need = ["transformer/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json",
