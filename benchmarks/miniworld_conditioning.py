@@ -83,7 +83,7 @@ def main(argv=None) -> None:
                        - base) / base) for e in wrong.values()]
         print(f"| {t} | {float(base):.3f} | " + " | ".join(f"{r:+.3f}" for r in rise) + " |")
 
-    print(f"\nOne-step reconstruction: share of attributes read right from the decoded x0 prediction\n")
+    print("\nOne-step reconstruction: share of attributes read right from the decoded x0 prediction\n")
     print("| input | " + " | ".join(ATTRS) + " |")
     print("|---" * (len(ATTRS) + 1) + "|")
     def row(videos) -> str:

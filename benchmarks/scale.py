@@ -173,9 +173,6 @@ def _phase_trainable(module, motion: bool):
 def build_method(cfg, method: str, device, fake=None):
     """``(model, trainable_params, batch, latent_frames)`` for ``method`` on ``device``: on ``meta``, or, with
     ``fake`` (a FakeTensorMode), modules built on meta and turned into fake tensors on ``device``."""
-    from dual_adapter.lora import LoraSpec, inject_lora
-    from dual_adapter.patches import patched_copy, shallow_copy_module
-    from dual_adapter.dualreal import DualRealPatch
 
     tr = _new_meta_transformer(cfg)
     ad = _dualreal_adapters(tr) if "dualreal" in method else None

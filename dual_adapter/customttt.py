@@ -1083,7 +1083,7 @@ def ttt_merge(
             cb = None
             if report and callback is not None:
                 off = k * f
-                cb = (lambda s, _t, info, off=off: callback(off + s, total, {"phase": f"teacher_{name}"}))
+                cb = (lambda s, _t, info, off=off: callback(off + s, total, {"phase": f"teacher_{name}"}))  # noqa: E731
             z, t_ref = teacher_reference(bundle, lf, e, e_neg, teacher_steps=f, teacher_schedule=config.teacher_schedule,
                                          scheduler=config.teacher_scheduler, cfg=float(config.teacher_cfg), seed=seed,
                                          num_frames=frames, height=h, width=w, reference=config.reference,

@@ -1,7 +1,6 @@
 """Foundation nodes: load CogVideoX, encode prompts, sample, VAE decode / encode, load photos and clips."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 

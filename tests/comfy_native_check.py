@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 import comfy.model_management as mm  # noqa: E402
-import comfy.sd  # noqa: E402
+import comfy.sd  # noqa: E402, F401  (loads ComfyUI's model classes)
 import folder_paths  # noqa: E402
 import nodes as core_nodes  # noqa: E402  (ComfyUI's nodes.py)
 

@@ -1,7 +1,6 @@
 """Foundation: backbone loading, text encoding, sampling, VAE, model patches, safe I/O, CLI."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -3,8 +3,6 @@ motion clips, CLI arguments. Each test failed before its fix."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

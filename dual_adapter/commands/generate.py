@@ -7,11 +7,8 @@ needs no edit when a method is added.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
-import sys
-import time
 from pathlib import Path
 
 from ..errors import DualAdapterError

@@ -7,7 +7,6 @@ lines, loss curve), ``evaluate`` (the base model's quality on held-in prompts, b
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from ..errors import DualAdapterError

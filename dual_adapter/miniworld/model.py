@@ -37,7 +37,8 @@ from torch import nn
 from ..errors import DualAdapterError
 from . import world
 
-__all__ = ["SpaceToDepthVAE", "BlockPCAVAE", "MINI_VAE_CLASSES", "fit_block_pca", "MINI_DIR", "MINI_CONFIG",
+# the two VAE classes come from the module __getattr__ (diffusers is imported only when they are used)
+__all__ = ["SpaceToDepthVAE", "BlockPCAVAE", "MINI_VAE_CLASSES", "fit_block_pca", "MINI_DIR", "MINI_CONFIG",  # noqa: F822
            "build_mini_tokenizer", "build_mini", "save_mini", "load_mini", "mini_available", "is_mini_folder"]
 
 MINI_DIR = Path(__file__).resolve().parent.parent / "models" / "mini"
