@@ -46,7 +46,7 @@ def build_bundle(cfg: dict, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle, build_tiny_tokenizer
+    from dual_adapter.backbones.cogvideox import CogVideoXBundle, DEFAULT_SCHEDULER_CONFIG, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     old = torch.get_default_dtype()
@@ -70,7 +70,7 @@ def build_bundle(cfg: dict, device: str, dtype: torch.dtype):
 
 def bench(name: str, device: str, dtype, train_steps: int, authors_steps: int, ttt_steps: int, influence: bool) -> dict:
     from dual_adapter import customttt as C
-    from dual_adapter.backbone import encode_prompt
+    from dual_adapter.backbones.cogvideox import encode_prompt
     from dual_adapter.lora import train_lora_on_latents
 
     cfg = CONFIGS[name]
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from dual_adapter.backbone import parse_dtype
+    from dual_adapter.backbones.base import parse_dtype
 
     dtype = parse_dtype(args.dtype)
     rows = []

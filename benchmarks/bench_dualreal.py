@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config, write_result  # noqa: E402
 
-from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle, parse_dtype  # noqa: E402
+from dual_adapter.backbones.base import parse_dtype  # noqa: E402
+from dual_adapter.backbones.cogvideox import CogVideoXBundle, DEFAULT_SCHEDULER_CONFIG  # noqa: E402
 
 CONFIGS = {**REAL_CONFIGS, "small-5b": small_config(6, rope=True), "small-2b": small_config(6)}
 TARGETS = {"train_peak_gib": 24.0, "train_vs_lora": 1.10, "sample_vs_base": 1.05}

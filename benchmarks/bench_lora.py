@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import REAL_CONFIGS, StepTimer as _Timer, build_transformer, peak_gib, reset_peak as _reset, small_config, write_result  # noqa: E402
 
-from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
+from dual_adapter.backbones.cogvideox import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
 
 CONFIGS = {**REAL_CONFIGS, "small-5b": small_config(4, rope=True), "small-2b": small_config(4)}
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="lora-tap-r32,lora-full-r64,dualreal-motion,dualreal-identity")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/lora_<device>.json)")
     args = p.parse_args(argv)
-    from dual_adapter.backbone import parse_dtype
+    from dual_adapter.backbones.base import parse_dtype
 
     dtype = parse_dtype(args.dtype)
     rows = []

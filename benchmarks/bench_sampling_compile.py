@@ -26,7 +26,7 @@ from common import REAL_CONFIGS, build_transformer, peak_gib, reset_peak, write_
 
 
 def run(name: str, steps: int, device: str = "cuda") -> dict:
-    from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle
+    from dual_adapter.backbones.cogvideox import CogVideoXBundle, DEFAULT_SCHEDULER_CONFIG
     from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealPatch
     from dual_adapter.sampling import sample
 

@@ -80,15 +80,16 @@ def cli(*argv) -> None:
 def full_finetune(photo_dir: Path, prompt: str, out: Path, steps: int, lr: float = 1e-4, seed: int = 0) -> Path:
     """Fine-tune every transformer weight of ``mini`` on the photos (1-frame videos) and ``prompt``; save a mini
     folder that ``generate --model`` loads."""
-    from dual_adapter import backbone, media, sampling
-    from dual_adapter.backbone import load_model
+    from dual_adapter import media, sampling
+    from dual_adapter.backbones import cogvideox
+    from dual_adapter.models import load_model
     from dual_adapter.miniworld.model import save_mini
     from dual_adapter.training import TrainConfig, diffusion_loss, make_noise_scheduler, train_loop
 
     bundle = load_model("mini")
     lat = torch.cat([sampling.encode_frames(bundle, media.fit_frames(p[None], 32, 32))
                      for p in media.load_images([photo_dir])])
-    emb = backbone.encode_prompt(bundle, prompt)
+    emb = cogvideox.encode_prompt(bundle, prompt)
     model = copy.deepcopy(bundle.transformer).train().requires_grad_(True)
     ns = make_noise_scheduler(bundle)
 
@@ -107,14 +108,15 @@ class Probe:
     """Loss on the photos by timestep quarter, at fixed noise and timesteps (64 probes)."""
 
     def __init__(self, photo_dir: Path, prompt: str):
-        from dual_adapter import backbone, media, sampling
-        from dual_adapter.backbone import load_model
+        from dual_adapter import media, sampling
+        from dual_adapter.backbones import cogvideox
+        from dual_adapter.models import load_model
         from dual_adapter.training import make_noise_scheduler
 
         self.bundle = load_model("mini")
         lat = torch.cat([sampling.encode_frames(self.bundle, media.fit_frames(p[None], 32, 32))
                          for p in media.load_images([photo_dir])])
-        self.emb = backbone.encode_prompt(self.bundle, prompt)
+        self.emb = cogvideox.encode_prompt(self.bundle, prompt)
         self.ns = make_noise_scheduler(self.bundle)
         g = torch.Generator().manual_seed(0)
         n = 64
@@ -140,7 +142,8 @@ def diagnose(probe: Probe, adapters, prompt: str) -> None:
     weights there; and the base equality with ``identity_scale=0``."""
     import torch.nn.functional as F
 
-    from dual_adapter import backbone, sampling
+    from dual_adapter import sampling
+    from dual_adapter.backbones import cogvideox
     from dual_adapter.dualreal import DualRealPatch
     from dual_adapter.dualreal.patch import find_context
     from dual_adapter.patches import patched_copy
@@ -190,7 +193,7 @@ def diagnose(probe: Probe, adapters, prompt: str) -> None:
             seen[step] = (list(got), ctx.alpha.clone())
         got.clear()
 
-    neg = backbone.encode_prompt(b, "")
+    neg = cogvideox.encode_prompt(b, "")
     sampling.sample(b, probe.emb, neg, num_frames=1, steps=25, cfg=6.0, seed=0, denoiser=model, callback=cb)
     for step, (g, alpha) in seen.items():
         got[:] = g
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
         full_finetune(pdir, prompt, ff, a.steps)
 
     ada = load_adapters(dr)
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
 
     rows = [("base", probe()), ("DualReal identity phase", probe([DualRealPatch(ada)])),
             ("appearance LoRA", probe([LoraPatch(load_lora(lo), 1.0)])),

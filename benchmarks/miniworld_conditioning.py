@@ -47,7 +47,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=48, help="held-in videos (48)")
     ap.add_argument("--seed", type=int, default=123, help="seed of the specs, swaps and noise (123)")
     args = ap.parse_args(argv)
-    from dual_adapter.backbone import encode_prompt, load_model
+    from dual_adapter.backbones.cogvideox import encode_prompt
+    from dual_adapter.models import load_model
     from dual_adapter.backbones import as_backbone
     from dual_adapter.sampling import decode_latents, encode_frames
     from dual_adapter.training import diffusion_loss, make_noise_scheduler
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
                        - base) / base) for e in wrong.values()]
         print(f"| {t} | {float(base):.3f} | " + " | ".join(f"{r:+.3f}" for r in rise) + " |")
 
-    print(f"\nOne-step reconstruction: share of attributes read right from the decoded x0 prediction\n")
+    print("\nOne-step reconstruction: share of attributes read right from the decoded x0 prediction\n")
     print("| input | " + " | ".join(ATTRS) + " |")
     print("|---" * (len(ATTRS) + 1) + "|")
     def row(videos) -> str:

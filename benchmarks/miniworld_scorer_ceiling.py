@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=120, help="held-in videos (120)")
     ap.add_argument("--seed", type=int, default=5, help="seed of the specs (5)")
     args = ap.parse_args(argv)
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
     from dual_adapter.sampling import decode_latents, encode_frames
 
     it = W.pretrain_sampler(args.seed)

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import REAL_CONFIGS, build_transformer  # noqa: E402
 
-from dual_adapter.backbone import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
+from dual_adapter.backbones.cogvideox import DEFAULT_SCHEDULER_CONFIG  # noqa: E402
 
 GIB = 2 ** 30
 CONFIGS = {
@@ -173,9 +173,6 @@ def _phase_trainable(module, motion: bool):
 def build_method(cfg, method: str, device, fake=None):
     """``(model, trainable_params, batch, latent_frames)`` for ``method`` on ``device``: on ``meta``, or, with
     ``fake`` (a FakeTensorMode), modules built on meta and turned into fake tensors on ``device``."""
-    from dual_adapter.lora import LoraSpec, inject_lora
-    from dual_adapter.patches import patched_copy, shallow_copy_module
-    from dual_adapter.dualreal import DualRealPatch
 
     tr = _new_meta_transformer(cfg)
     ad = _dualreal_adapters(tr) if "dualreal" in method else None
@@ -250,7 +247,7 @@ def _train_step(model, cfg, batch, T, device):
 
 
 def _sample_step(model, cfg, batch, T, device):
-    from dual_adapter.backbone import transformer_forward
+    from dual_adapter.backbones.cogvideox import transformer_forward
 
     pt = cfg.get("patch_size_t") or 1
     x0, emb, t, _ = _inputs(cfg, batch, T + (-T) % pt, device)  # 1.5 models: padded as sample() pads

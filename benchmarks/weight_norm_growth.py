@@ -23,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     import dual_adapter.dualreal.trainer as trainer
-    from dual_adapter.backbone import build_tiny, encode_prompt
+    from dual_adapter.backbones.cogvideox import build_tiny, encode_prompt
     from dual_adapter.dualreal import DualRealData, DualRealOptions, train_dualreal_on_data
     from dual_adapter.errors import TrainingDiverged
     from dual_adapter.training import SanityCheck, TrainConfig

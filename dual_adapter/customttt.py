@@ -24,6 +24,10 @@ Merging two LoRAs into one file (:func:`merge_loras`): modules touched by one Lo
 ``(A, B)``; a module touched by both gets the rank-concatenation ``A = [A_1; A_2]`` (dim 0),
 ``B = [s_1 B_1, s_2 B_2]`` (dim 1) with each scale ``s = strength * alpha / rank`` folded into ``B``,
 so that ``B A = s_1 B_1 A_1 + s_2 B_2 A_2`` exactly (the file's alpha equals its rank: scale 1).
+
+Size: prompt influence, selective training and the merge for CogVideoX are still one module; it becomes
+a ``customttt/`` package together with ``customttt_unet.py``, once the two share one ``prompt_influence`` and
+one ``ttt_merge``.
 """
 from __future__ import annotations
 
@@ -1086,7 +1090,7 @@ def ttt_merge(
             cb = None
             if report and callback is not None:
                 off = k * f
-                cb = (lambda s, _t, info, off=off: callback(off + s, total, {"phase": f"teacher_{name}"}))
+                cb = (lambda s, _t, info, off=off: callback(off + s, total, {"phase": f"teacher_{name}"}))  # noqa: E731
             z, t_ref = teacher_reference(bundle, lf, e, e_neg, teacher_steps=f, teacher_schedule=config.teacher_schedule,
                                          scheduler=config.teacher_scheduler, cfg=float(config.teacher_cfg), seed=seed,
                                          num_frames=frames, height=h, width=w, reference=config.reference,

@@ -25,6 +25,11 @@ Weights convention of saved files: ``delta_W = lora_B @ lora_A`` (alpha == rank,
 convention every diffusers-format reader assumes. A LoRA trained with ``alpha != rank`` has the
 factor ``alpha / rank`` folded into ``lora_B`` when saved; the training alpha is kept in the
 metadata (``trained_alpha``).
+
+Size: presets, peft injection, the file, its formats' dispatch, the patch, CLI parsing and the two
+trainers (CogVideoX, U-Net) are still one module; it becomes a ``lora/`` package when the CogVideoX and
+U-Net LoRA code (here and in ``unet_motion.py``) is one mechanism, so that the split does not copy the
+duplication into more files.
 """
 from __future__ import annotations
 

@@ -28,6 +28,9 @@ CogVideoX takes ``4k + 1`` frames (its VAE compresses time by 4 and keeps the fi
 
 Every failure a user can cause raises :class:`~dual_adapter.errors.DualAdapterError` whose
 message names the file and what was expected; no raw PyAV or Pillow exception escapes.
+
+Size: reading, frame handling and writing (video, GIF, WEBP, images) are still one module; it becomes a
+``media/`` package (read / frames / write) keeping these names importable from ``dual_adapter.media``.
 """
 from __future__ import annotations
 

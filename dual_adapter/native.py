@@ -469,7 +469,7 @@ def native_model_config(diffusion_model) -> dict:
 def _fingerprint(cfg: dict) -> str:
     from types import SimpleNamespace
 
-    from .backbone import config_fingerprint
+    from .backbones.cogvideox import config_fingerprint
 
     return config_fingerprint(SimpleNamespace(config=cfg))
 

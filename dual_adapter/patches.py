@@ -61,7 +61,7 @@ class PatchedModel:
     never mutates its input, and the frozen weights are shared by every variant.
 
     Attributes:
-        bundle: the :class:`~dual_adapter.backbone.CogVideoXBundle`.
+        bundle: the :class:`~dual_adapter.backbones.cogvideox.CogVideoXBundle`.
         patches: model patches, applied in order to a weight-sharing copy at sampling time.
     """
 

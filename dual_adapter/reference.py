@@ -308,7 +308,7 @@ def builtin_encoder_name(model_name: str | None) -> str | None:
     the real encoder (OpenCLIP ViT-H/14), which is not built in. Pass the result to
     :func:`load_reference_encoder`. Used where no encoder is given: ``train-dualreal``, the demo, the
     Train DualReal and Apply DualReal nodes."""
-    from .backbone import BUILTIN_PRETRAINED, TINY_VARIANTS
+    from .backbones.cogvideox import BUILTIN_PRETRAINED, TINY_VARIANTS
 
     name = str(model_name or "")
     if name in TINY_VARIANTS:

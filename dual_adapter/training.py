@@ -25,6 +25,10 @@ Run lifecycle (the same for every trainer and front end):
   trained weights are still returned, so the caller can write (smaller) output or keep them in memory.
 * SIGTERM is handled like Ctrl-C (SIGINT): the checkpoint is written, then the run stops with
   :class:`~dual_adapter.errors.InterruptedByUser` (main thread only; see :func:`sigterm_as_interrupt`).
+
+Size: config, objective, optimiser, schedule, state files, run rules, signals, distributed set-up and the
+loop, shared by every trainer, are still one module; it becomes a ``training/`` package keeping these
+names importable from ``dual_adapter.training``.
 """
 from __future__ import annotations
 

@@ -47,6 +47,9 @@ dropped (``validation_data.spatial_scale: 0``).
 
 :class:`AppearanceHighway` is that inference change as a model patch (on/off = present or not;
 ``freeu=None`` gives the skip relocation alone). AH needs a U-Net's skips: on CogVideoX it raises.
+
+Size: the U-Net TAP / MotionDirector trainer, its presets and AH are one module until the CogVideoX and U-Net
+LoRA code is one mechanism (see ``lora.py``); splitting it first would copy that duplication into more files.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn

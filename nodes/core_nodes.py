@@ -1,11 +1,11 @@
 """Foundation nodes: load CogVideoX, encode prompts, sample, VAE decode / encode, load photos and clips."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from dual_adapter import backbone, media, sampling
+from dual_adapter import media, models, sampling
+from dual_adapter.backbones import cogvideox
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import PatchedModel
 from dual_adapter.limits import MAX_CFG, MAX_FRAMES, MAX_SAMPLING_STEPS, MAX_SIDE, MIN_CFG
@@ -34,7 +34,7 @@ class CogVideoXLoader:
     @classmethod
     def INPUT_TYPES(cls):
         found = bridge.list_model_dirs("CogVideo")
-        choices = list(backbone.BUILTIN_MODELS) + found
+        choices = list(cogvideox.BUILTIN_MODELS) + found
         return {"required": {
             "model": (choices, {"default": default_model(found), "tooltip": "The default is the first folder found in "
                                 "models/CogVideo/, else 'mini' (the tiny models draw noise by design: they test graphs). "
@@ -71,11 +71,11 @@ class CogVideoXLoader:
         dev = None if device == "auto" else device
         # tiny*, mini and a mini folder (one 'miniworld pretrain' wrote, put in models/CogVideo/): load_model builds or
         # loads them (CPU and fp32 unless set) and refuses a native transformer file with them
-        path = None if model in backbone.BUILTIN_MODELS else bridge.resolve("CogVideo", model)
+        path = None if model in cogvideox.BUILTIN_MODELS else bridge.resolve("CogVideo", model)
         from dual_adapter.miniworld.model import is_mini_folder
 
         if path is None or is_mini_folder(path):
-            return (PatchedModel(backbone.load_model(model if path is None else str(path), device=dev, dtype=dt,
+            return (PatchedModel(models.load_model(model if path is None else str(path), device=dev, dtype=dt,
                                                      transformer_file=tf)),)
         from dual_adapter.backbones import backbone_modules, identify_folder
 
@@ -83,7 +83,7 @@ class CogVideoXLoader:
         if kind not in (None, "cogvideox"):  # a U-Net video model put in models/CogVideo/
             raise DualAdapterError(f"model {model!r} is a {backbone_modules()[kind].FAMILY} model, not CogVideoX; "
                                    f"put it in models/diffusers/ and use Load U-Net Video Model")
-        b = backbone.load_cogvideox(path, dtype=dt or "bf16", device=dev, vae_tiling=vae_tiling,
+        b = models.load_cogvideox(path, dtype=dt or "bf16", device=dev, vae_tiling=vae_tiling,
                                     vae_slicing=vae_slicing, cpu_offload=cpu_offload, transformer_file=tf)
         return (PatchedModel(b),)
 
@@ -108,7 +108,7 @@ class CogVideoXTextEncode:
 
     def encode(self, model, prompt, negative_prompt=""):
         m = as_model(model)
-        emb = backbone.encode_prompt(m.bundle, [prompt, negative_prompt])
+        emb = cogvideox.encode_prompt(m.bundle, [prompt, negative_prompt])
         return ({"positive": emb[:1], "negative": emb[1:], "prompt": prompt, "negative_prompt": negative_prompt,
                  "model_name": m.bundle.name},)
 
@@ -154,7 +154,7 @@ class CogVideoXSampler:
                               "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                              "tooltip": "Seed of the initial noise; the same seed gives the same video. Any value 0 .. 2^64-1 (the range of every seed in the pack, as ComfyUI's KSampler)."}),
-            "scheduler": (list(backbone.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
+            "scheduler": (list(cogvideox.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
                           "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
         }, "optional": {
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt as core CONDITIONING (with a CONDITIONING "

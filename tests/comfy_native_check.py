@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 import comfy.model_management as mm  # noqa: E402
-import comfy.sd  # noqa: E402
+import comfy.sd  # noqa: E402, F401  (loads ComfyUI's model classes)
 import folder_paths  # noqa: E402
 import nodes as core_nodes  # noqa: E402  (ComfyUI's nodes.py)
 
@@ -41,7 +41,7 @@ nn_nodes = importlib.import_module("dual_adapter_pack.nodes.native_nodes")
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
 
 from dual_adapter import lora as L  # noqa: E402
-from dual_adapter.backbone import transformer_forward  # noqa: E402
+from dual_adapter.backbones.cogvideox import transformer_forward  # noqa: E402
 from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealPatch  # noqa: E402
 from dual_adapter.lora_formats import save_lora_native  # noqa: E402
 from dual_adapter.native import convert_diffusers_to_native, native_model_divergences  # noqa: E402
@@ -204,7 +204,7 @@ res["lora"] = {"not_loaded_messages": [s for s in msgs if "lora key not loaded" 
 
 # ---- 6. the refusal names the cause (2B-like built by core as RoPE)
 try:
-    from dual_adapter.backbone import config_fingerprint
+    from dual_adapter.backbones.cogvideox import config_fingerprint
 
     nb.apply_dualreal(loaded["2B"][1], DualRealAdapterSet.from_module(
         DualRealAdapters(DualRealConfig.for_transformer(loaded["2B"][0], groups=2)),

@@ -25,7 +25,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny():
     """The built-in tiny CogVideoX (shared: tests must not modify it; use patches / copies)."""
-    from dual_adapter.backbone import build_tiny
+    from dual_adapter.backbones.cogvideox import build_tiny
 
     return build_tiny("tiny", seed=0)
 

@@ -224,8 +224,11 @@ METHOD_MODULES = ["training.py", "sampling.py", "lora.py", "customttt.py", "cust
                   "unet_sampling.py", "dualreal/trainer.py", "dualreal/readout.py", "dualreal/checkpoint.py",
                   "dualreal/adapters.py"]
 #: CogVideoX-specific by definition, outside backbones/: the native ComfyUI CogVideoX file format, the shipped
-#: mini CogVideoX
-COGVIDEOX_MODULES = {"native.py", "miniworld/model.py"}
+#: mini CogVideoX and the world pretrained / scored on it, the resolution of model names (``tiny``, ``mini``), the
+#: built-in models' reference encoders, and the CLI's CogVideoX preflight (these imported the CogVideoX names
+#: through the deprecated ``backbone`` re-export before)
+COGVIDEOX_MODULES = {"native.py", "miniworld/model.py", "miniworld/pretrain.py", "miniworld/scorers.py", "models.py",
+                     "reference.py", "commands/_common.py"}
 
 
 def _cogvideox_refs(path: Path, attrs: bool = True) -> list[str]:

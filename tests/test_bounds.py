@@ -12,7 +12,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -96,7 +95,7 @@ def test_every_adapter_config_value_is_bounded(field, value):
 
 
 def test_cogvideox_folder_with_1e7_layers_is_refused_before_building(tiny, tmp_path):
-    from dual_adapter import backbone
+    from dual_adapter import models as backbone
 
     from test_inputs import _fake_folder
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dual_adapter import customttt as C
-from dual_adapter.backbone import build_tiny, encode_prompt, transformer_forward
+from dual_adapter.backbones.cogvideox import build_tiny, encode_prompt, transformer_forward
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.lora import LoraFile, LoraPatch, LoraSpec, inject_lora, load_lora, lora_modules, lora_state_dict
 from dual_adapter.patches import patched_copy, shallow_copy_module

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_default_options_give_a_small_model_the_groups_it_has(tiny, caplog):
-    from dual_adapter.backbone import encode_prompt
+    from dual_adapter.backbones.cogvideox import encode_prompt
     from dual_adapter.dualreal import DualRealData, DualRealOptions, train_dualreal_on_data
     from dual_adapter.training import TrainConfig
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dual_adapter.miniworld import scorers as S
 from dual_adapter.miniworld import world as W

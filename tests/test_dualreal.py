@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dual_adapter.backbone import build_tiny, encode_prompt, transformer_forward
+from dual_adapter.backbones.cogvideox import build_tiny, encode_prompt, transformer_forward
 from dual_adapter.dualreal import (DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealOptions,
                                    DualRealPatch, StageBlender, block_groups, find_context, group_ranges,
                                    load_adapters, plot_stageblender, prepare_dualreal_data,

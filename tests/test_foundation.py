@@ -1,7 +1,6 @@
 """Foundation: backbone loading, text encoding, sampling, VAE, model patches, safe I/O, CLI."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dual_adapter import backbone, sampling
+from dual_adapter import models, sampling
+from dual_adapter.backbones import cogvideox
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import load_safetensors, next_free_path, save_safetensors
 from dual_adapter.patches import PatchedModel, patched_copy, shallow_copy_module
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_missing_folder_error(tmp_path):
     with pytest.raises(DualAdapterError, match="does not exist"):
-        backbone.load_cogvideox(tmp_path / "nope")
+        models.load_cogvideox(tmp_path / "nope")
 
 
 def test_partial_folder_lists_missing_parts(tmp_path):
@@ -30,7 +30,7 @@ def test_partial_folder_lists_missing_parts(tmp_path):
     (root / "vae" / "config.json").write_text("{}")
     (root / "tokenizer").mkdir()
     with pytest.raises(DualAdapterError) as e:
-        backbone.load_cogvideox(root)
+        models.load_cogvideox(root)
     msg = str(e.value)
     assert "transformer/" in msg and "text_encoder/" in msg and "scheduler/" in msg
     assert "vae/*.safetensors" in msg and "tokenizer/spiece.model" in msg
@@ -45,23 +45,23 @@ def test_saved_tiny_folder_loads_back(tmp_path, tiny):
     tiny.text_encoder.save_pretrained(root / "text_encoder")
     tiny.tokenizer.save_pretrained(root / "tokenizer")
     sampling.make_scheduler(tiny, "ddim").save_pretrained(root / "scheduler")
-    b = backbone.load_cogvideox(root, dtype="fp32", device="cpu")
-    e1 = backbone.encode_prompt(tiny, "dog * is playing guitar")
-    e2 = backbone.encode_prompt(b, "dog * is playing guitar")
+    b = models.load_cogvideox(root, dtype="fp32", device="cpu")
+    e1 = cogvideox.encode_prompt(tiny, "dog * is playing guitar")
+    e2 = cogvideox.encode_prompt(b, "dog * is playing guitar")
     torch.testing.assert_close(e1, e2)
     x = torch.randn(1, 3, 4, 8, 12)
     t = torch.tensor([500])
-    torch.testing.assert_close(backbone.transformer_forward(tiny.transformer, x, e1, t),
-                               backbone.transformer_forward(b.transformer, x, e2, t))
+    torch.testing.assert_close(cogvideox.transformer_forward(tiny.transformer, x, e1, t),
+                               cogvideox.transformer_forward(b.transformer, x, e2, t))
     # a folder without a transformer is refused, naming it
     import shutil
     shutil.rmtree(root / "transformer")
     with pytest.raises(DualAdapterError, match="transformer/"):
-        backbone.load_cogvideox(root)
+        models.load_cogvideox(root)
 
 
 def test_tiny_is_seeded():
-    a, b, c = backbone.build_tiny(seed=3), backbone.build_tiny(seed=3), backbone.build_tiny(seed=4)
+    a, b, c = cogvideox.build_tiny(seed=3), cogvideox.build_tiny(seed=3), cogvideox.build_tiny(seed=4)
     pa = dict(a.transformer.named_parameters())
     assert all(torch.equal(p, pa[n]) for n, p in b.transformer.named_parameters())
     assert not all(torch.equal(p, pa[n]) for n, p in c.transformer.named_parameters())
@@ -70,23 +70,23 @@ def test_tiny_is_seeded():
 # ---------------------------------------------------------------- text
 
 def test_prompt_encoding_pads_and_truncates(tiny, caplog):
-    e = backbone.encode_prompt(tiny, ["dog *", "a person is playing guitar"])
+    e = cogvideox.encode_prompt(tiny, ["dog *", "a person is playing guitar"])
     assert e.shape == (2, tiny.max_text_len, tiny.config.text_embed_dim)
     long = " ".join(["guitar"] * 100)
     with caplog.at_level("WARNING"):
-        e2 = backbone.encode_prompt(tiny, long)
+        e2 = cogvideox.encode_prompt(tiny, long)
     assert e2.shape == (1, tiny.max_text_len, 32)
     assert "truncated" in caplog.text
     with pytest.raises(DualAdapterError, match="more than the model's"):
-        backbone.encode_prompt(tiny, long, on_long="error")
+        cogvideox.encode_prompt(tiny, long, on_long="error")
     with pytest.raises(DualAdapterError, match="prompt must be"):
-        backbone.encode_prompt(tiny, 3)
+        cogvideox.encode_prompt(tiny, 3)
 
 
 # ---------------------------------------------------------------- sampling
 
 def _gen(tiny, seed, prompt="dog * is playing guitar", **kw):
-    e = backbone.encode_prompt(tiny, prompt)
+    e = cogvideox.encode_prompt(tiny, prompt)
     lat = sampling.sample(tiny, e, steps=4, cfg=6.0, seed=seed, **kw)
     return lat, sampling.decode_latents(tiny, lat)
 
@@ -114,8 +114,8 @@ def test_schedulers_use_trailing_spacing(tiny, sched):
 
 @pytest.mark.parametrize("variant,frames", [("tiny-5b", 9), ("tiny-1.5", 9), ("tiny-1.5", 17)])
 def test_rope_and_15_variants(variant, frames):
-    b = backbone.build_tiny(variant)
-    e = backbone.encode_prompt(b, "a car is turning")
+    b = cogvideox.build_tiny(variant)
+    e = cogvideox.encode_prompt(b, "a car is turning")
     lat = sampling.sample(b, e, num_frames=frames, steps=2, cfg=1.0)
     assert lat.shape[1] == (frames - 1) // 4 + 1  # padding frames of 1.5 are removed
     assert sampling.decode_latents(b, lat).shape[1] == frames
@@ -132,7 +132,7 @@ def test_rope_and_15_variants(variant, frames):
     (dict(steps=0), "steps=0"),
 ])
 def test_bad_sizes_are_refused(tiny, kw, msg):
-    e = backbone.encode_prompt(tiny, "x")
+    e = cogvideox.encode_prompt(tiny, "x")
     with pytest.raises(DualAdapterError, match=msg):
         sampling.sample(tiny, e, **kw)
 
@@ -175,7 +175,7 @@ def test_patches_apply_to_a_copy_only(tiny):
     before = {k: v.clone() for k, v in tiny.transformer.state_dict().items()}
     base_lat, _ = _gen(tiny, 5)
     pm = PatchedModel(tiny).with_patch(_ScaleFF())
-    lat = sampling.sample(tiny, backbone.encode_prompt(tiny, "dog * is playing guitar"), steps=4, seed=5,
+    lat = sampling.sample(tiny, cogvideox.encode_prompt(tiny, "dog * is playing guitar"), steps=4, seed=5,
                           patches=pm.patches)
     assert (lat - base_lat).abs().mean() > 1e-3  # the patch acted
     after = tiny.transformer.state_dict()

@@ -65,7 +65,7 @@ def test_cli_identity_phase_learns_the_photos_colour(tmp_path, photos, target, o
 
 
 def test_nodes_identity_phase_learns_the_photos_colour(tmp_path, monkeypatch, photos, target, one_thread):
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
     from dual_adapter.patches import PatchedModel
     from nodes import bridge
     from nodes import core_nodes as C

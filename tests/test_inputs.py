@@ -3,8 +3,6 @@ motion clips, CLI arguments. Each test failed before its fix."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -152,9 +150,10 @@ def test_safe_torch_is_required_everywhere():
 
 
 def test_every_widget_seed_maps_to_a_generator(tiny):
-    from dual_adapter import backbone, sampling
+    from dual_adapter import sampling
+    from dual_adapter.backbones import cogvideox
 
-    emb = backbone.encode_prompt(tiny, "a dog")
+    emb = cogvideox.encode_prompt(tiny, "a dog")
     run = lambda s: sampling.sample(tiny, emb, steps=1, cfg=1.0, seed=s, scheduler="dpm")  # noqa: E731
     top = run(2 ** 64 - 1)  # the ComfyUI widget's maximum (was: Overflow when unpacking long long)
     assert torch.isfinite(top).all()
@@ -203,7 +202,7 @@ def _fake_folder(root: Path, tiny, transformer: dict | None = None, scheduler: s
 
 
 def test_model_folder_configs_are_checked_before_loading(tiny, tmp_path):
-    from dual_adapter import backbone
+    from dual_adapter import models
 
     cases = [
         (dict(transformer={"num_layers": "30"}), r"num_layers=\"30\".*positive integer"),
@@ -217,26 +216,27 @@ def test_model_folder_configs_are_checked_before_loading(tiny, tmp_path):
     for k, (kw, msg) in enumerate(cases):
         root = _fake_folder(tmp_path / f"m{k}", tiny, **kw)
         with pytest.raises(DualAdapterError, match=msg):
-            backbone.load_cogvideox(root, device="cpu")
+            models.load_cogvideox(root, device="cpu")
     root = _fake_folder(tmp_path / "i2v", tiny)
     (root / "model_index.json").write_text('{"_class_name": "CogVideoXImageToVideoPipeline"}')
     with pytest.raises(DualAdapterError, match="CogVideoXImageToVideoPipeline"):
-        backbone.load_cogvideox(root, device="cpu")
-    info = backbone.inspect_model(_fake_folder(tmp_path / "ok", tiny))  # what the CLI checks inputs against
+        models.load_cogvideox(root, device="cpu")
+    info = models.inspect_model(_fake_folder(tmp_path / "ok", tiny))  # what the CLI checks inputs against
     assert info.default_size == tiny.default_size and info.vae_scale_temporal == 4
 
 
 def test_devices_are_checked(tiny):
-    from dual_adapter import backbone
+    from dual_adapter import models
+    from dual_adapter.backbones.base import check_device
 
     with pytest.raises(DualAdapterError, match="'banana' is not a device"):
-        backbone.load_model("tiny", device="banana")
+        models.load_model("tiny", device="banana")
     with pytest.raises(DualAdapterError, match="CUDA"):
-        backbone.check_device("cuda:99")
+        check_device("cuda:99")
     if not torch.cuda.is_available():
         with pytest.raises(DualAdapterError, match="no CUDA GPU is visible"):
-            backbone.load_model("tiny", device="cuda")
-    assert backbone.check_device("auto") is None and backbone.check_device("cpu") == "cpu"
+            models.load_model("tiny", device="cuda")
+    assert check_device("auto") is None and check_device("cpu") == "cpu"
 
 
 def test_headless_run_names_the_failing_node_for_any_error(classes):

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from dual_adapter import backbone, lora, patches, sampling
+from dual_adapter import lora, patches, sampling
+from dual_adapter.backbones import cogvideox
 from dual_adapter.errors import DualAdapterError, InterruptedByUser
 from dual_adapter.io import save_safetensors
 
@@ -58,7 +59,7 @@ def _fwd(model, seed=0):
     x = torch.randn(1, 3, 4, 8, 12, generator=g)
     e = torch.randn(1, 16, 32, generator=g)
     with torch.no_grad():
-        return backbone.transformer_forward(model, x, e, torch.tensor([700]))
+        return cogvideox.transformer_forward(model, x, e, torch.tensor([700]))
 
 
 # ------------------------------------------------------------------------------------------ spec
@@ -136,7 +137,7 @@ def test_training_lowers_loss_and_sampling_moves_toward_clip(trained, tiny, guit
     losses = [r["loss"] for r in res.losses]
     assert sum(losses[-25:]) / 25 < 0.9 * sum(losses[:25]) / 25
     target = sampling.encode_frames(tiny, guitar)
-    emb = backbone.encode_prompt(tiny, PROMPT)
+    emb = cogvideox.encode_prompt(tiny, PROMPT)
     for seed in (0, 1):
         kw = dict(num_frames=9, height=64, width=96, steps=10, cfg=1.0, seed=seed, scheduler="ddim")
         base = sampling.sample(tiny, emb, **kw)
@@ -174,7 +175,7 @@ def test_debiased_loss_equals_explicit_formula(tiny):
         got = diffusion_loss(tiny.transformer, sched, x0, emb, timesteps=t, noise=eps,
                              error_fn=lora.debiased_error(a))
         xt = sched.add_noise(x0, eps, t)
-        v = backbone.transformer_forward(tiny.transformer, xt, emb, t)
+        v = cogvideox.transformer_forward(tiny.transformer, xt, emb, t)
         x0p = sched.get_velocity(v, xt, t)
         w = 1 / (1 - sched.alphas_cumprod[t])
         want = ((w * (x0p - x0) ** 2).mean() + (w * (phi(x0p) - phi(x0)) ** 2).mean()).float()
@@ -237,7 +238,7 @@ def test_saved_file_format_and_round_trip(trained, saved, tiny):
     assert tensors["transformer.transformer_blocks.0.attn1.to_q.lora_B.weight"].shape == (64, 8)
     assert md["rank"] == 8 and md["alpha"] == 8 and md["trained_alpha"] == 16  # scale 2 folded into lora_B
     assert md["targets"] == ["attn1.to_q", "attn1.to_k"] and md["blocks"] == [0, 1, 2, 3] and md["preset"] == "tap"
-    assert md["base_config"]["num_layers"] == 4 and md["base_fingerprint"] == backbone.config_fingerprint(tiny.transformer)
+    assert md["base_config"]["num_layers"] == 4 and md["base_fingerprint"] == cogvideox.config_fingerprint(tiny.transformer)
     dm = md["lora_adapter_metadata"]
     assert dm["transformer.r"] == 8 and dm["transformer.lora_alpha"] == 8.0
     back = lora.load_lora(saved)
@@ -326,8 +327,8 @@ def test_peft_and_kohya_files_load_and_match(trained, tiny, tmp_path):
 
 
 def test_kohya_names_cover_every_linear_layer():
-    for variant in backbone.TINY_VARIANTS:
-        t = backbone.build_tiny(variant, num_layers=2).transformer
+    for variant in cogvideox.TINY_VARIANTS:
+        t = cogvideox.build_tiny(variant, num_layers=2).transformer
         for name, m in t.named_modules():
             if isinstance(m, nn.Linear):
                 assert lora._kohya_module("lora_unet_" + name.replace(".", "_")) == name, (variant, name)

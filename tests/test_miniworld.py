@@ -170,7 +170,8 @@ def test_scorers_reject_bad_input():
 
 
 def test_block_pca_vae_round_trips_world_videos_and_follows_the_frame_rules():
-    from dual_adapter import backbone, sampling
+    from dual_adapter import sampling
+    from dual_adapter.backbones import cogvideox
     from dual_adapter.miniworld import scorers as S
     from dual_adapter.miniworld.model import SpaceToDepthVAE, build_mini
 
@@ -189,9 +190,9 @@ def test_block_pca_vae_round_trips_world_videos_and_follows_the_frame_rules():
     z1 = sampling.encode_frames(b, x[:, :1])  # a photo -> 1 latent frame
     assert z1.shape[1] == 1 and float((sampling.decode_latents(b, z1) - x[:, :1]).abs().mean()) < 0.02
     assert b.default_size == (9, 32, 32)
-    backbone.check_video_size(b, 9, 32, 32)
+    cogvideox.check_video_size(b, 9, 32, 32)
     with pytest.raises(DualAdapterError, match="frames=8"):
-        backbone.check_video_size(b, 8, 32, 32)
+        cogvideox.check_video_size(b, 8, 32, 32)
     # the exact space-to-depth fold underneath (and the old shipped VAE) is lossless
     s2d = SpaceToDepthVAE(scaling_factor=1.0)
     xv = x.permute(0, 4, 1, 2, 3) * 2 - 1
@@ -221,7 +222,7 @@ def test_pretrain_is_resumable_and_loads(tmp_path):
     b = load_mini(out)
     assert b.name == "mini" and (out / "loss.png").exists()
     # a pretrained folder is a model path like any other: load_model (every --model, the loader node) takes it
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
 
     b2 = load_model(str(out))
     assert b2.name == "mini" and type(b2.vae).__name__ == "BlockPCAVAE" and b2.dtype == torch.float32
@@ -307,16 +308,16 @@ def mini():
 
     if not mini_available():
         pytest.fail("the shipped mini model is missing from dual_adapter/models/mini")
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
 
     return load_model("mini")
 
 
 def test_load_model_mini_and_loader_node_lists_it(mini):
-    from dual_adapter import backbone
+    from dual_adapter.backbones import cogvideox
 
     assert mini.name == "mini" and mini.default_size == (9, 32, 32) and mini.device == "cpu"
-    assert "mini" in backbone.BUILTIN_MODELS
+    assert "mini" in cogvideox.BUILTIN_MODELS
     from nodes.core_nodes import CogVideoXLoader
 
     assert "mini" in CogVideoXLoader.INPUT_TYPES()["required"]["model"][0]
@@ -389,7 +390,7 @@ def test_train_dualreal_on_mini_defaults_to_the_mini_reference_encoder(tmp_path)
 
 
 def test_builtin_encoder_name_and_the_nodes_use_the_mini_encoder_without_clip_vision(tmp_path, monkeypatch):
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
     from dual_adapter.patches import PatchedModel
     from dual_adapter.reference import PixelStatsEncoder, builtin_encoder_name
     from nodes import bridge

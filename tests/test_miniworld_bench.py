@@ -107,12 +107,13 @@ DUALREAL_STEPS = 1000
 
 @pytest.fixture(scope="module")
 def dualreal_vs_base():
-    from dual_adapter import backbone, sampling
+    from dual_adapter import models, sampling
+    from dual_adapter.backbones import cogvideox
     from dual_adapter.dualreal import DualRealOptions, DualRealPatch, train_dualreal
     from dual_adapter.reference import PixelStatsEncoder, encode_reference
     from dual_adapter.training import TrainConfig
 
-    bundle = backbone.load_model("mini")
+    bundle = models.load_model("mini")
     subj, mot = "striped_star", "orbit"
     photos = W.subject_photos(subj, n=4, seed=0)
     clips, _ = W.motion_clips(mot, n=3, seed=0, exclude=subj)
@@ -122,11 +123,11 @@ def dualreal_vs_base():
                          train=TrainConfig(steps=DUALREAL_STEPS, lr=1e-3, warmup_steps=20, seed=0,
                                            gradient_checkpointing=False, checkpoint_every=0))
     ref = encode_reference(enc, photos[:1])
-    neg = backbone.encode_prompt(bundle, "")
+    neg = cogvideox.encode_prompt(bundle, "")
 
     def scores(prompt, patches):
         out = {"identity": [], "motion": []}
-        z = sampling.sample(bundle, backbone.encode_prompt(bundle, prompt), neg, steps=20, seed=100,
+        z = sampling.sample(bundle, cogvideox.encode_prompt(bundle, prompt), neg, steps=20, seed=100,
                             batch_size=SEEDS, patches=patches)
         for v in sampling.decode_latents(bundle, z):
             sc = S.score_video(v, subject_photos=photos, motion=mot)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dual_adapter import lora, lora_formats, native
-from dual_adapter.backbone import build_tiny, rotary_embeddings
+from dual_adapter.backbones.cogvideox import build_tiny, rotary_embeddings
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import save_safetensors
 
@@ -65,7 +65,7 @@ def test_streamed_converter_round_trip_sharded(tinies, variant, tmp_path):
     x = torch.randn(1, 3 if variant == "tiny" else 4, 4, 8, 12)
     e = torch.randn(1, 16, 32)
     ts = torch.tensor([500])
-    from dual_adapter.backbone import transformer_forward
+    from dual_adapter.backbones.cogvideox import transformer_forward
     # the weights are bit-identical (above); the forward is equal up to float rounding: the loaded weights are views
     # into the file's buffer at unaligned offsets, and on some CPUs the kernels round differently there (measured
     # 3.6e-7 on tiny-1.5 once; 0.0 after cloning the same weights into fresh memory)
@@ -281,7 +281,7 @@ def test_latent_convention_is_cores_unscaled_vae_latent(tinies):
 
 def test_sampler_takes_core_conditioning(tinies):
     from nodes.core_nodes import CogVideoXSampler
-    from dual_adapter.backbone import encode_prompt
+    from dual_adapter.backbones.cogvideox import encode_prompt
     from dual_adapter.patches import PatchedModel
 
     b = tinies["tiny"]
@@ -318,7 +318,7 @@ def test_native_workflow_ui_and_api_twins_agree():
 
 
 def test_pack_loader_takes_a_folder_without_transformer_plus_a_native_file(tinies, tmp_path):
-    from dual_adapter.backbone import load_cogvideox
+    from dual_adapter.models import load_cogvideox
 
     b = tinies["tiny-1.5"]
     root = tmp_path / "cv"
@@ -339,7 +339,7 @@ def test_pack_loader_takes_a_folder_without_transformer_plus_a_native_file(tinie
 def test_a_native_transformer_file_with_a_builtin_or_mini_model_is_refused_not_dropped(tmp_path):
     """``load_model`` used to drop ``transformer_file`` silently for ``mini`` folders (only the CLI refused it, and
     only for the built-in names): the user got the folder's own transformer without a word."""
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
     from dual_adapter.miniworld.model import build_mini, save_mini
 
     save_mini(build_mini(seed=0), tmp_path / "m")

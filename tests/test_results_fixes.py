@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dual_adapter.backbone import build_tiny, encode_prompt, transformer_forward
+from dual_adapter.backbones.cogvideox import build_tiny, encode_prompt, transformer_forward
 from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealPatch
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import patched_copy
@@ -229,7 +229,6 @@ def test_reference_is_ignored_for_adapters_without_trained_w_cond(bundle, caplog
     assert m.patches[-1].reference is None and "ignored" in caplog.text
     (m2,) = N.DualRealApply().apply(PatchedModel(bundle), with_ref, clip_vision_output=ref)
     assert m2.patches[-1].reference is not None
-    emb = encode_prompt(bundle, "dog *")
     kw = dict(steps=2, cfg=6.0, seed=0)
     r_ref = stageblender_readout(bundle, a, "dog *", reference=ref, **kw)
     r_none = stageblender_readout(bundle, a, "dog *", reference=None, **kw)
@@ -494,7 +493,7 @@ def test_motiondirector_spatial_path_learns_from_frames_only_and_is_dropped(bund
                                              cfg=lora.lora_train_config(steps=3, lr=1e-2, gradient_checkpointing=False),
                                              checkpoint_path=ck)
         out[name] = (lf, lora.load_lora(lora.spatial_checkpoint_path(ck)))
-    (ma, sa), (mb, sb), (mc, sc) = out["a"], out["b"], out["c"]
+    (ma, sa), (mb, sb), (_, sc) = out["a"], out["b"], out["c"]
     assert sorted(sa.targets) == sorted(lora.PRESETS["full"])
     # another clip, same frames: the spatial LoRA is bit-identical, the motion LoRA is not
     assert all(torch.equal(sa.state_dict[k], sb.state_dict[k]) for k in sa.state_dict)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dual_adapter.backbone import encode_prompt
+from dual_adapter.backbones.cogvideox import encode_prompt
 from dual_adapter.dualreal import (DualRealData, DualRealOptions, load_adapters, run_paths,
                                    train_dualreal_on_data)
 from dual_adapter.errors import DualAdapterError, InterruptedByUser, TrainingDiverged

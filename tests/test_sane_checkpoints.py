@@ -5,7 +5,6 @@ CPU, tiny model, DualReal on random latents (the shared training loop; every tra
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

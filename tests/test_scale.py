@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dual_adapter.backbone import build_tiny, encode_prompt, transformer_forward
+from dual_adapter.backbones.cogvideox import build_tiny, encode_prompt, transformer_forward
 from dual_adapter.dualreal import (DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealData,
                                    DualRealOptions, DualRealPatch, train_dualreal_on_data)
 from dual_adapter.dualreal import trainer as dr_trainer
@@ -312,7 +312,7 @@ from dual_adapter.training import TrainConfig, init_distributed
 rank, world, _ = init_distributed()
 assert world == 2
 from test_scale import _DR_OPTIONS, _DR_TRAIN, _data
-from dual_adapter.backbone import build_tiny
+from dual_adapter.backbones.cogvideox import build_tiny
 from dual_adapter.dualreal import load_adapters, save_adapters, train_dualreal_on_data
 work, clips, cli = sys.argv[2], sys.argv[3].split(","), sys.argv[4:]
 bundle = build_tiny("tiny", seed=0)

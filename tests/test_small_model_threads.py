@@ -27,7 +27,7 @@ def test_small_models_load_on_one_thread(name, two_threads):
 
 
 def test_a_chosen_count_is_kept(two_threads, monkeypatch):
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
 
     monkeypatch.setenv("DUAL_ADAPTER_THREADS", "2")
     load_model("tiny")
@@ -39,7 +39,7 @@ def test_a_chosen_count_is_kept(two_threads, monkeypatch):
 
 
 def test_the_cli_threads_flag_holds_for_its_command_only(two_threads):
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
     from dual_adapter.cli import build_parser
     from dual_adapter.threads import threads_for_command
 
@@ -54,7 +54,7 @@ def test_the_cli_threads_flag_holds_for_its_command_only(two_threads):
 
 
 def test_bad_thread_settings_are_refused_by_name(two_threads, monkeypatch):
-    from dual_adapter.backbone import load_model
+    from dual_adapter.models import load_model
     from dual_adapter.errors import DualAdapterError
     from dual_adapter.threads import set_threads
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dual_adapter.backbone import encode_prompt
+from dual_adapter.backbones.cogvideox import encode_prompt
 from dual_adapter.dualreal import DualRealData, DualRealOptions, train_dualreal_on_data
 from dual_adapter.previews import PreviewOptions, Previewer, backbone_renderer
 from dual_adapter.training import TrainConfig

@@ -221,7 +221,7 @@ class Graph:
         except TypeError:  # Pillow < 10.1: one bitmap size
             font = small = ImageFont.load_default()
         for _, a, _, b, _, _ in ui["links"]:
-            (pa, sa, _), (pb, sb, _) = boxes[a], boxes[b]
+            (pa, sa, _), (pb, _, _) = boxes[a], boxes[b]
             d.line([xy(pa[0] + sa[0], pa[1] + 20), xy(pb[0], pb[1] + 20)], fill=(120, 160, 210), width=2)
         for nid, (p, s, name) in boxes.items():
             ctype = next(n["type"] for n in ui["nodes"] if n["id"] == nid)

@@ -1,11 +1,11 @@
 """CogVideoX behind the :class:`~dual_adapter.backbones.base.VideoBackbone` interface: everything the
 methods need to know about CogVideoX lives here.
 
-Loading (a diffusers folder, the offline ``tiny`` variants, the shipped ``mini`` model), the
+Loading (a diffusers folder, the offline ``tiny`` variants; the shipped ``mini`` model and native single
+files are resolved above, in :mod:`dual_adapter.models`), the
 :class:`CogVideoXBundle` (what the ComfyUI type ``COGVIDEOX_MODEL`` carries), T5 text encoding, frame-count
 and size rules, the transformer call (RoPE), the schedulers and the training objective (v-prediction,
-``1 / (1 - alphas_cumprod)`` weighted x0 error), the 3D VAE (encode / decode). :mod:`dual_adapter.backbone`
-re-exports the public names for older imports.
+``1 / (1 - alphas_cumprod)`` weighted x0 error), the 3D VAE (encode / decode).
 
 Layouts used throughout the library:
   * transformer latents: ``[B, F, C, h, w]`` (diffusers' CogVideoX layout), in the VAE's *scaled*
@@ -18,6 +18,10 @@ Roles on CogVideoX: every ``transformer_blocks.{i}.attn1`` is a *joint* attentio
 tokens and all visual tokens of all frames (so text enters every block through it); there is no
 separate spatial, temporal or cross attention, and no skip connection (so no AH). Motion LoRAs (TAP)
 target the joint attention.
+
+Size: one backbone is one module here (``backbones/__init__.py`` finds backbones by module); the
+bundle, tiny builder, config checks, folder loader, T5, schedulers, objective and VAE become a
+``cogvideox/`` package when the registry finds packages too.
 """
 from __future__ import annotations
 
@@ -406,17 +410,12 @@ def _native_file_config(path) -> dict:
 
 
 def _no_such_model(name: str) -> str:
-    """The message for a ``--model`` that is neither a built-in CogVideoX name nor a folder: a built-in U-Net name
-    is named as such; otherwise the built-in names (a close one first) and what a folder must hold."""
+    """The message for a ``--model`` that is neither a built-in CogVideoX name nor a folder: the built-in names (a
+    close one first) and what a folder must hold. (A built-in name of another backbone is refused one layer up, by
+    :func:`dual_adapter.models.refuse_other_backbone`, which knows every backbone.)"""
     import difflib
 
-    from . import backbone_modules, tiny_names
-
-    other = tiny_names().get(name)
     names = ", ".join(repr(n) for n in BUILTIN_MODELS)
-    if other is not None and other != KIND:
-        return (f"model {name!r} is a built-in {backbone_modules()[other].FAMILY} model, not CogVideoX; this command "
-                f"runs CogVideoX models only: {names} or a diffusers CogVideoX folder")
     close = difflib.get_close_matches(name, BUILTIN_MODELS, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return (f"model folder {name!r} does not exist ({hint}expected a built-in model, {names}, or a diffusers "
@@ -427,7 +426,7 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
     """Read and check a model's configs without loading any weights (seconds, not minutes).
 
     ``name_or_path`` is a tiny variant (``"tiny"``, ``"tiny-5b"``, ``"tiny-1.5"``) or a diffusers
-    CogVideoX folder. For a folder it checks, in order: the folder and its five parts exist
+    CogVideoX folder (the built-in ``mini`` is resolved by :func:`dual_adapter.models.inspect_model`). For a folder it checks, in order: the folder and its five parts exist
     (:data:`REQUIRED_PARTS`); ``transformer/config.json``, ``vae/config.json`` and
     ``scheduler/scheduler_config.json`` are JSON objects with values of the right types; the transformer is a
     ``CogVideoXTransformer3DModel``; the model is text-to-video (image-to-video folders are refused until
@@ -440,14 +439,6 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
-    if str(name_or_path) in BUILTIN_PRETRAINED:  # the shipped pretrained folder, under its built-in name
-        from ..miniworld.model import MINI_DIR, mini_available
-
-        if not mini_available():
-            raise DualAdapterError(f"the built-in model {str(name_or_path)!r} is missing its folder {str(MINI_DIR)!r}; "
-                                   f"make it with 'python -m dual_adapter miniworld pretrain --out {MINI_DIR}'")
-        info = inspect_model(MINI_DIR)
-        return ModelInfo(str(name_or_path), info.config, info.vae_config, info.scheduler_config)
     if str(name_or_path) in TINY_VARIANTS:
         t = {**_init_defaults(CogVideoXTransformer3DModel), **_tiny_transformer_config(str(name_or_path))}
         v = {**_init_defaults(AutoencoderKLCogVideoX), **_TINY_VAE}
@@ -500,6 +491,7 @@ def load_cogvideox(
     vae_slicing: bool = True,
     cpu_offload: bool = False,
     transformer_file: str | os.PathLike | None = None,
+    transformer: nn.Module | None = None,
 ) -> CogVideoXBundle:
     """Load CogVideoX-2B / -5B / 1.5-5B from a local diffusers folder.
 
@@ -513,7 +505,10 @@ def load_cogvideox(
         vae_tiling / vae_slicing: decode in spatial tiles / one video at a time (less VRAM).
         cpu_offload: keep every part on CPU and move it to ``device`` only while it runs.
         transformer_file: a native ComfyUI single-file transformer (``models/diffusion_models/*.safetensors``,
-            see :mod:`dual_adapter.native`) used instead of ``folder/transformer/`` (which may then be absent).
+            see :mod:`dual_adapter.native`) used instead of ``folder/transformer/`` (which may then be absent);
+            its configs are checked here, its weights come as ``transformer``: load such a file with
+            :func:`dual_adapter.models.load_cogvideox`, which reads it with :mod:`dual_adapter.native`.
+        transformer: the already loaded transformer of ``transformer_file``.
 
     Raises:
         DualAdapterError: the folder does not exist or lacks a part (the message lists every missing file
@@ -530,11 +525,10 @@ def load_cogvideox(
     dt = parse_dtype(dtype)
     load_device = "cpu" if cpu_offload else device
     try:
-        if transformer_file:
-            from ..native import load_native_transformer
-
-            transformer = load_native_transformer(transformer_file, dtype=dt)
-        else:
+        if transformer_file and transformer is None:
+            raise DualAdapterError(f"transformer file {str(transformer_file)!r}: load native single files with "
+                                   f"dual_adapter.models.load_cogvideox (the backbone does not read ComfyUI's keys)")
+        if transformer is None:
             transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt,
                                                                       use_safetensors=True)
         vae = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae", torch_dtype=dt, use_safetensors=True)
@@ -553,40 +547,6 @@ def load_cogvideox(
         vae.enable_slicing()
     return CogVideoXBundle(transformer, vae, text_encoder, tokenizer, sched_cfg, name=str(root), device=device,
                            dtype=dt, cpu_offload=cpu_offload)
-
-
-def load_model(name_or_path: str, dtype: str | torch.dtype | None = None, device: str | None = None,
-               seed: int = 0, **kw) -> CogVideoXBundle:
-    """``"tiny"`` / ``"tiny-5b"`` / ``"tiny-1.5"`` -> :func:`build_tiny`; ``"mini"`` -> the shipped pretrained
-    miniature model (:func:`dual_adapter.miniworld.model.load_mini`); anything else is a diffusers folder.
-
-    A folder in the ``mini`` layout (its ``vae/config.json`` names the mini's VAE substitute, e.g. one written
-    by ``python -m dual_adapter miniworld pretrain``) also loads with :func:`~dual_adapter.miniworld.model.load_mini`.
-
-    ``dtype`` defaults to fp32 for tiny / mini models and bf16 for real ones. ``**kw`` goes to
-    :func:`load_cogvideox` (``transformer_file``, ``cpu_offload``); built-in and ``mini`` models have no use for
-    them: ``cpu_offload`` is ignored there (with a log line; they fit anywhere), ``transformer_file`` is refused.
-
-    Raises:
-        DualAdapterError: ``transformer_file`` with a built-in or ``mini`` model (a native transformer file needs a
-            real CogVideoX diffusers folder for its VAE and T5); the errors of :func:`load_cogvideox`.
-    """
-    from ..miniworld.model import is_mini_folder, load_mini
-
-    mini = name_or_path in BUILTIN_PRETRAINED or is_mini_folder(name_or_path)  # is_mini_folder reads vae/config.json
-    builtin = mini or name_or_path in TINY_VARIANTS
-    if builtin and kw.get("transformer_file"):
-        raise DualAdapterError(f"transformer file {str(kw['transformer_file'])!r} with model {str(name_or_path)!r}: a "
-                               f"native transformer file needs a real CogVideoX diffusers folder (for its VAE and "
-                               f"T5), not a built-in or mini model")
-    if builtin and kw.get("cpu_offload"):
-        log.info("cpu_offload is not used for %s (built-in and mini models fit anywhere)", name_or_path)
-    if mini:
-        folder = None if name_or_path in BUILTIN_PRETRAINED else name_or_path
-        return load_mini(folder, device=check_device(device) or "cpu", dtype=dtype or "fp32")
-    if name_or_path in TINY_VARIANTS:
-        return build_tiny(name_or_path, seed=seed, device=check_device(device) or "cpu", dtype=dtype or "fp32")
-    return load_cogvideox(name_or_path, dtype=dtype or "bf16", device=device, **kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -934,9 +894,21 @@ def owns(denoiser: nn.Module) -> bool:
     return type(denoiser).__name__.startswith("CogVideoX") or hasattr(denoiser, "transformer_blocks")
 
 
-def load(name_or_path: str, dtype=None, device=None, **kw) -> "CogVideoXBackbone":
-    """:func:`load_model` wrapped in :class:`CogVideoXBackbone`."""
-    return CogVideoXBackbone(load_model(name_or_path, dtype=dtype, device=device, **kw))
+def load(name_or_path: str, dtype=None, device=None, seed: int = 0, **kw) -> "CogVideoXBackbone":
+    """A tiny variant (:func:`build_tiny`) or a diffusers folder (:func:`load_cogvideox`) wrapped in
+    :class:`CogVideoXBackbone`. The built-in ``mini``, ``mini``-layout folders and native single files load
+    through :func:`dual_adapter.models.load_backbone` (the one place that resolves every model name).
+
+    Raises:
+        DualAdapterError: ``name_or_path`` is a built-in pretrained name; the errors of :func:`load_cogvideox`.
+    """
+    if name_or_path in BUILTIN_PRETRAINED:
+        raise DualAdapterError(f"the built-in model {name_or_path!r} loads with dual_adapter.models.load_model or "
+                               f"dual_adapter.models.load_backbone")
+    if name_or_path in TINY_VARIANTS:
+        return CogVideoXBackbone(build_tiny(name_or_path, seed=seed, device=check_device(device) or "cpu",
+                                            dtype=dtype or "fp32"))
+    return CogVideoXBackbone(load_cogvideox(name_or_path, dtype=dtype or "bf16", device=device, **kw))
 
 
 def for_denoiser(denoiser: nn.Module, scheduler_config: dict | None = None) -> "CogVideoXBackbone":

@@ -41,7 +41,7 @@ def _new_file(path: str | Path, ext: tuple[str, ...], what: str) -> Path:
 
 
 def register(sub) -> None:
-    from .generate import add_model_options
+    from ._common import add_model_options
 
     p = sub.add_parser("prompt-influence", help="CustomTTT: rank blocks by how much a concept prompt injected there "
                        "alone moves the prediction; recommends LoRA blocks",
@@ -160,7 +160,8 @@ def _reference_latents(bundle, path: str, frames, height, width):
 
 def run_influence(args) -> int:
     from ..customttt import prompt_influence
-    from .generate import _TextProgress, load_bundle, preflight
+    from ..progress import TextProgress as _TextProgress
+    from ._common import load_bundle, preflight
 
     concepts = {}
     if args.appearance_prompt:
@@ -207,7 +208,8 @@ def run_merge(args) -> int:
     from .. import customttt as C
     from ..lora import load_lora
     from ..training import write_loss_log
-    from .generate import _TextProgress, load_bundle, preflight
+    from ..progress import TextProgress as _TextProgress
+    from ._common import load_bundle, preflight
 
     from ..lora import train_state_path
     from ..training import check_run_files

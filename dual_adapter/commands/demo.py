@@ -28,7 +28,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def register(sub) -> None:
-    from .generate import add_model_options
+    from ._common import add_model_options
 
     from ..miniworld.world import HELD_OUT_MOTIONS, HELD_OUT_SUBJECTS
 
@@ -74,7 +74,7 @@ def run(args) -> int:
     demo that fails before writing anything removes the folder it made (no empty ``demo_NNNNN_`` is left)."""
     import os
 
-    from .generate import preflight
+    from ._common import preflight
 
     preflight(args)
     created = not (args.out_dir and Path(args.out_dir).exists())
@@ -93,7 +93,8 @@ def run(args) -> int:
 def _demo(args, out: Path) -> int:
     import torch
 
-    from .. import backbone, media, sampling
+    from .. import media, sampling
+    from ..backbones import cogvideox
     from ..dualreal import DualRealOptions, DualRealPatch, finalize_run, load_motion_clips, train_dualreal
     from ..dualreal.readout import plot_stageblender, stageblender_readout
     from ..metrics.report import format_table, plot_result
@@ -101,12 +102,12 @@ def _demo(args, out: Path) -> int:
     from ..plots import plot_loss_curve
     from ..training import TrainConfig, loss_summary
     from ..progress import TextProgress
-    from .generate import load_bundle
+    from ._common import load_bundle
 
     from ..miniworld import world as W
 
     t0 = time.time()
-    tiny = args.model in backbone.TINY_VARIANTS
+    tiny = args.model in cogvideox.TINY_VARIANTS
     bundle = load_bundle(args)
     mini = bundle.name == "mini"  # the loader's decision: the shipped mini, or a folder `miniworld pretrain` wrote
     small = tiny or mini  # CPU-sized built-in models
@@ -152,8 +153,8 @@ def _demo(args, out: Path) -> int:
         from ..reference import encode_reference
 
         ref = encode_reference(encoder, photos[0])
-    pos = backbone.encode_prompt(bundle, prompt)
-    neg = backbone.encode_prompt(bundle, "")
+    pos = cogvideox.encode_prompt(bundle, prompt)
+    neg = cogvideox.encode_prompt(bundle, "")
     n_steps = args.sample_steps or (25 if small else 50)
     lat = sampling.sample(bundle, pos, neg, steps=n_steps, cfg=6.0, seed=args.seed,
                           patches=[DualRealPatch(res.adapters, ref)], callback=TextProgress("sampling"))

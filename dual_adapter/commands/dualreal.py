@@ -31,7 +31,7 @@ def register(subparsers) -> None:
         description="Joint identity + motion training of DualReal DA-blocks and the StageBlender controller "
                     "(docs/dualreal.md) on subject photos and motion clips.",
     )
-    from .generate import add_model_options
+    from ._common import add_model_options
 
     add_model_options(p, unets=False)  # DualReal runs on CogVideoX
     p.add_argument("--subject", nargs="+", required=True, metavar="PHOTO_OR_DIR", help="subject photos or folders")
@@ -119,7 +119,7 @@ def _train(args) -> int:
                         fsdp_release_loaded=args.fsdp)
     _validate_cli(train)
     from ._parallel import parallel_run
-    from .generate import load_bundle, preflight
+    from ._common import load_bundle, preflight
 
     # inputs are checked against the model's configs before the model loads (minutes on 5B)
     info = preflight(args, args.frames, args.height, args.width)

@@ -7,16 +7,15 @@ needs no edit when a method is added.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
-import sys
-import time
 from pathlib import Path
 
 from .. import limits as lim
 from ..errors import DualAdapterError
+from ..progress import TextProgress as _TextProgress  # the one progress format; old name kept
 from ..seeds import seed_arg
+from ._common import add_model_options, load_bundle, preflight
 
 
 def _patch_providers():
@@ -30,57 +29,6 @@ def _patch_providers():
         if hasattr(mod, "add_generate_options") and hasattr(mod, "generate_patches"):
             mods.append(mod)
     return mods
-
-
-def add_model_options(p: argparse.ArgumentParser, unets: bool = True) -> None:
-    """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload.
-
-    ``unets=False``: a command that runs CogVideoX only; ``--model``'s help then offers no U-Net."""
-    p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', 'mini' (built-in "
-                   "pretrained miniature model, CPU), or a "
-                   "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/)" +
-                   ("; U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder"
-                    if unets else ""))
-    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
-                   "real models, fp32 for tiny)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
-    p.add_argument("--cpu-offload", action="store_true", help="keep model parts on CPU until they run")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: 1 for the "
-                   "tiny and mini models, which gain nothing from more and slow down on a busy machine; torch's "
-                   "default for real models; OMP_NUM_THREADS or DUAL_ADAPTER_THREADS also choose)")
-    p.add_argument("--transformer", default=None, metavar="FILE", help="a native ComfyUI single-file CogVideoX "
-                   "transformer (models/diffusion_models/*.safetensors) used instead of --model's transformer/")
-
-
-def preflight(args, frames: int | None = None, height: int | None = None, width: int | None = None):
-    """Check ``--device`` and ``--model`` (its configs, no weights) before anything slow runs, and the video
-    size when given (``None`` = the model's own). Returns the model's
-    :class:`~dual_adapter.backbone.ModelInfo`, whose ``default_size`` fills in sizes left unset.
-
-    Raises:
-        DualAdapterError: see :func:`~dual_adapter.backbone.check_device`,
-            :func:`~dual_adapter.backbone.inspect_model`, :func:`~dual_adapter.backbone.check_video_size`.
-    """
-    from ..backbone import check_device, check_video_size, inspect_model
-
-    check_device(args.device, "--device")
-    info = inspect_model(args.model, transformer_file=getattr(args, "transformer", None))
-    f0, h0, w0 = info.default_size
-    check_video_size(info, frames or f0, height or h0, width or w0)
-    return info
-
-
-def load_bundle(args):
-    from ..backbone import load_model
-
-    # load_model refuses --transformer with a built-in or mini model and ignores --cpu-offload there
-    kw = {"cpu_offload": bool(getattr(args, "cpu_offload", False))}
-    if getattr(args, "transformer", None):
-        kw["transformer_file"] = args.transformer
-    return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
-
-
-from ..progress import TextProgress as _TextProgress  # noqa: E402  (the one progress format; old name kept)
 
 
 def register(sub) -> None:
@@ -110,7 +58,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import backbone, media, sampling
+    from .. import media, sampling
+    from ..backbones import cogvideox
 
     from .unet import _is_unet, run_generate_unet
 
@@ -129,8 +78,8 @@ def run(args) -> int:
     patches = []
     for mod in _patch_providers():
         patches += list(mod.generate_patches(args, bundle) or [])
-    pos = backbone.encode_prompt(bundle, args.prompt)
-    neg = backbone.encode_prompt(bundle, args.negative_prompt)
+    pos = cogvideox.encode_prompt(bundle, args.prompt)
+    neg = cogvideox.encode_prompt(bundle, args.negative_prompt)
     lat = sampling.sample(bundle, pos, neg, num_frames=args.frames, height=args.height, width=args.width,
                           steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=args.scheduler, patches=patches,
                           callback=_TextProgress("sampling", args.quiet))

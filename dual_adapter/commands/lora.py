@@ -42,7 +42,7 @@ def _paths(out: Path) -> dict[str, Path]:
 
 
 def register(sub) -> None:
-    from .generate import add_model_options
+    from ._common import add_model_options
 
     p = sub.add_parser("train-lora", help="train a motion LoRA (TAP) on clips; writes a diffusers-format LoRA",
                        description="Train a motion LoRA on CogVideoX (TAP: LoRA on attention query and key only; "
@@ -127,7 +127,7 @@ def run_train(args) -> int:
     from ..training import write_loss_log
     from ._parallel import parallel_run
     from .dualreal import _validate_cli
-    from .generate import load_bundle, preflight
+    from ._common import load_bundle, preflight
     from .unet import _is_unet, run_train_unet
 
     if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)

@@ -7,7 +7,6 @@ lines, loss curve), ``evaluate`` (the base model's quality on held-in prompts, b
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from .. import limits as lim
@@ -144,9 +143,9 @@ def _pretrain(args) -> int:
 def _evaluate(args) -> int:
     import json
 
-    import torch
 
-    from ..backbone import check_device, load_model
+    from ..backbones.base import check_device
+    from ..models import load_model
     from ..miniworld.scorers import evaluate_base
 
     device = check_device(args.device, "--device") or "cpu"

@@ -64,7 +64,7 @@ def run_generate_unet(args) -> int:
     """``generate`` on a U-Net backbone: prompt (+ ``--lora`` motion LoRAs, ``--ah``) -> video file."""
     from .. import media, unet_motion, unet_sampling
     from ..lora import parse_lora_arg
-    from .generate import _TextProgress
+    from ..progress import TextProgress as _TextProgress
 
     out = Path(args.out)
     if out.exists():
@@ -137,7 +137,7 @@ def unet_train_config(args, device: str = "cpu"):
 def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, losses_path: Path) -> int:
     from .. import media, unet_motion
     from ..training import write_loss_log
-    from .generate import _TextProgress
+    from ..progress import TextProgress as _TextProgress
 
     bb = load_unet(args)
     f0, h0, w0 = bb.default_size
@@ -173,7 +173,7 @@ def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, los
 
 
 def register(sub) -> None:
-    from .generate import add_model_options
+    from ._common import add_model_options
 
     p = sub.add_parser("customttt-animatediff",
                        help="CustomTTT as published, on AnimateDiff: layer-selective LoRAs + TTT merge",
@@ -216,7 +216,7 @@ def register(sub) -> None:
 def run_customttt(args) -> int:
     from .. import customttt_unet as ct
     from .. import media, unet_motion, unet_sampling
-    from .generate import _TextProgress
+    from ..progress import TextProgress as _TextProgress
 
     out = Path(args.out)
     video = out.with_suffix(".mp4")

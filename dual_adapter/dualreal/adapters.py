@@ -20,7 +20,7 @@ and the StageBlender controller); its ``state_dict`` keys follow the authors' ch
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

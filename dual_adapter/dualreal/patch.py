@@ -36,7 +36,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import DualAdapterError
-from .adapters import IDENTITY_ADAPTERS, MOTION_ADAPTERS, DualRealAdapters, DualRealConfig
+from .adapters import DualRealAdapters, DualRealConfig
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,9 @@ resume point on its own), ``X.losses.jsonl`` (one JSON record per step) and, whi
 going, ``X.safetensors.lock``. A run never replaces another run's files: without ``resume`` it is
 refused when any of them exists, with ``resume`` when there is no state file
 (:func:`dual_adapter.training.training_run`).
+
+Size: just over the limit: the paper's data preparation and its two-stage training loop share private
+helpers; it splits when either grows.
 """
 from __future__ import annotations
 

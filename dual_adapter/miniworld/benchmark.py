@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -188,7 +188,7 @@ def worded_prompt(subject: str, motion: str, background: str = "gray") -> str:
 
 
 def _load(model: str):
-    from ..backbone import load_model
+    from ..models import load_model
 
     if model == "mini":
         return load_model("mini")
@@ -297,7 +297,8 @@ def _run_units(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str
 
 
 def _run_units_threaded(cfg: BenchConfig, units: list, *, bundle=None, log: Callable[[str], None] = print) -> dict:
-    from .. import backbone, sampling
+    from .. import sampling
+    from ..backbones import cogvideox
     from ..customttt import TTTConfig, merge_loras, prompt_influence, train_selective_lora, ttt_merge
     from ..dualreal import DualRealOptions, DualRealPatch, train_dualreal
     from ..dualreal.adapters import DualRealAdapters
@@ -313,7 +314,7 @@ def _run_units_threaded(cfg: BenchConfig, units: list, *, bundle=None, log: Call
     frames_n, h, w = bundle.default_size
     methods = cfg.resolved_methods()
     pairs = cfg.resolved_pairs()
-    neg = backbone.encode_prompt(bundle, "")
+    neg = cogvideox.encode_prompt(bundle, "")
 
     def dr_train(photos, clips, sname, mname, seed, encoder, **opt):
         options = DualRealOptions(num_frames=frames_n, height=h, width=w, motion_batch=1, **opt)
@@ -351,7 +352,7 @@ def _run_units_threaded(cfg: BenchConfig, units: list, *, bundle=None, log: Call
         encoder = PixelStatsEncoder() if cfg.reference_encoder == "mini" else build_tiny_reference_encoder(seed)
         ref = encode_reference(encoder, photos_t[:1])
         worded, custom = worded_prompt(sname, mname), W.combined_prompt(sname, mname)
-        pos_worded, pos_custom = backbone.encode_prompt(bundle, worded), backbone.encode_prompt(bundle, custom)
+        pos_worded, pos_custom = cogvideox.encode_prompt(bundle, worded), cogvideox.encode_prompt(bundle, custom)
         log(f"[{pi + 1}/{len(pairs)}] {sname} x {mname}, seed {seed}: {worded!r}")
 
         def id_only():

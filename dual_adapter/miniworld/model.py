@@ -37,7 +37,8 @@ from torch import nn
 from ..errors import DualAdapterError
 from . import world
 
-__all__ = ["SpaceToDepthVAE", "BlockPCAVAE", "MINI_VAE_CLASSES", "fit_block_pca", "MINI_DIR", "MINI_CONFIG",
+# the two VAE classes come from the module __getattr__ (diffusers is imported only when they are used)
+__all__ = ["SpaceToDepthVAE", "BlockPCAVAE", "MINI_VAE_CLASSES", "fit_block_pca", "MINI_DIR", "MINI_CONFIG",  # noqa: F822
            "build_mini_tokenizer", "build_mini", "save_mini", "load_mini", "mini_available", "is_mini_folder"]
 
 MINI_DIR = Path(__file__).resolve().parent.parent / "models" / "mini"
@@ -293,12 +294,12 @@ def build_mini(seed: int = 0, config: dict | None = None, device: str = "cpu", s
     ``config`` overrides :data:`MINI_CONFIG` (``{"transformer": {...}, "text_encoder": {...}}``).
     ``scaling_factor`` default 1.0 (the :class:`BlockPCAVAE` latents are already whitened); the VAE is fitted
     by :func:`fit_block_pca` (once per process and VAE shape: later builds reuse the fit).
-    Returns a :class:`~dual_adapter.backbone.CogVideoXBundle` named ``"mini"``.
+    Returns a :class:`~dual_adapter.backbones.cogvideox.CogVideoXBundle` named ``"mini"``.
     """
     from diffusers import CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from ..backbone import DEFAULT_SCHEDULER_CONFIG, CogVideoXBundle
+    from ..backbones.cogvideox import CogVideoXBundle, DEFAULT_SCHEDULER_CONFIG
 
     cfg = {k: dict(v) for k, v in MINI_CONFIG.items()}
     for k, v in (config or {}).items():
@@ -382,7 +383,8 @@ def load_mini(folder: str | os.PathLike | None = None, device: str = "cpu", dtyp
     from diffusers import CogVideoXTransformer3DModel
     from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
-    from ..backbone import CogVideoXBundle, parse_dtype
+    from ..backbones.base import parse_dtype
+    from ..backbones.cogvideox import CogVideoXBundle
     from ..limits import check_config_files
 
     from ..threads import small_model_threads

@@ -77,7 +77,7 @@ class PretrainConfig:
     init: str | None = None
 
     def validate(self) -> None:
-        from ..backbone import check_device
+        from ..backbones.base import check_device
 
         check_device(self.device, "device")
         if self.steps < 1 or self.batch < 1:
@@ -163,12 +163,12 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
         command: the command line recorded in ``info.json`` (default: ``sys.argv``).
 
     Returns:
-        the trained :class:`~dual_adapter.backbone.CogVideoXBundle`.
+        the trained :class:`~dual_adapter.backbones.cogvideox.CogVideoXBundle`.
 
     Raises:
         DualAdapterError: ``out`` exists; ``resume`` without run files; invalid settings.
     """
-    from ..backbone import encode_prompt
+    from ..backbones.cogvideox import encode_prompt
     from ..io import load_safetensors, save_safetensors
     from ..plots import plot_loss_curve
     from ..sampling import encode_frames
@@ -192,7 +192,7 @@ def pretrain_mini(out: str | Path, cfg: PretrainConfig | None = None, *, resume:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
-    from ..backbone import check_device
+    from ..backbones.base import check_device
 
     device = check_device(cfg.device, "device") or "cpu"  # "auto" / "": cpu, as load_model does for mini
     init_info = None

@@ -486,7 +486,7 @@ def evaluate_base(bundle, n: int = 32, steps: int = 25, cfg: float = 6.0, seed: 
     Returns:
         ``{"summary": {attribute: share obeyed, "motion": share, "all": share}, "samples": [...]}``.
     """
-    from ..backbone import encode_prompt
+    from ..backbones.cogvideox import encode_prompt
     from ..sampling import decode_latents, sample
 
     sampler = world.pretrain_sampler(seed + 99991)
