@@ -364,8 +364,9 @@ def inject_lora(
     training = transformer.training
     for n in names:
         m = layers[n]
-        base_w = m.get_base_layer().weight
-        dt = dtype or (torch.float32 if trainable else base_w.dtype)
+        base = m.get_base_layer()
+        base_w = base.weight  # an fp8-stored base (dual_adapter.memory) computes in its compute_dtype
+        dt = dtype or (torch.float32 if trainable else getattr(base, "compute_dtype", base_w.dtype))
         for d in (m.lora_A, m.lora_B):
             lin = d[adapter_name]
             lin.to(device=base_w.device, dtype=dt)
