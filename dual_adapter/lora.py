@@ -1401,7 +1401,11 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
             save_lora(spatial_checkpoint_path(checkpoint_path), lora_state_dict(model, "spatial"), smd, overwrite=True)
         save_train_state(train_state_path(checkpoint_path), optimizer, lr_schedule, step, extra={"losses": list(losses)})
 
-    with torch.inference_mode(False), torch.enable_grad():
+    from .memory import memory_levers
+
+    with torch.inference_mode(False), torch.enable_grad(), \
+            memory_levers(model, fp8=getattr(cfg, "fp8_base", False), block_swap=getattr(cfg, "block_swap", 0),
+                          release_loaded=cfg.fsdp_release_loaded, trainable=params + spatial_params):
         result = train_loop(param_groups, step_fn, cfg, device_type=device_type, callback=callback,
                             before_optimizer_step=before_optimizer_step if spatial_path else None,
                             on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses,

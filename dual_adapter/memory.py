@@ -105,12 +105,14 @@ def _excluded(name: str, exclude: Sequence[str]) -> bool:
     return "." not in name or any(e in name for e in exclude)
 
 
-def store_fp8(module: nn.Module, exclude: Sequence[str] = DEFAULT_FP8_EXCLUDE, release_loaded: bool = False) -> int:
+def store_fp8(module: nn.Module, exclude: Sequence[str] = DEFAULT_FP8_EXCLUDE, release_loaded: bool = False,
+              keep: Iterable[torch.Tensor] = ()) -> int:
     """Store the frozen ``nn.Linear`` weights of ``module`` in fp8 (e4m3fn, a per-row scale), in place.
 
     Converted: every ``nn.Linear`` below the root (the root's own heads, e.g. ``proj_out``, stay) whose weight
-    does not require grad and whose qualified name contains none of ``exclude`` (default: LoRA and adapter
-    layers, embeddings, norms, the time / modulation path). Each becomes an :class:`Fp8Linear` holding a *new*
+    does not require grad, is not in ``keep`` (parameters a trainer trains, frozen for now or not) and whose
+    qualified name contains none of ``exclude`` (default: LoRA and adapter layers, embeddings, norms, the time /
+    modulation path). Each becomes an :class:`Fp8Linear` holding a *new*
     fp8 ``weight`` Parameter: on a weight-sharing copy (:func:`dual_adapter.patches.shallow_copy_module`) the
     original model keeps its weights, and ``release_loaded`` then frees their storage (for a process that
     ends after training: the original becomes unusable). Biases keep their dtype. peft LoRA layers wrapped
@@ -125,9 +127,11 @@ def store_fp8(module: nn.Module, exclude: Sequence[str] = DEFAULT_FP8_EXCLUDE, r
     if not isinstance(module, nn.Module):
         raise DualAdapterError(f"store_fp8: expected a torch module, got {type(module).__name__}")
     saved = 0
+    keep_ids = {id(t) for t in keep}
     with torch.no_grad():
         for name, m in list(module.named_modules()):
-            if type(m) is not nn.Linear or m.weight.requires_grad or _excluded(name, exclude):
+            if type(m) is not nn.Linear or m.weight.requires_grad or id(m.weight) in keep_ids \
+                    or _excluded(name, exclude):
                 continue
             w = m.weight
             if not w.dtype.is_floating_point or w.dtype.itemsize < 2:
@@ -192,15 +196,17 @@ class BlockSwap:
         blocks: name of the block list (default: the first of :data:`BLOCK_LISTS` found).
         device: compute device (default: the device of the model's first parameter).
         host: where the swapped weights live (``"cpu"``); pinned when ``device`` is CUDA, so copies overlap.
+        keep: parameters never swapped (those a trainer trains, even while frozen for a phase).
 
     Use as a context manager or call :meth:`remove` (puts the swapped weights back on ``device``).
-    ``moves`` counts the block copies made (a test hook).
+    ``moves`` counts the block copies made, ``most_resident`` the most swapped blocks on the device at once.
 
     Raises:
         DualAdapterError: bad ``n`` or no block list.
     """
 
-    def __init__(self, model: nn.Module, n: int, blocks: str | None = None, device=None, host="cpu"):
+    def __init__(self, model: nn.Module, n: int, blocks: str | None = None, device=None, host="cpu",
+                 keep: Iterable[torch.Tensor] = ()):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise DualAdapterError(f"block_swap={n!r}: must be an integer >= 0 (blocks kept on the CPU)")
         self.name, self.blocks = find_blocks(model, blocks)
@@ -209,6 +215,7 @@ class BlockSwap:
         self.swapped = set(range(min(n, len(self.blocks))))
         self.stream = _Stream(self.device)
         pin = self.device.type == "cuda" and self.host.type == "cpu"
+        keep_ids = {id(t) for t in keep}
         # per swapped block: [(module, store ("_parameters" / "_buffers"), key, host tensor)]
         self._slots: dict[int, list] = {}
         with torch.no_grad():
@@ -217,7 +224,7 @@ class BlockSwap:
                 for mod in self.blocks[i].modules():
                     for store in ("_parameters", "_buffers"):
                         for k, t in list(getattr(mod, store).items()):
-                            if t is None or (store == "_parameters" and t.requires_grad):
+                            if t is None or id(t) in keep_ids or (store == "_parameters" and t.requires_grad):
                                 continue
                             h = t.detach().to(self.host)
                             if pin:
@@ -230,6 +237,7 @@ class BlockSwap:
         self._ready: dict[int, object] = {}  # block -> CUDA event of its copy (None on CPU)
         self._last: int | None = None
         self.moves = 0
+        self.most_resident = 0  # most swapped blocks on the device at once (a test hook)
         self._hooks = [model.register_forward_pre_hook(self._root_pre)]
         for i, blk in enumerate(self.blocks):
             self._hooks.append(blk.register_forward_pre_hook(lambda m, a, i=i: self._pre(i)))
@@ -276,14 +284,15 @@ class BlockSwap:
     def _pre(self, i: int) -> None:
         step = 1 if self._last is None or i > self._last else -1  # backward recomputes blocks in reverse
         self._last = i
-        self._start(i)
-        self._wait(i)
         nxt = i + step
-        if nxt in self.swapped:
-            self._start(nxt)
-        for j in list(self._ready):
+        for j in list(self._ready):  # at most two swapped blocks on the device: this one and the next
             if j not in (i, nxt):
                 self._evict(j)
+        self._start(i)
+        self._wait(i)
+        if nxt in self.swapped:
+            self._start(nxt)
+        self.most_resident = max(self.most_resident, len(self._ready))
 
     def _post(self, i: int) -> None:
         self._evict(i)
@@ -311,16 +320,19 @@ class BlockSwap:
 
 @contextlib.contextmanager
 def memory_levers(model: nn.Module, *, fp8: bool = False, block_swap: int = 0, blocks: str | None = None,
-                  device=None, release_loaded: bool = False) -> Iterator[BlockSwap | None]:
+                  device=None, release_loaded: bool = False, trainable: Iterable[torch.Tensor] = ()
+                  ) -> Iterator[BlockSwap | None]:
     """Apply the levers to ``model`` (a trainer's weight-sharing copy, after its LoRA / adapters are in place)
     for the duration of the ``with``: fp8 storage of the frozen Linears (:func:`store_fp8`, stays after the
     block: the copy is the trainer's own) and block swap of the first ``block_swap`` blocks
     (:class:`BlockSwap`, removed at the end). Yields the :class:`BlockSwap` or None. ``release_loaded``:
-    free the loaded model's weights that the copy replaced by fp8 ones (see :func:`store_fp8`)."""
+    free the loaded model's weights that the copy replaced by fp8 ones (see :func:`store_fp8`). ``trainable``:
+    the parameters the trainer trains (left as they are by both levers, even while frozen for a phase)."""
+    trainable = list(trainable)
     if fp8:
-        saved = store_fp8(model, release_loaded=release_loaded)
+        saved = store_fp8(model, release_loaded=release_loaded, keep=trainable)
         log.info("fp8 base weights: %.2f GB saved", saved / 1e9)
-    swap = BlockSwap(model, int(block_swap), blocks, device) if block_swap else None
+    swap = BlockSwap(model, int(block_swap), blocks, device, keep=trainable) if block_swap else None
     try:
         yield swap
     finally:

@@ -208,6 +208,7 @@ def test_block_swap_is_bit_identical(kind, n):
     assert seen and all(seen)
     # forward: each swapped block once; backward recompute: each again
     assert swap.moves >= 2 * len(swap.swapped)
+    assert swap.most_resident == 2  # the block running and the one copied ahead
 
 
 def test_block_swap_with_fp8_and_sampling():
@@ -235,3 +236,30 @@ def test_block_swap_refusals():
         BlockSwap(model, -1)
     with pytest.raises(DualAdapterError, match="store_fp8"):
         store_fp8("model")
+
+
+def test_train_lora_cli_levers(tmp_path):
+    """``train-lora --block-swap 2`` writes the same LoRA bit for bit as without; ``--fp8-base`` trains (a LoRA
+    close to the bf16 one, not equal); both are refused on a U-Net model's trainer; bad values are refused."""
+    from dual_adapter import lora
+    from dual_adapter.cli import main
+    from dual_adapter.media import write_video
+    from dual_adapter.training import TrainConfig
+
+    t = torch.linspace(0, 1, 9).view(9, 1, 1, 1)
+    x = torch.linspace(0, 1, 96).view(1, 1, 96, 1)
+    frames = (0.5 + 0.4 * torch.sin(6.0 * (x - 0.4 * t))).expand(9, 64, 96, 3).contiguous()
+    clip = str(write_video(frames, tmp_path / "clip.mp4", fps=8))
+    cli = ["train-lora", "--model", "tiny", "--motion", clip, "--prompt", "a wave", "--steps", "2", "--rank", "4",
+           "--dropout", "0", "--lr", "1e-2", "--quiet"]
+    files = {}
+    for name, extra in (("plain", []), ("swap", ["--block-swap", "2"]), ("fp8", ["--fp8-base", "--block-swap", "1"])):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(cli + extra + ["--out", str(out)]) == 0
+        files[name] = lora.load_lora(out).state_dict
+    assert files["plain"].keys() == files["swap"].keys() == files["fp8"].keys()
+    assert all(torch.equal(files["plain"][k], files["swap"][k]) for k in files["plain"])
+    diff = [(files["plain"][k] - files["fp8"][k]).abs().max().item() for k in files["plain"]]
+    assert max(diff) > 0 and all(d < 0.05 for d in diff)
+    with pytest.raises(DualAdapterError, match="block_swap=-1"):
+        TrainConfig(block_swap=-1).validate()

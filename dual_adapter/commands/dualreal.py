@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     from ._parallel import add_parallel_options
 
     add_parallel_options(p, "--motion-batch")
+    from ._parallel import add_memory_options
+
+    add_memory_options(p)
     p.add_argument("--frames", type=int, default=None, help="frames per clip (4k+1; default the model's: 49, tiny 9)")
     p.add_argument("--height", type=int, default=None, help="training height in px (default the model's)")
     p.add_argument("--width", type=int, default=None, help="training width in px (default the model's)")
@@ -106,7 +109,8 @@ def _train(args) -> int:
     train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
                         checkpoint_every=args.checkpoint_every, seed=args.seed, sync_every=args.sync_every,
                         gradient_checkpointing=not args.no_gradient_checkpointing, fsdp=args.fsdp,
-                        fsdp_release_loaded=args.fsdp)
+                        fsdp_release_loaded=args.fsdp or args.fp8_base, fp8_base=args.fp8_base,
+                        block_swap=args.block_swap)
     _validate_cli(train)
     from ._parallel import parallel_run
     from .generate import load_bundle, preflight
