@@ -522,7 +522,8 @@ class WanDualRealStandIn:
         from dual_adapter.dualreal import DualRealAdapters, DualRealConfig
 
         D = model.config.num_attention_heads * model.config.attention_head_dim
-        cfg = DualRealConfig(num_blocks=len(model.blocks), dim=D, time_embed_dim=D, hidden=hidden, groups=groups)
+        cfg = DualRealConfig(num_blocks=len(model.blocks), dim=D, time_embed_dim=D, hidden=hidden,
+                             groups=min(groups, len(model.blocks)))
         with torch.device("meta"):
             self.adapters = DualRealAdapters(cfg)
         self.alpha = None
