@@ -101,7 +101,8 @@ def flash_sdpa():
     in fp32 under CPU autocast as CUDA autocast does (so the fake-CPU backward run sees CUDA's dtypes)."""
     orig = F.scaled_dot_product_attention
 
-    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+    def sdpa(q=None, k=None, v=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+        q, k, v = kw.pop("query", q), kw.pop("key", k), kw.pop("value", v)  # diffusers' Wan passes keywords
         if attn_mask is not None or q.device.type != "cuda":
             return orig(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kw)
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, False,
@@ -456,6 +457,284 @@ def run_config(name: str, memory: bool = True, memory_entries=TRAIN, cuda_check=
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Wan 2.x (diffusers WanTransformer3DModel with the released configs; scripts/convert_wan_to_diffusers.py)
+
+_WAN_COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, cross_attn_norm=True, eps=1e-6, freq_dim=256,
+                   qk_norm="rms_norm_across_heads", text_dim=4096, added_kv_proj_dim=None)
+WAN_CONFIGS = {
+    # model kwargs, video size (frames, height, width), VAE (temporal, spatial) compression, UMT5 text tokens
+    "wan2.1-1.3b": dict(model=dict(_WAN_COMMON, num_attention_heads=12, num_layers=30, ffn_dim=8960, in_channels=16,
+                                   out_channels=16), size=(81, 480, 832), vae=(4, 8), text_tokens=512),
+    "wan2.1-14b": dict(model=dict(_WAN_COMMON, num_attention_heads=40, num_layers=40, ffn_dim=13824, in_channels=16,
+                                  out_channels=16), size=(81, 480, 832), vae=(4, 8), text_tokens=512),
+    # Wan 2.2 TI2V-5B: its own VAE (16x spatial, 48 channels) at 121 x 704 x 1280
+    "wan2.2-ti2v-5b": dict(model=dict(_WAN_COMMON, num_attention_heads=24, num_layers=30, ffn_dim=14336,
+                                      in_channels=48, out_channels=48), size=(121, 704, 1280), vae=(4, 16),
+                           text_tokens=512),
+}
+WAN_TRAIN = ("tap_r32", "lora_r64", "dualreal_motion_b1", "dualreal_identity_b1", "full_ft")
+WAN_SAMPLE = ("sampling_base", "sampling_dualreal")
+CARDS_GB = (24, 48, 80)
+CARD_RESERVE_GB = 1.5  # CUDA context + allocator fragmentation kept free on a card (see the module notes)
+
+
+def wan_latent_shape(cfg, frames=None) -> tuple[int, int, int, int]:
+    """``(C, T, h, w)`` of the Wan latent of ``cfg['size']`` (``frames`` overrides the frame count)."""
+    Fr, H, W = cfg["size"]
+    tc, sc = cfg["vae"]
+    Fr = frames or Fr
+    return cfg["model"]["in_channels"], (Fr - 1) // tc + 1, H // sc, W // sc
+
+
+def wan_tokens(cfg, T) -> int:
+    _, _, h, w = wan_latent_shape(cfg)
+    pt, ph, pw = cfg["model"]["patch_size"]
+    return (T // pt) * (h // ph) * (w // pw)
+
+
+def _new_meta_wan(cfg, dtype=torch.bfloat16):
+    from diffusers import WanTransformer3DModel
+
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device("meta"):
+            t = WanTransformer3DModel(**cfg["model"])
+    finally:
+        torch.set_default_dtype(old)
+    keep = tuple(getattr(t, "_keep_in_fp32_modules", None) or ())  # fp32 in a bf16 load, as from_pretrained keeps
+    for n, prm in t.named_parameters():
+        prm.data = prm.data.to(torch.float32 if any(k in n.split(".") for k in keep) else dtype)
+    return t.eval().requires_grad_(False)
+
+
+class WanDualRealStandIn:
+    """DualReal's adapters (the pack's :class:`DualRealAdapters`: hidden 64, ``W_cond`` 1024 -> D on the motion
+    adapters, the StageBlender on the pooled video tokens and the timestep embedding) run by hooks at the output of
+    each Wan block, on the video tokens: the parameters, FLOPs and kept activations of one DA-block per Wan block,
+    for counting only (the Wan DualReal patch itself places the adapters inside the block)."""
+
+    def __init__(self, model, hidden: int = 64, groups: int = 7):
+        from dual_adapter.dualreal import DualRealAdapters, DualRealConfig
+
+        D = model.config.num_attention_heads * model.config.attention_head_dim
+        cfg = DualRealConfig(num_blocks=len(model.blocks), dim=D, time_embed_dim=D, hidden=hidden,
+                             groups=min(groups, len(model.blocks)))
+        with torch.device("meta"):
+            self.adapters = DualRealAdapters(cfg)
+        self.alpha = None
+        self.reference = None
+
+    def attach(self, model):
+        self.model = model
+        model.dualreal_adapters = self.adapters  # a submodule: moved and counted with the model
+        ad = self.adapters
+        model.blocks[0].register_forward_pre_hook(self._blend)
+        for i, blk in enumerate(model.blocks):
+            blk.register_forward_hook(lambda m, a, out, i=i: self._adapt(i, out))
+        return model
+
+    def _blend(self, mod, args):
+        h, temb = args[0], args[2]
+        self.alpha = self.adapters.controller(h.mean(1), temb[:, 0] if temb.ndim == 3 else temb[:, 0, 0])
+
+    def _adapt(self, i, h):
+        blk = self.adapters.transformer_blocks[i]
+        a = self.alpha[:, self.adapters.block_group[i]].view(-1, 1, 1)
+        w_id, w_mo = a, self.adapters.config.scale - a
+        c = self.reference
+        for kind in ("attn", "ff"):
+            d = w_id * getattr(blk, f"id_{kind}_adapter")(h) + w_mo * getattr(blk, f"motion_{kind}_adapter")(h, c)
+            h = h + d.to(h.dtype)
+        return h
+
+
+def build_wan_method(cfg, method: str, fp8: bool = False):
+    """``(model, trainable_params, batch, latent_frames)`` of ``method`` on a meta Wan transformer."""
+    from dual_adapter.lora import LoraSpec, inject_lora
+
+    tr = _new_meta_wan(cfg)
+    T = wan_latent_shape(cfg)[1]
+    batch, params = 1, []
+    if method in ("tap_r32", "lora_r64"):
+        rank, mods = (32, ("to_q", "to_k")) if method == "tap_r32" else (64, ("to_q", "to_k", "to_v", "to_out.0"))
+        names = [f"blocks.{i}.attn1.{m}" for i in range(len(tr.blocks)) for m in mods]
+        params = inject_lora(tr, LoraSpec(rank=rank, alpha=float(rank), dropout=0.0), "default", target_names=names)
+    elif method.startswith("dualreal") or method == "sampling_dualreal":
+        dr = WanDualRealStandIn(tr)
+        dr.attach(tr)
+        if method == "sampling_dualreal":
+            dr.adapters.to(torch.bfloat16)
+            batch = 2
+        else:
+            motion = "motion" in method
+            _phase_trainable(dr.adapters, motion)
+            params = [p for p in dr.adapters.parameters() if p.requires_grad]
+            if not motion:
+                T = 1
+        tr._stand_in = dr
+    elif method == "full_ft":
+        tr.requires_grad_(True)
+        params = list(tr.parameters())
+    elif method == "sampling_base":
+        batch = 2
+    else:
+        raise ValueError(method)
+    if fp8:
+        from dual_adapter.memory import store_fp8
+
+        store_fp8(tr)
+    if params:
+        tr.enable_gradient_checkpointing()
+    return tr, params, batch, T
+
+
+def _wan_inputs(cfg, batch, T, device, dtype=torch.bfloat16):
+    C, _, h, w = wan_latent_shape(cfg)
+    x = torch.zeros(batch, C, T, h, w, device=device, dtype=dtype)
+    emb = torch.zeros(batch, cfg["text_tokens"], cfg["model"]["text_dim"], device=device, dtype=dtype)
+    t = torch.full((batch,), 500.0, device=device)
+    return x, emb, t
+
+
+def _wan_step(model, cfg, batch, T, device, train: bool):
+    """One flow-matching training step's forward (``x_t = (1 - s) x0 + s eps``, target ``eps - x0``, MSE) or one
+    CFG sampling step (batch 2 = conditional + unconditional in one call)."""
+    x0, emb, t = _wan_inputs(cfg, batch, T, device)
+    dr = getattr(model, "_stand_in", None)
+    if dr is not None:
+        dr.reference = torch.zeros(batch, 1, 1024, device=device)
+    if not train:
+        with torch.no_grad():
+            return model(x0, t, emb, return_dict=False)[0]
+    eps = torch.zeros_like(x0)
+    s = 0.5
+    pred = model((1 - s) * x0 + s * eps, t, emb, return_dict=False)[0]
+    return ((pred.float() - (eps - x0).float()) ** 2).mean()
+
+
+def count_wan_flops(cfg, method: str) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, params, batch, T = build_wan_method(cfg, method)
+    out = {"batch": batch, "latent_frames": T, "tokens": batch * wan_tokens(cfg, T),
+           "trainable_params": sum(p.numel() for p in params)}
+    with FlopCounterMode(display=False) as fc:
+        if params:
+            _wan_step(model, cfg, batch, T, "meta", True).backward()
+        else:
+            _wan_step(model, cfg, batch, T, "meta", False)
+    out["flops"] = fc.get_total_flops()
+    if not params:
+        with _OpCounter() as oc:
+            _wan_step(model, cfg, batch, T, "meta", False)
+        out["dispatched_ops"] = oc.n
+    return out
+
+
+def _block_bytes(model) -> list[int]:
+    from dual_adapter.memory import frozen_bytes
+
+    return [frozen_bytes([b]) for b in model.blocks]
+
+
+def measure_wan_memory(cfg, method: str, fp8: bool = False) -> dict:
+    """Peak memory of one training step of ``method`` on fake CPU tensors (bf16 autocast, CUDA's fp32
+    LayerNorm, flash attention, gradient checkpointing), as :func:`measure_memory` does for CogVideoX, plus the
+    optimiser state; ``fp8``: the frozen Linears stored in fp8 (the run itself is made with them)."""
+    import gc
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fm = FakeTensorMode(allow_non_fake_inputs=True)
+    model, params, batch, T = build_wan_method(cfg, method, fp8)
+    with fm:
+        model = model.to_empty(device="cpu")
+        params = [p for p in model.parameters() if p.requires_grad]
+        weights = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad) + \
+            sum(b.numel() * b.element_size() for b in model.buffers())
+        mt = LiveMemory()
+        mt.track(list(model.parameters()) + list(model.buffers()))
+        with mt, flash_sdpa():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = _wan_step(model, cfg, batch, T, "cpu", True)
+            gc.collect()
+            fwd_kept = mt.current - weights - sum(p.numel() * p.element_size() for p in params)
+            loss.backward()
+            gc.collect()
+            peak, after = mt.peak, mt.current
+        blocks = _block_bytes(model)
+        opt_params = [p for p in model.dualreal_adapters.parameters()] if method.startswith("dualreal") else params
+        del loss
+    trainable = sum(p.numel() for p in opt_params)
+    res = dict(batch=batch, latent_frames=T, weights_gib=weights / GIB, trainable_params=trainable,
+               fwd_kept_gib=fwd_kept / GIB, fwd_bwd_peak_gib=peak / GIB, after_backward_gib=after / GIB,
+               block_frozen_gib=max(blocks) / GIB, blocks_frozen_gib=sum(blocks) / GIB)
+    fused = _fused_adamw_default()
+    for kind, key in (("adamw", "peak_gib_adamw"), ("adamw8bit", "peak_gib_adamw8bit")):
+        state, temp = _optimizer_bytes(opt_params, kind, fused)
+        res[f"optimizer_state_gib_{kind}"] = state / GIB
+        res[key] = max(peak + state, after + state + temp) / GIB
+    return res
+
+
+def with_block_swap(mem: dict, n: int, blocks: int) -> dict:
+    """The peaks of ``mem`` with the frozen weights of ``n`` of ``blocks`` (equal) blocks kept on the CPU: two of
+    them are on the card at a time (the one running and the one copied ahead)."""
+    per = mem["block_frozen_gib"]
+    off = per * max(0, n - 2) if n < blocks else per * (blocks - 2)
+    return {k: mem[k] - off for k in ("peak_gib_adamw", "peak_gib_adamw8bit")}
+
+
+def swap_needed(mem: dict, blocks: int, card_gb: float) -> int | None:
+    """Fewest blocks to swap for the 8-bit-AdamW peak to fit a ``card_gb`` GB card (less the reserve);
+    None when even every block swapped does not fit."""
+    room = (card_gb - CARD_RESERVE_GB) * 1e9 / GIB
+    for n in range(0, blocks + 1):
+        if with_block_swap(mem, n, blocks)["peak_gib_adamw8bit"] <= room:
+            return n
+    return None
+
+
+def run_wan_config(name: str, memory: bool = True, entries=WAN_TRAIN) -> dict:
+    cfg = WAN_CONFIGS[name]
+    C, T, h, w = wan_latent_shape(cfg)
+    L = cfg["model"]["num_layers"]
+    out = {"frames": cfg["size"][0], "height": cfg["size"][1], "width": cfg["size"][2], "latent": [C, T, h, w],
+           "visual_tokens": wan_tokens(cfg, T), "text_tokens": cfg["text_tokens"], "blocks": L,
+           "width_d": cfg["model"]["num_attention_heads"] * cfg["model"]["attention_head_dim"]}
+    for m in WAN_TRAIN + WAN_SAMPLE:
+        t0 = time.perf_counter()
+        r = count_wan_flops(cfg, m)
+        if memory and m in entries:
+            for fp8 in (False, True):
+                mem = measure_wan_memory(cfg, m, fp8)
+                mem["blocks_to_swap"] = {f"{gb}GB": swap_needed(mem, L, gb) for gb in CARDS_GB}
+                mem["all_swapped"] = with_block_swap(mem, L, L)
+                r["fp8" if fp8 else "bf16"] = mem
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        out[m] = r
+        print(name, m, json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
+    base = out["lora_r64"]["flops"]
+    for m in WAN_TRAIN:
+        out[m]["flops_ratio_vs_lora_r64"] = out[m]["flops"] / base
+    out["sampling_flops_ratio"] = out["sampling_dualreal"]["flops"] / out["sampling_base"]["flops"]
+    out["sampling_ops_ratio"] = out["sampling_dualreal"]["dispatched_ops"] / out["sampling_base"]["dispatched_ops"]
+    tr = _new_meta_wan(cfg)
+    blocks = _block_bytes(tr)
+    out["frozen_weights_gib"] = {"bf16": sum(p.numel() * 2 for p in tr.parameters()) / GIB}
+    from dual_adapter.memory import store_fp8
+
+    store_fp8(tr)
+    out["frozen_weights_gib"]["fp8"] = sum(p.numel() * p.element_size() for p in tr.parameters()) / GIB + \
+        sum(b.numel() * b.element_size() for b in tr.buffers()) / GIB
+    # block swap's traffic per training step with gradient checkpointing (each swapped block copied in for the
+    # forward and again for the recompute) and per sampling step (once), per swapped block
+    out["swap_bytes_per_block"] = {"bf16": blocks[0], "fp8": _block_bytes(tr)[0]}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="5b,2b,1.5-5b", help=f"comma-separated from {sorted(CONFIGS)}")
@@ -464,12 +743,16 @@ def main(argv=None) -> int:
     p.add_argument("--memory-entries", default=",".join(TRAIN), help="training entries whose memory is measured")
     p.add_argument("--cuda-check", default="dualreal_motion_b1",
                    help="entries whose forward is also run on fake CUDA tensors under CUDA autocast ('all' or a list)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/scale.json; Wan configs: "
+                   "scale_wan.json)")
     args = p.parse_args(argv)
     names = [c.strip() for c in args.config.split(",") if c.strip()]
+    if names and all(c in WAN_CONFIGS for c in names):
+        return _main_wan(args, names, p)
     for c in names:
         if c not in CONFIGS:
-            p.error(f"unknown config {c!r}; choose from {sorted(CONFIGS)}")
+            p.error(f"unknown config {c!r}; choose from {sorted(CONFIGS)} or (not mixed) {sorted(WAN_CONFIGS)}")
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / "scale.json")
     t0 = time.perf_counter()
     mem_cfgs = names if args.memory_configs is None else [c.strip() for c in args.memory_configs.split(",")]
     entries = tuple(e.strip() for e in args.memory_entries.split(","))
@@ -483,6 +766,31 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}")
     return 0
+
+
+def _main_wan(args, names, p) -> int:
+    t0 = time.perf_counter()
+    mem_cfgs = names if args.memory_configs is None else [c.strip() for c in args.memory_configs.split(",")]
+    entries = WAN_TRAIN if args.memory_entries == ",".join(TRAIN) else \
+        tuple(e.strip() for e in args.memory_entries.split(","))
+    results = {n: run_wan_config(n, not args.no_memory and n in mem_cfgs, entries) for n in names}
+    doc = {"benchmark": "scale_wan", "torch": torch.__version__, "note": WAN_NOTE, "gib": "2**30 bytes",
+           "cards_gb": CARDS_GB, "card_reserve_gb": CARD_RESERVE_GB, "seconds": round(time.perf_counter() - t0, 1),
+           "results": results}
+    path = Path(args.out or ROOT / "benchmarks" / "results" / "scale_wan.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+WAN_NOTE = ("Wan 2.1 / 2.2 transformers (diffusers WanTransformer3DModel, released configs) counted on meta / fake "
+            "CPU tensors: one flow-matching training step (batch 1, bf16 autocast, gradient checkpointing, CUDA's "
+            "fp32 LayerNorm, flash attention) per method, bf16 and fp8 frozen weights (the fake run made with them); "
+            "block swap's peaks computed from the run (two swapped blocks on the card at a time); blocks_to_swap: "
+            "fewest blocks for the 8-bit-AdamW peak to fit the card less card_reserve_gb; DualReal through a "
+            "stand-in that runs the pack's adapters at each block's output; full_ft: bf16 weights and gradients, "
+            "optimiser state on every parameter, no fp32 master copy.")
 
 
 if __name__ == "__main__":

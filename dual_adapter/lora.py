@@ -370,8 +370,9 @@ def inject_lora(
     training = transformer.training
     for n in names:
         m = layers[n]
-        base_w = m.get_base_layer().weight
-        dt = dtype or (torch.float32 if trainable else base_w.dtype)
+        base = m.get_base_layer()
+        base_w = base.weight  # an fp8-stored base (dual_adapter.memory) computes in its compute_dtype
+        dt = dtype or (torch.float32 if trainable else getattr(base, "compute_dtype", base_w.dtype))
         for d in (m.lora_A, m.lora_B):
             lin = d[adapter_name]
             lin.to(device=base_w.device, dtype=dt)
@@ -1443,7 +1444,11 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
                 _set_active(model, all_adapters)
 
         preview.bind(model, inference_lora if spatial_path else None)
-    with torch.inference_mode(False), torch.enable_grad():
+    from .memory import memory_levers
+
+    with torch.inference_mode(False), torch.enable_grad(), \
+            memory_levers(model, fp8=getattr(cfg, "fp8_base", False), block_swap=getattr(cfg, "block_swap", 0),
+                          release_loaded=cfg.fsdp_release_loaded, trainable=params + spatial_params):
         result = train_loop(param_groups, step_fn, cfg, device_type=device_type, callback=callback,
                             before_optimizer_step=before_optimizer_step if spatial_path else None,
                             on_checkpoint=on_checkpoint, resume_state=resume_state, start_losses=start_losses,

@@ -85,7 +85,15 @@ class TrainConfig:
         fsdp_release_loaded: with ``fsdp``, free the loaded transformer's own full weights once the trainer's
             copy is sharded, so that the per-process training peak holds only the shards (the command-line
             trainers set it: their process ends after training). The loaded model is unusable afterwards;
-            library callers that keep the model (ComfyUI) leave it False.
+            library callers that keep the model (ComfyUI) leave it False. It also frees the loaded weights that
+            ``fp8_base`` replaced.
+        fp8_base: store the frozen base Linear weights in fp8 (e4m3, a scale per row) in the trainer's copy,
+            upcast per layer in the forward (:func:`dual_adapter.memory.store_fp8`): the frozen Linears take half
+            their bf16 memory; the forward differs from bf16 by fp8 rounding of the weights (docs/performance.md).
+        block_swap: keep the frozen weights of the first N transformer blocks on the CPU and copy each in just
+            before it runs, the next one ahead on a side stream (:class:`dual_adapter.memory.BlockSwap`; 0 = off):
+            bit-identical results; saves memory with ``gradient_checkpointing`` on; costs host-to-device copies
+            of those blocks twice per step (forward and recompute).
     """
 
     steps: int = 1000
@@ -105,6 +113,8 @@ class TrainConfig:
     sync_every: int = 0
     fsdp: bool = False
     fsdp_release_loaded: bool = False
+    fp8_base: bool = False
+    block_swap: int = 0
 
     def validate(self, min_steps: int = 0) -> None:
         """Raise :class:`DualAdapterError` naming the first invalid field.
@@ -137,7 +147,13 @@ class TrainConfig:
             raise DualAdapterError(f"lr_schedule={self.lr_schedule!r}: expected cosine_with_restarts, cosine or constant")
         if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 0:
             raise DualAdapterError(f"sync_every={self.sync_every!r}: must be an integer >= 0")
-        for k in ("fsdp", "fsdp_release_loaded"):
+        if isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int) or self.block_swap < 0:
+            raise DualAdapterError(f"block_swap={self.block_swap!r}: must be an integer >= 0 (transformer blocks "
+                                   f"kept on the CPU; 0 = off)")
+        if self.block_swap and self.fsdp:
+            raise DualAdapterError("block_swap with fsdp: FSDP already keeps only a share of each block per "
+                                   "process; use one of them")
+        for k in ("fsdp", "fsdp_release_loaded", "fp8_base"):
             if not isinstance(getattr(self, k), bool):
                 raise DualAdapterError(f"{k}={getattr(self, k)!r}: must be True or False")
         if self.mixed_precision not in ("auto", "bf16", "fp32"):

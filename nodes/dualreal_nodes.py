@@ -143,13 +143,15 @@ class DualRealTrain:
                 "warmup_steps": ("INT", {"default": 200, "min": 0, "max": MAX_TRAIN_STEPS,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
                 **preview_inputs(),
+                "fp8_base": ("BOOLEAN", {"default": False, "tooltip": "Store the frozen base Linear weights in fp8 (e4m3, a scale per row) for training, upcast per layer: they take half their bf16 memory; the forward differs from bf16 by fp8 rounding of the base weights. The loaded model is not changed."}),
+                "block_swap": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Keep the frozen weights of the first N transformer blocks on the CPU during training and copy each to the GPU just before it runs, the next one ahead (0 = off). Bit-identical results; saves N - 2 blocks of weights with gradient checkpointing; costs two host-to-device copies of those blocks per step (docs/performance.md)."}),
             },
         }
 
     def train(self, model, subject, identity_prompt, motion, motion_prompt, steps, lr, motion_ratio, hidden_width,
               groups, form, seed, name, clip_vision=None, frames_per_clip=0, use_controller=True,
               checkpoint_every=100, resume=False, warmup_steps=200, reference_encoder="auto", preview_every=-1,
-              preview_prompt=""):
+              preview_prompt="", fp8_base=False, block_swap=0):
         from dual_adapter.dualreal import DualRealOptions, train_dualreal
         from dual_adapter.plots import plot_loss_curve
         from dual_adapter.training import TrainConfig
@@ -176,7 +178,8 @@ class DualRealTrain:
             options = DualRealOptions(hidden=int(hidden_width), groups=int(groups), form=form,
                                       controller=bool(use_controller), motion_ratio=float(motion_ratio))
             train = TrainConfig(steps=int(steps), lr=float(lr), seed=int(seed), checkpoint_every=int(checkpoint_every),
-                                warmup_steps=int(warmup_steps))
+                                warmup_steps=int(warmup_steps), fp8_base=bool(fp8_base),
+                                block_swap=int(block_swap))
             bar = bridge.Progress(int(steps))
             every = max(1, int(steps) // 50)
 

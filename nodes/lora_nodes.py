@@ -84,12 +84,14 @@ class TrainMotionLoRA:
                                        "pass: much less VRAM, about 30% slower. Needed for 5B at 49x480x720."}),
             **run_inputs("motion_lora"),
             **preview_inputs(),
+            "fp8_base": ("BOOLEAN", {"default": False, "tooltip": "Store the frozen base Linear weights in fp8 (e4m3, a scale per row) for training, upcast per layer: they take half their bf16 memory; the forward differs from bf16 by fp8 rounding of the base weights. The loaded model is not changed."}),
+            "block_swap": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Keep the frozen weights of the first N transformer blocks on the CPU during training and copy each to the GPU just before it runs, the next one ahead (0 = off). Bit-identical results; saves N - 2 blocks of weights with gradient checkpointing; costs two host-to-device copies of those blocks per step (docs/performance.md)."}),
         }}
 
     def train(self, model, clip, prompt, preset="tap", rank=32, alpha=32.0, dropout=0.1, learning_rate=5e-4,
               steps=1000, seed=0, clip_2=None, clip_3=None, height=0, width=0, targets="", blocks="",
               spatial_path=False, debiased_loss=False, gradient_checkpointing=True, name="motion_lora",
-              resume=False, checkpoint_every=100, preview_every=-1, preview_prompt=""):
+              resume=False, checkpoint_every=100, preview_every=-1, preview_prompt="", fp8_base=False, block_swap=0):
         m = as_model(model)
         if preset == "custom":
             if not targets.strip():
@@ -101,7 +103,8 @@ class TrainMotionLoRA:
         spec.validate()
         cfg = L.lora_train_config(steps=int(steps), lr=float(learning_rate), seed=int(seed),
                                   gradient_checkpointing=bool(gradient_checkpointing),
-                                  checkpoint_every=int(checkpoint_every))
+                                  checkpoint_every=int(checkpoint_every), fp8_base=bool(fp8_base),
+                                  block_swap=int(block_swap))
         clips = [check_motion_frames(image_batch(c, name), name)
                  for name, c in (("clip", clip), ("clip_2", clip_2), ("clip_3", clip_3)) if c is not None]
         t = m.bundle.vae_scale_temporal

@@ -1,6 +1,7 @@
 """What ``train-dualreal`` and ``train-lora`` share for multi-process runs (``accelerate launch -m dual_adapter ...``).
 
-:func:`add_parallel_options` adds ``--grad-accum``, ``--sync-every`` and ``--fsdp``; :func:`parallel_run` starts
+:func:`add_parallel_options` adds ``--grad-accum``, ``--sync-every`` and ``--fsdp``; :func:`add_memory_options`
+``--fp8-base`` and ``--block-swap``; :func:`parallel_run` starts
 the process group (a no-op on one process), points this process at its GPU and holds the run's lock and
 resume / refuse checks in rank 0 only (the one writer).
 """
@@ -22,6 +23,20 @@ def add_parallel_options(p, batch_option: str) -> None:
                         "over the processes (PyTorch FSDP2) instead of a whole copy per GPU; the trainable weights "
                         f"stay replicated. {batch_option} x --grad-accum must give every process the same number "
                         "of micro-batches")
+
+
+def add_memory_options(p) -> None:
+    """``--fp8-base`` and ``--block-swap N`` (docs/performance.md, "Memory levers")."""
+    p.add_argument("--fp8-base", action="store_true",
+                   help="store the frozen base Linear weights in fp8 (e4m3, a scale per row), upcast per layer in "
+                        "the forward: those weights take half their bf16 memory (about 1 GB less per 1B parameters); "
+                        "the forward differs from bf16 by fp8 rounding of the base weights; the trained file is the "
+                        "same kind as without")
+    p.add_argument("--block-swap", type=int, default=0, metavar="N",
+                   help="keep the frozen weights of the first N transformer blocks on the CPU and copy each to the GPU "
+                        "just before it runs, the next one ahead (0 = off): results are bit-identical; saves N - 2 "
+                        "blocks of weights with gradient checkpointing on; costs two host-to-device copies of those "
+                        "blocks per step, hidden behind compute while a block's compute outlasts its copy")
 
 
 @contextlib.contextmanager

@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     from ._parallel import add_parallel_options
 
     add_parallel_options(p, "--motion-batch")
+    from ._parallel import add_memory_options
+
+    add_memory_options(p)
     from ._previews import add_preview_options
 
     add_preview_options(p)
@@ -116,7 +119,8 @@ def _train(args) -> int:
     train = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, optimizer=args.optimizer,
                         checkpoint_every=args.checkpoint_every, seed=args.seed, sync_every=args.sync_every,
                         gradient_checkpointing=not args.no_gradient_checkpointing, fsdp=args.fsdp,
-                        fsdp_release_loaded=args.fsdp)
+                        fsdp_release_loaded=args.fsdp or args.fp8_base, fp8_base=args.fp8_base,
+                        block_swap=args.block_swap)
     _validate_cli(train)
     from ._parallel import parallel_run
     from ._common import load_bundle, preflight

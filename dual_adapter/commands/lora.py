@@ -102,6 +102,9 @@ def register(sub) -> None:
     from ._previews import add_preview_options
 
     add_preview_options(p)
+    from ._parallel import add_memory_options
+
+    add_memory_options(p)
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--checkpoint-every", type=int, default=100, help="rewrite the checkpoint every N steps")
     p.add_argument("--resume", action="store_true",
@@ -132,7 +135,8 @@ def run_train(args) -> int:
 
     if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
         used = [o for o, on in (("--batch", args.batch != 1), ("--grad-accum", args.grad_accum != 1),
-                                ("--fsdp", args.fsdp)) if on]
+                                ("--fsdp", args.fsdp), ("--fp8-base", args.fp8_base),
+                                ("--block-swap", args.block_swap)) if on]
         if used:
             raise DualAdapterError(f"{', '.join(used)}: the U-Net motion trainers run one clip per step on one "
                                    f"process; drop {' and '.join(used)} (they apply to the CogVideoX models)")
@@ -155,7 +159,8 @@ def run_train(args) -> int:
                                  seed=args.seed, optimizer=args.optimizer, lr_schedule=args.schedule,
                                  warmup_steps=args.warmup, gradient_checkpointing=not args.no_gradient_checkpointing,
                                  checkpoint_every=args.checkpoint_every, sync_every=args.sync_every,
-                                 fsdp=args.fsdp, fsdp_release_loaded=args.fsdp)
+                                 fsdp=args.fsdp, fsdp_release_loaded=args.fsdp or args.fp8_base,
+                                 fp8_base=args.fp8_base, block_swap=args.block_swap)
     _validate_cli(cfg)
     for opt, v in (("--batch", args.batch), ("--grad-accum", args.grad_accum)):
         if v < 1:

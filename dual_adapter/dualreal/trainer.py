@@ -640,12 +640,16 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
 
         preview.bind(model, preview_context)
     device_type = dev.type
-    res = train_loop([{"params": id_params + mo_params + ctrl_params}], step_fn, train, device_type=device_type,
-                     callback=callback, before_optimizer_step=mask,
-                     on_checkpoint=on_checkpoint if files else None, resume_state=resume_state,
-                     start_losses=start_losses, resume_weights_step=weights_step,
-                     checkpoint_note=f"{files['partial']} + {files['state'].name}" if files else "",
-                     distributed=dist_rank_world()[1] > 1, preview=preview)
+    from ..memory import memory_levers
+
+    with memory_levers(model, fp8=train.fp8_base, block_swap=train.block_swap,
+                       release_loaded=train.fsdp_release_loaded, trainable=id_params + mo_params + ctrl_params):
+        res = train_loop([{"params": id_params + mo_params + ctrl_params}], step_fn, train, device_type=device_type,
+                         callback=callback, before_optimizer_step=mask,
+                         on_checkpoint=on_checkpoint if files else None, resume_state=resume_state,
+                         start_losses=start_losses, resume_weights_step=weights_step,
+                         checkpoint_note=f"{files['partial']} + {files['state'].name}" if files else "",
+                         distributed=dist_rank_world()[1] > 1, preview=preview)
     ctx.reference = None
     out_set = _snapshot(module, meta, res.steps_done, res.completed)
     return DualRealResult(out_set, res.losses, res.completed, res.steps_done, res.seconds, res.optimizer_name,
