@@ -415,7 +415,7 @@ def _block_relative(names: Iterable[str]) -> tuple[list[str], list[int] | None]:
     targets: list[str] = []
     blocks: set[int] = set()
     for n in names:
-        m = re.match(r"^transformer_blocks\.(\d+)\.(.+)$", n)
+        m = re.match(r"^(?:transformer_blocks|blocks)\.(\d+)\.(.+)$", n)  # CogVideoX / Wan block names
         if m:
             blocks.add(int(m.group(1)))
             if m.group(2) not in targets:

@@ -36,7 +36,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', 'mini' (built-in "
                    "pretrained miniature model, CPU), or a "
                    "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/); "
-                   "U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder")
+                   "U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder; Wan: "
+                   "'tiny-wan' or a diffusers Wan 2.1 / 2.2 text-to-video folder (docs/wan.md)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
@@ -57,14 +58,37 @@ def preflight(args, frames: int | None = None, height: int | None = None, width:
     from ..backbone import check_device, check_video_size, inspect_model
 
     check_device(args.device, "--device")
+    mod = _other_backbone(args)
+    if mod is not None:  # e.g. Wan: its own config reader and size rules
+        if getattr(args, "transformer", None):
+            raise DualAdapterError(f"--transformer: a native single-file transformer is read for CogVideoX only, not "
+                                   f"{mod.FAMILY}; drop --transformer")
+        info = mod.inspect_model(args.model)
+        f0, h0, w0 = info.default_size
+        info.check_video_size(frames or f0, height or h0, width or w0)
+        return info
     info = inspect_model(args.model, transformer_file=getattr(args, "transformer", None))
     f0, h0, w0 = info.default_size
     check_video_size(info, frames or f0, height or h0, width or w0)
     return info
 
 
+def _other_backbone(args):
+    """The backbone module of ``--model`` when it is a transformer backbone other than CogVideoX (Wan), else None
+    (the U-Nets take their own command path)."""
+    from ..backbones import backbone_modules, kind_of
+
+    kind = kind_of(args.model)
+    return None if kind in ("cogvideox", "unet3d", "animatediff") else backbone_modules()[kind]
+
+
 def load_bundle(args):
     from ..backbone import load_model
+
+    mod = _other_backbone(args)
+    if mod is not None:
+        return mod.load(args.model, dtype=args.dtype, device=args.device,
+                        cpu_offload=bool(getattr(args, "cpu_offload", False)))
 
     # load_model refuses --transformer with a built-in or mini model and ignores --cpu-offload there
     kw = {"cpu_offload": bool(getattr(args, "cpu_offload", False))}
@@ -88,7 +112,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--cfg", type=float, default=6.0, help="guidance scale (default 6)")
     p.add_argument("--seed", type=seed_arg, default=0, help="noise seed (default 0)")
-    p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim"], help="CogVideoX DPM (default) or DDIM")
+    p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim", "unipc", "euler"],
+                   help="CogVideoX DPM (default) or DDIM; on Wan: unipc (Wan's own, the default; dpm means it) or "
+                   "euler (flow Euler; ddim means it)")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
     p.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp); never overwritten")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -98,7 +124,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import backbone, media, sampling
+    from .. import media, sampling
+    from ..backbones import as_backbone
 
     from .unet import _is_unet, run_generate_unet
 
@@ -117,8 +144,9 @@ def run(args) -> int:
     patches = []
     for mod in _patch_providers():
         patches += list(mod.generate_patches(args, bundle) or [])
-    pos = backbone.encode_prompt(bundle, args.prompt)
-    neg = backbone.encode_prompt(bundle, args.negative_prompt)
+    bb = as_backbone(bundle)
+    pos = bb.encode_prompt(args.prompt)
+    neg = bb.encode_prompt(args.negative_prompt)
     lat = sampling.sample(bundle, pos, neg, num_frames=args.frames, height=args.height, width=args.width,
                           steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=args.scheduler, patches=patches,
                           callback=_TextProgress("sampling", args.quiet))
