@@ -783,7 +783,9 @@ def load_lora(path: str | Path) -> LoraFile:
         ``.alpha`` (kohya-style trainers; VideoX-Fun's ``lora_unet__...`` double underscore too);
       * ComfyUI native: ``diffusion_model.blocks.0.q.lora_up/lora_down.weight`` + ``.alpha`` (see
         :mod:`dual_adapter.lora_formats`; ``.diff`` / ``.diff_b`` are refused with a message);
-      * finetrainers: diffusers names with alpha in the ``lora_config`` metadata.
+      * finetrainers: diffusers names with alpha in the ``lora_config`` metadata;
+      * Wan (docs/wan.md): diffusers' ``transformer.blocks.0.attn1.to_q``, ComfyUI native / original
+        ``diffusion_model.blocks.0.self_attn.q`` and musubi-tuner ``lora_unet_blocks_0_self_attn_q`` names.
     Text-encoder keys (``text_encoder.*``, ``lora_te*``) are not applied; they are listed in
     ``LoraFile.skipped`` and logged.
 
