@@ -102,21 +102,31 @@ def wan_kohya_to_native(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.
     """
     names = {n.replace(".", "_"): n for n in WAN_NATIVE_TO_DIFFUSERS}
     top = {n.replace(".", "_"): n for n in _WAN_TOP}
+
+    def rename(rest: str, elem: str) -> str | None:
+        m = re.match(r"^blocks_(\d+)_(.+)$", rest)
+        nat = (f"blocks.{m.group(1)}.{names[m.group(2)]}" if m.group(2) in names else None) if m else top.get(rest)
+        return f"diffusion_model.{nat}.{elem}" if nat else None
+
+    return _rename_kohya(tensors, rename, "Wan LoRA (musubi-tuner / kohya names) has keys that name no Wan layer")
+
+
+def _rename_kohya(tensors: Mapping[str, torch.Tensor], rename, message: str) -> dict[str, torch.Tensor]:
+    """Rename every ``lora_unet_{rest}.{elem}`` key to ``rename(rest, elem)`` (other keys pass); a None name raises
+    ``message`` with the keys."""
     out, bad = {}, []
     for k, v in tensors.items():
         layer, _, elem = k.partition(".")
         if not layer.startswith("lora_unet_"):
             out[k] = v
             continue
-        rest = layer[len("lora_unet_"):]
-        m = re.match(r"^blocks_(\d+)_(.+)$", rest)
-        nat = (f"blocks.{m.group(1)}.{names[m.group(2)]}" if m and m.group(2) in names else None) if m else top.get(rest)
-        if nat is None:
+        new = rename(layer[len("lora_unet_"):], elem)
+        if new is None:
             bad.append(k)
             continue
-        out[f"diffusion_model.{nat}.{elem}"] = v
+        out[new] = v
     if bad:
-        raise DualAdapterError(f"Wan LoRA (musubi-tuner / kohya names) has keys that name no Wan layer: {bad[:8]}")
+        raise DualAdapterError(f"{message}: {bad[:8]}")
     return out
 
 
@@ -142,10 +152,18 @@ def wan_native_to_diffusers(tensors: Mapping[str, torch.Tensor], where: str = "L
         raise DualAdapterError(
             f"{where} holds full weight differences ({len(diffs)} '.diff' / '.diff_b' keys, e.g. {diffs[:3]}); the "
             f"pack's LoRA layers carry only low-rank pairs. Core ComfyUI's LoRA loader applies them to a native MODEL")
+    return _native_pairs_to_diffusers(tensors, wan_native_to_diffusers_module,
+                                      f"{where} (Wan native names) has keys that are not LoRA pairs of a Wan Linear "
+                                      f"layer: ")
+
+
+def _native_pairs_to_diffusers(tensors: Mapping[str, torch.Tensor], to_module, message: str) -> dict[str, torch.Tensor]:
+    """Native dotted LoRA keys -> ``transformer.{diffusers module}.lora_A/lora_B.weight`` / ``.alpha`` with
+    ``to_module`` (native module -> diffusers module or None); unknown keys raise ``message`` + the keys."""
     out, bad = {}, []
     for k, v in tensors.items():
         m = _NATIVE_PARAM.match(k)
-        dmod = wan_native_to_diffusers_module(m.group("mod")) if m else None
+        dmod = to_module(m.group("mod")) if m else None
         if dmod is None or m.group("kind") == "lora_mid.weight":
             bad.append(k)
             continue
@@ -153,8 +171,7 @@ def wan_native_to_diffusers(tensors: Mapping[str, torch.Tensor], where: str = "L
                                                                                         m.group("kind"))
         out[f"transformer.{dmod}.{kind}"] = v
     if bad:
-        raise DualAdapterError(f"{where} (Wan native names) has keys that are not LoRA pairs of a Wan Linear layer: "
-                               f"{bad[:8]}" + (f" (and {len(bad) - 8} more)" if len(bad) > 8 else ""))
+        raise DualAdapterError(message + f"{bad[:8]}" + (f" (and {len(bad) - 8} more)" if len(bad) > 8 else ""))
     return out
 
 
@@ -207,20 +224,12 @@ def normalize_lora_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[st
         return wan_native_to_diffusers(t, where), md
     # native kohya names: lora_unet_blocks_{i}_q...
     if any(re.match(r"^lora_unet_blocks_\d+_", k) for k in keys):
-        out, bad = {}, []
-        for k, v in t.items():
-            layer, _, elem = k.partition(".")
-            if not layer.startswith("lora_unet_"):
-                out[k] = v
-                continue
-            nat = _native_kohya_module(layer[len("lora_unet_"):])
+        def rename(rest: str, elem: str) -> str | None:
+            nat = _native_kohya_module(rest)
             dmod = native_to_diffusers_module(nat) if nat else None
-            if dmod is None:
-                bad.append(k)
-                continue
-            out[f"lora_unet_{dmod.replace('.', '_')}.{elem}"] = v
-        if bad:
-            raise DualAdapterError(f"{where} (native kohya names) has keys that name no CogVideoX layer: {bad[:8]}")
+            return f"lora_unet_{dmod.replace('.', '_')}.{elem}" if dmod else None
+
+        out = _rename_kohya(t, rename, f"{where} (native kohya names) has keys that name no CogVideoX layer")
         t, keys = out, list(out)
     # native dotted names: diffusion_model.blocks.{i}.q.lora_up.weight
     if any(re.match(r"^(model\.)?diffusion_model\.blocks\.\d+\.", k) for k in keys):
@@ -230,23 +239,8 @@ def normalize_lora_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[st
                 f"{where} holds full weight differences ({len(diffs)} '.diff' / '.diff_b' keys, e.g. {diffs[:3]}), "
                 f"written by core ComfyUI's trainer; the pack's LoRA layers carry only low-rank pairs. Load it with "
                 f"core 'LoraLoaderModelOnly' on a native MODEL (or the pack's 'Apply LoRA to MODEL'), which applies them")
-        out, bad = {}, []
-        for k, v in t.items():
-            m = _NATIVE_PARAM.match(k)
-            if not m:
-                bad.append(k)
-                continue
-            dmod = native_to_diffusers_module(m.group("mod"))
-            if dmod is None or m.group("kind") == "lora_mid.weight":
-                bad.append(k)
-                continue
-            kind = {"lora_up.weight": "lora_B.weight", "lora_down.weight": "lora_A.weight"}.get(m.group("kind"),
-                                                                                            m.group("kind"))
-            out[f"transformer.{dmod}.{kind}"] = v
-        if bad:
-            raise DualAdapterError(f"{where} (ComfyUI native names) has keys that are not LoRA pairs of a CogVideoX "
-                                   f"layer: {bad[:8]}" + (f" (and {len(bad) - 8} more)" if len(bad) > 8 else ""))
-        t = out
+        t = _native_pairs_to_diffusers(t, native_to_diffusers_module, f"{where} (ComfyUI native names) has keys "
+                                       f"that are not LoRA pairs of a CogVideoX layer: ")
     return t, md
 
 

@@ -115,6 +115,22 @@ def check_device(device: str | torch.device | None, name: str = "device") -> str
 
 
 
+@contextlib.contextmanager
+def offloaded(module, device: str, offload: bool):
+    """Yield ``module`` on ``device``: moved there for the block and back to the CPU afterwards when ``offload``
+    (and ``device`` is not the CPU), else as it is."""
+    if not offload or device == "cpu":
+        yield module
+        return
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 #: Attention roles a backbone can report (see the module docstring).
 ROLES = ("spatial", "temporal", "cross", "joint")
 

@@ -21,7 +21,6 @@ target the joint attention.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,13 +28,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import DualAdapterError
-from .base import BlockInfo, VideoBackbone, check_device, check_role, parse_dtype
+from .base import BlockInfo, VideoBackbone, check_device, check_role, offloaded, parse_dtype
 
 log = logging.getLogger("dual_adapter.backbone")
 
@@ -114,20 +113,9 @@ class CogVideoXBundle:
         frames = int(c.sample_frames)
         return frames, int(c.sample_height) * self.vae_scale_spatial, int(c.sample_width) * self.vae_scale_spatial
 
-    @contextlib.contextmanager
-    def use(self, part: str) -> Iterator[Any]:
+    def use(self, part: str):
         """Context manager yielding ``self.<part>`` on the execution device (CPU-offload aware)."""
-        module = getattr(self, part)
-        if not self.cpu_offload or self.device == "cpu":
-            yield module
-            return
-        module.to(self.device)
-        try:
-            yield module
-        finally:
-            module.to("cpu")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        return offloaded(getattr(self, part), self.device, self.cpu_offload)
 
     def release(self, *parts: str) -> None:
         """Move ``parts`` (e.g. ``"vae", "text_encoder"``) to CPU to free accelerator memory."""

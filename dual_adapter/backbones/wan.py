@@ -29,19 +29,19 @@ Built-in ``tiny-wan``: the same architecture with seeded random weights, built o
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import DualAdapterError
-from .base import BlockInfo, VideoBackbone, check_device, check_role, parse_dtype
+from .base import BlockInfo, VideoBackbone, check_device, check_role, offloaded, parse_dtype
+from .cogvideox import _read_json
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +116,6 @@ def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32", num_layers: int
 
 # --------------------------------------------------------------------------------------------
 # folders
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DualAdapterError(f"{what} {str(path)!r} is not valid JSON ({e}); restore it from the model's "
-                               f"original files") from None
-    if not isinstance(data, dict):
-        raise DualAdapterError(f"{what} {str(path)!r} must hold a JSON object, not {type(data).__name__}")
-    return data
 
 
 def detect(folder: Path) -> bool:
@@ -579,19 +568,8 @@ class WanBackbone(VideoBackbone):
     def cpu_offload(self) -> bool:
         return self._offload
 
-    @contextlib.contextmanager
-    def use(self, part: str) -> Iterator[Any]:
-        module = getattr(self, part)
-        if not self._offload or self.device == "cpu":
-            yield module
-            return
-        module.to(self.device)
-        try:
-            yield module
-        finally:
-            module.to("cpu")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+    def use(self, part: str):
+        return offloaded(getattr(self, part), self.device, self._offload)
 
 
 # --------------------------------------------------------------------------------------------
