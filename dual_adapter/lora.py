@@ -422,7 +422,7 @@ def _block_relative(names: Iterable[str]) -> tuple[list[str], list[int] | None]:
     targets: list[str] = []
     blocks: set[int] = set()
     for n in names:
-        m = re.match(r"^transformer_blocks\.(\d+)\.(.+)$", n)
+        m = re.match(r"^(?:transformer_blocks|blocks)\.(\d+)\.(.+)$", n)  # CogVideoX / Wan block names
         if m:
             blocks.add(int(m.group(1)))
             if m.group(2) not in targets:
@@ -790,7 +790,9 @@ def load_lora(path: str | Path) -> LoraFile:
         ``.alpha`` (kohya-style trainers; VideoX-Fun's ``lora_unet__...`` double underscore too);
       * ComfyUI native: ``diffusion_model.blocks.0.q.lora_up/lora_down.weight`` + ``.alpha`` (see
         :mod:`dual_adapter.lora_formats`; ``.diff`` / ``.diff_b`` are refused with a message);
-      * finetrainers: diffusers names with alpha in the ``lora_config`` metadata.
+      * finetrainers: diffusers names with alpha in the ``lora_config`` metadata;
+      * Wan (docs/wan.md): diffusers' ``transformer.blocks.0.attn1.to_q``, ComfyUI native / original
+        ``diffusion_model.blocks.0.self_attn.q`` and musubi-tuner ``lora_unet_blocks_0_self_attn_q`` names.
     Text-encoder keys (``text_encoder.*``, ``lora_te*``) are not applied; they are listed in
     ``LoraFile.skipped`` and logged.
 

@@ -12,6 +12,18 @@ rewrites the layouts below into ones the converter reads (diffusers / kohya name
     underscore) -> the single-underscore kohya names.
   * **finetrainers**: alpha in the ``lora_config`` JSON metadata (``lora_alpha``, ``r``) -> used as
     diffusers' ``lora_adapter_metadata`` when that is absent.
+  * **Wan, ComfyUI native / original Wan names** (core ComfyUI's Wan LoRAs, DiffSynth-Studio):
+    ``diffusion_model.blocks.{i}.self_attn.q.lora_down.weight`` / ``lora_up`` (or ``lora_A`` / ``lora_B``) /
+    ``.alpha``; ``cross_attn.{q,k,v,o,k_img,v_img}``, ``ffn.0``, ``ffn.2`` and the top layers likewise
+    (:data:`WAN_NATIVE_TO_DIFFUSERS`, diffusers' own conversion table) -> diffusers' Wan names
+    (``blocks.{i}.attn1.to_q``).
+  * **Wan, musubi-tuner / kohya**: ``lora_unet_blocks_{i}_self_attn_q.lora_down.weight`` / ``.alpha`` (the
+    native names with ``_`` for ``.``, as ComfyUI's key map reads them) -> the native names above.
+
+Alpha, as every one of those tools applies it: the update is ``lora_up @ lora_down * alpha / rank`` with the
+file's ``.alpha`` per module, and ``alpha = rank`` (scale 1) where a file has none (diffusers folds
+``alpha / rank`` into the weights when it converts; ComfyUI and musubi-tuner scale at apply time): one file, one
+delta, in every loader.
 
 :func:`native_lora_state_dict` / :func:`save_lora_native` write a LoRA with native key names (alpha per
 module as a ``.alpha`` tensor, so core applies ``alpha / rank`` exactly as the pack does).
@@ -31,7 +43,9 @@ import torch
 from .errors import DualAdapterError
 from .native import diffusers_to_native_module, native_to_diffusers_module
 
-__all__ = ["normalize_lora_tensors", "native_lora_state_dict", "save_lora_native", "with_alpha", "NATIVE_BLOCK_LINEARS"]
+__all__ = ["normalize_lora_tensors", "native_lora_state_dict", "save_lora_native", "with_alpha", "NATIVE_BLOCK_LINEARS",
+           "WAN_NATIVE_TO_DIFFUSERS", "wan_native_to_diffusers_module", "wan_diffusers_to_native_module",
+           "wan_native_to_diffusers", "wan_kohya_to_native", "wan_native_to_kohya", "kohya_lora_state_dict"]
 
 #: Linear layers of a native CogVideoX block (module names relative to ``blocks.{i}``).
 NATIVE_BLOCK_LINEARS = ("q", "k", "v", "attn_out", "ff_proj", "ff_out", "norm1.linear", "norm2.linear")
@@ -40,6 +54,125 @@ _NATIVE_TOP_LINEARS = ("patch_embed.proj", "patch_embed.text_proj", "time_embedd
                        "norm_out.linear", "proj_out")
 _NATIVE_PARAM = re.compile(r"^(?:model\.)?diffusion_model\.(?P<mod>.+?)\.(?P<kind>lora_up\.weight|lora_down\.weight|"
                            r"lora_A\.weight|lora_B\.weight|alpha|diff|diff_b|lora_mid\.weight)$")
+
+
+#: Wan's original / ComfyUI native module names -> diffusers' (the Linear layers of diffusers' Wan conversion table)
+WAN_NATIVE_TO_DIFFUSERS: dict[str, str] = {
+    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0", "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v", "cross_attn.o": "attn2.to_out.0", "cross_attn.k_img": "attn2.add_k_proj",
+    "cross_attn.v_img": "attn2.add_v_proj", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+}
+_WAN_TOP = {"text_embedding.0": "condition_embedder.text_embedder.linear_1",
+            "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+            "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+            "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+            "time_projection.1": "condition_embedder.time_proj", "head.head": "proj_out",
+            "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+            "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2"}
+_WAN_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_WAN_NATIVE_HINT = re.compile(r"^(?:model\.)?diffusion_model\.blocks\.\d+\.(?:self_attn|cross_attn|ffn)\.")
+_WAN_KOHYA_HINT = re.compile(r"^lora_unet_blocks_\d+_(?:self_attn|cross_attn|ffn)_")
+
+
+def _wan_map(name: str, block: dict, top: dict) -> str | None:
+    m = _WAN_BLOCK.match(name)
+    if m:
+        sub = block.get(m.group(2))
+        return f"blocks.{m.group(1)}.{sub}" if sub else None
+    return top.get(name)
+
+
+def wan_native_to_diffusers_module(name: str) -> str | None:
+    """``blocks.3.self_attn.q`` -> ``blocks.3.attn1.to_q``; ``head.head`` -> ``proj_out`` (None if unknown)."""
+    return _wan_map(name, WAN_NATIVE_TO_DIFFUSERS, _WAN_TOP)
+
+
+def wan_diffusers_to_native_module(name: str) -> str | None:
+    """``blocks.3.attn1.to_q`` -> ``blocks.3.self_attn.q`` (the inverse of :func:`wan_native_to_diffusers_module`)."""
+    return _wan_map(name, {v: k for k, v in WAN_NATIVE_TO_DIFFUSERS.items()}, {v: k for k, v in _WAN_TOP.items()})
+
+
+def wan_kohya_to_native(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """musubi-tuner / kohya Wan keys (``lora_unet_blocks_0_self_attn_q.lora_down.weight``) -> native dotted keys
+    (``diffusion_model.blocks.0.self_attn.q.lora_down.weight``); other keys pass through. Pure dict -> dict.
+
+    Raises:
+        DualAdapterError: a ``lora_unet_`` layer that names no Wan Linear layer.
+    """
+    names = {n.replace(".", "_"): n for n in WAN_NATIVE_TO_DIFFUSERS}
+    top = {n.replace(".", "_"): n for n in _WAN_TOP}
+
+    def rename(rest: str, elem: str) -> str | None:
+        m = re.match(r"^blocks_(\d+)_(.+)$", rest)
+        nat = (f"blocks.{m.group(1)}.{names[m.group(2)]}" if m.group(2) in names else None) if m else top.get(rest)
+        return f"diffusion_model.{nat}.{elem}" if nat else None
+
+    return _rename_kohya(tensors, rename, "Wan LoRA (musubi-tuner / kohya names) has keys that name no Wan layer")
+
+
+def _rename_kohya(tensors: Mapping[str, torch.Tensor], rename, message: str) -> dict[str, torch.Tensor]:
+    """Rename every ``lora_unet_{rest}.{elem}`` key to ``rename(rest, elem)`` (other keys pass); a None name raises
+    ``message`` with the keys."""
+    out, bad = {}, []
+    for k, v in tensors.items():
+        layer, _, elem = k.partition(".")
+        if not layer.startswith("lora_unet_"):
+            out[k] = v
+            continue
+        new = rename(layer[len("lora_unet_"):], elem)
+        if new is None:
+            bad.append(k)
+            continue
+        out[new] = v
+    if bad:
+        raise DualAdapterError(f"{message}: {bad[:8]}")
+    return out
+
+
+def wan_native_to_kohya(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Native dotted Wan keys -> musubi-tuner / kohya keys (the inverse of :func:`wan_kohya_to_native`)."""
+    out = {}
+    for k, v in tensors.items():
+        m = _NATIVE_PARAM.match(k)
+        out[f"lora_unet_{m.group('mod').replace('.', '_')}.{m.group('kind')}" if m else k] = v
+    return out
+
+
+def wan_native_to_diffusers(tensors: Mapping[str, torch.Tensor], where: str = "LoRA") -> dict[str, torch.Tensor]:
+    """Native dotted Wan keys -> diffusers keys the pack's converter reads: ``transformer.blocks.0.attn1.to_q.
+    lora_A.weight`` / ``lora_B.weight`` / ``.alpha`` (kept per module, applied as ``alpha / rank``). Pure dict -> dict.
+
+    Raises:
+        DualAdapterError: ``.diff`` / ``.diff_b`` keys (full differences, not low-rank), or a key that names no
+            Wan Linear layer (both named in the message).
+    """
+    diffs = [k for k in tensors if k.endswith((".diff", ".diff_b"))]
+    if diffs:
+        raise DualAdapterError(
+            f"{where} holds full weight differences ({len(diffs)} '.diff' / '.diff_b' keys, e.g. {diffs[:3]}); the "
+            f"pack's LoRA layers carry only low-rank pairs. Core ComfyUI's LoRA loader applies them to a native MODEL")
+    return _native_pairs_to_diffusers(tensors, wan_native_to_diffusers_module,
+                                      f"{where} (Wan native names) has keys that are not LoRA pairs of a Wan Linear "
+                                      f"layer: ")
+
+
+def _native_pairs_to_diffusers(tensors: Mapping[str, torch.Tensor], to_module, message: str) -> dict[str, torch.Tensor]:
+    """Native dotted LoRA keys -> ``transformer.{diffusers module}.lora_A/lora_B.weight`` / ``.alpha`` with
+    ``to_module`` (native module -> diffusers module or None); unknown keys raise ``message`` + the keys."""
+    out, bad = {}, []
+    for k, v in tensors.items():
+        m = _NATIVE_PARAM.match(k)
+        dmod = to_module(m.group("mod")) if m else None
+        if dmod is None or m.group("kind") == "lora_mid.weight":
+            bad.append(k)
+            continue
+        kind = {"lora_up.weight": "lora_B.weight", "lora_down.weight": "lora_A.weight"}.get(m.group("kind"),
+                                                                                        m.group("kind"))
+        out[f"transformer.{dmod}.{kind}"] = v
+    if bad:
+        raise DualAdapterError(message + f"{bad[:8]}" + (f" (and {len(bad) - 8} more)" if len(bad) > 8 else ""))
+    return out
 
 
 def _native_kohya_module(rest: str) -> str | None:
@@ -83,22 +216,20 @@ def normalize_lora_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[st
     if any(k.startswith("lora_unet__") for k in keys):
         t = {("lora_unet_" + k[len("lora_unet__"):] if k.startswith("lora_unet__") else k): v for k, v in t.items()}
         keys = list(t)
+    # Wan: musubi-tuner / kohya names, then native / original names
+    if any(_WAN_KOHYA_HINT.match(k) for k in keys):
+        t = wan_kohya_to_native(t)
+        keys = list(t)
+    if any(_WAN_NATIVE_HINT.match(k) for k in keys):
+        return wan_native_to_diffusers(t, where), md
     # native kohya names: lora_unet_blocks_{i}_q...
     if any(re.match(r"^lora_unet_blocks_\d+_", k) for k in keys):
-        out, bad = {}, []
-        for k, v in t.items():
-            layer, _, elem = k.partition(".")
-            if not layer.startswith("lora_unet_"):
-                out[k] = v
-                continue
-            nat = _native_kohya_module(layer[len("lora_unet_"):])
+        def rename(rest: str, elem: str) -> str | None:
+            nat = _native_kohya_module(rest)
             dmod = native_to_diffusers_module(nat) if nat else None
-            if dmod is None:
-                bad.append(k)
-                continue
-            out[f"lora_unet_{dmod.replace('.', '_')}.{elem}"] = v
-        if bad:
-            raise DualAdapterError(f"{where} (native kohya names) has keys that name no CogVideoX layer: {bad[:8]}")
+            return f"lora_unet_{dmod.replace('.', '_')}.{elem}" if dmod else None
+
+        out = _rename_kohya(t, rename, f"{where} (native kohya names) has keys that name no CogVideoX layer")
         t, keys = out, list(out)
     # native dotted names: diffusion_model.blocks.{i}.q.lora_up.weight
     if any(re.match(r"^(model\.)?diffusion_model\.blocks\.\d+\.", k) for k in keys):
@@ -108,23 +239,8 @@ def normalize_lora_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[st
                 f"{where} holds full weight differences ({len(diffs)} '.diff' / '.diff_b' keys, e.g. {diffs[:3]}), "
                 f"written by core ComfyUI's trainer; the pack's LoRA layers carry only low-rank pairs. Load it with "
                 f"core 'LoraLoaderModelOnly' on a native MODEL (or the pack's 'Apply LoRA to MODEL'), which applies them")
-        out, bad = {}, []
-        for k, v in t.items():
-            m = _NATIVE_PARAM.match(k)
-            if not m:
-                bad.append(k)
-                continue
-            dmod = native_to_diffusers_module(m.group("mod"))
-            if dmod is None or m.group("kind") == "lora_mid.weight":
-                bad.append(k)
-                continue
-            kind = {"lora_up.weight": "lora_B.weight", "lora_down.weight": "lora_A.weight"}.get(m.group("kind"),
-                                                                                            m.group("kind"))
-            out[f"transformer.{dmod}.{kind}"] = v
-        if bad:
-            raise DualAdapterError(f"{where} (ComfyUI native names) has keys that are not LoRA pairs of a CogVideoX "
-                                   f"layer: {bad[:8]}" + (f" (and {len(bad) - 8} more)" if len(bad) > 8 else ""))
-        t = out
+        t = _native_pairs_to_diffusers(t, native_to_diffusers_module, f"{where} (ComfyUI native names) has keys "
+                                       f"that are not LoRA pairs of a CogVideoX layer: ")
     return t, md
 
 
@@ -140,15 +256,23 @@ def native_lora_state_dict(lora) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     ranks, alphas = lora.ranks, lora.alphas
     for mod in lora.modules:
-        nat = diffusers_to_native_module(mod)
+        wan = mod.startswith("blocks.") or mod in _WAN_TOP.values()  # diffusers' Wan names (CogVideoX: transformer_blocks.)
+        nat = wan_diffusers_to_native_module(mod) if wan else diffusers_to_native_module(mod)
         if nat is None:
-            raise DualAdapterError(f"LoRA module {mod!r} has no native ComfyUI CogVideoX equivalent")
+            raise DualAdapterError(f"LoRA module {mod!r} has no native ComfyUI {'Wan' if wan else 'CogVideoX'} equivalent")
         a = lora.state_dict[f"transformer.{mod}.lora_A.weight"]
         b = lora.state_dict[f"transformer.{mod}.lora_B.weight"]
         out[f"diffusion_model.{nat}.lora_down.weight"] = a.contiguous()
         out[f"diffusion_model.{nat}.lora_up.weight"] = b.contiguous()
         out[f"diffusion_model.{nat}.alpha"] = torch.tensor(float(alphas.get(mod, ranks[mod])), dtype=torch.float32)
     return out
+
+
+def kohya_lora_state_dict(lora) -> dict[str, torch.Tensor]:
+    """A Wan :class:`~dual_adapter.lora.LoraFile` with musubi-tuner / kohya names
+    (``lora_unet_blocks_0_self_attn_q.lora_down.weight``, ``.lora_up.weight``, ``.alpha``), which musubi-tuner,
+    ComfyUI and diffusers read. Raises DualAdapterError for a module with no Wan native name."""
+    return wan_native_to_kohya(native_lora_state_dict(lora))
 
 
 def save_lora_native(path: str | Path, lora, *, overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:

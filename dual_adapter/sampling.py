@@ -228,7 +228,7 @@ def sample(
         latents = torch.randn(shape, generator=g, dtype=torch.float32)
     elif tuple(latents.shape) != shape:
         raise DualAdapterError(f"initial latents have shape {tuple(latents.shape)}, expected {shape}")
-    latents = (latents.to(device=device, dtype=torch.float32) * sched.init_noise_sigma).to(dtype)
+    latents = (latents.to(device=device, dtype=torch.float32) * getattr(sched, "init_noise_sigma", 1.0)).to(dtype)
 
     step_kw = {}
     if "generator" in inspect.signature(sched.step).parameters:
@@ -244,7 +244,8 @@ def sample(
             net = patched_copy(base, patches)
         for i, t in enumerate(timesteps[:n]):
             x_in = torch.cat([latents] * 2) if do_cfg else latents
-            x_in = sched.scale_model_input(x_in, t)
+            if hasattr(sched, "scale_model_input"):  # flow-matching schedulers have none (Wan)
+                x_in = sched.scale_model_input(x_in, t)
             tt = t.expand(x_in.shape[0])
             v = bb.predict(x_in, tt, text, denoiser=net).float()
             scale = cfg

@@ -222,7 +222,7 @@ def test_cogvideox_answers_the_interface_as_the_code_it_replaced(tiny):
 #: and sampling loops)
 METHOD_MODULES = ["training.py", "sampling.py", "lora.py", "customttt.py", "customttt_unet.py", "unet_motion.py",
                   "unet_sampling.py", "dualreal/trainer.py", "dualreal/readout.py", "dualreal/checkpoint.py",
-                  "dualreal/adapters.py"]
+                  "dualreal/adapters.py", "dualreal/patch.py"]
 #: CogVideoX-specific by definition, outside backbones/: the native ComfyUI CogVideoX file format, the shipped
 #: mini CogVideoX and the world pretrained / scored on it, the resolution of model names (``tiny``, ``mini``), the
 #: built-in models' reference encoders, and the CLI's CogVideoX preflight (these imported the CogVideoX names

@@ -115,6 +115,22 @@ def check_device(device: str | torch.device | None, name: str = "device") -> str
 
 
 
+@contextlib.contextmanager
+def offloaded(module, device: str, offload: bool):
+    """Yield ``module`` on ``device``: moved there for the block and back to the CPU afterwards when ``offload``
+    (and ``device`` is not the CPU), else as it is."""
+    if not offload or device == "cpu":
+        yield module
+        return
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 #: Attention roles a backbone can report (see the module docstring).
 ROLES = ("spatial", "temporal", "cross", "joint")
 
@@ -222,6 +238,34 @@ class VideoBackbone:
         """Latents (in :attr:`latent_layout`) padded in time to what the denoiser patches (CogVideoX 1.5: copies
         of the first latent frame in front, as its pipeline pads). Default: unchanged."""
         return latents
+
+    # ---------------------------------------------------------------- block adapters (DualReal)
+    def block_container(self, denoiser: nn.Module | None = None) -> nn.ModuleList:
+        """The ``nn.ModuleList`` holding :meth:`blocks` (a method that wraps blocks replaces its items in place,
+        on a weight-sharing copy). Default: the parent module of the first block."""
+        d = self.pick_denoiser(denoiser)
+        return d.get_submodule(self.blocks(d)[0].name.rsplit(".", 1)[0])
+
+    def adapter_dims(self, denoiser: nn.Module | None = None) -> tuple[int, int, int]:
+        """``(width D, blocks L, T)``: what block adapters are sized by; ``T`` is the width of the timestep
+        features the StageBlender controller reads (CogVideoX: its ``time_embed_dim``)."""
+        raise NotImplementedError
+
+    def prepare_block_adapters(self, denoiser: nn.Module, state: dict) -> None:
+        """Called once when a method wraps the blocks of ``denoiser`` (a patched copy) with adapters: a backbone
+        whose blocks do not receive what :meth:`adapted_block_forward` needs may capture it into ``state`` (a
+        dict shared by the wrapped blocks, refreshed every model call). Default: nothing."""
+
+    def adapted_block_forward(self, block, hooks, state: dict, *args, **kwargs):
+        """One block's forward, with adapters: the block's own computation, written out with three hook calls.
+
+        ``block`` has the block's sub-modules under their own names; ``args`` / ``kwargs`` are what the denoiser
+        passes the block. ``hooks.begin(hidden_states, text_tokens, time)`` comes first (the video tokens
+        ``[B, N, D]``, the text tokens as the block sees them ``[B, L, D]``, the timestep features ``[B, T]`` of
+        :meth:`adapter_dims`); then for each sub-layer ``kind`` (``"attn"``, ``"ff"``) with output ``out`` and
+        normalised input ``n``: ``p = hooks.params(kind, out.dtype)`` and, when ``p`` is not None,
+        ``out = hooks.apply(out, n, p)`` *before* the sub-layer's gate. Returns what the block returns."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- text
     def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:

@@ -25,7 +25,6 @@ bundle, tiny builder, config checks, folder loader, T5, schedulers, objective an
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -33,14 +32,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import DualAdapterError
 from ..limits import check_model_config, check_video_size as check_size_bounds
-from .base import BlockInfo, VideoBackbone, check_device, check_role, parse_dtype
+from .base import BlockInfo, VideoBackbone, check_device, check_role, offloaded, parse_dtype
 
 log = logging.getLogger("dual_adapter.backbone")
 
@@ -119,20 +118,9 @@ class CogVideoXBundle:
         frames = int(c.sample_frames)
         return frames, int(c.sample_height) * self.vae_scale_spatial, int(c.sample_width) * self.vae_scale_spatial
 
-    @contextlib.contextmanager
-    def use(self, part: str) -> Iterator[Any]:
+    def use(self, part: str):
         """Context manager yielding ``self.<part>`` on the execution device (CPU-offload aware)."""
-        module = getattr(self, part)
-        if not self.cpu_offload or self.device == "cpu":
-            yield module
-            return
-        module.to(self.device)
-        try:
-            yield module
-        finally:
-            module.to("cpu")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        return offloaded(getattr(self, part), self.device, self.cpu_offload)
 
     def release(self, *parts: str) -> None:
         """Move ``parts`` (e.g. ``"vae", "text_encoder"``) to CPU to free accelerator memory."""
@@ -974,6 +962,14 @@ class CogVideoXBackbone(VideoBackbone):
     def time_patch(self, denoiser: nn.Module | None = None) -> int:
         return int(getattr(self.pick_denoiser(denoiser).config, "patch_size_t", None) or 1)
 
+    def adapter_dims(self, denoiser: nn.Module | None = None) -> tuple[int, int, int]:
+        """(width, ``num_layers``, ``time_embed_dim``): the StageBlender reads the blocks' own ``temb``."""
+        c = self.pick_denoiser(denoiser).config
+        return int(c.num_attention_heads) * int(c.attention_head_dim), int(c.num_layers), int(c.time_embed_dim)
+
+    def adapted_block_forward(self, block, hooks, state, *args, **kwargs):
+        return adapted_block_forward(block, hooks, *args, **kwargs)
+
     def pad_latent_frames(self, latents: torch.Tensor, denoiser: nn.Module | None = None) -> torch.Tensor:
         return _pad_time(latents, getattr(getattr(self.pick_denoiser(denoiser), "config", None), "patch_size_t", None))
 
@@ -1047,3 +1043,54 @@ class CogVideoXBackbone(VideoBackbone):
     @property
     def cpu_offload(self) -> bool:
         return bool(self.bundle is not None and self.bundle.cpu_offload)
+
+
+# --------------------------------------------------------------------------------------------
+# a block with adapters (DualReal's DA-block, docs/dualreal.md)
+
+
+def _joined(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([a, b], 1)``, or without a copy the tensor ``a`` and ``b`` were split from (the
+    attention processor splits one ``[B, L + N, D]`` output into text and visual parts)."""
+    base = a._base
+    if base is not None and b._base is base and a.dim() == 3 and b.dim() == 3 and base.is_contiguous():
+        B, N, D = a.shape[0], a.shape[1] + b.shape[1], a.shape[2]
+        if (base.numel() == B * N * D and b.shape[0] == B and b.shape[2] == D and a.stride() == b.stride() == (N * D, D, 1)
+                and a.storage_offset() == base.storage_offset()
+                and b.storage_offset() == base.storage_offset() + a.shape[1] * D):
+            return base.view(B, N, D)
+    return torch.cat([a, b], 1)
+
+
+def adapted_block_forward(block, hooks, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                          temb: torch.Tensor, image_rotary_emb=None, attention_kwargs: dict | None = None):
+    """``CogVideoXBlock.forward`` with adapter hooks (see :meth:`VideoBackbone.adapted_block_forward`): the
+    adapters see the AdaLN-normalised ``[text; visual]`` tokens of each sub-layer in one pass and add to its
+    output before the gates (text and visual streams with their own gates); the StageBlender pools the block
+    input's text and visual tokens and reads ``temb``."""
+    text_len = encoder_hidden_states.size(1)
+    attention_kwargs = attention_kwargs or {}
+    hooks.begin(hidden_states, encoder_hidden_states, temb)
+
+    # attention sub-layer
+    n_h, n_e, gate_msa, enc_gate_msa = block.norm1(hidden_states, encoder_hidden_states, temb)
+    attn_h, attn_e = block.attn1(hidden_states=n_h, encoder_hidden_states=n_e, image_rotary_emb=image_rotary_emb,
+                                 **attention_kwargs)
+    p = hooks.params("attn", attn_h.dtype)
+    if p is not None:  # one pass over the [text; visual] tokens
+        attn = hooks.apply(_joined(attn_e, attn_h), torch.cat([n_e, n_h], dim=1), p)
+        attn_e, attn_h = attn[:, :text_len], attn[:, text_len:]
+    # the gated residual adds of CogVideoXBlock (h + g * x) as one fused op each (addcmul): the same sum,
+    # one kernel launch instead of two, which offsets part of the adapters' own launches
+    hidden_states = torch.addcmul(hidden_states, gate_msa, attn_h)
+    encoder_hidden_states = torch.addcmul(encoder_hidden_states, enc_gate_msa, attn_e)
+
+    # feed-forward sub-layer
+    n_h, n_e, gate_ff, enc_gate_ff = block.norm2(hidden_states, encoder_hidden_states, temb)
+    n = torch.cat([n_e, n_h], dim=1)
+    ff = block.ff(n)
+    p = hooks.params("ff", ff.dtype)
+    ff = hooks.apply(ff, n, p)
+    hidden_states = torch.addcmul(hidden_states, gate_ff, ff[:, text_len:])
+    encoder_hidden_states = torch.addcmul(encoder_hidden_states, enc_gate_ff, ff[:, :text_len])
+    return hidden_states, encoder_hidden_states

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import DualAdapterError
+
 
 def add_model_options(p: argparse.ArgumentParser, unets: bool = True) -> None:
     """Options every command that loads a model shares: --model, --dtype, --device, --cpu-offload, --threads.
@@ -15,8 +17,8 @@ def add_model_options(p: argparse.ArgumentParser, unets: bool = True) -> None:
     p.add_argument("--model", default="tiny", help="'tiny' (built-in random model, CPU), 'tiny-5b', 'tiny-1.5', 'mini' (built-in "
                    "pretrained miniature model, CPU), or a "
                    "local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/)" +
-                   ("; U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder"
-                    if unets else ""))
+                   ("; U-Nets: 'tiny-unet3d', 'tiny-animatediff', a ZeroScope/ModelScope or AnimateDiff folder; Wan: "
+                    "'tiny-wan' or a diffusers Wan 2.1 / 2.2 text-to-video folder (docs/wan.md)" if unets else ""))
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="weights dtype (default: bf16 for "
                    "real models, fp32 for tiny)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; tiny: cpu)")
@@ -42,14 +44,39 @@ def preflight(args, frames: int | None = None, height: int | None = None, width:
     from ..models import inspect_model
 
     check_device(args.device, "--device")
+    mod = _other_backbone(args)
+    if mod is not None:  # e.g. Wan: its own config reader and size rules
+        if getattr(args, "transformer", None):
+            raise DualAdapterError(f"--transformer: a native single-file transformer is read for CogVideoX only, not "
+                                   f"{mod.FAMILY}; drop --transformer")
+        info = mod.inspect_model(args.model)
+        f0, h0, w0 = info.default_size
+        info.check_video_size(frames or f0, height or h0, width or w0)
+        return info
     info = inspect_model(args.model, transformer_file=getattr(args, "transformer", None))
     f0, h0, w0 = info.default_size
     check_video_size(info, frames or f0, height or h0, width or w0)
     return info
 
 
+def _other_backbone(args):
+    """The backbone module of ``--model`` when it is a transformer backbone other than CogVideoX (Wan), else None
+    (the U-Nets take their own command path)."""
+    from ..backbones import backbone_modules, kind_of
+
+    kind = kind_of(args.model)
+    return None if kind in ("cogvideox", "unet3d", "animatediff") else backbone_modules()[kind]
+
+
 def load_bundle(args):
+    """Load ``--model``: a CogVideoX name or folder through :func:`dual_adapter.models.load_model`, another
+    transformer backbone (Wan) through its own module."""
     from ..models import load_model
+
+    mod = _other_backbone(args)
+    if mod is not None:
+        return mod.load(args.model, dtype=args.dtype, device=args.device,
+                        cpu_offload=bool(getattr(args, "cpu_offload", False)))
 
     # load_model refuses --transformer with a built-in or mini model and ignores --cpu-offload there
     kw = {"cpu_offload": bool(getattr(args, "cpu_offload", False))}

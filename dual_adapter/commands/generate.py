@@ -48,7 +48,9 @@ def register(sub) -> None:
     p.add_argument("--cfg", type=lim.arg_float(lim.MIN_CFG, lim.MAX_CFG), default=6.0,
                    help="guidance scale (default 6)")
     p.add_argument("--seed", type=seed_arg, default=0, help="noise seed (default 0)")
-    p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim"], help="CogVideoX DPM (default) or DDIM")
+    p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim", "unipc", "euler"],
+                   help="CogVideoX DPM (default) or DDIM; on Wan: unipc (Wan's own, the default; dpm means it) or "
+                   "euler (flow Euler; ddim means it)")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
     p.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp); never overwritten")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -59,7 +61,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from .. import media, sampling
-    from ..backbones import cogvideox
+    from ..backbones import as_backbone
 
     from .unet import _is_unet, run_generate_unet
 
@@ -78,8 +80,9 @@ def run(args) -> int:
     patches = []
     for mod in _patch_providers():
         patches += list(mod.generate_patches(args, bundle) or [])
-    pos = cogvideox.encode_prompt(bundle, args.prompt)
-    neg = cogvideox.encode_prompt(bundle, args.negative_prompt)
+    bb = as_backbone(bundle)
+    pos = bb.encode_prompt(args.prompt)
+    neg = bb.encode_prompt(args.negative_prompt)
     lat = sampling.sample(bundle, pos, neg, num_frames=args.frames, height=args.height, width=args.width,
                           steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=args.scheduler, patches=patches,
                           callback=_TextProgress("sampling", args.quiet))

@@ -135,10 +135,12 @@ class DualRealConfig:
 
     @classmethod
     def for_transformer(cls, transformer, **kw) -> "DualRealConfig":
-        """The config matching a CogVideoX transformer (blocks, width, time-embedding width) plus ``kw``."""
-        c = transformer.config
-        cfg = cls(num_blocks=int(c.num_layers), dim=int(c.num_attention_heads) * int(c.attention_head_dim),
-                  time_embed_dim=int(c.time_embed_dim), **kw)
+        """The config matching a transformer (blocks, width, StageBlender time width: its backbone's
+        :meth:`~dual_adapter.backbones.base.VideoBackbone.adapter_dims`) plus ``kw``."""
+        from ..backbones import backbone_for
+
+        dim, blocks, tdim = backbone_for(transformer).adapter_dims(transformer)
+        cfg = cls(num_blocks=int(blocks), dim=int(dim), time_embed_dim=int(tdim), **kw)
         cfg.validate()
         return cfg
 
@@ -173,6 +175,10 @@ class DualRealAdapters(nn.Module):
         self.controller = (StageBlender(config.dim, config.time_embed_dim, config.groups, config.controller_hidden,
                                         config.scale) if config.controller else None)
         self.block_group = block_groups(config.num_blocks, config.groups if config.controller else 1)
+
+    def block(self, i: int) -> DABlockAdapters:
+        """The adapters of block ``i``."""
+        return self.transformer_blocks[i]
 
     def identity_parameters(self) -> list[nn.Parameter]:
         """The identity adapters' parameters (trained in the identity phase only)."""

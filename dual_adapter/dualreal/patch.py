@@ -1,21 +1,22 @@
-"""The DualReal model patch: DA-blocks + StageBlender on a weight-sharing copy of CogVideoX.
+"""The DualReal model patch: DA-blocks + StageBlender on a weight-sharing copy of a DiT backbone.
 
-:class:`DualRealPatch` (a model patch, see :mod:`dual_adapter.patches`) replaces every
-``CogVideoXBlock`` of the copy it is applied to by a :class:`DABlock`, which holds the original
-block (same weight tensors) and that block's four adapters, and re-implements
-``CogVideoXBlock.forward`` with the adapter outputs added to the attention / feed-forward outputs
-*before* the gates (docs/dualreal.md)::
+:class:`DualRealPatch` (a model patch, see :mod:`dual_adapter.patches`) replaces every block of the copy it
+is applied to (the backbone's :meth:`~dual_adapter.backbones.base.VideoBackbone.block_container`) by a
+:class:`DABlock`, which holds the original block (same weight tensors) and that block's four adapters. The
+block's own computation is the backbone's :meth:`~dual_adapter.backbones.base.VideoBackbone.adapted_block_forward`
+(CogVideoX's and Wan's live in their backbone modules), which calls the DA-block's hooks: the adapter outputs
+are added to the attention / feed-forward outputs *before* the gates (docs/dualreal.md)::
 
     attn_out += w_id * A_id_attn(n1) + w_mo * A_mo_attn(n1, c);   h += gate_msa * attn_out
     ff_out   += w_id * A_id_ff(n2)   + w_mo * A_mo_ff(n2, c);     h += gate_ff  * ff_out
 
-(the text stream likewise with its own gates). Block 0 runs the StageBlender controller on the
-max-pooled ``[text; visual]`` tokens it receives (the patch embedding's output) and the timestep
-embedding, and shares ``alpha [B, n]`` with the other blocks through a :class:`DualRealContext`.
+(on CogVideoX over the ``[text; visual]`` tokens, the text stream with its own gates; on Wan over the video tokens,
+docs/wan.md). Block 0 runs the StageBlender controller on the max-pooled text and video tokens it receives and the
+timestep features, and shares ``alpha [B, n]`` with the other blocks through a :class:`DualRealContext`.
 
 The two adapters of a sub-layer run as one fused computation (one down-projection GEMM of width
 2h + 8, GELU, one batched up-projection GEMM that also adds the sub-layer output; the 8 extra "bias
-units" carry the per-sample up biases, see ``_UNITS``), over the ``[text; visual]`` tokens in one pass.
+units" carry the per-sample up biases, see ``_UNITS``), over the sub-layer's tokens in one pass.
 With frozen adapters (sampling) the per-sample scaled up-projections of all blocks are made once per
 forward (:meth:`DualRealContext.up_table`). It is algebraically the per-adapter formula of :class:`~dual_adapter.dualreal.adapters.Adapter`
 (``down(n + lambda W_cond(c)) = down(n) + down_W (lambda W_cond(c))``), only cheaper; the tests
@@ -56,7 +57,7 @@ def check_dims(config: DualRealConfig, width: int, blocks: int, tdim: int, what:
         problems.append(f"timestep-embedding width {config.time_embed_dim} (model: {tdim})")
     if problems:
         raise DualAdapterError(f"DualReal adapters do not fit {what}: they were made for "
-                               + ", ".join(problems) + "; use adapters trained on the same CogVideoX model")
+                               + ", ".join(problems) + "; use adapters trained on the same model")
 
 
 def check_compatible(config: DualRealConfig, transformer, fingerprint: str | None = None) -> None:
@@ -66,12 +67,11 @@ def check_compatible(config: DualRealConfig, transformer, fingerprint: str | Non
         DualAdapterError: another width, block count or timestep-embedding width (the message names
             both the adapters' and the model's values).
     """
-    c = transformer.config
-    check_dims(config, int(c.num_attention_heads) * int(c.attention_head_dim), int(c.num_layers),
-               int(c.time_embed_dim), "this model")
     from ..backbones import backbone_for
 
-    own = backbone_for(transformer).fingerprint(transformer) if fingerprint else None
+    bb = backbone_for(transformer)
+    check_dims(config, *bb.adapter_dims(transformer), "this model")
+    own = bb.fingerprint(transformer) if fingerprint else None
     if fingerprint and fingerprint != own:
         log.warning("DualReal adapters were trained on a model with another config fingerprint (%s, model: %s); "
                     "width and block count match, applying anyway", fingerprint, own)
@@ -107,6 +107,9 @@ class DualRealContext:
         self._tables: dict = {}  # per-forward up-projection tables of frozen adapters (see up_table)
         self._stacked: dict = {}  # the frozen blocks' stacked up-projections
         self._gidx = None
+        #: what the backbone captures for its adapted blocks per model call (see
+        #: VideoBackbone.prepare_block_adapters; Wan: the timestep features)
+        self.state: dict = {}
 
     def run_controller(self, controller: nn.Module | None, hidden_states, encoder_hidden_states, temb) -> None:
         """Compute ``alpha`` from the block-0 input tokens (max-pooled) and ``temb``."""
@@ -228,40 +231,37 @@ def _wvec(ws, hs, lead: tuple, device, cdt) -> torch.Tensor:
     return torch.cat(pieces, -1)
 
 
-def _joined(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.cat([a, b], 1)``, or without a copy the tensor ``a`` and ``b`` were split from (the
-    attention processor splits one ``[B, L + N, D]`` output into text and visual parts)."""
-    base = a._base
-    if base is not None and b._base is base and a.dim() == 3 and b.dim() == 3 and base.is_contiguous():
-        B, N, D = a.shape[0], a.shape[1] + b.shape[1], a.shape[2]
-        if (base.numel() == B * N * D and b.shape[0] == B and b.shape[2] == D and a.stride() == b.stride() == (N * D, D, 1)
-                and a.storage_offset() == base.storage_offset()
-                and b.storage_offset() == base.storage_offset() + a.shape[1] * D):
-            return base.view(B, N, D)
-    return torch.cat([a, b], 1)
-
-
 class DABlock(nn.Module):
-    """A CogVideoX block with its four DualReal adapters (a DA-block).
+    """A transformer block with its four DualReal adapters (a DA-block).
 
-    Holds the original ``CogVideoXBlock``'s sub-modules (``norm1``, ``attn1``, ``norm2``, ``ff``: the
-    same module objects, weights shared with the loaded model) **under their own names**, so the
-    patched model keeps the base model's module paths (``transformer_blocks.{i}.attn1.to_q``) and any
+    Holds the original block's sub-modules and direct parameters (CogVideoX ``norm1``, ``attn1``, ``norm2``,
+    ``ff``; Wan ``attn1``, ``attn2``, ``ffn``, ``scale_shift_table``...: the same objects, weights shared with
+    the loaded model) **under their own names**, so the patched model keeps the base model's module paths
+    (``transformer_blocks.{i}.attn1.to_q``, ``blocks.{i}.attn1.to_q``) and any
     other patch that addresses modules by name (a LoRA) applies before or after DualReal alike.
     Also holds ``adapters`` (a :class:`~dual_adapter.dualreal.adapters.DABlockAdapters`) and, in
     block 0, the ``controller``; ``block`` is the wrapped block (an attribute, not a sub-module).
-    ``forward`` has ``CogVideoXBlock.forward``'s signature and outputs.
+    ``forward`` has the wrapped block's signature and outputs: it is ``runner`` (the backbone's
+    ``adapted_block_forward``; default CogVideoX's, for the native ComfyUI view) calling :meth:`begin`,
+    :meth:`params` and :meth:`apply`.
     """
 
     def __init__(self, block: nn.Module, adapters: nn.Module, index: int, group: int, ctx: DualRealContext,
-                 controller: nn.Module | None = None):
+                 controller: nn.Module | None = None, runner=None):
         super().__init__()
         for name, child in block.named_children():  # same objects: a later patch that wraps attn1.to_q
             self.add_module(name, child)            # through this path changes the block's attn1 too
+        for name, p in block.named_parameters(recurse=False):  # e.g. Wan's scale_shift_table: same tensor
+            self.register_parameter(name, p)
         for name in ("norm1", "attn1", "norm2", "ff"):  # a view's parts (native blocks) are not its children
-            if name not in self._modules:
+            if name not in self._modules and hasattr(block, name):
                 object.__setattr__(self, name, getattr(block, name))
         object.__setattr__(self, "block", block)  # not registered: no second module path to the weights
+        if runner is None:  # the native CogVideoX view (dualreal/native_patch.py)
+            from ..backbones import backbone_modules
+
+            runner = backbone_modules()["cogvideox"].for_denoiser(None).adapted_block_forward
+        object.__setattr__(self, "runner", runner)  # the backbone's block forward with adapter hooks
         self.adapters = adapters
         self.controller = controller
         self.index = int(index)
@@ -363,42 +363,29 @@ class DABlock(nn.Module):
                 out = torch.add(out, n, alpha=float(s))
         return out
 
-    # ---- forward ---------------------------------------------------------------------------
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
-                image_rotary_emb=None, attention_kwargs: dict | None = None):
-        blk, ctx = self, self.ctx  # the block's sub-modules, registered on self under their own names
-        text_len = encoder_hidden_states.size(1)
-        attention_kwargs = attention_kwargs or {}
-        B = hidden_states.shape[0]
+    # ---- forward: the backbone runs the block, calling the hooks below ---------------------
+    def forward(self, *args, **kwargs):
+        return self.runner(self, self, self.ctx.state, *args, **kwargs)
+
+    def begin(self, hidden_states: torch.Tensor, text_tokens: torch.Tensor, time: torch.Tensor) -> None:
+        """Hook at the start of the block: block 0 runs the StageBlender on the max-pooled video and text tokens
+        and the timestep features; every block takes its weights and the reference embedding for this call."""
+        ctx = self.ctx
         if self.index == 0:
-            ctx.run_controller(self.controller, hidden_states, encoder_hidden_states, temb)
-        w_id, w_mo = ctx.weights(self.group, B, hidden_states.device)
-        autocast = _autocast_on(hidden_states.device.type)
-        a0 = self.adapters.motion_attn_adapter
-        cond = ctx.cond_for(B, hidden_states.device, a0.down_linear.weight.dtype)
+            ctx.run_controller(self.controller, hidden_states, text_tokens, time)
+        B = hidden_states.shape[0]
+        self._w = ctx.weights(self.group, B, hidden_states.device)
+        self._autocast = _autocast_on(hidden_states.device.type)
+        self._cond = ctx.cond_for(B, hidden_states.device, self.adapters.motion_attn_adapter.down_linear.weight.dtype)
+        self._batch = B
 
-        # attention sub-layer
-        n_h, n_e, gate_msa, enc_gate_msa = blk.norm1(hidden_states, encoder_hidden_states, temb)
-        attn_h, attn_e = blk.attn1(hidden_states=n_h, encoder_hidden_states=n_e, image_rotary_emb=image_rotary_emb,
-                                   **attention_kwargs)
-        p = self._fused_params("attn", w_id, w_mo, cond, B, attn_h.dtype, autocast)
-        if p is not None:  # one pass over the [text; visual] tokens
-            attn = self._apply_fused(_joined(attn_e, attn_h), torch.cat([n_e, n_h], dim=1), p)
-            attn_e, attn_h = attn[:, :text_len], attn[:, text_len:]
-        # the gated residual adds of CogVideoXBlock (h + g * x) as one fused op each (addcmul): the same sum,
-        # one kernel launch instead of two, which offsets part of the adapters' own launches
-        hidden_states = torch.addcmul(hidden_states, gate_msa, attn_h)
-        encoder_hidden_states = torch.addcmul(encoder_hidden_states, enc_gate_msa, attn_e)
+    def params(self, kind: str, dtype):
+        """Hook: the fused adapter pair of sub-layer ``kind`` (``"attn"`` / ``"ff"``) for this call, or None."""
+        return self._fused_params(kind, *self._w, self._cond, self._batch, dtype, self._autocast)
 
-        # feed-forward sub-layer
-        n_h, n_e, gate_ff, enc_gate_ff = blk.norm2(hidden_states, encoder_hidden_states, temb)
-        n = torch.cat([n_e, n_h], dim=1)
-        ff = blk.ff(n)
-        p = self._fused_params("ff", w_id, w_mo, cond, B, ff.dtype, autocast)
-        ff = self._apply_fused(ff, n, p)
-        hidden_states = torch.addcmul(hidden_states, gate_ff, ff[:, text_len:])
-        encoder_hidden_states = torch.addcmul(encoder_hidden_states, enc_gate_ff, ff[:, :text_len])
-        return hidden_states, encoder_hidden_states
+    def apply(self, out: torch.Tensor, n: torch.Tensor, params) -> torch.Tensor:
+        """Hook: ``out + sum_a w_a * A_a(n)`` (the sub-layer output before its gate)."""
+        return self._apply_fused(out, n, params)
 
 
 def find_context(model: nn.Module) -> DualRealContext:
@@ -407,8 +394,13 @@ def find_context(model: nn.Module) -> DualRealContext:
     Raises:
         DualAdapterError: the model carries no DualReal patch.
     """
-    blocks = getattr(model, "transformer_blocks", None)
-    if blocks and isinstance(blocks[0], DABlock):
+    from ..backbones import backbone_for
+
+    try:
+        blocks = backbone_for(model).block_container(model)
+    except (AttributeError, IndexError, NotImplementedError):
+        blocks = None
+    if blocks is not None and len(blocks) and isinstance(blocks[0], DABlock):
         return blocks[0].ctx
     raise DualAdapterError("this model has no DualReal adapters applied")
 
@@ -559,18 +551,22 @@ class DualRealPatch:
         """
         from .checkpoint import DualRealAdapterSet
 
+        from ..backbones import backbone_for
+
         fp = self.adapters.meta.get("base_fingerprint") if isinstance(self.adapters, DualRealAdapterSet) else None
         check_compatible(self.config, transformer, fp)
-        blocks = transformer.transformer_blocks
+        bb = backbone_for(transformer)
+        blocks = bb.block_container(transformer)
         if len(blocks) and isinstance(blocks[0], DABlock):
             raise DualAdapterError("this model already has DualReal adapters applied; apply one DualReal set only")
         p0 = next(transformer.parameters())
         mod = self._module_for(p0.device, p0.dtype)
         ctx = DualRealContext(self.config, self.reference, self.fixed_weights, self.identity_scale,
                               self.motion_scale, self.recorder)
+        bb.prepare_block_adapters(transformer, ctx.state)
         for i in range(len(blocks)):
-            blocks[i] = DABlock(blocks[i], mod.transformer_blocks[i], i, mod.block_group[i], ctx,
-                                mod.controller if i == 0 else None)
+            blocks[i] = DABlock(blocks[i], mod.block(i), i, mod.block_group[i], ctx,
+                                mod.controller if i == 0 else None, runner=bb.adapted_block_forward)
         ctx.blocks = list(blocks)
         return ctx
 
