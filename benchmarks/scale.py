@@ -529,7 +529,6 @@ class WanDualRealStandIn:
     def attach(self, model):
         self.model = model
         model.dualreal_adapters = self.adapters  # a submodule: moved and counted with the model
-        ad = self.adapters
         model.blocks[0].register_forward_pre_hook(self._blend)
         for i, blk in enumerate(model.blocks):
             blk.register_forward_hook(lambda m, a, out, i=i: self._adapt(i, out))

@@ -3,7 +3,6 @@ changes a value weight; the full-attention preset is there for comparison; train
 on a fixed batch; the CLI trains and applies it on ``tiny-wan``."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
