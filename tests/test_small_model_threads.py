@@ -20,7 +20,7 @@ def two_threads(monkeypatch):
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-5b", "mini", "tiny-unet3d", "tiny-animatediff"])
 def test_small_models_load_on_one_thread(name, two_threads):
-    from dual_adapter.backbones import load_backbone
+    from dual_adapter.models import load_backbone
 
     load_backbone(name)
     assert torch.get_num_threads() == 1
