@@ -81,16 +81,17 @@ def test_motion_right_scores_high_wrong_low():
     for m in W.MOTIONS:
         v = W.render(W.VideoSpec("square", "blue", "plain", "large", m, "white"), seed=11)
         scores = {r: S.motion_score(v, r) for r in W.MOTIONS}
-        assert scores[m] > 0.95, (m, scores)
+        assert scores[m] > 0.9, (m, scores)  # measured 0.94-1.0
         assert S.classify_motion(v)[0] == m
         for r in W.MOTIONS:
-            # a moving sprite scores <= 0.85 against every other motion (right vs zigzag is the closest pair)
+            # a moving sprite scores <= 0.5 against every other motion (zigzag vs left / right is the closest pair,
+            # 0.33-0.41: a zig-zag travels the same way); the open-set tests are in test_miniworld_paths.py
             if r != m:
-                assert scores[r] < 0.85, (m, r, scores[r])
+                assert scores[r] < 0.5, (m, r, scores[r])
     # a clip as the reference: the same motion drawn by another sprite matches; another motion does not
     clip = W.motion_clips("zigzag", 1, seed=2)[0][0]
     v = W.render(W.VideoSpec("circle", "red", "plain", "small", "zigzag", "gray"), seed=5)
-    assert S.motion_score(v, clip) > 0.95
+    assert S.motion_score(v, clip) > 0.9
     assert S.motion_score(W.render(W.VideoSpec(motion="bounce"), seed=5), clip) < 0.3
 
 
