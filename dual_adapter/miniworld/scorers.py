@@ -6,9 +6,9 @@ sprite a world video holds. Definitions (also in docs/miniworld.md):
 * **sprite segmentation** (:func:`track`): the background colour is the per-channel median of all
   pixels of the video; a pixel is sprite when some channel differs from it by more than
   :data:`FG_THRESHOLD` (0.18). Per frame: area (pixels), centroid (normalised x, y), the
-  sprite's *main colour* (mean RGB of the brighter half, by luminance, of its solid pixels: those
-  differing from the background by >= 0.6 of the largest difference, so anti-aliased edges are left
-  out) and a *canonical crop*: mask and darkness map resampled on a 24 x 24 grid spanning +-1.7 equivalent radii
+  sprite's *main colour* (per-channel median of the bright shade, luminance in the top quarter of the range
+  between the 5th and 95th percentiles, of its solid interior pixels: those differing from the background by >= 0.6 of the largest difference, so anti-aliased edges
+  are left out, and one pixel away from the sprite's edge, so edge speckles are left out) and a *canonical crop*: mask and darkness map resampled on a 24 x 24 grid spanning +-1.7 equivalent radii
   (``sqrt(area / pi)``) around the centroid, i.e. aligned for position and scale.
 * **identity** (:func:`identity_score`, our CLIP-I / DINO-I analogue, 0..1, higher = more like the
   subject): per generated frame, ``shape x colour x texture`` against the reference photos, averaged
@@ -104,6 +104,27 @@ def _lum(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
 
 
+def _main_colour(x: torch.Tensor, m: torch.Tensor, diff: torch.Tensor, lum: torch.Tensor) -> torch.Tensor:
+    """The sprite's main colour in one frame: the per-channel median of the bright shade of its solid interior
+    pixels (luminance in the top quarter of the range between their 5th and 95th percentiles). Solid = differing from the background by >= 0.6 of the sprite's largest difference
+    (anti-aliased edges mix in the background); interior = the mask eroded by one pixel (4-neighbours), which drops
+    the speckles generated sprites carry at their edges; the bright shade is the main one of a textured sprite
+    (its dark shade is 0.3 x the main colour), and the median and the percentiles ignore the odd bright or dark pixel that a mean would follow. Falls back to the solid
+    pixels, then the whole mask, when fewer than 16 pixels are left (too few for the percentiles)."""
+    inner = m.clone()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    inner[0] = inner[-1] = False
+    inner[:, 0] = inner[:, -1] = False
+    solid = m & (diff >= 0.6 * float(diff[m].max()))
+    sel = next((c for c in (solid & inner, solid) if int(c.sum()) >= 16), m)
+    px, lk = x[sel], lum[sel]
+    lo, hi = torch.quantile(lk, torch.tensor([0.05, 0.95]))
+    return px[lk >= lo + 0.75 * (hi - lo)].median(0).values
+
+
 def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track:
     """Segment the sprite in every frame and describe it (see the module docstring).
 
@@ -138,15 +159,7 @@ def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track
         cx = float((mf.sum(0) * xs).sum() / area[k])
         cy = float((mf.sum(1) * ys).sum() / area[k])
         cen[k] = torch.tensor([cx, cy])
-        # the main colour leaves out anti-aliased edge pixels (background mixed in: less than 0.6 of the
-        # sprite's largest difference from it); on a small sprite over a bright background they would
-        # outnumber the interior and pull the brighter half towards the background
-        solid = m & (diff[k] >= 0.6 * float(diff[k][m].max()))
-        sel = solid if int(solid.sum()) >= 4 else m
-        px = x[k][sel]  # [n, 3]
-        lk = lum[k][sel]
-        bright = lk >= lk.median()
-        main[k] = px[bright].mean(0)
+        main[k] = _main_colour(x[k], m, diff[k], lum[k])
         main_l = float(_lum(main[k]))
         dark = ((1 - lum[k] / max(main_l, 1e-3)).clamp(0, 1) * mf)  # 0 on the main shade, ~0.7 on the dark one
         dark_full[k] = dark
