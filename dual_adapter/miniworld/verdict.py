@@ -119,7 +119,7 @@ def describe_video(video: torch.Tensor, *, subject: str, motion: str, photos: to
         lines.append(f"  scores: {scores['error']}")
     if "motion" in scores:
         ranked = sorted(mscores.items(), key=lambda kv: -kv[1])[:3]
-        lines.append(f"  motion {scores['motion']:.3f} (-1..1, the path against {motion}'s; true videos: "
+        lines.append(f"  motion {scores['motion']:.3f} (0..1, the path against {motion}'s, extent and direction counting; true videos: "
                      f"{_range(truth['motion'])}); best-matching motions: " +
                      ", ".join(f"{m} {v:.2f}" for m, v in ranked))
     extra = []
