@@ -122,6 +122,10 @@ def register(sub) -> None:
     bm.add_argument("--reference-encoder", choices=("mini", "tiny"), default=None,
                     help="DualReal's reference-image encoder: mini (default; an embedding that follows appearance) "
                          "or tiny (the random tiny CLIP)")
+    bm.add_argument("--motion-clips", nargs="+", default=None, metavar="NAME=FOLDER",
+                    help="motions besides the world's: each a folder of clips of any path (NAME is its verb in the "
+                         "prompts); with no --pairs every subject is paired with them too; scored against the clips' "
+                         "own sprite paths")
     bm.add_argument("--out-dir", default="benchmarks/results", help="where the three files go (benchmarks/results)")
     bm.add_argument("--overwrite", action="store_true", help="replace existing miniworld.* files in --out-dir")
     bm.set_defaults(func=_benchmark)
@@ -187,6 +191,14 @@ def _benchmark(args) -> int:
                                               ("reference_encoder", "reference_encoder"))
             if getattr(args, a) is not None}
     over.update(model=args.model, threads=args.threads)
+    if args.motion_clips:
+        user = {}
+        for item in args.motion_clips:
+            name, sep, folder = item.partition("=")
+            if not sep or not name.strip() or not folder.strip():
+                raise DualAdapterError(f"--motion-clips item {item!r}: expected NAME=FOLDER, e.g. circle_ccw=clips/ccw")
+            user[name.strip()] = folder.strip()
+        over["user_motions"] = user
     if args.pairs:
         pairs = []
         for item in args.pairs.split(","):

@@ -6,9 +6,9 @@ sprite a world video holds. Definitions (also in docs/miniworld.md):
 * **sprite segmentation** (:func:`track`): the background colour is the per-channel median of all
   pixels of the video; a pixel is sprite when some channel differs from it by more than
   :data:`FG_THRESHOLD` (0.18). Per frame: area (pixels), centroid (normalised x, y), the
-  sprite's *main colour* (mean RGB of the brighter half, by luminance, of its solid pixels: those
-  differing from the background by >= 0.6 of the largest difference, so anti-aliased edges are left
-  out) and a *canonical crop*: mask and darkness map resampled on a 24 x 24 grid spanning +-1.7 equivalent radii
+  sprite's *main colour* (per-channel median of the bright shade, luminance in the top quarter of the range
+  between the 5th and 95th percentiles, of its solid interior pixels: those differing from the background by >= 0.6 of the largest difference, so anti-aliased edges
+  are left out, and one pixel away from the sprite's edge, so edge speckles are left out) and a *canonical crop*: mask and darkness map resampled on a 24 x 24 grid spanning +-1.7 equivalent radii
   (``sqrt(area / pi)``) around the centroid, i.e. aligned for position and scale.
 * **identity** (:func:`identity_score`, our CLIP-I / DINO-I analogue, 0..1, higher = more like the
   subject): per generated frame, ``shape x colour x texture`` against the reference photos, averaged
@@ -17,12 +17,16 @@ sprite a world video holds. Definitions (also in docs/miniworld.md):
   colour = ``max(0, 1 - |main_gen - main_ref| / 0.5)`` (RGB Euclidean distance);
   texture = ``exp(-|tex_gen - tex_ref|_1 / 0.25)`` where ``tex`` = (share of dark-shade pixels,
   mean horizontal and vertical gradient of the darkness map) inside the canonical mask.
-* **motion** (:func:`motion_score`, -1..1): the centroid trajectory of the generated sprite and the
-  reference trajectory (a motion's canonical :func:`~.world.trajectory`, or a clip's centroids), each
-  minus its mean (position) and divided by its RMS (scale), compared by cosine similarity. A reference
-  that does not move (``still``, RMS < :data:`STILL_RMS`) scores ``1 - min(1, rms_gen / 0.25)``; a
-  generated sprite that does not move against a moving reference scores 0. Missing sprites in over
-  half the frames score 0.
+* **motion** (:func:`motion_score`, 0..1, open-set): the centroid trajectory of the generated sprite against a
+  reference path: the reference clips' own sprite trajectories (any path a user draws or films), or a world
+  motion's canonical :func:`~.world.trajectory`. Both are centred (position does not count) but not rescaled:
+  per reference, ``max(0, 1 - d / extent)`` with ``d`` the RMS distance between the centred paths and ``extent``
+  the reference's RMS distance from its mean (:func:`path_distance`), so the extent travelled and the direction
+  count (a mirror image, the reverse path or a still sprite score 0; a quarter-size copy about 0.25). Several
+  references (a motion's clips) give the mean of their scores. A reference that does not move (``still``,
+  extent < :data:`STILL_RMS`) scores ``1 - min(1, rms_gen / 0.25)``. Missing sprites in over half the frames
+  score 0. :func:`classify_motion` names the world motion of highest score: closed-set, for the world's named
+  motions only.
 * **text** (:func:`text_score`, our CLIP-T analogue, 0..1): the share of the appearance attributes a
   prompt names (background, colour, shape, texture, size; :func:`~.world.parse_prompt`) that the video
   shows, each classified from pixels: background and colour = nearest palette colour; shape = the
@@ -32,7 +36,7 @@ sprite a world video holds. Definitions (also in docs/miniworld.md):
   +- half a pixel, and the texture whose darkness map is closest (L1, best shift, summed over the
   frames) wins (99% right on ground-truth videos, where the descriptor-nearest rule got 81-86%).
   The motion a prompt names is
-  classified separately (:func:`classify_motion`: the motion of highest :func:`motion_score`).
+  classified separately (:func:`classify_motion`).
 * **leakage** (:func:`leakage_score`, 0..1, lower = less leakage): the identity score of the generated
   video against each motion clip's own sprite (its frames as the reference photos), maximised over the
   clips: how much any reference clip's appearance shows up when the prompt asks for another subject.
@@ -51,12 +55,13 @@ from ..errors import DualAdapterError
 from . import world
 
 __all__ = ["FG_THRESHOLD", "STILL_RMS", "MOTION_OK", "Track", "track", "identity_score", "motion_score",
-           "classify_motion", "text_score", "classify_attributes", "leakage_score", "score_video", "score_files",
+           "classify_motion", "path_distance", "text_score", "classify_attributes", "leakage_score", "score_video", "score_files",
            "evaluate_base"]
 
 FG_THRESHOLD = 0.18
 STILL_RMS = 0.03  # normalised units (about 1 px at 32 px)
-MOTION_OK = 0.8  # motion score above which a motion counts as shown (used by evaluate_base)
+MOTION_OK = 0.5  # motion score above which a motion counts as shown (used by evaluate_base): the path is nearer
+# the reference than half the reference's own extent
 _GRID = 24
 _SPAN = 1.7
 
@@ -99,6 +104,27 @@ def _lum(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
 
 
+def _main_colour(x: torch.Tensor, m: torch.Tensor, diff: torch.Tensor, lum: torch.Tensor) -> torch.Tensor:
+    """The sprite's main colour in one frame: the per-channel median of the bright shade of its solid interior
+    pixels (luminance in the top quarter of the range between their 5th and 95th percentiles). Solid = differing from the background by >= 0.6 of the sprite's largest difference
+    (anti-aliased edges mix in the background); interior = the mask eroded by one pixel (4-neighbours), which drops
+    the speckles generated sprites carry at their edges; the bright shade is the main one of a textured sprite
+    (its dark shade is 0.3 x the main colour), and the median and the percentiles ignore the odd bright or dark pixel that a mean would follow. Falls back to the solid
+    pixels, then the whole mask, when fewer than 16 pixels are left (too few for the percentiles)."""
+    inner = m.clone()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    inner[0] = inner[-1] = False
+    inner[:, 0] = inner[:, -1] = False
+    solid = m & (diff >= 0.6 * float(diff[m].max()))
+    sel = next((c for c in (solid & inner, solid) if int(c.sum()) >= 16), m)
+    px, lk = x[sel], lum[sel]
+    lo, hi = torch.quantile(lk, torch.tensor([0.05, 0.95]))
+    return px[lk >= lo + 0.75 * (hi - lo)].median(0).values
+
+
 def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track:
     """Segment the sprite in every frame and describe it (see the module docstring).
 
@@ -133,15 +159,7 @@ def track(frames: torch.Tensor, background: torch.Tensor | None = None) -> Track
         cx = float((mf.sum(0) * xs).sum() / area[k])
         cy = float((mf.sum(1) * ys).sum() / area[k])
         cen[k] = torch.tensor([cx, cy])
-        # the main colour leaves out anti-aliased edge pixels (background mixed in: less than 0.6 of the
-        # sprite's largest difference from it); on a small sprite over a bright background they would
-        # outnumber the interior and pull the brighter half towards the background
-        solid = m & (diff[k] >= 0.6 * float(diff[k][m].max()))
-        sel = solid if int(solid.sum()) >= 4 else m
-        px = x[k][sel]  # [n, 3]
-        lk = lum[k][sel]
-        bright = lk >= lk.median()
-        main[k] = px[bright].mean(0)
+        main[k] = _main_colour(x[k], m, diff[k], lum[k])
         main_l = float(_lum(main[k]))
         dark = ((1 - lum[k] / max(main_l, 1e-3)).clamp(0, 1) * mf)  # 0 on the main shade, ~0.7 on the dark one
         dark_full[k] = dark
@@ -237,48 +255,81 @@ def _fill(traj: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
-def motion_score(frames, reference) -> float:
-    """Motion score: cosine similarity of position- and scale-normalised centroid trajectories (module docstring).
-
-    Args:
-        frames: generated frames ``[T, H, W, 3]`` (or a :class:`Track`).
-        reference: a motion name (:data:`world.MOTIONS`), a trajectory ``[T', 2]`` (normalised x, y), or a
-            reference clip ``[T', H, W, 3]`` / :class:`Track`. Resampled to ``T`` frames.
-
-    Returns:
-        a score in -1..1 (1 = the same motion).
-
-    Raises:
-        DualAdapterError: unknown motion name or wrong layout.
-    """
-    t = _as_track(frames)
-    gen = _fill(t.centroid)
+def _reference_paths(reference, frames: int) -> list[torch.Tensor]:
+    """The reference trajectories ``[T', 2]`` of a motion name, a trajectory, a clip or a list of clips."""
     if isinstance(reference, str):
-        ref = world.trajectory(reference, t.centroid.shape[0])
-    elif isinstance(reference, Track) or (torch.is_tensor(reference) and reference.ndim == 4):
+        return [world.trajectory(reference, frames)]
+    if isinstance(reference, (list, tuple)):
+        if not reference:
+            raise DualAdapterError("motion reference: an empty list of clips")
+        return [p for r in reference for p in _reference_paths(r, frames)]
+    if isinstance(reference, Track) or (torch.is_tensor(reference) and reference.ndim == 4):
         ref = _fill(_as_track(reference).centroid)
         if ref is None:
             raise DualAdapterError("motion reference clip: no sprite found in most frames")
-    elif torch.is_tensor(reference) and reference.ndim == 2 and reference.shape[-1] == 2:
-        ref = reference.float()
-    else:
-        raise DualAdapterError("motion reference must be a motion name, a trajectory [T, 2] or a clip [T, H, W, 3]")
+        return [ref]
+    if torch.is_tensor(reference) and reference.ndim == 2 and reference.shape[-1] == 2:
+        return [reference.float()]
+    raise DualAdapterError("motion reference must be a motion name, a trajectory [T, 2], a clip [T, H, W, 3] or a "
+                           "list of clips")
+
+
+def path_distance(path: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """``(d, extent)``: the RMS distance between two centred trajectories (each minus its mean position; the
+    reference resampled to ``path``'s frame count) and the reference's RMS extent (RMS distance of its points from
+    their mean), both in normalised frame units. Position does not count; scale, shape, direction and timing do."""
+    r = _resample(reference.float(), path.shape[0])
+    g, r = path - path.mean(0), r - r.mean(0)
+    return float((g - r).pow(2).sum(-1).mean().sqrt()), float(r.pow(2).sum(-1).mean().sqrt())
+
+
+def motion_score(frames, reference) -> float:
+    """Open-set motion score: how closely the video's sprite path follows the reference path, extent and direction
+    included (module docstring).
+
+    Per reference path: ``max(0, 1 - d / extent)`` (:func:`path_distance`), i.e. 1 for the same path wherever it is
+    drawn, 0 once the paths are as far apart as the reference path is large; a mirror image, the reverse direction
+    or a sprite that stays still scores 0, a copy at a quarter of the reference's size about 0.25. A reference that
+    does not move (extent < :data:`STILL_RMS`) scores ``1 - min(1, rms / 0.25)`` of the video's own path. With
+    several references (the clips of one motion), the mean over them. Missing sprites in over half the frames
+    score 0.
+
+    Args:
+        frames: generated frames ``[T, H, W, 3]`` (or a :class:`Track`).
+        reference: reference clips ``[T', H, W, 3]`` / :class:`Track` (one or a list: any path a user draws or
+            films, scored from its own sprite's centroids), a trajectory ``[T', 2]`` (normalised x, y), or a world
+            motion name (:data:`world.MOTIONS`: its canonical :func:`~.world.trajectory`). Resampled to ``T``.
+
+    Returns:
+        a score in 0..1 (1 = the same path).
+
+    Raises:
+        DualAdapterError: unknown motion name, a reference clip with no sprite, or wrong layout.
+    """
+    t = _as_track(frames)
+    refs = _reference_paths(reference, t.centroid.shape[0])
+    gen = _fill(t.centroid)
     if gen is None:
         return 0.0
-    ref = _resample(ref.float(), gen.shape[0])
-    g = gen - gen.mean(0)
-    r = ref - ref.mean(0)
-    rms_g = float(g.pow(2).sum(-1).mean().sqrt())
-    rms_r = float(r.pow(2).sum(-1).mean().sqrt())
-    if rms_r < STILL_RMS:
-        return 1.0 - min(1.0, rms_g / 0.25)
-    if rms_g < STILL_RMS:
-        return 0.0
-    return float((g * r).sum() / (g.norm() * r.norm()))
+    out = []
+    for ref in refs:
+        d, extent = path_distance(gen, ref)
+        if extent < STILL_RMS:
+            rms_g = float((gen - gen.mean(0)).pow(2).sum(-1).mean().sqrt())
+            out.append(1.0 - min(1.0, rms_g / 0.25))
+        else:
+            out.append(max(0.0, 1.0 - d / extent))
+    return sum(out) / len(out)
 
 
 def classify_motion(frames, motions: Sequence[str] = world.MOTIONS) -> tuple[str, dict]:
-    """The motion of highest :func:`motion_score` among ``motions``; returns ``(motion, {motion: score})``."""
+    """The world's named motion of highest :func:`motion_score` among ``motions``; returns
+    ``(motion, {motion: score})``.
+
+    Closed-set: it can only name one of the world's motions (:data:`world.MOTIONS`), so a video of any other path
+    (a square loop, a diagonal, a mirrored orbit...) is still given the nearest name. To check a motion outside
+    that list, score the video against its reference clips with :func:`motion_score`.
+    """
     t = _as_track(frames)
     scores = {m: motion_score(t, m) for m in motions}
     return max(scores, key=scores.get), scores
@@ -393,7 +444,7 @@ def score_video(frames, *, prompt: str | None = None, subject_photos: torch.Tens
     """Every score that its inputs allow, on one tracked video: ``identity`` (with ``subject_photos``) and its
     parts ``identity_shape``, ``identity_colour``, ``identity_texture`` (each a mean over frames, 0..1; identity is
     the mean of their per-frame product, so it is at most the smallest part), ``motion`` (with ``motion``: a name,
-    trajectory or clip), ``text`` (with ``prompt``), ``leakage`` (with ``motion_clips``), plus ``motion_class``."""
+    trajectory, clip or list of clips; :func:`motion_score`), ``text`` (with ``prompt``), ``leakage`` (with ``motion_clips``), plus ``motion_class``."""
     t = _as_track(frames)
     out: dict = {}
     if subject_photos is not None:
@@ -439,7 +490,8 @@ def score_files(video, *, prompt: str | None = None, subject=None, motion: str |
             star orbiting on a gray background".
         subject: the subject's photos (a folder or image files, :func:`dual_adapter.media.load_images`),
             resized to the video's size: gives ``identity``.
-        motion: a world motion name (:data:`world.MOTIONS`, e.g. ``"orbit"``) or a reference clip file:
+        motion: a world motion name (:data:`world.MOTIONS`, e.g. ``"orbit"``), a reference clip file, or a folder
+            of reference clips (any path; scored against each clip's own sprite path, :func:`motion_score`):
             gives ``motion``.
         clips: the motion clips (files or folders) whose sprite appearance must not show up: gives
             ``leakage``.
@@ -466,10 +518,10 @@ def score_files(video, *, prompt: str | None = None, subject=None, motion: str |
         if str(motion) in world.MOTIONS:
             ref = str(motion)
         elif Path(motion).exists():
-            ref = media.fit_frames(media.load_clip(motion)[0], h, w)
+            ref = [media.fit_frames(c, h, w) for c in _frames_of(motion, "motion")]
         else:
-            raise DualAdapterError(f"motion {motion!r}: expected a world motion ({', '.join(world.MOTIONS)}) "
-                                   f"or a reference clip file")
+            raise DualAdapterError(f"motion {motion!r}: expected a world motion ({', '.join(world.MOTIONS)}), "
+                                   f"a reference clip file or a folder of clips")
     refs = [media.fit_frames(c, h, w) for c in _frames_of(clips, "clips")] if clips is not None else None
     out = {"frames": int(frames.shape[0]), "size": [int(h), int(w)]}
     out.update(score_video(frames, prompt=prompt, subject_photos=photos, motion=ref, motion_clips=refs))

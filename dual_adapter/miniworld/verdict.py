@@ -24,24 +24,40 @@ _MEANING = {
 }
 
 
-def ground_truth_range(subject: str, motion: str, photos: torch.Tensor, frames: int, height: int, width: int,
-                       seeds: Sequence[int] = (0, 1, 2, 3)) -> dict:
+#: Position offsets per size of the true videos behind :func:`ground_truth_range` (x 2 sizes = 24 renders).
+TRUTH_SEEDS = tuple(range(12))
+
+
+def ground_truth_range(subject: str, motion, photos: torch.Tensor, frames: int, height: int, width: int,
+                       seeds: Sequence[int] = TRUTH_SEEDS) -> dict:
     """Scores of true videos: ``subject`` doing ``motion`` drawn by :func:`.world.render` (both sizes, each of
-    ``seeds``' position offsets), scored against ``photos`` like a generated video. Returns ``{key: (min, max)}``
-    for ``identity``, ``identity_shape``, ``identity_colour``, ``identity_texture`` and ``motion``.
+    ``seeds``' position offsets: 24 renders by default), scored against ``photos`` like a generated video. Returns
+    ``{key: (min, max)}`` for ``identity``, ``identity_shape``, ``identity_colour``, ``identity_texture`` and
+    ``motion``, and ``"renders"``: how many videos were scored. ``motion`` may also be a list of reference clips
+    (any path): the true videos then follow the first clip's sprite path and are scored against all the clips.
 
     Raises:
         DualAdapterError: unknown subject or motion (see :mod:`.world`).
     """
+    import random
+
     s = W._subject(subject)
+    path = None if isinstance(motion, str) else S._fill(S.track(motion[0]).centroid)
     rows = []
     for size in W.SIZES:
         for seed in seeds:
-            v = W.render(W.VideoSpec(s.shape, s.colour, s.texture, size, motion, "gray"), frames, height, width,
-                         seed=seed)
+            if path is None:
+                v = W.render(W.VideoSpec(s.shape, s.colour, s.texture, size, motion, "gray"), frames, height, width,
+                             seed=seed)
+            else:
+                rng = random.Random(seed)
+                v = W.render_path(s, S._resample(path, frames), size, "gray", height, width,
+                                  offset=(rng.uniform(-0.06, 0.06), rng.uniform(-0.06, 0.06)))
             rows.append(S.score_video(v, subject_photos=photos, motion=motion))
     keys = ["identity"] + [f"identity_{p}" for p in PARTS] + ["motion"]
-    return {k: (min(r[k] for r in rows), max(r[k] for r in rows)) for k in keys}
+    out = {k: (min(r[k] for r in rows), max(r[k] for r in rows)) for k in keys}
+    out["renders"] = len(rows)
+    return out
 
 
 def _words(items: list[str]) -> str:
@@ -95,7 +111,7 @@ def describe_video(video: torch.Tensor, *, subject: str, motion: str, photos: to
                  f"motion is classified {cls!r}")
     if "identity" in scores:
         lines.append(f"  identity {scores['identity']:.3f} (0..1, per frame shape x colour x texture, higher = more "
-                     f"like the photos); true videos: {_range(truth['identity'])}")
+                     f"like the photos); true videos ({truth['renders']} renders): {_range(truth['identity'])}")
         for p in PARTS:
             lines.append(f"    {p:<8}{scores['identity_' + p]:.3f}  true {_range(truth['identity_' + p]):<10} "
                          f"{_MEANING[p]}")
@@ -103,7 +119,7 @@ def describe_video(video: torch.Tensor, *, subject: str, motion: str, photos: to
         lines.append(f"  scores: {scores['error']}")
     if "motion" in scores:
         ranked = sorted(mscores.items(), key=lambda kv: -kv[1])[:3]
-        lines.append(f"  motion {scores['motion']:.3f} (-1..1, the path against {motion}'s; true videos: "
+        lines.append(f"  motion {scores['motion']:.3f} (0..1, the path against {motion}'s, extent and direction counting; true videos: "
                      f"{_range(truth['motion'])}); best-matching motions: " +
                      ", ".join(f"{m} {v:.2f}" for m, v in ranked))
     extra = []

@@ -34,7 +34,7 @@ __all__ = [
     "HELD_OUT_SUBJECTS", "MOTION_PHRASES", "PLACEHOLDER", "GENERIC_NOUN", "VideoSpec", "Subject",
     "FRAMES", "HEIGHT", "WIDTH", "render", "caption", "vocabulary", "trajectory", "pretrain_sampler",
     "is_held_in", "subject_photos", "motion_clips", "identity_prompt", "motion_prompt", "combined_prompt",
-    "parse_prompt", "shape_mask", "sprite_maps",
+    "parse_prompt", "shape_mask", "sprite_maps", "render_path",
 ]
 
 # default video size of the world (and of the ``mini`` model)
@@ -359,6 +359,30 @@ def render(spec: VideoSpec, frames: int = FRAMES, height: int = HEIGHT, width: i
     out = bg.expand(frames, height, width, 3).clone()
     radius = SIZES[spec.size] * min(height, width) / 32.0
     _draw(out, spec.subject, traj + off, radius)
+    return out.clamp(0, 1)
+
+
+def render_path(subject: Subject | str, path: torch.Tensor, size: str = "large", background: str = "gray",
+                height: int = HEIGHT, width: int = WIDTH, offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    """Draw ``subject`` following any centre path: frames ``[T, H, W, 3]`` float 0..1 (``T`` = the path's length).
+
+    Args:
+        subject: a :class:`Subject` or a held-out subject's name.
+        path: ``[T, 2]`` centres (normalised x right, y down; 0.5 = the frame's middle), e.g. a loop or a corner
+            that is not one of :data:`MOTIONS`.
+        size: a key of :data:`SIZES`; background: a key of :data:`BACKGROUNDS`.
+        offset: added to every centre (normalised units).
+
+    Raises:
+        DualAdapterError: a size, background or subject outside the vocabulary, or a path that is not ``[T, 2]``.
+    """
+    s = _subject(subject) if not isinstance(subject, Subject) else subject
+    VideoSpec(s.shape, s.colour, s.texture, size, "still", background).validate()
+    p = torch.as_tensor(path, dtype=torch.float32)
+    if p.ndim != 2 or p.shape[-1] != 2 or p.shape[0] < 1:
+        raise DualAdapterError(f"render_path: path must be [T, 2] centres, got {tuple(p.shape)}")
+    out = torch.tensor(BACKGROUNDS[background], dtype=torch.float32).expand(p.shape[0], height, width, 3).clone()
+    _draw(out, s, p + torch.tensor(offset, dtype=torch.float32), SIZES[size] * min(height, width) / 32.0)
     return out.clamp(0, 1)
 
 
