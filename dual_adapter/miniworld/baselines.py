@@ -40,7 +40,7 @@ def base_distribution(bundle, prompt: str, references: dict, n: int = 12, steps:
         ``{"prompt", "cfg", "n", "colour": {colour: share}, "motion_class": {motion: share},
         "motion": {name: mean score}}`` (shares over the ``n`` videos; ``None`` where no sprite was found).
     """
-    from ..backbone import encode_prompt
+    from ..backbones.cogvideox import encode_prompt
     from ..sampling import decode_latents, sample
 
     frames, h, w = bundle.default_size

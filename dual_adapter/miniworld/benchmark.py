@@ -41,6 +41,10 @@ Shared artefacts (trained once, reused where the method definitions allow): iden
 serve ``lora_merged`` and ``full_motion``; the selective LoRAs per (pair, seed) serve every CustomTTT row.
 Motion-side artefacts are per pair, not per motion, because a pair's clips never show its subject's shape or
 colour (:func:`~.world.motion_clips` ``exclude``), so the clips differ between subjects.
+
+Size: the runner, its method table (``METHODS``, ``METRICS``) and the report (``markdown_table``,
+``picture_grid``, ``write_results``) read the same constants; the report becomes its own module together with
+those constants, rather than importing them back from here (which would point up the layer order).
 """
 from __future__ import annotations
 
@@ -636,7 +640,7 @@ def _breakdown_lines(res: dict) -> list[str]:
             continue
         cols = list(dict.fromkeys(c for v in tab.values() for c in v))
         lines += ["", f"Per {what}: identity / colour / motion (means):", "",
-                  f"| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+                  "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for m, v in tab.items():
             lines.append(f"| {m} | " + " | ".join(
                 (f"{v[c]['identity']:.2f} / {v[c]['identity_colour']:.2f} / {v[c]['motion']:.2f}" if c in v else "-")
