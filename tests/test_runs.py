@@ -227,18 +227,19 @@ def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir,
     kw = dict(model=PatchedModel(bundle), subject=torch.rand(1, 64, 96, 3), identity_prompt="dog *",
               motion=torch.rand(9, 64, 96, 3), motion_prompt=PROMPT, steps=2, lr=1e-3, motion_ratio=0.5,
               hidden_width=8, groups=2, form="zero_init", seed=0, name="same", warmup_steps=0, checkpoint_every=1)
-    runs = out_dir / "dualreal"
+    runs = out_dir / "runs" / "dualreal"
     with torch.inference_mode():
-        with pytest.raises(DualAdapterError, match="no run named 'same'"):
+        with pytest.raises(DualAdapterError, match="no stopped run named 'same'"):
             N.DualRealTrain().train(**dict(kw, resume=True))
+        assert not runs.exists() or not list(runs.iterdir())  # a refused run leaves no folder
         N.DualRealTrain().train(**kw)
-        first = runs / "same_00001_.safetensors"
+        first = runs / "same_00001_" / "same.safetensors"
         before = first.read_bytes()
         adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=3))  # a new run, not a refusal
         assert adapters.meta["steps"] == 3
         assert first.read_bytes() == before  # the first run is untouched
-        assert sorted(f.name for f in runs.glob("same_00002_*")) == ["same_00002_.losses.jsonl",
-                                                                     "same_00002_.safetensors"]
+        assert sorted(f.name for f in (runs / "same_00002_").iterdir()) == [
+            "config.json", "loss.png", "losses.jsonl", "same.safetensors"]
 
         class StopAt3(N.bridge.Progress):  # the queue's Cancel after step 3
             def __call__(self, step, total, info):
@@ -249,18 +250,19 @@ def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir,
         with monkeypatch.context() as mp, pytest.raises(InterruptedByUser):
             mp.setattr(N.bridge, "Progress", StopAt3)
             N.DualRealTrain().train(**dict(kw, seed=1, steps=4))
-        assert (runs / "same_00003_.state.safetensors").exists()
+        assert (runs / "same_00003_" / "state.safetensors").exists()
         adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=4, resume=True))  # continues 00003: 3 -> 4
     assert adapters.meta["steps"] == 4
-    assert first.read_bytes() == before and not list(runs.glob("same_00004_*"))
-    assert not list(runs.glob("same_*.partial.safetensors")) and not list(runs.glob("same_*.state.safetensors"))
-    # the counter comes after every file of the name, so an interrupted run's files are never taken over
-    (runs / "same_00005_.state.safetensors").write_bytes(b"")
-    (runs / "same_00007_.losses.jsonl").write_text("")
-    from dual_adapter.dualreal import counted_run_path
+    assert first.read_bytes() == before and not (runs / "same_00004_").exists()
+    assert not list(runs.rglob("*state.safetensors")) and not list(runs.rglob("checkpoint.safetensors"))
+    # the counter comes after every run folder of the name, so a stopped run's folder is never taken over
+    (runs / "same_00005_").mkdir()
+    (runs / "same_00005_" / "state.safetensors").write_bytes(b"")
+    (runs / "same_00007_").mkdir()
+    from dual_adapter.runs import RunFolder
 
-    assert counted_run_path(runs, "same", resume=False).name == "same_00008_.safetensors"
-    assert counted_run_path(runs, "same", resume=True).name == "same_00005_.safetensors"  # 00007 has no state
+    assert RunFolder.start(out_dir / "runs", "dualreal", "same", resume=False).path.name == "same_00008_"
+    assert RunFolder.start(out_dir / "runs", "dualreal", "same", resume=True).path.name == "same_00005_"
 
 
 # --------------------------------------------------------------------------------------------
