@@ -155,7 +155,7 @@ class RunFolder:
             for run in reversed(cls.runs(root, method, name, final)):
                 if run.stopped:
                     return run
-            raise DualAdapterError(f"resume: no stopped run named {name!r} to continue in "
+            raise DualAdapterError(f"nothing to resume: no stopped run named {name!r} to continue in "
                                    f"{str(Path(root) / method)!r} (no {name}_NNNNN_/state.safetensors); start without "
                                    f"{resume_hint}")
         try:

@@ -460,9 +460,10 @@ def test_cli_train_dualreal_and_generate_hooks(tmp_path, bundle, capsys, caplog)
     assert rc == 0, capsys.readouterr().err
     a = load_adapters(out)
     assert a.meta["steps"] == 4 and a.meta["reference_encoder"] == "tiny"
-    lines = (tmp_path / "adapters.losses.jsonl").read_text().splitlines()
+    run = tmp_path / "runs" / "dualreal" / "adapters_00001_"
+    lines = (run / "losses.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "loss" in json.loads(lines[0])
-    assert not (tmp_path / "adapters.partial.safetensors").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "losses.jsonl"]
     assert main(["train-dualreal", "--subject", str(DOG), "--identity-prompt", "dog *", "--motion", str(GUITAR),
                  "--motion-prompt", "m", "--steps", "1", "--out", str(out)]) == 2  # refuses to overwrite
     args = Namespace(dualreal=str(out), reference_image=str(DOG / "00.png"), reference_embedding=None,

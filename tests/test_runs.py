@@ -194,18 +194,25 @@ def test_cli_refuses_reruns_and_bad_options_naming_real_options(tmp_path, capsys
     from dual_adapter.cli import main
 
     out = tmp_path / "a.safetensors"
-    run_paths(out)["partial"].write_bytes(b"step-600 checkpoint")
+    stopped = tmp_path / "runs" / "dualreal" / "a_00001_"  # a stopped run of this --out
+    stopped.mkdir(parents=True)
+    (stopped / "checkpoint.safetensors").write_bytes(b"step-600 checkpoint")
+    (stopped / "state.safetensors").write_bytes(b"state")
     assert _dualreal_cli(out) == 2
     err = capsys.readouterr().err
-    assert "a.partial.safetensors" in err and "--resume" in err and "another --out" in err
-    assert run_paths(out)["partial"].read_bytes() == b"step-600 checkpoint"
+    assert "checkpoint.safetensors" in err and "--resume" in err and "another --out" in err
+    assert (stopped / "checkpoint.safetensors").read_bytes() == b"step-600 checkpoint"
+    assert sorted(p.name for p in stopped.parent.iterdir()) == ["a_00001_"]  # no new folder for a refused run
     assert _dualreal_cli(tmp_path / "b.safetensors", "--resume") == 2
     assert "nothing to resume" in capsys.readouterr().err
     lo = tmp_path / "m.safetensors"
-    (tmp_path / "m.ckpt.safetensors").write_bytes(b"kept")
+    kept = tmp_path / "runs" / "lora" / "m_00001_"
+    kept.mkdir(parents=True)
+    (kept / "checkpoint.safetensors").write_bytes(b"kept")
+    (kept / "state.safetensors").write_bytes(b"state")
     assert main(["train-lora", "--motion", str(GUITAR), "--prompt", PROMPT, "--out", str(lo)]) == 2
     err = capsys.readouterr().err
-    assert "m.ckpt.safetensors" in err and "--resume" in err and (tmp_path / "m.ckpt.safetensors").read_bytes() == b"kept"
+    assert "checkpoint.safetensors" in err and "--resume" in err and (kept / "checkpoint.safetensors").read_bytes() == b"kept"
     for opts, msg in ((["--steps", "0"], "--steps 0"), (["--lr", "inf"], "--lr inf"), (["--lr", "nan"], "--lr nan"),
                       (["--lr", "-1"], "--lr -1"), (["--checkpoint-every", "-1"], "--checkpoint-every -1")):
         assert _dualreal_cli(tmp_path / "c.safetensors", *opts) == 2, opts
@@ -214,6 +221,7 @@ def test_cli_refuses_reruns_and_bad_options_naming_real_options(tmp_path, capsys
                      *opts]) == 2, opts
         assert msg in capsys.readouterr().err
     assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob("d.*"))
+    assert not list(tmp_path.glob("runs/*/c_*")) and not list(tmp_path.glob("runs/*/d_*"))
 
 
 def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir, monkeypatch):
@@ -293,7 +301,7 @@ def test_sigterm_keeps_the_checkpoint(tmp_path):
             p.kill()
     assert rc == 143, rest[-2000:]
     assert "SIGTERM" in rest and "checkpoint is kept" in rest
-    ck = tmp_path / "m.ckpt.safetensors"
+    ck = tmp_path / "runs" / "lora" / "m_00001_" / "checkpoint.safetensors"
     from dual_adapter.lora import load_lora, train_state_path
 
     assert load_lora(ck).metadata["train"]["steps_done"] >= 1 and train_state_path(ck).exists()
