@@ -287,7 +287,8 @@ class UNetSaveLoRA:
 
 
 class UNetLoadLoRA:
-    DESCRIPTION = ("Load a U-Net LoRA from models/loras/ or output/unet_lora/ (what Save U-Net LoRA wrote); only "
+    DESCRIPTION = ("Load a U-Net LoRA from models/loras/, output/unet_lora/ (what Save U-Net LoRA wrote) or the U-Net "
+                   "training runs in output/runs/unet/<name>_NNNNN_/ (the final file, or a stopped run's checkpoint); only "
                    "U-Net LoRAs are listed, a CogVideoX LoRA is refused with a message saying so; the "
                    "backbone it was trained on is checked when it is applied.")
     CATEGORY = CAT
@@ -300,7 +301,8 @@ class UNetLoadLoRA:
         from .lora_nodes import lora_files
 
         return {"required": {"lora_name": (lora_files(unet=True) or [""], {"tooltip": "A U-Net LoRA in models/loras/ "
-                             "or one Save U-Net LoRA wrote (output/unet_lora/...). CogVideoX LoRAs are left out."})}}
+                             "or one Save U-Net LoRA wrote (output/unet_lora/...), or a U-Net training run's file "
+                             "(output/runs/unet/...). CogVideoX LoRAs are left out."})}}
 
     def load(self, lora_name):
         return (UM.load_unet_lora(bridge.resolve("loras", lora_name)),)
