@@ -513,8 +513,9 @@ def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch,
                                             name="t_none", warmup_steps=0, reference_encoder="none")
     assert no_enc.meta["uses_reference"] is False  # W_cond left untrained, as asked
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
-    assert (out_dir / "dualreal" / "t_00001_.safetensors").exists()  # the finished run's file; no .partial left
-    assert not list((out_dir / "dualreal").glob("t_00001_.*partial*"))
+    run = out_dir / "runs" / "dualreal" / "t_00001_"
+    assert (run / "t.safetensors").exists()  # the finished run's file; no checkpoint or state left
+    assert not (run / "checkpoint.safetensors").exists() and not (run / "state.safetensors").exists()
     assert torch.equal(motion, trained.clip)  # inputs not mutated
 
     class FakeClipVision:  # ComfyUI's CLIP_VISION: encode_image(image) -> CLIP_VISION_OUTPUT
