@@ -1012,15 +1012,19 @@ def _check_frames(x, what: str, ndim: int) -> torch.Tensor:
 
 
 def train_state_path(checkpoint_path: str | Path) -> Path:
-    """The optimiser-state file written beside a LoRA checkpoint: ``<stem>.state.safetensors``."""
-    checkpoint_path = Path(checkpoint_path)
-    return checkpoint_path.with_name(checkpoint_path.stem + ".state.safetensors")
+    """The optimiser-state file written beside a LoRA checkpoint: ``<stem>.state.safetensors``, or
+    ``state.safetensors`` in a run folder (:func:`dual_adapter.runs.side_file`)."""
+    from .runs import side_file
+
+    return side_file(checkpoint_path, "state")
 
 
 def spatial_checkpoint_path(checkpoint_path: str | Path) -> Path:
-    """The spatial-path LoRA written beside a checkpoint (``spatial_path=True``): ``<stem>.spatial.safetensors``."""
-    checkpoint_path = Path(checkpoint_path)
-    return checkpoint_path.with_name(checkpoint_path.stem + ".spatial.safetensors")
+    """The spatial-path LoRA written beside a checkpoint (``spatial_path=True``): ``<stem>.spatial.safetensors``, or
+    ``spatial.safetensors`` in a run folder (:func:`dual_adapter.runs.side_file`)."""
+    from .runs import side_file
+
+    return side_file(checkpoint_path, "spatial")
 
 
 def finish_run_files(checkpoint_path: str | Path, final_saved: bool = False) -> None:

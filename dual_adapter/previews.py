@@ -33,7 +33,7 @@ from .errors import DualAdapterError, InterruptedByUser
 log = logging.getLogger(__name__)
 
 __all__ = ["PreviewOptions", "Previewer", "backbone_renderer", "contact_sheet", "preview_frames", "auto_every",
-           "preview_folder", "AUTO_EVERY"]
+           "AUTO_EVERY"]
 
 #: Frames a preview has at most (a short video; the model's own length when shorter).
 PREVIEW_FRAMES = 13
@@ -54,13 +54,6 @@ def auto_every(every: int, backbone=None) -> int:
         return every
     name = str(getattr(backbone, "name", "") or "")
     return 0 if name.startswith(("tiny", "mini")) else AUTO_EVERY
-
-
-def preview_folder(weights_path: str | Path) -> Path:
-    """Where the previews of a run whose checkpoint / output is ``X.safetensors`` go: ``X.previews/`` beside it."""
-    p = Path(weights_path)
-    stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.stem
-    return p.with_name(stem + ".previews")
 
 
 @dataclass

@@ -23,6 +23,7 @@ except Exception:  # ComfyUI absent: tests, scripts
 
 from dual_adapter.errors import DualAdapterError, InterruptedByUser
 from dual_adapter.paths import check_relative, is_inside, looks_absolute, read_path, write_path  # noqa: F401 (is_inside: nodes)
+from dual_adapter.runs import is_run_side_file
 
 # model folders this pack registers: name -> sub-folder of ComfyUI's models/
 MODEL_FOLDERS = {"CogVideo": "CogVideo", "dualreal": "dualreal", "loras": "loras", "clip_vision": "clip_vision"}
@@ -68,10 +69,21 @@ def list_model_dirs(name: str) -> list[str]:
     return out
 
 
-#: Sub-folders of ComfyUI's output folder that the pack's Save and Train nodes write weights to, per model kind.
-#: The Load node of that kind lists their files too, as ``output/<sub>/<name>``, after the ``models/<kind>`` ones,
-#: so whatever a Save node wrote can be picked in the next queue.
-SAVED_OUTPUTS = {"dualreal": ("dualreal",), "loras": ("loras", "lora_checkpoints", "unet_lora")}
+#: Sub-folders of ComfyUI's output folder that the pack's Save and Train nodes write weights to, per model kind: the
+#: Save nodes' folders first, then the training run folders (:class:`dual_adapter.runs.RunFolder`, ``output/runs/
+#: <method>/<name>_NNNNN_/``), then the folders older versions of the Train nodes wrote (still listed). The Load node
+#: of that kind lists their files too, as ``output/<sub>/<name>``, after the ``models/<kind>`` ones, so whatever a
+#: Save or Train node wrote can be picked in the next queue (a run's state and spatial-path files are left out).
+SAVED_OUTPUTS = {"dualreal": ("dualreal", "runs/dualreal"),
+                 "loras": ("loras", "runs/lora", "runs/customttt", "runs/unet", "lora_checkpoints", "unet_lora")}
+
+#: Where the Train nodes' run folders go, inside the output folder (:func:`runs_root`).
+RUNS = "runs"
+
+
+def runs_root() -> Path:
+    """The root of the Train nodes' run folders: ``output/runs`` (:class:`dual_adapter.runs.RunFolder`)."""
+    return output_dir() / RUNS
 
 
 def saved_output_dir(name: str) -> Path:
@@ -97,7 +109,7 @@ def list_files(name: str) -> list[str]:
         d = output_dir() / sub
         if d.is_dir():
             out += sorted(f"output/{sub}/{p.relative_to(d).as_posix()}" for p in d.rglob("*")
-                          if p.is_file() and p.suffix in _DUALREAL_EXT)
+                          if p.is_file() and p.suffix in _DUALREAL_EXT and not is_run_side_file(p))
     return out
 
 

@@ -91,58 +91,76 @@ def preview_inputs() -> dict:
     }
 
 
-def preview_options(bar, every: int, prompt: str, backbone, weights_path=None):
-    """:class:`~dual_adapter.previews.PreviewOptions` for a node run (files in ``<weights_path stem>.previews/``,
-    shown through ``bar.show_preview``), or None when previews are off."""
-    from dual_adapter.previews import PreviewOptions, auto_every, preview_folder
+def preview_options(bar, every: int, prompt: str, backbone, folder=None):
+    """:class:`~dual_adapter.previews.PreviewOptions` for a node run (files in ``folder``, the run folder's
+    ``previews/``; shown through ``bar.show_preview``), or None when previews are off."""
+    from dual_adapter.previews import PreviewOptions, auto_every
 
     n = auto_every(int(every), backbone)
     if not n:
         return None
-    return PreviewOptions(every=n, prompt=(prompt or "").strip() or None,
-                          folder=preview_folder(weights_path) if weights_path is not None else None,
-                          on_preview=bar.show_preview)
+    return PreviewOptions(every=n, prompt=(prompt or "").strip() or None, folder=folder, on_preview=bar.show_preview)
 
 
-def run_inputs(default_name: str, checkpoint_every: int = 100) -> dict:
-    """The optional ``name`` / ``resume`` / ``checkpoint_every`` inputs of the LoRA training nodes."""
+NAME_TOOLTIP = ("Run name: each run gets its own folder output/runs/{method}/<name>_NNNNN_/ (a new counter per run) "
+                "with config.json, the checkpoint and its state file while it trains, losses.jsonl, loss.png, "
+                "previews/ and, when it finishes, the final <name>.safetensors (the checkpoint and state file are then "
+                "removed). {load} lists the final file and a stopped run's checkpoint. One file name, no folders.")
+RESUME_TOOLTIP = ("Continue the newest stopped run of this name (output/runs/{method}/<name>_NNNNN_/ with a "
+                  "state.safetensors: weights, optimiser, schedule, step and RNG), so the result equals an "
+                  "uninterrupted run's. 'steps' counts the whole run; the other settings must be the same. Off: a new "
+                  "run with the next counter.")
+
+
+def run_inputs(default_name: str, checkpoint_every: int = 100, method: str = "lora",
+               load: str = "Load LoRA") -> dict:
+    """The optional ``name`` / ``resume`` / ``checkpoint_every`` inputs of the training nodes (run folders under
+    ``output/runs/<method>/``)."""
     return {
-        "name": ("STRING", {"default": default_name, "tooltip": "Run name: the checkpoint is "
-                 "output/lora_checkpoints/<name>_NNNNN_.safetensors (a new counter per run; its state file and "
-                 ".previews folder beside it). One file name, no folders."}),
-        "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the newest interrupted run of this name (its "
-                   "state file holds the weights, optimiser, schedule and step), so the result equals an "
-                   "uninterrupted run's. 'steps' counts the whole run; the other settings must be the same."}),
-        "checkpoint_every": ("INT", {"default": checkpoint_every, "min": 0, "max": 100000, "tooltip": "Rewrite the checkpoint "
-                             "and its state file every N steps (0 = only at the end and when the run stops)."}),
+        "name": ("STRING", {"default": default_name, "tooltip": NAME_TOOLTIP.format(method=method, load=load)}),
+        "resume": ("BOOLEAN", {"default": False, "tooltip": RESUME_TOOLTIP.format(method=method)}),
+        "checkpoint_every": ("INT", {"default": checkpoint_every, "min": 0, "max": 100000, "tooltip": "Rewrite the "
+                             "checkpoint and its state file every N steps (0 = only at the end and when the run "
+                             "stops)."}),
     }
 
 
-def run_checkpoint(name: str, default: str, resume: bool):
-    """The run's checkpoint ``output/lora_checkpoints/<name>_NNNNN_.safetensors``: a new reserved counter, or with
-    ``resume`` the newest one with a state file (:func:`dual_adapter.dualreal.counted_run_path`).
+def node_settings(args: dict) -> dict:
+    """A node's inputs for its run's config.json: the node's call arguments without ``self`` and the model (tensors
+    and other objects are left out by :meth:`dual_adapter.runs.RunFolder.write_config`)."""
+    return {k: v for k, v in args.items() if k not in ("self", "model")}
+
+
+def start_run(method: str, name: str, default: str, resume: bool, settings: dict):
+    """The node run's folder (:class:`dual_adapter.runs.RunFolder` under ``output/runs/<method>/``): a new one with
+    the next counter, or with ``resume`` the newest stopped run of ``name``; its ``config.json`` is written
+    (``settings``: the node's inputs; tensors and models are left out).
 
     Raises:
-        DualAdapterError: a name with folders or too long; ``resume`` and no run of that name to continue.
+        DualAdapterError: a name with folders or too long; ``resume`` and no stopped run of that name.
     """
-    from dual_adapter.dualreal import counted_run_path
+    from dual_adapter.runs import RunFolder
 
     from . import bridge
 
-    name = (name or "").strip() or default
-    return counted_run_path(bridge.output_dir() / "lora_checkpoints", name, resume=bool(resume))
+    run = RunFolder.start(bridge.runs_root(), method, (name or "").strip() or default, resume=bool(resume))
+    run.write_config(settings, front_end="node", method=method)
+    return run
 
 
-def kept_note(ckpt, name: str) -> str:
-    """What a Cancel keeps and how to continue (:meth:`bridge.Progress.on_cancel`)."""
-    return (f"{ckpt.name} in {ckpt.parent} (Load LoRA lists it); continue with resume = true, name {name!r} and the "
-            f"same steps")
+@contextlib.contextmanager
+def node_run(run, bar, load_node: str):
+    """Hold a node's run while it trains: a run that never trained leaves no folder (:meth:`RunFolder.held`), and a
+    Cancel shows where it stopped, the loss so far and how to resume (:meth:`bridge.Progress.on_cancel`; the
+    stopped run keeps its checkpoint, state file, losses and plot)."""
+    with run.held(), bar.on_cancel(lambda: run.kept_note(load_node), exact=run.records):
+        yield run
 
 
-def finish_run(ckpt, completed: bool) -> None:
-    """A finished run keeps its checkpoint (an autosave Load LoRA lists) and its previews; its optimiser state goes
-    (``lora.finish_run_files``, shared with the CLI). A stopped run keeps everything, to resume."""
-    from dual_adapter import lora as L
-
+def finish_lora_run(run, lf, losses, title: str, completed: bool = True) -> None:
+    """A finished LoRA run: the LoRA saved as the run's final file (``<name>.safetensors``, fp32, the diffusers
+    format Save LoRA writes), then the checkpoint and state go and the losses and plot are written
+    (:meth:`dual_adapter.runs.RunFolder.finish`). A run that did not complete keeps everything, to resume."""
     if completed:
-        L.finish_run_files(ckpt)
+        lf.save(run.final)
+        run.finish(losses, title)

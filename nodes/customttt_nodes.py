@@ -2,9 +2,10 @@
 motion LoRA -> one LoRA by test-time training). Library: :mod:`dual_adapter.customttt`."""
 from __future__ import annotations
 
+import contextlib
+
 from dual_adapter import customttt as C
 from dual_adapter.errors import DualAdapterError
-from dual_adapter.io import reservation
 from dual_adapter.media import check_motion_frames
 from dual_adapter.lora import LoraFile
 from dual_adapter.sampling import from_comfy_latent, latent_scale
@@ -13,7 +14,7 @@ from dual_adapter.limits import (MAX_BLOCKS, MAX_CFG, MAX_FRAMES, MAX_RANK, MAX_
                                  MAX_TRAIN_STEPS, MAX_TTT_STEPS, MIN_CFG)
 
 from . import bridge
-from .common import (as_model, finish_run, kept_note, preview_inputs, preview_options, run_checkpoint, run_inputs,
+from .common import (as_model, finish_lora_run, node_run, node_settings, preview_inputs, preview_options, run_inputs, start_run,
                      training_mode)
 
 CAT = "DualAdapter/CustomTTT"
@@ -46,7 +47,7 @@ class _ProgressOnce:
         if self.bar is not None:
             self.bar.show_preview(step, frames)
 
-    def on_cancel(self, kept):
+    def on_cancel(self, kept, exact=None):
         """:meth:`bridge.Progress.on_cancel` once the bar exists (a Cancel during the teachers keeps nothing)."""
         import contextlib
 
@@ -56,7 +57,7 @@ class _ProgressOnce:
                 yield
             except bridge.interrupt_exception_types():
                 if self.bar is not None:
-                    with self.bar.on_cancel(kept):
+                    with self.bar.on_cancel(kept, exact):
                         raise
                 raise
         return ctx()
@@ -135,8 +136,9 @@ class DualAdapterTTTMerge:
                    "noise to a reference latent; the student (model + both LoRAs, all LoRA weights trainable) learns "
                    "to denoise both references under the combined prompt (L = w_a L_appearance + w_m L_motion). "
                    "Output: one merged LoRA (rank-concatenated where both LoRAs touch a layer) for Apply LoRA / "
-                   "Save LoRA. Progress per step, the loss curve and validation previews of the student on the node; Cancel "
-                   "keeps the last state in output/lora_checkpoints/ and 'resume' continues it.")
+                   "Save LoRA. Progress per step, the loss curve and validation previews of the student on the node; each "
+                   "run (steps > 0) gets a folder output/runs/customttt/<name>_NNNNN_/ (the merged LoRA, losses, loss "
+                   "plot, previews); Cancel keeps the last checkpoint there and 'resume' continues it.")
     CATEGORY = CAT
     RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
     RETURN_NAMES = ("lora", "loss_plot")
@@ -191,7 +193,7 @@ class DualAdapterTTTMerge:
             "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, 0 = model default."}),
             "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, 0 = model default."}),
             "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Less VRAM, about 30% slower."}),
-            **run_inputs("customttt", checkpoint_every=10),
+            **run_inputs("customttt", checkpoint_every=10, method="customttt"),
             **preview_inputs(),
         }}
 
@@ -201,6 +203,7 @@ class DualAdapterTTTMerge:
               regenerate_references=False, shared_teacher_noise=True, negative_prompt="", frames=0, height=0,
               width=0, gradient_checkpointing=True, name="customttt", resume=False, checkpoint_every=10,
               preview_every=-1, preview_prompt=""):
+        settings = node_settings(locals())
         m = as_model(model)
         a = _as_lora(appearance_lora, "appearance_lora")
         mo = _as_lora(motion_lora, "motion_lora")
@@ -214,15 +217,16 @@ class DualAdapterTTTMerge:
                           gradient_checkpointing=bool(gradient_checkpointing), num_frames=frames or None,
                           height=height or None, width=width or None, checkpoint_every=int(checkpoint_every))
         cfg.validate()
-        ckpt = run_checkpoint(name, "customttt", resume) if steps else None
         bar = _ProgressOnce()
-        pv = preview_options(bar, preview_every, preview_prompt, m.bundle, ckpt) if steps else None
-        with reservation(ckpt), training_mode(), bar.on_cancel(lambda: kept_note(ckpt, name)):
+        run = start_run("customttt", name, "customttt", resume, settings) if steps else None
+        pv = preview_options(bar, preview_every, preview_prompt, m.bundle, run.previews) if steps else None
+        with node_run(run, bar, "Load LoRA") if run else contextlib.nullcontext(), training_mode():
             res = C.ttt_merge(m.bundle, a, mo, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
                               prompt=prompt, config=cfg, patches=m.patches, callback=bar,
-                              checkpoint_path=ckpt, resume=bool(resume) and bool(steps), preview=pv)
-        if ckpt is not None:
-            finish_run(ckpt, res.train.completed)
+                              checkpoint_path=run.checkpoint if run else None, resume=bool(resume) and bool(steps),
+                              preview=pv)
+            if run is not None:
+                finish_lora_run(run, res.lora, res.train.losses, "TTT merge loss", res.train.completed)
         from dual_adapter.plots import plot_loss_curve
 
         recs = [dict(step=r["step"], loss=r[k], term=k.replace("loss_", "") if k != "loss" else "combined")
@@ -238,8 +242,9 @@ class DualAdapterTrainSelectiveLoRA:
     DESCRIPTION = ("Train a CustomTTT layer-selective LoRA on the chosen blocks only: an appearance LoRA on subject "
                    "photos (each a 1-frame video) or a motion LoRA on a clip. Pick the blocks with Prompt Influence "
                    "(its appearance_blocks / motion_blocks outputs connect to 'blocks'). Progress per step, the loss curve and "
-                   "validation previews on the node; Cancel stops and keeps the last checkpoint in "
-                   "output/lora_checkpoints/; 'resume' continues it.")
+                   "validation previews on the node; each run gets a folder "
+                   "output/runs/lora/<name>_NNNNN_/ (the final LoRA, losses, loss plot, previews); Cancel keeps the last "
+                   "checkpoint there and 'resume' continues it.")
     CATEGORY = "DualAdapter/CustomTTT"
     RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
     RETURN_NAMES = ("lora", "loss_plot")
@@ -275,6 +280,7 @@ class DualAdapterTrainSelectiveLoRA:
     def train(self, model, kind, prompt, blocks="", preset="full", rank=32, learning_rate=0.0, steps=500, seed=0,
               photos=None, clip=None, height=0, width=0, name="selective_lora", resume=False, checkpoint_every=100,
               preview_every=-1, preview_prompt=""):
+        settings = node_settings(locals())
         from dual_adapter.plots import plot_loss_curve
 
         from .common import image_batch
@@ -297,15 +303,17 @@ class DualAdapterTrainSelectiveLoRA:
         if learning_rate > 0:
             over["lr"] = float(learning_rate)
         cfg = C.selective_train_config(kind, **over)
-        ckpt = run_checkpoint(name, "selective_lora", resume)
+        run = start_run("lora", name, "selective_lora", resume, dict(settings, trainer="selective LoRA"))
         bar = bridge.Progress(int(steps))
-        pv = preview_options(bar, preview_every, preview_prompt, m.bundle, ckpt)
-        with reservation(ckpt), training_mode(), bar.on_cancel(lambda: kept_note(ckpt, name)):
+        pv = preview_options(bar, preview_every, preview_prompt, m.bundle, run.previews)
+        title = f"{kind} LoRA (blocks {blocks or 'all'}) loss"
+        with node_run(run, bar, "Load LoRA"), training_mode():
             lf, res = C.train_selective_lora(m.bundle, kind, blocks or None, prompt=prompt, spec=spec, cfg=cfg,
-                                             callback=bar, checkpoint_path=ckpt, resume=bool(resume), preview=pv,
-                                             height=height or None, width=width or None, patches=m.patches, **data)
-        finish_run(ckpt, res.completed)
-        return (lf, plot_loss_curve(res.losses, title=f"{kind} LoRA (blocks {blocks or 'all'}) loss", smooth=20))
+                                             callback=bar, checkpoint_path=run.checkpoint, resume=bool(resume),
+                                             preview=pv, height=height or None, width=width or None,
+                                             patches=m.patches, **data)
+            finish_lora_run(run, lf, res.losses, title, res.completed)
+        return (lf, plot_loss_curve(res.losses, title=title, smooth=20))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -17,7 +17,9 @@ from dual_adapter.limits import (MAX_ADAPTER_HIDDEN, MAX_CFG, MAX_FRAMES, MAX_GR
                                  MAX_TRAIN_STEPS, MIN_CFG)
 
 from . import bridge
-from .common import as_model, image_batch, preview_inputs, preview_options, training_mode
+from .common import (NAME_TOOLTIP, RESUME_TOOLTIP, as_model, image_batch, node_run, node_settings, preview_inputs,
+                     preview_options,
+                     start_run, training_mode)
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,10 @@ class DualRealTrain:
     DESCRIPTION = ("Train DualReal (joint identity + motion adapters with the StageBlender controller) on "
                    "subject photos and motion clip frames. Each step trains either the identity adapters (on a "
                    "photo, identity prompt) or the motion adapters (on a clip, motion prompt); the controller "
-                   "trains in both. Writes periodic checkpoints to output/dualreal/<name>_NNNNN_.partial.safetensors "
-                   "(a new counter per run; kept if you cancel the queue, and listed by Load DualReal); a finished "
-                   "run saves <name>_NNNNN_.safetensors there and removes its checkpoints. Returns the adapters and "
-                   "a loss curve.")
+                   "trains in both. Each run gets a folder output/runs/dualreal/<name>_NNNNN_/ (config.json, "
+                   "checkpoint.safetensors and state.safetensors while it trains, kept if you cancel the queue, "
+                   "losses.jsonl, loss.png, previews/); a finished run saves <name>.safetensors there and removes its "
+                   "checkpoint and state. Load DualReal lists both. Returns the adapters and a loss curve.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = ("DUALREAL_ADAPTERS", "IMAGE")
@@ -111,11 +113,7 @@ class DualRealTrain:
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
                                  "tooltip": "Seeds every step's batch, noise and timestep."}),
                 "name": ("STRING", {"default": "dualreal",
-                                    "tooltip": "Run name: each run gets a new counter, its checkpoints going to "
-                                               "output/dualreal/<name>_NNNNN_.partial.safetensors (+ .state, "
-                                               ".losses.jsonl), replaced by <name>_NNNNN_.safetensors when the "
-                                               "run finishes; queueing again starts a new run and never replaces "
-                                               "files. 'resume' continues the newest run of this name."}),
+                                    "tooltip": NAME_TOOLTIP.format(method="dualreal", load="Load DualReal")}),
             },
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "Reference encoder (clip_vision_h, ViT-H/14, 1024-d), as "
@@ -135,11 +133,7 @@ class DualRealTrain:
                                                "tooltip": "Off = ablation with fixed weights w_id = w_mo = 0.1."}),
                 "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": MAX_TRAIN_STEPS,
                                              "tooltip": "Write a checkpoint every N steps (0 = only at the end/stop)."}),
-                "resume": ("BOOLEAN", {"default": False,
-                                       "tooltip": "Continue the newest stopped run of <name> (highest counter "
-                                                  "with a .state file) from its last checkpoint, e.g. with more "
-                                                  "steps (a new lr applies from there); a finished run keeps only "
-                                                  "its final file. Off: a new run with the next counter."}),
+                "resume": ("BOOLEAN", {"default": False, "tooltip": RESUME_TOOLTIP.format(method="dualreal")}),
                 "warmup_steps": ("INT", {"default": 200, "min": 0, "max": MAX_TRAIN_STEPS,
                                          "tooltip": "Linear warm-up steps of the learning rate (200)."}),
                 **preview_inputs(),
@@ -152,6 +146,7 @@ class DualRealTrain:
               groups, form, seed, name, clip_vision=None, frames_per_clip=0, use_controller=True,
               checkpoint_every=100, resume=False, warmup_steps=200, reference_encoder="auto", preview_every=-1,
               preview_prompt="", fp8_base=False, block_swap=0):
+        settings = node_settings(locals())
         from dual_adapter.dualreal import DualRealOptions, train_dualreal
         from dual_adapter.plots import plot_loss_curve
         from dual_adapter.training import TrainConfig
@@ -161,14 +156,13 @@ class DualRealTrain:
             log.warning("Train DualReal trains against the base model; the %d patch(es) on the input model are "
                         "not used during training", len(model.patches))
         name = (name or "dualreal").strip().replace("\\", "/").split("/")[-1] or "dualreal"
-        from dual_adapter.dualreal import counted_run_path, finalize_run, run_paths
-        from dual_adapter.io import run_lock
-        from dual_adapter.training import check_run_files
+        from dual_adapter.dualreal import finalize_run
 
-        # the name is checked and a new run's name reserved before any work (a concurrent run takes the next
-        # counter); a reservation that was never written is given back on the way out
-        out = counted_run_path(bridge.output_dir() / "dualreal", name, resume=bool(resume))
-        with reservation(out), training_mode():
+        # the name is checked and a new run's folder reserved before any work (a concurrent run takes the next
+        # counter); a run that never trained leaves no folder
+        run = start_run("dualreal", name, "dualreal", resume, settings)
+        bar = bridge.Progress(int(steps))
+        with node_run(run, bar, "Load DualReal"), training_mode():
             photos = list(image_batch(subject, "subject"))
             clips = _split_clips(image_batch(motion, "motion"), int(frames_per_clip))
             for k, c in enumerate(clips):
@@ -180,7 +174,6 @@ class DualRealTrain:
             train = TrainConfig(steps=int(steps), lr=float(lr), seed=int(seed), checkpoint_every=int(checkpoint_every),
                                 warmup_steps=int(warmup_steps), fp8_base=bool(fp8_base),
                                 block_swap=int(block_swap))
-            bar = bridge.Progress(int(steps))
             every = max(1, int(steps) // 50)
 
             def cb(step, total, info):
@@ -192,33 +185,16 @@ class DualRealTrain:
                 else:
                     bridge.throw_if_interrupted()
 
-            log.info("Train DualReal: run %s (checkpoints in %s)", out.stem, out.parent)
-            with run_lock(out, "Train DualReal run"):
-                check_run_files(out, run_paths(out), resume=bool(resume), resume_hint="resume = true",
-                                rename_hint=f"another name than {name!r}")
-                files = run_paths(out)
-
-                def kept():
-                    return (f"{files['partial'].name} in {out.parent} (Load DualReal lists it); continue with resume = "
-                            f"true, name {name!r} and steps above the step reached")
-
-                with bar.on_cancel(kept, exact=lambda: _read_losses(files["losses"])):
-                    res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt,
-                                         reference_encoder=encoder, options=options, train=train, callback=cb, out=out,
-                                         resume=bool(resume),
-                                         preview=preview_options(bar, preview_every, preview_prompt, bundle, out))
-                    path = finalize_run(res, out)  # the final file replaces the run's .partial / .state, as in the CLI
+            log.info("Train DualReal: run folder %s", run.path)
+            res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
+                                 options=options, train=train, callback=cb, out=run.final, resume=bool(resume),
+                                 preview=preview_options(bar, preview_every, preview_prompt, bundle, run.previews),
+                                 run=run)
+            path = finalize_run(res, run.final, run)  # the final file replaces the checkpoint and state, as in the CLI
             log.info("Train DualReal: wrote %s", path)
             curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
                                     smooth=max(1, min(25, len(res.losses) // 10)))
         return (res.adapters, curve)
-
-
-def _read_losses(path) -> list[dict]:
-    """The run's per-step records from its ``.losses.jsonl`` (empty when there is none yet)."""
-    if not path.is_file():
-        return []
-    return [r for r in (json.loads(l) for l in path.read_text().splitlines() if l.strip()) if "loss" in r]
 
 
 class DualRealSave:
@@ -252,8 +228,10 @@ class DualRealSave:
 
 
 class DualRealLoad:
-    DESCRIPTION = ("Load DualReal adapters: files in models/dualreal, and what Save DualReal and Train DualReal wrote "
-                   "in output/dualreal/ (listed as output/dualreal/...; a .partial file is a run's last checkpoint). "
+    DESCRIPTION = ("Load DualReal adapters: files in models/dualreal, what Save DualReal wrote in output/dualreal/, "
+                   "and the runs of Train DualReal in output/runs/dualreal/<name>_NNNNN_/ (<name>.safetensors: a "
+                   "finished run; checkpoint.safetensors: a stopped run's last checkpoint; older runs' "
+                   "output/dualreal/*.partial.safetensors too). "
                    "Our .safetensors files, or the authors' adapter.pth (imported into the 'official' form).")
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -263,11 +241,12 @@ class DualRealLoad:
     @classmethod
     def INPUT_TYPES(cls):
         shipped = sorted(f"examples/{p.name}" for p in (bridge.PACK_ROOT / "examples").glob("dualreal_*.safetensors"))
-        files = [f for f in bridge.list_files("dualreal") if not f.endswith(".state.safetensors")]  # optimiser state
+        files = bridge.list_files("dualreal")  # optimiser state files are left out
         return {"required": {
             "adapters_name": (files + shipped,
-                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth), or one Save "
-                               "DualReal / Train DualReal wrote (output/dualreal/...). "
+                              {"tooltip": "File in models/dualreal (.safetensors or the authors' .pth), one Save "
+                               "DualReal wrote (output/dualreal/...), or a Train DualReal run's final file or last "
+                               "checkpoint (output/runs/dualreal/<name>_NNNNN_/...). "
                                "examples/dualreal_tiny_* / dualreal_mini_* are small adapters for the built-in tiny / "
                                "mini model, shipped with the pack so the example workflow runs."}),
         }}

@@ -16,7 +16,7 @@ from dual_adapter.seeds import SEED_MAX
 from dual_adapter.limits import MAX_RANK, MAX_SIDE, MAX_TRAIN_STEPS
 
 from . import bridge
-from .common import (as_model, finish_run, image_batch, kept_note, preview_inputs, preview_options, run_checkpoint,
+from .common import (as_model, finish_lora_run, image_batch, node_run, node_settings, preview_inputs, preview_options, start_run,
                      run_inputs, training_mode)
 
 CAT = "DualAdapter/LoRA"
@@ -36,7 +36,7 @@ class TrainMotionLoRA:
                    "Appearance', docs/tap.md). Preset tap = LoRA on attention query and key only (TAP: the value projection stays "
                    "frozen so the pretrained appearance is re-used, not re-learned); k_out = the authors' code; full = "
                    "q, k, v, out. Optional MotionDirector spatial path and appearance-debiased loss. Progress per step; "
-                   "Cancel stops and keeps the last checkpoint in output/lora_checkpoints/; 'resume' continues it. While it trains "
+                   "Each run gets a folder output/runs/lora/<name>_NNNNN_/ (the final LoRA, losses, loss plot, previews); Cancel keeps the last checkpoint there and 'resume' continues it. While it trains "
                    "the node shows the loss curve and validation previews.")
     CATEGORY = CAT
     RETURN_TYPES = ("VIDEO_LORA", "IMAGE")
@@ -92,6 +92,7 @@ class TrainMotionLoRA:
               steps=1000, seed=0, clip_2=None, clip_3=None, height=0, width=0, targets="", blocks="",
               spatial_path=False, debiased_loss=False, gradient_checkpointing=True, name="motion_lora",
               resume=False, checkpoint_every=100, preview_every=-1, preview_prompt="", fp8_base=False, block_swap=0):
+        settings = node_settings(locals())
         m = as_model(model)
         if preset == "custom":
             if not targets.strip():
@@ -110,18 +111,19 @@ class TrainMotionLoRA:
         t = m.bundle.vae_scale_temporal
         n = min(c.shape[0] for c in clips)
         n = min((n - 1) // t * t + 1, m.bundle.default_size[0])
-        ckpt = run_checkpoint(name, "motion_lora", resume)
+        run = start_run("lora", name, "motion_lora", resume, dict(settings, trainer="motion LoRA"))
         progress = bridge.Progress(int(steps))
-        pv = preview_options(progress, preview_every, preview_prompt, m.bundle, ckpt)
-        with reservation(ckpt), training_mode(), progress.on_cancel(lambda: kept_note(ckpt, name)):
+        pv = preview_options(progress, preview_every, preview_prompt, m.bundle, run.previews)
+        with node_run(run, progress, "Load LoRA"), training_mode():
             lf, res = L.train_lora(m.bundle, clips=clips, prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
-                                   debiased_loss=debiased_loss, callback=progress, checkpoint_path=ckpt,
+                                   debiased_loss=debiased_loss, callback=progress, checkpoint_path=run.checkpoint,
                                    resume=bool(resume), num_frames=n, height=height or None, width=width or None,
                                    patches=m.patches, preview=pv)
-        finish_run(ckpt, res.completed)
+            title = f"motion LoRA ({spec_name(spec)}) loss"
+            finish_lora_run(run, lf, res.losses, title)
         from dual_adapter.plots import plot_loss_curve
 
-        plot = plot_loss_curve(res.losses, title=f"motion LoRA ({spec_name(spec)}) loss", smooth=20)
+        plot = plot_loss_curve(res.losses, title=title, smooth=20)
         return (lf, plot)
 
 
@@ -199,7 +201,7 @@ def cogvideox_lora_files() -> list[str]:
 
 class LoadLoRA:
     DESCRIPTION = ("Load a CogVideoX LoRA from models/loras or from what this pack's Save / Train nodes wrote in the "
-                   "output folder (output/loras, output/lora_checkpoints): files saved by this pack, diffusers / peft LoRAs from "
+                   "output folder (output/loras, the training run folders output/runs/..., older output/lora_checkpoints): files saved by this pack, diffusers / peft LoRAs from "
                    "other trainers (CogVideoX factory, finetrainers...) and kohya-style lora_unet_* files "
                    "(CogVideoX-Fun, also VideoX-Fun's lora_unet__ names), ComfyUI-native diffusion_model.blocks.N.q files "
                    "(.alpha read; .diff refused) and finetrainers files (alpha from lora_config). Text-encoder parts "
@@ -213,8 +215,8 @@ class LoadLoRA:
     def INPUT_TYPES(cls):
         return {"required": {
             "lora_name": (cogvideox_lora_files() or [""], {"tooltip": "A .safetensors CogVideoX LoRA in models/loras "
-                          "(sub-folders included), or one this pack wrote in the output folder (output/loras/..., "
-                          "output/lora_checkpoints/...). U-Net LoRAs are left out (Load U-Net LoRA takes them)."}),
+                          "(sub-folders included), or one this pack wrote in the output folder (output/loras/..., a training "
+                          "run's final file or stopped run's checkpoint.safetensors in output/runs/<method>/<name>_NNNNN_/). U-Net LoRAs are left out (Load U-Net LoRA takes them)."}),
         }}
 
     def load(self, lora_name):

@@ -22,7 +22,7 @@ from dual_adapter.limits import (MAX_CFG, MAX_RANK, MAX_SAMPLING_STEPS, MAX_SIDE
                                  MAX_TTT_STEPS, MIN_CFG)
 
 from . import bridge
-from .common import image_batch, preview_inputs, preview_options, run_inputs, training_mode
+from .common import image_batch, node_run, node_settings, preview_inputs, preview_options, run_inputs, start_run, training_mode
 
 CAT = "DualAdapter/U-Net"
 TINY = ["tiny-unet3d", "tiny-animatediff"]
@@ -204,50 +204,39 @@ class UNetTrainMotionLoRA:
     def train(self, model, clip, prompt, preset=UM.UNetMotionTrainConfig.preset, rank=32, steps=1000,
               learning_rate=5e-4, seed=0, spatial_path=True, debiased_loss=True, name="unet_motion_lora",
               resume=False, checkpoint_every=100, preview_every=-1, preview_prompt=""):
+        settings = node_settings(locals())
         m = _model(model)
         frames = check_motion_frames(image_batch(clip, "clip"), "clip")  # a still would train no motion
         cfg = UM.UNetMotionTrainConfig(preset=preset, rank=int(rank), steps=int(steps), lr=float(learning_rate),
                                        seed=int(seed), spatial_path=bool(spatial_path), debiased_loss=bool(debiased_loss),
                                        gradient_checkpointing=m.bundle.device != "cpu",
                                        checkpoint_every=int(checkpoint_every))
-        out, state = _unet_run(name, "unet_motion_lora", resume)
+        run = start_run("unet", name, "unet_motion_lora", resume, settings)
         bar = bridge.Progress(int(steps), "motion LoRA")
 
         def keep(lf, step):
-            UM.save_unet_lora(lf, out, overwrite=True)
+            UM.save_unet_lora(lf, run.checkpoint, overwrite=True)
 
-        with reservation(out), training_mode(), bar.on_cancel(lambda: _kept(out, state, name)):
+        with node_run(run, bar, "Load U-Net LoRA"), training_mode():
             with torch.random.fork_rng():  # the LoRA's random init: the run's seed, so a run repeats
                 torch.manual_seed(int(seed))
-                lf, _, _ = UM.train_unet_motion_lora(
-                    m.bundle, [frames], prompt, cfg, callback=bar, on_checkpoint=keep, state_path=state,
-                    resume=bool(resume), preview=preview_options(bar, preview_every, preview_prompt, m.bundle, out))
-        _finish(state)
+                lf, _, losses = UM.train_unet_motion_lora(
+                    m.bundle, [frames], prompt, cfg, callback=bar, on_checkpoint=keep, state_path=run.state,
+                    resume=bool(resume), preview=preview_options(bar, preview_every, preview_prompt, m.bundle,
+                                                                 run.previews))
+            _finish(run, lf, losses, "U-Net motion LoRA loss")
         return (lf,)
 
 
 def _RUN(default: str) -> dict:
-    return run_inputs(default)
+    return run_inputs(default, method="unet", load="Load U-Net LoRA")
 
 
-def _unet_run(name: str, default: str, resume: bool):
-    """``(checkpoint, state file)`` of a U-Net training node's run: ``output/unet_lora/<name>_NNNNN_.safetensors``
-    (a new counter, or with ``resume`` the newest with a state file) and its ``.state.safetensors``."""
-    from dual_adapter.dualreal import counted_run_path, run_paths
-
-    out = counted_run_path(bridge.output_dir() / "unet_lora", (name or "").strip() or default, resume=bool(resume))
-    return out, run_paths(out)["state"]
-
-
-def _kept(out, state, name: str) -> str:
-    what = out.name if out.is_file() and out.stat().st_size else state.name
-    return f"{what} in {out.parent}; continue with resume = true, name {name!r} and the same steps"
-
-
-def _finish(state) -> None:
-    """A finished run's state file goes (the checkpoint, if any, stays as an autosave Load U-Net LoRA lists)."""
-    if state.exists():
-        state.unlink()
+def _finish(run, lf, losses, title: str) -> None:
+    """A finished U-Net run: the LoRA saved as the run's final file, then its checkpoint and state go and its losses
+    and plot are written (:meth:`dual_adapter.runs.RunFolder.finish`)."""
+    UM.save_unet_lora(lf, run.final)
+    run.finish(losses, title)
 
 
 class UNetApplyLoRA:
@@ -298,7 +287,8 @@ class UNetSaveLoRA:
 
 
 class UNetLoadLoRA:
-    DESCRIPTION = ("Load a U-Net LoRA from models/loras/ or output/unet_lora/ (what Save U-Net LoRA wrote); only "
+    DESCRIPTION = ("Load a U-Net LoRA from models/loras/, output/unet_lora/ (what Save U-Net LoRA wrote) or the U-Net "
+                   "training runs in output/runs/unet/<name>_NNNNN_/ (the final file, or a stopped run's checkpoint); only "
                    "U-Net LoRAs are listed, a CogVideoX LoRA is refused with a message saying so; the "
                    "backbone it was trained on is checked when it is applied.")
     CATEGORY = CAT
@@ -311,7 +301,8 @@ class UNetLoadLoRA:
         from .lora_nodes import lora_files
 
         return {"required": {"lora_name": (lora_files(unet=True) or [""], {"tooltip": "A U-Net LoRA in models/loras/ "
-                             "or one Save U-Net LoRA wrote (output/unet_lora/...). CogVideoX LoRAs are left out."})}}
+                             "or one Save U-Net LoRA wrote (output/unet_lora/...), or a U-Net training run's file "
+                             "(output/runs/unet/...). CogVideoX LoRAs are left out."})}}
 
     def load(self, lora_name):
         return (UM.load_unet_lora(bridge.resolve("loras", lora_name)),)
@@ -354,17 +345,19 @@ _CT_COMMON = {
 }
 
 
-def _stage(m, label, name, resume, checkpoint_every, preview_every, preview_prompt, steps, train, seed=0):
-    """Run one CustomTTT stage of an AnimateDiff node with its run files (state file in output/unet_lora/,
-    resume, previews, Cancel notice); returns the node's output tuple."""
-    out, state = _unet_run(name, label.lower() + "_lora", resume)
+def _stage(m, label, name, resume, checkpoint_every, preview_every, preview_prompt, steps, train, seed=0,
+           settings=None):
+    """Run one CustomTTT stage of an AnimateDiff node in its run folder (output/runs/unet/<name>_NNNNN_/: state file,
+    resume, previews, Cancel notice, the final LoRA); returns the node's output tuple."""
+    folder = start_run("unet", name, label.lower() + "_lora", resume, dict(settings or {}, stage=label))
     bar = bridge.Progress(steps, label)
-    run = CT.StageRun(state_path=state, resume=bool(resume), checkpoint_every=int(checkpoint_every),
-                      preview=preview_options(bar, preview_every, preview_prompt, m.bundle, out))
-    with reservation(out), training_mode(), bar.on_cancel(lambda: _kept(out, state, name)), torch.random.fork_rng():
-        torch.manual_seed(int(seed))  # the LoRAs' random init: the run's seed, so a run repeats (and resumes)
-        lf = train(run, bar)
-    _finish(state)
+    run = CT.StageRun(state_path=folder.state, resume=bool(resume), checkpoint_every=int(checkpoint_every),
+                      preview=preview_options(bar, preview_every, preview_prompt, m.bundle, folder.previews))
+    with node_run(folder, bar, "Load U-Net LoRA"), training_mode():
+        with torch.random.fork_rng():
+            torch.manual_seed(int(seed))  # the LoRAs' random init: the run's seed, so a run repeats (and resumes)
+            lf = train(run, bar)
+        _finish(folder, lf, folder.records() or bar.losses, f"{label} loss")
     return (lf,)
 
 
@@ -390,12 +383,14 @@ class AnimateDiffTrainAppearanceLoRA:
 
     def train(self, model, photos, prompt, layers="2,6", steps=500, learning_rate=1e-5, rank=32, optimizer="auto", seed=0,
               name="appearance_lora", resume=False, checkpoint_every=100, preview_every=-1, preview_prompt=""):
+        settings = node_settings(locals())
         m = _model(model, kind="animatediff")
         ph = list(image_batch(photos, "photos"))
         cfg = CT.CustomTTTUNetConfig(appearance_layers=CT.parse_layers(layers), appearance_steps=int(steps),
                                      appearance_lr=float(learning_rate), rank=int(rank), optimizer=optimizer, seed=int(seed))
         return _stage(m, "appearance", name, resume, checkpoint_every, preview_every, preview_prompt, int(steps),
-                      lambda run, bar: CT.train_appearance_lora(m.bundle, ph, prompt, cfg, callback=bar, run=run)[0], seed=seed)
+                      lambda run, bar: CT.train_appearance_lora(m.bundle, ph, prompt, cfg, callback=bar, run=run)[0], seed=seed,
+                      settings=settings)
 
 
 class AnimateDiffTrainMotionLoRA:
@@ -422,12 +417,14 @@ class AnimateDiffTrainMotionLoRA:
     def train(self, model, clip, prompt, layers="2,5", preset="full", steps=500, learning_rate=5e-5, rank=32,
               optimizer="auto", seed=0, name="motion_lora", resume=False, checkpoint_every=100, preview_every=-1,
               preview_prompt=""):
+        settings = node_settings(locals())
         m = _model(model, kind="animatediff")
         cfg = CT.CustomTTTUNetConfig(motion_layers=CT.parse_layers(layers), motion_preset=preset, motion_steps=int(steps),
                                      motion_lr=float(learning_rate), rank=int(rank), optimizer=optimizer, seed=int(seed))
         x = check_motion_frames(image_batch(clip, "clip"), "clip")
         return _stage(m, "motion", name, resume, checkpoint_every, preview_every, preview_prompt, int(steps),
-                      lambda run, bar: CT.train_motion_lora(m.bundle, [x], prompt, cfg, callback=bar, run=run)[0], seed=seed)
+                      lambda run, bar: CT.train_motion_lora(m.bundle, [x], prompt, cfg, callback=bar, run=run)[0], seed=seed,
+                      settings=settings)
 
 
 class AnimateDiffTTTMerge:
@@ -461,11 +458,13 @@ class AnimateDiffTTTMerge:
             "sampler_steps": ("INT", {"default": 25, "min": 1, "max": MAX_SAMPLING_STEPS, "tooltip": "The DDIM schedule the teachers "
                               "step through (25), at CFG 9."}),
             "optimizer": _CT_COMMON["optimizer"], "seed": _CT_COMMON["seed"]},
-            "optional": {**run_inputs("customttt", checkpoint_every=10), **preview_inputs()}}
+            "optional": {**run_inputs("customttt", checkpoint_every=10, method="unet", load="Load U-Net LoRA"),
+                         **preview_inputs()}}
 
     def merge(self, model, appearance_lora, motion_lora, appearance_prompt, motion_prompt, prompt, steps=30,
               learning_rate=1e-6, frames=0, reference="x0_pred", teacher_steps=5, sampler_steps=25, optimizer="auto",
               seed=0, name="customttt", resume=False, checkpoint_every=10, preview_every=-1, preview_prompt=""):
+        settings = node_settings(locals())
         m = _model(model, kind="animatediff")
         cfg = CT.CustomTTTUNetConfig(ttt_steps=int(steps), ttt_lr=float(learning_rate), num_frames=frames or None,
                                      reference=reference, teacher_steps=int(teacher_steps),
@@ -474,7 +473,8 @@ class AnimateDiffTTTMerge:
         return _stage(m, "TTT", name, resume, checkpoint_every, preview_every, preview_prompt, int(steps),
                       lambda run, bar: CT.ttt_merge(m.bundle, a, mo, appearance_prompt=appearance_prompt,
                                                     motion_prompt=motion_prompt, prompt=prompt, config=cfg,
-                                                    callback=bar, run=run)[0], seed=seed)
+                                                    callback=bar, run=run)[0], seed=seed,
+                      settings=settings)
 
 
 NODE_CLASS_MAPPINGS = {

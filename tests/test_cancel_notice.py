@@ -49,8 +49,9 @@ def test_train_dualreal_cancel_shows_step_loss_and_how_to_resume(tiny, out_dir, 
                                 reference_encoder="none")
     assert len(shown) == 1, shown
     assert shown[0].startswith("cancelled at step 3/10 (loss ")
-    assert "checkpoint kept: stop_00001_.partial.safetensors" in shown[0] and "resume = true" in shown[0]
-    assert load_adapters(out_dir / "dualreal" / "stop_00001_.partial.safetensors").meta["steps"] == 3
+    run = out_dir / "runs" / "dualreal" / "stop_00001_"
+    assert f"checkpoint kept: checkpoint.safetensors in {run}" in shown[0] and "resume = true" in shown[0]
+    assert load_adapters(run / "checkpoint.safetensors").meta["steps"] == 3
 
 
 def test_cancel_notice_shows_the_loss_curve_as_the_node_preview():

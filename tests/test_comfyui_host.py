@@ -309,7 +309,7 @@ def test_cancel_shows_in_the_node_and_the_checkpoint_loads_in_the_next_queue(ser
         texts[-3:]
     name = prompt[train_id]["inputs"]["name"]
     listed = _get(server["url"] + "/object_info/DualRealLoad")["DualRealLoad"]["input"]["required"]["adapters_name"][0]
-    partial = [n for n in listed if n.startswith(f"output/dualreal/{name}_") and n.endswith(".partial.safetensors")]
+    partial = [n for n in listed if n.startswith(f"output/runs/dualreal/{name}_") and n.endswith("/checkpoint.safetensors")]
     assert partial, listed
     h = _wait(server, _queue(server, {"1": {"class_type": "DualRealLoad", "inputs": {"adapters_name": partial[0]}},
                                       "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}

@@ -308,7 +308,8 @@ def test_cli_prompt_influence_and_ttt_merge(tiny, tmp_path, capsys):
     assert main(args) == 0
     lf = load_lora(out_f)
     assert lf.metadata["method"] == "CustomTTT" and lf.blocks == [0, 1, 2]
-    assert (tmp_path / "merged.losses.jsonl").is_file() and not (tmp_path / "merged.ckpt.safetensors").exists()
+    run = tmp_path / "runs" / "customttt" / "merged_00001_"
+    assert (run / "losses.jsonl").is_file() and not (run / "checkpoint.safetensors").exists()
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     assert main(args[:-3] + ["--renoise-timesteps", "9,3", "--out", str(tmp_path / "x.safetensors")]) == 2
 
@@ -337,7 +338,7 @@ def test_nodes_prompt_influence_and_ttt_merge(tiny, out_dir):
                                                          teacher_schedule=2)
     assert isinstance(lf, LoraFile) and lf.ranks["transformer_blocks.0.attn1.to_v"] == 8
     assert loss_plot.ndim == 4 and all(torch.equal(v, before[k]) for k, v in a.state_dict.items())
-    assert list((out_dir / "lora_checkpoints").glob("customttt_*.safetensors"))
+    assert (out_dir / "runs" / "customttt" / "customttt_00001_" / "customttt.safetensors").is_file()
     with pytest.raises(DualAdapterError, match="VIDEO_LORA"):
         N["DualAdapterTTTMerge"]().merge(model, "a.safetensors", "dog *", m, "x", "y", steps=0)
 

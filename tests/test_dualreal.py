@@ -460,9 +460,10 @@ def test_cli_train_dualreal_and_generate_hooks(tmp_path, bundle, capsys, caplog)
     assert rc == 0, capsys.readouterr().err
     a = load_adapters(out)
     assert a.meta["steps"] == 4 and a.meta["reference_encoder"] == "tiny"
-    lines = (tmp_path / "adapters.losses.jsonl").read_text().splitlines()
+    run = tmp_path / "runs" / "dualreal" / "adapters_00001_"
+    lines = (run / "losses.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "loss" in json.loads(lines[0])
-    assert not (tmp_path / "adapters.partial.safetensors").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "losses.jsonl"]
     assert main(["train-dualreal", "--subject", str(DOG), "--identity-prompt", "dog *", "--motion", str(GUITAR),
                  "--motion-prompt", "m", "--steps", "1", "--out", str(out)]) == 2  # refuses to overwrite
     args = Namespace(dualreal=str(out), reference_image=str(DOG / "00.png"), reference_embedding=None,
@@ -512,8 +513,9 @@ def test_nodes_train_apply_save_load_plot(bundle, trained, out_dir, monkeypatch,
                                             name="t_none", warmup_steps=0, reference_encoder="none")
     assert no_enc.meta["uses_reference"] is False  # W_cond left untrained, as asked
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
-    assert (out_dir / "dualreal" / "t_00001_.safetensors").exists()  # the finished run's file; no .partial left
-    assert not list((out_dir / "dualreal").glob("t_00001_.*partial*"))
+    run = out_dir / "runs" / "dualreal" / "t_00001_"
+    assert (run / "t.safetensors").exists()  # the finished run's file; no checkpoint or state left
+    assert not (run / "checkpoint.safetensors").exists() and not (run / "state.safetensors").exists()
     assert torch.equal(motion, trained.clip)  # inputs not mutated
 
     class FakeClipVision:  # ComfyUI's CLIP_VISION: encode_image(image) -> CLIP_VISION_OUTPUT

@@ -408,11 +408,12 @@ def test_cli_train_lora_then_generate_with_two_loras(data_dir, tmp_path, capsys)
                "--steps", "4", "--rank", "4", "--no-gradient-checkpointing", "--checkpoint-every", "2", "--quiet",
                "--out", str(out)])
     assert rc == 0
-    lines = (tmp_path / "motion_lora.losses.jsonl").read_text().splitlines()
+    run = tmp_path / "runs" / "lora" / "motion_lora_00001_"
+    lines = (run / "losses.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
     lf = lora.load_lora(out)
     assert lf.targets == ["attn1.to_q", "attn1.to_k"] and lf.rank == 4 and lf.metadata["prompt"] == PROMPT
-    assert not (tmp_path / "motion_lora.ckpt.safetensors").exists()  # the checkpoint goes once the file is written
+    assert not (run / "checkpoint.safetensors").exists()  # the checkpoint goes once the file is written
     assert main(["train-lora", "--model", "tiny", "--motion", str(clip), "--prompt", PROMPT, "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     video = tmp_path / "v.mp4"

@@ -25,4 +25,4 @@ def test_load_clip_frames_has_a_video_upload_button():
 def test_train_dualreal_description_names_the_counted_checkpoint():
     from nodes.dualreal_nodes import DualRealTrain
 
-    assert "output/dualreal/<name>_NNNNN_.partial.safetensors" in DualRealTrain.DESCRIPTION
+    assert "output/runs/dualreal/<name>_NNNNN_/" in DualRealTrain.DESCRIPTION

@@ -37,7 +37,7 @@ def _clip(seed=0, shape=(9, 64, 96, 3)):
 
 
 def _states(out_dir):
-    return sorted(p.name for p in out_dir.rglob("*.state.safetensors"))
+    return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*state.safetensors"))
 
 
 def _resume_equals_straight(monkeypatch, out_dir, run, stop=2):
@@ -170,5 +170,5 @@ def test_node_shows_live_loss_curve_and_previews(tiny, out_dir, monkeypatch):
     assert len(sent) >= 3 and all(p[0] == "JPEG" for p in sent)  # the live view, step after step
     sizes = {p[1].size for p in sent}
     assert len(sizes) >= 2  # the preview's frames appear above the curve once there is one
-    names = sorted(p.name for p in out_dir.rglob("*.previews/*"))
+    names = sorted(p.name for p in out_dir.rglob("previews/*"))
     assert names == ["preview_000002.webp", "preview_000003.webp", "previews.png"]

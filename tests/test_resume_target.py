@@ -29,12 +29,12 @@ def test_resume_past_the_target_says_so(tiny, out_dir, monkeypatch):
         with monkeypatch.context() as mp, pytest.raises(InterruptedByUser):
             mp.setattr(N.bridge, "Progress", StopAt2)
             N.DualRealTrain().train(**kw)
-        run = sorted((out_dir / "dualreal").iterdir())
-        before = {p.name: p.read_bytes() for p in run}
+        folder = out_dir / "runs" / "dualreal" / "done_00001_"
+        before = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "config.json"}
         for steps in (2, 1):
             with pytest.raises(DualAdapterError, match=r"already at step 2.*steps=%d.*above 2" % steps):
                 N.DualRealTrain().train(**dict(kw, steps=steps, resume=True))
-        assert {p.name: p.read_bytes() for p in sorted((out_dir / "dualreal").iterdir())} == before
+        assert {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "config.json"} == before
         N.DualRealTrain().train(**dict(kw, resume=True))  # steps above the step reached: it finishes
-        with pytest.raises(DualAdapterError, match="no run named 'done' to continue"):  # a finished run
+        with pytest.raises(DualAdapterError, match="no stopped run named 'done' to continue"):  # a finished run
             N.DualRealTrain().train(**dict(kw, steps=4, resume=True))

@@ -9,8 +9,8 @@ PROMPT = "a person is playing guitar"
 
 
 def _leftovers(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and (".partial." in p.name or ".state." in p.name))
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and
+                  (".partial." in p.name or "state." in p.name or p.name == "checkpoint.safetensors"))
 
 
 def test_train_dualreal_node_leaves_the_final_file_not_its_checkpoints(tiny, out_dir, one_thread):
@@ -24,7 +24,7 @@ def test_train_dualreal_node_leaves_the_final_file_not_its_checkpoints(tiny, out
             motion_ratio=0.5, hidden_width=8, groups=2, form="zero_init", seed=0, name="run", warmup_steps=0,
             checkpoint_every=1)
     assert _leftovers(out_dir) == []
-    final = out_dir / "dualreal" / "run_00001_.safetensors"
+    final = out_dir / "runs" / "dualreal" / "run_00001_" / "run.safetensors"
     assert load_adapters(final).meta["steps"] == 3 == adapters.meta["steps"]
 
 
@@ -41,5 +41,7 @@ def test_lora_training_nodes_leave_no_state_file(tiny, out_dir, one_thread):
                                                 photos=torch.rand(2, 64, 96, 3))
         C.DualAdapterTrainSelectiveLoRA().train(model, "motion", PROMPT, preset="tap", rank=4, steps=2, clip=clip)
     assert _leftovers(out_dir) == []
-    kept = sorted(p.name for p in (out_dir / "lora_checkpoints").iterdir())
-    assert len(kept) == 3 and all(n.endswith("_.safetensors") for n in kept), kept  # the autosaves stay
+    kept = sorted(p.relative_to(out_dir / "runs" / "lora").as_posix()
+                  for p in (out_dir / "runs" / "lora").rglob("*.safetensors"))
+    assert kept == ["motion_lora_00001_/motion_lora.safetensors", "selective_lora_00001_/selective_lora.safetensors",
+                    "selective_lora_00002_/selective_lora.safetensors"], kept  # the final files

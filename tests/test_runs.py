@@ -194,18 +194,25 @@ def test_cli_refuses_reruns_and_bad_options_naming_real_options(tmp_path, capsys
     from dual_adapter.cli import main
 
     out = tmp_path / "a.safetensors"
-    run_paths(out)["partial"].write_bytes(b"step-600 checkpoint")
+    stopped = tmp_path / "runs" / "dualreal" / "a_00001_"  # a stopped run of this --out
+    stopped.mkdir(parents=True)
+    (stopped / "checkpoint.safetensors").write_bytes(b"step-600 checkpoint")
+    (stopped / "state.safetensors").write_bytes(b"state")
     assert _dualreal_cli(out) == 2
     err = capsys.readouterr().err
-    assert "a.partial.safetensors" in err and "--resume" in err and "another --out" in err
-    assert run_paths(out)["partial"].read_bytes() == b"step-600 checkpoint"
+    assert "checkpoint.safetensors" in err and "--resume" in err and "another --out" in err
+    assert (stopped / "checkpoint.safetensors").read_bytes() == b"step-600 checkpoint"
+    assert sorted(p.name for p in stopped.parent.iterdir()) == ["a_00001_"]  # no new folder for a refused run
     assert _dualreal_cli(tmp_path / "b.safetensors", "--resume") == 2
     assert "nothing to resume" in capsys.readouterr().err
     lo = tmp_path / "m.safetensors"
-    (tmp_path / "m.ckpt.safetensors").write_bytes(b"kept")
+    kept = tmp_path / "runs" / "lora" / "m_00001_"
+    kept.mkdir(parents=True)
+    (kept / "checkpoint.safetensors").write_bytes(b"kept")
+    (kept / "state.safetensors").write_bytes(b"state")
     assert main(["train-lora", "--motion", str(GUITAR), "--prompt", PROMPT, "--out", str(lo)]) == 2
     err = capsys.readouterr().err
-    assert "m.ckpt.safetensors" in err and "--resume" in err and (tmp_path / "m.ckpt.safetensors").read_bytes() == b"kept"
+    assert "checkpoint.safetensors" in err and "--resume" in err and (kept / "checkpoint.safetensors").read_bytes() == b"kept"
     for opts, msg in ((["--steps", "0"], "--steps 0"), (["--lr", "inf"], "--lr inf"), (["--lr", "nan"], "--lr nan"),
                       (["--lr", "-1"], "--lr -1"), (["--checkpoint-every", "-1"], "--checkpoint-every -1")):
         assert _dualreal_cli(tmp_path / "c.safetensors", *opts) == 2, opts
@@ -214,6 +221,7 @@ def test_cli_refuses_reruns_and_bad_options_naming_real_options(tmp_path, capsys
                      *opts]) == 2, opts
         assert msg in capsys.readouterr().err
     assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob("d.*"))
+    assert not list(tmp_path.glob("runs/*/c_*")) and not list(tmp_path.glob("runs/*/d_*"))
 
 
 def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir, monkeypatch):
@@ -227,18 +235,19 @@ def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir,
     kw = dict(model=PatchedModel(bundle), subject=torch.rand(1, 64, 96, 3), identity_prompt="dog *",
               motion=torch.rand(9, 64, 96, 3), motion_prompt=PROMPT, steps=2, lr=1e-3, motion_ratio=0.5,
               hidden_width=8, groups=2, form="zero_init", seed=0, name="same", warmup_steps=0, checkpoint_every=1)
-    runs = out_dir / "dualreal"
+    runs = out_dir / "runs" / "dualreal"
     with torch.inference_mode():
-        with pytest.raises(DualAdapterError, match="no run named 'same'"):
+        with pytest.raises(DualAdapterError, match="no stopped run named 'same'"):
             N.DualRealTrain().train(**dict(kw, resume=True))
+        assert not runs.exists() or not list(runs.iterdir())  # a refused run leaves no folder
         N.DualRealTrain().train(**kw)
-        first = runs / "same_00001_.safetensors"
+        first = runs / "same_00001_" / "same.safetensors"
         before = first.read_bytes()
         adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=3))  # a new run, not a refusal
         assert adapters.meta["steps"] == 3
         assert first.read_bytes() == before  # the first run is untouched
-        assert sorted(f.name for f in runs.glob("same_00002_*")) == ["same_00002_.losses.jsonl",
-                                                                     "same_00002_.safetensors"]
+        assert sorted(f.name for f in (runs / "same_00002_").iterdir()) == [
+            "config.json", "loss.png", "losses.jsonl", "same.safetensors"]
 
         class StopAt3(N.bridge.Progress):  # the queue's Cancel after step 3
             def __call__(self, step, total, info):
@@ -249,18 +258,19 @@ def test_node_rerun_with_the_same_name_starts_a_new_counted_run(bundle, out_dir,
         with monkeypatch.context() as mp, pytest.raises(InterruptedByUser):
             mp.setattr(N.bridge, "Progress", StopAt3)
             N.DualRealTrain().train(**dict(kw, seed=1, steps=4))
-        assert (runs / "same_00003_.state.safetensors").exists()
+        assert (runs / "same_00003_" / "state.safetensors").exists()
         adapters, _ = N.DualRealTrain().train(**dict(kw, seed=1, steps=4, resume=True))  # continues 00003: 3 -> 4
     assert adapters.meta["steps"] == 4
-    assert first.read_bytes() == before and not list(runs.glob("same_00004_*"))
-    assert not list(runs.glob("same_*.partial.safetensors")) and not list(runs.glob("same_*.state.safetensors"))
-    # the counter comes after every file of the name, so an interrupted run's files are never taken over
-    (runs / "same_00005_.state.safetensors").write_bytes(b"")
-    (runs / "same_00007_.losses.jsonl").write_text("")
-    from dual_adapter.dualreal import counted_run_path
+    assert first.read_bytes() == before and not (runs / "same_00004_").exists()
+    assert not list(runs.rglob("*state.safetensors")) and not list(runs.rglob("checkpoint.safetensors"))
+    # the counter comes after every run folder of the name, so a stopped run's folder is never taken over
+    (runs / "same_00005_").mkdir()
+    (runs / "same_00005_" / "state.safetensors").write_bytes(b"")
+    (runs / "same_00007_").mkdir()
+    from dual_adapter.runs import RunFolder
 
-    assert counted_run_path(runs, "same", resume=False).name == "same_00008_.safetensors"
-    assert counted_run_path(runs, "same", resume=True).name == "same_00005_.safetensors"  # 00007 has no state
+    assert RunFolder.start(out_dir / "runs", "dualreal", "same", resume=False).path.name == "same_00008_"
+    assert RunFolder.start(out_dir / "runs", "dualreal", "same", resume=True).path.name == "same_00005_"
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +301,7 @@ def test_sigterm_keeps_the_checkpoint(tmp_path):
             p.kill()
     assert rc == 143, rest[-2000:]
     assert "SIGTERM" in rest and "checkpoint is kept" in rest
-    ck = tmp_path / "m.ckpt.safetensors"
+    ck = tmp_path / "runs" / "lora" / "m_00001_" / "checkpoint.safetensors"
     from dual_adapter.lora import load_lora, train_state_path
 
     assert load_lora(ck).metadata["train"]["steps_done"] >= 1 and train_state_path(ck).exists()

@@ -75,3 +75,59 @@ def test_save_lora_then_load_lora_and_the_unet_pair(out_dir):
     assert unet_name in unet_list and cog_name not in unet_list
     assert LN.LoadLoRA().load(cog_name)[0].rank == 2
     assert UN.UNetLoadLoRA().load(unet_name)[0].rank == 2
+
+
+def test_train_then_load_through_the_run_folder(tiny, out_dir, one_thread):
+    """What a Train node finished is listed by its Load node from the run folder and loads to the same weights; a
+    stopped run's checkpoint is listed, its state file is not; files written before run folders are still listed."""
+    from dual_adapter.dualreal import save_adapters
+    from dual_adapter.errors import InterruptedByUser
+    from dual_adapter.patches import PatchedModel
+    from nodes import bridge
+    from nodes import dualreal_nodes as N
+    from nodes import lora_nodes as LN
+    from nodes import unet_nodes as UN
+
+    kw = dict(subject=torch.rand(1, 64, 96, 3), identity_prompt="dog *", motion=torch.rand(9, 64, 96, 3),
+              motion_prompt="a dog runs", steps=2, lr=1e-3, motion_ratio=0.5, hidden_width=4, groups=1,
+              form="zero_init", seed=0, name="r", warmup_steps=0, checkpoint_every=1)
+    with torch.inference_mode():
+        adapters, _ = N.DualRealTrain().train(PatchedModel(tiny), **kw)
+
+        class StopAt1(bridge.Progress):
+            def __call__(self, step, total=None, info=None, preview=None):
+                if step == 1:
+                    raise InterruptedByUser("cancelled")
+                return super().__call__(step, total, info, preview)
+
+        real = N.bridge.Progress
+        N.bridge.Progress = StopAt1
+        try:
+            with pytest.raises(InterruptedByUser):
+                N.DualRealTrain().train(PatchedModel(tiny), **dict(kw, steps=3))
+        finally:
+            N.bridge.Progress = real
+    (out_dir / "dualreal").mkdir()
+    save_adapters(adapters, out_dir / "dualreal" / "old_00001_.safetensors")  # a file from before run folders
+    names = _choices(N.DualRealLoad, "adapters_name")
+    final, stopped = "output/runs/dualreal/r_00001_/r.safetensors", "output/runs/dualreal/r_00002_/checkpoint.safetensors"
+    assert final in names and stopped in names and "output/dualreal/old_00001_.safetensors" in names
+    assert not any(n.endswith("state.safetensors") for n in names)
+    (again,) = N.DualRealLoad().load(final)
+    assert all(torch.equal(v, again.state_dict[k]) for k, v in adapters.state_dict.items())
+    assert N.DualRealLoad().load(stopped)[0].meta["steps"] == 1
+
+    lf, _ = LN.TrainMotionLoRA().train(PatchedModel(tiny), torch.rand(9, 64, 96, 3), "a dog runs", rank=2,
+                                       alpha=2.0, steps=1, name="t", gradient_checkpointing=False)
+    name = "output/runs/lora/t_00001_/t.safetensors"
+    assert name in _choices(LN.LoadLoRA, "lora_name") and name not in _choices(UN.UNetLoadLoRA, "lora_name")
+    back = LN.LoadLoRA().load(name)[0]
+    assert all(torch.equal(v, back.state_dict[k]) for k, v in lf.state_dict.items())
+
+    from dual_adapter.backbones import load_backbone
+
+    (ul,) = UN.UNetTrainMotionLoRA().train(PatchedModel(load_backbone("tiny-unet3d")), torch.rand(2, 32, 32, 3),
+                                           "a car turns", rank=2, steps=1, name="u")
+    name = "output/runs/unet/u_00001_/u.safetensors"
+    assert name in _choices(UN.UNetLoadLoRA, "lora_name") and name not in _choices(LN.LoadLoRA, "lora_name")
+    assert UN.UNetLoadLoRA().load(name)[0].rank == 2

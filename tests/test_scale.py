@@ -453,7 +453,7 @@ def test_lora_data_parallel_two_processes_match_one(two_processes, tmp_path):
     d, _, clips = two_processes
     assert main(["train-lora", "--motion", *clips, *_LORA_CLI, "--out", str(tmp_path / "one.safetensors")]) == 0
     ref = lora.load_lora(tmp_path / "one.safetensors")
-    ref_records = [json.loads(l) for l in (tmp_path / "one.losses.jsonl").read_text().splitlines()]
+    ref_records = [json.loads(l) for l in (tmp_path / "runs/lora/one_00001_/losses.jsonl").read_text().splitlines()]
     ref_losses = [r["loss"] for r in ref_records]
     assert len(ref_losses) == 3
     for name in ("ddp", "fsdp", "resumed"):
@@ -462,11 +462,11 @@ def test_lora_data_parallel_two_processes_match_one(two_processes, tmp_path):
         if name == "resumed":
             losses = json.loads((d / "resumed.json").read_text())
         else:
-            records = [json.loads(l) for l in (d / f"{name}.losses.jsonl").read_text().splitlines()]
+            records = [json.loads(l) for l in (d / f"runs/lora/{name}_00001_/losses.jsonl").read_text().splitlines()]
             losses = [r["loss"] for r in records]
             for a, b in zip(ref_records, records):  # the spatial path's loss, summed over the processes
                 assert abs(a["loss_spatial"] - b["loss_spatial"]) < 1e-5 * max(1.0, abs(a["loss_spatial"]))
-            assert not list(d.glob(f"{name}.ckpt*"))  # the run's checkpoint files are gone after success
+            assert not list(d.glob(f"runs/lora/{name}_00001_/*.safetensors"))  # checkpoint files gone after success
         assert len(losses) == 3 and all(abs(a - b) < 1e-5 * max(1.0, abs(a)) for a, b in zip(ref_losses, losses)), \
             (name, ref_losses, losses)
         for k, v in ref.state_dict.items():  # AdamW (eps 1e-8) turns float-rounding gradient differences of

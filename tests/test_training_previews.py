@@ -174,7 +174,8 @@ def test_train_lora_command_writes_previews_beside_the_output(tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     assert main(["train-lora", "--model", "tiny", "--motion", str(guitar), "--prompt", PROMPT, "--rank", "2",
                  "--steps", "3", "--no-gradient-checkpointing", "--preview-every", "2", "--out", str(out)]) == 0
-    assert sorted(p.name for p in (tmp_path / "m.previews").iterdir()) == ["preview_000002.webp",
-                                                                            "preview_000003.webp", "previews.png"]
+    run = tmp_path / "runs" / "lora" / "m_00001_"
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["preview_000002.webp", "preview_000003.webp",
+                                                                    "previews.png"]
     assert "% of the training time" in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.state.safetensors"))  # a finished run keeps no state file
+    assert not list(tmp_path.rglob("*state.safetensors"))  # a finished run keeps no state file

@@ -296,7 +296,7 @@ def test_cli_generate_with_ah_and_lora_on_tiny_unet3d(tmp_path, capsys):
     lo = tmp_path / "m.safetensors"
     assert main(["train-lora", "--model", "tiny-unet3d", "--motion", str(clip), "--prompt", "a car turns",
                  "--frames", "2", "--rank", "2", "--steps", "1", "--out", str(lo), "--quiet"]) == 0
-    assert lo.is_file() and (tmp_path / "m.losses.jsonl").is_file()
+    assert lo.is_file() and (tmp_path / "runs" / "unet" / "m_00001_" / "losses.jsonl").is_file()
     out = tmp_path / "v.gif"
     assert main(["generate", "--model", "tiny-unet3d", "--prompt", "a dog", "--frames", "2", "--steps", "1",
                  "--lora", str(lo), "--ah", "--out", str(out), "--quiet"]) == 0
@@ -321,11 +321,14 @@ def test_unet_train_lora_follows_the_run_rules_of_the_cogvideox_trainers(u3d, tm
     lo = tmp_path / "m.safetensors"
     assert main(args + ["--out", str(lo), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err and not lo.exists()
-    (tmp_path / "m.ckpt.safetensors").write_bytes(b"kept")
+    kept = tmp_path / "runs" / "unet" / "m_00001_"
+    kept.mkdir(parents=True)
+    (kept / "checkpoint.safetensors").write_bytes(b"kept")
+    (kept / "state.safetensors").write_bytes(b"state")
     assert main(args + ["--out", str(lo)]) == 2
     err = capsys.readouterr().err
-    assert "m.ckpt.safetensors" in err and "--resume" in err and "another --out" in err
-    assert (tmp_path / "m.ckpt.safetensors").read_bytes() == b"kept" and not lo.exists()
+    assert "checkpoint.safetensors" in err and "--resume" in err and "another --out" in err
+    assert (kept / "checkpoint.safetensors").read_bytes() == b"kept" and not lo.exists()
     lock_path(tmp_path / "n.safetensors").write_text(json.dumps({"pid": __import__("os").getpid(),
                                                                  "host": __import__("socket").gethostname()}))
     assert main(args + ["--out", str(tmp_path / "n.safetensors")]) == 2

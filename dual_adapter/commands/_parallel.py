@@ -39,21 +39,93 @@ def add_memory_options(p) -> None:
                         "blocks per step, hidden behind compute while a block's compute outlasts its copy")
 
 
+def add_run_dir_option(p) -> None:
+    """``--run-dir DIR``: the root of the run folders (:class:`dual_adapter.runs.RunFolder`)."""
+    p.add_argument("--run-dir", default=None, metavar="DIR",
+                   help="root of the run folders: the run writes DIR/<method>/<out name>_NNNNN_/ (config.json; "
+                        "checkpoint.safetensors and state.safetensors while it trains, removed when it finishes; "
+                        "losses.jsonl, loss.png, previews/), the layout of the ComfyUI training nodes; the final file "
+                        "goes to --out. Default: runs/ beside --out. ComfyUI's output/runs lists the run in the Load "
+                        "nodes")
+
+
+def _stem(out: Path) -> str:
+    return out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.stem
+
+
+def _open_run(args, out: Path, method: str, what: str):
+    """Rank 0's run folder (under ``<out>.lock``): the newest stopped run of ``--out``'s name with ``--resume``,
+    else a new one, refused while ``--out`` exists or the newest run of that name is stopped."""
+    from ..runs import RunFolder
+    from ..training import check_run_files
+
+    root = Path(args.run_dir) if getattr(args, "run_dir", None) else out.parent / "runs"
+    hints = dict(resume_hint="--resume", rename_hint="another --out")
+    if args.resume:
+        if out.exists():  # a finished run is never continued: refused as "already exists"
+            check_run_files(out, {"state": out}, resume=False, **hints)
+        run = RunFolder.start(root, method, _stem(out), resume=True, final=out, what="--out", resume_hint="--resume")
+    else:
+        runs = RunFolder.runs(root, method, _stem(out), final=out)
+        last = runs[-1].files() if runs and runs[-1].stopped else {"state": root / method / "-"}
+        check_run_files(out, last, resume=False, **hints)  # --out written, or a stopped run to continue: refused
+        run = RunFolder.start(root, method, _stem(out), resume=False, final=out, what="--out")
+    run.write_config(vars(args), front_end=f"python -m dual_adapter {what}", method=method)
+    return run
+
+
 @contextlib.contextmanager
-def parallel_run(args, out: Path, files: dict, what: str):
-    """Context for a training command's run; yields ``(rank, world)``.
+def run_folder(args, out: Path, method: str, what: str, rank: int = 0, world: int = 1):
+    """The run folder of a training command (:class:`dual_adapter.runs.RunFolder`, under ``--run-dir`` or ``runs/``
+    beside ``--out``); yields it. Rank 0 holds ``<out>.lock`` for the run and applies the resume / refuse rules
+    (:func:`dual_adapter.training.check_run_files`); a run that never trained leaves no folder. In a data-parallel
+    run the other ranks wait for rank 0's folder and use it (only rank 0 writes).
+
+    Raises:
+        DualAdapterError: ``--out`` exists; the newest run of that name stopped (continue it with ``--resume``, or
+            choose another ``--out``); ``--resume`` and no stopped run; a second process with the same ``--out``.
+    """
+    from ..io import run_lock
+    from ..runs import RunFolder
+
+    if rank != 0:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has made or found the folder
+        root = Path(args.run_dir) if getattr(args, "run_dir", None) else out.parent / "runs"
+        runs = RunFolder.runs(root, method, _stem(out), final=out)
+        if args.resume:
+            runs = [r for r in runs if r.stopped]
+        if not runs:
+            raise FileNotFoundError(f"rank {rank}: no run folder of {str(out)!r} under {str(root)!r}")
+        yield runs[-1]
+        return
+    with run_lock(out, f"{what} run"):
+        try:
+            run = _open_run(args, out, method, what)
+        finally:
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+        with run.held():
+            yield run
+
+
+@contextlib.contextmanager
+def parallel_run(args, out: Path, method: str, what: str):
+    """Context for a training command's run; yields ``(rank, world, run)``.
 
     Starts the process group when launched by ``accelerate launch`` / ``torchrun`` (:func:`init_distributed`),
-    sets ``args.device`` to this process's GPU, and in rank 0 holds ``<out>.lock`` and applies the resume /
-    refuse rules (:func:`dual_adapter.training.check_run_files`) over ``files``. Other ranks only read.
+    sets ``args.device`` to this process's GPU, and opens the run folder (:func:`run_folder`: rank 0 holds
+    ``<out>.lock`` and applies the resume / refuse rules; other ranks only read).
 
     Raises:
         DualAdapterError: ``--fsdp`` on one process; the run rules (another run's files, nothing to resume,
             a second process with the same ``--out``).
     """
     from ..errors import DualAdapterError
-    from ..io import run_lock
-    from ..training import check_run_files, init_distributed
+    from ..training import init_distributed
 
     rank, world, dev = init_distributed()  # accelerate launch / torchrun: data parallel, one writer (rank 0)
     if getattr(args, "fsdp", False) and world < 2:
@@ -61,7 +133,5 @@ def parallel_run(args, out: Path, files: dict, what: str):
                                "`accelerate launch --num_processes N -m dual_adapter ...` (N >= 2), or drop --fsdp")
     if world > 1 and dev is not None and str(dev).startswith("cuda"):
         args.device = str(dev)
-    with run_lock(out, f"{what} run") if rank == 0 else contextlib.nullcontext():
-        if rank == 0:
-            check_run_files(out, files, resume=args.resume, resume_hint="--resume", rename_hint="another --out")
-        yield rank, world
+    with run_folder(args, out, method, what, rank, world) as run:
+        yield rank, world, run

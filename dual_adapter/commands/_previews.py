@@ -8,21 +8,23 @@ def add_preview_options(p) -> None:
     """Add the preview flags to a training command's parser."""
     p.add_argument("--preview-every", type=int, default=-1, metavar="N",
                    help="a validation video every N steps and after the last (up to 13 frames, 10 sampler steps, "
-                        "guidance 6, seed 0), written to <out>.previews/ (preview_NNNNNN.webp + previews.png); "
+                        "guidance 6, seed 0), written to the run folder's previews/ (preview_NNNNNN.webp + "
+                        "previews.png); "
                         "each costs about 20 forward passes of that short video and a VAE decode, reported as a share "
                         "of the training time. 0 = off; -1 (default) = every 100 on a real model, off on the built-in "
                         "tiny / mini models. The trained weights are the same with or without")
     p.add_argument("--preview-prompt", default=None, help="prompt of the previews (default: the run's prompt)")
 
 
-def preview_options(args, backbone, out):
-    """The run's :class:`~dual_adapter.previews.PreviewOptions`, or None when previews are off."""
-    from ..previews import PreviewOptions, auto_every, preview_folder
+def preview_options(args, backbone, folder):
+    """The run's :class:`~dual_adapter.previews.PreviewOptions` (files in ``folder``, the run folder's
+    ``previews/``), or None when previews are off."""
+    from ..previews import PreviewOptions, auto_every
 
     n = auto_every(int(args.preview_every), backbone)
     if not n:
         return None
-    return PreviewOptions(every=n, prompt=args.preview_prompt or None, folder=preview_folder(out))
+    return PreviewOptions(every=n, prompt=args.preview_prompt or None, folder=folder)
 
 
 def report(args, seconds: float, train_seconds: float, folder) -> None:

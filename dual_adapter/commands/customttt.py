@@ -86,8 +86,8 @@ def register(sub) -> None:
     q.add_argument("--motion", required=True, help="motion LoRA (.safetensors)")
     q.add_argument("--motion-prompt", required=True, help="prompt the motion LoRA was trained with")
     q.add_argument("--prompt", required=True, help="combined prompt, e.g. 'dog * is turning on a road'")
-    q.add_argument("--out", required=True, help="merged LoRA (.safetensors, never overwritten); per-step losses go to "
-                   "<out>.losses.jsonl")
+    q.add_argument("--out", required=True, help="merged LoRA (.safetensors, never overwritten); its run folder (losses, loss "
+                   "plot, previews) goes under --run-dir")
     q.add_argument("--authors", action="store_true", help="start from the authors' setting (Lion lr 1e-6, betas "
                    "0.9/0.99, wd 0.1, CFG 9; needs lion-pytorch); other flags override it")
     q.add_argument("--steps", type=lim.arg_int(0, lim.MAX_TTT_STEPS), default=None, help="TTT steps (default 30)")
@@ -130,12 +130,16 @@ def register(sub) -> None:
                    help="pixels, multiple of 16 (default: the model's)")
     q.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     q.add_argument("--save-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the saved file")
-    q.add_argument("--resume", action="store_true", help="continue the interrupted run of --out from its checkpoint "
-                   "(<out>.ckpt.safetensors and <out>.ckpt.state.safetensors: student weights, optimiser, step; the "
-                   "teachers run again with the same seeds), giving the uninterrupted run's result")
+    q.add_argument("--resume", action="store_true", help="continue the stopped run of --out from its checkpoint "
+                   "(the newest run folder of its name: checkpoint.safetensors and state.safetensors: student "
+                   "weights, optimiser, step; the teachers run again with the same seeds), giving the uninterrupted "
+                   "run's result")
     from ._previews import add_preview_options
 
     add_preview_options(q)
+    from ._parallel import add_run_dir_option
+
+    add_run_dir_option(q)
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(func=run_merge)
 
@@ -207,17 +211,11 @@ def run_merge(args) -> int:
 
     from .. import customttt as C
     from ..lora import load_lora
-    from ..training import write_loss_log
     from ..progress import TextProgress as _TextProgress
     from ._common import load_bundle, preflight
-
-    from ..lora import train_state_path
-    from ..training import check_run_files
+    from ._parallel import run_folder
 
     out = _new_file(args.out, (".safetensors",), "--out")
-    losses_path = out.with_name(out.stem + ".losses.jsonl")
-    ckpt = out.with_name(out.stem + ".ckpt.safetensors")
-    run_files = {"checkpoint": ckpt, "state": train_state_path(ckpt), "losses": losses_path}
     over = dict(steps=args.steps, teacher_steps=args.teacher_steps, teacher_schedule=args.teacher_schedule,
                 teacher_scheduler=args.teacher_scheduler, teacher_cfg=args.teacher_cfg,
                 negative_prompt=args.negative_prompt, teacher_seed=args.teacher_seed,
@@ -240,29 +238,24 @@ def run_merge(args) -> int:
     cfg = C.TTTConfig.authors(**over) if args.authors else C.TTTConfig(**over)
     cfg.validate()
     a, m = load_lora(args.appearance), load_lora(args.motion)
-    from ..io import run_lock
-
     preflight(args, args.frames, args.height, args.width)  # before the model loads
-    with run_lock(out, "ttt-merge run"):  # a second run with the same --out is refused while this one runs
-        check_run_files(out, run_files, resume=args.resume, resume_hint="--resume", rename_hint="another --out")
+    # <out>.lock (a second run with the same --out is refused while this one runs) and the run folder
+    with run_folder(args, out, "customttt", "ttt-merge") as run:
         bundle = load_bundle(args)
         from ._previews import preview_options, report
 
-        pv = preview_options(args, bundle, out)
+        pv = preview_options(args, bundle, run.previews)
         res = C.ttt_merge(bundle, a, m, appearance_prompt=args.appearance_prompt, motion_prompt=args.motion_prompt,
                           prompt=args.prompt, config=cfg, callback=_TextProgress("ttt-merge", args.quiet),
-                          checkpoint_path=ckpt, resume=args.resume, preview=pv)
+                          checkpoint_path=run.checkpoint, resume=args.resume, preview=pv)
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
         path = res.lora.save(out, dtype=dt)
-        write_loss_log(res.train.losses, losses_path)
-        for p in (ckpt, train_state_path(ckpt)):
-            if p.exists():
-                p.unlink()
+        run.finish(res.train.losses, title="TTT merge loss")
         if pv is not None:
             report(args, res.train.preview_seconds, res.train.seconds, pv.folder)
     s = res.seconds
     print(f"wrote {path} ({len(res.lora.modules)} modules, blocks {res.lora.blocks}; {res.train.steps_done} TTT steps, "
-          f"teachers {s['teachers']:.1f}s + TTT {s['ttt']:.1f}s) and {losses_path}")
+          f"teachers {s['teachers']:.1f}s + TTT {s['ttt']:.1f}s); run folder {run.path}")
     if res.eval:
         b, e = res.eval["before"], res.eval["after"]
         print(f"combined loss on {cfg.eval_draws} fixed draws: {b['loss']:.4f} -> {e['loss']:.4f}")

@@ -3,12 +3,12 @@
     python -m dual_adapter train-dualreal --model tiny --subject PHOTO_OR_DIR... --identity-prompt "dog *" \\
         --motion CLIP... --motion-prompt "a person is playing guitar" --steps N --out adapters.safetensors
 
-writes ``adapters.safetensors`` and ``adapters.losses.jsonl`` (one JSON record per step). While it
-runs, ``adapters.partial.safetensors`` + ``adapters.state.safetensors`` hold the last checkpoint
-(``--resume`` continues from them; they are removed after a successful run) and
-``adapters.safetensors.lock`` keeps a second run with the same ``--out`` out. A rerun without
-``--resume`` never replaces an interrupted run's files: it is refused (see
-:func:`dual_adapter.training.check_run_files`).
+writes ``adapters.safetensors`` and the run folder ``runs/dualreal/adapters_NNNNN_/`` beside it (or under
+``--run-dir``; :class:`dual_adapter.runs.RunFolder`: ``config.json``, ``losses.jsonl`` with one JSON record per
+step, ``loss.png``, ``previews/``). While it runs, the folder's ``checkpoint.safetensors`` + ``state.safetensors``
+hold the last checkpoint (``--resume`` continues from them; they are removed after a successful run) and
+``adapters.safetensors.lock`` keeps a second run with the same ``--out`` out. A rerun without ``--resume`` never
+replaces a stopped run's files: it is refused (see :func:`dual_adapter.training.check_run_files`).
 """
 from __future__ import annotations
 
@@ -89,7 +89,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed (0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run of OUT (its .state/.partial files); --lr applies from there")
+                   help="continue the stopped run of OUT (the newest run folder of its name with a state.safetensors); "
+                        "--lr applies from there")
+    from ._parallel import add_run_dir_option
+
+    add_run_dir_option(p)
     p.set_defaults(func=_train)
 
 
@@ -108,7 +112,7 @@ def encoder_for(spec: str | None, model_name: str, device: str | None):
 
 
 def _train(args) -> int:
-    from ..dualreal import DualRealOptions, finalize_run, load_motion_clips, run_paths, train_dualreal
+    from ..dualreal import DualRealOptions, finalize_run, load_motion_clips, train_dualreal
     from ..media import load_images
     from ..progress import TextProgress
     from ..training import TrainConfig, loss_summary
@@ -137,7 +141,7 @@ def _train(args) -> int:
                               identity_batch=args.identity_batch, grad_accum=args.grad_accum, num_frames=frames,
                               height=args.height or h0, width=args.width or w0, clip_sampling=args.clip_sampling,
                               clip_fps=args.fps, latent_sampling=args.latent_sampling)
-    with parallel_run(args, out, run_paths(out), "train-dualreal") as (rank, world):
+    with parallel_run(args, out, "dualreal", "train-dualreal") as (rank, world, run):
         bundle = load_bundle(args)
         encoder = encoder_for(args.reference_encoder, bundle.name, bundle.device)
         if encoder is None and rank == 0:
@@ -147,20 +151,20 @@ def _train(args) -> int:
             print(f"{bar}\nWARNING: {NO_REFERENCE_WARNING}\n{bar}", file=sys.stderr, flush=True)
         from ._previews import preview_options, report
 
-        pv = preview_options(args, bundle, out)
+        pv = preview_options(args, bundle, run.previews)
         res = train_dualreal(bundle, photos, args.identity_prompt, clips, args.motion_prompt,
                              reference_encoder=encoder, options=options, train=train,
                              callback=TextProgress("train-dualreal", quiet=rank != 0), out=out, resume=args.resume,
-                             preview=pv)
+                             preview=pv, run=run)
         if rank != 0:
             return 0
-        path = finalize_run(res, out)
+        path = finalize_run(res, out, run)
         if pv is not None:
             report(args, res.preview_seconds, res.seconds, pv.folder)
     first, last = loss_summary(res.losses)
     print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "
           f"{res.seconds:.1f} s, {res.optimizer_name}); loss {first:.4f} -> {last:.4f}; "
-          f"losses: {run_paths(out)['losses']}")
+          f"run folder: {run.path}")
     return 0
 
 

@@ -1,11 +1,12 @@
 """``python -m dual_adapter train-lora`` / ``lora-info``, and ``generate --lora FILE[:STRENGTH]``.
 
 train-lora trains a motion LoRA (TAP by default, docs/tap.md) on one or more clips and
-writes it in the diffusers CogVideoX LoRA format, with the per-step losses as JSON lines beside
-it (``<out>.losses.jsonl``). While it runs, a checkpoint (``<out>.ckpt.safetensors`` and its
-state file ``<out>.ckpt.state.safetensors``: weights, optimiser, schedule, step) is rewritten every
-``--checkpoint-every`` steps and kept if the run stops (Ctrl-C, SIGTERM, an error; not on
-divergence, where the last finite checkpoint stays); ``--resume`` continues from it. A rerun
+writes it in the diffusers CogVideoX LoRA format to ``--out``, with its run folder
+``runs/lora/<out name>_NNNNN_/`` beside it (or under ``--run-dir``; :class:`dual_adapter.runs.RunFolder`:
+``config.json``, the per-step losses as JSON lines ``losses.jsonl``, ``loss.png``, ``previews/``). While it runs,
+the folder's checkpoint (``checkpoint.safetensors`` and its state file ``state.safetensors``: weights, optimiser,
+schedule, step) is rewritten every ``--checkpoint-every`` steps and kept if the run stops (Ctrl-C, SIGTERM, an
+error; not on divergence, where the last finite checkpoint stays); ``--resume`` continues from it. A rerun
 without ``--resume`` never replaces them (it is refused), and ``<out>.lock`` keeps a second run
 with the same ``--out`` out.
 """
@@ -34,11 +35,6 @@ def _defaults(kind: str, optimizer: str) -> dict:
         c = selective_train_config("appearance", optimizer=optimizer)
         return dict(preset="full", lr=c.lr, weight_decay=c.weight_decay, steps=c.steps, betas=tuple(c.betas))
     return dict(preset="tap", lr=5e-4, weight_decay=1e-2, steps=1000, betas=(0.9, 0.999))
-
-
-def _paths(out: Path) -> dict[str, Path]:
-    stem = out.with_suffix("")
-    return {"losses": Path(f"{stem}.losses.jsonl"), "ckpt": Path(f"{stem}.ckpt.safetensors")}
 
 
 def register(sub) -> None:
@@ -108,10 +104,14 @@ def register(sub) -> None:
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     p.add_argument("--checkpoint-every", type=int, default=100, help="rewrite the checkpoint every N steps")
     p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run of --out (<out>.ckpt.state.safetensors); --lr applies from there")
+                   help="continue the stopped run of --out (the newest run folder of its name with a "
+                        "state.safetensors); --lr applies from there")
     p.add_argument("--save-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the saved file")
-    p.add_argument("--out", required=True, help="output .safetensors (never overwritten); losses go to "
-                   "<out>.losses.jsonl")
+    p.add_argument("--out", required=True, help="output .safetensors (never overwritten); the run's losses, loss "
+                   "plot and previews go to its run folder (see --run-dir)")
+    from ._parallel import add_run_dir_option
+
+    add_run_dir_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_train)
 
@@ -127,7 +127,6 @@ def run_train(args) -> int:
 
     from .. import lora, media
     from ..progress import TextProgress
-    from ..training import write_loss_log
     from ._parallel import parallel_run
     from .dualreal import _validate_cli
     from ._common import load_bundle, preflight
@@ -144,7 +143,6 @@ def run_train(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")
-    side = _paths(out)
     if not args.motion and not args.images:
         raise DualAdapterError("give at least one --motion CLIP (or --subject PHOTO_OR_DIR for an appearance LoRA)")
     kind = "appearance" if args.images and not args.motion else "motion"
@@ -174,17 +172,15 @@ def run_train(args) -> int:
     if not args.quiet:
         print(f"{kind} LoRA: preset {args.targets or args.preset or d['preset']}, lr {cfg.lr:g}, {cfg.steps} steps",
               file=sys.stderr)
-    run_files = {"checkpoint": side["ckpt"], "state": lora.train_state_path(side["ckpt"]),
-                 "spatial": lora.spatial_checkpoint_path(side["ckpt"]), "losses": side["losses"]}
-    with parallel_run(args, out, run_files, "train-lora") as (rank, world):
+    with parallel_run(args, out, "lora", "train-lora") as (rank, world, run):
         bundle = load_bundle(args)
         from ._previews import preview_options, report
 
-        pv = preview_options(args, bundle, out)
+        pv = preview_options(args, bundle, run.previews)
         lf, res = lora.train_lora(bundle, clips=clips, photos=photos, prompt=args.prompt, spec=spec, cfg=cfg,
                                   spatial_path=bool(args.spatial_path), debiased_loss=bool(args.debiased_loss),
                                   callback=TextProgress("train-lora", args.quiet or rank != 0),
-                                  checkpoint_path=side["ckpt"], resume=args.resume, num_frames=n if clips else None,
+                                  checkpoint_path=run.checkpoint, resume=args.resume, num_frames=n if clips else None,
                                   height=args.height, width=args.width, batch_size=args.batch,
                                   grad_accum=args.grad_accum, preview=pv)
         if rank != 0:  # one writer in a data-parallel run
@@ -192,13 +188,12 @@ def run_train(args) -> int:
         lf.metadata["train"] = dict(lf.metadata.get("train") or {}, clip_files=[Path(c).name for c in args.motion])
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
         path = lf.save(out, dtype=dt)
-        write_loss_log(res.losses, side["losses"])
-        lora.finish_run_files(side["ckpt"], final_saved=True)
+        run.finish(res.losses, title=f"{kind} LoRA loss")
         if pv is not None:
             report(args, res.preview_seconds, res.seconds, pv.folder)
     last = res.losses[-1]["loss"] if res.losses else float("nan")
     print(f"wrote {path} (rank {lf.rank}, targets {','.join(lf.targets)}, {len(lf.modules)} modules; "
-          f"{res.steps_done} steps, last loss {last:.4f}) and {side['losses']}")
+          f"{res.steps_done} steps, last loss {last:.4f}); run folder {run.path}")
     return 0
 
 

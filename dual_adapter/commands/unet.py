@@ -97,17 +97,12 @@ def run_generate_unet(args) -> int:
 
 def run_train_unet(args) -> int:
     """``train-lora`` on a U-Net backbone: MotionDirector-style TAP motion LoRA (docs/unet.md)."""
-    from ..training import training_run
+    from ._parallel import run_folder
 
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise DualAdapterError(f"--out {str(out)!r}: expected a .safetensors file name")
-    stem = out.with_suffix("")
-    losses_path, ckpt = Path(f"{stem}.losses.jsonl"), Path(f"{stem}.ckpt.safetensors")
-    spatial_out = Path(f"{stem}.spatial.safetensors")
-    state = Path(f"{stem}.ckpt.state.safetensors")
-    # the CogVideoX trainers' run rules (training.training_run): <out>.lock, no run replaced, --resume needs a state
-    run_files = {"checkpoint": ckpt, "state": state, "spatial": spatial_out, "losses": losses_path}
+    spatial_out = Path(f"{out.with_suffix('')}.spatial.safetensors")
     if not args.motion:
         raise DualAdapterError("give at least one --motion CLIP (a U-Net motion LoRA trains on clips)")
     if args.images:
@@ -115,8 +110,10 @@ def run_train_unet(args) -> int:
     if args.targets or args.blocks:
         raise DualAdapterError("--targets / --blocks are CogVideoX options; on a U-Net choose --preset "
                                "(tap, k_out, full) for the temporal attentions")
-    with training_run(out, run_files, resume=args.resume, resume_hint="--resume", rename_hint="another --out"):
-        return _train_unet(args, out, ckpt, state, spatial_out, losses_path)
+    # the CogVideoX trainers' run rules and run folder (runs/unet/<out name>_NNNNN_/): <out>.lock, no run replaced,
+    # --resume needs a stopped run
+    with run_folder(args, out, "unet", "train-lora") as run:
+        return _train_unet(args, out, run, spatial_out)
 
 
 def unet_train_config(args, device: str = "cpu"):
@@ -134,9 +131,8 @@ def unet_train_config(args, device: str = "cpu"):
         checkpoint_every=args.checkpoint_every, **{k: v for k, v in given.items() if v is not None})
 
 
-def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, losses_path: Path) -> int:
+def _train_unet(args, out: Path, run, spatial_out: Path) -> int:
     from .. import media, unet_motion
-    from ..training import write_loss_log
     from ..progress import TextProgress as _TextProgress
 
     bb = load_unet(args)
@@ -150,25 +146,22 @@ def _train_unet(args, out: Path, ckpt: Path, state: Path, spatial_out: Path, los
     args.preset = cfg.preset
 
     def keep(lf, step):
-        unet_motion.save_unet_lora(lf, ckpt, overwrite=True)
+        unet_motion.save_unet_lora(lf, run.checkpoint, overwrite=True)
 
     from ._previews import preview_options
 
-    pv = preview_options(args, bb, out)
+    pv = preview_options(args, bb, run.previews)
     motion, spatial, losses = unet_motion.train_unet_motion_lora(
         bb, clips, args.prompt, cfg, callback=_TextProgress("train-lora", args.quiet), on_checkpoint=keep,
-        state_path=state, resume=args.resume, preview=pv)
+        state_path=run.state, resume=args.resume, preview=pv)
     motion.metadata.update(prompt=args.prompt, clip_files=[Path(c).name for c in args.motion])
     path = unet_motion.save_unet_lora(motion, out, dtype=args.save_dtype)
     if spatial is not None:
         unet_motion.save_unet_lora(spatial, spatial_out, dtype=args.save_dtype)
-    write_loss_log(losses, losses_path)
-    for p in (ckpt, state):
-        if p.exists():
-            p.unlink()
+    run.finish(losses, title="U-Net motion LoRA loss")
     last = losses[-1]["loss"] if losses else float("nan")
     print(f"wrote {path} ({bb.family}; preset {args.preset}, rank {args.rank}, {len(motion.modules)} modules; "
-          f"{len(losses)} steps, last loss {last:.4f}) and {losses_path}", file=sys.stdout)
+          f"{len(losses)} steps, last loss {last:.4f}); run folder {run.path}", file=sys.stdout)
     return 0
 
 

@@ -185,9 +185,12 @@ class DualRealResult:
     preview_seconds: float = 0.0
 
 
-def run_paths(out: str | Path) -> dict[str, Path]:
+def run_paths(out: str | Path, run=None) -> dict[str, Path]:
     """Run files for final output ``X.safetensors``: ``partial`` (X.partial.safetensors), ``state``
-    (X.state.safetensors), ``losses`` (X.losses.jsonl)."""
+    (X.state.safetensors), ``losses`` (X.losses.jsonl); with ``run`` (a :class:`dual_adapter.runs.RunFolder`) the
+    run folder's ``checkpoint.safetensors``, ``state.safetensors`` and ``losses.jsonl``."""
+    if run is not None:
+        return {"partial": run.checkpoint, "state": run.state, "losses": run.losses}
     out = Path(out)
     stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
     return {"partial": out.with_name(stem + ".partial.safetensors"),
@@ -235,13 +238,17 @@ def counted_run_path(folder: str | Path, name: str, resume: bool) -> Path:
                            f"safetensors); turn resume off to start a new run")
 
 
-def finalize_run(result: "DualRealResult", out: str | Path) -> Path:
+def finalize_run(result: "DualRealResult", out: str | Path, run=None) -> Path:
     """Save the finished adapters to ``out`` (never overwriting), then remove the run's ``partial`` and
     ``state`` files, which the final file supersedes (in that order, so a failure keeps the checkpoint).
-    The ``losses`` file stays. Returns the path written."""
+    The ``losses`` file stays. With ``run`` (a :class:`dual_adapter.runs.RunFolder`) its files are the run
+    folder's (:meth:`~dual_adapter.runs.RunFolder.finish`, which also draws ``loss.png``). Returns the path written."""
     from .checkpoint import save_adapters
 
     path = save_adapters(result.adapters, out)
+    if run is not None:
+        run.finish(result.losses, title="DualReal loss")
+        return path
     files = run_paths(out)
     for k in ("partial", "state"):
         if files[k].exists():
@@ -456,6 +463,7 @@ def train_dualreal_on_data(
     resume: bool = False,
     base_model: str = "",
     preview=None,
+    run=None,
 ) -> DualRealResult:
     """Joint training on precomputed :class:`DualRealData` (what :func:`train_dualreal` calls; also
     used by the benchmarks with random latents).
@@ -473,6 +481,8 @@ def train_dualreal_on_data(
             never replaced: the run is refused (see :func:`dual_adapter.training.check_run_files`).
         preview: a :class:`~dual_adapter.previews.Previewer` (validation videos while training; bound here to the
             model being trained, with the first clip's reference embedding), or None.
+        run: the run's folder (:class:`dual_adapter.runs.RunFolder`): its checkpoint, state and losses files
+            replace the ones beside ``out`` (which stays the final file and the lock's name).
 
     Raises:
         DualAdapterError: invalid options (``steps`` < 1 included), adapters for another model, run files
@@ -486,7 +496,7 @@ def train_dualreal_on_data(
     train.validate(min_steps=1)
     if resume and out is None:
         raise DualAdapterError("resume needs out (the interrupted run's output path; its run files are beside it)")
-    files = run_paths(out) if out is not None else {}
+    files = run_paths(out, run) if out is not None else {}
     with training_run(out, files, resume=resume):
         return _train_on_data(transformer, scheduler_config, data, options, train, adapters=adapters,
                               callback=callback, files=files, resume=resume, base_model=base_model, preview=preview)
@@ -673,6 +683,7 @@ def train_dualreal(
     resume: bool = False,
     release: bool = True,
     preview=None,
+    run=None,
 ) -> DualRealResult:
     """Train DualReal adapters + StageBlender on subject photos and motion clips (docs/dualreal.md).
 
@@ -691,6 +702,8 @@ def train_dualreal(
         callback: ``callback(step, total, info)``; encoding reports ``info["stage"] == "encode"``.
         preview: :class:`~dual_adapter.previews.PreviewOptions` (validation videos every ``every`` steps; the
             default prompt is ``"<identity_prompt>, <motion_prompt>"``), or None.
+        run: the run's folder (:class:`dual_adapter.runs.RunFolder`), whose checkpoint, state and losses files
+            the run writes instead of the ones beside ``out``.
 
     Returns:
         :class:`DualRealResult` (``.adapters`` is the DUALREAL_ADAPTERS payload; ``.preview_seconds``).
@@ -705,16 +718,16 @@ def train_dualreal(
     train.validate(min_steps=1)
     if resume and out is None:
         raise DualAdapterError("resume needs out (the interrupted run's output path; its run files are beside it)")
-    with training_run(out, run_paths(out) if out is not None else {}, resume=resume):  # refuse before encoding
+    with training_run(out, run_paths(out, run) if out is not None else {}, resume=resume):  # refuse before encoding
         return _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt,
                                reference_encoder=reference_encoder, clip_references=clip_references, options=options,
                                train=train, adapters=adapters, callback=callback, out=out, resume=resume,
-                               release=release, preview=preview)
+                               release=release, preview=preview, run=run)
 
 
 def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motion_prompt, *, reference_encoder,
                     clip_references, options, train, adapters, callback, out, resume, release,
-                    preview=None) -> DualRealResult:
+                    preview=None, run=None) -> DualRealResult:
     bundle = as_backbone(bundle)  # the model, through the backbone interface
     if adapters is not None:
         from .patch import check_compatible
@@ -744,7 +757,7 @@ def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motio
         with bundle.use("denoiser") as base:
             return train_dualreal_on_data(base, bundle.scheduler_config, data, options, train, adapters=adapters,
                                           callback=callback, out=out, resume=resume, base_model=bundle.name,
-                                          preview=previewer)
+                                          preview=previewer, run=run)
     finally:
         for part, d in moved.items():  # leave the bundle as it was, for sampling in the same process
             getattr(bundle, part).to(d)
