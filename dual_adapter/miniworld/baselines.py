@@ -40,11 +40,12 @@ def base_distribution(bundle, prompt: str, references: dict, n: int = 12, steps:
         ``{"prompt", "cfg", "n", "colour": {colour: share}, "motion_class": {motion: share},
         "motion": {name: mean score}}`` (shares over the ``n`` videos; ``None`` where no sprite was found).
     """
-    from ..backbones.cogvideox import encode_prompt
+    from ..backbones import as_backbone
     from ..sampling import decode_latents, sample
 
     frames, h, w = bundle.default_size
-    z = sample(bundle, encode_prompt(bundle, prompt), encode_prompt(bundle, ""), num_frames=frames, height=h,
+    bb = as_backbone(bundle)
+    z = sample(bundle, bb.encode_prompt(prompt), bb.encode_prompt(""), num_frames=frames, height=h,
                width=w, steps=steps, cfg=cfg, seed=seed, batch_size=n)
     colours: dict = {}
     classes: dict = {}
