@@ -3,8 +3,6 @@ in models/Wan/, and the Encode / Sample / Decode, Train Motion LoRA / Apply LoRA
 on it in headless graphs."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -119,16 +117,13 @@ def test_train_dualreal_apply_dualreal_sample_on_tiny_wan(classes, out_dir):
 
 
 def test_loader_lists_and_loads_a_wan_folder_in_models_wan(classes, out_dir, tmp_path):
+    from test_wan_backbone import _save_folder
+
     from dual_adapter.backbones import wan
 
     bb = wan.build_tiny()
     root = tmp_path / "models" / "Wan" / "my-wan"
-    bb.denoiser.save_pretrained(root / "transformer")
-    bb.vae.save_pretrained(root / "vae")
-    bb.text_encoder.save_pretrained(root / "text_encoder")
-    bb.tokenizer.save_pretrained(root / "tokenizer")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(bb.scheduler_config))
+    _save_folder(bb, root)
     loader = classes["DualAdapterCogVideoXLoader"]
     assert "my-wan" in loader.INPUT_TYPES()["required"]["model"][0]
     m = loader().load("my-wan", dtype="fp32", device="cpu")[0]
