@@ -11,35 +11,16 @@ tests/comfy_native_check.py).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-COMFY = Path(sys.argv[1]).resolve()
-WORK = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.mkdtemp())
-sys.path.insert(0, str(COMFY))
+from comfy_check_setup import start  # noqa: E402  (this folder is on sys.path: the script's own)
 
-from comfy.cli_args import args  # noqa: E402
-
-args.cpu = True
+H = start(sys.argv)
+COMFY, WORK, mm, core_nodes, models_dir = H.comfy, H.work, H.mm, H.core_nodes, H.models_dir
+nb, nn_nodes = H.bridge, H.native_nodes
 import torch  # noqa: E402
-
-torch.set_num_threads(1)
-import comfy.model_management as mm  # noqa: E402
-import comfy.sd  # noqa: E402, F401  (loads ComfyUI's model classes)
-import folder_paths  # noqa: E402
-import nodes as core_nodes  # noqa: E402  (ComfyUI's nodes.py)
-
-spec = importlib.util.spec_from_file_location("dual_adapter_pack", ROOT / "__init__.py",
-                                              submodule_search_locations=[str(ROOT)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["dual_adapter_pack"] = pack
-spec.loader.exec_module(pack)
-nn_nodes = importlib.import_module("dual_adapter_pack.nodes.native_nodes")
 
 from diffusers import WanTransformer3DModel  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -49,11 +30,8 @@ from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualReal
 from dual_adapter.lora_formats import wan_diffusers_to_native_module  # noqa: E402
 from dual_adapter.patches import patched_copy  # noqa: E402
 
+
 res: dict = {"comfyui": str(COMFY)}
-models_dir = WORK / "models"
-for kind in ("diffusion_models", "loras"):
-    (models_dir / kind).mkdir(parents=True, exist_ok=True)
-    folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
 
 # core detects a Wan 2.1 file by its weights: heads = width / 128, text width 4096, freq_dim 256
 CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=16, out_channels=16,

@@ -8,15 +8,11 @@ KSampler with the StageBlender once per model call; adapters for another model a
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 COMFY = os.environ.get("COMFYUI_PATH")
 pytestmark = [pytest.mark.comfyui,
               pytest.mark.skipif(not COMFY, reason="COMFYUI_PATH is not set (path of a ComfyUI checkout)")]
@@ -24,18 +20,12 @@ pytestmark = [pytest.mark.comfyui,
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
+    from test_comfyui_native import run_check
+
     comfy = Path(COMFY)
     if not (comfy / "comfy" / "ldm" / "wan" / "model.py").is_file():
         pytest.skip(f"{comfy} has no native Wan (comfy/ldm/wan)")
-    work = tmp_path_factory.mktemp("native_wan")
-    p = subprocess.run([sys.executable, str(ROOT / "tests" / "comfy_native_wan_check.py"), str(comfy), str(work)],
-                       cwd=comfy, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, (p.stdout + p.stderr)[-4000:]
-    res = json.loads(lines[-1][len("RESULT "):])
-    print(json.dumps(res, indent=1))
-    return res
+    return run_check("comfy_native_wan_check.py", comfy, tmp_path_factory.mktemp("native_wan"))
 
 
 def test_native_wan_file_loads_through_unetloader_and_matches_diffusers(result):
