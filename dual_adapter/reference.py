@@ -302,16 +302,17 @@ def load_clip_vision(path: str | os.PathLike, device: str | None = None) -> Refe
 
 def builtin_encoder_name(model_name: str | None) -> str | None:
     """The reference encoder that goes with a built-in CPU-sized model, by the model's name (a bundle's
-    ``name``, or what ``--model`` was given): ``"tiny"`` (the random tiny CLIP) for the random tiny models,
+    ``name``, or what ``--model`` was given): ``"tiny"`` (the random tiny CLIP) for the random tiny models (``tiny-wan`` included),
     ``"mini"`` (:class:`PixelStatsEncoder`) for the pretrained ``mini`` (also a ``mini`` folder that
     ``miniworld pretrain`` wrote: it loads under the name ``"mini"``), else ``None``: a real CogVideoX needs
     the real encoder (OpenCLIP ViT-H/14), which is not built in. Pass the result to
     :func:`load_reference_encoder`. Used where no encoder is given: ``train-dualreal``, the demo, the
     Train DualReal and Apply DualReal nodes."""
     from .backbones.cogvideox import BUILTIN_PRETRAINED, TINY_VARIANTS
+    from .backbones.wan import TINY_NAMES as WAN_TINY
 
     name = str(model_name or "")
-    if name in TINY_VARIANTS:
+    if name in TINY_VARIANTS or name in WAN_TINY:
         return "tiny"
     if name in BUILTIN_PRETRAINED:
         return "mini"

@@ -26,16 +26,17 @@ from dual_adapter.paths import check_relative, is_inside, looks_absolute, read_p
 from dual_adapter.runs import is_run_side_file
 
 # model folders this pack registers: name -> sub-folder of ComfyUI's models/
-MODEL_FOLDERS = {"CogVideo": "CogVideo", "dualreal": "dualreal", "loras": "loras", "clip_vision": "clip_vision"}
+MODEL_FOLDERS = {"CogVideo": "CogVideo", "Wan": "Wan", "dualreal": "dualreal", "loras": "loras", "clip_vision": "clip_vision"}
 _SAFETENSORS = {".safetensors"}
 _DUALREAL_EXT = {".safetensors", ".pth"}
 
 
 def register_folders() -> None:
-    """Register ``models/CogVideo``, ``models/dualreal`` and ``models/metrics`` with folder_paths (no-op outside ComfyUI)."""
+    """Register ``models/CogVideo``, ``models/Wan`` (Wan diffusers folders), ``models/dualreal`` and ``models/metrics``
+    with folder_paths (no-op outside ComfyUI)."""
     if not IN_COMFY:
         return
-    for name, exts in (("CogVideo", set()), ("dualreal", _DUALREAL_EXT), ("metrics", {".safetensors", ".pth"})):
+    for name, exts in (("CogVideo", set()), ("Wan", set()), ("dualreal", _DUALREAL_EXT), ("metrics", {".safetensors", ".pth"})):
         path = os.path.join(_fp.models_dir, name)
         if name in _fp.folder_names_and_paths:
             paths, old = _fp.folder_names_and_paths[name]
@@ -51,7 +52,7 @@ def _local_models_dir() -> Path:
 
 
 def folder_dirs(name: str) -> list[Path]:
-    """Folders searched for model kind ``name`` (``CogVideo``, ``dualreal``, ``loras``, ``clip_vision``)."""
+    """Folders searched for model kind ``name`` (``CogVideo``, ``Wan``, ``dualreal``, ``loras``, ``clip_vision``)."""
     if IN_COMFY:
         try:
             return [Path(p) for p in _fp.get_folder_paths(name)]

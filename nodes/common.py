@@ -12,7 +12,7 @@ from dual_adapter.patches import PatchedModel
 
 
 def as_model(model, name: str = "model") -> PatchedModel:
-    """Check a COGVIDEOX_MODEL input."""
+    """Check a COGVIDEOX_MODEL input (a CogVideoX or Wan model from Load CogVideoX)."""
     if not isinstance(model, PatchedModel):
         raise DualAdapterError(f"{name}: expected a COGVIDEOX_MODEL (from Load CogVideoX), got {type(model).__name__}")
     return model
@@ -61,13 +61,18 @@ def conditioning_embeds(cond, name: str = "conditioning", bundle=None) -> torch.
     if len(cond) > 1:
         logging.getLogger(__name__).warning("%s: %d conditioning entries; only the first is used", name, len(cond))
     if bundle is not None:
-        want = int(bundle.config.text_embed_dim)
+        from dual_adapter.backbones import as_backbone
+
+        bb = as_backbone(bundle)
+        cfg = bb.denoiser.config
+        want = int(cfg.text_dim if bb.kind == "wan" else cfg.text_embed_dim)
+        clip_type = "wan" if bb.kind == "wan" else "cogvideox"
         if e.shape[-1] != want:
-            raise DualAdapterError(f"{name}: text embeddings are {e.shape[-1]}-wide, this CogVideoX takes {want} "
-                                   f"(T5-XXL: load the text encoder with CLIPLoader type 'cogvideox')")
-        if e.shape[1] != bundle.max_text_len:
+            raise DualAdapterError(f"{name}: text embeddings are {e.shape[-1]}-wide, this {bb.name} takes {want} "
+                                   f"(load the text encoder with CLIPLoader type {clip_type!r})")
+        if e.shape[1] != bb.text_length:
             logging.getLogger(__name__).warning("%s: %d text tokens; the model was trained with %d", name,
-                                                e.shape[1], bundle.max_text_len)
+                                                e.shape[1], bb.text_length)
     return e.detach().clone()
 
 

@@ -1,11 +1,16 @@
-"""Foundation nodes: load CogVideoX, encode prompts, sample, VAE decode / encode, load photos and clips."""
+"""Foundation nodes: load CogVideoX (or Wan), encode prompts, sample, VAE decode / encode, load photos and clips.
+
+The ``COGVIDEOX_MODEL`` type carries a :class:`dual_adapter.patches.PatchedModel` of a CogVideoX bundle or of a Wan
+backbone (:mod:`dual_adapter.backbones.wan`): the nodes that take it reach the model through the backbone
+interface, so Encode Prompt, Sample, Decode / Encode, the training and Apply nodes serve both (docs/wan.md).
+Wan folders go in ``models/Wan/`` (a Wan folder put in ``models/CogVideo/`` loads too)."""
 from __future__ import annotations
 
 
 import torch
 
 from dual_adapter import media, models, sampling
-from dual_adapter.backbones import cogvideox
+from dual_adapter.backbones import as_backbone, cogvideox, wan
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import PatchedModel
 from dual_adapter.limits import MAX_CFG, MAX_FRAMES, MAX_SAMPLING_STEPS, MAX_SIDE, MIN_CFG
@@ -23,9 +28,23 @@ def default_model(found: list[str]) -> str:
     return found[0] if found else "mini"
 
 
+#: the ComfyUI models/ sub-folder of Wan diffusers folders (registered by :func:`nodes.bridge.register_folders`)
+WAN_FOLDER = "Wan"
+
+
+def _loader_choices() -> tuple[list[str], list[str], list[str]]:
+    """(every choice, CogVideoX folders found, Wan folders found): the built-in names, then the folders of
+    models/CogVideo/, then those of models/Wan/ not already listed (a name in both loads from models/CogVideo/)."""
+    found = bridge.list_model_dirs("CogVideo")
+    wan_found = [n for n in bridge.list_model_dirs(WAN_FOLDER) if n not in found]
+    return list(cogvideox.BUILTIN_MODELS) + list(wan.TINY_NAMES) + found + wan_found, found, wan_found
+
+
 class CogVideoXLoader:
-    DESCRIPTION = ("Load a CogVideoX model (2B, 5B, 1.5-5B) from a diffusers folder in models/CogVideo/, "
-                   "or build the built-in random 'tiny' model (CPU, seconds; for trying graphs and tests).")
+    DESCRIPTION = ("Load a CogVideoX model (2B, 5B, 1.5-5B) from a diffusers folder in models/CogVideo/, or a Wan 2.1 / "
+                   "2.2 text-to-video model from a diffusers folder in models/Wan/, or build a built-in random tiny "
+                   "model ('tiny', 'tiny-wan': CPU, seconds; for trying graphs and tests). The other nodes that take "
+                   "this model (Encode Prompt, Sample, Decode, Train / Apply LoRA, Train / Apply DualReal) serve both.")
     CATEGORY = f"{CAT}/Model"
     RETURN_TYPES = ("COGVIDEOX_MODEL",)
     RETURN_NAMES = ("model",)
@@ -33,8 +52,7 @@ class CogVideoXLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        found = bridge.list_model_dirs("CogVideo")
-        choices = list(cogvideox.BUILTIN_MODELS) + found
+        choices, found, _ = _loader_choices()
         return {"required": {
             "model": (choices, {"default": default_model(found), "tooltip": "The default is the first folder found in "
                                 "models/CogVideo/, else 'mini' (the tiny models draw noise by design: they test graphs). "
@@ -42,7 +60,9 @@ class CogVideoXLoader:
                                 "vae/, text_encoder/, tokenizer/, scheduler/), or a built-in random tiny model: "
                                 "'tiny' (2B-like, sincos), 'tiny-5b' (RoPE), 'tiny-1.5' (RoPE, patch_size_t=2), "
                                 "or 'mini', the built-in pretrained miniature model (9 x 32 x 32 sprite videos, CPU). A mini folder "
-                                "that 'miniworld pretrain' wrote can also go in models/CogVideo/."}),
+                                "that 'miniworld pretrain' wrote can also go in models/CogVideo/. Wan: a diffusers "
+                                "Wan 2.1 / 2.2 text-to-video folder under models/Wan/ (e.g. Wan2.1-T2V-1.3B-Diffusers, "
+                                "81 x 480 x 832), or 'tiny-wan', a built-in random Wan (9 x 64 x 64; draws noise)."}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": "Weights dtype. auto = bf16 for "
                       "real models (fp16 also suits 2B), fp32 for tiny."}),
             "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "Where the model runs. auto = CUDA if "
@@ -53,7 +73,7 @@ class CogVideoXLoader:
                             "while it runs (fits 5B in less VRAM, slower)."}),
         }, "optional": {
             "native_transformer": (["none"] + bridge.list_files("diffusion_models"), {"default": "none", "tooltip":
-                                   "A native ComfyUI single-file CogVideoX transformer (models/diffusion_models/, e.g. "
+                                   "CogVideoX only. A native ComfyUI single-file CogVideoX transformer (models/diffusion_models/, e.g. "
                                    "written by Convert to Native) used instead of the folder's transformer/; the "
                                    "folder still gives the VAE, T5 and scheduler. none = the folder's own."}),
         }}
@@ -71,7 +91,9 @@ class CogVideoXLoader:
         dev = None if device == "auto" else device
         # tiny*, mini and a mini folder (one 'miniworld pretrain' wrote, put in models/CogVideo/): load_model builds or
         # loads them (CPU and fp32 unless set) and refuses a native transformer file with them
-        path = None if model in cogvideox.BUILTIN_MODELS else bridge.resolve("CogVideo", model)
+        if model in wan.TINY_NAMES:
+            return (PatchedModel(self._wan(model, tf, dt, dev, cpu_offload)),)
+        path = None if model in cogvideox.BUILTIN_MODELS else self._folder(model)
         from dual_adapter.miniworld.model import is_mini_folder
 
         if path is None or is_mini_folder(path):
@@ -80,17 +102,35 @@ class CogVideoXLoader:
         from dual_adapter.backbones import backbone_modules, identify_folder
 
         kind = identify_folder(path)
-        if kind not in (None, "cogvideox"):  # a U-Net video model put in models/CogVideo/
-            raise DualAdapterError(f"model {model!r} is a {backbone_modules()[kind].FAMILY} model, not CogVideoX; "
-                                   f"put it in models/diffusers/ and use Load U-Net Video Model")
+        if kind == wan.KIND:
+            return (PatchedModel(self._wan(str(path), tf, dt, dev, cpu_offload)),)
+        if kind not in (None, "cogvideox"):  # a U-Net video model put in models/CogVideo/ or models/Wan/
+            raise DualAdapterError(f"model {model!r} is a {backbone_modules()[kind].FAMILY} model, not CogVideoX or "
+                                   f"Wan; put it in models/diffusers/ and use Load U-Net Video Model")
         b = models.load_cogvideox(path, dtype=dt or "bf16", device=dev, vae_tiling=vae_tiling,
                                     vae_slicing=vae_slicing, cpu_offload=cpu_offload, transformer_file=tf)
         return (PatchedModel(b),)
 
+    @staticmethod
+    def _folder(model: str):
+        """The folder of choice ``model``: models/CogVideo/ first, then models/Wan/."""
+        if model not in bridge.list_model_dirs("CogVideo") and model in bridge.list_model_dirs(WAN_FOLDER):
+            return bridge.resolve(WAN_FOLDER, model)
+        return bridge.resolve("CogVideo", model)
+
+    @staticmethod
+    def _wan(name_or_path: str, transformer_file, dtype, device, cpu_offload):
+        """A Wan backbone (``tiny-wan`` or a diffusers folder; VAE tiling / slicing settings are CogVideoX's)."""
+        if transformer_file is not None:
+            raise DualAdapterError("native_transformer: a native single-file transformer is read for CogVideoX only, "
+                                   "not Wan; set it to none")
+        return wan.load(name_or_path, dtype=dtype, device=device, cpu_offload=cpu_offload)
+
 
 class CogVideoXTextEncode:
-    DESCRIPTION = ("Encode a prompt and a negative prompt with the model's T5, padded/truncated to its text length "
-                   "(226 tokens on real models; longer prompts are truncated with a warning in the console).")
+    DESCRIPTION = ("Encode a prompt and a negative prompt with the model's text encoder (CogVideoX: T5, 226 tokens; "
+                   "Wan: UMT5, 512 tokens), padded/truncated to its text length (longer prompts are truncated with a "
+                   "warning in the console).")
     CATEGORY = f"{CAT}/Model"
     RETURN_TYPES = ("COGVIDEOX_EMBEDS",)
     RETURN_NAMES = ("embeds",)
@@ -99,7 +139,7 @@ class CogVideoXTextEncode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX."}),
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX (CogVideoX or Wan)."}),
             "prompt": ("STRING", {"multiline": True, "default": "dog * is playing guitar",
                                   "tooltip": "What the video shows. For DualReal use the identity token, e.g. 'dog *'."}),
             "negative_prompt": ("STRING", {"multiline": True, "default": "",
@@ -108,7 +148,7 @@ class CogVideoXTextEncode:
 
     def encode(self, model, prompt, negative_prompt=""):
         m = as_model(model)
-        emb = cogvideox.encode_prompt(m.bundle, [prompt, negative_prompt])
+        emb = as_backbone(m.bundle).encode_prompt([prompt, negative_prompt])
         return ({"positive": emb[:1], "negative": emb[1:], "prompt": prompt, "negative_prompt": negative_prompt,
                  "model_name": m.bundle.name},)
 
@@ -129,8 +169,24 @@ def _check_embeds(embeds, negative=None, bundle=None):
     return embeds
 
 
+#: the Sample node's scheduler names: CogVideoX's, then Wan's own (Wan takes dpm / ddim as unipc / euler)
+SAMPLER_SCHEDULERS = tuple(cogvideox.SCHEDULERS) + tuple(n for n in wan.SCHEDULERS if n not in cogvideox.SCHEDULERS)
+
+
+def check_scheduler(bundle, scheduler: str) -> str:
+    """``scheduler`` if ``bundle``'s backbone takes it.
+
+    Raises:
+        DualAdapterError: a Wan-only scheduler (unipc, euler) on a CogVideoX model, naming the input.
+    """
+    if as_backbone(bundle).kind != wan.KIND and scheduler not in cogvideox.SCHEDULERS:
+        raise DualAdapterError(f"scheduler: {scheduler!r} is a Wan scheduler; this CogVideoX model takes "
+                               f"{' or '.join(cogvideox.SCHEDULERS)}")
+    return scheduler
+
+
 class CogVideoXSampler:
-    DESCRIPTION = ("Generate a video latent with CogVideoX. Adapters and LoRAs applied to the model (Apply DualReal, "
+    DESCRIPTION = ("Generate a video latent with CogVideoX or Wan. Adapters and LoRAs applied to the model (Apply DualReal, "
                    "Apply LoRA) run on a weight-sharing copy for this run only. Progress per step; Cancel stops cleanly.")
     CATEGORY = f"{CAT}/Sampling"
     RETURN_TYPES = ("LATENT",)
@@ -140,9 +196,10 @@ class CogVideoXSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX, optionally through Apply DualReal / Apply LoRA."}),
+            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX (CogVideoX or Wan), optionally through Apply DualReal / Apply LoRA."}),
             "embeds": ("COGVIDEOX_EMBEDS,CONDITIONING", {"tooltip": "From Encode Prompt (CogVideoX), or a core "
-                       "CONDITIONING (CLIPLoader type cogvideox -> CLIPTextEncode; T5 [1, 226, 4096])."}),
+                       "CONDITIONING (CLIPLoader type cogvideox -> CLIPTextEncode; T5 [1, 226, 4096]; Wan: type wan, "
+                       "UMT5 [1, L, 4096])."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES, "step": 1, "tooltip": "Frames, 4k+1 (49 on the "
                        "released models). 0 = the model's training size (49 on real models, 9 on tiny)."}),
             "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16, "tooltip": "Pixels, multiple of 16. "
@@ -154,8 +211,10 @@ class CogVideoXSampler:
                               "tooltip": "Classifier-free guidance scale (6 in DualReal). 1 = off."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                              "tooltip": "Seed of the initial noise; the same seed gives the same video. Any value 0 .. 2^64-1 (the range of every seed in the pack, as ComfyUI's KSampler)."}),
-            "scheduler": (list(cogvideox.SCHEDULERS), {"default": "dpm", "tooltip": "dpm = CogVideoXDPMScheduler (default), "
-                          "ddim = CogVideoXDDIMScheduler; both with trailing timestep spacing."}),
+            "scheduler": (list(SAMPLER_SCHEDULERS), {"default": "dpm", "tooltip": "CogVideoX: dpm = "
+                          "CogVideoXDPMScheduler (default), ddim = CogVideoXDDIMScheduler; both with trailing timestep "
+                          "spacing. Wan: unipc = Wan's UniPC on flow sigmas (what dpm means on Wan), euler = flow-"
+                          "matching Euler (what ddim means on Wan); both with the model's flow_shift."}),
         }, "optional": {
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt as core CONDITIONING (with a CONDITIONING "
                          "embeds; replaces the negative of COGVIDEOX_EMBEDS). None = the empty prompt."}),
@@ -165,6 +224,7 @@ class CogVideoXSampler:
             negative=None):
         m = as_model(model)
         e = _check_embeds(embeds, negative, m.bundle)
+        check_scheduler(m.bundle, scheduler)
         progress = bridge.Progress(steps)
         lat = sampling.sample(m.bundle, e["positive"], e.get("negative"), num_frames=frames or None,
                               height=height or None, width=width or None, steps=steps, cfg=cfg, seed=seed,

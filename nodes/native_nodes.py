@@ -1,5 +1,5 @@
-"""Nodes for core ComfyUI's native CogVideoX (MODEL from UNETLoader, KSampler): Apply DualReal to MODEL,
-Apply LoRA to MODEL, Convert to Native. Thin: validate, then call the library / ``_native_bridge``
+"""Nodes for core ComfyUI's native CogVideoX and Wan (MODEL from UNETLoader, KSampler): Apply DualReal to MODEL,
+Apply LoRA to MODEL (both models), Convert to Native (CogVideoX). Thin: validate, then call the library / ``_native_bridge``
 (imported when a node runs, so the pack imports without ComfyUI)."""
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ def _bridge():
 
 
 class DualRealApplyNative:
-    DESCRIPTION = ("Apply DualReal adapters to a core MODEL holding a native CogVideoX (UNETLoader) for core KSampler: "
-                   "DA-blocks as object patches on every block (chained with existing patches), StageBlender once per "
-                   "model call, the reference tiled to the CFG batch; the adapters load / offload with the model. "
+    DESCRIPTION = ("Apply DualReal adapters to a core MODEL holding a native CogVideoX or Wan 2.1 / 2.2 text-to-video "
+                   "(UNETLoader) for core KSampler: DA-blocks on every block (CogVideoX: object patches chained with "
+                   "existing ones; Wan: core's block replace hook, with core LoRAs and other weight patches under "
+                   "them), StageBlender once per model call, the reference tiled to the CFG batch; the adapters load / "
+                   "offload with the model. "
                    "Warns or refuses where core's port differs from the model the adapters were trained on. "
                    "Returns a clone; the input MODEL is unchanged.")
     CATEGORY = CAT
@@ -34,7 +36,8 @@ class DualRealApplyNative:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "A native CogVideoX MODEL (UNETLoader with a native single file)."}),
+                "model": ("MODEL", {"tooltip": "A native CogVideoX or Wan text-to-video MODEL (UNETLoader with a "
+                                    "native single file). Adapters must be trained on the same model (blocks, width)."}),
                 "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
             },
             "optional": {
@@ -49,7 +52,7 @@ class DualRealApplyNative:
                 "motion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
                                            "tooltip": "Multiplies the motion branch weight (1 = as trained)."}),
                 "use_controller": ("BOOLEAN", {"default": True, "tooltip": "Off = fixed weights w_id = w_mo = 0.1 (ablation)."}),
-                "allow_divergent": ("BOOLEAN", {"default": False, "tooltip": "Apply even where core's CogVideoX port "
+                "allow_divergent": ("BOOLEAN", {"default": False, "tooltip": "CogVideoX only. Apply even where core's CogVideoX port "
                                     "runs another model than diffusers (2B sincos detected as RoPE, 5B-I2V 1.0 without "
                                     "RoPE); off = refuse with the cause."}),
             },
@@ -76,7 +79,7 @@ class DualRealApplyNative:
 
 class ApplyLoRANative:
     DESCRIPTION = ("Add one of the pack's LoRAs (VIDEO_LORA: trained here or loaded from any supported format) to a "
-                   "core native CogVideoX MODEL as core weight patches, like LoraLoaderModelOnly; stacks with other "
+                   "core native CogVideoX or Wan MODEL as core weight patches, like LoraLoaderModelOnly; stacks with other "
                    "core LoRAs. Returns a clone.")
     CATEGORY = CAT
     FUNCTION = "apply"
@@ -86,7 +89,7 @@ class ApplyLoRANative:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "A native CogVideoX MODEL (UNETLoader), possibly already patched."}),
+            "model": ("MODEL", {"tooltip": "A native CogVideoX or Wan MODEL (UNETLoader), possibly already patched."}),
             "lora": ("VIDEO_LORA", {"tooltip": "From Load LoRA (CogVideoX) or Train Motion LoRA."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.0001,
                                    "tooltip": "Multiplier of the LoRA update (1 = as trained, 0 = off)."}),

@@ -70,9 +70,10 @@ class UNetVideoLoader:
             dev = None if device == "auto" else device
             path = model if model in TINY else str(bridge.resolve("diffusers", model))
             kind = kind_of(path, default=None) if model not in TINY else None
-            if kind == "cogvideox":
-                raise DualAdapterError(f"model {model!r} is a CogVideoX model; load it with Load CogVideoX from "
-                                       f"models/CogVideo/")
+            if kind in ("cogvideox", "wan"):
+                where = "models/CogVideo/" if kind == "cogvideox" else "models/Wan/"
+                raise DualAdapterError(f"model {model!r} is a {'CogVideoX' if kind == 'cogvideox' else 'Wan'} model; "
+                                       f"load it with Load CogVideoX from {where}")
             return (PatchedModel(load_backbone(path, dtype=dt, device=dev)),)
 
 

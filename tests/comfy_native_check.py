@@ -7,36 +7,16 @@ is imported here under ``dual_adapter_pack`` the way ComfyUI imports a custom no
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-COMFY = Path(sys.argv[1]).resolve()
-WORK = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.mkdtemp())
-sys.path.insert(0, str(COMFY))
+from comfy_check_setup import start  # noqa: E402  (this folder is on sys.path: the script's own)
 
-from comfy.cli_args import args  # noqa: E402
-
-args.cpu = True
+H = start(sys.argv)
+COMFY, WORK, mm, core_nodes, models_dir = H.comfy, H.work, H.mm, H.core_nodes, H.models_dir
+nb, nn_nodes = H.bridge, H.native_nodes
 import torch  # noqa: E402
-
-torch.set_num_threads(1)
-import comfy.model_management as mm  # noqa: E402
-import comfy.sd  # noqa: E402, F401  (loads ComfyUI's model classes)
-import folder_paths  # noqa: E402
-import nodes as core_nodes  # noqa: E402  (ComfyUI's nodes.py)
-
-spec = importlib.util.spec_from_file_location("dual_adapter_pack", ROOT / "__init__.py",
-                                              submodule_search_locations=[str(ROOT)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["dual_adapter_pack"] = pack
-spec.loader.exec_module(pack)
-nb = importlib.import_module("dual_adapter_pack.nodes._native_bridge")
-nn_nodes = importlib.import_module("dual_adapter_pack.nodes.native_nodes")
 
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
 
@@ -47,11 +27,8 @@ from dual_adapter.lora_formats import save_lora_native  # noqa: E402
 from dual_adapter.native import convert_diffusers_to_native, native_model_divergences  # noqa: E402
 from dual_adapter.patches import patched_copy  # noqa: E402
 
+
 res: dict = {"comfyui": str(COMFY)}
-models_dir = WORK / "models"
-for kind in ("diffusion_models", "loras"):
-    (models_dir / kind).mkdir(parents=True, exist_ok=True)
-    folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
 
 BASE = dict(num_attention_heads=2, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=32,
             text_embed_dim=32, num_layers=2, patch_size=2, max_text_seq_length=16)

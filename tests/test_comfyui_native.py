@@ -23,13 +23,9 @@ pytestmark = [pytest.mark.comfyui,
               pytest.mark.skipif(not COMFY, reason="COMFYUI_PATH is not set (path of a ComfyUI checkout)")]
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    comfy = Path(COMFY)
-    if not (comfy / "comfy" / "ldm" / "cogvideo" / "model.py").is_file():
-        pytest.skip(f"{comfy} has no native CogVideoX (comfy/ldm/cogvideo; ComfyUI < 0.19)")
-    work = tmp_path_factory.mktemp("native")
-    p = subprocess.run([sys.executable, str(ROOT / "tests" / "comfy_native_check.py"), str(comfy), str(work)],
+def run_check(script: str, comfy: Path, work: Path) -> dict:
+    """Run ``tests/<script>`` in the ComfyUI at ``comfy`` (cwd there) and return its ``RESULT`` JSON object."""
+    p = subprocess.run([sys.executable, str(ROOT / "tests" / script), str(comfy), str(work)],
                        cwd=comfy, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -37,6 +33,14 @@ def result(tmp_path_factory):
     res = json.loads(lines[-1][len("RESULT "):])
     print(json.dumps(res, indent=1))
     return res
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    comfy = Path(COMFY)
+    if not (comfy / "comfy" / "ldm" / "cogvideo" / "model.py").is_file():
+        pytest.skip(f"{comfy} has no native CogVideoX (comfy/ldm/cogvideo; ComfyUI < 0.19)")
+    return run_check("comfy_native_check.py", comfy, tmp_path_factory.mktemp("native"))
 
 
 def test_converted_checkpoint_loads_through_unetloader_and_matches_where_expected(result):

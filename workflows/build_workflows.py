@@ -586,6 +586,78 @@ def g_animatediff_customttt(classes) -> Graph:
 BUILDERS += [g_zeroscope_tap_ah, g_animatediff_customttt]
 
 
+WAN_NOTE = """**Runs as shipped on the built-in `tiny-wan` model (a Wan 2.1-architecture transformer with random weights,
+9 frames x 64 x 64, CPU, seconds): a pipeline check, it draws noise, not pictures.**
+
+For a real Wan 2.1 / 2.2 text-to-video model:
+- put a Wan diffusers folder (e.g. `Wan2.1-T2V-1.3B-Diffusers` or `Wan2.1-T2V-14B-Diffusers`, with `transformer/ vae/
+  text_encoder/ tokenizer/ scheduler/`) in `models/Wan/` (one in `models/CogVideo/` is recognised too) and pick it in
+  *Load CogVideoX* (it loads Wan too);
+- set Load Photos / Load Clip Frames to 480 x 832 (Load Clip Frames: 81 frames, fps 16, Wan's rate), the sampler to
+  81 frames, 480 x 832 (or 0 = the model's default), 50 steps, CFG 5, scheduler unipc (Wan's own; euler also works);
+- replace the shipped example inputs (`examples/dog`, `examples/guitar.mp4`) with your own photos / clips, and the
+  prompts with yours (docs/wan.md lists each Wan model's size and settings);
+"""
+
+WAN_SIZE = dict(height=64, width=64)
+
+
+def _wan_clip(g: Graph) -> Node:
+    return g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=9, fps=8.0,
+                  **WAN_SIZE)
+
+
+def g_wan_dualreal_train(classes) -> Graph:
+    g = Graph("wan_dualreal_train_sample", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model="tiny-wan")
+    ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", **WAN_SIZE)
+    clip = _wan_clip(g)
+    t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt="dog *", motion=clip[0],
+               motion_prompt="a person is playing guitar", steps=20, lr=1e-3, hidden_width=16, warmup_steps=4,
+               name="wan_dog_guitar", checkpoint_every=10)
+    g.node("DualRealSave", adapters=t[0], filename_prefix="wan_dog_guitar")
+    g.node("PreviewImage", images=t[1])
+    a = g.node("DualRealApply", model=m[0], adapters=t[0], reference_image=ph[0])
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="dog * is playing guitar", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=5.0, seed=42, scheduler="unipc")
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/wan_dualreal", fps=8.0)
+    g.note("DualReal on Wan: train + sample", WAN_NOTE + (
+        "- DualReal on Wan puts the DA-blocks beside each block's self-attention and feed-forward, on the video "
+        "tokens (docs/wan.md lists the choices the paper leaves open for Wan);\n"
+        "- the reference image: tiny-wan trains with the built-in random tiny CLIP; for a real Wan add *Load CLIP "
+        "Vision* (`clip_vision_h.safetensors`, ViT-H/14) and connect it to `clip_vision` of Train and Apply DualReal;\n"
+        "- the authors' setting (on CogVideoX; untested on real Wan weights): 1000 steps, lr 1e-3, 200 warm-up steps, "
+        "motion_ratio 0.5, hidden 64, 7 groups; the adapters of a 1.3B model are about 119 M parameters."))
+    return g
+
+
+def g_wan_tap(classes) -> Graph:
+    g = Graph("wan_tap_motion_lora", classes)
+    m = g.node("DualAdapterCogVideoXLoader", model="tiny-wan")
+    clip = _wan_clip(g)
+    t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
+               preset="tap", rank=8, alpha=8.0, steps=20, learning_rate=1e-3, seed=0, gradient_checkpointing=False,
+               name="wan_tap")
+    g.node("DualAdapterSaveLoRA", lora=t[0], filename_prefix="tap/wan_guitar", folder="output", precision="bf16")
+    g.node("PreviewImage", images=t[1])
+    a = g.node("DualAdapterApplyLoRA", model=m[0], lora=t[0], strength=1.0)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog is playing guitar", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], steps=10, cfg=5.0, seed=42, scheduler="unipc")
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/wan_tap_motion_lora", fps=8.0)
+    g.note("TAP motion LoRA on Wan", WAN_NOTE + (
+        "- preset tap puts the LoRA on Wan's self-attention `attn1` query and key only (never the value): the video "
+        "keeps the base model's appearance and takes the clip's motion; the authors' setting: rank 32, alpha 32, "
+        "dropout 0.1, learning rate 5e-4, 1000 steps, gradient checkpointing on;\n"
+        "- Save LoRA writes diffusers' Wan key names (what `WanPipeline.load_lora_weights` reads); "
+        "`dual_adapter.lora_formats` converts to ComfyUI's native and musubi-tuner / kohya names (docs/wan.md)."))
+    return g
+
+
+BUILDERS += [g_wan_dualreal_train, g_wan_tap]
+
+
 def build_all(classes=None) -> list[Graph]:
     classes = classes or node_classes()
     graphs = []

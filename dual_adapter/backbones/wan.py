@@ -492,6 +492,11 @@ class WanBackbone(VideoBackbone):
         """Valid frame counts are ``frame_step * k + 1`` (4 on Wan)."""
         return int(getattr(self._need("vae", "frame_step").config, "scale_factor_temporal", None) or 4)
 
+    @property
+    def vae_scale_temporal(self) -> int:
+        """:meth:`frame_step` under the name CogVideoX bundles give it (the nodes serve both)."""
+        return self.frame_step()
+
     def latent_frames(self, num_frames: int) -> int:
         return (int(num_frames) - 1) // self.frame_step() + 1
 
