@@ -113,7 +113,7 @@ def test_train_dualreal_apply_dualreal_sample_on_tiny_wan(classes, out_dir):
     lat = out["3"][0]["samples"]
     assert lat.shape == base.shape and not torch.equal(lat, base)  # the applied adapters change the video
     assert out["4"][0].shape == (9, 64, 64, 3)
-    assert list((out_dir / "dualreal").glob("wan_dualreal_*_.safetensors"))
+    assert list((out_dir / "runs" / "dualreal").glob("wan_dualreal_*_/wan_dualreal.safetensors"))  # the run folder
 
 
 def test_loader_lists_and_loads_a_wan_folder_in_models_wan(classes, out_dir, tmp_path):
