@@ -32,7 +32,7 @@ def test_demo_writes_video_adapters_curve_and_report(tmp_path):
     assert r2.returncode == 2 and "not empty" in r2.stderr
 
 
-def test_demo_on_a_mini_folder_uses_the_mini_world_inputs(tmp_path):
+def test_demo_on_a_mini_folder_uses_the_mini_world_inputs(tmp_path, capsys):
     """``--model FOLDER`` with a folder ``miniworld pretrain`` wrote is a mini like the shipped one: mini-world
     subject and clips, mini-world scores."""
     import shutil
@@ -42,10 +42,11 @@ def test_demo_on_a_mini_folder_uses_the_mini_world_inputs(tmp_path):
     folder = tmp_path / "my_mini"
     shutil.copytree(MINI_DIR, folder)
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "dual_adapter", "demo", "--model", str(folder), "--steps", "4",
-                        "--sample-steps", "2", "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "mini world: subject striped_star" in r.stderr
+    from dual_adapter.cli import main
+
+    rc = main(["demo", "--model", str(folder), "--steps", "4", "--sample-steps", "2", "--out-dir", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err[-3000:]
+    assert "mini world: subject striped_star" in err
     report = json.loads((out / "metrics.json").read_text())
     assert {"identity", "motion"} <= set(report["miniworld"]), report.get("miniworld")

@@ -3,16 +3,12 @@ reported with its parts (shape, colour, texture) in the demo, ``miniworld score`
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from dual_adapter.miniworld import scorers as S
 from dual_adapter.miniworld import world as W
 
-ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("identity_shape", "identity_colour", "identity_texture")
 
 
@@ -73,12 +69,14 @@ def test_benchmark_keeps_the_identity_parts():
     assert "| base | " in B.markdown_table(res).split("shape ↑")[1]
 
 
-def test_demo_prints_what_the_video_shows(tmp_path):
+def test_demo_prints_what_the_video_shows(tmp_path, capsys):
+    from dual_adapter.cli import main
+
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "dual_adapter", "demo", "--steps", "4", "--sample-steps", "2",
-                        "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "what video.mp4 shows" in r.stdout and "in short:" in r.stdout and "true videos:" in r.stdout
-    assert "the subject doing the motion" not in r.stdout
+    rc = main(["demo", "--steps", "4", "--sample-steps", "2", "--out-dir", str(out)])
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err[-3000:]
+    assert "what video.mp4 shows" in stdout and "in short:" in stdout and "true videos:" in stdout
+    assert "the subject doing the motion" not in stdout
     report = json.loads((out / "metrics.json").read_text())["miniworld"]
     assert set(PARTS) <= set(report) and "identity" in report["true_video_range"] and report["summary"]

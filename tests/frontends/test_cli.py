@@ -2,9 +2,9 @@
 loads."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from helpers import (
     fake_model_folder as _fake_folder,
@@ -14,21 +14,21 @@ from helpers import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_cli_generate_writes_video(tmp_path):
+def test_cli_generate_writes_video(tmp_path, capsys):
+    from dual_adapter.cli import main
+
     out = tmp_path / "out.mp4"
-    cmd = [sys.executable, "-m", "dual_adapter", "generate", "--model", "tiny", "--prompt", "a dog", "--frames", "9",
-           "--steps", "3", "--out", str(out), "--quiet"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    cmd = ["generate", "--model", "tiny", "--prompt", "a dog", "--frames", "9", "--steps", "3", "--out", str(out),
+           "--quiet"]
+    assert main(cmd) == 0, capsys.readouterr().err
     assert out.stat().st_size > 0
-    r2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r2.returncode == 2 and "already exists" in r2.stderr
-    bad = cmd[:9] + ["8", "--steps", "3", "--out", str(tmp_path / "x.mp4")]
-    r3 = subprocess.run(bad, cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
-    assert r3.returncode == 2 and "4k+1" in r3.stderr and "Traceback" not in r3.stderr
-    h = subprocess.run([sys.executable, "-m", "dual_adapter", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert h.returncode == 0 and "generate" in h.stdout
+    capsys.readouterr()
+    assert main(cmd) == 2 and "already exists" in capsys.readouterr().err
+    bad = cmd[:6] + ["8", "--steps", "3", "--out", str(tmp_path / "x.mp4")]
+    assert main(bad) == 2 and "4k+1" in capsys.readouterr().err  # a refusal, not a traceback
+    with pytest.raises(SystemExit) as h:
+        main(["--help"])
+    assert h.value.code == 0 and "generate" in capsys.readouterr().out
 
 
 def test_cli_checks_inputs_before_loading_the_model(tiny, tmp_path, stills, capsys):

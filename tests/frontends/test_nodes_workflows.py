@@ -170,14 +170,13 @@ def test_shipped_mini_examples_are_the_worlds_inputs(classes):
         assert count == W.FRAMES and torch.allclose(frames, q(want), atol=1e-6), f"orbit/{i:02d}.gif"
 
 
-def test_headless_run_cli(tmp_path):
-    import subprocess
-    import sys
+def test_headless_run_cli(tmp_path, capsys):
+    from dual_adapter.cli import main
 
-    r = subprocess.run([sys.executable, "-m", "dual_adapter", "run", str(UI / "generate_mini.json"), "--output-dir",
-                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "wrote" in r.stdout and list(tmp_path.rglob("*.webp"))
+    rc = main(["run", str(UI / "generate_mini.json"), "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "wrote" in out and list(tmp_path.rglob("*.webp"))
 
 
 def test_loader_lists_model_folders(classes, out_dir, tmp_path):

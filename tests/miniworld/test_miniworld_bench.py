@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +14,15 @@ from dual_adapter.miniworld import world as W
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path):
+def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path, capsys):
     """--quick on a tiny budget (one pair, one seed, 1 training step, 1 TTT step, 1 sampling step): every method
     runs through the pack's trainers and is scored; the three files hold what was measured."""
     out = tmp_path / "res"
-    cmd = [sys.executable, "-m", "dual_adapter", "miniworld", "benchmark", "--quick", "--dualreal-steps", "1",
-           "--lora-steps", "1", "--ttt-steps", "1", "--sample-steps", "1", "--out-dir", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    from dual_adapter.cli import main
+
+    cmd = ["miniworld", "benchmark", "--quick", "--dualreal-steps", "1", "--lora-steps", "1", "--ttt-steps", "1",
+           "--sample-steps", "1", "--out-dir", str(out)]
+    assert main(cmd) == 0, capsys.readouterr().err[-3000:]
     data = json.loads((out / "miniworld.json").read_text())
     assert list(data["methods"]) == list(B.METHODS)
     for m, res in data["methods"].items():
@@ -44,8 +43,8 @@ def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path):
     im = Image.open(out / "miniworld.png")
     assert im.size[1] >= (len(B.METHODS) + 2) * 64  # one row per method plus the two input rows
     # never overwritten: refused before any work
-    r2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r2.returncode == 2 and "exist" in r2.stderr
+    capsys.readouterr()
+    assert main(cmd) == 2 and "exist" in capsys.readouterr().err
 
 
 def test_benchmark_worker_processes_give_the_sequential_results():
