@@ -35,9 +35,9 @@ def _fake_data(bundle, refs=True, seed=0):
 
 def test_reference_is_ignored_for_adapters_without_trained_w_cond(bundle, caplog):
     from dual_adapter.dualreal import DualRealOptions, stageblender_readout, train_dualreal_on_data
-    from dual_adapter.patches import PatchedModel
     from dual_adapter.training import TrainConfig
     from nodes import dualreal_nodes as N
+    from dual_adapter.patches import PatchedModel
 
     fast = TrainConfig(steps=1, warmup_steps=0, checkpoint_every=0, gradient_checkpointing=False)
     with caplog.at_level(logging.WARNING):
@@ -64,10 +64,9 @@ def test_reference_is_ignored_for_adapters_without_trained_w_cond(bundle, caplog
 
 
 def test_cli_train_dualreal_without_encoder_warns_loudly(tmp_path, capsys):
-    from PIL import Image
-
     from dual_adapter.cli import main
     from dual_adapter.media import write_video
+    from PIL import Image
 
     Image.fromarray((torch.rand(64, 96, 3) * 255).byte().numpy()).save(tmp_path / "p.png")
     write_video(torch.rand(9, 64, 96, 3), tmp_path / "c.mp4")
