@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_demo_writes_video_adapters_curve_and_report(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "dual_adapter", "demo", "--steps", "40", "--sample-steps", "4",

@@ -14,6 +14,7 @@ from dual_adapter.miniworld import world as W
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path, capsys):
     """--quick on a tiny budget (one pair, one seed, 1 training step, 1 TTT step, 1 sampling step): every method
     runs through the pack's trainers and is scored; the three files hold what was measured."""
@@ -47,6 +48,7 @@ def test_benchmark_quick_path_writes_json_table_and_grid(tmp_path, capsys):
     assert main(cmd) == 2 and "exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_worker_processes_give_the_sequential_results():
     """--jobs 2 deals the (subject, seed) groups to two spawned workers (one thread each); the merged results
     equal a one-process run with one thread, sample for sample and frame for frame, in the same order."""
@@ -144,6 +146,7 @@ def _assert_gap(base, dual, k):
     assert gap > margin, f"{k}: DualReal {dual[k].tolist()} vs base {base[k].tolist()}: gap {gap:.3f} <= {margin:.3f}"
 
 
+@pytest.mark.slow
 def test_dualreal_raises_motion_above_base_by_the_seed_spread(dualreal_vs_base):
     """The main job, motion half: after the authors' 1000 steps the customized video orbits and the base's does not."""
     _assert_gap(*dualreal_vs_base, "motion")
@@ -151,5 +154,6 @@ def test_dualreal_raises_motion_above_base_by_the_seed_spread(dualreal_vs_base):
 
 # Passes with the PixelStatsEncoder (an embedding that follows appearance) in place of the random tiny
 # CLIP, the customized star keeps the subject's colour (docs/miniworld.md); its shape still does not appear.
+@pytest.mark.slow
 def test_dualreal_raises_identity_above_base_by_the_seed_spread(dualreal_vs_base):
     _assert_gap(*dualreal_vs_base, "identity")

@@ -178,6 +178,7 @@ def test_scale_machinery_on_a_small_config():
     assert mem["peak_gib_adamw"] > mem["peak_gib_adamw8bit"] > mem["weights_gib"]
 
 
+@pytest.mark.slow
 def test_compiled_sampling_does_not_recompile_per_call(bundle):
     """``sample(compile=...)`` keeps the compiled patched model: a second call with the same patch does not
     compile again (a counting backend that runs the captured graphs eagerly). Two steps: the first forward
@@ -401,6 +402,7 @@ def two_processes(tmp_path_factory):
     return d, start, clips
 
 
+@pytest.mark.slow
 def test_data_parallel_two_processes_match_one(bundle, two_processes):
     """Two gloo processes with global batch 2 train DualReal like one process with batch 2, both with replicated
     weights (DDP) and with the frozen transformer sharded (FSDP): same losses and adapters; the inactive set
@@ -428,6 +430,7 @@ def test_data_parallel_two_processes_match_one(bundle, two_processes):
         assert moved > 0
 
 
+@pytest.mark.slow
 def test_lora_data_parallel_two_processes_match_one(two_processes, tmp_path):
     """``accelerate launch -m dual_adapter train-lora --batch 2`` on two gloo processes trains like one process
     with batch 2, with replicated (DDP) and sharded (``--fsdp``) frozen weights: same losses, same LoRA; only
