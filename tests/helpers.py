@@ -22,7 +22,7 @@ GUITAR_PROMPT = "a person is playing guitar"
 
 @pytest.fixture(scope="module", name="bundle")
 def fresh_tiny():
-    """A tiny CogVideoX built for the module (not the session's shared one)."""
+    """A tiny CogVideoX built for the module (not the one that every test shares)."""
     from dual_adapter.backbones.cogvideox import build_tiny
 
     return build_tiny("tiny", seed=0)
@@ -101,7 +101,7 @@ def random_dualreal_data(bundle, seed=0):
 
 @pytest.fixture(scope="module", name="bundle")
 def shared_tiny(tiny):
-    """The session's tiny CogVideoX under the name the run tests take it by."""
+    """The tiny CogVideoX that every test shares, under the name the run tests take it by."""
     return tiny
 
 
