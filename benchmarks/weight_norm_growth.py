@@ -2,7 +2,7 @@
 of the training loop (docs/training.md, "Sane checkpoints": a checkpoint's norm must stay within 1000 times
 the norm at the start or at the last sane checkpoint).
 
-Tiny CogVideoX, DualReal on random latents (the same run as ``tests/test_sane_checkpoints.py``), constant
+Tiny CogVideoX, DualReal on random latents (the same run as ``tests/training/test_sane_checkpoints.py``), constant
 learning rate, no warm-up, CPU. For each learning rate, prints the norm at the start, after each of the
 given steps, and the norm ratio; a run that turns non-finite says at which step.
 

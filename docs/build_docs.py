@@ -10,7 +10,7 @@ Usage::
     python docs/build_docs.py           # rewrite both files
     python docs/build_docs.py --check   # exit 1 if either file is stale
 
-``tests/test_docs.py`` runs :func:`render_nodes` and :func:`render_cli` and compares them with the committed files.
+``tests/project/test_docs.py`` runs :func:`render_nodes` and :func:`render_cli` and compares them with the committed files.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 call) and :mod:`dual_adapter.backbones.base` (``check_device``, ``parse_dtype``) instead.
 
 This thin re-export keeps scripts written against the older module working; it warns once on import
-(``DeprecationWarning``). No module of the package imports it (``tests/test_layers.py`` checks that).
+(``DeprecationWarning``). No module of the package imports it (``tests/project/test_layers.py`` checks that).
 """
 from __future__ import annotations
 

@@ -421,7 +421,7 @@ def native_divergences(config: Mapping[str, Any]) -> list[NativeDivergence]:
     """Where core ComfyUI's CogVideoX port (0.33) computes something else than diffusers for a model
     with this (diffusers) config, so adapters / LoRAs trained on the diffusers model meet another model.
 
-    Measured on tiny configs (tests/test_native.py, and the real-host test against core's forward):
+    Measured on tiny configs (tests/backbones/test_native.py, and the real-host test against core's forward):
       * 1.5 (``patch_size_t`` = 2, RoPE ``slice`` grid): native == diffusers; nothing returned.
       * 1.0 RoPE models (5B, 5B-I2V): native multiplies the RoPE grid by ``spatial_interpolation_scale``
         (1.875 on the released configs) where diffusers uses integer positions -> ``warn``.

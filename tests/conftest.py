@@ -1,4 +1,6 @@
-"""Shared fixtures: the tiny model (built once per test run), paths of ../shared/data."""
+"""Shared fixtures: the tiny model (built once per test run), paths of ../shared/data, the node classes.
+
+Tests live in one folder per feature (docs/testing.md); helpers that several folders use are in helpers.py."""
 from __future__ import annotations
 
 import os
@@ -8,8 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, Path(__file__).resolve().parent):  # the package, and helpers.py for every test folder
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 DATA = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("DUAL_ADAPTER_OUTPUT", str(ROOT / "output" / "pytest"))
@@ -28,6 +31,14 @@ def tiny():
     from dual_adapter.backbones.cogvideox import build_tiny
 
     return build_tiny("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def classes():
+    """The pack's node classes by name, as the headless runner loads them."""
+    from dual_adapter.commands.run import load_node_classes
+
+    return load_node_classes()
 
 
 @pytest.fixture()

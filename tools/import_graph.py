@@ -7,7 +7,7 @@ Every ``import`` / ``from ... import`` counts: at module level, inside functions
 Run ``python tools/import_graph.py`` from the repository root for the figures: module count and sizes, edges
 (module-level and function-level), the cycles (strongly connected components and every simple cycle up to
 a bound), the imports that point up the layer order of CONTRIBUTING.md (:data:`LAYERS`), and the modules over
-:data:`MAX_LINES` lines. ``tests/test_layers.py`` checks the same rules.
+:data:`MAX_LINES` lines. ``tests/project/test_layers.py`` checks the same rules.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Take docs/images/training_previews.png: Train Motion LoRA training on `mini` with validation previews, in a real
-ComfyUI driven by headless Chromium (as tests/test_comfyui_host.py does; set-up: docs/comfyui_hosts.md).
+ComfyUI driven by headless Chromium (as tests/frontends/test_comfyui_host.py does; set-up: docs/comfyui_hosts.md).
 
     COMFYUI_PATH=... $COMFY_PYTHON tools/training_screenshot.py docs/images/training_previews.png
 
