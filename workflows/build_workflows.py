@@ -274,14 +274,17 @@ TINY_ADAPTERS = "examples/dualreal_tiny_dog_guitar.safetensors"
 # What each workflow's video shows as shipped, measured (one seed; docs/results/workflows.md has the command and
 # the scores): the first line of its note, so the canvas never promises more than the run gives.
 SHOWS = {
-    "dualreal_train_sample": "a **green** sprite (the motion clip's colour, not the star's yellow) that orbits "
-                             "(motion 0.87 against the orbit, classified orbit; identity 0.00 against the star "
-                             "photos). One clip of 400 steps teaches the motion; the subject's look does not carry "
-                             "over at this size.",
-    "dualreal_load_sample": "a yellow sprite, the subject's colour, that barely moves (identity 0.11, motion 0.50, "
-                            "classified still): the shipped adapters keep more of the subject and less of the motion.",
-    "tap_motion_lora": "a large yellow blob that barely moves (motion 0.68 against the orbit, classified still).",
-    "generate_mini": "a red circle moving right (motion 0.98, classified right).",
+    "dualreal_train_sample": "a large **green** circle (the motion clips' colour, not the star's yellow) that barely "
+                             "moves (identity 0.00 against the star photos; motion 0.25 against the orbit clips' "
+                             "paths, classified still). One clip of 400 steps on this small model shows neither the "
+                             "subject nor the orbit.",
+    "dualreal_load_sample": "a small yellow circle that barely moves (identity 0.15: colour 0.67, shape 0.58, texture "
+                            "0.40; motion 0.10 against the orbit, classified still). The yellow is also what the base "
+                            "draws for the placeholder prompt, so it is not evidence of a learned identity.",
+    "tap_motion_lora": "a large yellow square-ish sprite that barely moves (motion 0.12 against the orbit clips' paths, "
+                       "classified still).",
+    "generate_mini": "a large yellow checkered circle moving right (motion 0.78 against 'right', classified right): "
+                     "the motion as asked, not the colour (red) or the plain texture.",
 }
 
 REAL_WEIGHTS_NOTE = """**Runs as shipped on the built-in `mini` model: a small CogVideoX pretrained on a sprite world (9 frames x
