@@ -76,7 +76,6 @@ __all__ = [
     "train_lora",
     "train_lora_on_latents",
     "train_state_path",
-    "finish_run_files",
     "spatial_checkpoint_path",
     "set_lora_strength",
     "base_config",
@@ -1025,19 +1024,6 @@ def spatial_checkpoint_path(checkpoint_path: str | Path) -> Path:
     from .runs import side_file
 
     return side_file(checkpoint_path, "spatial")
-
-
-def finish_run_files(checkpoint_path: str | Path, final_saved: bool = False) -> None:
-    """After a finished training run: remove the optimiser state beside ``checkpoint_path``
-    (``<stem>.state.safetensors``, read only to resume an interrupted run). With ``final_saved`` (the LoRA, and
-    its spatial LoRA, were saved under their final names, as the CLI does) the checkpoint and its spatial
-    checkpoint go too; without, they stay as the run's autosave (what the nodes keep). Missing files are skipped.
-    """
-    gone = [train_state_path(checkpoint_path)]
-    if final_saved:
-        gone += [Path(checkpoint_path), spatial_checkpoint_path(checkpoint_path)]
-    for p in gone:
-        p.unlink(missing_ok=True)
 
 
 def train_lora(

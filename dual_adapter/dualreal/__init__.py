@@ -17,7 +17,7 @@ from .controller import StageBlender, block_groups, group_ranges
 from .patch import (DABlock, DualRealContext, DualRealPatch, check_compatible, find_context, reference_for_adapters,
                     w_cond_trained)
 from .readout import plot_stageblender, stageblender_readout
-from .trainer import (CLIP_SAMPLINGS, LATENT_SAMPLINGS, load_motion_clips, DualRealData, DualRealOptions, DualRealResult, prepare_dualreal_data, run_paths, counted_run_path, finalize_run,
+from .trainer import (CLIP_SAMPLINGS, LATENT_SAMPLINGS, load_motion_clips, DualRealData, DualRealOptions, DualRealResult, prepare_dualreal_data, run_paths, finalize_run,
                       train_dualreal, train_dualreal_on_data)
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "DualRealAdapters", "DualRealConfig", "DualRealAdapterSet", "import_official", "load_adapters", "load_any",
     "save_adapters", "StageBlender", "block_groups", "group_ranges", "DABlock", "DualRealContext", "w_cond_trained", "reference_for_adapters",
     "DualRealPatch", "check_compatible", "find_context", "plot_stageblender", "stageblender_readout",
-    "CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealData", "DualRealOptions", "DualRealResult", "prepare_dualreal_data", "run_paths", "counted_run_path", "finalize_run", "train_dualreal",
+    "CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealData", "DualRealOptions", "DualRealResult", "prepare_dualreal_data", "run_paths", "finalize_run", "train_dualreal",
     "train_dualreal_on_data",
 ]

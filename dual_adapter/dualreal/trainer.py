@@ -34,7 +34,6 @@ helpers; it splits when either grows.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -53,7 +52,7 @@ from .patch import DualRealPatch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "counted_run_path", "finalize_run", "prepare_dualreal_data",
+__all__ = ["CLIP_SAMPLINGS", "LATENT_SAMPLINGS", "load_motion_clips", "DualRealOptions", "DualRealData", "DualRealResult", "run_paths", "finalize_run", "prepare_dualreal_data",
            "train_dualreal_on_data", "train_dualreal"]
 
 
@@ -196,46 +195,6 @@ def run_paths(out: str | Path, run=None) -> dict[str, Path]:
     return {"partial": out.with_name(stem + ".partial.safetensors"),
             "state": out.with_name(stem + ".state.safetensors"),
             "losses": out.with_name(stem + ".losses.jsonl")}
-
-
-def counted_run_path(folder: str | Path, name: str, resume: bool) -> Path:
-    """The final output path of a named run under ``folder``, with ComfyUI's counter: ``<name>_NNNNN_.safetensors``
-    (its run files: :func:`run_paths`). What the Train DualReal node uses, so that queueing again (another seed,
-    more steps) starts a new run instead of being refused, and no file is ever replaced.
-
-    Args:
-        folder: where the run files go (created if missing).
-        name: the run name: one file name, no folders, at most
-            :data:`dual_adapter.paths.MAX_STEM_BYTES` bytes, no NUL (checked before the disk is touched).
-        resume: False: a new run, the first counter after every file of that name (final, checkpoint, state,
-            losses), so an interrupted run's files are never taken over; the final name is *reserved*
-            (:func:`dual_adapter.io.next_free_path`: an empty file created exclusively, so a concurrent run
-            takes the next counter; release it with :func:`dual_adapter.io.reservation` if the run ends
-            without writing it). True: the newest run of that name with a state file to continue (highest
-            counter; a run named without counter, as the pack wrote before counters, counts as the oldest).
-
-    Raises:
-        DualAdapterError: ``name`` breaks the path rule (:func:`dual_adapter.paths.check_relative`);
-            ``resume`` and no run of that name has a state file.
-    """
-    import re
-
-    from ..io import next_free_path
-    from ..paths import MAX_STEM_BYTES, check_relative
-
-    name = check_relative(name, "name", stem_bytes=MAX_STEM_BYTES, max_depth=1).as_posix()
-    folder = Path(folder)
-    if not resume:
-        return next_free_path(folder, name, "safetensors", what="name")
-    counted = re.compile(re.escape(name) + r"_(\d{5})_\.")
-    names = os.listdir(folder) if folder.is_dir() else []
-    used = sorted({int(m.group(1)) for f in names if (m := counted.match(f))})
-    candidates = [folder / f"{name}_{n:05d}_.safetensors" for n in reversed(used)] + [folder / f"{name}.safetensors"]
-    for out in candidates:
-        if run_paths(out)["state"].exists():
-            return out
-    raise DualAdapterError(f"resume: no run named {name!r} to continue in {str(folder)!r} (no {name}_NNNNN_.state."
-                           f"safetensors); turn resume off to start a new run")
 
 
 def finalize_run(result: "DualRealResult", out: str | Path, run=None) -> Path:

@@ -138,10 +138,10 @@ def test_save_nodes_refuse_bad_names_before_touching_the_disk(classes, out_dir, 
 
 
 def test_train_dualreal_name_is_checked_before_anything(tmp_path):
-    from dual_adapter.dualreal import counted_run_path
+    from dual_adapter.runs import RunFolder
 
     for name, why in ((LONG, "bytes long"), ("a\x00b", "NUL"), ("a/b", "without folders"), ("..", "'..'")):
-        msg = _err(lambda: counted_run_path(tmp_path / "runs", name, resume=False))
+        msg = _err(lambda: RunFolder.start(tmp_path / "runs", "dualreal", name, resume=False))
         assert why in msg and "name" in msg
     assert not (tmp_path / "runs").exists()
 
@@ -162,8 +162,8 @@ def test_train_dualreal_node_refuses_a_long_name_before_training(classes, tiny, 
 
 def test_counter_names_are_reserved_when_picked(tmp_path):
     """Two picks without a write in between get two names (before: the same one, which both then wrote)."""
-    from dual_adapter.dualreal import counted_run_path
     from dual_adapter.io import atomic_write_bytes, next_free_path
+    from dual_adapter.runs import RunFolder
 
     a, b = next_free_path(tmp_path, "s/img", "png"), next_free_path(tmp_path, "s/img", "png")
     assert (a.name, b.name) == ("img_00001_.png", "img_00002_.png")
@@ -171,8 +171,8 @@ def test_counter_names_are_reserved_when_picked(tmp_path):
     assert a.read_bytes() == b"A"
     with pytest.raises(DualAdapterError, match="already exists"):
         atomic_write_bytes(a, b"again")
-    r1, r2 = counted_run_path(tmp_path, "run", resume=False), counted_run_path(tmp_path, "run", resume=False)
-    assert r1 != r2
+    r1, r2 = (RunFolder.start(tmp_path, "dualreal", "run", resume=False) for _ in range(2))
+    assert r1.path != r2.path and r1.path.is_dir() and r2.path.is_dir()
 
 
 def test_an_unused_reservation_is_given_back(classes, out_dir):

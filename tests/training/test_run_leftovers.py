@@ -1,6 +1,6 @@
 """A finished training node leaves what the CLI leaves: no ``.partial`` checkpoint or ``.state`` optimiser file
 (those are read only to resume an interrupted run), through the same library functions as the CLI
-(``dualreal.finalize_run``, ``lora.finish_run_files``)."""
+(``dualreal.finalize_run``, ``runs.RunFolder``)."""
 from __future__ import annotations
 
 import torch
