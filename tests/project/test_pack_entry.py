@@ -33,4 +33,5 @@ def test_entry_imported_as_a_plain_module_does_not_fail():
 def test_entry_imported_as_a_package_registers_the_nodes():
     """ComfyUI loads a custom-node folder as a package (spec with submodule_search_locations)."""
     module = _load("comfyui_dual_adapter_entry_check", as_package=True)
-    assert "TrainDualReal" in module.NODE_CLASS_MAPPINGS or len(module.NODE_CLASS_MAPPINGS) > 10
+    assert "DualRealTrain" in module.NODE_CLASS_MAPPINGS and "DualAdapterApplyLoRA" in module.NODE_CLASS_MAPPINGS
+    assert set(module.NODE_DISPLAY_NAME_MAPPINGS) <= set(module.NODE_CLASS_MAPPINGS)
