@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import limits as lim
+
 from ..errors import DualAdapterError
 
 
@@ -83,3 +85,15 @@ def load_bundle(args):
     if getattr(args, "transformer", None):
         kw["transformer_file"] = args.transformer
     return load_model(args.model, dtype=args.dtype, device=args.device, **kw)
+
+
+def add_size_options(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--frames``, ``--height``, ``--width``, bounded by :mod:`dual_adapter.limits` while parsing; ``None`` = the
+    model's own size (49 x 480 x 720 on CogVideoX, 9 x 64 x 96 on tiny). ``what`` prefixes the help (e.g.
+    ``"training "``)."""
+    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
+                   help=f"{what}frames, 4k+1 (default: the model's: 49; tiny 9)")
+    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help=f"{what}height in px, multiple of 16 (default: the model's: 480; tiny 64)")
+    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
+                   help=f"{what}width in px, multiple of 16 (default: the model's: 720; tiny 96)")

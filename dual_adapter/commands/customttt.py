@@ -41,7 +41,7 @@ def _new_file(path: str | Path, ext: tuple[str, ...], what: str) -> Path:
 
 
 def register(sub) -> None:
-    from ._common import add_model_options
+    from ._common import add_model_options, add_size_options
 
     p = sub.add_parser("prompt-influence", help="CustomTTT: rank blocks by how much a concept prompt injected there "
                        "alone moves the prediction; recommends LoRA blocks",
@@ -64,12 +64,7 @@ def register(sub) -> None:
                    help="groups per recommended block set (default 2, as the authors)")
     p.add_argument("--reference", default=None, metavar="IMAGE_OR_CLIP",
                    help="use this photo / clip (encoded) as the clean latent of the draws instead of Gaussian latents")
-    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
-                   help="frames, 4k+1 (default: the model's)")
-    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="pixels, multiple of 16 (default: the model's)")
-    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="pixels, multiple of 16 (default: the model's)")
+    add_size_options(p)
     p.add_argument("--json", default=None, help="also write the full result as JSON here (never overwritten)")
     p.add_argument("--plot", default=None, help="also write the bar chart here (.png; never overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -122,12 +117,7 @@ def register(sub) -> None:
     q.add_argument("--eval-draws", type=lim.arg_int(0, lim.MAX_BATCH), default=4,
                    help="measure the combined loss on N fixed draws before and "
                    "after (default 4; 0 = off)")
-    q.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
-                   help="frames, 4k+1 (default: the model's)")
-    q.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="pixels, multiple of 16 (default: the model's)")
-    q.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="pixels, multiple of 16 (default: the model's)")
+    add_size_options(q)
     q.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
     q.add_argument("--save-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the saved file")
     q.add_argument("--resume", action="store_true", help="continue the stopped run of --out from its checkpoint "

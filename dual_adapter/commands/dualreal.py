@@ -31,7 +31,7 @@ def register(subparsers) -> None:
         description="Joint identity + motion training of DualReal DA-blocks and the StageBlender controller "
                     "(docs/dualreal.md) on subject photos and motion clips.",
     )
-    from ._common import add_model_options
+    from ._common import add_model_options, add_size_options
 
     add_model_options(p, unets=False)  # DualReal runs on CogVideoX
     p.add_argument("--subject", nargs="+", required=True, metavar="PHOTO_OR_DIR", help="subject photos or folders")
@@ -63,12 +63,7 @@ def register(subparsers) -> None:
     from ._previews import add_preview_options
 
     add_preview_options(p)
-    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
-                   help="frames per clip (4k+1; default the model's: 49, tiny 9)")
-    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="training height in px (default the model's)")
-    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="training width in px (default the model's)")
+    add_size_options(p, "training ")
     p.add_argument("--clip-sampling", choices=("native", "fps"), default="native",
                    help="native (default, the authors'): consecutive source frames (49 frames = ~2 s of a 25 fps "
                         "clip); fps: resample to --fps (49 frames = 6 s at 8 fps: more of the action, at the speed "

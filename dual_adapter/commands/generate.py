@@ -15,7 +15,7 @@ from .. import limits as lim
 from ..errors import DualAdapterError
 from ..progress import TextProgress as _TextProgress  # the one progress format; old name kept
 from ..seeds import seed_arg
-from ._common import add_model_options, load_bundle, preflight
+from ._common import add_model_options, add_size_options, load_bundle, preflight
 
 
 def _patch_providers():
@@ -37,12 +37,7 @@ def register(sub) -> None:
     add_model_options(p)
     p.add_argument("--prompt", required=True, help="the text prompt")
     p.add_argument("--negative-prompt", default="", help="negative prompt (used when --cfg > 1)")
-    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
-                   help="frames, 4k+1 (default: the model's: 49, tiny 9)")
-    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="pixels, multiple of 16 (default 480, tiny 64)")
-    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="pixels, multiple of 16 (default 720, tiny 96)")
+    add_size_options(p)
     p.add_argument("--steps", type=lim.arg_int(1, lim.MAX_SAMPLING_STEPS), default=50,
                    help="denoising steps (default 50)")
     p.add_argument("--cfg", type=lim.arg_float(lim.MIN_CFG, lim.MAX_CFG), default=6.0,

@@ -38,7 +38,7 @@ def _defaults(kind: str, optimizer: str) -> dict:
 
 
 def register(sub) -> None:
-    from ._common import add_model_options
+    from ._common import add_model_options, add_size_options
 
     p = sub.add_parser("train-lora", help="train a motion LoRA (TAP) on clips; writes a diffusers-format LoRA",
                        description="Train a motion LoRA on CogVideoX (TAP: LoRA on attention query and key only; "
@@ -72,12 +72,7 @@ def register(sub) -> None:
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "cosine_with_restarts"],
                    help="learning-rate schedule (default constant)")
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 0)")
-    p.add_argument("--frames", type=lim.arg_int(1, lim.MAX_FRAMES), default=None,
-                   help="frames per clip, 4k+1 (default: the model's, 49; tiny 9)")
-    p.add_argument("--height", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="training height, multiple of 16 (default 480; tiny 64)")
-    p.add_argument("--width", type=lim.arg_int(1, lim.MAX_SIDE), default=None,
-                   help="training width, multiple of 16 (default 720; tiny 96)")
+    add_size_options(p, "training ")
     p.add_argument("--fps", type=float, default=8.0, help="sample clips at this frame rate (default 8, CogVideoX's)")
     p.add_argument("--start", type=float, default=0.0, help="start of each clip, seconds (default 0)")
     p.add_argument("--short-policy", default="loop", choices=["loop", "hold", "error"],
