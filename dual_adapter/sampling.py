@@ -149,6 +149,7 @@ def sample(
     compile: bool | str | Callable = False,
     denoiser: torch.nn.Module | None = None,
     stop_after: int | None = None,
+    image: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate video latents.
 
@@ -180,6 +181,10 @@ def sample(
             takes minutes at 5B; worth it for many samples).
         denoiser: an already patched denoiser to use instead (``patches`` and ``compile`` are then ignored).
         stop_after: stop after this many steps and return the current latents (CustomTTT teachers).
+        image: the conditioning image of an image-to-video model (the video's first frame): ``[H, W, 3]`` or
+            ``[1, H, W, 3]`` float 0..1 (a ComfyUI IMAGE of one picture), resized to cover the video size keeping
+            its aspect ratio, then centre-cropped; the backbone's ``image_conditioning`` turns it into what the
+            denoiser takes (docs/backbones.md, "Image-to-video"). The same image serves every video of the batch.
 
     Returns:
         denoised latents in the scaled latent space and the backbone's ``latent_layout`` (CogVideoX
@@ -187,7 +192,7 @@ def sample(
 
     Raises:
         DualAdapterError: invalid size, steps or embeddings; a non-finite ``cfg``, embedding or initial
-            latent; latents that become non-finite while sampling (names the step and the patches).
+            latent; an ``image`` with a text-to-video model (none with an image-to-video one), or not one RGB image in 0..1; latents that become non-finite while sampling (names the step and the patches).
     """
     bb = as_backbone(model)
     f0, h0, w0 = bb.default_size
@@ -214,6 +219,15 @@ def sample(
         text = torch.cat([neg, pos], 0)
     else:
         text = pos
+
+    cond = cond_in = None
+    if image is None and bb.image_to_video:
+        raise DualAdapterError(f"model {bb.name!r} is an image-to-video model: give it a conditioning image (the "
+                               f"video's first frame; --image on the command line, the Image To Video node)")
+    if image is not None:
+        cond = bb.image_conditioning(image, num_frames, height, width).to(device, dtype).expand(B)
+        cond_in = cond.expand(2 * B) if do_cfg else cond
+    cond_kw = {} if cond_in is None else {"cond": cond_in}
 
     sched = bb.make_scheduler(scheduler)
     sched.set_timesteps(steps, device=device)
@@ -247,7 +261,7 @@ def sample(
             if hasattr(sched, "scale_model_input"):  # flow-matching schedulers have none (Wan)
                 x_in = sched.scale_model_input(x_in, t)
             tt = t.expand(x_in.shape[0])
-            v = bb.predict(x_in, tt, text, denoiser=net).float()
+            v = bb.predict(x_in, tt, text, denoiser=net, **cond_kw).float()
             scale = cfg
             if use_dynamic_cfg:
                 scale = 1 + cfg * ((1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2)
@@ -263,4 +277,4 @@ def sample(
                                        f"a non-finite reference embedding or an fp16 overflow are the usual causes")
             if callback is not None:
                 callback(i + 1, n, {"timestep": int(t), "latents": latents, "prediction": v})
-    return latents.narrow(f_dim, extra, T)
+    return bb.finish_sample(latents, cond).narrow(f_dim, extra, T)

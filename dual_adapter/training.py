@@ -205,6 +205,7 @@ def diffusion_loss(
     noise: torch.Tensor | None = None,
     reduce: bool = True,
     error_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    cond=None,
 ) -> torch.Tensor:
     """The training objective of ``model``'s backbone (:meth:`VideoBackbone.training_loss
     <dual_adapter.backbones.base.VideoBackbone.training_loss>`, found by :func:`dual_adapter.backbones.backbone_for`).
@@ -222,11 +223,16 @@ def diffusion_loss(
         error_fn: maps the prediction error ``d = x0_pred - x_0`` (after 1.5-model padding) to the
             per-element error; default ``d ** 2``. MotionDirector's appearance-debiased loss uses it
             (see :mod:`dual_adapter.lora`).
+        cond: the image conditioning of an image-to-video model (:class:`~dual_adapter.backbones.base.ImageConditioning`,
+            batch 1 or B); None: the backbone's own (:meth:`~dual_adapter.backbones.base.VideoBackbone.training_conditioning`,
+            the clip's first frame on image-to-video models, nothing on text-to-video ones).
     """
     from .backbones import backbone_for
 
+    extra = {} if cond is None else {"cond": cond}
     return backbone_for(model).training_loss(model, noise_scheduler, latents, prompt_embeds, generator=generator,
-                                             timesteps=timesteps, noise=noise, reduce=reduce, error_fn=error_fn)
+                                             timesteps=timesteps, noise=noise, reduce=reduce, error_fn=error_fn,
+                                             **extra)
 
 
 # --------------------------------------------------------------------------------------------

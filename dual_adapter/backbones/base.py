@@ -26,6 +26,10 @@ The interface, in the terms of the issue that asked for it:
   :func:`dual_adapter.sampling.sample`, needs beyond ``predict`` and ``make_scheduler``);
 * **frame-count rules** - :meth:`VideoBackbone.check_video_size`,
   :meth:`VideoBackbone.latent_frames`, :attr:`VideoBackbone.default_size`;
+* **image-to-video conditioning** - :attr:`VideoBackbone.image_to_video`,
+  :meth:`VideoBackbone.image_conditioning` (an :class:`ImageConditioning`: what the denoiser takes beside the noisy
+  latents), passed as ``cond`` to :meth:`VideoBackbone.predict` / :meth:`VideoBackbone.training_loss`, and
+  :meth:`VideoBackbone.finish_sample`;
 * **what trained adapters depend on** - :meth:`VideoBackbone.width`, :meth:`VideoBackbone.architecture`
   and :meth:`VideoBackbone.fingerprint` (stored in adapter metadata, checked when one is applied),
   :attr:`VideoBackbone.motion_role` (the attention role a motion LoRA such as TAP targets).
@@ -45,7 +49,8 @@ from torch import nn
 
 from ..errors import DualAdapterError
 
-__all__ = ["ROLES", "BlockInfo", "VideoBackbone", "check_role", "parse_dtype", "check_device"]
+__all__ = ["ROLES", "BlockInfo", "ImageConditioning", "VideoBackbone", "check_role", "parse_dtype", "check_device",
+           "prepare_image"]
 
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -161,6 +166,85 @@ class BlockInfo:
     has_text: bool
 
 
+@dataclass
+class ImageConditioning:
+    """What an image-to-video denoiser takes beside the noisy latents (:meth:`VideoBackbone.image_conditioning`).
+
+    Every tensor has the batch first (1 or the batch of the latents it goes with; :meth:`expand` repeats it).
+
+    Attributes:
+        concat: latents joined to the noisy latents on the channel axis, in the backbone's ``latent_layout``
+            ``[B, F, C', h, w]`` (CogVideoX I2V: the image's latent frame, then zeros; Wan 2.1 I2V: a first-frame
+            mask of ``vae_scale_temporal`` channels and the latents of the image followed by blank frames), or None.
+        image_embeds: ``[B, N, D]`` image-encoder features the cross-attention reads beside the text (Wan 2.1 I2V:
+            CLIP ViT-H penultimate hidden states, N = 257), or None.
+        first_frame: ``[B, 1, C, h, w]`` latent frame that replaces the first latent frame of the video, with
+            timestep 0 on its tokens (Wan 2.2 TI2V), or None.
+    """
+
+    concat: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    first_frame: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields that are set, by name."""
+        return {k: v for k, v in (("concat", self.concat), ("image_embeds", self.image_embeds),
+                                  ("first_frame", self.first_frame)) if v is not None}
+
+    def expand(self, batch: int) -> "ImageConditioning":
+        """The conditioning for ``batch`` samples: fields of batch 1 expanded, of batch ``b`` dividing ``batch``
+        repeated (a classifier-free-guidance batch ``[negative; positive]`` of a batch-``b`` conditioning).
+
+        Raises:
+            DualAdapterError: a field's batch neither 1 nor divides ``batch``.
+        """
+        out = {}
+        for k, v in self.tensors().items():
+            b = v.shape[0]
+            if b == batch:
+                out[k] = v
+            elif b and batch % b == 0:
+                out[k] = v.repeat(batch // b, *([1] * (v.ndim - 1)))
+            else:
+                raise DualAdapterError(f"image conditioning {k} has batch {b}; cannot serve a batch of {batch}")
+        return ImageConditioning(**out)
+
+    def select(self, index: torch.Tensor) -> "ImageConditioning":
+        """The conditioning of the samples ``index`` (fields of batch 1 are kept as they are)."""
+        return ImageConditioning(**{k: (v if v.shape[0] == 1 else v[index.to(v.device)])
+                                    for k, v in self.tensors().items()})
+
+    def to(self, device=None, dtype=None) -> "ImageConditioning":
+        """Every field moved / cast (``dtype`` applies to floating fields)."""
+        return ImageConditioning(**{k: v.to(device=device, dtype=dtype if v.is_floating_point() else None)
+                                    for k, v in self.tensors().items()})
+
+
+def prepare_image(image: torch.Tensor, height: int, width: int, name: str = "image") -> torch.Tensor:
+    """A conditioning image as ``[1, height, width, 3]`` float32 in 0..1.
+
+    ``image``: ``[H, W, 3]`` or ``[1, H, W, 3]`` float 0..1 (a ComfyUI IMAGE of one picture); resized to cover
+    ``height x width`` keeping its aspect ratio, then centre-cropped (:func:`dual_adapter.media.fit_frames`).
+
+    Raises:
+        DualAdapterError: not a tensor, another layout, several images, or values outside 0..1 / not finite
+            (names ``name``).
+    """
+    from ..media import check_frame_values, fit_frames
+
+    if not torch.is_tensor(image):
+        raise DualAdapterError(f"{name} must be a tensor [H, W, 3] or [1, H, W, 3] (float 0..1), got "
+                               f"{type(image).__name__}")
+    x = image.unsqueeze(0) if image.ndim == 3 else image
+    if x.ndim != 4 or x.shape[0] != 1 or x.shape[-1] != 3:
+        raise DualAdapterError(f"{name} must be one RGB image [H, W, 3] or [1, H, W, 3] (float 0..1), got shape "
+                               f"{tuple(image.shape)}")
+    x = check_frame_values(x.float(), name).clamp(0, 1)
+    if tuple(x.shape[1:3]) == (height, width):
+        return x.cpu().contiguous()
+    return fit_frames(x.cpu(), height, width)
+
+
 class VideoBackbone:
     """A loaded text-to-video model seen through the roles a method needs.
 
@@ -181,6 +265,8 @@ class VideoBackbone:
     prediction_type: str = "epsilon"
     #: the attention role motion LoRAs (TAP) target: ``"temporal"`` on U-Nets, ``"joint"`` on CogVideoX
     motion_role: str = "temporal"
+    #: whether the denoiser takes a conditioning image (an image-to-video model; see :meth:`image_conditioning`)
+    image_to_video: bool = False
 
     name: str = "?"
     device: str = "cpu"
@@ -289,8 +375,12 @@ class VideoBackbone:
 
     def training_loss(self, denoiser: nn.Module | None, noise_scheduler, latents: torch.Tensor, text: torch.Tensor,
                       *, generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
-                      noise: torch.Tensor | None = None, reduce: bool = True, error_fn=None) -> torch.Tensor:
+                      noise: torch.Tensor | None = None, reduce: bool = True, error_fn=None,
+                      cond: ImageConditioning | None = None) -> torch.Tensor:
         """The training objective at one draw of ``t ~ U[0, T)`` and ``eps`` (``generator``, unless given).
+
+        ``cond``: the image conditioning of an image-to-video model (:meth:`image_conditioning`); None on an
+        image-to-video model means :meth:`training_conditioning` of ``latents`` (the clip's first frame).
 
         Default: ``mean(error_fn(predict(x_t) - training_target))`` (``error_fn`` default ``d ** 2``), the
         plain epsilon / v MSE of diffusers' training scripts. ``latents`` are clean scaled latents in
@@ -306,7 +396,8 @@ class VideoBackbone:
         x_t = noise_scheduler.add_noise(latents, noise, timesteps)
         if text.shape[0] == 1 and B > 1:
             text = text.expand(B, -1, -1)
-        pred = self.predict(x_t, timesteps, text, denoiser=denoiser).float()
+        extra = {} if cond is None else {"cond": cond.expand(B)}
+        pred = self.predict(x_t, timesteps, text, denoiser=denoiser, **extra).float()
         if self.prediction_type == "epsilon":
             target = noise.float()
         else:
@@ -318,8 +409,31 @@ class VideoBackbone:
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 denoiser: nn.Module | None = None) -> torch.Tensor:
-        """One denoiser call: ``latents`` in :attr:`latent_layout`, timesteps ``[B]``, text ``[B, L, D]``."""
+        """One denoiser call: ``latents`` in :attr:`latent_layout`, timesteps ``[B]``, text ``[B, L, D]``.
+        Image-to-video backbones also take ``cond=`` an :class:`ImageConditioning` of the same batch."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- image-to-video
+    def image_conditioning(self, image: torch.Tensor, num_frames: int, height: int, width: int) -> ImageConditioning:
+        """What the denoiser needs beside the noisy latents to start the video from ``image`` (``[H, W, 3]`` or
+        ``[1, H, W, 3]`` float 0..1, fitted to ``height x width`` by :func:`prepare_image`), batch 1.
+
+        Raises:
+            DualAdapterError: a text-to-video model (this default), a bad image or video size.
+        """
+        raise DualAdapterError(f"model {self.name!r} ({self.family}) is a text-to-video model; a conditioning image "
+                               f"needs an image-to-video model (CogVideoX-5B-I2V, CogVideoX1.5-5B-I2V, Wan 2.1 I2V, "
+                               f"Wan 2.2 TI2V-5B; docs/backbones.md)")
+
+    def training_conditioning(self, latents: torch.Tensor, denoiser: nn.Module | None = None):
+        """The conditioning a trainer gives an image-to-video denoiser for a clip of clean ``latents`` (the clip's
+        first frame as the image); None on text-to-video models (this default)."""
+        return None
+
+    def finish_sample(self, latents: torch.Tensor, cond: ImageConditioning | None) -> torch.Tensor:
+        """The sampler's last latents made final (Wan 2.2 TI2V: the image's latent frame put back in front).
+        Default: unchanged."""
+        return latents
 
     def scheduler_step(self, scheduler, prediction: torch.Tensor, timesteps: torch.Tensor, i: int,
                        latents: torch.Tensor, state: Any = None, **kw) -> tuple[torch.Tensor, Any]:

@@ -109,7 +109,7 @@ class CogVideoXBundle:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.transformer.config.in_channels)
+        return int(self.transformer.config.out_channels or self.transformer.config.in_channels)
 
     @property
     def default_size(self) -> tuple[int, int, int]:
@@ -138,11 +138,14 @@ class CogVideoXBundle:
 
 # Sizes of the tiny variants. All are random, seeded and built offline in well under a second.
 # "tiny" mirrors CogVideoX-2B (sincos positions), "tiny-5b" CogVideoX-5B (RoPE),
-# "tiny-1.5" CogVideoX1.5-5B (RoPE, patch_size_t=2).
+# "tiny-1.5" CogVideoX1.5-5B (RoPE, patch_size_t=2); "tiny-i2v" CogVideoX-5B-I2V (the image latents joined on the
+# channels: in_channels 2 x 4), "tiny-1.5-i2v" CogVideoX1.5-5B-I2V (also the ofs embedding).
 TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": dict(use_rotary_positional_embeddings=False, patch_size_t=None),
     "tiny-5b": dict(use_rotary_positional_embeddings=True, patch_size_t=None),
     "tiny-1.5": dict(use_rotary_positional_embeddings=True, patch_size_t=2),
+    "tiny-i2v": dict(use_rotary_positional_embeddings=True, patch_size_t=None, in_channels=8),
+    "tiny-1.5-i2v": dict(use_rotary_positional_embeddings=True, patch_size_t=2, in_channels=8, ofs_embed_dim=32),
 }
 
 _TINY_VAE: dict[str, Any] = dict(
@@ -153,9 +156,9 @@ _TINY_VAE: dict[str, Any] = dict(
 
 
 def _tiny_transformer_config(variant: str, num_layers: int = 4) -> dict[str, Any]:
-    return dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
-                text_embed_dim=32, num_layers=num_layers, sample_width=12, sample_height=8, sample_frames=9,
-                patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16, **TINY_VARIANTS[variant])
+    return {**dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
+                   text_embed_dim=32, num_layers=num_layers, sample_width=12, sample_height=8, sample_frames=9,
+                   patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16), **TINY_VARIANTS[variant]}
 
 # Built-in *pretrained* models shipped in the package (CPU-sized): name -> description.
 BUILTIN_PRETRAINED: dict[str, str] = {
@@ -294,7 +297,7 @@ class ModelInfo:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.config.in_channels)
+        return int(self.config.out_channels or self.config.in_channels)
 
     @property
     def default_size(self) -> tuple[int, int, int]:
@@ -360,23 +363,16 @@ def _check_types(cfg: dict, keys: dict, where: str) -> None:
         raise DualAdapterError(f"{where} has wrong values: " + "; ".join(bad))
 
 
-def _refuse_image_to_video(root: Path, tcfg: dict, vcfg: dict) -> None:
-    signs = []
-    index = root / "model_index.json"
-    if index.is_file():
-        cls = str(_read_json(index, "model index").get("_class_name", ""))
-        if "ImageToVideo" in cls or "I2V" in cls:
-            signs.append(f"model_index.json names {cls}")
-    latent = vcfg.get("latent_channels")
-    if latent and tcfg.get("in_channels") == 2 * latent:
-        signs.append(f"the transformer takes {tcfg['in_channels']} input channels = 2 x {latent} latent channels "
-                     f"(noise + the encoded image)")
-    if tcfg.get("ofs_embed_dim") is not None:
-        signs.append("the transformer has an ofs embedding (ofs_embed_dim)")
-    if signs:
-        raise DualAdapterError(f"model folder {str(root)!r} is an image-to-video CogVideoX (" + "; ".join(signs) +
-                               "), which the pack does not support yet; use a text-to-video model "
-                               "(CogVideoX-2b, CogVideoX-5b or CogVideoX1.5-5B)")
+def _check_channels(root: Path, tcfg: dict, vcfg: dict) -> None:
+    """The transformer takes the VAE's latent channels (text-to-video) or twice them (image-to-video: the noisy
+    latents and the image latents joined on the channels) and outputs the latent channels."""
+    latent = vcfg.get("latent_channels", 16)
+    cin = tcfg.get("in_channels", 16)
+    cout = tcfg.get("out_channels") or cin
+    if cout != latent or cin not in (latent, 2 * latent):
+        raise DualAdapterError(f"model folder {str(root)!r}: the transformer maps {cin} -> {cout} channels but the "
+                               f"VAE has {latent} latent channels (expected {latent} -> {latent}, text-to-video, or "
+                               f"{2 * latent} -> {latent}, image-to-video); the parts are from different models")
 
 
 def _native_file_config(path) -> dict:
@@ -417,8 +413,8 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
     CogVideoX folder (the built-in ``mini`` is resolved by :func:`dual_adapter.models.inspect_model`). For a folder it checks, in order: the folder and its five parts exist
     (:data:`REQUIRED_PARTS`); ``transformer/config.json``, ``vae/config.json`` and
     ``scheduler/scheduler_config.json`` are JSON objects with values of the right types; the transformer is a
-    ``CogVideoXTransformer3DModel``; the model is text-to-video (image-to-video folders are refused until
-    supported); the scheduler config builds both CogVideoX schedulers. With ``transformer_file`` (a native
+    ``CogVideoXTransformer3DModel``; its channels fit the VAE (text-to-video, or image-to-video: CogVideoX-5B-I2V,
+    CogVideoX1.5-5B-I2V); the scheduler config builds both CogVideoX schedulers. With ``transformer_file`` (a native
     single file, :mod:`dual_adapter.native`) the folder needs no ``transformer/`` and the transformer config
     comes from the file's header.
 
@@ -456,7 +452,7 @@ def inspect_model(name_or_path: str | os.PathLike, transformer_file: str | os.Pa
     _check_types(vcfg, _VAE_KEYS, f"VAE config {str(vpath)!r}")
     check_model_config(tcfg, f"transformer config {str(tpath)!r}")  # bounded before anything is built
     check_model_config(vcfg, f"VAE config {str(vpath)!r}")
-    _refuse_image_to_video(root, tcfg, vcfg)
+    _check_channels(root, tcfg, vcfg)
     scfg = {k: v for k, v in scfg.items() if not k.startswith("_")}
     from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
@@ -500,8 +496,8 @@ def load_cogvideox(
 
     Raises:
         DualAdapterError: the folder does not exist or lacks a part (the message lists every missing file
-            and the folder it looked in); a config is not JSON or has wrong values; an image-to-video
-            folder (see :func:`inspect_model`); ``device`` does not exist here (:func:`check_device`);
+            and the folder it looked in); a config is not JSON or has wrong values (see :func:`inspect_model`);
+            ``device`` does not exist here (:func:`check_device`);
             the weights do not load.
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
@@ -682,13 +678,67 @@ def rotary_embeddings(transformer, latent_frames: int, latent_h: int, latent_w: 
 
 
 def transformer_forward(transformer, latents: torch.Tensor, prompt_embeds: torch.Tensor,
-                        timestep: torch.Tensor) -> torch.Tensor:
+                        timestep: torch.Tensor, image_latents: torch.Tensor | None = None) -> torch.Tensor:
     """One transformer call: ``latents [B, F, C, h, w]``, ``prompt_embeds [B, L, D]``, ``timestep [B]``
-    -> model output (v-prediction) ``[B, F, C, h, w]``. Builds RoPE when the model uses it."""
+    -> model output (v-prediction) ``[B, F, C, h, w]``. Builds RoPE when the model uses it.
+
+    Image-to-video models: ``image_latents [B, F, C, h, w]`` (:func:`image_conditioning`) are joined to the latents
+    on the channels, and the ofs embedding of CogVideoX1.5-5B-I2V gets 2.0, as ``CogVideoXImageToVideoPipeline``
+    calls it.
+
+    Raises:
+        DualAdapterError: an image-to-video model without ``image_latents``, or the reverse.
+    """
     B, F, C, h, w = latents.shape
+    c = transformer.config
+    i2v = int(c.in_channels) != int(c.out_channels or c.in_channels)
+    if i2v != (image_latents is not None):
+        raise DualAdapterError("this CogVideoX model is image-to-video: give it a conditioning image" if i2v else
+                               "a conditioning image was given to a text-to-video CogVideoX model")
+    if image_latents is not None:
+        latents = torch.cat([latents, image_latents.to(latents.device, latents.dtype)], 2)
     rope = rotary_embeddings(transformer, F, h, w, latents.device)
+    kw = {}
+    if getattr(c, "ofs_embed_dim", None):
+        kw["ofs"] = latents.new_full((1,), 2.0)
     return transformer(hidden_states=latents, encoder_hidden_states=prompt_embeds, timestep=timestep,
-                       image_rotary_emb=rope, return_dict=False)[0]
+                       image_rotary_emb=rope, return_dict=False, **kw)[0]
+
+
+def image_latent_frames(first: torch.Tensor, latent_frames: int, p_t: int | None) -> torch.Tensor:
+    """CogVideoX I2V's channel-joined latents: the image's latent frame ``first [B, 1, C, h, w]`` followed by zeros
+    up to ``latent_frames`` rounded up to a 1.5 model's time patch ``p_t``, as ``CogVideoXImageToVideoPipeline``
+    builds them (on a 1.5 model the image thus sits beside the padding frame in front, which the sampler drops)."""
+    total = latent_frames + (-latent_frames) % int(p_t or 1)
+    z = torch.zeros((first.shape[0], total - 1, *first.shape[2:]), dtype=first.dtype, device=first.device)
+    return torch.cat([first, z], 1)
+
+
+@torch.no_grad()
+def image_conditioning(bundle: CogVideoXBundle, image: torch.Tensor, num_frames: int, height: int, width: int):
+    """The conditioning of an image-to-video CogVideoX for a ``num_frames x height x width`` video from ``image``
+    (``[H, W, 3]`` / ``[1, H, W, 3]`` 0..1, fitted by :func:`~dual_adapter.backbones.base.prepare_image`): the
+    image encoded alone (the posterior mode), scaled as ``CogVideoXImageToVideoPipeline`` scales it (times the VAE's
+    scaling factor, or divided by it where the VAE config says ``invert_scale_latents``, CogVideoX 1.5), then zero
+    latent frames (:func:`image_latent_frames`).
+
+    Raises:
+        DualAdapterError: a text-to-video model; a bad image or video size.
+    """
+    from .base import ImageConditioning, prepare_image
+
+    c = bundle.transformer.config
+    if int(c.in_channels) == int(c.out_channels or c.in_channels):
+        raise DualAdapterError(f"model {bundle.name!r} is a text-to-video CogVideoX; a conditioning image needs "
+                               f"CogVideoX-5B-I2V or CogVideoX1.5-5B-I2V")
+    check_video_size(bundle, num_frames, height, width)
+    img = prepare_image(image, height, width)
+    z = encode_frames(bundle, img)  # [1, 1, C, h, w], times the scaling factor
+    sf = float(bundle.vae.config.scaling_factor)
+    if getattr(bundle.vae.config, "invert_scale_latents", False):
+        z = z / (sf * sf)
+    lat = image_latent_frames(z, latent_frames_for(bundle, num_frames), c.patch_size_t)
+    return ImageConditioning(concat=lat.to(bundle.device, bundle.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,6 +790,7 @@ def training_loss(
     noise: torch.Tensor | None = None,
     reduce: bool = True,
     error_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    cond=None,
 ) -> torch.Tensor:
     """The CogVideoX training objective (docs/training.md, "The training objective"); :func:`dual_adapter.training.diffusion_loss`
     calls it for CogVideoX denoisers.
@@ -757,9 +808,16 @@ def training_loss(
         error_fn: maps the prediction error ``d = x0_pred - x_0`` (``[B, F', C, h, w]``, after 1.5-model
             padding) to the per-element error; default ``d ** 2``. MotionDirector's appearance-debiased
             loss uses it (see :mod:`dual_adapter.lora`).
+        cond: an image-to-video model's :class:`~dual_adapter.backbones.base.ImageConditioning`; None there: the
+            clip's first latent frame as the image's (:func:`image_latent_frames`).
     """
     B = latents.shape[0]
     p_t = getattr(getattr(model, "config", None), "patch_size_t", None)
+    c = model.config
+    image_latents = None
+    if int(c.in_channels) != int(c.out_channels or c.in_channels):
+        image_latents = (cond.expand(B).concat if cond is not None else
+                         image_latent_frames(latents[:, :1], latents.shape[1], p_t))
     x0 = _pad_time(latents, p_t)
     n_train = noise_scheduler.config.num_train_timesteps
     if timesteps is None:
@@ -771,7 +829,7 @@ def training_loss(
     x_t = noise_scheduler.add_noise(x0, noise, timesteps)
     if prompt_embeds.shape[0] == 1 and B > 1:
         prompt_embeds = prompt_embeds.expand(B, -1, -1)
-    v = transformer_forward(model, x_t, prompt_embeds, timesteps)
+    v = transformer_forward(model, x_t, prompt_embeds, timesteps, image_latents)
     x0_pred = noise_scheduler.get_velocity(v.float(), x_t.float(), timesteps)
     ac = noise_scheduler.alphas_cumprod.to(x0.device)[timesteps].float()
     w = 1.0 / (1.0 - ac)
@@ -992,8 +1050,30 @@ class CogVideoXBackbone(VideoBackbone):
     def training_loss(self, denoiser, noise_scheduler, latents, text, **kw) -> torch.Tensor:
         return training_loss(denoiser if denoiser is not None else self.denoiser, noise_scheduler, latents, text, **kw)
 
-    def predict(self, latents, t, text, denoiser=None):
-        return transformer_forward(denoiser if denoiser is not None else self.denoiser, latents, text, t)
+    def predict(self, latents, t, text, denoiser=None, cond=None):
+        return transformer_forward(denoiser if denoiser is not None else self.denoiser, latents, text, t,
+                                   None if cond is None else cond.concat)
+
+    # image-to-video
+    @property
+    def image_to_video(self) -> bool:
+        """CogVideoX-5B-I2V / 1.5-5B-I2V: the transformer takes twice the latent channels."""
+        c = self.denoiser.config
+        return int(c.in_channels) != int(c.out_channels or c.in_channels)
+
+    def image_conditioning(self, image, num_frames, height, width):
+        """See :func:`image_conditioning` (the image latents joined on the channels)."""
+        return image_conditioning(self._need_bundle("image_conditioning"), image, num_frames, height, width)
+
+    def training_conditioning(self, latents, denoiser=None):
+        """The clip's first latent frame as the image's, then zeros (:func:`image_latent_frames`)."""
+        d = self.pick_denoiser(denoiser)
+        c = d.config
+        if int(c.in_channels) == int(c.out_channels or c.in_channels):
+            return None
+        from .base import ImageConditioning
+
+        return ImageConditioning(concat=image_latent_frames(latents[:, :1], latents.shape[1], c.patch_size_t))
 
     def scheduler_step(self, scheduler, prediction, timesteps, i, latents, state=None, **kw):
         """As diffusers' ``CogVideoXPipeline`` steps: CogVideoXDPMScheduler also takes the previous step's x0
@@ -1016,7 +1096,8 @@ class CogVideoXBackbone(VideoBackbone):
 
     @property
     def latent_channels(self) -> int:
-        return int(self.denoiser.config.in_channels)
+        c = self.denoiser.config
+        return int(c.out_channels or c.in_channels)
 
     def latent_frames(self, num_frames: int) -> int:
         return latent_frames_for(self.bundle, num_frames)
