@@ -221,7 +221,7 @@ def sample(
         text = pos
 
     cond = cond_in = None
-    if image is None and bb.image_to_video:
+    if image is None and bb.needs_image:
         raise DualAdapterError(f"model {bb.name!r} is an image-to-video model: give it a conditioning image (the "
                                f"video's first frame; --image on the command line, the Image To Video node)")
     if image is not None:

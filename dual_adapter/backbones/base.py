@@ -268,6 +268,12 @@ class VideoBackbone:
     #: whether the denoiser takes a conditioning image (an image-to-video model; see :meth:`image_conditioning`)
     image_to_video: bool = False
 
+    @property
+    def needs_image(self) -> bool:
+        """Whether sampling needs a conditioning image (default: every image-to-video model; Wan 2.2 TI2V samples
+        text-to-video without one)."""
+        return bool(self.image_to_video)
+
     name: str = "?"
     device: str = "cpu"
     dtype: torch.dtype = torch.float32

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..errors import DualAdapterError
 from .base import BlockInfo, VideoBackbone, check_device, check_role, offloaded, parse_dtype
+from . import _wan_i2v
 from .cogvideox import _read_json
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
 #: (first-order flow Euler; ``ddim`` is taken as it)
 SCHEDULERS = ("unipc", "euler", "dpm", "ddim")
 
-TINY_NAMES = ("tiny-wan",)
+TINY_NAMES = ("tiny-wan", *_wan_i2v.TINY_I2V_NAMES)
 _TINY_TEXT_LEN = 16
 _TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
                          out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=4, cross_attn_norm=True,
@@ -84,11 +85,13 @@ ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", 
 # the tiny model
 
 
-def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32", num_layers: int = 4) -> "WanBackbone":
+def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32", num_layers: int = 4,
+               variant: str = "tiny-wan") -> "WanBackbone":
     """The built-in ``tiny-wan``: seeded random Wan transformer, Wan VAE, UMT5 encoder and tokenizer, offline.
 
     Width 32 (2 heads x 16), ``num_layers`` blocks, sinusoidal timestep width 32, text length 16; VAE 8x spatial,
     4x temporal, 4 latent channels. Default video 9 x 64 x 64 px. Same ``seed`` -> bit-identical weights.
+    ``variant`` ``tiny-wan-i2v`` / ``tiny-wan-ti2v``: the image-to-video layouts (:mod:`._wan_i2v`; text length 512).
     """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -103,15 +106,19 @@ def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32", num_layers: int
             vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4,
             relative_attention_num_buckets=8, dropout_rate=0.0)).eval()
         torch.manual_seed(seed + 1)
-        transformer = WanTransformer3DModel(**{**_TINY_TRANSFORMER, "num_layers": int(num_layers)}).eval()
+        transformer = WanTransformer3DModel(**_wan_i2v.tiny_transformer_config(
+            {**_TINY_TRANSFORMER, "num_layers": int(num_layers)}, variant)).eval()
         torch.manual_seed(seed + 2)
         vae = AutoencoderKLWan(**_TINY_VAE).eval()
     dt = parse_dtype(dtype)
     for m in (text_encoder, transformer, vae):
         m.requires_grad_(False)
         m.to(device=device) if dt == torch.float32 else m.to(device=device, dtype=dt)
-    return WanBackbone(transformer, vae, text_encoder, tokenizer, dict(DEFAULT_SCHEDULER_CONFIG), name="tiny-wan",
-                       device=device, dtype=dt, text_len=_TINY_TEXT_LEN, size=(9, 64, 64))
+    bb = WanBackbone(transformer, vae, text_encoder, tokenizer, dict(DEFAULT_SCHEDULER_CONFIG), name=variant,
+                     device=device, dtype=dt, text_len=_TINY_TEXT_LEN if variant == "tiny-wan" else 512,
+                     size=(9, 64, 64))
+    enc = _wan_i2v.build_tiny_image_encoder(seed, device, dt) if variant == "tiny-wan-i2v" else (None, None)
+    return _wan_i2v.mark(bb, variant == "tiny-wan-ti2v", *enc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,11 +152,13 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
 
     Raises:
         DualAdapterError: not a folder / a part missing (lists them) / a config that is not JSON / not a Wan
-            transformer / an image-to-video or two-expert (A14B) folder, which the pack does not load yet.
+            transformer / transformer channels that do not fit the VAE (neither text-to-video, Wan 2.2 TI2V nor
+            Wan 2.1 image-to-video) / a two-expert (A14B) folder, which the pack does not load yet.
     """
     if str(name_or_path) in TINY_NAMES:
         vcfg = {**_TINY_VAE, "scale_factor_spatial": 8, "scale_factor_temporal": 4}
-        return _info(str(name_or_path), dict(_TINY_TRANSFORMER), vcfg, dict(DEFAULT_SCHEDULER_CONFIG), (9, 64, 64))
+        tcfg = _wan_i2v.tiny_transformer_config(dict(_TINY_TRANSFORMER), str(name_or_path))
+        return _info(str(name_or_path), tcfg, vcfg, dict(DEFAULT_SCHEDULER_CONFIG), (9, 64, 64))
     root = Path(name_or_path).expanduser()
     if not root.is_dir():
         raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected 'tiny-wan' or a diffusers Wan "
@@ -175,11 +184,13 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
         raise DualAdapterError(f"model folder {str(root)!r} is a two-expert Wan 2.2 A14B model (transformer/ and "
                                f"transformer_2/ switched at boundary_ratio); the pack loads one-transformer Wan "
                                f"models (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B) for now (docs/wan.md)")
-    if tcfg.get("image_dim") is not None or int(tcfg.get("in_channels", 16)) != int(tcfg.get("out_channels") or
-                                                                                    tcfg.get("in_channels", 16)):
-        raise DualAdapterError(f"model folder {str(root)!r} is an image-to-video Wan (in_channels "
-                               f"{tcfg.get('in_channels')}, image_dim {tcfg.get('image_dim')}); the pack loads "
-                               f"text-to-video Wan models for now (docs/wan.md)")
+    z = int(vcfg.get("z_dim", 16))
+    cin, cout = int(tcfg.get("in_channels", 16)), int(tcfg.get("out_channels") or tcfg.get("in_channels", 16))
+    step = int(vcfg.get("scale_factor_temporal") or 4)
+    if cout != z or cin not in (z, 2 * z + step):
+        raise DualAdapterError(f"model folder {str(root)!r}: the transformer maps {cin} -> {cout} channels but the VAE "
+                               f"has {z} latent channels (expected {z} -> {z}, text-to-video or Wan 2.2 TI2V, or "
+                               f"{2 * z + step} -> {z}, Wan 2.1 image-to-video); the parts are from different models")
     for k in ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels"):
         v = tcfg.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -251,8 +262,12 @@ def load_folder(folder: str | Path, dtype="bf16", device: str | None = None, cpu
         m.to("cpu" if cpu_offload else device)
     if vae_tiling:
         vae.enable_tiling()
-    return WanBackbone(transformer, vae, text_encoder, tokenizer, info.scheduler_config, name=str(root), device=device,
-                       dtype=dt, size=info.default_size, cpu_offload=cpu_offload)
+    index = root / "model_index.json"
+    parts = _wan_i2v.load_parts(root, dt, "cpu" if cpu_offload else device, dict(info.config),
+                                _read_json(index, "model index") if index.is_file() else {})
+    bb = WanBackbone(transformer, vae, text_encoder, tokenizer, info.scheduler_config, name=str(root), device=device,
+                     dtype=dt, size=info.default_size, cpu_offload=cpu_offload)
+    return _wan_i2v.mark(bb, parts["expand_timesteps"], parts.get("image_encoder"), parts.get("image_processor"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +287,7 @@ def load(name_or_path: str, dtype=None, device=None, seed: int = 0, **kw) -> "Wa
     """``tiny-wan`` -> :func:`build_tiny`; a folder -> :func:`load_folder` (``cpu_offload`` in ``kw``).
     dtype defaults to fp32 for the tiny model and bf16 for real ones."""
     if name_or_path in TINY_NAMES:
-        return build_tiny(seed=seed, device=device or "cpu", dtype=dtype or "fp32")
+        return build_tiny(seed=seed, device=device or "cpu", dtype=dtype or "fp32", variant=name_or_path)
     if kw.get("transformer_file"):
         raise DualAdapterError("transformer_file (a native single-file transformer) is read for CogVideoX only; "
                                "give a diffusers Wan folder")
@@ -315,6 +330,9 @@ class WanBackbone(VideoBackbone):
     latent_layout = "BFCHW"
     prediction_type = "flow"
     motion_role = "joint"
+    #: Wan 2.1 I2V's CLIP image encoder and its image processor (None on other Wan models; see :mod:`._wan_i2v`)
+    image_encoder = None
+    image_processor = None
 
     def __init__(self, denoiser, vae, text_encoder, tokenizer, scheduler_config: dict, *, name: str = "?",
                  device: str | None = None, dtype: torch.dtype | None = None, text_len: int = 512,
@@ -440,15 +458,21 @@ class WanBackbone(VideoBackbone):
         return noise - x0
 
     def training_loss(self, denoiser, noise_scheduler, latents, text, *, generator=None, timesteps=None, noise=None,
-                      reduce=True, error_fn=None) -> torch.Tensor:
+                      reduce=True, error_fn=None, cond=None) -> torch.Tensor:
         """Flow matching: ``k ~ U{0..999}`` (``timesteps``: these indices), ``sigma = noise_scheduler.sigmas[k]``,
         ``x_t = (1 - sigma) x0 + sigma eps``, ``loss = mean(error_fn(v_pred - (eps - x0)))`` at timestep
-        ``noise_scheduler.timesteps[k]`` (= 1000 sigma). ``latents`` ``[B, F, C, h, w]``."""
+        ``noise_scheduler.timesteps[k]`` (= 1000 sigma). ``latents`` ``[B, F, C, h, w]``.
+
+        Image-to-video models (``cond``, default :meth:`training_conditioning`: the clip's first frame): the
+        conditioning enters as in sampling; on Wan 2.2 TI2V the first latent frame is given, so the loss covers the
+        frames after it."""
         B = latents.shape[0]
         n = len(noise_scheduler.sigmas)
         if timesteps is None:
             timesteps = torch.randint(0, int(noise_scheduler.config.num_train_timesteps), (B,), generator=generator)
         k = timesteps.to("cpu").long().clamp(0, n - 1)
+        net = self.pick_denoiser(denoiser)
+        cond = _wan_i2v.training_conditioning(net, latents) if cond is None else cond.expand(B)
         if noise is None:
             noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
         noise = noise.to(latents.device, latents.dtype)
@@ -457,19 +481,42 @@ class WanBackbone(VideoBackbone):
         x_t = ((1 - sigma) * latents.float() + sigma * noise.float()).to(latents.dtype)
         if text.shape[0] == 1 and B > 1:
             text = text.expand(B, -1, -1)
-        pred = self.predict(x_t, t, text, denoiser=denoiser).float()
+        pred = self.predict(x_t, t, text, denoiser=denoiser, cond=cond).float()
         d = pred - (noise.float() - latents.float())
+        if cond is not None and cond.first_frame is not None:
+            d = d[:, 1:]
         err = d ** 2 if error_fn is None else error_fn(d)
         per = err.reshape(B, -1).mean(1)
         return per.mean() if reduce else per
 
-    def predict(self, latents, t, text, denoiser=None):
+    def predict(self, latents, t, text, denoiser=None, cond=None):
         """One transformer call: ``latents [B, F, C, h, w]``, timesteps ``[B]`` (``1000 sigma``), text ``[B, L, D]``
-        -> velocity ``[B, F, C, h, w]``."""
+        -> velocity ``[B, F, C, h, w]``; ``cond``: an image-to-video model's conditioning (:mod:`._wan_i2v`)."""
         net = self.pick_denoiser(denoiser)
-        x = latents.permute(0, 2, 1, 3, 4)
-        out = net(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        x, t, kw = _wan_i2v.model_inputs(net, latents, t, cond)
+        out = net(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False, **kw)[0]
         return out.permute(0, 2, 1, 3, 4)
+
+    # ---- image-to-video (docs/wan.md)
+    @property
+    def image_to_video(self) -> bool:
+        """Wan 2.1 I2V (an image is required) or Wan 2.2 TI2V (optional: without one it is text-to-video)."""
+        return _wan_i2v.is_i2v(self.denoiser) or _wan_i2v.is_ti2v(self.denoiser)
+
+    @property
+    def needs_image(self) -> bool:
+        return _wan_i2v.is_i2v(self.denoiser)
+
+    def image_conditioning(self, image, num_frames, height, width):
+        """See :func:`._wan_i2v.image_conditioning`."""
+        self._need("vae", "image_conditioning")
+        return _wan_i2v.image_conditioning(self, image, num_frames, height, width)
+
+    def training_conditioning(self, latents, denoiser=None):
+        return _wan_i2v.training_conditioning(self.pick_denoiser(denoiser), latents)
+
+    def finish_sample(self, latents, cond):
+        return _wan_i2v.finish_sample(latents, cond)
 
     def scheduler_step(self, scheduler, prediction, timesteps, i, latents, state=None, **kw):
         """``scheduler.step`` on float32 latents (Wan's pipelines keep the latents in float32)."""
@@ -486,7 +533,8 @@ class WanBackbone(VideoBackbone):
 
     @property
     def latent_channels(self) -> int:
-        return int(self.denoiser.config.in_channels)
+        c = self.denoiser.config
+        return int(c.out_channels or c.in_channels)
 
     def frame_step(self) -> int:
         """Valid frame counts are ``frame_step * k + 1`` (4 on Wan)."""
