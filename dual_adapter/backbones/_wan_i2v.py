@@ -89,10 +89,7 @@ def load_parts(root: Path, dt, device: str, tcfg: dict, index: dict) -> dict:
     parts = {"expand_timesteps": bool(index.get("expand_timesteps"))}
     if tcfg.get("image_dim") is None:
         return parts
-    missing = [p + "/" for p in ("image_encoder", "image_processor") if not (root / p).is_dir()]
-    if missing:
-        raise DualAdapterError(f"model folder {str(root)!r} is a Wan 2.1 image-to-video model but lacks "
-                               f"{', '.join(missing)} (the CLIP image encoder of Wan-AI/Wan2.1-I2V-*-Diffusers)")
+    check_parts(root, tcfg)
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     try:
@@ -103,6 +100,20 @@ def load_parts(root: Path, dt, device: str, tcfg: dict, index: dict) -> dict:
     enc.requires_grad_(False)
     parts.update(image_encoder=enc.eval().to(device), image_processor=proc)
     return parts
+
+
+def check_parts(root: Path, tcfg: dict) -> None:
+    """A Wan 2.1 I2V folder (the transformer has ``image_dim``) holds ``image_encoder/`` and ``image_processor/``.
+
+    Raises:
+        DualAdapterError: naming the missing parts.
+    """
+    if tcfg.get("image_dim") is None:
+        return
+    missing = [p + "/" for p in ("image_encoder", "image_processor") if not (root / p).is_dir()]
+    if missing:
+        raise DualAdapterError(f"model folder {str(root)!r} is a Wan 2.1 image-to-video model but lacks "
+                               f"{', '.join(missing)} (the CLIP image encoder of Wan-AI/Wan2.1-I2V-*-Diffusers)")
 
 
 @torch.no_grad()

@@ -818,6 +818,8 @@ def training_loss(
     if int(c.in_channels) != int(c.out_channels or c.in_channels):
         image_latents = (cond.expand(B).concat if cond is not None else
                          image_latent_frames(latents[:, :1], latents.shape[1], p_t))
+    elif cond is not None:
+        raise DualAdapterError("a conditioning image was given to a text-to-video CogVideoX model")
     x0 = _pad_time(latents, p_t)
     n_train = noise_scheduler.config.num_train_timesteps
     if timesteps is None:
@@ -1048,7 +1050,10 @@ class CogVideoXBackbone(VideoBackbone):
         return make_scheduler(self.scheduler_config, name)
 
     def training_loss(self, denoiser, noise_scheduler, latents, text, **kw) -> torch.Tensor:
-        return training_loss(denoiser if denoiser is not None else self.denoiser, noise_scheduler, latents, text, **kw)
+        net = self.pick_denoiser(denoiser)
+        if kw.get("cond") is None:
+            kw["cond"] = self.training_conditioning(latents, net)
+        return training_loss(net, noise_scheduler, latents, text, **kw)
 
     def predict(self, latents, t, text, denoiser=None, cond=None):
         return transformer_forward(denoiser if denoiser is not None else self.denoiser, latents, text, t,

@@ -191,6 +191,7 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
         raise DualAdapterError(f"model folder {str(root)!r}: the transformer maps {cin} -> {cout} channels but the VAE "
                                f"has {z} latent channels (expected {z} -> {z}, text-to-video or Wan 2.2 TI2V, or "
                                f"{2 * z + step} -> {z}, Wan 2.1 image-to-video); the parts are from different models")
+    _wan_i2v.check_parts(root, tcfg)
     for k in ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels"):
         v = tcfg.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
