@@ -228,7 +228,8 @@ class CogVideoXSampler:
         progress = bridge.Progress(steps)
         lat = sampling.sample(m.bundle, e["positive"], e.get("negative"), num_frames=frames or None,
                               height=height or None, width=width or None, steps=steps, cfg=cfg, seed=seed,
-                              scheduler=scheduler, patches=m.patches, callback=progress)
+                              scheduler=scheduler, patches=m.patches, callback=progress,
+                              image=e.get("image"))  # attached by Image To Video (first frame)
         return (sampling.to_comfy_latent(lat.float().cpu(), sampling.latent_scale(m.bundle)),)
 
 

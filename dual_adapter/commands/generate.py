@@ -46,6 +46,10 @@ def register(sub) -> None:
     p.add_argument("--scheduler", default="dpm", choices=["dpm", "ddim", "unipc", "euler"],
                    help="CogVideoX DPM (default) or DDIM; on Wan: unipc (Wan's own, the default; dpm means it) or "
                    "euler (flow Euler; ddim means it)")
+    p.add_argument("--image", default=None, metavar="PHOTO",
+                   help="image-to-video: the picture the video starts from (PNG / JPEG / WEBP; resized to cover the "
+                   "video size, then centre-cropped); needs an image-to-video model (CogVideoX-5B-I2V, "
+                   "CogVideoX1.5-5B-I2V, Wan 2.1 I2V, Wan 2.2 TI2V-5B; tiny-i2v, tiny-wan-i2v to try it)")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
     p.add_argument("--out", required=True, help="output video (.mp4, .gif or .webp); never overwritten")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -71,6 +75,7 @@ def run(args) -> int:
     for mod in _patch_providers():  # check patch options (files, strengths) before the model loads
         if hasattr(mod, "check_generate_options"):
             mod.check_generate_options(args)
+    image = media.load_image(args.image) if args.image else None  # read before the model loads
     bundle = load_bundle(args)
     patches = []
     for mod in _patch_providers():
@@ -80,7 +85,7 @@ def run(args) -> int:
     neg = bb.encode_prompt(args.negative_prompt)
     lat = sampling.sample(bundle, pos, neg, num_frames=args.frames, height=args.height, width=args.width,
                           steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=args.scheduler, patches=patches,
-                          callback=_TextProgress("sampling", args.quiet))
+                          callback=_TextProgress("sampling", args.quiet), image=image)
     frames = sampling.decode_latents(bundle, lat)[0]
     path = media.write_video(frames, out, fps=args.fps)
     print(f"wrote {path} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]})")

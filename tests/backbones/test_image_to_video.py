@@ -212,3 +212,17 @@ def test_a_t2v_wan_lora_applies_to_the_i2v_model():
     with_lora = sample(i2v, e, steps=2, cfg=1.0, image=img, patches=[patch])
     assert torch.isfinite(with_lora).all() and (with_lora - base).abs().max() > 0
     json.dumps(lf.metadata, default=str)
+
+
+def test_generate_command_takes_an_image(tmp_path):
+    import numpy as np
+    import PIL.Image
+
+    from dual_adapter.cli import main
+
+    photo = tmp_path / "photo.png"
+    PIL.Image.fromarray((np.random.default_rng(0).random((80, 100, 3)) * 255).astype("uint8")).save(photo)
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", "tiny-wan-i2v", "--prompt", "a dog", "--image", str(photo), "--steps", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    assert out.is_file()
