@@ -66,7 +66,7 @@ DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
 #: (first-order flow Euler; ``ddim`` is taken as it)
 SCHEDULERS = ("unipc", "euler", "dpm", "ddim")
 
-TINY_NAMES = ("tiny-wan",)
+TINY_NAMES = ("tiny-wan", "tiny-wan-a14b")  # the second: two experts (_wan_experts.py)
 _TINY_TEXT_LEN = 16
 _TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
                          out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=4, cross_attn_norm=True,
@@ -145,11 +145,19 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
 
     Raises:
         DualAdapterError: not a folder / a part missing (lists them) / a config that is not JSON / not a Wan
-            transformer / an image-to-video or two-expert (A14B) folder, which the pack does not load yet.
+            transformer / an image-to-video folder, which the pack does not load yet / a two-expert (A14B) folder
+            whose experts do not match (see :func:`~dual_adapter.backbones._wan_experts.check_experts_folder`).
+
+    A two-expert Wan 2.2 A14B folder (``transformer_2/``, ``boundary_ratio``) gives ``boundary_ratio`` too (else
+    ``None``).
     """
+    from ._wan_experts import DEFAULT_BOUNDARY_RATIO, check_experts_folder, is_experts_folder
+
     if str(name_or_path) in TINY_NAMES:
         vcfg = {**_TINY_VAE, "scale_factor_spatial": 8, "scale_factor_temporal": 4}
-        return _info(str(name_or_path), dict(_TINY_TRANSFORMER), vcfg, dict(DEFAULT_SCHEDULER_CONFIG), (9, 64, 64))
+        info = _info(str(name_or_path), dict(_TINY_TRANSFORMER), vcfg, dict(DEFAULT_SCHEDULER_CONFIG), (9, 64, 64))
+        info.boundary_ratio = DEFAULT_BOUNDARY_RATIO if str(name_or_path) != TINY_NAMES[0] else None
+        return info
     root = Path(name_or_path).expanduser()
     if not root.is_dir():
         raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected 'tiny-wan' or a diffusers Wan "
@@ -169,12 +177,7 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
     if tcfg.get("_class_name") != TRANSFORMER_CLASS:
         raise DualAdapterError(f"{root}/transformer/config.json names {tcfg.get('_class_name')!r}, not "
                                f"{TRANSFORMER_CLASS} ({FAMILY})")
-    index = root / "model_index.json"
-    idx = _read_json(index, "model index") if index.is_file() else {}
-    if (root / "transformer_2").is_dir() or idx.get("boundary_ratio") is not None:
-        raise DualAdapterError(f"model folder {str(root)!r} is a two-expert Wan 2.2 A14B model (transformer/ and "
-                               f"transformer_2/ switched at boundary_ratio); the pack loads one-transformer Wan "
-                               f"models (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B) for now (docs/wan.md)")
+    ratio = check_experts_folder(root, tcfg) if is_experts_folder(root) else None
     if tcfg.get("image_dim") is not None or int(tcfg.get("in_channels", 16)) != int(tcfg.get("out_channels") or
                                                                                     tcfg.get("in_channels", 16)):
         raise DualAdapterError(f"model folder {str(root)!r} is an image-to-video Wan (in_channels "
@@ -188,7 +191,9 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0:
         raise DualAdapterError(f"{root}/scheduler/scheduler_config.json: flow_shift={json.dumps(shift)} (expected a "
                                f"positive number, 3.0 for 480p, 5.0 for 720p)")
-    return _info(str(root), tcfg, vcfg, scfg, _default_size(tcfg, vcfg, float(shift)))
+    info = _info(str(root), tcfg, vcfg, scfg, _default_size(tcfg, vcfg, float(shift)))
+    info.boundary_ratio = ratio
+    return info
 
 
 def _info(name, tcfg, vcfg, scfg, size) -> SimpleNamespace:
@@ -220,12 +225,15 @@ def check_size(num_frames: int, height: int, width: int, temporal: int = 4, mult
 
 
 def load_folder(folder: str | Path, dtype="bf16", device: str | None = None, cpu_offload: bool = False,
-                vae_tiling: bool = True) -> "WanBackbone":
-    """Load a diffusers Wan text-to-video folder (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B) with safetensors.
+                vae_tiling: bool = True, experts: bool = True) -> "WanBackbone":
+    """Load a diffusers Wan text-to-video folder (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B, Wan 2.2 T2V A14B) with
+    safetensors.
 
     Args:
         dtype: transformer and text-encoder dtype (``bf16`` default; the VAE runs in fp32 as Wan's pipelines do).
         device: execution device (default cuda when available). cpu_offload: parts stay on CPU between uses.
+        experts: an A14B folder loads both experts (a
+            :class:`~dual_adapter.backbones._wan_experts.WanExpertsBackbone`); False: ``transformer/`` alone.
 
     Raises:
         DualAdapterError: see :func:`inspect_model`; weights that do not load (names the folder and the error).
@@ -235,6 +243,10 @@ def load_folder(folder: str | Path, dtype="bf16", device: str | None = None, cpu
 
     info = inspect_model(folder)
     root = Path(folder).expanduser()
+    if experts and info.boundary_ratio is not None:
+        from ._wan_experts import load_folder as load_experts
+
+        return load_experts(root, info, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
     device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype)
     try:
@@ -271,6 +283,10 @@ def owns(denoiser: nn.Module) -> bool:
 def load(name_or_path: str, dtype=None, device=None, seed: int = 0, **kw) -> "WanBackbone":
     """``tiny-wan`` -> :func:`build_tiny`; a folder -> :func:`load_folder` (``cpu_offload`` in ``kw``).
     dtype defaults to fp32 for the tiny model and bf16 for real ones."""
+    if name_or_path == "tiny-wan-a14b":
+        from ._wan_experts import build_tiny as build_tiny_experts
+
+        return build_tiny_experts(seed=seed, device=device or "cpu", dtype=dtype or "fp32")
     if name_or_path in TINY_NAMES:
         return build_tiny(seed=seed, device=device or "cpu", dtype=dtype or "fp32")
     if kw.get("transformer_file"):
@@ -414,8 +430,10 @@ class WanBackbone(VideoBackbone):
     # ---- objective / schedulers
     def noise_scheduler(self):
         """``FlowMatchEulerDiscreteScheduler`` with the model's ``flow_shift`` (1000 shifted sigmas, ``timesteps`` =
-        ``1000 sigma``, index 0 = pure noise)."""
-        return _flow_scheduler(self.scheduler_config)
+        ``1000 sigma``, index 0 = pure noise); on one expert of a Wan 2.2 A14B, only the timesteps it serves."""
+        from ._wan_experts import served_schedule
+
+        return served_schedule(_flow_scheduler(self.scheduler_config), self.scheduler_config)
 
     def make_scheduler(self, name: str = "unipc"):
         """``unipc`` (Wan's ``UniPCMultistepScheduler`` on flow sigmas, the default; ``dpm`` is taken as it) or
