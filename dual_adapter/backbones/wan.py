@@ -66,7 +66,7 @@ DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
 #: (first-order flow Euler; ``ddim`` is taken as it)
 SCHEDULERS = ("unipc", "euler", "dpm", "ddim")
 
-TINY_NAMES = ("tiny-wan", "tiny-wan-a14b")  # the second: two experts (_wan_experts.py)
+TINY_NAMES = ("tiny-wan",)
 _TINY_TEXT_LEN = 16
 _TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
                          out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=4, cross_attn_norm=True,
@@ -119,7 +119,15 @@ def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32", num_layers: int
 
 
 def detect(folder: Path) -> bool:
-    """A diffusers folder whose ``transformer/config.json`` names ``WanTransformer3DModel``."""
+    """A diffusers folder whose ``transformer/config.json`` names ``WanTransformer3DModel`` (one transformer: a
+    two-expert A14B folder is :mod:`dual_adapter.backbones.wan_a14b`'s)."""
+    from ._wan_experts import is_experts_folder
+
+    return names_wan_transformer(folder) and not is_experts_folder(folder)
+
+
+def names_wan_transformer(folder: Path) -> bool:
+    """``folder/transformer/config.json`` names ``WanTransformer3DModel``."""
     cfg = Path(folder) / "transformer" / "config.json"
     if not cfg.is_file():
         return False
@@ -151,12 +159,12 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
     A two-expert Wan 2.2 A14B folder (``transformer_2/``, ``boundary_ratio``) gives ``boundary_ratio`` too (else
     ``None``).
     """
-    from ._wan_experts import DEFAULT_BOUNDARY_RATIO, check_experts_folder, is_experts_folder
+    from ._wan_experts import check_experts_folder, is_experts_folder
 
     if str(name_or_path) in TINY_NAMES:
         vcfg = {**_TINY_VAE, "scale_factor_spatial": 8, "scale_factor_temporal": 4}
         info = _info(str(name_or_path), dict(_TINY_TRANSFORMER), vcfg, dict(DEFAULT_SCHEDULER_CONFIG), (9, 64, 64))
-        info.boundary_ratio = DEFAULT_BOUNDARY_RATIO if str(name_or_path) != TINY_NAMES[0] else None
+        info.boundary_ratio = None
         return info
     root = Path(name_or_path).expanduser()
     if not root.is_dir():
@@ -177,7 +185,7 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
     if tcfg.get("_class_name") != TRANSFORMER_CLASS:
         raise DualAdapterError(f"{root}/transformer/config.json names {tcfg.get('_class_name')!r}, not "
                                f"{TRANSFORMER_CLASS} ({FAMILY})")
-    ratio = check_experts_folder(root, tcfg) if is_experts_folder(root) else None
+    ratio = check_experts_folder(root, tcfg, ARCHITECTURE_KEYS) if is_experts_folder(root) else None
     if tcfg.get("image_dim") is not None or int(tcfg.get("in_channels", 16)) != int(tcfg.get("out_channels") or
                                                                                     tcfg.get("in_channels", 16)):
         raise DualAdapterError(f"model folder {str(root)!r} is an image-to-video Wan (in_channels "
@@ -225,15 +233,16 @@ def check_size(num_frames: int, height: int, width: int, temporal: int = 4, mult
 
 
 def load_folder(folder: str | Path, dtype="bf16", device: str | None = None, cpu_offload: bool = False,
-                vae_tiling: bool = True, experts: bool = True) -> "WanBackbone":
+                vae_tiling: bool = True) -> "WanBackbone":
     """Load a diffusers Wan text-to-video folder (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B, Wan 2.2 T2V A14B) with
     safetensors.
 
     Args:
         dtype: transformer and text-encoder dtype (``bf16`` default; the VAE runs in fp32 as Wan's pipelines do).
         device: execution device (default cuda when available). cpu_offload: parts stay on CPU between uses.
-        experts: an A14B folder loads both experts (a
-            :class:`~dual_adapter.backbones._wan_experts.WanExpertsBackbone`); False: ``transformer/`` alone.
+
+    A Wan 2.2 A14B folder loads ``transformer/`` (its high-noise expert) alone here; ``load_backbone`` loads both
+    (:mod:`dual_adapter.backbones.wan_a14b`).
 
     Raises:
         DualAdapterError: see :func:`inspect_model`; weights that do not load (names the folder and the error).
@@ -243,10 +252,6 @@ def load_folder(folder: str | Path, dtype="bf16", device: str | None = None, cpu
 
     info = inspect_model(folder)
     root = Path(folder).expanduser()
-    if experts and info.boundary_ratio is not None:
-        from ._wan_experts import load_folder as load_experts
-
-        return load_experts(root, info, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
     device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype)
     try:
@@ -283,10 +288,6 @@ def owns(denoiser: nn.Module) -> bool:
 def load(name_or_path: str, dtype=None, device=None, seed: int = 0, **kw) -> "WanBackbone":
     """``tiny-wan`` -> :func:`build_tiny`; a folder -> :func:`load_folder` (``cpu_offload`` in ``kw``).
     dtype defaults to fp32 for the tiny model and bf16 for real ones."""
-    if name_or_path == "tiny-wan-a14b":
-        from ._wan_experts import build_tiny as build_tiny_experts
-
-        return build_tiny_experts(seed=seed, device=device or "cpu", dtype=dtype or "fp32")
     if name_or_path in TINY_NAMES:
         return build_tiny(seed=seed, device=device or "cpu", dtype=dtype or "fp32")
     if kw.get("transformer_file"):

@@ -58,7 +58,7 @@ def _zero_set(bb, name, seed):
 def test_the_two_experts_answer_the_interface_and_one_denoiser_models_keep_the_defaults(a14b):
     from dual_adapter.backbones import kind_of, load_backbone
 
-    assert kind_of("tiny-wan-a14b") == "wan" and a14b.kind == "wan"
+    assert kind_of("tiny-wan-a14b") == "wan_a14b" and a14b.kind == "wan"  # its own module; a Wan to every method
     assert a14b.denoiser_names() == ("high_noise", "low_noise") and a14b.boundary_timestep == BOUNDARY
     assert a14b.denoiser_for(875) == "high_noise" and a14b.denoiser_for(874.99) == "low_noise"
     hi, lo = a14b.get_denoiser("high_noise"), a14b.get_denoiser("low_noise")
