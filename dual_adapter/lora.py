@@ -1110,8 +1110,10 @@ def train_lora(
         InterruptedByUser: from the callback (the checkpoint, if any, is written first).
     """
     from .backbones import as_backbone
+    from .experts import require_one_denoiser
 
     bb = as_backbone(bundle)
+    require_one_denoiser(bb, "train_lora")  # Wan 2.2 A14B: one LoRA per expert (dual_adapter.experts)
     spec = copy.deepcopy(spec) if spec is not None else LoraSpec()
     spec.validate()
     cfg = cfg if cfg is not None else lora_train_config()

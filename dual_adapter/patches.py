@@ -17,7 +17,7 @@ from typing import Iterable, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["ModelPatch", "PatchedModel", "shallow_copy_module", "patched_copy"]
+__all__ = ["ModelPatch", "PatchedModel", "PerDenoiser", "patches_for", "shallow_copy_module", "patched_copy"]
 
 
 @runtime_checkable
@@ -52,6 +52,56 @@ def patched_copy(transformer: torch.nn.Module, patches: Iterable[ModelPatch] = (
             raise TypeError(f"model patch {p!r} has no apply(transformer) method")
         p.apply(model)
     return model
+
+
+class PerDenoiser:
+    """One model patch per denoiser of a model with several (Wan 2.2 A14B: ``high_noise``, ``low_noise``; the names of
+    its backbone's ``denoiser_names``): the sampler applies ``by_name[name]`` to the denoiser ``name`` only
+    (:func:`patches_for`); a name mapped to ``None`` runs that denoiser unpatched. A patch that is not a
+    ``PerDenoiser`` applies to every denoiser.
+
+    Raises:
+        DualAdapterError: ``by_name`` is empty or holds something without ``apply``; asked for a denoiser it does not
+            name (the patches were made for another model).
+    """
+
+    def __init__(self, by_name: dict):
+        from .errors import DualAdapterError
+
+        if not by_name:
+            raise DualAdapterError("PerDenoiser needs at least one denoiser name -> patch")
+        bad = [k for k, p in by_name.items() if p is not None and not hasattr(p, "apply")]
+        if bad:
+            raise DualAdapterError(f"PerDenoiser: the patch for {', '.join(map(repr, bad))} has no apply(transformer)")
+        self.by_name = dict(by_name)
+
+    def for_denoiser(self, name: str):
+        from .errors import DualAdapterError
+
+        if name not in self.by_name:
+            raise DualAdapterError(f"these patches are for the denoisers {', '.join(map(repr, self.by_name))}, not "
+                                   f"{name!r} (a model with other denoisers, e.g. one-transformer Wan vs Wan 2.2 A14B)")
+        return self.by_name[name]
+
+    def apply(self, transformer: torch.nn.Module) -> None:
+        from .errors import DualAdapterError
+
+        raise DualAdapterError("per-denoiser patches apply through the sampler, which picks one per denoiser "
+                               "(patches_for); apply one of by_name's patches to a single transformer")
+
+    def __repr__(self) -> str:
+        return f"PerDenoiser({ {k: type(p).__name__ for k, p in self.by_name.items()} })"
+
+
+def patches_for(patches: Iterable, name: str) -> list:
+    """The patches to apply to the denoiser ``name``: each :class:`PerDenoiser`'s patch for it, every other patch as
+    it is; ``None`` entries dropped."""
+    out = []
+    for p in patches or ():
+        p = p.for_denoiser(name) if isinstance(p, PerDenoiser) else p
+        if p is not None:
+            out.append(p)
+    return out
 
 
 class PatchedModel:

@@ -47,9 +47,46 @@ def _compiled_model(base, patches, backend):
         kw = {} if backend is True else {"backend": backend}
         # hold the patches so their ids stay theirs while cached; one compiled model at a time
         hit = (weakref.ref(base), tuple(patches), torch.compile(model, dynamic=False, **kw))
-        _COMPILED.clear()
+        while len(_COMPILED) >= 2:  # at most two compiled models (Wan 2.2 A14B's experts take turns)
+            _COMPILED.pop(next(iter(_COMPILED)))
         _COMPILED[key] = hit
     return hit[2]
+
+
+class _Denoisers:
+    """The (patched) denoiser of each sampling step: the one the backbone says serves the step's timestep
+    (``denoiser_for``; Wan 2.2 A14B switches from its high- to its low-noise expert at the boundary), with the
+    patches for it (:func:`~dual_adapter.patches.patches_for`). A denoiser is moved in (``use``) when its first
+    step comes and out when another takes over; ``denoiser`` (already patched) serves every step."""
+
+    def __init__(self, bb, patches, compile, denoiser):
+        import contextlib
+
+        self.bb, self.patches, self.compile, self.fixed = bb, list(patches or ()), compile, denoiser
+        self.name, self.net, self.stack = None, None, contextlib.ExitStack()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+
+    def __call__(self, t):
+        if self.fixed is not None:
+            return self.fixed
+        name = self.bb.denoiser_for(t)
+        if name != self.name:
+            import contextlib
+
+            from .patches import patches_for
+
+            self.stack.close()
+            self.stack = contextlib.ExitStack()
+            base = self.stack.enter_context(self.bb.use(name))
+            patches = patches_for(self.patches, name)
+            self.net = _compiled_model(base, patches, self.compile) if self.compile else patched_copy(base, patches)
+            self.name = name
+        return self.net
 
 
 def make_scheduler(model, name: str | None = None):
@@ -168,7 +205,9 @@ def sample(
         scheduler: a name the backbone's ``make_scheduler`` takes: ``"dpm"`` (CogVideoXDPMScheduler, the
             CogVideoX default) or ``"ddim"``.
         patches: model patches applied to a weight-sharing copy for this call only (the model's
-            denoiser is never modified).
+            denoiser is never modified); on a model with several denoisers (Wan 2.2 A14B's experts), each step
+            runs the denoiser that serves its timestep, with a :class:`~dual_adapter.patches.PerDenoiser`'s patch
+            for it and every other patch.
         callback: ``callback(step, total, info)`` after every step (1-based; ``info``: ``timestep``,
             ``latents``, ``prediction`` = the guided denoiser output); may raise
             :class:`~dual_adapter.errors.InterruptedByUser` to stop.
@@ -249,14 +288,9 @@ def sample(
         step_kw["generator"] = seed_generator(seed, 1)
     n = len(timesteps) if stop_after is None else min(len(timesteps), int(stop_after))
     state = None
-    with bb.use("denoiser") as base:
-        if denoiser is not None:
-            net = denoiser
-        elif compile:
-            net = _compiled_model(base, [p for p in patches or () if p is not None], compile)
-        else:
-            net = patched_copy(base, patches)
+    with _Denoisers(bb, patches, compile, denoiser) as nets:
         for i, t in enumerate(timesteps[:n]):
+            net = nets(t)
             x_in = torch.cat([latents] * 2) if do_cfg else latents
             if hasattr(sched, "scale_model_input"):  # flow-matching schedulers have none (Wan)
                 x_in = sched.scale_model_input(x_in, t)

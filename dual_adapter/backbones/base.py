@@ -30,6 +30,10 @@ The interface, in the terms of the issue that asked for it:
   :meth:`VideoBackbone.image_conditioning` (an :class:`ImageConditioning`: what the denoiser takes beside the noisy
   latents), passed as ``cond`` to :meth:`VideoBackbone.predict` / :meth:`VideoBackbone.training_loss`, and
   :meth:`VideoBackbone.finish_sample`;
+* **several denoisers** (Wan 2.2 A14B's high- and low-noise experts) - :meth:`VideoBackbone.denoiser_names`,
+  :meth:`VideoBackbone.denoiser_for` (which one serves a timestep: the sampler asks it every step),
+  :meth:`VideoBackbone.get_denoiser`, :meth:`VideoBackbone.expert` (a one-denoiser backbone trained on the
+  timesteps its denoiser serves); one-denoiser backbones keep the defaults;
 * **what trained adapters depend on** - :meth:`VideoBackbone.width`, :meth:`VideoBackbone.architecture`
   and :meth:`VideoBackbone.fingerprint` (stored in adapter metadata, checked when one is applied),
   :attr:`VideoBackbone.motion_role` (the attention role a motion LoRA such as TAP targets).
@@ -320,6 +324,38 @@ class VideoBackbone:
         """``denoiser`` if given, else the backbone's own (never tests a module for truth: a compiled module
         raises there, and a module with ``__len__`` can be falsy)."""
         return self.denoiser if denoiser is None else denoiser
+
+    # ---------------------------------------------------------------- several denoisers (Wan 2.2 A14B's experts)
+    def denoiser_names(self) -> tuple[str, ...]:
+        """Names of the denoisers that share the sampling steps, in the order they serve them (``("denoiser",)``
+        on one-denoiser backbones; Wan 2.2 A14B: ``("high_noise", "low_noise")``). Each is a part for :meth:`use`."""
+        return ("denoiser",)
+
+    def denoiser_for(self, t: float | torch.Tensor) -> str:
+        """The name (of :meth:`denoiser_names`) of the denoiser that serves timestep ``t`` (a number on the
+        scheduler's timestep scale, 0..num_train_timesteps). Default: the one denoiser."""
+        return "denoiser"
+
+    def get_denoiser(self, name: str) -> nn.Module:
+        """The denoiser module called ``name`` (of :meth:`denoiser_names`).
+
+        Raises:
+            DualAdapterError: another name.
+        """
+        if name not in self.denoiser_names():
+            raise DualAdapterError(f"{name!r} is not a denoiser of this model ({', '.join(self.denoiser_names())})")
+        return self.denoiser
+
+    def expert(self, name: str) -> "VideoBackbone":
+        """A one-denoiser backbone of denoiser ``name`` whose training noise schedule holds only the timesteps that
+        denoiser serves (a trainer given it trains that denoiser's LoRA or adapters on its own timesteps).
+        Default: this backbone (its one denoiser serves every timestep).
+
+        Raises:
+            DualAdapterError: ``name`` is not one of :meth:`denoiser_names`.
+        """
+        self.get_denoiser(name)
+        return self
 
     def time_patch(self, denoiser: nn.Module | None = None) -> int:
         """Latent frames the denoiser patches together in time (2 on CogVideoX 1.5, else 1); losses that

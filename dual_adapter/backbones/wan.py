@@ -126,7 +126,15 @@ def build_tiny(seed: int = 0, device: str = "cpu", dtype="fp32", num_layers: int
 
 
 def detect(folder: Path) -> bool:
-    """A diffusers folder whose ``transformer/config.json`` names ``WanTransformer3DModel``."""
+    """A diffusers folder whose ``transformer/config.json`` names ``WanTransformer3DModel`` (one transformer: a
+    two-expert A14B folder is :mod:`dual_adapter.backbones.wan_a14b`'s)."""
+    from ._wan_experts import is_experts_folder
+
+    return names_wan_transformer(folder) and not is_experts_folder(folder)
+
+
+def names_wan_transformer(folder: Path) -> bool:
+    """``folder/transformer/config.json`` names ``WanTransformer3DModel``."""
     cfg = Path(folder) / "transformer" / "config.json"
     if not cfg.is_file():
         return False
@@ -153,12 +161,20 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
     Raises:
         DualAdapterError: not a folder / a part missing (lists them) / a config that is not JSON / not a Wan
             transformer / transformer channels that do not fit the VAE (neither text-to-video, Wan 2.2 TI2V nor
-            Wan 2.1 image-to-video) / a two-expert (A14B) folder, which the pack does not load yet.
+            Wan 2.1 image-to-video) / a two-expert (A14B) folder whose experts do not match (see
+            :func:`~dual_adapter.backbones._wan_experts.check_experts_folder`).
+
+    A two-expert Wan 2.2 A14B folder (``transformer_2/``, ``boundary_ratio``) gives ``boundary_ratio`` too (else
+    ``None``).
     """
+    from ._wan_experts import check_experts_folder, is_experts_folder
+
     if str(name_or_path) in TINY_NAMES:
         vcfg = {**_TINY_VAE, "scale_factor_spatial": 8, "scale_factor_temporal": 4}
         tcfg = _wan_i2v.tiny_transformer_config(dict(_TINY_TRANSFORMER), str(name_or_path))
-        return _info(str(name_or_path), tcfg, vcfg, dict(DEFAULT_SCHEDULER_CONFIG), (9, 64, 64))
+        info = _info(str(name_or_path), tcfg, vcfg, dict(DEFAULT_SCHEDULER_CONFIG), (9, 64, 64))
+        info.boundary_ratio = None
+        return info
     root = Path(name_or_path).expanduser()
     if not root.is_dir():
         raise DualAdapterError(f"model folder {str(root)!r} does not exist (expected 'tiny-wan' or a diffusers Wan "
@@ -178,12 +194,7 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
     if tcfg.get("_class_name") != TRANSFORMER_CLASS:
         raise DualAdapterError(f"{root}/transformer/config.json names {tcfg.get('_class_name')!r}, not "
                                f"{TRANSFORMER_CLASS} ({FAMILY})")
-    index = root / "model_index.json"
-    idx = _read_json(index, "model index") if index.is_file() else {}
-    if (root / "transformer_2").is_dir() or idx.get("boundary_ratio") is not None:
-        raise DualAdapterError(f"model folder {str(root)!r} is a two-expert Wan 2.2 A14B model (transformer/ and "
-                               f"transformer_2/ switched at boundary_ratio); the pack loads one-transformer Wan "
-                               f"models (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B) for now (docs/wan.md)")
+    ratio = check_experts_folder(root, tcfg, ARCHITECTURE_KEYS) if is_experts_folder(root) else None
     z = int(vcfg.get("z_dim", 16))
     cin, cout = int(tcfg.get("in_channels", 16)), int(tcfg.get("out_channels") or tcfg.get("in_channels", 16))
     step = int(vcfg.get("scale_factor_temporal") or 4)
@@ -200,7 +211,9 @@ def inspect_model(name_or_path: str) -> SimpleNamespace:
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0:
         raise DualAdapterError(f"{root}/scheduler/scheduler_config.json: flow_shift={json.dumps(shift)} (expected a "
                                f"positive number, 3.0 for 480p, 5.0 for 720p)")
-    return _info(str(root), tcfg, vcfg, scfg, _default_size(tcfg, vcfg, float(shift)))
+    info = _info(str(root), tcfg, vcfg, scfg, _default_size(tcfg, vcfg, float(shift)))
+    info.boundary_ratio = ratio
+    return info
 
 
 def _info(name, tcfg, vcfg, scfg, size) -> SimpleNamespace:
@@ -233,11 +246,15 @@ def check_size(num_frames: int, height: int, width: int, temporal: int = 4, mult
 
 def load_folder(folder: str | Path, dtype="bf16", device: str | None = None, cpu_offload: bool = False,
                 vae_tiling: bool = True) -> "WanBackbone":
-    """Load a diffusers Wan text-to-video folder (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B) with safetensors.
+    """Load a diffusers Wan text-to-video folder (Wan 2.1 T2V 1.3B / 14B, Wan 2.2 TI2V-5B, Wan 2.2 T2V A14B) with
+    safetensors.
 
     Args:
         dtype: transformer and text-encoder dtype (``bf16`` default; the VAE runs in fp32 as Wan's pipelines do).
         device: execution device (default cuda when available). cpu_offload: parts stay on CPU between uses.
+
+    A Wan 2.2 A14B folder loads ``transformer/`` (its high-noise expert) alone here; ``load_backbone`` loads both
+    (:mod:`dual_adapter.backbones.wan_a14b`).
 
     Raises:
         DualAdapterError: see :func:`inspect_model`; weights that do not load (names the folder and the error).
@@ -433,8 +450,10 @@ class WanBackbone(VideoBackbone):
     # ---- objective / schedulers
     def noise_scheduler(self):
         """``FlowMatchEulerDiscreteScheduler`` with the model's ``flow_shift`` (1000 shifted sigmas, ``timesteps`` =
-        ``1000 sigma``, index 0 = pure noise)."""
-        return _flow_scheduler(self.scheduler_config)
+        ``1000 sigma``, index 0 = pure noise); on one expert of a Wan 2.2 A14B, only the timesteps it serves."""
+        from ._wan_experts import served_schedule
+
+        return served_schedule(_flow_scheduler(self.scheduler_config), self.scheduler_config)
 
     def make_scheduler(self, name: str = "unipc"):
         """``unipc`` (Wan's ``UniPCMultistepScheduler`` on flow sigmas, the default; ``dpm`` is taken as it) or

@@ -42,6 +42,7 @@ import torch
 
 from ..backbones import VideoBackbone, as_backbone, backbone_for
 from ..errors import DualAdapterError
+from ..experts import require_one_denoiser
 from ..patches import patched_copy
 from ..seeds import derived_seed, seed_generator
 from ..training import (TrainConfig, batch_diffusion_loss, check_micro_batches, dist_rank_world,
@@ -688,6 +689,7 @@ def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motio
                     clip_references, options, train, adapters, callback, out, resume, release,
                     preview=None, run=None) -> DualRealResult:
     bundle = as_backbone(bundle)  # the model, through the backbone interface
+    require_one_denoiser(bundle, "train_dualreal")  # Wan 2.2 A14B: adapters per expert (dual_adapter.experts)
     if adapters is not None:
         from .patch import check_compatible
 

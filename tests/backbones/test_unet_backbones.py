@@ -42,7 +42,7 @@ def _inputs(bb, frames=2, seed=0):
 def test_backbone_registry_roles_and_folder_errors(u3d, ad, tiny, tmp_path):
     from dual_adapter import backbones as B
 
-    assert set(B.backbone_modules()) == {"cogvideox", "unet3d", "animatediff", "wan"}
+    assert set(B.backbone_modules()) == {"cogvideox", "unet3d", "animatediff", "wan", "wan_a14b"}
     assert B.kind_of("tiny-unet3d") == "unet3d" and B.kind_of("tiny-animatediff") == "animatediff"
     assert B.kind_of("tiny") == "cogvideox"
     for bb in (u3d, ad):

@@ -116,7 +116,7 @@ def test_a_diffusers_wan_folder_loads_and_unsupported_ones_are_refused(wan, tmp_
         load_backbone(str(i2v))
     a14b = tmp_path / "a14b"
     _save_folder(wan, a14b, index={"_class_name": "WanPipeline", "boundary_ratio": 0.875})
-    with pytest.raises(DualAdapterError, match="two-expert Wan 2.2 A14B"):
+    with pytest.raises(DualAdapterError, match="boundary_ratio but no transformer_2"):
         load_backbone(str(a14b))
     (root / "vae" / "config.json").unlink()
     with pytest.raises(DualAdapterError, match="missing: vae/config.json"):
