@@ -181,6 +181,10 @@ class VideoBackbone:
     prediction_type: str = "epsilon"
     #: the attention role motion LoRAs (TAP) target: ``"temporal"`` on U-Nets, ``"joint"`` on CogVideoX
     motion_role: str = "temporal"
+    #: the denoiser's component name in diffusers, the prefix of its LoRA keys (``transformer.{module}.lora_A.weight``
+    #: on DiTs, ``unet.{module}...`` on U-Nets): :class:`~dual_adapter.lora.file.LoraFile` s trained or loaded for
+    #: this backbone use it
+    lora_prefix: str = "transformer"
 
     name: str = "?"
     device: str = "cpu"
