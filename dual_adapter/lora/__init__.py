@@ -20,10 +20,10 @@ Modules, lowest first:
 """
 from __future__ import annotations
 
-from .file import LORA_FORMAT, SAVE_LAYOUTS, UNET_LORA_FORMAT, LoraFile, _folded, _module_of, base_config, \
-    check_compatible, load_lora, lora_metadata, save_lora, save_lora_as, save_lora_native, with_alpha
-from .formats import kohya_module as _kohya_module
-from .inject import _adapter_names, _set_active, inject_lora, lora_modules, lora_state_dict, set_lora_strength
+from .file import LORA_FORMAT, SAVE_LAYOUTS, UNET_LORA_FORMAT, LoraFile, base_config, check_compatible, load_lora, \
+    lora_metadata, save_lora, save_lora_as, save_lora_native, with_alpha
+from .inject import _adapter_names as _adapter_names  # the adapters on a model (tests)
+from .inject import inject_lora, lora_modules, lora_state_dict, set_lora_strength
 from .patch import LoraPatch, parse_lora_arg
 from .spec import PRESETS, LoraSpec, lora_config, parse_blocks, preset_name, resolve_targets
 from .train import debiased_error, lora_train_config, spatial_checkpoint_path, train_lora, train_lora_on_latents, \
@@ -61,4 +61,3 @@ __all__ = [
     "UNET_LORA_FORMAT",
     "SAVE_LAYOUTS",
 ]
-_PRIVATE = (_adapter_names, _set_active, _folded, _module_of, _kohya_module)  # used by the pack's other modules
