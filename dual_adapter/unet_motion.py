@@ -48,16 +48,15 @@ dropped (``validation_data.spatial_scale: 0``).
 :class:`AppearanceHighway` is that inference change as a model patch (on/off = present or not;
 ``freeu=None`` gives the skip relocation alone). AH needs a U-Net's skips: on CogVideoX it raises.
 
-Size: the U-Net TAP / MotionDirector trainer, its presets and AH are one module until the CogVideoX and U-Net
-LoRA code is one mechanism (see ``lora.py``); splitting it first would copy that duplication into more files.
+LoRA files, injection and the patch are :mod:`dual_adapter.lora`'s, as on every backbone (``UNetLora``,
+``UNetLoraPatch``, ``load_unet_lora``, ``check_unet_lora``, ``save_unet_lora`` remain as deprecated names of it).
 """
 from __future__ import annotations
 
 import contextlib
 
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -65,14 +64,15 @@ import torch
 from torch import nn
 
 from .errors import DualAdapterError
+from .lora import LoraFile, LoraPatch, LoraSpec, check_compatible, inject_lora, load_lora, lora_state_dict, \
+    set_lora_strength
+from .lora.file import UNET_LORA_FORMAT
 
 __all__ = [
     "PRESETS", "SPATIAL_PATH_TARGETS", "AUTHORS_FREEU", "motion_lora_targets", "spatial_lora_targets",
     "UNetLora", "UNetLoraPatch", "save_unet_lora", "load_unet_lora", "is_unet_lora_file", "AppearanceHighway",
     "UNetMotionTrainConfig", "train_unet_motion_lora", "UNET_LORA_FORMAT",
 ]
-
-UNET_LORA_FORMAT = "dual_adapter.unet_lora/1"
 
 #: LoRA targets inside every temporal attention module (``Attention``) of a U-Net.
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -167,62 +167,43 @@ def spatial_lora_targets(backbone, layers: Sequence[str] | None = None, targets:
 
 
 # --------------------------------------------------------------------------------------------
-# LoRA files (diffusers U-Net key layout: unet.{module}.lora_A.weight / lora_B.weight)
+# LoRA files: the one mechanism of dual_adapter.lora (U-Net keys: unet.{module}.lora_A.weight / lora_B.weight)
 
-
-@dataclass
-class UNetLora:
-    """A LoRA for a U-Net video backbone.
-
-    Attributes:
-        state_dict: ``unet.{module}.lora_A.weight`` ``[r, in]`` and ``...lora_B.weight`` ``[out, r]``
-            with ``delta_W = B @ A`` (alpha / rank folded into B when saved).
-        metadata: ``format``, ``backbone`` (kind), ``base_model``, ``role`` (motion / spatial /
-            appearance), ``preset``, ``rank``, ``trained_alpha``, ``method``...
-    """
-
-    state_dict: dict[str, torch.Tensor]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    name: str = "lora"
-
-    @property
-    def modules(self) -> list[str]:
-        return sorted({k[len("unet."):-len(".lora_A.weight")] for k in self.state_dict if k.endswith(".lora_A.weight")})
-
-    @property
-    def rank(self) -> int:
-        return max(int(self.state_dict[f"unet.{m}.lora_A.weight"].shape[0]) for m in self.modules)
-
-    @property
-    def backbone(self) -> str | None:
-        return self.metadata.get("backbone")
+#: Deprecated name of :class:`dual_adapter.lora.LoraFile` (a U-Net LoRA is a ``LoraFile`` with ``unet.*`` keys).
+UNetLora = LoraFile
+#: Deprecated name of :class:`dual_adapter.lora.LoraPatch`.
+UNetLoraPatch = LoraPatch
+#: Deprecated name of :func:`dual_adapter.lora.check_compatible` (``check_unet_lora(lora, backbone, denoiser=None)``).
+check_unet_lora = check_compatible
 
 
 def adapter_state(model: nn.Module, adapter: str, scale: float | None = None) -> dict[str, torch.Tensor]:
-    """``unet.{module}.lora_{A,B}.weight`` of peft adapter ``adapter`` with its ``alpha / r`` folded into B."""
-    from .lora import lora_modules
-
-    out = {}
-    for n, m in lora_modules(model, adapter).items():
-        s = float(m.scaling[adapter]) if scale is None else scale
-        out[f"unet.{n}.lora_A.weight"] = m.lora_A[adapter].weight.detach().float().cpu().clone()
-        out[f"unet.{n}.lora_B.weight"] = (m.lora_B[adapter].weight.detach().float() * s).cpu().clone()
-    return out
+    """``unet.{module}.lora_{A,B}.weight`` of peft adapter ``adapter`` with its ``alpha / r`` (or ``scale``) folded
+    into B: :func:`dual_adapter.lora.lora_state_dict` with ``fold``."""
+    return lora_state_dict(model, adapter, fold=True if scale is None else float(scale))
 
 
-def save_unet_lora(lora: UNetLora, path: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
-    """Write ``lora`` as safetensors (atomic; never overwrites unless asked)."""
+def save_unet_lora(lora: LoraFile, path: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
+    """Deprecated: ``lora.save(path, overwrite, dtype)`` (:func:`dual_adapter.lora.save_lora`), atomic, never
+    overwriting unless asked. ``dtype``: ``fp32`` (default), ``bf16`` or ``fp16``."""
     from .backbones.base import parse_dtype
-    from .io import save_safetensors
 
-    dt = parse_dtype(dtype)
-    meta = dict(lora.metadata)
-    meta.setdefault("format", UNET_LORA_FORMAT)
-    return save_safetensors({k: v.to(dt) for k, v in lora.state_dict.items()}, path, meta, overwrite=overwrite)
+    return lora.save(path, overwrite=overwrite, dtype=parse_dtype(dtype))
 
 
 _UNET_MODULES = ("down_blocks.", "up_blocks.", "mid_block.")
 _kind_cache: dict[tuple, bool] = {}
+
+
+def _file_keys(path: str | Path) -> list[str]:
+    """The tensor names of a ``.safetensors`` file ([] when it cannot be read: its loader then says why)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception:
+        return []
 
 
 def is_unet_lora_file(path: str | Path) -> bool:
@@ -237,110 +218,24 @@ def is_unet_lora_file(path: str | Path) -> bool:
         return False
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _kind_cache:
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt") as f:
-                keys = list(f.keys())
-        except Exception:
-            keys = []
+        keys = _file_keys(p)
         _kind_cache[key] = any(m in k for k in keys for m in _UNET_MODULES) and \
             not any(k.startswith("transformer.") for k in keys)
     return _kind_cache[key]
 
 
-def load_unet_lora(path: str | Path, backbone=None) -> UNetLora:
-    """Read a U-Net LoRA file (ours, or diffusers/peft ``unet.*`` / ``base_model.model.*`` keys).
+def load_unet_lora(path: str | Path, backbone=None) -> LoraFile:
+    """Deprecated: :func:`dual_adapter.lora.load_lora` for a U-Net LoRA (keys ``unet.*``, whatever the file's layout).
 
     Raises:
         DualAdapterError: unreadable file; a CogVideoX LoRA (``transformer.*`` keys); a LoRA trained
             on another U-Net backbone than ``backbone`` (the message names both).
     """
-    from .io import load_safetensors
-
-    tensors, meta = load_safetensors(path)
-    sd: dict[str, torch.Tensor] = {}
-    for k, v in tensors.items():
-        m = re.match(r"^(?:unet\.|base_model\.model\.)?(?P<mod>.+?)\.(?P<h>lora_A|lora_B|lora_down|lora_up)"
-                     r"(?:\.default)?\.weight$", k)
-        if k.startswith("transformer."):
-            raise DualAdapterError(f"{path}: a CogVideoX LoRA (keys 'transformer.*'); load it on a CogVideoX model, "
-                                   f"not on a U-Net")
-        if not m:
-            continue
-        half = "A" if m["h"] in ("lora_A", "lora_down") else "B"
-        sd[f"unet.{m['mod']}.lora_{half}.weight"] = v.float()
-    if not sd:
-        raise DualAdapterError(f"{path}: no U-Net LoRA tensors (expected keys like 'unet.<module>.lora_A.weight')")
-    lf = UNetLora(sd, dict(meta), name=Path(path).stem)
-    if backbone is not None:
-        check_unet_lora(lf, backbone)
-    return lf
-
-
-def check_unet_lora(lora: UNetLora, backbone, denoiser: nn.Module | None = None) -> None:
-    """Raise :class:`DualAdapterError` when ``lora`` does not fit the backbone (kind, modules, shapes)."""
-    from .backbones import as_backbone, backbone_modules
-
-    bb = as_backbone(backbone)
-    kinds = backbone_modules()
-    if lora.backbone and lora.backbone != bb.kind:
-        fam = kinds[lora.backbone].FAMILY if lora.backbone in kinds else lora.backbone
-        raise DualAdapterError(f"LoRA {lora.name!r} was trained on {fam}; the model {bb.name!r} is {bb.family}")
-    d = denoiser if denoiser is not None else bb.denoiser
-    mods = dict(d.named_modules())
-    for m in lora.modules:
-        lin = mods.get(m)
-        lin = getattr(lin, "base_layer", lin)
-        if not isinstance(lin, nn.Linear):
-            raise DualAdapterError(f"LoRA {lora.name!r} targets {m!r}, which is not a Linear layer of {bb.name!r} "
-                                   f"({bb.family}); was it trained on another model?")
-        a, b = lora.state_dict[f"unet.{m}.lora_A.weight"], lora.state_dict[f"unet.{m}.lora_B.weight"]
-        if a.shape[1] != lin.in_features or b.shape[0] != lin.out_features:
-            raise DualAdapterError(f"LoRA {lora.name!r} {m}: shapes {tuple(b.shape)}x{tuple(a.shape)} do not fit "
-                                   f"the layer {lin.out_features}x{lin.in_features} of {bb.name!r}")
-
-
-class UNetLoraPatch:
-    """Model patch adding ``lora`` at ``strength`` to a U-Net copy (peft layers, weights shared).
-
-    Strength 0 reproduces the base model exactly. Several patches stack.
-    """
-
-    def __init__(self, lora: UNetLora, strength: float = 1.0, name: str | None = None, backbone=None):
-        if not isinstance(lora, UNetLora):
-            raise DualAdapterError(f"UNetLoraPatch needs a UNetLora, got {type(lora).__name__}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-            raise DualAdapterError(f"LoRA strength={strength!r}: must be a finite number")
-        self.lora, self.strength, self.name, self.backbone = lora, float(strength), name, backbone
-
-    def apply(self, unet: nn.Module) -> None:
-        from .lora import LoraSpec, _adapter_names, inject_lora, lora_modules, set_lora_strength
-
-        if self.backbone is not None:
-            check_unet_lora(self.lora, self.backbone, unet)
-        base = re.sub(r"[^A-Za-z0-9_]", "_", self.name or "unet_lora") or "unet_lora"
-        name, k, existing = base, 1, _adapter_names(unet)
-        while name in existing:
-            k += 1
-            name = f"{base}_{k}"
-        mods = self.lora.modules
-        ranks = {m: int(self.lora.state_dict[f"unet.{m}.lora_A.weight"].shape[0]) for m in mods}
-        r = self.lora.rank
-        spec = LoraSpec(rank=r, alpha=float(r), dropout=0.0, targets=["to_k"])
-        inject_lora(unet, spec, name, trainable=False, target_names=mods,
-                    rank_pattern={m: v for m, v in ranks.items() if v != r},
-                    alpha_pattern={m: float(v) for m, v in ranks.items() if v != r})
-        layers = lora_modules(unet, name)
-        with torch.no_grad():
-            for m in mods:
-                for half, dct in (("A", layers[m].lora_A), ("B", layers[m].lora_B)):
-                    w = dct[name].weight
-                    w.copy_(self.lora.state_dict[f"unet.{m}.lora_{half}.weight"].to(w.device, w.dtype))
-        set_lora_strength(unet, name, self.strength)
-
-    def __repr__(self) -> str:
-        return f"UNetLoraPatch({self.lora.name!r}, strength={self.strength:g})"
+    if any(k.startswith("transformer.") for k in _file_keys(path)):
+        raise DualAdapterError(f"{path}: a CogVideoX LoRA (keys 'transformer.*'); load it on a CogVideoX model, "
+                               f"not on a U-Net")
+    lf = load_lora(path, backbone)
+    return lf if backbone is not None else lf.with_prefix("unet")
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,7 +467,6 @@ def train_unet_motion_lora(
     Raises:
         DualAdapterError: bad clips / prompts / config, or a non-U-Net backbone.
     """
-    from .lora import LoraSpec, inject_lora, set_lora_strength
     from .patches import shallow_copy_module
     from .io import read_safetensors_metadata
     from .training import TrainConfig, save_train_state, train_loop
@@ -700,10 +594,10 @@ def train_unet_motion_lora(
     return motion, spatial, res.losses
 
 
-def _finish(bb, model, adapter, cfg, names, role) -> UNetLora:
+def _finish(bb, model, adapter, cfg, names, role) -> LoraFile:
     sd = adapter_state(model, adapter)
     meta = {"format": UNET_LORA_FORMAT, "backbone": bb.kind, "base_model": bb.name, "role": role,
             "method": "SMA motion LoRA (MotionDirector training)", "preset": cfg.preset if role == "motion" else
             "motiondirector_spatial", "rank": cfg.rank, "trained_alpha": float(cfg.alpha or cfg.rank),
             "steps": cfg.steps, "lr": cfg.lr, "spatial_path": cfg.spatial_path, "debiased_loss": cfg.debiased_loss}
-    return UNetLora(sd, meta, name=f"{role}_lora")
+    return LoraFile(sd, meta, name=f"{role}_lora")

@@ -132,7 +132,7 @@ def apply_lora(model, lora, strength: float = 1.0, allow_divergent: bool = False
     import comfy.lora  # type: ignore
     import comfy.sd  # type: ignore
 
-    from dual_adapter.lora_formats import native_lora_state_dict
+    from dual_adapter.lora.formats import native_lora_state_dict
 
     _diffusion_model(model, wan_ok=True)
     if not is_wan(model):  # the divergences of core's port are CogVideoX's

@@ -168,7 +168,7 @@ class SaveLoRA:
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         with reservation(path):  # a refused LoRA leaves no empty file behind
             if key_format == "comfyui_native":
-                from dual_adapter.lora_formats import save_lora_native
+                from dual_adapter.lora import save_lora_native
 
                 save_lora_native(path, lf, dtype=dt)
             else:
@@ -252,7 +252,7 @@ class ApplyLoRA:
         m = as_model(model)
         lf = _as_lora(lora)
         if alpha_override:
-            from dual_adapter.lora_formats import with_alpha
+            from dual_adapter.lora import with_alpha
 
             lf = with_alpha(lf, float(alpha_override))
         L.check_compatible(lf, m.bundle.transformer)

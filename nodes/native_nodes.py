@@ -104,7 +104,7 @@ class ApplyLoRANative:
         if not isinstance(lora, LoraFile):
             raise DualAdapterError(f"lora: expected a VIDEO_LORA, got {type(lora).__name__}")
         if alpha_override:
-            from dual_adapter.lora_formats import with_alpha
+            from dual_adapter.lora import with_alpha
 
             lora = with_alpha(lora, float(alpha_override))
         return (_bridge().apply_lora(model, lora, float(strength)),)

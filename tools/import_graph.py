@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("sampling", ["dual_adapter.sampling", "dual_adapter.unet_sampling", "dual_adapter.reference"]),
     ("training", ["dual_adapter.training", "dual_adapter.previews", "dual_adapter.memory", "dual_adapter.runs",
                   "dual_adapter.experts"]),
-    ("methods", ["dual_adapter.lora", "dual_adapter.lora_formats", "dual_adapter.unet_motion",
+    ("methods", ["dual_adapter.lora", "dual_adapter.unet_motion",
                  "dual_adapter.customttt", "dual_adapter.customttt_unet", "dual_adapter.dualreal"]),
     ("miniworld", ["dual_adapter.miniworld"]),
     ("models", ["dual_adapter.models"]),

@@ -654,7 +654,7 @@ def g_wan_tap(classes) -> Graph:
         "keeps the base model's appearance and takes the clip's motion; the authors' setting: rank 32, alpha 32, "
         "dropout 0.1, learning rate 5e-4, 1000 steps, gradient checkpointing on;\n"
         "- Save LoRA writes diffusers' Wan key names (what `WanPipeline.load_lora_weights` reads); "
-        "`dual_adapter.lora_formats` converts to ComfyUI's native and musubi-tuner / kohya names (docs/wan.md)."))
+        "`dual_adapter.lora.formats` converts to ComfyUI's native and musubi-tuner / kohya names (docs/wan.md)."))
     return g
 
 

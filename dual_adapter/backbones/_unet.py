@@ -127,6 +127,7 @@ class UNetVideoBackbone(VideoBackbone):
     """
 
     latent_layout = "BCFHW"
+    lora_prefix = "unet"
     #: class names of the temporal-attention containers (LoRA / role lookup)
     temporal_container = "TransformerTemporalModel"
     #: attribute names of the temporal modules inside a block

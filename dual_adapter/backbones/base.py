@@ -277,6 +277,10 @@ class VideoBackbone:
         """Whether sampling needs a conditioning image (default: every image-to-video model; Wan 2.2 TI2V samples
         text-to-video without one)."""
         return bool(self.image_to_video)
+    #: the denoiser's component name in diffusers, the prefix of its LoRA keys (``transformer.{module}.lora_A.weight``
+    #: on DiTs, ``unet.{module}...`` on U-Nets): :class:`~dual_adapter.lora.file.LoraFile` s trained or loaded for
+    #: this backbone use it
+    lora_prefix: str = "transformer"
 
     name: str = "?"
     device: str = "cpu"

@@ -220,14 +220,15 @@ def test_cogvideox_answers_the_interface_as_the_code_it_replaced(tiny):
 
 #: the modules of the methods (DualReal, TAP / motion LoRA, CustomTTT, the U-Net methods, the shared training
 #: and sampling loops)
-METHOD_MODULES = ["training.py", "sampling.py", "lora.py", "customttt.py", "customttt_unet.py", "unet_motion.py",
+METHOD_MODULES = ["training.py", "sampling.py", "lora/__init__.py", "lora/spec.py", "lora/inject.py", "lora/file.py",
+                  "lora/patch.py", "lora/train.py", "customttt.py", "customttt_unet.py", "unet_motion.py",
                   "unet_sampling.py", "dualreal/trainer.py", "dualreal/readout.py", "dualreal/checkpoint.py",
                   "dualreal/adapters.py", "dualreal/patch.py"]
 #: CogVideoX-specific by definition, outside backbones/: the native ComfyUI CogVideoX file format, the shipped
 #: mini CogVideoX and the world pretrained / scored on it, the resolution of model names (``tiny``, ``mini``), the
-#: built-in models' reference encoders, and the CLI's CogVideoX preflight (these imported the CogVideoX names
-#: through the deprecated ``backbone`` re-export before)
-COGVIDEOX_MODULES = {"native.py", "miniworld/model.py", "miniworld/pretrain.py", "miniworld/scorers.py", "models.py",
+#: built-in models' reference encoders, the CLI's CogVideoX preflight (these imported the CogVideoX names
+#: through the deprecated ``backbone`` re-export before), and the CogVideoX LoRA file names (kohya / native tables)
+COGVIDEOX_MODULES = {"native.py", "lora/formats/__init__.py", "lora/formats/cogvideox.py", "miniworld/model.py", "miniworld/pretrain.py", "miniworld/scorers.py", "models.py",
                      "reference.py", "commands/_common.py"}
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dual_adapter import lora, lora_formats, native
+from dual_adapter import lora, native
+from dual_adapter.lora import formats as lora_formats
 from dual_adapter.backbones.cogvideox import build_tiny, rotary_embeddings
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import save_safetensors
@@ -118,7 +119,7 @@ def _delta(lf: lora.LoraFile, mod: str) -> torch.Tensor:
 
 def test_native_lora_save_names_and_round_trip(tinies, tmp_path):
     lf = _lora(tinies["tiny"].transformer)
-    p = lora_formats.save_lora_native(tmp_path / "n.safetensors", lf)
+    p = lora.save_lora_native(tmp_path / "n.safetensors", lf)
     from dual_adapter.io import load_safetensors
 
     sd, _ = load_safetensors(p)
@@ -170,12 +171,12 @@ def test_native_diff_keys_are_refused_with_a_message(tmp_path):
 
 def test_alpha_override_for_one_over_rank_loras(tinies):
     lf = _lora(tinies["tiny"].transformer, rank=4, alpha=4.0)
-    low = lora_formats.with_alpha(lf, 1.0)
+    low = lora.with_alpha(lf, 1.0)
     mod = lf.modules[0]
     assert torch.allclose(_delta(low, mod), _delta(lf, mod) / 4)
     assert lf.alphas[mod] == 4.0  # the original is unchanged
     with pytest.raises(DualAdapterError, match="alpha override"):
-        lora_formats.with_alpha(lf, 0)
+        lora.with_alpha(lf, 0)
 
 
 # ---------------------------------------------------------------------------- DA-blocks on native blocks

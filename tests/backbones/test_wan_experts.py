@@ -171,7 +171,7 @@ def test_training_one_experts_dualreal_adapters_leaves_the_other_bit_identical(a
 def test_one_lora_per_expert_trains_on_its_timesteps_and_saves_a_native_file_each(a14b, tmp_path):
     from dual_adapter import lora
     from dual_adapter.experts import denoiser_path, train_per_denoiser
-    from dual_adapter.lora_formats import save_lora_native
+    from dual_adapter.lora import save_lora_native
 
     _, clip = _photo_and_clip()
     cfg = lora.lora_train_config(steps=3, lr=3e-3, optimizer="adamw", checkpoint_every=0)

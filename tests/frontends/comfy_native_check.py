@@ -23,7 +23,7 @@ from diffusers import CogVideoXTransformer3DModel  # noqa: E402
 from dual_adapter import lora as L  # noqa: E402
 from dual_adapter.backbones.cogvideox import transformer_forward  # noqa: E402
 from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealPatch  # noqa: E402
-from dual_adapter.lora_formats import save_lora_native  # noqa: E402
+from dual_adapter.lora import save_lora_native  # noqa: E402
 from dual_adapter.native import convert_diffusers_to_native, native_model_divergences  # noqa: E402
 from dual_adapter.patches import patched_copy  # noqa: E402
 

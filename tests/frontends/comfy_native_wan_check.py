@@ -27,7 +27,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from dual_adapter import lora as L  # noqa: E402
 from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealPatch  # noqa: E402
-from dual_adapter.lora_formats import wan_diffusers_to_native_module  # noqa: E402
+from dual_adapter.lora.formats import wan_diffusers_to_native_module  # noqa: E402
 from dual_adapter.patches import patched_copy  # noqa: E402
 
 

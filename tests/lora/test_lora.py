@@ -331,7 +331,7 @@ def test_kohya_names_cover_every_linear_layer():
         t = cogvideox.build_tiny(variant, num_layers=2).transformer
         for name, m in t.named_modules():
             if isinstance(m, nn.Linear):
-                assert lora._kohya_module("lora_unet_" + name.replace(".", "_")) == name, (variant, name)
+                assert lora.formats.kohya_module("lora_unet_" + name.replace(".", "_")) == name, (variant, name)
 
 
 # ------------------------------------------------------------------------------------------ bad files

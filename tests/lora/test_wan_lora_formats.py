@@ -12,7 +12,8 @@ import torch
 from dual_adapter import lora
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import save_safetensors
-from dual_adapter.lora_formats import kohya_lora_state_dict, native_lora_state_dict, save_lora_native
+from dual_adapter.lora import save_lora_native
+from dual_adapter.lora.formats import kohya_lora_state_dict, native_lora_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
