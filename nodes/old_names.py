@@ -15,7 +15,7 @@ from dual_adapter import unet_motion as UM
 
 from . import bridge
 from .common import VIDEO_LORA, VIDEO_MODEL, old_name_notice, preview_inputs, run_inputs
-from .core_nodes import NODE_DISPLAY_NAME_MAPPINGS as _CORE_TITLES, Sampler, TextEncode
+from .core_nodes import NODE_DISPLAY_NAME_MAPPINGS as _CORE_TITLES, Sampler
 from .core_nodes import NODE_CLASS_MAPPINGS as _CORE
 from .lora_nodes import NODE_CLASS_MAPPINGS as _LORA
 from .lora_nodes import NODE_DISPLAY_NAME_MAPPINGS as _LORA_TITLES, TrainMotionLoRA, write_lora
