@@ -172,7 +172,7 @@ def load_video_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype |
         return load_cogvideox(name, dtype=dtype or "bf16", device=device, vae_tiling=vae_tiling,
                               vae_slicing=vae_slicing, cpu_offload=cpu_offload, transformer_file=transformer_file)
     if transformer_file:
-        raise DualAdapterError(f"native_transformer: a native single-file transformer is read for CogVideoX folders "
-                               f"only; {name!r} is a {backbone_modules()[kind].FAMILY} model: set it to none")
+        raise DualAdapterError(f"native_transformer: a native single-file transformer is read for CogVideoX only (its "
+                               f"diffusers folders); {name!r} is a {backbone_modules()[kind].FAMILY} model: set it to none")
     kw = {"cpu_offload": cpu_offload} if kind == "wan" else {}
     return _load_any_backbone(name, kind=kind, dtype=dtype, device=device, **kw)

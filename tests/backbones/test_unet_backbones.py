@@ -283,7 +283,7 @@ def test_unet_workflows_run_headless(name, out_dir):
     out = run_workflow(load_workflow(ROOT / "workflows" / "api" / f"{name}.json"), load_node_classes())
     saved = [e for k, v in out.items() if k.startswith("ui:") for e in v.get("images", [])]
     assert saved and (out_dir / saved[0]["subfolder"] / saved[0]["filename"]).stat().st_size > 0
-    assert list((out_dir / "unet_lora").glob("*.safetensors"))
+    assert list((out_dir / "loras").glob("*.safetensors"))
 
 
 def test_cli_generate_with_ah_and_lora_on_tiny_unet3d(tmp_path, capsys):

@@ -133,11 +133,11 @@ def test_loader_lists_and_loads_a_wan_folder_in_models_wan(classes, out_dir, tmp
         (tmp_path / "models" / "diffusion_models").mkdir(parents=True)
         (tmp_path / "models" / "diffusion_models" / "t.safetensors").write_bytes(b"")
         loader().load("tiny-wan", native_transformer="t.safetensors")
-    # the U-Net loader sends a Wan folder to Load CogVideoX
+    # one loader: a Wan folder in models/diffusers/ (the U-Nets' folder) loads as Wan, by its contents
+    (tmp_path / "models" / "Wan" / "my-wan").rename(tmp_path / "elsewhere")
     (tmp_path / "models" / "diffusers").mkdir(parents=True)
-    (tmp_path / "models" / "diffusers" / "my-wan").symlink_to(root)
-    with pytest.raises(DualAdapterError, match="Wan model; load it with Load CogVideoX from models/Wan/"):
-        classes["DualAdapterUNetVideoLoader"]().load("my-wan")
+    (tmp_path / "models" / "diffusers" / "my-wan").symlink_to(tmp_path / "elsewhere")
+    assert classes["DualAdapterUNetVideoLoader"]().load("my-wan", dtype="fp32", device="cpu")[0].bundle.kind == "wan"
 
 
 def test_core_conditioning_of_the_wrong_width_is_refused_on_wan(classes):
