@@ -93,11 +93,13 @@ def render_nodes() -> str:
     """The text of ``docs/nodes.md``."""
     classes, display = _node_classes()
     by_cat: dict[str, list[str]] = {}
+    old = {k: c for k, c in classes.items() if getattr(c, "DEPRECATED", False)}
     for key, cls in classes.items():
-        by_cat.setdefault(getattr(cls, "CATEGORY", "other"), []).append(key)
+        if key not in old:
+            by_cat.setdefault(getattr(cls, "CATEGORY", "other"), []).append(key)
     out = [HEADER.format(what="the nodes' DESCRIPTION, INPUT_TYPES tooltips and outputs"),
            "# Nodes\n\n",
-           f"The pack's {len(classes)} nodes, by category (as in ComfyUI's node menu). Inputs marked *optional* may "
+           f"The pack's {len(classes) - len(old)} nodes, by category (as in ComfyUI's node menu). Inputs marked *optional* may "
            "be left unconnected. Choices that list files (models, LoRAs, adapters) show what is in the model "
            "folders, here empty ([Install](install.md#where-the-weights-go)).\n\n"]
     for cat in sorted(by_cat):
@@ -125,6 +127,14 @@ def render_nodes() -> str:
                 out.append("| output | type | tooltip |\n|---|---|---|\n")
                 out.append("\n".join(f"| {_cell(n)} | `{_cell(t)}` | {_cell(tip)} |"
                                      for n, t, tip in zip(names, rtypes, tips)) + "\n\n")
+    if old:
+        new_of = {cls: k for k, cls in classes.items() if k not in old}
+        out.append("## Old node names\n\nNode names of earlier versions: a saved workflow that uses one still loads "
+                   "and runs (with its old inputs), as the node it is now; the first use in a process logs one line "
+                   "naming it. ComfyUI hides them from the node search.\n\n| old node | runs as |\n|---|---|\n")
+        for key in sorted(old, key=lambda k: display.get(k, k).lower()):
+            new = next(new_of[b] for b in old[key].__mro__[1:] if b in new_of)
+            out.append(f"| {display.get(key, key)} (`{key}`) | {display.get(new, new)} (`{new}`) |\n")
     return "".join(out).rstrip("\n") + "\n"
 
 

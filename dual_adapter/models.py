@@ -28,7 +28,7 @@ from .miniworld.model import MINI_DIR, is_mini_folder, load_mini, mini_available
 from .native import load_native_transformer
 
 __all__ = ["BUILTIN_MODELS", "BUILTIN_PRETRAINED", "TINY_VARIANTS", "inspect_model", "load_cogvideox", "load_model",
-           "load_backbone"]
+           "load_backbone", "load_video_model"]
 
 log = logging.getLogger("dual_adapter.backbone")
 
@@ -141,3 +141,38 @@ def load_backbone(name_or_path: str, *, kind: str | None = None, dtype=None, dev
                                         kind_of(name_or_path) == "cogvideox"):
         return CogVideoXBackbone(load_model(name_or_path, dtype=dtype, device=device, **kw))
     return _load_any_backbone(name_or_path, kind=kind, dtype=dtype, device=device, **kw)
+
+
+def load_video_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None = None, device: str | None = None,
+                     *, vae_tiling: bool = True, vae_slicing: bool = True, cpu_offload: bool = False,
+                     transformer_file: str | os.PathLike | None = None):
+    """Any video model by name or folder, the backbone decided by the name or the folder's contents: a built-in
+    tiny name of any backbone (``tiny``, ``tiny-5b``, ``tiny-1.5``, ``tiny-wan``, ``tiny-unet3d``,
+    ``tiny-animatediff``), ``mini`` or a folder in the ``mini`` layout, or a diffusers folder of CogVideoX, Wan,
+    ZeroScope / ModelScope (UNet3D) or AnimateDiff (docs/backbones.md).
+
+    Returns a :class:`~dual_adapter.backbones.cogvideox.CogVideoXBundle` for CogVideoX (what the DualReal
+    functions take) and a :class:`~dual_adapter.backbones.base.VideoBackbone` for every other backbone.
+    ``dtype``: None = each backbone's default (fp32 for built-in models; bf16 for CogVideoX and Wan, fp16 for
+    U-Nets on a GPU). ``vae_tiling`` / ``vae_slicing`` are read by CogVideoX only; ``cpu_offload`` by CogVideoX
+    and Wan; ``transformer_file`` (a native ComfyUI single-file transformer) by CogVideoX folders only.
+
+    Raises:
+        DualAdapterError: ``transformer_file`` with a model that is not a CogVideoX folder; an unknown name or an
+            incomplete folder (naming what is missing); the errors of :func:`load_model`.
+    """
+    from .backbones import backbone_modules, identify_folder, tiny_names
+
+    name = str(name_or_path)
+    mini = name in BUILTIN_PRETRAINED or is_mini_folder(name)
+    kind = "cogvideox" if mini else tiny_names().get(name) or identify_folder(name) or "cogvideox"
+    if kind == "cogvideox":
+        if mini or name in TINY_VARIANTS:
+            return load_model(name, dtype=dtype, device=device, transformer_file=transformer_file)
+        return load_cogvideox(name, dtype=dtype or "bf16", device=device, vae_tiling=vae_tiling,
+                              vae_slicing=vae_slicing, cpu_offload=cpu_offload, transformer_file=transformer_file)
+    if transformer_file:
+        raise DualAdapterError(f"native_transformer: a native single-file transformer is read for CogVideoX only (its "
+                               f"diffusers folders); {name!r} is a {backbone_modules()[kind].FAMILY} model: set it to none")
+    kw = {"cpu_offload": cpu_offload} if kind == "wan" else {}
+    return _load_any_backbone(name, kind=kind, dtype=dtype, device=device, **kw)

@@ -11,11 +11,37 @@ from dual_adapter.media import check_frame_values
 from dual_adapter.patches import PatchedModel
 
 
-def as_model(model, name: str = "model") -> PatchedModel:
-    """Check a COGVIDEOX_MODEL input (a CogVideoX or Wan model from Load CogVideoX)."""
+#: the pack's own ComfyUI types, declared once: a loaded video model of any backbone (a PatchedModel of a CogVideoX
+#: bundle or a backbone), a LoRA of any backbone (LoraFile or UNetLora), a text encoding of the model's encoder
+VIDEO_MODEL = "VIDEO_MODEL"
+VIDEO_LORA = "VIDEO_LORA"
+VIDEO_EMBEDS = "VIDEO_EMBEDS"
+
+
+def as_model(model, name: str = "model", method: str | None = None) -> PatchedModel:
+    """Check a VIDEO_MODEL input (any backbone, from Load Video Model); with ``method`` also that the backbone has it
+    (:func:`dual_adapter.dispatch.check_method`)."""
     if not isinstance(model, PatchedModel):
-        raise DualAdapterError(f"{name}: expected a COGVIDEOX_MODEL (from Load CogVideoX), got {type(model).__name__}")
+        raise DualAdapterError(f"{name}: expected a VIDEO_MODEL (from Load Video Model), got {type(model).__name__}")
+    if method is not None:
+        from dual_adapter.dispatch import check_method
+
+        check_method(model, method, name)
     return model
+
+
+_NOTICED: set[str] = set()
+
+
+def old_name_notice(old: str, new: str, title: str) -> None:
+    """Log one line per process the first time a workflow uses the old node name ``old``, naming the node it now
+    runs as (``new``, shown as ``title``)."""
+    if old not in _NOTICED:
+        _NOTICED.add(old)
+        import logging
+
+        logging.getLogger("dual_adapter.nodes").warning(
+            "%s is an old node name: it runs as '%s' (%s); re-save the workflow to use the new node", old, title, new)
 
 
 def image_batch(image, name: str = "image", allow_empty: bool = False) -> torch.Tensor:
@@ -65,12 +91,13 @@ def conditioning_embeds(cond, name: str = "conditioning", bundle=None) -> torch.
 
         bb = as_backbone(bundle)
         cfg = bb.denoiser.config
-        want = int(cfg.text_dim if bb.kind == "wan" else cfg.text_embed_dim)
-        clip_type = "wan" if bb.kind == "wan" else "cogvideox"
+        want = int(cfg.text_dim if bb.kind == "wan" else getattr(cfg, "text_embed_dim", None) or
+                   cfg.cross_attention_dim)
+        clip_type = {"wan": "wan", "cogvideox": "cogvideox"}.get(bb.kind, "stable_diffusion")
         if e.shape[-1] != want:
             raise DualAdapterError(f"{name}: text embeddings are {e.shape[-1]}-wide, this {bb.name} takes {want} "
                                    f"(load the text encoder with CLIPLoader type {clip_type!r})")
-        if e.shape[1] != bb.text_length:
+        if e.shape[1] != getattr(bb, "text_length", e.shape[1]):
             logging.getLogger(__name__).warning("%s: %d text tokens; the model was trained with %d", name,
                                                 e.shape[1], bb.text_length)
     return e.detach().clone()
@@ -163,9 +190,11 @@ def node_run(run, bar, load_node: str):
 
 
 def finish_lora_run(run, lf, losses, title: str, completed: bool = True) -> None:
-    """A finished LoRA run: the LoRA saved as the run's final file (``<name>.safetensors``, fp32, the diffusers
-    format Save LoRA writes), then the checkpoint and state go and the losses and plot are written
+    """A finished LoRA run: the LoRA saved as the run's final file (``<name>.safetensors``, fp32, the format Save
+    LoRA writes), then the checkpoint and state go and the losses and plot are written
     (:meth:`dual_adapter.runs.RunFolder.finish`). A run that did not complete keeps everything, to resume."""
     if completed:
-        lf.save(run.final)
+        from dual_adapter.dispatch import save_lora
+
+        save_lora(lf, run.final)
         run.finish(losses, title)

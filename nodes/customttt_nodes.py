@@ -14,7 +14,7 @@ from dual_adapter.limits import (MAX_BLOCKS, MAX_CFG, MAX_FRAMES, MAX_RANK, MAX_
                                  MAX_TRAIN_STEPS, MAX_TTT_STEPS, MIN_CFG)
 
 from . import bridge
-from .common import (as_model, finish_lora_run, node_run, node_settings, preview_inputs, preview_options, run_inputs, start_run,
+from .common import (VIDEO_MODEL, as_model, finish_lora_run, node_run, node_settings, preview_inputs, preview_options, run_inputs, start_run,
                      training_mode)
 
 CAT = "DualAdapter/CustomTTT"
@@ -88,7 +88,7 @@ class DualAdapterPromptInfluence:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX (LoRAs applied to it stay on during the analysis)."}),
+            "model": (VIDEO_MODEL, {"tooltip": "From Load Video Model (LoRAs applied to it stay on during the analysis)."}),
             "appearance_prompt": ("STRING", {"multiline": True, "default": "a photo of a dog *",
                                              "tooltip": "The appearance concept (subject) prompt. Empty = skip."}),
             "motion_prompt": ("STRING", {"multiline": True, "default": "a car is turning on a road",
@@ -116,7 +116,7 @@ class DualAdapterPromptInfluence:
 
     def analyse(self, model, appearance_prompt, motion_prompt, neutral_prompt="", group_size=1, top_k=2,
                 timesteps="250,500,750", seeds="0,1", space="x0", reference=None, frames=0, height=0, width=0):
-        m = as_model(model)
+        m = as_model(model, method="CustomTTT")
         concepts = {k: v for k, v in (("appearance", appearance_prompt), ("motion", motion_prompt)) if v and v.strip()}
         if not concepts:
             raise DualAdapterError("Prompt Influence: give an appearance_prompt and/or a motion_prompt")
@@ -148,7 +148,7 @@ class DualAdapterTTTMerge:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX, without the two LoRAs applied."}),
+            "model": (VIDEO_MODEL, {"tooltip": "From Load Video Model, without the two LoRAs applied."}),
             "appearance_lora": ("VIDEO_LORA", {"tooltip": "The appearance (subject) LoRA, e.g. trained on photos on "
                                 "the appearance blocks."}),
             "appearance_prompt": ("STRING", {"multiline": True, "default": "a photo of a dog *",
@@ -204,7 +204,7 @@ class DualAdapterTTTMerge:
               width=0, gradient_checkpointing=True, name="customttt", resume=False, checkpoint_every=10,
               preview_every=-1, preview_prompt=""):
         settings = node_settings(locals())
-        m = as_model(model)
+        m = as_model(model, method="CustomTTT")
         a = _as_lora(appearance_lora, "appearance_lora")
         mo = _as_lora(motion_lora, "motion_lora")
         wd = 0.1 if optimizer == "lion" else 1e-2
@@ -253,7 +253,7 @@ class DualAdapterTrainSelectiveLoRA:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("COGVIDEOX_MODEL", {"tooltip": "From Load CogVideoX."}),
+            "model": (VIDEO_MODEL, {"tooltip": "From Load Video Model."}),
             "kind": (["appearance", "motion"], {"default": "appearance", "tooltip": "appearance: trains on 'photos' "
                      "(1-frame videos); motion: trains on 'clip'."}),
             "prompt": ("STRING", {"multiline": True, "default": "a photo of a dog *",
@@ -285,7 +285,7 @@ class DualAdapterTrainSelectiveLoRA:
 
         from .common import image_batch
 
-        m = as_model(model)
+        m = as_model(model, method="CustomTTT")
         if kind == "appearance":
             if photos is None:
                 raise DualAdapterError("Train LoRA (blocks): kind=appearance needs 'photos' (subject photos)")

@@ -17,7 +17,7 @@ from dual_adapter.limits import (MAX_ADAPTER_HIDDEN, MAX_CFG, MAX_FRAMES, MAX_GR
                                  MAX_TRAIN_STEPS, MIN_CFG)
 
 from . import bridge
-from .common import (NAME_TOOLTIP, RESUME_TOOLTIP, as_model, image_batch, node_run, node_settings, preview_inputs,
+from .common import (NAME_TOOLTIP, RESUME_TOOLTIP, VIDEO_MODEL, as_model, image_batch, node_run, node_settings, preview_inputs,
                      preview_options,
                      start_run, training_mode)
 
@@ -27,7 +27,7 @@ CATEGORY = "DualAdapter/DualReal"
 
 
 def _bundle(model):
-    return as_model(model).bundle
+    return as_model(model, method="dualreal").bundle
 
 
 def _split_clips(frames: torch.Tensor, frames_per_clip: int) -> list[torch.Tensor]:
@@ -83,7 +83,7 @@ class DualRealTrain:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("COGVIDEOX_MODEL", {"tooltip": "CogVideoX from Load CogVideoX (its base weights are trained "
+                "model": (VIDEO_MODEL, {"tooltip": "CogVideoX or Wan from Load Video Model (its base weights are trained "
                                                          "against; they are never changed)."}),
                 "subject": ("IMAGE", {"tooltip": "Subject photos (one or more; any size, resized and centre-cropped). "
                                                  "Each photo is a 1-frame video."}),
@@ -272,14 +272,14 @@ class DualRealApply:
                    "Returns a patched copy; the input model is unchanged.")
     CATEGORY = CATEGORY
     FUNCTION = "apply"
-    RETURN_TYPES = ("COGVIDEOX_MODEL",)
+    RETURN_TYPES = (VIDEO_MODEL,)
     RETURN_NAMES = ("model",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("COGVIDEOX_MODEL", {"tooltip": "CogVideoX to patch (not modified)."}),
+                "model": (VIDEO_MODEL, {"tooltip": "CogVideoX to patch (not modified)."}),
                 "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Adapters from Train DualReal or Load DualReal."}),
             },
             "optional": {
@@ -334,7 +334,7 @@ class DualRealStageBlenderPlot:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("COGVIDEOX_MODEL", {"tooltip": "CogVideoX (the adapters are applied for this readout)."}),
+                "model": (VIDEO_MODEL, {"tooltip": "CogVideoX (the adapters are applied for this readout)."}),
                 "adapters": ("DUALREAL_ADAPTERS", {"tooltip": "Trained adapters with a StageBlender controller."}),
                 "prompt": ("STRING", {"default": "dog * is playing guitar", "multiline": True,
                                       "tooltip": "Prompt to sample with."}),

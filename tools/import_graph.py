@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("methods", ["dual_adapter.lora", "dual_adapter.unet_motion",
                  "dual_adapter.customttt", "dual_adapter.customttt_unet", "dual_adapter.dualreal"]),
     ("miniworld", ["dual_adapter.miniworld"]),
-    ("models", ["dual_adapter.models"]),
+    ("models", ["dual_adapter.models", "dual_adapter.dispatch"]),
     ("evaluation", ["dual_adapter.metrics", "dual_adapter.miniworld.benchmark"]),
     ("commands", ["dual_adapter.commands", "dual_adapter.graph"]),
     ("entry points", ["dual_adapter.cli", "dual_adapter.__main__", "dual_adapter.backbone"]),

@@ -292,7 +292,7 @@ REAL_WEIGHTS_NOTE = """**Runs as shipped on the built-in `mini` model: a small C
 saw; clips of other, green, sprites orbiting, a motion it never saw).** Prompts use the world's words (docs/miniworld.md): other words are unknown to `mini`.
 
 For a real CogVideoX:
-- put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load CogVideoX*;
+- put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load Video Model*;
 - set Load Photos / Load Clip Frames to 480 x 720 (Load Clip Frames: 49 frames), the sampler to 49 frames,
   480 x 720 (or 0 = the model's default), 50 steps;
 - replace the shipped example inputs (`examples/mini/...`) with your own photos / clips, and the prompts with yours;
@@ -310,7 +310,7 @@ def _clip(g: Graph) -> Node:
 
 def g_generate(classes) -> Graph:
     g = Graph("generate_mini", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    m = g.node("DualAdapterLoadVideoModel", model=MODEL)
     e = g.node("DualAdapterTextEncode", model=m[0], prompt="a large red circle moving right on a gray background",
                negative_prompt="")
     s = g.node("DualAdapterSampler", model=m[0], embeds=e[0], steps=SAMPLE_STEPS, cfg=6.0, seed=42)
@@ -322,7 +322,7 @@ def g_generate(classes) -> Graph:
 
 def g_evaluate(classes) -> Graph:
     g = Graph("evaluate", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    m = g.node("DualAdapterLoadVideoModel", model=MODEL)
     prompt = "a large yellow star moving right on a gray background"
     e = g.node("DualAdapterTextEncode", model=m[0], prompt=prompt, negative_prompt="")
     s = g.node("DualAdapterSampler", model=m[0], embeds=e[0], steps=SAMPLE_STEPS, cfg=6.0, seed=42)
@@ -342,7 +342,7 @@ def g_evaluate(classes) -> Graph:
 
 def g_tap_motion_lora(classes) -> Graph:
     g = Graph("tap_motion_lora", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    m = g.node("DualAdapterLoadVideoModel", model=MODEL)
     clip = _clip(g)
     t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt=MO_PROMPT, preset="tap", rank=8,
                alpha=8.0, steps=TRAIN_STEPS, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
@@ -358,7 +358,7 @@ def g_tap_motion_lora(classes) -> Graph:
         "- in *Train Motion LoRA (TAP)*: 49-frame clip at 480 x 720 (Load Clip Frames: frames 49), rank 32, "
         "alpha 32, dropout 0.1, learning rate 5e-4, 1000 steps, gradient checkpointing on (the authors' setting);\n"
         "- the trained LoRA is saved (Save LoRA) and applied at once (Apply LoRA); a saved LoRA goes back in with "
-        "*Load LoRA (CogVideoX)*, which lists it as `output/loras/tap/...` in the next queue (files from other "
+        "*Load LoRA*, which lists it as `output/loras/tap/...` in the next queue (files from other "
         "CogVideoX LoRA trainers go in `models/loras/`);\n"
         "- preset tap trains only attention query/key: the video keeps the base model's appearance and takes the "
         "clip's motion; use a prompt with a new subject at sampling time."))
@@ -367,7 +367,7 @@ def g_tap_motion_lora(classes) -> Graph:
 
 def g_customttt(classes) -> Graph:
     g = Graph("customttt", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    m = g.node("DualAdapterLoadVideoModel", model=MODEL)
     pi = g.node("DualAdapterPromptInfluence", model=m[0], appearance_prompt=ID_PROMPT, motion_prompt=MO_PROMPT)
     g.node("PreviewImage", images=pi[1])
     ph = _photos(g)
@@ -408,7 +408,7 @@ DUALREAL_NOTE = (
 
 def g_dualreal_train(classes) -> Graph:
     g = Graph("dualreal_train_sample", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model=MODEL)
+    m = g.node("DualAdapterLoadVideoModel", model=MODEL)
     ph = _photos(g)
     clip = _clip(g)
     t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt=ID_PROMPT, motion=clip[0],
@@ -430,7 +430,7 @@ def g_dualreal_train(classes) -> Graph:
 def g_dualreal_load(classes) -> Graph:
     mini = (ROOT / MINI_ADAPTERS).is_file()
     g = Graph("dualreal_load_sample", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model=MODEL if mini else "tiny")
+    m = g.node("DualAdapterLoadVideoModel", model=MODEL if mini else "tiny")
     ad = g.node("DualRealLoad", adapters_name=MINI_ADAPTERS if mini else TINY_ADAPTERS)
     a = g.node("DualRealApply", model=m[0], adapters=ad[0], **({"reference_image": _photos(g)[0]} if mini else {}))
     prompt = PROMPT if mini else "dog * is playing guitar"
@@ -455,7 +455,7 @@ TINY_NOTE = """**Runs as shipped on the built-in `tiny` model (random weights, C
 not what the method can do.**
 
 For real results:
-- put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load CogVideoX*;
+- put a CogVideoX diffusers folder (e.g. `CogVideoX-5b`) in `models/CogVideo/` and pick it in *Load Video Model*;
 - set the sampler to 49 frames, 480 x 720 (or 0 = the model's default), 50 steps;
 """
 
@@ -523,28 +523,30 @@ def g_native(classes) -> Graph:
 BUILDERS = [g_generate, g_evaluate, g_tap_motion_lora, g_customttt, g_dualreal_train, g_dualreal_load, g_native]
 
 
-# ---------------------------------------------------------------- U-Net backbones (nodes/unet_nodes.py)
+# ---------------------------------------------------------------- U-Net backbones
 UNET_NOTE = """**Runs as shipped on a built-in tiny U-Net (random weights, CPU, seconds): it shows the graph works, not
 what the method can do.**
 
-For real results: put the diffusers folder in `models/diffusers/` and pick it in *Load U-Net Video Model*
+For real results: put the diffusers folder in `models/diffusers/` and pick it in *Load Video Model*
 (`models/CogVideo/` stays for CogVideoX).
 """
 
 
 def g_zeroscope_tap_ah(classes) -> Graph:
     g = Graph("zeroscope_tap_ah", classes)
-    m = g.node("DualAdapterUNetVideoLoader", model="tiny-unet3d")
+    m = g.node("DualAdapterLoadVideoModel", model="tiny-unet3d")
     clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
                   height=32, width=32)
-    t = g.node("DualAdapterUNetTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
-               preset="k_out", rank=4, steps=1, learning_rate=1e-3, seed=0, spatial_path=True, debiased_loss=True)
-    g.node("DualAdapterUNetSaveLoRA", lora=t[0], filename_prefix="zeroscope_tap")
-    a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=t[0], strength=1.0)
-    ah = g.node("DualAdapterUNetApplyAH", model=a[0], enabled=True, freeu=True, s1=1.1, s2=1.0, b1=1.0, b2=1.0)
-    s = g.node("DualAdapterUNetSampler", model=ah[0], prompt="a dog is playing guitar in the park", negative_prompt="",
-               frames=2, height=32, width=32, steps=2, cfg=12.0, seed=42, scheduler="ddim")
-    d = g.node("DualAdapterUNetVAEDecode", model=m[0], latent=s[0])
+    t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
+               preset="k_out", rank=4, alpha=4.0, steps=1, learning_rate=1e-3, seed=0, spatial_path=True,
+               debiased_loss=True)
+    g.node("DualAdapterSaveLoRA", lora=t[0], filename_prefix="zeroscope_tap", folder="output", precision="fp32")
+    a = g.node("DualAdapterApplyLoRA", model=m[0], lora=t[0], strength=1.0)
+    ah = g.node("DualAdapterApplyAH", model=a[0], enabled=True, freeu=True, s1=1.1, s2=1.0, b1=1.0, b2=1.0)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog is playing guitar in the park", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=ah[0], embeds=e[0], frames=2, height=32, width=32, steps=2, cfg=12.0,
+               seed=42, scheduler="ddim")
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/zeroscope_tap_ah", fps=8.0)
     g.note("TAP motion LoRA + AH on ZeroScope, as the SMA authors built it", UNET_NOTE + (
         "- the authors' setting: `zeroscope_v2_576w`, clip of 16 frames at 384 x 384, preset k_out (their code) or tap "
@@ -556,7 +558,7 @@ def g_zeroscope_tap_ah(classes) -> Graph:
 
 def g_animatediff_customttt(classes) -> Graph:
     g = Graph("animatediff_customttt", classes)
-    m = g.node("DualAdapterUNetVideoLoader", model="tiny-animatediff")
+    m = g.node("DualAdapterLoadVideoModel", model="tiny-animatediff")
     ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=32, width=32)
     clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
                   height=32, width=32)
@@ -571,11 +573,12 @@ def g_animatediff_customttt(classes) -> Graph:
                 appearance_prompt="a photo of a sks dog", motion_prompt="a person is playing guitar",
                 prompt="a sks dog is playing guitar", steps=1, learning_rate=1e-4, frames=2, reference="x0_pred",
                 teacher_steps=1, sampler_steps=2, optimizer="auto", seed=0)
-    g.node("DualAdapterUNetSaveLoRA", lora=tt[0], filename_prefix="customttt_merged")
-    a = g.node("DualAdapterUNetApplyLoRA", model=m[0], lora=tt[0], strength=1.0)
-    s = g.node("DualAdapterUNetSampler", model=a[0], prompt="a sks dog is playing guitar", negative_prompt="",
-               frames=2, height=32, width=32, steps=2, cfg=9.0, seed=42, scheduler="ddim")
-    d = g.node("DualAdapterUNetVAEDecode", model=m[0], latent=s[0])
+    g.node("DualAdapterSaveLoRA", lora=tt[0], filename_prefix="customttt_merged", folder="output", precision="fp32")
+    a = g.node("DualAdapterApplyLoRA", model=m[0], lora=tt[0], strength=1.0)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a sks dog is playing guitar", negative_prompt="")
+    s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], frames=2, height=32, width=32, steps=2, cfg=9.0, seed=42,
+               scheduler="ddim")
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/animatediff_customttt", fps=8.0)
     g.note("CustomTTT on AnimateDiff, as published", UNET_NOTE + (
         "- the authors' setting: rank 32; appearance LoRA on layers 2,6 (lr 1e-5, 500 steps, motion modules off), "
@@ -595,7 +598,7 @@ WAN_NOTE = """**Runs as shipped on the built-in `tiny-wan` model (a Wan 2.1-arch
 For a real Wan 2.1 / 2.2 text-to-video model:
 - put a Wan diffusers folder (e.g. `Wan2.1-T2V-1.3B-Diffusers` or `Wan2.1-T2V-14B-Diffusers`, with `transformer/ vae/
   text_encoder/ tokenizer/ scheduler/`) in `models/Wan/` (one in `models/CogVideo/` is recognised too) and pick it in
-  *Load CogVideoX* (it loads Wan too);
+  *Load Video Model*;
 - set Load Photos / Load Clip Frames to 480 x 832 (Load Clip Frames: 81 frames, fps 16, Wan's rate), the sampler to
   81 frames, 480 x 832 (or 0 = the model's default), 50 steps, CFG 5, scheduler unipc (Wan's own; euler also works);
 - replace the shipped example inputs (`examples/dog`, `examples/guitar.mp4`) with your own photos / clips, and the
@@ -612,7 +615,7 @@ def _wan_clip(g: Graph) -> Node:
 
 def g_wan_dualreal_train(classes) -> Graph:
     g = Graph("wan_dualreal_train_sample", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny-wan")
+    m = g.node("DualAdapterLoadVideoModel", model="tiny-wan")
     ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", **WAN_SIZE)
     clip = _wan_clip(g)
     t = g.node("DualRealTrain", model=m[0], subject=ph[0], identity_prompt="dog *", motion=clip[0],
@@ -637,7 +640,7 @@ def g_wan_dualreal_train(classes) -> Graph:
 
 def g_wan_tap(classes) -> Graph:
     g = Graph("wan_tap_motion_lora", classes)
-    m = g.node("DualAdapterCogVideoXLoader", model="tiny-wan")
+    m = g.node("DualAdapterLoadVideoModel", model="tiny-wan")
     clip = _wan_clip(g)
     t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
                preset="tap", rank=8, alpha=8.0, steps=20, learning_rate=1e-3, seed=0, gradient_checkpointing=False,

@@ -270,18 +270,18 @@ def test_latent_convention_is_cores_unscaled_vae_latent(tinies):
     assert torch.allclose(lat["samples"], z.permute(0, 2, 1, 3, 4) / s)  # what core VAEDecode decodes
     assert torch.allclose(sampling.from_comfy_latent(lat, s), z)
     # Encode node -> LATENT is the raw VAE posterior mode (what core VAEEncode gives)
-    from nodes.core_nodes import CogVideoXEncode
+    from nodes.core_nodes import Encode
     from dual_adapter.patches import PatchedModel
 
     frames = torch.rand(9, 64, 96, 3)
-    (enc,) = CogVideoXEncode().encode(PatchedModel(b), frames)
+    (enc,) = Encode().encode(PatchedModel(b), frames)
     with torch.no_grad():
         raw = b.vae.encode(frames.permute(3, 0, 1, 2)[None] * 2 - 1).latent_dist.mode()
     assert torch.allclose(enc["samples"], raw, atol=1e-5)
 
 
 def test_sampler_takes_core_conditioning(tinies):
-    from nodes.core_nodes import CogVideoXSampler
+    from nodes.core_nodes import Sampler
     from dual_adapter.backbones.cogvideox import encode_prompt
     from dual_adapter.patches import PatchedModel
 
@@ -289,11 +289,11 @@ def test_sampler_takes_core_conditioning(tinies):
     m = PatchedModel(b)
     e = encode_prompt(b, ["a dog", "blurry"])
     cond, neg = [[e[:1], {"pooled_output": None}]], [[e[1:], {}]]
-    (a,) = CogVideoXSampler().run(m, {"positive": e[:1], "negative": e[1:]}, steps=2, seed=3)
-    (c,) = CogVideoXSampler().run(m, cond, steps=2, seed=3, negative=neg)
+    (a,) = Sampler().run(m, {"positive": e[:1], "negative": e[1:]}, steps=2, seed=3)
+    (c,) = Sampler().run(m, cond, steps=2, seed=3, negative=neg)
     assert torch.equal(a["samples"], c["samples"])
     with pytest.raises(DualAdapterError, match="cogvideox"):
-        CogVideoXSampler().run(m, [[torch.zeros(1, 77, 768), {}]], steps=1)
+        Sampler().run(m, [[torch.zeros(1, 77, 768), {}]], steps=1)
 
 
 def test_native_workflow_ui_and_api_twins_agree():

@@ -338,7 +338,7 @@ def test_node_train_lora_with_block_selection(out_dir):
     import nodes
 
     cls = nodes.NODE_CLASS_MAPPINGS["DualAdapterTrainSelectiveLoRA"]
-    model = nodes.NODE_CLASS_MAPPINGS["DualAdapterCogVideoXLoader"]().load("tiny")[0]
+    model = nodes.NODE_CLASS_MAPPINGS["DualAdapterLoadVideoModel"]().load("tiny")[0]
     photos = torch.rand(2, 64, 96, 3)
     with torch.inference_mode():
         lora, plot = cls().train(model, "appearance", "a photo of a dog *", blocks="0,2", rank=4, steps=3,

@@ -80,9 +80,9 @@ def test_nodes_identity_phase_learns_the_photos_colour(tmp_path, monkeypatch, ph
                                               motion_ratio=0.0, hidden_width=64, groups=7, form="official", seed=0,
                                               name="id", warmup_steps=STEPS // 10, checkpoint_every=0)
         (patched,) = N.DualRealApply().apply(model, adapters)
-        (emb,) = C.CogVideoXTextEncode().encode(patched, PROMPT, "")
+        (emb,) = C.TextEncode().encode(patched, PROMPT, "")
         for seed in (0, 1):
-            (lat,) = C.CogVideoXSampler().run(patched, emb, frames=1, steps=20, cfg=1.0, seed=seed)
-            (frames,) = C.CogVideoXDecode().decode(patched, lat)
+            (lat,) = C.Sampler().run(patched, emb, frames=1, steps=20, cfg=1.0, seed=seed)
+            (frames,) = C.Decode().decode(patched, lat)
             d = float((_colour(frames[0]) - target).norm())
             assert d < 0.35, (seed, d)

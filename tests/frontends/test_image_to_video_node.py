@@ -19,7 +19,7 @@ def classes():
 
 def _graph(model: str, photo: str, w: int) -> dict:
     return {
-        "1": {"class_type": "DualAdapterCogVideoXLoader", "inputs": {"model": model}},
+        "1": {"class_type": "DualAdapterLoadVideoModel", "inputs": {"model": model}},
         "2": {"class_type": "DualAdapterTextEncode", "inputs": {"model": ["1", 0], "prompt": "a dog", "negative_prompt": ""}},
         "3": {"class_type": "DualAdapterLoadPhotos", "inputs": {"path": photo, "height": 64, "width": w}},
         "4": {"class_type": "DualAdapterImageToVideo", "inputs": {"model": ["1", 0], "embeds": ["2", 0],

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 
 def test_load_cogvideox_defaults_to_a_real_model_else_mini(out_dir, tmp_path):
-    from nodes.core_nodes import CogVideoXLoader
+    from nodes.core_nodes import LoadVideoModel
 
     def default():
-        return CogVideoXLoader.INPUT_TYPES()["required"]["model"][1]["default"]
+        return LoadVideoModel.INPUT_TYPES()["required"]["model"][1]["default"]
 
     assert default() == "mini"
     (tmp_path / "models" / "CogVideo" / "CogVideoX-5b").mkdir(parents=True)
     assert default() == "CogVideoX-5b"
-    assert default() in CogVideoXLoader.INPUT_TYPES()["required"]["model"][0]
+    assert default() in LoadVideoModel.INPUT_TYPES()["required"]["model"][0]
 
 
 def test_load_clip_frames_has_a_video_upload_button():

@@ -127,7 +127,7 @@ def test_generate_workflow_runs_headless(classes, out_dir):
 def test_nodes_do_not_mutate_inputs_and_patch_copies(classes, out_dir):
     """Loader -> encode -> sample -> decode through the node classes, inside inference mode like ComfyUI."""
     with torch.inference_mode():
-        (model,) = classes["DualAdapterCogVideoXLoader"]().load("tiny")
+        (model,) = classes["DualAdapterLoadVideoModel"]().load("tiny")
         (emb,) = classes["DualAdapterTextEncode"]().encode(model, "a dog", "")
         before = emb["positive"].clone()
         (lat,) = classes["DualAdapterSampler"]().run(model, emb, steps=2, seed=1)
@@ -149,7 +149,7 @@ def test_media_nodes_read_shipped_examples(classes):
     with pytest.raises(DualAdapterError):
         classes["DualAdapterLoadPhotos"]().load("", 64, 96)
     with pytest.raises(DualAdapterError, match="empty"):
-        classes["DualAdapterVAEEncode"]().encode(classes["DualAdapterCogVideoXLoader"]().load("tiny")[0],
+        classes["DualAdapterVAEEncode"]().encode(classes["DualAdapterLoadVideoModel"]().load("tiny")[0],
                                                  torch.zeros(0, 64, 96, 3))
 
 
@@ -182,13 +182,13 @@ def test_headless_run_cli(tmp_path, capsys):
 def test_loader_lists_model_folders(classes, out_dir, tmp_path):
     (tmp_path / "models" / "CogVideo" / "CogVideoX-5b").mkdir(parents=True)
     (tmp_path / "models" / "CogVideo" / "CogVideoX-2b").mkdir(parents=True)
-    choices = classes["DualAdapterCogVideoXLoader"].INPUT_TYPES()["required"]["model"][0]
+    choices = classes["DualAdapterLoadVideoModel"].INPUT_TYPES()["required"]["model"][0]
     assert choices[:3] == ["tiny", "tiny-5b", "tiny-1.5"]
     assert "CogVideoX-5b" in choices and "CogVideoX-2b" in choices
     from dual_adapter.errors import DualAdapterError
 
     with pytest.raises(DualAdapterError, match="incomplete"):
-        classes["DualAdapterCogVideoXLoader"]().load("CogVideoX-5b")
+        classes["DualAdapterLoadVideoModel"]().load("CogVideoX-5b")
 
 
 def test_loader_refuses_a_native_transformer_with_a_builtin_model(classes, out_dir, tmp_path):
@@ -200,7 +200,7 @@ def test_loader_refuses_a_native_transformer_with_a_builtin_model(classes, out_d
     (tmp_path / "models" / "diffusion_models" / "t.safetensors").write_bytes(b"")
     for model in ("tiny", "mini"):
         with pytest.raises(DualAdapterError, match="native transformer file needs a real CogVideoX diffusers folder"):
-            classes["DualAdapterCogVideoXLoader"]().load(model, native_transformer="t.safetensors")
+            classes["DualAdapterLoadVideoModel"]().load(model, native_transformer="t.safetensors")
 
 
 def test_loader_loads_a_mini_folder_put_in_models_cogvideo(classes, out_dir, tmp_path):
@@ -213,7 +213,7 @@ def test_loader_loads_a_mini_folder_put_in_models_cogvideo(classes, out_dir, tmp
     from dual_adapter.miniworld.model import MINI_DIR
 
     shutil.copytree(MINI_DIR, tmp_path / "models" / "CogVideo" / "my_mini")
-    loader = classes["DualAdapterCogVideoXLoader"]
+    loader = classes["DualAdapterLoadVideoModel"]
     assert "my_mini" in loader.INPUT_TYPES()["required"]["model"][0]
     m = loader().load("my_mini")[0]
     assert m.bundle.name == "mini" and m.bundle.dtype == torch.float32

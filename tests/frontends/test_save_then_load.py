@@ -62,19 +62,18 @@ def _unet_lora():
                     {"backbone": "unet3d", "role": "motion"}, name="m")
 
 
-def test_save_lora_then_load_lora_and_the_unet_pair(out_dir):
+def test_save_lora_then_load_lora_of_both_kinds(out_dir):
     from nodes import lora_nodes as LN
-    from nodes import unet_nodes as UN
+    from nodes.old_names import NODE_CLASS_MAPPINGS as OLD
 
     cog = Path(LN.SaveLoRA().save(_cog_lora(), "tap/orbit", folder="output")["result"][0])
-    unet = Path(UN.UNetSaveLoRA().save(_unet_lora(), "motion")["result"][0])
-    assert unet.is_relative_to(out_dir / "unet_lora")
+    unet = Path(OLD["DualAdapterUNetSaveLoRA"]().run_old_name(lora=_unet_lora(), filename_prefix="motion")["result"][0])
+    assert unet.is_relative_to(out_dir / "unet_lora")  # the old name writes where it wrote
     cog_name, unet_name = _listed_name(cog, out_dir), _listed_name(unet, out_dir)
-    cog_list, unet_list = _choices(LN.LoadLoRA, "lora_name"), _choices(UN.UNetLoadLoRA, "lora_name")
-    assert cog_name in cog_list and unet_name not in cog_list  # each Load node offers only what it loads
-    assert unet_name in unet_list and cog_name not in unet_list
+    listed = _choices(LN.LoadLoRA, "lora_name")
+    assert cog_name in listed and unet_name in listed  # one Load LoRA for every backbone
     assert LN.LoadLoRA().load(cog_name)[0].rank == 2
-    assert UN.UNetLoadLoRA().load(unet_name)[0].rank == 2
+    assert type(LN.LoadLoRA().load(unet_name)[0]).__name__ == "UNetLora"
 
 
 def test_train_then_load_through_the_run_folder(tiny, out_dir, one_thread):
@@ -86,7 +85,6 @@ def test_train_then_load_through_the_run_folder(tiny, out_dir, one_thread):
     from nodes import bridge
     from nodes import dualreal_nodes as N
     from nodes import lora_nodes as LN
-    from nodes import unet_nodes as UN
 
     kw = dict(subject=torch.rand(1, 64, 96, 3), identity_prompt="dog *", motion=torch.rand(9, 64, 96, 3),
               motion_prompt="a dog runs", steps=2, lr=1e-3, motion_ratio=0.5, hidden_width=4, groups=1,
@@ -120,14 +118,14 @@ def test_train_then_load_through_the_run_folder(tiny, out_dir, one_thread):
     lf, _ = LN.TrainMotionLoRA().train(PatchedModel(tiny), torch.rand(9, 64, 96, 3), "a dog runs", rank=2,
                                        alpha=2.0, steps=1, name="t", gradient_checkpointing=False)
     name = "output/runs/lora/t_00001_/t.safetensors"
-    assert name in _choices(LN.LoadLoRA, "lora_name") and name not in _choices(UN.UNetLoadLoRA, "lora_name")
+    assert name in _choices(LN.LoadLoRA, "lora_name")
     back = LN.LoadLoRA().load(name)[0]
     assert all(torch.equal(v, back.state_dict[k]) for k, v in lf.state_dict.items())
 
     from dual_adapter.backbones import load_backbone
 
-    (ul,) = UN.UNetTrainMotionLoRA().train(PatchedModel(load_backbone("tiny-unet3d")), torch.rand(2, 32, 32, 3),
-                                           "a car turns", rank=2, steps=1, name="u")
-    name = "output/runs/unet/u_00001_/u.safetensors"
-    assert name in _choices(UN.UNetLoadLoRA, "lora_name") and name not in _choices(LN.LoadLoRA, "lora_name")
-    assert UN.UNetLoadLoRA().load(name)[0].rank == 2
+    ul, _ = LN.TrainMotionLoRA().train(PatchedModel(load_backbone("tiny-unet3d")), torch.rand(2, 32, 32, 3),
+                                       "a car turns", rank=2, alpha=2.0, steps=1, name="u")
+    name = "output/runs/lora/u_00001_/u.safetensors"
+    assert name in _choices(LN.LoadLoRA, "lora_name")
+    assert LN.LoadLoRA().load(name)[0].rank == 2

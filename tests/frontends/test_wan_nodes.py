@@ -24,7 +24,7 @@ def classes():
 def _graph(extra: dict, model_for_sampler: str = "1", scheduler: str = "dpm") -> dict:
     """load tiny-wan (1) -> encode (2) -> sample (3, on ``model_for_sampler``) -> decode (4) -> save (5)."""
     wf = {
-        "1": {"class_type": "DualAdapterCogVideoXLoader", "inputs": {"model": "tiny-wan"}},
+        "1": {"class_type": "DualAdapterLoadVideoModel", "inputs": {"model": "tiny-wan"}},
         "2": {"class_type": "DualAdapterTextEncode", "inputs": {"model": ["1", 0], "prompt": "a dog * is running",
                                                                  "negative_prompt": ""}},
         "3": {"class_type": "DualAdapterSampler", "inputs": {"model": [model_for_sampler, 0], "embeds": ["2", 0],
@@ -49,7 +49,7 @@ def _base_latent(classes, scheduler="dpm"):
 
 
 def test_load_encode_sample_decode_on_tiny_wan(classes, out_dir):
-    loader = classes["DualAdapterCogVideoXLoader"]
+    loader = classes["DualAdapterLoadVideoModel"]
     assert "tiny-wan" in loader.INPUT_TYPES()["required"]["model"][0]
     out = _run(_graph({}), classes)
     bb = out["1"][0].bundle
@@ -124,7 +124,7 @@ def test_loader_lists_and_loads_a_wan_folder_in_models_wan(classes, out_dir, tmp
     bb = wan.build_tiny()
     root = tmp_path / "models" / "Wan" / "my-wan"
     _save_folder(bb, root)
-    loader = classes["DualAdapterCogVideoXLoader"]
+    loader = classes["DualAdapterLoadVideoModel"]
     assert "my-wan" in loader.INPUT_TYPES()["required"]["model"][0]
     m = loader().load("my-wan", dtype="fp32", device="cpu")[0]
     assert m.bundle.kind == "wan" and m.bundle.default_size == (81, 480, 832)
@@ -133,11 +133,11 @@ def test_loader_lists_and_loads_a_wan_folder_in_models_wan(classes, out_dir, tmp
         (tmp_path / "models" / "diffusion_models").mkdir(parents=True)
         (tmp_path / "models" / "diffusion_models" / "t.safetensors").write_bytes(b"")
         loader().load("tiny-wan", native_transformer="t.safetensors")
-    # the U-Net loader sends a Wan folder to Load CogVideoX
+    # one loader: a Wan folder in models/diffusers/ (the U-Nets' folder) loads as Wan, by its contents
+    (tmp_path / "models" / "Wan" / "my-wan").rename(tmp_path / "elsewhere")
     (tmp_path / "models" / "diffusers").mkdir(parents=True)
-    (tmp_path / "models" / "diffusers" / "my-wan").symlink_to(root)
-    with pytest.raises(DualAdapterError, match="Wan model; load it with Load CogVideoX from models/Wan/"):
-        classes["DualAdapterUNetVideoLoader"]().load("my-wan")
+    (tmp_path / "models" / "diffusers" / "my-wan").symlink_to(tmp_path / "elsewhere")
+    assert classes["DualAdapterUNetVideoLoader"]().load("my-wan", dtype="fp32", device="cpu")[0].bundle.kind == "wan"
 
 
 def test_core_conditioning_of_the_wrong_width_is_refused_on_wan(classes):

@@ -432,7 +432,7 @@ def test_nodes_train_save_load_apply(guitar, out_dir, tmp_path):
 
     c = load_node_classes()
     with torch.inference_mode():
-        (model,) = c["DualAdapterCogVideoXLoader"]().load("tiny")
+        (model,) = c["DualAdapterLoadVideoModel"]().load("tiny")
         clip = guitar.clone()
         lf, plot = c["DualAdapterTrainMotionLoRA"]().train(model, clip, PROMPT, preset="tap", rank=4, alpha=4.0,
                                                           dropout=0.0, learning_rate=1e-3, steps=3, seed=0,

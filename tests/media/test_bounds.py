@@ -240,9 +240,9 @@ def test_cli_refuses_what_the_nodes_refuse(argv, flag, capsys):
 
 def test_nodes_and_cli_share_one_set_of_bounds():
     from dual_adapter import cli
-    from nodes.core_nodes import CogVideoXSampler
+    from nodes.core_nodes import Sampler
 
-    req = CogVideoXSampler.INPUT_TYPES()["required"]
+    req = Sampler.INPUT_TYPES()["required"]
     assert req["frames"][1]["max"] == limits.MAX_FRAMES and req["height"][1]["max"] == limits.MAX_SIDE
     assert req["steps"][1]["max"] == limits.MAX_SAMPLING_STEPS
     assert (req["cfg"][1]["min"], req["cfg"][1]["max"]) == (limits.MIN_CFG, limits.MAX_CFG)
@@ -283,7 +283,7 @@ def test_truncated_gif_clip_is_refused_not_looped(tmp_path):
 
 def test_nan_and_0_255_frames_are_refused(tiny, out_dir):
     from dual_adapter import media, sampling
-    from nodes.core_nodes import CogVideoXEncode
+    from nodes.core_nodes import Encode
     from nodes.headless_core import SaveImage
 
     from dual_adapter.patches import PatchedModel
@@ -292,9 +292,9 @@ def test_nan_and_0_255_frames_are_refused(tiny, out_dir):
     nan = good.clone()
     nan[2, 3, 4, 0] = float("nan")
     with pytest.raises(DualAdapterError, match=r"frames: 1 of .* NaN or infinite"):
-        CogVideoXEncode().encode(PatchedModel(tiny), nan)
+        Encode().encode(PatchedModel(tiny), nan)
     with pytest.raises(DualAdapterError, match=r"frames: values range .* \.\. 25\d; .*0\.\.255 values: divide by 255"):
-        CogVideoXEncode().encode(PatchedModel(tiny), good * 255)
+        Encode().encode(PatchedModel(tiny), good * 255)
     with pytest.raises(DualAdapterError, match=r"frames to encode: values range -[\d.]+ \.\. .*-1\.\.1"):
         sampling.encode_frames(tiny, good * 2 - 1)
     with pytest.raises(DualAdapterError, match="images: 1 of .* NaN"):
@@ -302,7 +302,7 @@ def test_nan_and_0_255_frames_are_refused(tiny, out_dir):
     assert not list(out_dir.rglob("*.png"))
     with pytest.raises(DualAdapterError, match="frames to write: 1 of .* NaN"):
         media.write_video(nan, out_dir / "nan.mp4")
-    assert CogVideoXEncode().encode(PatchedModel(tiny), good)[0]["samples"].isfinite().all()
+    assert Encode().encode(PatchedModel(tiny), good)[0]["samples"].isfinite().all()
 
 
 def test_training_steps_are_bounded(tmp_path, capsys):

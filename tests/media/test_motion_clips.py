@@ -20,7 +20,7 @@ def test_a_still_is_refused_as_a_motion_clip(stills, classes, out_dir):
             media.load_clip(p, num_frames=9, fps=8.0, require_motion=True)
     # through the nodes: Load Clip Frames loops the photo to 9 identical frames; the trainers refuse them
     frames = media.load_clip(stills[0], num_frames=9, fps=8.0)[0]
-    (model,) = classes["DualAdapterCogVideoXLoader"]().load("tiny")
+    (model,) = classes["DualAdapterLoadVideoModel"]().load("tiny")
     with pytest.raises(DualAdapterError, match="still"):
         classes["DualAdapterTrainMotionLoRA"]().train(model, frames, "a dog", steps=1)
     with pytest.raises(DualAdapterError, match="still"):

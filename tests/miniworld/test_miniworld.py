@@ -321,10 +321,10 @@ def test_load_model_mini_and_loader_node_lists_it(mini):
 
     assert mini.name == "mini" and mini.default_size == (9, 32, 32) and mini.device == "cpu"
     assert "mini" in cogvideox.BUILTIN_MODELS
-    from nodes.core_nodes import CogVideoXLoader
+    from nodes.core_nodes import LoadVideoModel
 
-    assert "mini" in CogVideoXLoader.INPUT_TYPES()["required"]["model"][0]
-    (m,) = CogVideoXLoader().load("mini")
+    assert "mini" in LoadVideoModel.INPUT_TYPES()["required"]["model"][0]
+    (m,) = LoadVideoModel().load("mini")
     assert m.bundle.name == "mini"
 
 

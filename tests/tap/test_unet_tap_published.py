@@ -74,9 +74,13 @@ def test_cli_defaults_are_the_library_defaults():
 
 
 def test_node_defaults_are_the_library_defaults(u3d):
-    from nodes import unet_nodes
+    from dual_adapter.dispatch import motion_preset
+    from nodes.lora_nodes import TrainMotionLoRA
+    from nodes.old_names import NODE_CLASS_MAPPINGS as OLD
 
-    req = unet_nodes.UNetTrainMotionLoRA.INPUT_TYPES()["required"]
+    assert motion_preset(u3d, TrainMotionLoRA.INPUT_TYPES()["required"]["preset"][1]["default"]) == \
+        UM.UNetMotionTrainConfig.preset  # the one node's 'auto' is the authors' preset on a U-Net
+    req = OLD["DualAdapterUNetTrainMotionLoRA"].INPUT_TYPES()["required"]
     lib = UM.UNetMotionTrainConfig()
     assert req["preset"][1]["default"] == lib.preset
     assert req["spatial_path"][1]["default"] is lib.spatial_path is True

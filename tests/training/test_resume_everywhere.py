@@ -101,13 +101,14 @@ def test_ttt_merge_node_resumes_bit_identical(tiny, out_dir, monkeypatch):
 
 def test_unet_motion_lora_node_resumes_bit_identical(out_dir, monkeypatch):
     from dual_adapter.backbones import load_backbone
-    from nodes.unet_nodes import UNetTrainMotionLoRA
+    from nodes.lora_nodes import TrainMotionLoRA
 
     model = PatchedModel(load_backbone("tiny-unet3d"))
 
     def run(name, resume):
-        (lf,) = UNetTrainMotionLoRA().train(model, _clip(1, (2, 32, 32, 3)), "a car turns", rank=2, steps=4,
-                                            learning_rate=1e-2, name=name, resume=resume, checkpoint_every=1)
+        lf, _ = TrainMotionLoRA().train(model, _clip(1, (2, 32, 32, 3)), "a car turns", rank=2, alpha=2.0, steps=4,
+                                        learning_rate=1e-2, spatial_path=True, debiased_loss=True, name=name,
+                                        resume=resume, checkpoint_every=1)
         return lf.state_dict
 
     _resume_equals_straight(monkeypatch, out_dir, run)
@@ -116,7 +117,7 @@ def test_unet_motion_lora_node_resumes_bit_identical(out_dir, monkeypatch):
 @pytest.mark.parametrize("stage", ["appearance", "motion", "ttt"])
 def test_animatediff_customttt_nodes_resume_bit_identical(stage, out_dir, monkeypatch):
     from dual_adapter.backbones import load_backbone
-    from nodes import unet_nodes as U
+    from nodes import animatediff_nodes as U
 
     ad = load_backbone("tiny-animatediff")
     model = PatchedModel(ad)

@@ -1,0 +1,288 @@
+"""One entry per method for every loaded video model: where the library still has one implementation for the
+transformer (DiT) backbones (CogVideoX, Wan) and another for the U-Nets (ZeroScope / ModelScope, AnimateDiff), the
+choice is made here, from the model, and nowhere else (the nodes and commands call these functions).
+
+A model is what :func:`dual_adapter.models.load_video_model` returns (a CogVideoX bundle or a backbone), or a
+:class:`~dual_adapter.patches.PatchedModel` of one. A LoRA is a :class:`dual_adapter.lora.LoraFile` (DiT) or a
+:class:`dual_adapter.unet_motion.UNetLora` (U-Net). A method a backbone does not have (DualReal on a U-Net, the
+appearance highway on anything but a UNet3D) raises :class:`~dual_adapter.errors.DualAdapterError` naming the
+input (:func:`check_method`). docs/backbones.md lists which method runs on which backbone.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from . import lora as L
+from . import unet_motion as UM
+from .backbones import as_backbone
+from .errors import DualAdapterError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_lora", "check_lora", "load_lora", "save_lora",
+           "lora_patch", "to_latent", "from_latent", "decode", "encode", "default_scheduler", "motion_preset",
+           "train_motion_lora"]
+
+#: method -> the backbone kinds it runs on (None = every backbone)
+METHOD_KINDS: dict[str, tuple[str, ...] | None] = {
+    "dualreal": ("cogvideox", "wan"),
+    "appearance highway": ("unet3d",),
+    "CustomTTT": ("cogvideox", "wan"),  # AnimateDiff: the AnimateDiff CustomTTT nodes (customttt_unet)
+    "motion LoRA": None,
+}
+
+
+def _bb(model):
+    return as_backbone(getattr(model, "bundle", model))
+
+
+def _temporal(model) -> int:
+    """Frames per latent frame of ``model``'s VAE (4 on CogVideoX and Wan, 1 on the U-Nets)."""
+    bundle = getattr(model, "bundle", model)
+    return int(getattr(bundle, "vae_scale_temporal", None) or getattr(_bb(model), "vae_scale_temporal", None) or 1)
+
+
+def is_unet(model) -> bool:
+    """Whether ``model`` is a U-Net video backbone (latents ``[B, C, F, h, w]``) rather than a DiT."""
+    return _bb(model).latent_layout == "BCFHW"
+
+
+def check_method(model, method: str, name: str = "model") -> None:
+    """Refuse ``model`` for ``method`` (a key of :data:`METHOD_KINDS`) when its backbone does not have it.
+
+    Raises:
+        DualAdapterError: naming the input ``name``, the method and the backbones that have it.
+    """
+    kinds = METHOD_KINDS[method]
+    bb = _bb(model)
+    if kinds is not None and bb.kind not in kinds:
+        from .backbones import backbone_modules
+
+        fams = "; ".join(backbone_modules()[k].FAMILY for k in kinds if k in backbone_modules())
+        raise DualAdapterError(f"{name}: {method} is defined on {fams}; {bb.name!r} is {bb.family}")
+
+
+def is_unet_lora(lora) -> bool:
+    """Whether ``lora`` is a U-Net LoRA (:class:`~dual_adapter.unet_motion.UNetLora`)."""
+    return isinstance(lora, UM.UNetLora)
+
+
+def check_lora(lora, name: str = "lora"):
+    """``lora`` if it is a LoRA of this library (DiT or U-Net).
+
+    Raises:
+        DualAdapterError: anything else, naming the input.
+    """
+    if not isinstance(lora, (L.LoraFile, UM.UNetLora)):
+        raise DualAdapterError(f"{name}: expected a VIDEO_LORA (from Train Motion LoRA or Load LoRA), got "
+                               f"{type(lora).__name__}")
+    return lora
+
+
+def load_lora(path: str | Path):
+    """Read a LoRA file of any backbone: a U-Net LoRA (keys naming ``down_blocks.`` / ``up_blocks.``,
+    :func:`~dual_adapter.unet_motion.load_unet_lora`) or a DiT LoRA in any layout :func:`dual_adapter.lora.load_lora`
+    reads.
+
+    Raises:
+        DualAdapterError: the file does not read or holds no LoRA (the loaders' messages).
+    """
+    return UM.load_unet_lora(path) if UM.is_unet_lora_file(path) else L.load_lora(path)
+
+
+def save_lora(lora, path: str | Path, dtype: torch.dtype | None = None, key_format: str = "diffusers") -> Path:
+    """Write ``lora`` to ``path`` (safetensors, atomic): a DiT LoRA in the diffusers layout or, with ``key_format``
+    ``comfyui_native``, core ComfyUI's (docs/file_formats.md); a U-Net LoRA as ``unet.<module>.lora_A/B.weight``.
+    ``dtype``: None = fp32, else torch.bfloat16 / torch.float16.
+
+    Raises:
+        DualAdapterError: ``key_format`` ``comfyui_native`` for a U-Net LoRA; the writers' errors.
+    """
+    check_lora(lora)
+    if is_unet_lora(lora):
+        if key_format != "diffusers":
+            raise DualAdapterError(f"key_format: {key_format!r} is a CogVideoX layout; a U-Net LoRA is saved in the "
+                                   f"diffusers layout only (set key_format to diffusers)")
+        names = {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        return UM.save_unet_lora(lora, path, dtype=names[dtype])
+    if key_format == "comfyui_native":
+        from .lora import save_lora_native
+
+        return save_lora_native(path, lora, dtype=dtype)
+    return lora.save(path, dtype=dtype)
+
+
+def lora_patch(lora, model, strength: float = 1.0, alpha_override: float = 0.0, existing: Sequence = ()):
+    """The model patch that adds ``lora`` at ``strength`` to ``model`` (a :class:`~dual_adapter.lora.LoraPatch` on a
+    DiT, a :class:`~dual_adapter.unet_motion.UNetLoraPatch` on a U-Net), after checking that the LoRA fits it.
+    ``alpha_override`` (> 0) replaces a DiT LoRA's alpha (scale alpha / rank). ``existing``: the patches already on
+    the model (a DiT LoRA's adapter is named ``<name>_<k>``, k = the LoRA patches before it).
+
+    Raises:
+        DualAdapterError: a U-Net LoRA on a DiT or the reverse (naming ``lora`` and both backbones); a LoRA
+            trained on another model (modules or shapes that do not fit); ``alpha_override`` on a U-Net LoRA.
+    """
+    check_lora(lora)
+    bb = _bb(model)
+    if is_unet_lora(lora) != is_unet(model):
+        what = "a U-Net LoRA" if is_unet_lora(lora) else "a CogVideoX / Wan LoRA"
+        raise DualAdapterError(f"lora: {lora.name!r} is {what}; the model {bb.name!r} is {bb.family}")
+    if is_unet_lora(lora):
+        if alpha_override:
+            raise DualAdapterError("alpha_override: U-Net LoRA files hold their scale folded in; set it to 0")
+        UM.check_unet_lora(lora, bb)
+        return UM.UNetLoraPatch(lora, float(strength), name=lora.name)
+    if alpha_override:
+        from .lora import with_alpha
+
+        lora = with_alpha(lora, float(alpha_override))
+    L.check_compatible(lora, bb.denoiser)
+    k = sum(isinstance(p, L.LoraPatch) for p in existing)
+    return L.LoraPatch(lora, float(strength), name=f"{lora.name}_{k}")
+
+
+def to_latent(model, latents: torch.Tensor) -> dict:
+    """Sampled latents (the backbone's layout) -> a ComfyUI LATENT ``{"samples": [B, C, F, h, w]}`` on the CPU: on a
+    DiT the unscaled VAE latent, as core ComfyUI holds it (docs/native_comfyui.md); on a U-Net the scaled latent, as
+    the U-Net sampler returns it."""
+    from .sampling import latent_scale, to_comfy_latent
+
+    if is_unet(model):
+        return {"samples": latents.float().cpu()}
+    return to_comfy_latent(latents.float().cpu(), latent_scale(_bb(model).vae))
+
+
+def from_latent(model, latent, name: str = "latent") -> torch.Tensor:
+    """A ComfyUI LATENT -> latents in ``model``'s layout, scale, device and dtype (inverse of :func:`to_latent`).
+
+    Raises:
+        DualAdapterError: not a 5-D video latent, naming the input.
+    """
+    from .sampling import from_comfy_latent, latent_scale
+
+    bb = _bb(model)
+    x = latent.get("samples") if isinstance(latent, dict) else latent
+    if not torch.is_tensor(x) or x.ndim != 5:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise DualAdapterError(f"{name}: expected a video LATENT {{'samples': [B, C, F, h, w]}}, got {shape}")
+    if not is_unet(model):
+        x = from_comfy_latent(x, latent_scale(bb.vae))
+    return x.to(bb.device, bb.dtype)
+
+
+def decode(model, latent, callback: Callable | None = None) -> torch.Tensor:
+    """A ComfyUI LATENT -> frames ``[B * F, H, W, 3]`` (0..1) with ``model``'s VAE (a batch of B videos in order).
+    ``callback(step, total, info)`` per video on a DiT."""
+    from .sampling import decode_latents
+
+    x = from_latent(model, latent)
+    kw = {} if is_unet(model) or callback is None else {"callback": callback}
+    frames = decode_latents(_bb(model), x, **kw)
+    return frames.reshape(-1, *frames.shape[2:])
+
+
+def encode(model, frames: torch.Tensor, height: int = 0, width: int = 0) -> dict:
+    """Frames ``[F, H, W, 3]`` (0..1) -> a ComfyUI LATENT with ``model``'s VAE: resized and centre-cropped to
+    ``height`` x ``width`` (0 = the model's), F cut to the largest count the VAE takes (4k+1 on CogVideoX)."""
+    from . import media
+    from .sampling import encode_frames
+
+    bb = _bb(model)
+    _, h0, w0 = bb.default_size
+    n = media.nearest_valid_frames(frames.shape[0], _temporal(model), mode="down")
+    x = media.fit_frames(frames[:n], height or h0, width or w0)
+    return to_latent(model, encode_frames(bb, x))
+
+
+def default_scheduler(model) -> str:
+    """The sampler ``auto`` means on ``model``: ``dpm`` on CogVideoX, ``unipc`` on Wan, ``ddim`` on the U-Nets."""
+    return {"cogvideox": "dpm", "wan": "unipc"}.get(_bb(model).kind, "ddim")
+
+
+def motion_preset(model, preset: str = "auto") -> str:
+    """The TAP preset ``auto`` means on ``model``: ``tap`` (to_q + to_k) on a DiT, the SMA authors' ``k_out``
+    (to_k + to_out.0) on a U-Net (docs/tap.md); any other name is returned as given."""
+    if preset != "auto":
+        return preset
+    return UM.UNetMotionTrainConfig.preset if is_unet(model) else "tap"
+
+
+def train_motion_lora(model, clips: Sequence[torch.Tensor], prompt: str, *, preset: str = "auto", rank: int = 32,
+                      alpha: float | None = None, dropout: float = 0.1, lr: float = 5e-4, steps: int = 1000,
+                      seed: int = 0, spatial_path: bool = False, debiased_loss: bool = False,
+                      gradient_checkpointing: bool = True, targets: str = "", blocks: str = "",
+                      height: int | None = None, width: int | None = None, checkpoint_every: int = 100,
+                      fp8_base: bool = False, block_swap: int = 0, run=None, resume: bool = False,
+                      callback=None, preview=None, patches: Sequence = ()):
+    """Train a TAP motion LoRA on ``model`` from motion clips (docs/tap.md): on a DiT with
+    :func:`dual_adapter.lora.train_lora`, on a U-Net with :func:`dual_adapter.unet_motion.train_unet_motion_lora`.
+
+    Args:
+        clips: frames ``[F, H, W, 3]`` (0..1) each; on a DiT cut to the largest 4k+1 the shortest clip allows (at
+            most the model's frame count), on a U-Net resized to ``height`` x ``width`` when both are given.
+        preset: ``auto`` (:func:`motion_preset`), ``tap``, ``k_out``, ``full``; ``custom`` (DiT only) takes
+            ``targets``.
+        rank, alpha, dropout, lr, steps, seed: the LoRA and AdamW settings (alpha None = rank).
+        spatial_path, debiased_loss: MotionDirector's spatial path and appearance-debiased loss.
+        targets, blocks, fp8_base, block_swap: DiT only (ignored on a U-Net, with a log line when set).
+        run: a :class:`dual_adapter.runs.RunFolder` for the checkpoint and state files (None = none).
+        callback, preview, patches: progress callback, :class:`~dual_adapter.previews.PreviewOptions`, and the
+            patches already applied to the model (DiT; they stay under the new LoRA).
+
+    Returns:
+        ``(lora, losses)``: the LoRA and the list of ``{"step", "loss", ...}`` records.
+
+    Raises:
+        DualAdapterError: bad settings (``custom`` without ``targets``, on a U-Net), clips the model cannot take.
+    """
+    from .media import fit_frames
+
+    preset = motion_preset(model, preset)
+    bb = _bb(model)
+    if is_unet(model):
+        if preset == "custom":
+            raise DualAdapterError("preset: 'custom' targets are for CogVideoX / Wan blocks; on a U-Net choose "
+                                   f"one of {', '.join(UM.PRESETS)}")
+        unused = [k for k, v in (("targets", targets), ("blocks", blocks), ("fp8_base", fp8_base),
+                                 ("block_swap", block_swap)) if v]
+        if unused:
+            log.info("%s: not used on a U-Net model", ", ".join(unused))
+        if height and width:
+            clips = [fit_frames(c, int(height), int(width)) for c in clips]
+        cfg = UM.UNetMotionTrainConfig(preset=preset, rank=int(rank), alpha=alpha, dropout=float(dropout),
+                                       lr=float(lr), steps=int(steps), seed=int(seed), spatial_path=bool(spatial_path),
+                                       debiased_loss=bool(debiased_loss),
+                                       gradient_checkpointing=bool(gradient_checkpointing) and bb.device != "cpu",
+                                       checkpoint_every=int(checkpoint_every))
+
+        def keep(lf, step):
+            UM.save_unet_lora(lf, run.checkpoint, overwrite=True)
+
+        with torch.random.fork_rng():  # the LoRA's random init: the run's seed, so a run repeats
+            torch.manual_seed(int(seed))
+            lf, _, losses = UM.train_unet_motion_lora(
+                bb, list(clips), prompt, cfg, callback=callback, on_checkpoint=keep if run is not None else None,
+                state_path=run.state if run is not None else None, resume=bool(resume), preview=preview)
+        return lf, losses
+    if preset == "custom" and not str(targets).strip():
+        raise DualAdapterError("preset 'custom' needs a 'targets' list, e.g. attn1.to_q,attn1.to_k")
+    spec = L.LoraSpec(rank=int(rank), alpha=float(rank if alpha is None else alpha), dropout=float(dropout),
+                      targets=L.resolve_targets(targets if preset == "custom" else preset),
+                      blocks=L.parse_blocks(blocks))
+    spec.validate()
+    cfg = L.lora_train_config(steps=int(steps), lr=float(lr), seed=int(seed),
+                              gradient_checkpointing=bool(gradient_checkpointing),
+                              checkpoint_every=int(checkpoint_every), fp8_base=bool(fp8_base), block_swap=int(block_swap))
+    bundle = getattr(model, "bundle", model)
+    t = _temporal(model)
+    n = min(c.shape[0] for c in clips)
+    n = min((n - 1) // t * t + 1, bb.default_size[0])
+    lf, res = L.train_lora(bundle, clips=list(clips), prompt=prompt, spec=spec, cfg=cfg, spatial_path=spatial_path,
+                           debiased_loss=debiased_loss, callback=callback,
+                           checkpoint_path=run.checkpoint if run is not None else None, resume=bool(resume),
+                           num_frames=n, height=height or None, width=width or None, patches=patches, preview=preview)
+    return lf, res.losses
