@@ -205,6 +205,13 @@ class VideoBackbone:
         """Module name -> module that reads the text embedding (cross or joint attention)."""
         raise NotImplementedError
 
+    def text_argument(self) -> tuple[str, int | None]:
+        """``(keyword, position)``: how the denoiser passes the text to a block of :meth:`blocks` that has text
+        (a method that replaces one block's text, such as CustomTTT's prompt influence, looks for the keyword
+        first, then the position). Default ``("encoder_hidden_states", None)``: by keyword, as diffusers'
+        CogVideoX and U-Nets call their blocks."""
+        return "encoder_hidden_states", None
+
     def width(self, denoiser: nn.Module | None = None) -> int:
         """Hidden width of the blocks (for error messages about adapters of another model size)."""
         raise NotImplementedError
@@ -315,6 +322,25 @@ class VideoBackbone:
         err = d ** 2 if error_fn is None else error_fn(d)
         per = err.reshape(B, -1).mean(1)
         return per.mean() if reduce else per
+
+    def noisy_latents(self, noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The forward process at model timesteps ``t`` ``[B]``: ``x_t`` from clean latents ``x0`` and ``noise``
+        (both in :attr:`latent_layout`). Default: ``noise_scheduler.add_noise`` (``sqrt(abar_t) x0 + sqrt(1 -
+        abar_t) noise``, the DDPM schedules of CogVideoX and the U-Nets)."""
+        return noise_scheduler.add_noise(x0, noise, t)
+
+    def x0_from_prediction(self, scheduler, prediction: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        """The clean-latent estimate from a denoiser output at ``x_t`` and model timestep ``t`` (an int, a 0-d
+        or a ``[B]`` tensor). Default (DDPM schedules, ``abar = scheduler.alphas_cumprod[t]``):
+        ``sqrt(abar) x_t - sqrt(1 - abar) v`` for v-prediction, ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)`` for
+        epsilon-prediction."""
+        t = torch.as_tensor(t).to("cpu").long()
+        abar = scheduler.alphas_cumprod[t].float().to(x_t.device, torch.float32)
+        if abar.ndim == 1:
+            abar = abar.view(-1, *([1] * (x_t.ndim - 1)))
+        if self.prediction_type == "epsilon":
+            return (x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * prediction
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 denoiser: nn.Module | None = None) -> torch.Tensor:
