@@ -15,7 +15,10 @@ The interface, in the terms of the issue that asked for it:
   frames at one position), ``cross`` (attention to the text), ``joint`` (CogVideoX: one attention
   over text + all frames and positions);
 * **where text enters** - :meth:`VideoBackbone.text_entry_points`: the modules that read the
-  text embedding, and :meth:`VideoBackbone.encode_prompt`;
+  text embedding, and :meth:`VideoBackbone.encode_prompt`; :meth:`VideoBackbone.text_argument`: how a block receives
+  the text (CustomTTT's prompt influence replaces one block's);
+* **forward process and clean estimate** - :meth:`VideoBackbone.noisy_latents` (``x_t`` at a model timestep),
+  :meth:`VideoBackbone.x0_from_prediction` (``x0`` from a denoiser output);
 * **training objective and scheduler** - :attr:`VideoBackbone.prediction_type`
   (``epsilon`` / ``v_prediction``), :meth:`VideoBackbone.training_target`,
   :meth:`VideoBackbone.make_scheduler`, :meth:`VideoBackbone.noise_scheduler`;

@@ -116,3 +116,22 @@ def test_cli_prompt_influence_and_ttt_merge_take_tiny_wan(wan, tmp_path, capsys)
                  "--out", str(out), "--run-dir", str(tmp_path / "runs"), "--quiet"]) == 0
     lf = load_lora(out)
     assert lf.metadata["method"] == "CustomTTT" and lf.blocks == [0, 1, 2]
+
+
+def test_nodes_prompt_influence_and_ttt_merge_take_a_wan_model(wan, classes, out_dir):
+    from dual_adapter.lora import LoraFile
+    from dual_adapter.patches import PatchedModel
+
+    model = PatchedModel(wan)
+    with torch.inference_mode():
+        r = classes["DualAdapterPromptInfluence"]().analyse(model, "a photo of dog *", "a car is turning", "",
+                                                            group_size=2, top_k=1, timesteps="500", seeds="0")
+    table, plot, app_blocks, mot_blocks = r["result"]
+    assert "recommended" in table and len(C.parse_blocks(app_blocks)) == 2 and plot.shape[-1] == 3
+    a = random_lora(wan, [0], ["attn2.to_v"], 1)
+    m = random_lora(wan, [0, 3], ["attn2.to_v"], 2)
+    with torch.inference_mode():
+        lf, _ = classes["DualAdapterTTTMerge"]().merge(model, a, "dog *", m, "a car is turning", "dog * turning",
+                                                       steps=2, teacher_steps=1, learning_rate=1e-3,
+                                                       teacher_schedule=2)
+    assert isinstance(lf, LoraFile) and lf.ranks["blocks.0.attn2.to_v"] == 8 and lf.blocks == [0, 3]
