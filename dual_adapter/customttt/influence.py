@@ -105,6 +105,12 @@ class _InfluenceBlock(nn.Module):
         self.keyword = keyword
         self.position = position
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # what the denoiser asks its block (a U-Net: ``has_cross_attention``)
+            return getattr(self._modules["inner"], name)
+
     def forward(self, *args, **kwargs):
         st, i = self.state, self.index
         by_key = self.keyword in kwargs or self.position is None or len(args) <= self.position
