@@ -419,5 +419,23 @@ class VideoBackbone:
             if m is not None and self.device != "cpu":
                 m.to("cpu")
 
+    @contextlib.contextmanager
+    def released(self, *parts: str, when: bool = True):
+        """Within the block, ``parts`` (e.g. ``"text_encoder", "vae"``) that sit on an accelerator are moved to the
+        CPU (:meth:`release`) and put back afterwards, also on an error. Nothing moves when ``when`` is false, on the
+        CPU, or with :attr:`cpu_offload` (the parts are on the CPU between uses already)."""
+        moved = []
+        if when and getattr(self, "device", "cpu") != "cpu" and not getattr(self, "cpu_offload", False):
+            for part in parts:
+                m = getattr(self, part, None)
+                if m is not None and next(m.parameters()).device.type != "cpu":
+                    moved.append((part, next(m.parameters()).device))
+            self.release(*[p for p, _ in moved])
+        try:
+            yield
+        finally:
+            for part, d in moved:
+                getattr(self, part).to(d)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, kind={self.kind!r}, device={self.device!r})"

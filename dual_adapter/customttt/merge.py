@@ -513,25 +513,14 @@ def run_ttt(inp: MergeInputs, objective: TTTObjective, params, checkpoint: _Chec
                                                          negative_embeds=inp.embeds["negative"])).bind(objective.model)
     dev = next(bb.denoiser.parameters()).device
     ev: dict = {}
-    offloaded = []
-    if getattr(bb, "device", "cpu") != "cpu" and not getattr(bb, "cpu_offload", False) and c.steps > 0:
-        for part in ("text_encoder", "vae"):
-            m = getattr(bb, part, None)
-            if m is not None and next(m.parameters()).device.type != "cpu":
-                offloaded.append((part, next(m.parameters()).device))
-        bb.release(*[p for p, _ in offloaded])
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            if c.eval_draws and c.steps > 0:
-                ev["before"] = objective.evaluate()
-            result = train_loop([{"params": params}], objective.step, cfg, device_type=dev.type,
-                                callback=_LoopProgress(callback, offset, total), on_checkpoint=checkpoint,
-                                resume_state=resume_state, start_losses=start_losses, preview=previewer)
-            if c.eval_draws and c.steps > 0:
-                ev["after"] = objective.evaluate()
-    finally:
-        for part, d in offloaded:
-            getattr(bb, part).to(d)
+    with bb.released("text_encoder", "vae", when=c.steps > 0), torch.inference_mode(False), torch.enable_grad():
+        if c.eval_draws and c.steps > 0:
+            ev["before"] = objective.evaluate()
+        result = train_loop([{"params": params}], objective.step, cfg, device_type=dev.type,
+                            callback=_LoopProgress(callback, offset, total), on_checkpoint=checkpoint,
+                            resume_state=resume_state, start_losses=start_losses, preview=previewer)
+        if c.eval_draws and c.steps > 0:
+            ev["after"] = objective.evaluate()
     return result, ev
 
 
