@@ -70,8 +70,8 @@ class _ProgressOnce:
 
 class DualAdapterPromptInfluence:
     DESCRIPTION = ("CustomTTT prompt-influence analysis: for each transformer block (or group of blocks) the concept "
-                   "prompt is injected there alone (that block's text-stream input comes from the concept prompt, every "
-                   "other block's from the neutral prompt) and the score is how far this moves the prediction toward "
+                   "prompt is injected there alone (that block's text input comes from the concept prompt, every "
+                   "other block's from the neutral prompt; on Wan the text a block's cross-attention reads) and the score is how far this moves the prediction toward "
                    "the full-concept prediction (projection: 1 = all the way, 0 = no effect). Outputs a ranked table, "
                    "a bar chart and the recommended blocks for an appearance LoRA and a motion LoRA (feed them to a "
                    "Train LoRA node's 'blocks').")
@@ -88,7 +88,7 @@ class DualAdapterPromptInfluence:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (VIDEO_MODEL, {"tooltip": "From Load Video Model (LoRAs applied to it stay on during the analysis)."}),
+            "model": (VIDEO_MODEL, {"tooltip": "From Load Video Model (CogVideoX, Wan or an AnimateDiff U-Net; LoRAs applied to it stay on during the analysis)."}),
             "appearance_prompt": ("STRING", {"multiline": True, "default": "a photo of a dog *",
                                              "tooltip": "The appearance concept (subject) prompt. Empty = skip."}),
             "motion_prompt": ("STRING", {"multiline": True, "default": "a car is turning on a road",
@@ -104,7 +104,7 @@ class DualAdapterPromptInfluence:
             "seeds": ("STRING", {"default": "0,1", "tooltip": "Noise seeds; draws = seeds x timesteps. Same seeds give "
                                  "the same scores."}),
             "space": (list(C.SPACES), {"default": "x0", "tooltip": "Compare clean-latent predictions (x0) or the raw "
-                                       "v-prediction (v)."}),
+                                       "model output (v: the v-prediction on CogVideoX, the flow velocity on Wan)."}),
         }, "optional": {
             "reference": ("LATENT", {"tooltip": "Optional clean latent (e.g. an encoded subject photo or clip, from "
                                      "Encode (CogVideoX)) to noise instead of random latents."}),

@@ -15,7 +15,10 @@ The interface, in the terms of the issue that asked for it:
   frames at one position), ``cross`` (attention to the text), ``joint`` (CogVideoX: one attention
   over text + all frames and positions);
 * **where text enters** - :meth:`VideoBackbone.text_entry_points`: the modules that read the
-  text embedding, and :meth:`VideoBackbone.encode_prompt`;
+  text embedding, and :meth:`VideoBackbone.encode_prompt`; :meth:`VideoBackbone.text_argument`: how a block receives
+  the text (CustomTTT's prompt influence replaces one block's);
+* **forward process and clean estimate** - :meth:`VideoBackbone.noisy_latents` (``x_t`` at a model timestep),
+  :meth:`VideoBackbone.x0_from_prediction` (``x0`` from a denoiser output);
 * **training objective and scheduler** - :attr:`VideoBackbone.prediction_type`
   (``epsilon`` / ``v_prediction``), :meth:`VideoBackbone.training_target`,
   :meth:`VideoBackbone.make_scheduler`, :meth:`VideoBackbone.noise_scheduler`;
@@ -305,6 +308,13 @@ class VideoBackbone:
         """Module name -> module that reads the text embedding (cross or joint attention)."""
         raise NotImplementedError
 
+    def text_argument(self) -> tuple[str, int | None]:
+        """``(keyword, position)``: how the denoiser passes the text to a block of :meth:`blocks` that has text
+        (a method that replaces one block's text, such as CustomTTT's prompt influence, looks for the keyword
+        first, then the position). Default ``("encoder_hidden_states", None)``: by keyword, as diffusers'
+        CogVideoX and U-Nets call their blocks."""
+        return "encoder_hidden_states", None
+
     def width(self, denoiser: nn.Module | None = None) -> int:
         """Hidden width of the blocks (for error messages about adapters of another model size)."""
         raise NotImplementedError
@@ -453,6 +463,25 @@ class VideoBackbone:
         per = err.reshape(B, -1).mean(1)
         return per.mean() if reduce else per
 
+    def noisy_latents(self, noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The forward process at model timesteps ``t`` ``[B]``: ``x_t`` from clean latents ``x0`` and ``noise``
+        (both in :attr:`latent_layout`). Default: ``noise_scheduler.add_noise`` (``sqrt(abar_t) x0 + sqrt(1 -
+        abar_t) noise``, the DDPM schedules of CogVideoX and the U-Nets)."""
+        return noise_scheduler.add_noise(x0, noise, t)
+
+    def x0_from_prediction(self, scheduler, prediction: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        """The clean-latent estimate from a denoiser output at ``x_t`` and model timestep ``t`` (an int, a 0-d
+        or a ``[B]`` tensor). Default (DDPM schedules, ``abar = scheduler.alphas_cumprod[t]``):
+        ``sqrt(abar) x_t - sqrt(1 - abar) v`` for v-prediction, ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)`` for
+        epsilon-prediction."""
+        t = torch.as_tensor(t).to("cpu").long()
+        abar = scheduler.alphas_cumprod[t].float().to(x_t.device, torch.float32)
+        if abar.ndim == 1:
+            abar = abar.view(-1, *([1] * (x_t.ndim - 1)))
+        if self.prediction_type == "epsilon":
+            return (x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * prediction
+
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 denoiser: nn.Module | None = None) -> torch.Tensor:
         """One denoiser call: ``latents`` in :attr:`latent_layout`, timesteps ``[B]``, text ``[B, L, D]``.
@@ -549,6 +578,24 @@ class VideoBackbone:
             m = getattr(self, p, None)
             if m is not None and self.device != "cpu":
                 m.to("cpu")
+
+    @contextlib.contextmanager
+    def released(self, *parts: str, when: bool = True):
+        """Within the block, ``parts`` (e.g. ``"text_encoder", "vae"``) that sit on an accelerator are moved to the
+        CPU (:meth:`release`) and put back afterwards, also on an error. Nothing moves when ``when`` is false, on the
+        CPU, or with :attr:`cpu_offload` (the parts are on the CPU between uses already)."""
+        moved = []
+        if when and getattr(self, "device", "cpu") != "cpu" and not getattr(self, "cpu_offload", False):
+            for part in parts:
+                m = getattr(self, part, None)
+                if m is not None and next(m.parameters()).device.type != "cpu":
+                    moved.append((part, next(m.parameters()).device))
+            self.release(*[p for p, _ in moved])
+        try:
+            yield
+        finally:
+            for part, d in moved:
+                getattr(self, part).to(d)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, kind={self.kind!r}, device={self.device!r})"

@@ -392,6 +392,11 @@ class WanBackbone(VideoBackbone):
     def text_entry_points(self, denoiser: nn.Module | None = None) -> dict[str, nn.Module]:
         return self.attention_modules("cross", denoiser)
 
+    def text_argument(self) -> tuple[str, int | None]:
+        """Wan's transformer calls its blocks as ``block(hidden_states, encoder_hidden_states, temb, rotary_emb)``:
+        the text is the second positional argument (what each block's cross-attention ``attn2`` reads)."""
+        return "encoder_hidden_states", 1
+
     def width(self, denoiser: nn.Module | None = None) -> int:
         c = self.pick_denoiser(denoiser).config
         return int(c.num_attention_heads) * int(c.attention_head_dim)
@@ -508,6 +513,19 @@ class WanBackbone(VideoBackbone):
         err = d ** 2 if error_fn is None else error_fn(d)
         per = err.reshape(B, -1).mean(1)
         return per.mean() if reduce else per
+
+    def noisy_latents(self, noise_scheduler, x0, noise, t):
+        """Flow matching at model timestep ``t`` ``[B]`` (``0..1000``): ``sigma = t / 1000``,
+        ``x_t = (1 - sigma) x0 + sigma noise``."""
+        sigma = (torch.as_tensor(t).to(x0.device, torch.float32) / 1000.0).view(-1, *([1] * (x0.ndim - 1)))
+        return ((1 - sigma) * x0.float() + sigma * noise.float()).to(x0.dtype)
+
+    def x0_from_prediction(self, scheduler, prediction, x_t, t):
+        """``x0 = x_t - sigma v`` with ``sigma = t / 1000`` (the velocity is ``noise - x0``)."""
+        sigma = torch.as_tensor(t).to(x_t.device, torch.float32) / 1000.0
+        if sigma.ndim == 1:
+            sigma = sigma.view(-1, *([1] * (x_t.ndim - 1)))
+        return x_t.float() - sigma * prediction.float()
 
     def predict(self, latents, t, text, denoiser=None, cond=None):
         """One transformer call: ``latents [B, F, C, h, w]``, timesteps ``[B]`` (``1000 sigma``), text ``[B, L, D]``
