@@ -119,7 +119,7 @@ def build_native_wan_replacements(diffusion_model, adapters_module, ctx: DualRea
     Raises:
         DualAdapterError: adapters for another model, or not a native Wan text-to-video model.
     """
-    from ..backbones.wan import adapted_block_forward
+    from ..backbones._wan_blocks import adapted_block_forward
 
     check_native_wan_compatible(ctx.config, diffusion_model)
     mod = adapters_module
