@@ -4,7 +4,9 @@ Runs tests/frontends/comfy_native_wan_check.py in that ComfyUI (one process, Com
 measured: a tiny Wan written with Wan's native names loads through core UNETLoader and matches diffusers on the same
 weights; Apply LoRA to MODEL and Apply DualReal to MODEL (the block replace hook ``patches_replace["dit"]``) give the
 pack's own patched Wan transformer's output to float rounding, leave the input MODEL untouched, and run in core
-KSampler with the StageBlender once per model call; adapters for another model are refused by name.
+KSampler with the StageBlender once per model call; adapters for another model are refused by name. The shipped
+native Wan workflow runs in a real ComfyUI server (tests/frontends/comfy_wan_workflow_host.py) on tiny random files
+under the names it picks.
 """
 from __future__ import annotations
 
@@ -51,3 +53,87 @@ def test_core_ksampler_runs_on_wan_with_dualreal_and_lora(result):
 
 def test_adapters_for_another_model_are_refused_by_name(result):
     assert result["refusal"] and "native Wan MODEL" in result["refusal"] and "3 blocks (model: 2)" in result["refusal"]
+
+
+# ---- the shipped native Wan workflow in a real ComfyUI server (tiny random files under the shipped names)
+WF = Path(__file__).resolve().parents[2] / "workflows" / "native" / "api" / "wan_dualreal_lora_ksampler.json"
+#: what the run changes in the shipped graph: a small video and two steps (a CPU pipeline check)
+SMALL = {"EmptyHunyuanLatentVideo": {"width": 64, "height": 64, "length": 5}, "KSampler": {"steps": 2}}
+
+
+@pytest.fixture(scope="module")
+def wan_server(tmp_path_factory):
+    import subprocess
+    import sys
+    import time
+
+    from test_comfyui_host import _free_port, _get
+
+    comfy = Path(COMFY)
+    if not (comfy / "comfy" / "ldm" / "wan" / "model.py").is_file():
+        pytest.skip(f"{comfy} has no native Wan (comfy/ldm/wan)")
+    host = Path(__file__).resolve().parent / "comfy_wan_workflow_host.py"
+    base = tmp_path_factory.mktemp("wan_host")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, str(host), "prepare", str(comfy), str(base)], cwd=comfy, capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    (base / "custom_nodes").mkdir(exist_ok=True)
+    (base / "custom_nodes" / "comfyui-dual-adapter").symlink_to(WF.parents[3], target_is_directory=True)
+    port = _free_port()
+    log = open(base / "comfyui.log", "w")
+    proc = subprocess.Popen([sys.executable, str(host), "serve", str(comfy), "--cpu", "--listen", "127.0.0.1", "--port",
+                             str(port), "--base-directory", str(base), "--disable-auto-launch"], cwd=comfy, stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                _get(url + "/object_info/DualAdapterDualRealApplyNative")
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() - t0 > 180:
+                    raise RuntimeError("ComfyUI did not start:\n" + (base / "comfyui.log").read_text()[-3000:])
+                time.sleep(1)
+        yield {"url": url, "out": base / "output", "log": base / "comfyui.log"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_shipped_native_wan_workflow_runs_in_the_host(wan_server):
+    """The shipped API graph as is (file names, nodes, links), with a small video and two steps: core UNETLoader,
+    CLIPLoader (wan), CLIPVisionLoader, VAELoader load the tiny files; Apply LoRA and Apply DualReal to MODEL patch the
+    core Wan; core KSampler, VAEDecode and SaveAnimatedWEBP write the video."""
+    import json
+    import time
+    import uuid
+
+    from test_comfyui_host import _get, _post
+
+    prompt = json.loads(WF.read_text())
+    for node in prompt.values():
+        node["inputs"].update(SMALL.get(node["class_type"], {}))
+    code, r = _post(wan_server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+    assert code == 200 and not r.get("node_errors"), r
+    pid = r["prompt_id"]
+    t0 = time.time()
+    while True:
+        h = _get(f"{wan_server['url']}/history/{pid}")
+        if pid in h and h[pid].get("status", {}).get("status_str") in ("success", "error"):
+            break
+        assert time.time() - t0 < 600, "the native Wan workflow did not finish in 10 min"
+        time.sleep(1)
+    st = h[pid]["status"]
+    assert st["status_str"] == "success", json.dumps(st["messages"])[-3000:]
+    files = [wan_server["out"] / i.get("subfolder", "") / i["filename"]
+             for o in h[pid]["outputs"].values() for i in o.get("images", []) if i.get("type") == "output"]
+    assert len(files) == 1 and files[0].name.startswith("native_wan_dualreal") and files[0].stat().st_size > 0
+    log = wan_server["log"].read_text()
+    assert "Traceback" not in log and "lora key not loaded" not in log, log[-3000:]
+    assert "Requested to load DualRealAdapters" in log  # Apply DualReal's adapters load with the core model
