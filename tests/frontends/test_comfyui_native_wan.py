@@ -65,45 +65,23 @@ SMALL = {"EmptyHunyuanLatentVideo": {"width": 64, "height": 64, "length": 5}, "K
 def wan_server(tmp_path_factory):
     import subprocess
     import sys
-    import time
 
-    from test_comfyui_host import _free_port, _get
+    from test_comfyui_host import comfy_server
 
     comfy = Path(COMFY)
     if not (comfy / "comfy" / "ldm" / "wan" / "model.py").is_file():
         pytest.skip(f"{comfy} has no native Wan (comfy/ldm/wan)")
     host = Path(__file__).resolve().parent / "comfy_wan_workflow_host.py"
     base = tmp_path_factory.mktemp("wan_host")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, str(host), "prepare", str(comfy), str(base)], cwd=comfy, capture_output=True,
-                       text=True, timeout=600, env=env)
+                       text=True, timeout=600, env={**os.environ, **env})
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    (base / "custom_nodes").mkdir(exist_ok=True)
+    (base / "custom_nodes").mkdir(exist_ok=True)  # the pack installed in this base directory only
     (base / "custom_nodes" / "comfyui-dual-adapter").symlink_to(WF.parents[3], target_is_directory=True)
-    port = _free_port()
-    log = open(base / "comfyui.log", "w")
-    proc = subprocess.Popen([sys.executable, str(host), "serve", str(comfy), "--cpu", "--listen", "127.0.0.1", "--port",
-                             str(port), "--base-directory", str(base), "--disable-auto-launch"], cwd=comfy, stdout=log,
-                            stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        t0 = time.time()
-        while True:
-            try:
-                _get(url + "/object_info/DualAdapterDualRealApplyNative")
-                break
-            except Exception:
-                if proc.poll() is not None or time.time() - t0 > 180:
-                    raise RuntimeError("ComfyUI did not start:\n" + (base / "comfyui.log").read_text()[-3000:])
-                time.sleep(1)
+    with comfy_server([sys.executable, str(host), "serve", str(comfy)], ["--base-directory", str(base)], comfy,
+                      base / "comfyui.log", "/object_info/DualAdapterDualRealApplyNative", env) as url:
         yield {"url": url, "out": base / "output", "log": base / "comfyui.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_shipped_native_wan_workflow_runs_in_the_host(wan_server):
@@ -111,28 +89,15 @@ def test_shipped_native_wan_workflow_runs_in_the_host(wan_server):
     CLIPLoader (wan), CLIPVisionLoader, VAELoader load the tiny files; Apply LoRA and Apply DualReal to MODEL patch the
     core Wan; core KSampler, VAEDecode and SaveAnimatedWEBP write the video."""
     import json
-    import time
-    import uuid
 
-    from test_comfyui_host import _get, _post
+    from test_comfyui_host import output_files, run_prompt
 
     prompt = json.loads(WF.read_text())
     for node in prompt.values():
         node["inputs"].update(SMALL.get(node["class_type"], {}))
-    code, r = _post(wan_server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
-    assert code == 200 and not r.get("node_errors"), r
-    pid = r["prompt_id"]
-    t0 = time.time()
-    while True:
-        h = _get(f"{wan_server['url']}/history/{pid}")
-        if pid in h and h[pid].get("status", {}).get("status_str") in ("success", "error"):
-            break
-        assert time.time() - t0 < 600, "the native Wan workflow did not finish in 10 min"
-        time.sleep(1)
-    st = h[pid]["status"]
-    assert st["status_str"] == "success", json.dumps(st["messages"])[-3000:]
-    files = [wan_server["out"] / i.get("subfolder", "") / i["filename"]
-             for o in h[pid]["outputs"].values() for i in o.get("images", []) if i.get("type") == "output"]
+    h = run_prompt(wan_server["url"], prompt, "the native Wan workflow", 600)
+    assert h["status"]["status_str"] == "success", json.dumps(h["status"]["messages"])[-3000:]
+    files = output_files(h, wan_server["out"])
     assert len(files) == 1 and files[0].name.startswith("native_wan_dualreal") and files[0].stat().st_size > 0
     log = wan_server["log"].read_text()
     assert "Traceback" not in log and "lora key not loaded" not in log, log[-3000:]

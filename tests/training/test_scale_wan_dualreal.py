@@ -3,32 +3,11 @@ DA-blocks, and the parameters it counts are those of the adapters the patch buil
 reading Wan's ``freq_dim`` sinusoidal features, not the width D)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from test_scale_wan import _small, scale  # noqa: F401  (the module fixture and the small Wan config)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def scale():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_scale_wan_dr", ROOT / "benchmarks" / "scale.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.pop(0)
-    return mod
-
-
-def _small(scale):
-    # freq_dim 256 (the released value) differs from the width D = 2 x 64 = 128
-    return dict(model=dict(scale._WAN_COMMON, num_attention_heads=2, attention_head_dim=64, num_layers=4, ffn_dim=256,
-                           in_channels=16, out_channels=16, text_dim=64), size=(9, 64, 96), vae=(4, 8), text_tokens=8)
 
 
 def _real_adapters(cfg):
