@@ -509,46 +509,6 @@ def _new_meta_wan(cfg, dtype=torch.bfloat16):
     return t.eval().requires_grad_(False)
 
 
-class WanDualRealStandIn:
-    """DualReal's adapters (the pack's :class:`DualRealAdapters`: hidden 64, ``W_cond`` 1024 -> D on the motion
-    adapters, the StageBlender on the pooled video tokens and the timestep embedding) run by hooks at the output of
-    each Wan block, on the video tokens: the parameters, FLOPs and kept activations of one DA-block per Wan block,
-    for counting only (the Wan DualReal patch itself places the adapters inside the block)."""
-
-    def __init__(self, model, hidden: int = 64, groups: int = 7):
-        from dual_adapter.dualreal import DualRealAdapters, DualRealConfig
-
-        D = model.config.num_attention_heads * model.config.attention_head_dim
-        cfg = DualRealConfig(num_blocks=len(model.blocks), dim=D, time_embed_dim=D, hidden=hidden,
-                             groups=min(groups, len(model.blocks)))
-        with torch.device("meta"):
-            self.adapters = DualRealAdapters(cfg)
-        self.alpha = None
-        self.reference = None
-
-    def attach(self, model):
-        self.model = model
-        model.dualreal_adapters = self.adapters  # a submodule: moved and counted with the model
-        model.blocks[0].register_forward_pre_hook(self._blend)
-        for i, blk in enumerate(model.blocks):
-            blk.register_forward_hook(lambda m, a, out, i=i: self._adapt(i, out))
-        return model
-
-    def _blend(self, mod, args):
-        h, temb = args[0], args[2]
-        self.alpha = self.adapters.controller(h.mean(1), temb[:, 0] if temb.ndim == 3 else temb[:, 0, 0])
-
-    def _adapt(self, i, h):
-        blk = self.adapters.transformer_blocks[i]
-        a = self.alpha[:, self.adapters.block_group[i]].view(-1, 1, 1)
-        w_id, w_mo = a, self.adapters.config.scale - a
-        c = self.reference
-        for kind in ("attn", "ff"):
-            d = w_id * getattr(blk, f"id_{kind}_adapter")(h) + w_mo * getattr(blk, f"motion_{kind}_adapter")(h, c)
-            h = h + d.to(h.dtype)
-        return h
-
-
 def build_wan_method(cfg, method: str, fp8: bool = False):
     """``(model, trainable_params, batch, latent_frames)`` of ``method`` on a meta Wan transformer."""
     from dual_adapter.lora import LoraSpec, inject_lora
@@ -561,18 +521,23 @@ def build_wan_method(cfg, method: str, fp8: bool = False):
         names = [f"blocks.{i}.attn1.{m}" for i in range(len(tr.blocks)) for m in mods]
         params = inject_lora(tr, LoraSpec(rank=rank, alpha=float(rank), dropout=0.0), "default", target_names=names)
     elif method.startswith("dualreal") or method == "sampling_dualreal":
-        dr = WanDualRealStandIn(tr)
-        dr.attach(tr)
+        # the pack's Wan DualReal patch itself (DA-blocks inside each Wan block, the StageBlender on Wan's
+        # sinusoidal timestep features), as the trainer and the sampler apply it
+        from dual_adapter.dualreal import DualRealPatch
+        from dual_adapter.patches import patched_copy
+
+        ad = _dualreal_adapters(tr)
         if method == "sampling_dualreal":
-            dr.adapters.to(torch.bfloat16)
+            ad = ad.to(torch.bfloat16).requires_grad_(False)  # inference: adapters in the model dtype
             batch = 2
         else:
             motion = "motion" in method
-            _phase_trainable(dr.adapters, motion)
-            params = [p for p in dr.adapters.parameters() if p.requires_grad]
+            params = _phase_trainable(ad, motion)
             if not motion:
                 T = 1
-        tr._stand_in = dr
+        tr = patched_copy(tr, [DualRealPatch(ad)])
+        if method != "dualreal_identity_b1":  # the identity phase runs without a reference embedding
+            _dualreal_context(tr).reference = torch.zeros(1, 1, 1024, device="meta")
     elif method == "full_ft":
         tr.requires_grad_(True)
         params = list(tr.parameters())
@@ -601,9 +566,9 @@ def _wan_step(model, cfg, batch, T, device, train: bool):
     """One flow-matching training step's forward (``x_t = (1 - s) x0 + s eps``, target ``eps - x0``, MSE) or one
     CFG sampling step (batch 2 = conditional + unconditional in one call)."""
     x0, emb, t = _wan_inputs(cfg, batch, T, device)
-    dr = getattr(model, "_stand_in", None)
-    if dr is not None:
-        dr.reference = torch.zeros(batch, 1, 1024, device=device)
+    ctx = _dualreal_context(model)
+    if ctx is not None and ctx.reference is not None:  # the reference embedding for W_cond, on the run's device
+        ctx.reference = torch.zeros(1, 1, 1024, device=device)
     if not train:
         with torch.no_grad():
             return model(x0, t, emb, return_dict=False)[0]
@@ -611,6 +576,21 @@ def _wan_step(model, cfg, batch, T, device, train: bool):
     s = 0.5
     pred = model((1 - s) * x0 + s * eps, t, emb, return_dict=False)[0]
     return ((pred.float() - (eps - x0).float()) ** 2).mean()
+
+
+def _dualreal_context(model):
+    """The DualReal patch's context of ``model``, or None when it carries none."""
+    from dual_adapter.dualreal.patch import DABlock, find_context
+
+    return find_context(model) if isinstance(model.blocks[0], DABlock) else None
+
+
+def _dualreal_patch_params(model) -> list:
+    """Every parameter of the DualReal patch on ``model`` (both phases' adapters and the StageBlender: the optimiser
+    holds them all over a run)."""
+    ctx = _dualreal_context(model)
+    mods = [m for b in ctx.blocks for m in (b.adapters, b.controller) if m is not None]
+    return [p for m in mods for p in m.parameters()]
 
 
 def count_wan_flops(cfg, method: str) -> dict:
@@ -664,7 +644,7 @@ def measure_wan_memory(cfg, method: str, fp8: bool = False) -> dict:
             gc.collect()
             peak, after = mt.peak, mt.current
         blocks = _block_bytes(model)
-        opt_params = [p for p in model.dualreal_adapters.parameters()] if method.startswith("dualreal") else params
+        opt_params = _dualreal_patch_params(model) if method.startswith("dualreal") else params
         del loss
     trainable = sum(p.numel() for p in opt_params)
     res = dict(batch=batch, latent_frames=T, weights_gib=weights / GIB, trainable_params=trainable,
@@ -787,8 +767,8 @@ WAN_NOTE = ("Wan 2.1 / 2.2 transformers (diffusers WanTransformer3DModel, releas
             "CPU tensors: one flow-matching training step (batch 1, bf16 autocast, gradient checkpointing, CUDA's "
             "fp32 LayerNorm, flash attention) per method, bf16 and fp8 frozen weights (the fake run made with them); "
             "block swap's peaks computed from the run (two swapped blocks on the card at a time); blocks_to_swap: "
-            "fewest blocks for the 8-bit-AdamW peak to fit the card less card_reserve_gb; DualReal through a "
-            "stand-in that runs the pack's adapters at each block's output; full_ft: bf16 weights and gradients, "
+            "fewest blocks for the 8-bit-AdamW peak to fit the card less card_reserve_gb; DualReal through the "
+            "pack's Wan DualReal patch (DA-blocks inside each Wan block, StageBlender on freq_dim); full_ft: bf16 weights and gradients, "
             "optimiser state on every parameter, no fp32 master copy.")
 
 

@@ -151,7 +151,7 @@ NODE_CLASS_MAPPINGS = {
     "DualAdapterConvertToNative": ConvertToNative,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "DualAdapterDualRealApplyNative": "Apply DualReal to MODEL (native CogVideoX)",
-    "DualAdapterApplyLoRANative": "Apply LoRA to MODEL (native CogVideoX)",
+    "DualAdapterDualRealApplyNative": "Apply DualReal to MODEL (native CogVideoX / Wan)",
+    "DualAdapterApplyLoRANative": "Apply LoRA to MODEL (native CogVideoX / Wan)",
     "DualAdapterConvertToNative": "Convert CogVideoX to Native (single file)",
 }

@@ -664,6 +664,64 @@ def g_wan_tap(classes) -> Graph:
 BUILDERS += [g_wan_dualreal_train, g_wan_tap]
 
 
+# Core ComfyUI nodes of the native Wan graph (input specs as in ComfyUI 0.33, as for the native CogVideoX graph)
+WAN_NATIVE_CORE_SPECS = {
+    **NATIVE_CORE_SPECS,
+    "UNETLoader": _core_spec(("MODEL",), {"unet_name": (["wan2.1_t2v_1.3B_fp16.safetensors"],),
+                                           "weight_dtype": (["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],)}),
+    "CLIPLoader": _core_spec(("CLIP",), {"clip_name": (["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],),
+                                         "type": (["wan"],)}, {"device": (["default", "cpu"],)}),
+    "VAELoader": _core_spec(("VAE",), {"vae_name": (["wan_2.1_vae.safetensors"],)}),
+    "ModelSamplingSD3": _core_spec(("MODEL",), {"model": ("MODEL",), "shift": ("FLOAT", {"default": 3.0})}),
+    "KSampler": _core_spec(("LATENT",), {
+        "model": ("MODEL",), "seed": ("INT", {"default": 0, "control_after_generate": True}),
+        "steps": ("INT", {"default": 20}), "cfg": ("FLOAT", {"default": 8.0}), "sampler_name": (["uni_pc", "euler"],),
+        "scheduler": (["simple"],), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+        "latent_image": ("LATENT",), "denoise": ("FLOAT", {"default": 1.0})}),
+}
+
+
+def g_native_wan(classes) -> Graph:
+    """Core loaders + KSampler with the pack's Apply nodes on a native Wan 2.1 MODEL (ComfyUI's own Wan templates'
+    graph with Apply LoRA and Apply DualReal to MODEL between the loader and the sampler)."""
+    g = Graph("wan_dualreal_lora_ksampler", {**WAN_NATIVE_CORE_SPECS, **classes}, subdir="native")
+    m = g.node("UNETLoader", unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
+    lo = g.node("DualAdapterLoadLoRA", lora_name="output/loras/tap/wan_guitar_00001_.safetensors")
+    ml = g.node("DualAdapterApplyLoRANative", model=m[0], lora=lo[0], strength=1.0)
+    ad = g.node("DualRealLoad", adapters_name="output/dualreal/wan_dog_guitar_00001_.safetensors")
+    ph = g.node("LoadImage", image="dog.png")
+    cv = g.node("CLIPVisionLoader", clip_name="clip_vision_h.safetensors")
+    md = g.node("DualAdapterDualRealApplyNative", model=ml[0], adapters=ad[0], reference_image=ph[0], clip_vision=cv[0])
+    ms = g.node("ModelSamplingSD3", title="Wan flow shift", model=md[0], shift=8.0)
+    clip = g.node("CLIPLoader", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    pos = g.node("CLIPTextEncode", title="Prompt", text="dog * is playing guitar", clip=clip[0])
+    neg = g.node("CLIPTextEncode", title="Negative prompt", text="", clip=clip[0])
+    lat = g.node("EmptyHunyuanLatentVideo", title="Empty video latent (Wan 2.1: 16 ch, 4x time, 8x space)", width=832,
+                 height=480, length=81, batch_size=1)
+    ks = g.node("KSampler", model=ms[0], seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple",
+                positive=pos[0], negative=neg[0], latent_image=lat[0], denoise=1.0)
+    vae = g.node("VAELoader", vae_name="wan_2.1_vae.safetensors")
+    dec = g.node("VAEDecode", samples=ks[0], vae=vae[0])
+    g.node("SaveAnimatedWEBP", images=dec[0], filename_prefix="dual_adapter/native_wan_dualreal", fps=16.0)
+    g.note("Native ComfyUI Wan 2.1 + DualReal + LoRA", (
+        "**Needs real weights (no tiny model here): core ComfyUI's native Wan 2.1 text-to-video, as in ComfyUI's own "
+        "Wan templates.**\n\n"
+        "- transformer: `wan2.1_t2v_1.3B_fp16.safetensors` (or the 14B file) in `models/diffusion_models/`;\n"
+        "- text encoder: `umt5_xxl_fp8_e4m3fn_scaled.safetensors` (or the fp16 one) in `models/text_encoders/`, CLIPLoader "
+        "type `wan`; VAE: `wan_2.1_vae.safetensors` in `models/vae/`; reference: `clip_vision_h.safetensors` in "
+        "`models/clip_vision/` and your subject photo in *Load Image*;\n"
+        "- adapters: what *Save DualReal* wrote after training DualReal on the same Wan model in diffusers form (the "
+        "Wan DualReal workflow; listed by *Load DualReal* as `output/dualreal/...`); LoRA: a Wan LoRA in any supported "
+        "format (the pack's, diffusers / peft, ComfyUI native, musubi-tuner / kohya); core LoraLoaderModelOnly stacks "
+        "with *Apply LoRA to MODEL*; drop either Apply node to use the other alone;\n"
+        "- Wan 2.1 settings: 81 frames at 480 x 832, shift 8 (1.3B; 5 for 14B), uni_pc, CFG 6, 30-50 steps; "
+        "see docs/native_comfyui.md and docs/wan.md."))
+    return g
+
+
+BUILDERS += [g_native_wan]
+
+
 def build_all(classes=None) -> list[Graph]:
     classes = classes or node_classes()
     graphs = []

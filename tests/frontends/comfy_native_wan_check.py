@@ -12,66 +12,23 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import sys
 
-from comfy_check_setup import start  # noqa: E402  (this folder is on sys.path: the script's own)
+from comfy_check_setup import start, write_tiny_native_wan  # noqa: E402  (this folder is on sys.path: the script's own)
 
 H = start(sys.argv)
 COMFY, WORK, mm, core_nodes, models_dir = H.comfy, H.work, H.mm, H.core_nodes, H.models_dir
 nb, nn_nodes = H.bridge, H.native_nodes
 import torch  # noqa: E402
 
-from diffusers import WanTransformer3DModel  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
 from dual_adapter import lora as L  # noqa: E402
 from dual_adapter.dualreal import DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealPatch  # noqa: E402
-from dual_adapter.lora.formats import wan_diffusers_to_native_module  # noqa: E402
 from dual_adapter.patches import patched_copy  # noqa: E402
 
 
 res: dict = {"comfyui": str(COMFY)}
 
-# core detects a Wan 2.1 file by its weights: heads = width / 128, text width 4096, freq_dim 256
-CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=16, out_channels=16,
-              text_dim=4096, freq_dim=256, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-              qk_norm="rms_norm_across_heads")
-#: diffusers -> native names of the parts that are not the blocks' Linear layers (diffusers' Wan conversion table)
-TOP = {"condition_embedder.time_embedder.linear_1": "time_embedding.0",
-       "condition_embedder.time_embedder.linear_2": "time_embedding.2",
-       "condition_embedder.text_embedder.linear_1": "text_embedding.0",
-       "condition_embedder.text_embedder.linear_2": "text_embedding.2",
-       "condition_embedder.time_proj": "time_projection.1", "proj_out": "head.head", "patch_embedding": "patch_embedding"}
-
-
-def native_key(k: str) -> str:
-    if k == "scale_shift_table":
-        return "head.modulation"
-    m = re.match(r"blocks\.(\d+)\.(.+)$", k)
-    if m is None:
-        mod, leaf = k.rsplit(".", 1)
-        return f"{TOP[mod]}.{leaf}"
-    i, rest = m.groups()
-    if rest == "scale_shift_table":
-        return f"blocks.{i}.modulation"
-    if rest.startswith("norm2."):  # the cross-attention norm
-        return f"blocks.{i}.norm3.{rest[6:]}"
-    for a, b in (("attn1.", "self_attn."), ("attn2.", "cross_attn.")):
-        if rest.startswith(a + "norm_"):
-            return f"blocks.{i}.{b}{rest[len(a):]}"
-    mod, leaf = f"blocks.{i}.{rest}".rsplit(".", 1)
-    return f"{wan_diffusers_to_native_module(mod)}.{leaf}"
-
-
-torch.manual_seed(0)
-t = WanTransformer3DModel(**CONFIG).eval().requires_grad_(False)
-for n_, p in t.named_parameters():  # random everywhere (zero-init layers would hide differences)
-    p.data.normal_(0, 0.05)
-    if "norm" in n_ and n_.endswith("weight") and p.ndim == 1:
-        p.data.add_(1.0)
-save_file({native_key(k): v.contiguous() for k, v in t.state_dict().items()},
-          str(models_dir / "diffusion_models" / "tiny_wan_native.safetensors"))
+t = write_tiny_native_wan(models_dir / "diffusion_models" / "tiny_wan_native.safetensors")
 (m,) = core_nodes.UNETLoader().load_unet("tiny_wan_native.safetensors", "default")
 dm = m.model.diffusion_model
 

@@ -6,6 +6,7 @@ and checks that each one finishes with the files it should write.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -72,24 +73,37 @@ def server(tmp_path_factory):
     out, inp, tmp = base / "output", base / "input", base / "temp"
     for d in (out, inp, tmp):
         d.mkdir()
+    args = ["--output-directory", str(out), "--input-directory", str(inp), "--temp-directory", str(tmp)]
+    try:
+        with comfy_server([sys.executable, "main.py"], args, comfy, base / "comfyui.log",
+                          "/object_info/DualAdapterSampler") as url:
+            yield {"url": url, "out": out, "log": base / "comfyui.log", "module": module}
+    finally:
+        if link is not None:
+            link.unlink()
+
+
+@contextlib.contextmanager
+def comfy_server(cmd: list[str], args: list[str], cwd: Path, log_path: Path, probe: str, env: dict | None = None):
+    """Run ``cmd + --cpu --listen 127.0.0.1 --port P --disable-auto-launch + args`` (ComfyUI's main.py) in ``cwd`` with
+    its output in ``log_path``; yield its URL once ``probe`` answers (3 min at most); stop it afterwards."""
     port = _free_port()
-    log = open(base / "comfyui.log", "w")
-    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--output-directory", str(out), "--input-directory", str(inp), "--temp-directory",
-                             str(tmp), "--disable-auto-launch"], cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = open(log_path, "w")
+    proc = subprocess.Popen([*cmd, "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+                             *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.time()
         while True:
             try:
-                _get(url + "/object_info/DualAdapterSampler")
+                _get(url + probe)
                 break
             except Exception:
                 if proc.poll() is not None or time.time() - t0 > 180:
-                    raise RuntimeError("ComfyUI did not start:\n" + (base / "comfyui.log").read_text()[-3000:])
+                    raise RuntimeError("ComfyUI did not start:\n" + log_path.read_text()[-3000:])
                 time.sleep(1)
-        yield {"url": url, "out": out, "log": base / "comfyui.log", "module": module}
+        yield url
     finally:
         proc.terminate()
         try:
@@ -97,8 +111,28 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        if link is not None:
-            link.unlink()
+
+
+def run_prompt(url: str, prompt: dict, what: str, limit_s: float = 900) -> dict:
+    """Queue an API-format ``prompt`` over HTTP, wait until it finishes (``limit_s`` at most) and return its history
+    entry; fails on node errors at queueing."""
+    code, r = _post(url + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+    assert code == 200 and not r.get("node_errors"), r
+    pid = r["prompt_id"]
+    t0 = time.time()
+    while True:
+        h = _get(f"{url}/history/{pid}")
+        if pid in h and h[pid].get("status", {}).get("completed") is not None and \
+                h[pid]["status"].get("status_str") in ("success", "error"):
+            return h[pid]
+        assert time.time() - t0 < limit_s, f"{what} did not finish in {limit_s:.0f} s"
+        time.sleep(1)
+
+
+def output_files(entry: dict, out: Path) -> list[Path]:
+    """The files a finished prompt's history entry says it wrote in the output folder ``out``."""
+    return [out / i.get("subfolder", "") / i["filename"]
+            for o in entry["outputs"].values() for i in o.get("images", []) if i.get("type") == "output"]
 
 
 def test_object_info_lists_every_node(server):
@@ -114,23 +148,11 @@ def test_object_info_lists_every_node(server):
 
 @pytest.mark.parametrize("wf", sorted((ROOT / "workflows" / "api").glob("*.json")), ids=lambda p: p.stem)
 def test_api_workflow_runs_in_comfyui(server, wf):
-    prompt = json.loads(wf.read_text())
-    code, r = _post(server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
-    assert code == 200 and not r.get("node_errors"), r
-    pid = r["prompt_id"]
-    t0 = time.time()
-    while True:
-        h = _get(f"{server['url']}/history/{pid}")
-        if pid in h and h[pid].get("status", {}).get("completed") is not None and \
-                h[pid]["status"].get("status_str") in ("success", "error"):
-            break
-        assert time.time() - t0 < 900, f"{wf.name} did not finish in 15 min"
-        time.sleep(1)
-    st = h[pid]["status"]
+    h = run_prompt(server["url"], json.loads(wf.read_text()), wf.name)
+    st = h["status"]
     assert st["status_str"] == "success", json.dumps(st["messages"])[-3000:]
-    files = [server["out"] / i.get("subfolder", "") / i["filename"]
-             for o in h[pid]["outputs"].values() for i in o.get("images", []) if i.get("type") == "output"]
-    assert files and all(f.stat().st_size > 0 for f in files), h[pid]["outputs"]
+    files = output_files(h, server["out"])
+    assert files and all(f.stat().st_size > 0 for f in files), h["outputs"]
 
 
 _CHECK_JS = """async ([wf, api]) => {
