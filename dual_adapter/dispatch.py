@@ -70,8 +70,8 @@ def check_method(model, method: str, name: str = "model") -> None:
 
 
 def is_unet_lora(lora) -> bool:
-    """Whether ``lora`` is a U-Net LoRA (:class:`~dual_adapter.unet_motion.UNetLora`)."""
-    return isinstance(lora, UM.UNetLora)
+    """Whether ``lora`` is a U-Net LoRA (a :class:`~dual_adapter.lora.LoraFile` whose keys start ``unet.``)."""
+    return isinstance(lora, L.LoraFile) and lora.prefix == "unet"
 
 
 def check_lora(lora, name: str = "lora"):
