@@ -108,3 +108,49 @@ def test_motion_lora_per_expert_train_save_load_apply_sample(classes, out_dir, t
     wan = classes["DualAdapterLoadVideoModel"]().load("tiny-wan")[0]
     with pytest.raises(DualAdapterError, match="one set per Wan 2.2 A14B expert"):
         classes["DualAdapterApplyLoRA"]().apply(wan, loaded, 1.0)
+
+
+def test_dualreal_per_expert_train_save_load_apply_sample(classes, out_dir):
+    from dual_adapter.experts import PerExpert
+    from dual_adapter.patches import PerDenoiser
+
+    model = classes["DualAdapterLoadVideoModel"]().load("tiny-wan-a14b")[0]
+    clip = classes["DualAdapterLoadClip"]().load(**CLIP["inputs"])[0]
+    photos = classes["DualAdapterLoadPhotos"]().load(**PHOTOS["inputs"])[0]
+    calls = _Calls(model.bundle)
+    try:
+        adapters, curve = classes["DualRealTrain"]().train(
+            model, photos, "dog *", clip, "a dog is running", steps=2, lr=1e-3, motion_ratio=0.5, hidden_width=8,
+            groups=0, form="official", seed=0, name="a14b_dr", warmup_steps=0, checkpoint_every=0, preview_every=0)
+    finally:
+        calls.close()
+    assert min(calls.seen["high_noise"]) >= BOUNDARY and max(calls.seen["low_noise"]) < BOUNDARY
+    assert isinstance(adapters, PerExpert) and set(adapters.by_name) == {"high_noise", "low_noise"}
+    assert curve.shape[0] == 1
+    runs = out_dir / "runs" / "dualreal"
+    assert sorted(p.name for p in runs.glob("a14b_dr_*_/*.safetensors")) == [
+        "a14b_dr_high_noise.safetensors", "a14b_dr_low_noise.safetensors"]
+
+    classes["DualRealSave"]().save(adapters, "a14b/dr")
+    files = sorted(p.name for p in (out_dir / "dualreal" / "a14b").iterdir())
+    assert files == ["dr_high_noise_00001_.safetensors", "dr_low_noise_00001_.safetensors"], files
+    loaded = classes["DualRealLoad"]().load("output/dualreal/a14b/dr_high_noise_00001_.safetensors")[0]
+    assert isinstance(loaded, PerExpert) and set(loaded.by_name) == {"high_noise", "low_noise"}
+    # a training run's final file finds its twin in the sibling run folder
+    run_file = next(runs.glob("a14b_dr_low_noise_*_/a14b_dr_low_noise.safetensors"))
+    from dual_adapter.experts import pair_files
+
+    assert set(pair_files(run_file)) == {"high_noise", "low_noise"}
+
+    applied = classes["DualRealApply"]().apply(model, loaded, reference_image=photos)[0]
+    assert isinstance(applied.patches[-1], PerDenoiser)
+    emb = classes["DualAdapterTextEncode"]().encode(model, "a dog * is running")[0]
+    sampler = classes["DualAdapterSampler"]()
+    base = sampler.run(model, emb, steps=4, cfg=3.0, seed=7, scheduler="euler")[0]["samples"]
+    lat = sampler.run(applied, emb, steps=4, cfg=3.0, seed=7, scheduler="euler")[0]["samples"]
+    assert lat.shape == base.shape and not torch.equal(lat, base)
+    frames = classes["DualAdapterVAEDecode"]().decode(model, {"samples": lat})[0]
+    assert frames.shape == (9, 64, 64, 3)
+    wan = classes["DualAdapterLoadVideoModel"]().load("tiny-wan")[0]
+    with pytest.raises(DualAdapterError, match="one set per Wan 2.2 A14B expert"):
+        classes["DualRealApply"]().apply(wan, loaded)
