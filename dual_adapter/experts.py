@@ -19,7 +19,7 @@ from .errors import DualAdapterError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PerExpert", "denoiser_path", "expert_names", "expert_of_file", "pair_files", "per_expert_patch",
+__all__ = ["PerExpert", "denoiser_path", "expert_names", "expert_of_file", "group_pairs", "pair_files", "per_expert_patch",
            "require_one_denoiser", "reserve_pair", "train_per_denoiser"]
 
 #: ``<base>_<denoiser>`` or ``<base>_<denoiser>_NNNNN_`` (a Save node's counter): the stem of one file of a pair
@@ -133,6 +133,26 @@ def pair_files(path: str | Path, names=None) -> dict[str, Path]:
         twin = next((p for p in _twin_candidates(path, other) if p.is_file()), None)
         if twin is not None:
             out[other] = twin
+    return out
+
+
+def group_pairs(items, names) -> list:
+    """Group ``(path, value)`` items (e.g. ``--lora FILE:STRENGTH``) for a model with the denoisers ``names``: on
+    a model with several, a file named for an expert and its twin (:func:`pair_files`; given or found) make one
+    :class:`PerExpert` of ``(path, value)`` (a twin found, not given, takes the given file's value); any other item
+    stays ``(path, value)``. Order kept; a pair given twice counts once."""
+    out, seen = [], {}
+    for path, value in items:
+        pair = pair_files(path, names) if len(names) > 1 else {}
+        if not pair:
+            out.append((path, value))
+            continue
+        key = frozenset(str(Path(p).resolve()) for p in pair.values())
+        if key in seen:  # the twin was given too: its own value for its own half
+            seen[key].by_name[expert_of_file(path)] = (path, value)
+            continue
+        seen[key] = PerExpert({n: (p, value) for n, p in pair.items()}, name=Path(path).stem)
+        out.append(seen[key])
     return out
 
 

@@ -126,6 +126,7 @@ def test_dualreal_per_expert_train_save_load_apply_sample(classes, out_dir):
         calls.close()
     assert min(calls.seen["high_noise"]) >= BOUNDARY and max(calls.seen["low_noise"]) < BOUNDARY
     assert isinstance(adapters, PerExpert) and set(adapters.by_name) == {"high_noise", "low_noise"}
+    assert all(a.meta.get("reference_encoder") == "tiny" for a in adapters.by_name.values())  # built-in, as tiny-wan
     assert curve.shape[0] == 1
     runs = out_dir / "runs" / "dualreal"
     assert sorted(p.name for p in runs.glob("a14b_dr_*_/*.safetensors")) == [
