@@ -233,7 +233,9 @@ class LoadLoRA:
                    "files (CogVideoX-Fun, also VideoX-Fun's lora_unet__ names), ComfyUI-native "
                    "diffusion_model.blocks.N.q files (.alpha read; .diff refused) and finetrainers files (alpha from "
                    "lora_config); text-encoder parts are not applied. U-Nets: unet.<module>.lora_A/B files (this "
-                   "pack's, diffusers / peft). Apply LoRA checks that it fits the model.")
+                   "pack's, diffusers / peft). A file named for a Wan 2.2 A14B expert (X_high_noise / X_low_noise, with "
+                   "or without a counter) loads with its twin when the twin is there, one LoRA per expert "
+                   "(docs/wan.md). Apply LoRA checks that it fits the model.")
     CATEGORY = CAT
     RETURN_TYPES = (VIDEO_LORA,)
     RETURN_NAMES = ("lora",)
