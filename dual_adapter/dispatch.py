@@ -18,13 +18,16 @@ import torch
 
 from . import lora as L
 from . import unet_motion as UM
+from .lora import with_alpha
+from .patches import PerDenoiser
 from .backbones import as_backbone
 from .errors import DualAdapterError
+from .experts import PerExpert, pair_files, per_expert_patch
 
 log = logging.getLogger(__name__)
 
 __all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_lora", "check_lora", "load_lora", "save_lora",
-           "lora_patch", "to_latent", "from_latent", "decode", "encode", "default_scheduler", "motion_preset",
+           "lora_patch", "save_lora_pair", "to_latent", "from_latent", "decode", "encode", "default_scheduler", "motion_preset",
            "train_motion_lora"]
 
 #: method -> the backbone kinds it runs on (None = every backbone)
@@ -67,31 +70,41 @@ def check_method(model, method: str, name: str = "model") -> None:
 
 
 def is_unet_lora(lora) -> bool:
-    """Whether ``lora`` is a U-Net LoRA (:class:`~dual_adapter.unet_motion.UNetLora`)."""
-    return isinstance(lora, UM.UNetLora)
+    """Whether ``lora`` is a U-Net LoRA (a :class:`~dual_adapter.lora.LoraFile` whose keys start ``unet.``)."""
+    return isinstance(lora, L.LoraFile) and lora.prefix == "unet"
 
 
 def check_lora(lora, name: str = "lora"):
-    """``lora`` if it is a LoRA of this library (DiT or U-Net).
+    """``lora`` if it is a LoRA of this library (DiT or U-Net, or a Wan 2.2 A14B pair: a
+    :class:`~dual_adapter.experts.PerExpert` of DiT LoRAs).
 
     Raises:
         DualAdapterError: anything else, naming the input.
     """
+    if isinstance(lora, PerExpert) and all(isinstance(x, L.LoraFile) for _, x in lora.items()):
+        return lora
     if not isinstance(lora, (L.LoraFile, UM.UNetLora)):
         raise DualAdapterError(f"{name}: expected a VIDEO_LORA (from Train Motion LoRA or Load LoRA), got "
                                f"{type(lora).__name__}")
     return lora
 
 
-def load_lora(path: str | Path):
+def load_lora(path: str | Path, pairs: bool = True):
     """Read a LoRA file of any backbone: a U-Net LoRA (keys naming ``down_blocks.`` / ``up_blocks.``,
     :func:`~dual_adapter.unet_motion.load_unet_lora`) or a DiT LoRA in any layout :func:`dual_adapter.lora.load_lora`
-    reads.
+    reads. With ``pairs``, a file named for a Wan 2.2 A14B expert (``X_high_noise`` / ``X_low_noise``,
+    :func:`~dual_adapter.experts.pair_files`) comes back as a :class:`~dual_adapter.experts.PerExpert` holding it and
+    its twin when the twin is there (else it alone, for its own expert).
 
     Raises:
         DualAdapterError: the file does not read or holds no LoRA (the loaders' messages).
     """
-    return UM.load_unet_lora(path) if UM.is_unet_lora_file(path) else L.load_lora(path)
+    if UM.is_unet_lora_file(path):
+        return UM.load_unet_lora(path)
+    pair = pair_files(path) if pairs else {}
+    if not pair:
+        return L.load_lora(path)
+    return PerExpert({n: L.load_lora(p) for n, p in pair.items()}, name=Path(path).stem)
 
 
 def save_lora(lora, path: str | Path, dtype: torch.dtype | None = None, key_format: str = "diffusers") -> Path:
@@ -103,6 +116,9 @@ def save_lora(lora, path: str | Path, dtype: torch.dtype | None = None, key_form
         DualAdapterError: ``key_format`` ``comfyui_native`` for a U-Net LoRA; the writers' errors.
     """
     check_lora(lora)
+    if isinstance(lora, PerExpert):
+        raise DualAdapterError("save_lora writes one file; a pair of Wan 2.2 A14B expert LoRAs is written with "
+                               "save_lora_pair (one file per expert)")
     if is_unet_lora(lora):
         if key_format != "diffusers":
             raise DualAdapterError(f"key_format: {key_format!r} is a CogVideoX layout; a U-Net LoRA is saved in the "
@@ -128,6 +144,15 @@ def lora_patch(lora, model, strength: float = 1.0, alpha_override: float = 0.0, 
     """
     check_lora(lora)
     bb = _bb(model)
+    k = sum(isinstance(p, L.LoraPatch) or (isinstance(p, PerDenoiser) and any(
+        isinstance(q, L.LoraPatch) for q in p.by_name.values())) for p in existing)
+    if isinstance(lora, PerExpert):
+        def one(lf, denoiser):
+            lf = with_alpha(lf, float(alpha_override)) if alpha_override else lf
+            L.check_compatible(lf, denoiser)
+            return L.LoraPatch(lf, float(strength), name=f"{lf.name}_{k}")
+
+        return per_expert_patch(lora, model, one, "lora")
     if is_unet_lora(lora) != is_unet(model):
         what = "a U-Net LoRA" if is_unet_lora(lora) else "a CogVideoX / Wan LoRA"
         raise DualAdapterError(f"lora: {lora.name!r} is {what}; the model {bb.name!r} is {bb.family}")
@@ -137,12 +162,29 @@ def lora_patch(lora, model, strength: float = 1.0, alpha_override: float = 0.0, 
         UM.check_unet_lora(lora, bb)
         return UM.UNetLoraPatch(lora, float(strength), name=lora.name)
     if alpha_override:
-        from .lora import with_alpha
-
         lora = with_alpha(lora, float(alpha_override))
     L.check_compatible(lora, bb.denoiser)
-    k = sum(isinstance(p, L.LoraPatch) for p in existing)
+    if len(bb.denoiser_names()) > 1:
+        log.info("lora: %r is one file; on %s it applies to every expert (%s)", lora.name, bb.name,
+                 ", ".join(bb.denoiser_names()))
     return L.LoraPatch(lora, float(strength), name=f"{lora.name}_{k}")
+
+
+def save_lora_pair(lora: PerExpert, paths: dict, dtype: torch.dtype | None = None,
+                   key_format: str = "diffusers") -> dict:
+    """Write each expert's LoRA of ``lora`` to ``paths[name]`` (:func:`save_lora` per file; e.g. the names
+    :func:`~dual_adapter.experts.reserve_pair` reserved). Returns ``{name: path written}``.
+
+    Raises:
+        DualAdapterError: ``lora`` is not a :class:`~dual_adapter.experts.PerExpert` of DiT LoRAs; no path for one of
+            its experts; the writers' errors.
+    """
+    if not isinstance(check_lora(lora), PerExpert):
+        raise DualAdapterError("save_lora_pair: expected one LoRA per expert (PerExpert)")
+    missing = [n for n in lora.by_name if n not in paths]
+    if missing:
+        raise DualAdapterError(f"save_lora_pair: no file name for the {', '.join(missing)} expert")
+    return {n: save_lora(lf, paths[n], dtype=dtype, key_format=key_format) for n, lf in lora.items()}
 
 
 def to_latent(model, latents: torch.Tensor) -> dict:

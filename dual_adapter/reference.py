@@ -310,9 +310,10 @@ def builtin_encoder_name(model_name: str | None) -> str | None:
     Train DualReal and Apply DualReal nodes."""
     from .backbones.cogvideox import BUILTIN_PRETRAINED, TINY_VARIANTS
     from .backbones.wan import TINY_NAMES as WAN_TINY
+    from .backbones.wan_a14b import TINY_NAMES as A14B_TINY
 
     name = str(model_name or "")
-    if name in TINY_VARIANTS or name in WAN_TINY:
+    if name in TINY_VARIANTS or name in WAN_TINY or name in A14B_TINY:
         return "tiny"
     if name in BUILTIN_PRETRAINED:
         return "mini"

@@ -198,3 +198,36 @@ def finish_lora_run(run, lf, losses, title: str, completed: bool = True) -> None
 
         save_lora(lf, run.final)
         run.finish(losses, title)
+
+
+def expert_runs(bundle, method: str, name: str, resume: bool):
+    """How a training node trains ``bundle``: ``[(expert, model, run_name, resume, done)]``, one entry for a
+    one-denoiser model (``expert`` None, the model itself, ``name``), one per expert on Wan 2.2 A14B (the expert's
+    one-transformer model, each trained on the timesteps it serves, run name ``<name>_<expert>``: its own run folder
+    and final file). With ``resume`` an expert resumes its stopped run when there is one, is ``done`` (the final file
+    of its newest finished run) when there is none, else starts afresh; without, every expert starts a new run."""
+    from dual_adapter.backbones import as_backbone
+    from dual_adapter.runs import RunFolder
+
+    from . import bridge
+
+    bb = as_backbone(bundle)
+    names = bb.denoiser_names()
+    if len(names) < 2:
+        return [(None, bundle, name, bool(resume), None)]
+    out = []
+    for n in names:
+        run_name = f"{name}_{n}"
+        runs = RunFolder.runs(bridge.runs_root(), method, run_name)
+        stopped = any(r.stopped for r in runs)
+        done = next((r.final for r in reversed(runs) if r.final.is_file()), None) if resume and not stopped else None
+        out.append((n, bb.expert(n), run_name, bool(resume) and stopped, done))
+    return out
+
+
+def expert_result(halves: dict, name: str):
+    """The trained weights of :func:`expert_runs`' entries: the one item, or a
+    :class:`dual_adapter.experts.PerExpert` of the experts' items."""
+    from dual_adapter.experts import PerExpert
+
+    return halves[None] if None in halves else PerExpert(halves, name=name)

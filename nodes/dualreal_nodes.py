@@ -4,6 +4,7 @@ Thin: validate and convert ComfyUI types, call :mod:`dual_adapter.dualreal`, rep
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -17,9 +18,10 @@ from dual_adapter.limits import (MAX_ADAPTER_HIDDEN, MAX_CFG, MAX_FRAMES, MAX_GR
                                  MAX_TRAIN_STEPS, MIN_CFG)
 
 from . import bridge
-from .common import (NAME_TOOLTIP, RESUME_TOOLTIP, VIDEO_MODEL, as_model, image_batch, node_run, node_settings, preview_inputs,
-                     preview_options,
-                     start_run, training_mode)
+from dual_adapter.experts import PerExpert, pair_files, per_expert_patch, reserve_pair
+
+from .common import (NAME_TOOLTIP, RESUME_TOOLTIP, VIDEO_MODEL, as_model, expert_result, expert_runs, image_batch,
+                     node_run, node_settings, preview_inputs, preview_options, start_run, training_mode)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ class DualRealTrain:
                    "trains in both. Each run gets a folder output/runs/dualreal/<name>_NNNNN_/ (config.json, "
                    "checkpoint.safetensors and state.safetensors while it trains, kept if you cancel the queue, "
                    "losses.jsonl, loss.png, previews/); a finished run saves <name>.safetensors there and removes its "
-                   "checkpoint and state. Load DualReal lists both. Returns the adapters and a loss curve.")
+                   "checkpoint and state. Load DualReal lists both. Returns the adapters and a loss curve. On Wan 2.2 "
+                   "A14B one adapter set per expert is trained, each on the timesteps its expert serves, in runs "
+                   "<name>_high_noise and <name>_low_noise (steps each); the output carries both.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = ("DUALREAL_ADAPTERS", "IMAGE")
@@ -156,51 +160,73 @@ class DualRealTrain:
             log.warning("Train DualReal trains against the base model; the %d patch(es) on the input model are "
                         "not used during training", len(model.patches))
         name = (name or "dualreal").strip().replace("\\", "/").split("/")[-1] or "dualreal"
-        from dual_adapter.dualreal import finalize_run
+        from dual_adapter.dualreal import finalize_run, load_any
 
-        # the name is checked and a new run's folder reserved before any work (a concurrent run takes the next
-        # counter); a run that never trained leaves no folder
-        run = start_run("dualreal", name, "dualreal", resume, settings)
-        bar = bridge.Progress(int(steps))
-        with node_run(run, bar, "Load DualReal"), training_mode():
-            photos = list(image_batch(subject, "subject"))
-            clips = _split_clips(image_batch(motion, "motion"), int(frames_per_clip))
-            for k, c in enumerate(clips):
-                check_motion_frames(c, "motion" if len(clips) == 1 else f"motion clip {k + 1}")
-            encoder = (_ComfyClipVisionEncoder(clip_vision) if clip_vision is not None
-                       else _builtin_encoder(reference_encoder, bundle.name))
-            options = DualRealOptions(hidden=int(hidden_width), groups=int(groups), form=form,
-                                      controller=bool(use_controller), motion_ratio=float(motion_ratio))
-            train = TrainConfig(steps=int(steps), lr=float(lr), seed=int(seed), checkpoint_every=int(checkpoint_every),
-                                warmup_steps=int(warmup_steps), fp8_base=bool(fp8_base),
-                                block_swap=int(block_swap))
-            every = max(1, int(steps) // 50)
+        photos = list(image_batch(subject, "subject"))
+        clips = _split_clips(image_batch(motion, "motion"), int(frames_per_clip))
+        for k, c in enumerate(clips):
+            check_motion_frames(c, "motion" if len(clips) == 1 else f"motion clip {k + 1}")
+        options = DualRealOptions(hidden=int(hidden_width), groups=int(groups), form=form,
+                                  controller=bool(use_controller), motion_ratio=float(motion_ratio))
+        halves, losses = {}, []
+        # Wan 2.2 A14B: one adapter set per expert, each in its own run (<name>_high_noise, <name>_low_noise)
+        for expert, sub, run_name, resume_e, done in expert_runs(bundle, "dualreal", name, resume):
+            if done is not None:  # resumed: this expert's run finished before
+                halves[expert] = load_any(done)
+                continue
+            # the name is checked and a new run's folder reserved before any work (a concurrent run takes the next
+            # counter); a run that never trained leaves no folder
+            run = start_run("dualreal", run_name, "dualreal", resume_e, dict(settings, expert=expert))
+            bar = bridge.Progress(int(steps))
+            with node_run(run, bar, "Load DualReal"), training_mode():
+                encoder = (_ComfyClipVisionEncoder(clip_vision) if clip_vision is not None
+                           else _builtin_encoder(reference_encoder, bundle.name))
+                train = TrainConfig(steps=int(steps), lr=float(lr), seed=int(seed),
+                                    checkpoint_every=int(checkpoint_every), warmup_steps=int(warmup_steps),
+                                    fp8_base=bool(fp8_base), block_swap=int(block_swap))
+                log.info("Train DualReal: run folder %s", run.path)
+                res = train_dualreal(sub, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
+                                     options=options, train=train, callback=_log_progress(bar, run_name),
+                                     out=run.final, resume=resume_e,
+                                     preview=preview_options(bar, preview_every, preview_prompt, sub, run.previews),
+                                     run=run)
+                path = finalize_run(res, run.final, run)  # the final file replaces the checkpoint and state, as the CLI
+                log.info("Train DualReal: wrote %s", path)
+            halves[expert] = res.adapters
+            losses += [dict(r, phase=f"{expert} {r.get('phase', '')}".strip()) if expert else r for r in res.losses]
+        curve = plot_loss_curve(losses, title=f"DualReal {name}", group_by="phase",
+                                smooth=max(1, min(25, len(losses) // 10)))
+        return (expert_result(halves, name), curve)
 
-            def cb(step, total, info):
-                if "loss" in info:
-                    if step % every == 0 or step == total:
-                        log.info("DualReal %s step %d/%d loss %.4f (%s)", name, step, total, info["loss"],
-                                 info.get("phase", ""))
-                    bar(step, total, info)  # the bar, and the shared progress line under the node
-                else:
-                    bridge.throw_if_interrupted()
 
-            log.info("Train DualReal: run folder %s", run.path)
-            res = train_dualreal(bundle, photos, identity_prompt, clips, motion_prompt, reference_encoder=encoder,
-                                 options=options, train=train, callback=cb, out=run.final, resume=bool(resume),
-                                 preview=preview_options(bar, preview_every, preview_prompt, bundle, run.previews),
-                                 run=run)
-            path = finalize_run(res, run.final, run)  # the final file replaces the checkpoint and state, as in the CLI
-            log.info("Train DualReal: wrote %s", path)
-            curve = plot_loss_curve(res.losses, title=f"DualReal {name}", group_by="phase",
-                                    smooth=max(1, min(25, len(res.losses) // 10)))
-        return (res.adapters, curve)
+def _log_progress(bar, name: str):
+    """Train DualReal's step callback: a log line every 1/50 of the run, the node's bar."""
+    def cb(step, total, info):
+        if "loss" in info:
+            if step % max(1, total // 50) == 0 or step == total:
+                log.info("DualReal %s step %d/%d loss %.4f (%s)", name, step, total, info["loss"],
+                         info.get("phase", ""))
+            bar(step, total, info)  # the bar, and the shared progress line under the node
+        else:
+            bridge.throw_if_interrupted()
+    return cb
+
+
+def _check_adapters(adapters):
+    """A DUALREAL_ADAPTERS input: one adapter set, or a Wan 2.2 A14B pair (one per expert)."""
+    from dual_adapter.dualreal import DualRealAdapterSet
+
+    items = adapters.by_name.values() if isinstance(adapters, PerExpert) else [adapters]
+    if not all(isinstance(a, DualRealAdapterSet) for a in items):
+        raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
+    return adapters
 
 
 class DualRealSave:
     DESCRIPTION = ("Save DualReal adapters + controller as a .safetensors file (with metadata: form, widths, groups, "
                    "base-model fingerprint, steps, prompts) in output/dualreal/, never overwriting; Load DualReal "
-                   "lists it in the next queue.")
+                   "lists it in the next queue. A Wan 2.2 A14B pair writes two files with one counter, "
+                   "<prefix>_high_noise_NNNNN_ and <prefix>_low_noise_NNNNN_.")
     CATEGORY = CATEGORY
     FUNCTION = "save"
     RETURN_TYPES = ()
@@ -217,10 +243,16 @@ class DualRealSave:
         }}
 
     def save(self, adapters, filename_prefix):
-        from dual_adapter.dualreal import DualRealAdapterSet, save_adapters
+        from dual_adapter.dualreal import save_adapters
 
-        if not isinstance(adapters, DualRealAdapterSet):
-            raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
+        _check_adapters(adapters)
+        if isinstance(adapters, PerExpert):  # Wan 2.2 A14B: one file per expert, one counter
+            paths = reserve_pair(lambda p: bridge.saved_output_path("dualreal", p), filename_prefix or "dualreal")
+            with contextlib.ExitStack() as held:  # a failed save leaves no empty file behind
+                for p in paths.values():
+                    held.enter_context(reservation(p))
+                written = [save_adapters(a, paths[n]) for n, a in adapters.items()]
+            return {"ui": {"text": [str(p) for p in written]}}
         out = bridge.saved_output_path("dualreal", filename_prefix or "dualreal")
         with reservation(out):  # a failed save leaves no empty file behind
             path = save_adapters(adapters, out)
@@ -232,7 +264,9 @@ class DualRealLoad:
                    "and the runs of Train DualReal in output/runs/dualreal/<name>_NNNNN_/ (<name>.safetensors: a "
                    "finished run; checkpoint.safetensors: a stopped run's last checkpoint; older runs' "
                    "output/dualreal/*.partial.safetensors too). "
-                   "Our .safetensors files, or the authors' adapter.pth (imported into the 'official' form).")
+                   "Our .safetensors files, or the authors' adapter.pth (imported into the 'official' form). A file "
+                   "named for a Wan 2.2 A14B expert (X_high_noise / X_low_noise) loads with its twin when it is "
+                   "there (one set per expert).")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("DUALREAL_ADAPTERS",)
@@ -262,14 +296,19 @@ class DualRealLoad:
                 pass  # not there: the models folder's one message below
         if shipped is not None and shipped.is_file():
             return (load_any(shipped),)
-        return (load_any(bridge.resolve("dualreal", adapters_name)),)
+        path = bridge.resolve("dualreal", adapters_name)
+        pair = pair_files(path)  # X_high_noise / X_low_noise: both halves of a Wan 2.2 A14B pair
+        if pair:
+            return (PerExpert({n: load_any(p) for n, p in pair.items()}, name=path.stem),)
+        return (load_any(path),)
 
 
 class DualRealApply:
     DESCRIPTION = ("Apply DualReal adapters to a CogVideoX model for sampling: DA-blocks in every transformer block "
                    "and the StageBlender controller. The reference photo (encoded with CLIP vision ViT-H) or a "
                    "CLIP_VISION_OUTPUT conditions the motion adapters; without one their W_cond term is skipped. "
-                   "Returns a patched copy; the input model is unchanged.")
+                   "Returns a patched copy; the input model is unchanged. Wan 2.2 A14B: a pair applies each set to "
+                   "its expert, one set applies to both experts; a pair on a one-transformer model is refused.")
     CATEGORY = CATEGORY
     FUNCTION = "apply"
     RETURN_TYPES = (VIDEO_MODEL,)
@@ -303,22 +342,24 @@ class DualRealApply:
 
     def apply(self, model, adapters, reference_image=None, clip_vision=None, clip_vision_output=None,
               identity_scale=1.0, motion_scale=1.0, use_controller=True):
-        from dual_adapter.dualreal import DualRealAdapterSet, DualRealPatch, check_compatible, reference_for_adapters
+        from dual_adapter.dualreal import DualRealPatch, check_compatible, reference_for_adapters
         from dual_adapter.reference import as_reference_embedding
 
-        bundle = _bundle(model)
-        if not isinstance(adapters, DualRealAdapterSet):
-            raise DualAdapterError(f"adapters must be DUALREAL_ADAPTERS, got {type(adapters).__name__}")
-        check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
-        ref = None
-        if clip_vision_output is not None:
-            ref = as_reference_embedding(clip_vision_output, "clip_vision_output")[:1]
-        elif reference_image is not None:  # clip_vision, else the built-in encoder the adapters were trained with
-            ref = reference_for_adapters(adapters, image_batch(reference_image, "reference_image"),
-                                         _ComfyClipVisionEncoder(clip_vision) if clip_vision is not None else None)
-        patch = DualRealPatch(adapters, ref, fixed_weights=None if use_controller else (0.1, 0.1),
-                              identity_scale=float(identity_scale), motion_scale=float(motion_scale))
-        return (model.with_patch(patch),)
+        _bundle(model)
+        _check_adapters(adapters)
+
+        def one(a, denoiser):  # one adapter set on one transformer (each expert's on its own, on A14B)
+            check_compatible(a.config, denoiser, a.meta.get("base_fingerprint"))
+            ref = None
+            if clip_vision_output is not None:
+                ref = as_reference_embedding(clip_vision_output, "clip_vision_output")[:1]
+            elif reference_image is not None:  # clip_vision, else the built-in encoder the adapters were trained with
+                ref = reference_for_adapters(a, image_batch(reference_image, "reference_image"),
+                                             _ComfyClipVisionEncoder(clip_vision) if clip_vision is not None else None)
+            return DualRealPatch(a, ref, fixed_weights=None if use_controller else (0.1, 0.1),
+                                 identity_scale=float(identity_scale), motion_scale=float(motion_scale))
+
+        return (model.with_patch(per_expert_patch(adapters, model, one, "adapters")),)
 
 
 class DualRealStageBlenderPlot:
@@ -354,6 +395,9 @@ class DualRealStageBlenderPlot:
         from dual_adapter.reference import as_reference_embedding
 
         bundle = _bundle(model)
+        if isinstance(adapters, PerExpert):
+            raise DualAdapterError("adapters: a Wan 2.2 A14B pair (one set per expert) has two StageBlenders; plot "
+                                   "one expert's file with a one-transformer model, or use the sampler")
         ref = as_reference_embedding(clip_vision_output)[:1] if clip_vision_output is not None else None
         bar = bridge.Progress(int(steps))
         with torch.inference_mode(False), torch.no_grad():

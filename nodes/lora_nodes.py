@@ -7,9 +7,12 @@ with the LoRA's patch added; the loaded model is never changed and several Apply
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from dual_adapter import dispatch
+from dual_adapter.experts import PerExpert, reserve_pair
 from dual_adapter import unet_motion as UM
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.io import reservation
@@ -18,8 +21,10 @@ from dual_adapter.seeds import SEED_MAX
 from dual_adapter.limits import MAX_RANK, MAX_SIDE, MAX_TRAIN_STEPS
 
 from . import bridge
-from .common import (VIDEO_LORA, VIDEO_MODEL, as_model, finish_lora_run, image_batch, node_run, node_settings,
-                     preview_inputs, preview_options, run_inputs, start_run, training_mode)
+from dual_adapter.patches import patches_for
+
+from .common import (VIDEO_LORA, VIDEO_MODEL, as_model, expert_result, expert_runs, finish_lora_run, image_batch,
+                     node_run, node_settings, preview_inputs, preview_options, run_inputs, start_run, training_mode)
 
 CAT = "DualAdapter/LoRA"
 
@@ -36,7 +41,9 @@ class TrainMotionLoRA:
                    "to_out.0 of the temporal attentions) on ZeroScope / AnimateDiff; full = q, k, v, out. Optional "
                    "MotionDirector spatial path and appearance-debiased loss. Progress per step; "
                    "Each run gets a folder output/runs/lora/<name>_NNNNN_/ (the final LoRA, losses, loss plot, previews); Cancel keeps the last checkpoint there and 'resume' continues it. While it trains "
-                   "the node shows the loss curve and validation previews.")
+                   "the node shows the loss curve and validation previews. On Wan 2.2 A14B one LoRA per expert is "
+                   "trained, each on the timesteps its expert serves, in runs <name>_high_noise and <name>_low_noise "
+                   "(steps each); the output carries both.")
     CATEGORY = CAT
     RETURN_TYPES = (VIDEO_LORA, "IMAGE")
     RETURN_NAMES = ("lora", "loss_plot")
@@ -104,22 +111,33 @@ class TrainMotionLoRA:
         m = as_model(model)
         clips = [check_motion_frames(image_batch(c, name), name)
                  for name, c in (("clip", clip), ("clip_2", clip_2), ("clip_3", clip_3)) if c is not None]
-        run = start_run(self.RUN_METHOD, name, "motion_lora", resume, dict(settings, trainer="motion LoRA"))
-        progress = bridge.Progress(int(steps))
-        pv = preview_options(progress, preview_every, preview_prompt, m.bundle, run.previews)
         title = f"motion LoRA ({spec_name(dispatch.motion_preset(m.bundle, preset), targets)}) loss"
-        with node_run(run, progress, "Load LoRA"), training_mode():
-            lf, losses = dispatch.train_motion_lora(
-                m.bundle, clips, prompt, preset=preset, rank=int(rank), alpha=float(alpha), dropout=float(dropout),
-                lr=float(learning_rate), steps=int(steps), seed=int(seed), spatial_path=bool(spatial_path),
-                debiased_loss=bool(debiased_loss), gradient_checkpointing=bool(gradient_checkpointing),
-                targets=targets, blocks=blocks, height=int(height), width=int(width),
-                checkpoint_every=int(checkpoint_every), fp8_base=bool(fp8_base), block_swap=int(block_swap), run=run,
-                resume=bool(resume), callback=progress, preview=pv, patches=m.patches)
-            finish_lora_run(run, lf, losses, title)
+        halves, all_losses = {}, []
+        for expert, sub, run_name, resume_e, done in expert_runs(m.bundle, self.RUN_METHOD,
+                                                                  (name or "").strip() or "motion_lora", resume):
+            if done is not None:  # Wan 2.2 A14B resumed: this expert's run finished before
+                halves[expert] = dispatch.load_lora(done, pairs=False)
+                continue
+            run = start_run(self.RUN_METHOD, run_name, "motion_lora", resume_e,
+                            dict(settings, trainer="motion LoRA", expert=expert))
+            progress = bridge.Progress(int(steps))
+            pv = preview_options(progress, preview_every, preview_prompt, sub, run.previews)
+            with node_run(run, progress, "Load LoRA"), training_mode():
+                lf, losses = dispatch.train_motion_lora(
+                    sub, clips, prompt, preset=preset, rank=int(rank), alpha=float(alpha), dropout=float(dropout),
+                    lr=float(learning_rate), steps=int(steps), seed=int(seed), spatial_path=bool(spatial_path),
+                    debiased_loss=bool(debiased_loss), gradient_checkpointing=bool(gradient_checkpointing),
+                    targets=targets, blocks=blocks, height=int(height), width=int(width),
+                    checkpoint_every=int(checkpoint_every), fp8_base=bool(fp8_base), block_swap=int(block_swap),
+                    run=run, resume=resume_e, callback=progress, preview=pv,
+                    patches=patches_for(m.patches, expert) if expert else m.patches)
+                finish_lora_run(run, lf, losses, title if expert is None else f"{title}, {expert} expert")
+            halves[expert] = lf
+            all_losses += [dict(r, phase=expert) if expert else r for r in losses]
         from dual_adapter.plots import plot_loss_curve
 
-        return (lf, plot_loss_curve(losses, title=title, smooth=20))
+        return (expert_result(halves, (name or "").strip() or "motion_lora"),
+                plot_loss_curve(all_losses, title=title, smooth=20, group_by="phase" if len(halves) > 1 else None))
 
 
 def spec_name(preset: str, targets: str = "") -> str:
@@ -132,8 +150,9 @@ def spec_name(preset: str, targets: str = "") -> str:
 class SaveLoRA:
     DESCRIPTION = ("Save a VIDEO_LORA (.safetensors with rank, alpha, targets and base-model metadata). A CogVideoX / Wan "
                    "LoRA in the diffusers format (loads with diffusers' CogVideoXPipeline.load_lora_weights and ComfyUI "
-                   "CogVideoX tools) or core ComfyUI's; a U-Net LoRA as unet.<module>.lora_A/B.weight. Never "
-                   "overwrites: a counter is added to the name.")
+                   "CogVideoX tools) or core ComfyUI's; a U-Net LoRA as unet.<module>.lora_A/B.weight. A Wan 2.2 A14B LoRA (one per "
+                   "expert) writes two files with one counter, <prefix>_high_noise_NNNNN_ and "
+                   "<prefix>_low_noise_NNNNN_ (path: the first). Never overwrites: a counter is added to the name.")
     CATEGORY = CAT
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
@@ -161,11 +180,22 @@ class SaveLoRA:
     def save(self, lora, filename_prefix="motion_lora", folder="models/loras", precision="bf16",
              key_format="diffusers"):
         lf = _as_lora(lora)
-        if folder == "models/loras":
-            path = bridge.output_path(filename_prefix, "safetensors", base=bridge.folder_dirs("loras")[0])
-        else:
-            path = bridge.saved_output_path("loras", filename_prefix)
-        return write_lora(lf, path, precision, key_format)
+
+        def reserve(prefix):
+            if folder == "models/loras":
+                return bridge.output_path(prefix, "safetensors", base=bridge.folder_dirs("loras")[0])
+            return bridge.saved_output_path("loras", prefix)
+
+        if isinstance(lf, PerExpert):  # Wan 2.2 A14B: one file per expert, one counter
+            paths = reserve_pair(reserve, filename_prefix)
+            dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            with contextlib.ExitStack() as held:
+                for p in paths.values():
+                    held.enter_context(reservation(p))
+                written = dispatch.save_lora_pair(lf, paths, dtype=dt, key_format=key_format)
+            text = [str(p) for p in written.values()]
+            return {"ui": {"text": text}, "result": (text[0],)}
+        return write_lora(lf, reserve(filename_prefix), precision, key_format)
 
 
 def write_lora(lf, path, precision: str = "bf16", key_format: str = "diffusers") -> dict:
@@ -203,7 +233,9 @@ class LoadLoRA:
                    "files (CogVideoX-Fun, also VideoX-Fun's lora_unet__ names), ComfyUI-native "
                    "diffusion_model.blocks.N.q files (.alpha read; .diff refused) and finetrainers files (alpha from "
                    "lora_config); text-encoder parts are not applied. U-Nets: unet.<module>.lora_A/B files (this "
-                   "pack's, diffusers / peft). Apply LoRA checks that it fits the model.")
+                   "pack's, diffusers / peft). A file named for a Wan 2.2 A14B expert (X_high_noise / X_low_noise, with "
+                   "or without a counter) loads with its twin when the twin is there, one LoRA per expert "
+                   "(docs/wan.md). Apply LoRA checks that it fits the model.")
     CATEGORY = CAT
     RETURN_TYPES = (VIDEO_LORA,)
     RETURN_NAMES = ("lora",)
@@ -227,7 +259,10 @@ class LoadLoRA:
 class ApplyLoRA:
     DESCRIPTION = ("Add a LoRA to a video model at a strength. Returns a new model; the input model is unchanged "
                    "and the weights are shared. Chain several Apply LoRA nodes to stack LoRAs (their updates add up). "
-                   "Strength 0 = the model without the LoRA. A LoRA of another backbone is refused.")
+                   "Strength 0 = the model without the LoRA. A LoRA of another backbone is refused. Wan 2.2 A14B: a "
+                   "LoRA pair (Train Motion LoRA on A14B, Load LoRA of an X_high_noise / X_low_noise file) applies "
+                   "each half to its expert; a one-file LoRA applies to both experts; a pair on a one-transformer "
+                   "model is refused.")
     CATEGORY = CAT
     RETURN_TYPES = (VIDEO_MODEL,)
     RETURN_NAMES = ("model",)

@@ -722,6 +722,47 @@ def g_native_wan(classes) -> Graph:
 BUILDERS += [g_native_wan]
 
 
+WAN_I2V_NOTE = """**Runs as shipped on the built-in `tiny-wan-i2v` model (a Wan 2.1 I2V-architecture transformer with random
+weights, 9 frames x 64 x 64, CPU, seconds): a pipeline check, it draws noise, not pictures.**
+
+For a real Wan image-to-video model:
+- put a Wan 2.1 I2V diffusers folder (`Wan2.1-I2V-14B-480P-Diffusers`, with `image_encoder/` and
+  `image_processor/`) or a Wan 2.2 TI2V-5B one (`Wan2.2-TI2V-5B-Diffusers`) in `models/Wan/` (one in
+  `models/CogVideo/` is recognised too) and pick it in *Load Video Model*;
+- set Load Photos to the video size and the sampler to 81 frames, 480 x 832 (TI2V-5B: 121 x 704 x 1280; or 0 = the
+  model's default), 50 steps, CFG 5, scheduler unipc;
+- replace the shipped photo (`examples/dog`) with your subject photo or keyframe (any size: it is fitted by cover,
+  then centre-crop), and the prompts with yours (docs/wan.md, "Image-to-video");
+"""
+
+
+def g_wan_i2v(classes) -> Graph:
+    g = Graph("wan_image_to_video", classes)
+    m = g.node("DualAdapterLoadVideoModel", model="tiny-wan-i2v")
+    ph = g.node("DualAdapterLoadPhotos", title="Subject photo (first frame)", path="examples/dog/00.png", **WAN_SIZE)
+    clip = _wan_clip(g)
+    t = g.node("DualAdapterTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
+               preset="tap", rank=8, alpha=8.0, steps=10, learning_rate=1e-3, seed=0, gradient_checkpointing=False,
+               name="wan_i2v_tap")
+    g.node("PreviewImage", images=t[1])
+    a = g.node("DualAdapterApplyLoRA", model=m[0], lora=t[0], strength=1.0)
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a dog is playing guitar", negative_prompt="")
+    i = g.node("DualAdapterImageToVideo", model=m[0], embeds=e[0], image=ph[0])
+    s = g.node("DualAdapterSampler", model=a[0], embeds=i[0], steps=10, cfg=5.0, seed=42, scheduler="unipc")
+    d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
+    g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/wan_image_to_video", fps=8.0)
+    g.note("Wan image-to-video with a motion LoRA", WAN_I2V_NOTE + (
+        "- *Image To Video (first frame)* attaches the photo to the prompt: the video starts from it;\n"
+        "- the motion LoRA (TAP: self-attention query and key) is trained here on the clip, each clip conditioned on "
+        "its own first frame; to use a LoRA you already have, replace *Train Motion LoRA* with *Load LoRA* (a Wan "
+        "text-to-video LoRA of the same size applies too: the image projections get none); delete *Apply LoRA* "
+        "for plain image-to-video."))
+    return g
+
+
+BUILDERS += [g_wan_i2v]
+
+
 def build_all(classes=None) -> list[Graph]:
     classes = classes or node_classes()
     graphs = []

@@ -193,14 +193,15 @@ def model_inputs(net, latents: torch.Tensor, t: torch.Tensor, cond: ImageConditi
 
 def training_conditioning(net, latents: torch.Tensor) -> ImageConditioning | None:
     """The conditioning for a clip of clean latents ``[B, F, C, h, w]``: Wan 2.2 TI2V: the clip's first latent frame
-    (the Wan VAE encodes the first frame on its own, so it is the image's latent); Wan 2.1 I2V: the clip's first
+    (the Wan VAE encodes the first frame on its own, so it is the image's latent), none for a single latent frame (a
+    photo: given as the first frame it would leave no frame to learn, so it trains as text-to-video); Wan 2.1 I2V: the clip's first
     frame decoded and conditioned on as an image (the model's VAE and image encoder); None on text-to-video Wan.
 
     Raises:
         DualAdapterError: a Wan 2.1 I2V transformer separated from its model (no VAE / image encoder to use).
     """
-    if is_ti2v(net):
-        return ImageConditioning(first_frame=latents[:, :1])
+    if is_ti2v(net):  # a single frame (an identity photo) would leave nothing to learn: text-to-video, as without
+        return ImageConditioning(first_frame=latents[:, :1]) if latents.shape[1] > 1 else None  # an image
     if not is_i2v(net):
         return None
     ref = getattr(net, SOURCE_ATTR, None)

@@ -54,6 +54,21 @@ def for_denoiser(denoiser: nn.Module, scheduler_config: dict | None = None):
     return wan.for_denoiser(denoiser, scheduler_config)
 
 
+def inspect_model(name_or_path: str):
+    """Read and check an A14B folder's configs without loading weights (:func:`dual_adapter.backbones.wan.
+    inspect_model`, which reads ``transformer_2/`` and ``boundary_ratio`` too); ``tiny-wan-a14b`` answers as
+    ``tiny-wan`` with ``boundary_ratio`` 0.875.
+
+    Raises:
+        DualAdapterError: see :func:`dual_adapter.backbones.wan.inspect_model`.
+    """
+    if name_or_path in TINY_NAMES:
+        info = wan.inspect_model("tiny-wan")
+        info.name, info.boundary_ratio = name_or_path, DEFAULT_BOUNDARY_RATIO
+        return info
+    return wan.inspect_model(name_or_path)
+
+
 def load(name_or_path: str, dtype=None, device=None, seed: int = 0, **kw) -> "WanExpertsBackbone":
     """``tiny-wan-a14b`` -> :func:`build_tiny`; a folder -> :func:`load_folder` (``cpu_offload`` in ``kw``).
     dtype defaults to fp32 for the tiny model and bf16 for real ones.

@@ -8,6 +8,7 @@ resume / refuse checks in rank 0 only (the one writer).
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 
@@ -135,3 +136,55 @@ def parallel_run(args, out: Path, method: str, what: str):
         args.device = str(dev)
     with run_folder(args, out, method, what, rank, world) as run:
         yield rank, world, run
+
+
+def _has_stopped_run(args, out: Path, method: str) -> bool:
+    from ..runs import RunFolder
+
+    root = Path(args.run_dir) if getattr(args, "run_dir", None) else out.parent / "runs"
+    return any(r.stopped for r in RunFolder.runs(root, method, _stem(out), final=out))
+
+
+def train_runs(args, out: Path, method: str, what: str, train_one) -> list:
+    """Run a training command: ``train_one(args, model, out, rank, run)`` inside :func:`parallel_run` once, or, on a
+    Wan 2.2 A14B ``--model``, once per expert (``model`` that expert's one-transformer backbone, trained on the
+    timesteps it serves; ``out`` :func:`dual_adapter.experts.denoiser_path` ``(--out, expert)``, e.g.
+    ``X_high_noise.safetensors``, each with its own run folder). Returns ``train_one``'s results.
+
+    With ``--resume`` an expert whose file is written is kept, one with a stopped run continues it, another starts
+    afresh; without, an expert file that exists or a stopped expert run is refused before anything trains.
+
+    Raises:
+        DualAdapterError: see :func:`parallel_run`; an expert's file or stopped run without ``--resume``.
+    """
+    import argparse
+
+    from ..backbones import as_backbone
+    from ..errors import DualAdapterError
+    from ..experts import denoiser_path, expert_names
+    from ._common import load_bundle
+
+    names = expert_names(args.model)
+    if not names:
+        with parallel_run(args, out, method, what) as (rank, world, run):
+            return [train_one(args, load_bundle(args), out, rank, run)]
+    outs = {n: denoiser_path(out, n) for n in names}
+    if not args.resume:
+        taken = [str(p) for p in outs.values() if p.exists()]
+        stopped = [str(p) for p in outs.values() if _has_stopped_run(args, p, method)]
+        if taken or stopped:
+            raise DualAdapterError(f"--out {str(out)!r}: " + (f"{', '.join(taken)} already exist(s); choose another "
+                                   f"--out" if taken else f"a stopped run of {', '.join(stopped)} is there; "
+                                   f"continue it with --resume or choose another --out"))
+    bundle, res = None, []
+    for n in names:
+        if args.resume and outs[n].exists():
+            print(f"{outs[n]}: this expert's run finished before; kept", file=sys.stderr)
+            continue
+        a = argparse.Namespace(**{**vars(args), "resume": bool(args.resume) and _has_stopped_run(args, outs[n],
+                                                                                                     method)})
+        with parallel_run(a, outs[n], method, what) as (rank, world, run):
+            bundle = bundle if bundle is not None else load_bundle(args)
+            print(f"{n} expert -> {outs[n]}", file=sys.stderr)
+            res.append(train_one(a, as_backbone(bundle).expert(n), outs[n], rank, run))
+    return res

@@ -121,8 +121,8 @@ def _train(args) -> int:
                         fsdp_release_loaded=args.fsdp or args.fp8_base, fp8_base=args.fp8_base,
                         block_swap=args.block_swap)
     _validate_cli(train)
-    from ._parallel import parallel_run
-    from ._common import load_bundle, preflight
+    from ._parallel import train_runs
+    from ._common import preflight
 
     # inputs are checked against the model's configs before the model loads (minutes on 5B)
     info = preflight(args, args.frames, args.height, args.width)
@@ -136,9 +136,12 @@ def _train(args) -> int:
                               identity_batch=args.identity_batch, grad_accum=args.grad_accum, num_frames=frames,
                               height=args.height or h0, width=args.width or w0, clip_sampling=args.clip_sampling,
                               clip_fps=args.fps, latent_sampling=args.latent_sampling)
-    with parallel_run(args, out, "dualreal", "train-dualreal") as (rank, world, run):
-        bundle = load_bundle(args)
-        encoder = encoder_for(args.reference_encoder, bundle.name, bundle.device)
+    def train_one(args, bundle, out, rank, run):
+        from ..experts import expert_names
+
+        # an A14B expert's backbone is named "<model> (<expert> expert)": the built-in encoder goes by the model
+        encoder = encoder_for(args.reference_encoder, args.model if expert_names(args.model) else bundle.name,
+                              bundle.device)
         if encoder is None and rank == 0:
             from ..dualreal.trainer import NO_REFERENCE_WARNING
 
@@ -152,14 +155,16 @@ def _train(args) -> int:
                              callback=TextProgress("train-dualreal", quiet=rank != 0), out=out, resume=args.resume,
                              preview=pv, run=run)
         if rank != 0:
-            return 0
+            return
         path = finalize_run(res, out, run)
         if pv is not None:
             report(args, res.preview_seconds, res.seconds, pv.folder)
-    first, last = loss_summary(res.losses)
-    print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "
-          f"{res.seconds:.1f} s, {res.optimizer_name}); loss {first:.4f} -> {last:.4f}; "
-          f"run folder: {run.path}")
+        first, last = loss_summary(res.losses)
+        print(f"wrote {path} ({res.adapters.num_parameters():,} parameters, {res.steps_done} steps, "
+              f"{res.seconds:.1f} s, {res.optimizer_name}); loss {first:.4f} -> {last:.4f}; "
+              f"run folder: {run.path}")
+
+    train_runs(args, out, "dualreal", "train-dualreal", train_one)  # Wan 2.2 A14B: once per expert
     return 0
 
 
@@ -185,7 +190,9 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     """DualReal options of ``generate``."""
     g = parser.add_argument_group("DualReal")
     g.add_argument("--dualreal", default=None, metavar="ADAPTERS",
-                   help="DualReal adapters (.safetensors, or the authors' adapter.pth)")
+                   help="DualReal adapters (.safetensors, or the authors' adapter.pth). Wan 2.2 A14B: "
+                        "X_high_noise / X_low_noise.safetensors (either; its twin is found) put each set on its "
+                        "expert; a file of no expert applies to both experts")
     g.add_argument("--reference-image", default=None, metavar="PHOTO",
                    help="subject photo whose CLIP embedding conditions the motion adapters")
     g.add_argument("--reference-embedding", default=None, metavar="FILE",
@@ -239,13 +246,24 @@ def generate_patches(args, bundle) -> list:
         if getattr(args, "reference_image", None) or getattr(args, "reference_embedding", None):
             raise DualAdapterError("--reference-image / --reference-embedding need --dualreal ADAPTERS")
         return []
+    from ..backbones import as_backbone
     from ..dualreal import DualRealPatch, check_compatible, load_any, w_cond_trained
+    from ..experts import PerExpert, group_pairs, per_expert_patch
 
-    adapters = load_any(path)
-    check_compatible(adapters.config, bundle.transformer, adapters.meta.get("base_fingerprint"))
-    ref = _load_reference(args, adapters, bundle)  # untrained W_cond: DualRealPatch drops a reference, warned
-    if ref is None and w_cond_trained(adapters):
-        print("note: no --reference-image / --reference-embedding: the motion adapters run without W_cond",
+    bb = as_backbone(bundle)
+
+    def one(item, denoiser):
+        adapters = load_any(item[0])
+        check_compatible(adapters.config, denoiser, adapters.meta.get("base_fingerprint"))
+        ref = _load_reference(args, adapters, bundle)  # untrained W_cond: DualRealPatch drops a reference, warned
+        if ref is None and w_cond_trained(adapters):
+            print("note: no --reference-image / --reference-embedding: the motion adapters run without W_cond",
+                  file=sys.stderr)
+        return DualRealPatch(adapters, ref, fixed_weights=args.dualreal_fixed_weights,
+                             identity_scale=args.dualreal_identity_scale, motion_scale=args.dualreal_motion_scale)
+
+    (item,) = group_pairs([(path, None)], bb.denoiser_names())
+    if isinstance(item, PerExpert):
+        print(f"DualReal pair {item.name}: " + ", ".join(f"{n} expert <- {p}" for n, (p, _) in item.items()),
               file=sys.stderr)
-    return [DualRealPatch(adapters, ref, fixed_weights=args.dualreal_fixed_weights,
-                          identity_scale=args.dualreal_identity_scale, motion_scale=args.dualreal_motion_scale)]
+    return [per_expert_patch(item, bb, one, "--dualreal")]

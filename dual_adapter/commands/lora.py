@@ -122,9 +122,9 @@ def run_train(args) -> int:
 
     from .. import lora, media
     from ..progress import TextProgress
-    from ._parallel import parallel_run
+    from ._parallel import train_runs
     from .dualreal import _validate_cli
-    from ._common import load_bundle, preflight
+    from ._common import preflight
     from .unet import _is_unet, run_train_unet
 
     if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
@@ -167,8 +167,7 @@ def run_train(args) -> int:
     if not args.quiet:
         print(f"{kind} LoRA: preset {args.targets or args.preset or d['preset']}, lr {cfg.lr:g}, {cfg.steps} steps",
               file=sys.stderr)
-    with parallel_run(args, out, "lora", "train-lora") as (rank, world, run):
-        bundle = load_bundle(args)
+    def train_one(args, bundle, out, rank, run):
         from ._previews import preview_options, report
 
         pv = preview_options(args, bundle, run.previews)
@@ -179,16 +178,18 @@ def run_train(args) -> int:
                                   height=args.height, width=args.width, batch_size=args.batch,
                                   grad_accum=args.grad_accum, preview=pv)
         if rank != 0:  # one writer in a data-parallel run
-            return 0
+            return
         lf.metadata["train"] = dict(lf.metadata.get("train") or {}, clip_files=[Path(c).name for c in args.motion])
         dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.save_dtype]
         path = lf.save(out, dtype=dt)
         run.finish(res.losses, title=f"{kind} LoRA loss")
         if pv is not None:
             report(args, res.preview_seconds, res.seconds, pv.folder)
-    last = res.losses[-1]["loss"] if res.losses else float("nan")
-    print(f"wrote {path} (rank {lf.rank}, targets {','.join(lf.targets)}, {len(lf.modules)} modules; "
-          f"{res.steps_done} steps, last loss {last:.4f}); run folder {run.path}")
+        last = res.losses[-1]["loss"] if res.losses else float("nan")
+        print(f"wrote {path} (rank {lf.rank}, targets {','.join(lf.targets)}, {len(lf.modules)} modules; "
+              f"{res.steps_done} steps, last loss {last:.4f}); run folder {run.path}")
+
+    train_runs(args, out, "lora", "train-lora", train_one)  # Wan 2.2 A14B: once per expert
     return 0
 
 
@@ -219,7 +220,9 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     """``generate --lora FILE[:STRENGTH]`` (repeatable)."""
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                         help="apply a LoRA (ours, diffusers/peft or kohya format) at STRENGTH (default 1); "
-                             "repeat to stack several")
+                             "repeat to stack several. Wan 2.2 A14B: X_high_noise / X_low_noise.safetensors "
+                             "(either; its twin is found) put each half on its expert (give both for a strength "
+                             "each); a file of no expert applies to both experts")
 
 
 def check_generate_options(args) -> None:
@@ -233,16 +236,34 @@ def check_generate_options(args) -> None:
 
 
 def generate_patches(args, bundle) -> list:
-    """One :class:`~dual_adapter.lora.LoraPatch` per ``--lora``, each checked against the model first."""
+    """One :class:`~dual_adapter.lora.LoraPatch` per ``--lora``, each checked against the model first. On Wan 2.2
+    A14B a file named for an expert (``X_high_noise`` / ``X_low_noise``) and its twin (given too, or found beside
+    it) make one :class:`~dual_adapter.patches.PerDenoiser` patch, each half on its expert at its file's strength;
+    a file of no expert applies to both experts (docs/wan.md)."""
     from .. import lora
+    from ..backbones import as_backbone
+    from ..experts import PerExpert, group_pairs, per_expert_patch
 
-    out = []
-    for item in getattr(args, "lora", None) or []:
-        path, strength = lora.parse_lora_arg(item)
+    bb = as_backbone(bundle)
+    quiet = getattr(args, "quiet", False)
+
+    def one(item, denoiser):
+        path, strength = item
         lf = lora.load_lora(path)
-        lora.check_compatible(lf, bundle.transformer)
-        out.append(lora.LoraPatch(lf, strength, name=Path(path).stem))
-        if not getattr(args, "quiet", False):
+        lora.check_compatible(lf, denoiser)
+        if not quiet:
             print(f"LoRA {path} x {strength:g}: rank {lf.rank}, {len(lf.modules)} modules ({lf.source_format})",
                   file=sys.stderr)
+        return lora.LoraPatch(lf, strength, name=Path(path).stem)
+
+    out = []
+    for item in group_pairs([lora.parse_lora_arg(i) for i in getattr(args, "lora", None) or []],
+                            bb.denoiser_names()):
+        if isinstance(item, PerExpert) and not quiet:
+            print(f"LoRA pair {item.name}: " + ", ".join(f"{n} expert <- {p}" for n, (p, _) in item.items()) +
+                  ("" if len(item.by_name) == len(bb.denoiser_names()) else " (no twin: the other expert runs "
+                   "without it)"), file=sys.stderr)
+        elif len(bb.denoiser_names()) > 1 and not quiet:
+            print(f"LoRA {item[0]}: one file, applied to every expert", file=sys.stderr)
+        out.append(per_expert_patch(item, bb, one, "--lora"))
     return out
