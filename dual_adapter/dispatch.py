@@ -262,11 +262,9 @@ def train_motion_lora(model, clips: Sequence[torch.Tensor], prompt: str, *, pres
         def keep(lf, step):
             UM.save_unet_lora(lf, run.checkpoint, overwrite=True)
 
-        with torch.random.fork_rng():  # the LoRA's random init: the run's seed, so a run repeats
-            torch.manual_seed(int(seed))
-            lf, _, losses = UM.train_unet_motion_lora(
-                bb, list(clips), prompt, cfg, callback=callback, on_checkpoint=keep if run is not None else None,
-                state_path=run.state if run is not None else None, resume=bool(resume), preview=preview)
+        lf, _, losses = UM.train_unet_motion_lora(  # its LoRAs start from the run's seed
+            bb, list(clips), prompt, cfg, callback=callback, on_checkpoint=keep if run is not None else None,
+            state_path=run.state if run is not None else None, resume=bool(resume), preview=preview)
         return lf, losses
     if preset == "custom" and not str(targets).strip():
         raise DualAdapterError("preset 'custom' needs a 'targets' list, e.g. attn1.to_q,attn1.to_k")

@@ -52,6 +52,7 @@ from torch import nn
 
 from .config import REFERENCE_ALIASES, REFERENCES  # one set of reference definitions for every backbone
 from ..errors import DualAdapterError
+from ..seeds import seed_generator
 from ..unet_motion import UNET_LORA_FORMAT, UNetLora, UNetLoraPatch, adapter_state, motion_lora_targets, \
     spatial_lora_targets
 
@@ -300,7 +301,7 @@ def _train_role_lora(bb, latents: list, prompt: str, targets, role: str, *, lr, 
     text = bb.encode_prompt(prompt)
     model = shallow_copy_module(bb.denoiser).train()
     params = inject_lora(model, LoraSpec(rank=cfg.rank, alpha=float(cfg.rank), dropout=cfg.dropout, targets=["to_k"]),
-                         role, target_names=targets(model))
+                         role, target_names=targets(model), generator=seed_generator(cfg.seed))  # a run repeats
     sched = bb.noise_scheduler()
 
     def step_fn(k, g):
