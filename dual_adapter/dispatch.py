@@ -23,7 +23,7 @@ from .errors import DualAdapterError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_lora", "check_lora", "load_lora", "save_lora",
+__all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_name", "is_unet_lora", "check_lora", "load_lora", "save_lora",
            "lora_patch", "to_latent", "from_latent", "decode", "encode", "default_scheduler", "motion_preset",
            "train_motion_lora"]
 
@@ -31,7 +31,7 @@ __all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_lora", "check_lor
 METHOD_KINDS: dict[str, tuple[str, ...] | None] = {
     "dualreal": ("cogvideox", "wan"),
     "appearance highway": ("unet3d",),
-    "CustomTTT": ("cogvideox", "wan"),  # AnimateDiff: the AnimateDiff CustomTTT nodes (customttt_unet)
+    "CustomTTT": ("cogvideox", "wan", "animatediff"),
     "motion LoRA": None,
 }
 
@@ -49,6 +49,18 @@ def _temporal(model) -> int:
 def is_unet(model) -> bool:
     """Whether ``model`` is a U-Net video backbone (latents ``[B, C, F, h, w]``) rather than a DiT."""
     return _bb(model).latent_layout == "BCFHW"
+
+
+def is_unet_name(name_or_path) -> bool:
+    """Whether a ``--model`` value (a built-in tiny name or a folder) names a U-Net video backbone (``tiny-unet3d``,
+    ``tiny-animatediff``, a ZeroScope / ModelScope or AnimateDiff folder): its registered backbone module defines a
+    :class:`~dual_adapter.backbones._unet.UNetVideoBackbone`. Reads no weights."""
+    from .backbones import backbone_modules, kind_of
+    from .backbones._unet import UNetVideoBackbone
+
+    mod = backbone_modules().get(kind_of(str(name_or_path)))
+    return mod is not None and any(isinstance(v, type) and issubclass(v, UNetVideoBackbone)
+                                   and v.__module__ == mod.__name__ for v in vars(mod).values())
 
 
 def check_method(model, method: str, name: str = "model") -> None:
