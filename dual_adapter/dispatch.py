@@ -26,15 +26,16 @@ from .experts import PerExpert, pair_files, per_expert_patch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_lora", "check_lora", "load_lora", "save_lora",
-           "lora_patch", "save_lora_pair", "to_latent", "from_latent", "decode", "encode", "default_scheduler", "motion_preset",
+__all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_name", "is_unet_lora", "check_lora", "load_lora",
+           "save_lora", "lora_patch", "save_lora_pair", "to_latent", "from_latent", "decode", "encode", "default_scheduler",
+           "motion_preset",
            "train_motion_lora"]
 
 #: method -> the backbone kinds it runs on (None = every backbone)
 METHOD_KINDS: dict[str, tuple[str, ...] | None] = {
     "dualreal": ("cogvideox", "wan"),
     "appearance highway": ("unet3d",),
-    "CustomTTT": ("cogvideox", "wan"),  # AnimateDiff: the AnimateDiff CustomTTT nodes (customttt_unet)
+    "CustomTTT": ("cogvideox", "wan", "animatediff"),
     "motion LoRA": None,
 }
 
@@ -52,6 +53,18 @@ def _temporal(model) -> int:
 def is_unet(model) -> bool:
     """Whether ``model`` is a U-Net video backbone (latents ``[B, C, F, h, w]``) rather than a DiT."""
     return _bb(model).latent_layout == "BCFHW"
+
+
+def is_unet_name(name_or_path) -> bool:
+    """Whether a ``--model`` value (a built-in tiny name or a folder) names a U-Net video backbone (``tiny-unet3d``,
+    ``tiny-animatediff``, a ZeroScope / ModelScope or AnimateDiff folder): its registered backbone module defines a
+    :class:`~dual_adapter.backbones._unet.UNetVideoBackbone`. Reads no weights."""
+    from .backbones import backbone_modules, kind_of
+    from .backbones._unet import UNetVideoBackbone
+
+    mod = backbone_modules().get(kind_of(str(name_or_path)))
+    return mod is not None and any(isinstance(v, type) and issubclass(v, UNetVideoBackbone)
+                                   and v.__module__ == mod.__name__ for v in vars(mod).values())
 
 
 def check_method(model, method: str, name: str = "model") -> None:
@@ -304,11 +317,9 @@ def train_motion_lora(model, clips: Sequence[torch.Tensor], prompt: str, *, pres
         def keep(lf, step):
             UM.save_unet_lora(lf, run.checkpoint, overwrite=True)
 
-        with torch.random.fork_rng():  # the LoRA's random init: the run's seed, so a run repeats
-            torch.manual_seed(int(seed))
-            lf, _, losses = UM.train_unet_motion_lora(
-                bb, list(clips), prompt, cfg, callback=callback, on_checkpoint=keep if run is not None else None,
-                state_path=run.state if run is not None else None, resume=bool(resume), preview=preview)
+        lf, _, losses = UM.train_unet_motion_lora(  # its LoRAs start from the run's seed
+            bb, list(clips), prompt, cfg, callback=callback, on_checkpoint=keep if run is not None else None,
+            state_path=run.state if run is not None else None, resume=bool(resume), preview=preview)
         return lf, losses
     if preset == "custom" and not str(targets).strip():
         raise DualAdapterError("preset 'custom' needs a 'targets' list, e.g. attn1.to_q,attn1.to_k")

@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from .errors import DualAdapterError
+from .seeds import seed_generator
 from .lora import LoraFile, LoraPatch, LoraSpec, check_compatible, inject_lora, load_lora, lora_state_dict, \
     set_lora_strength
 from .lora.file import UNET_LORA_FORMAT
@@ -394,7 +395,7 @@ class UNetMotionTrainConfig:
         preset: temporal LoRA targets (:data:`PRESETS`): ``k_out`` (default: ``to_k`` + ``to_out.0`` of every
             temporal attention, the authors' code), ``tap`` (``to_q`` + ``to_k``, the paper's wording), ``full``.
         rank, alpha, dropout: LoRA size (32, 32, 0.1). lr, weight_decay: AdamW (5e-4, 1e-2).
-        steps: optimiser steps (1000). seed: every step's randomness.
+        steps: optimiser steps (1000). seed: every step's randomness and the LoRAs' random start (``lora_A``).
         spatial_path: MotionDirector's spatial LoRA path (trained on single frames through the U-Net without
             its temporal modules, dropped at inference; on, as in the authors' code).
         spatial_skip_prob: probability of skipping the spatial path in a step (0.2, ``train.py`` l.905).
@@ -495,11 +496,12 @@ def train_unet_motion_lora(
     alpha = float(cfg.alpha if cfg.alpha is not None else cfg.rank)
     t_names = motion_lora_targets(bb, cfg.preset, cfg.layers, denoiser=model)
     spec = LoraSpec(rank=cfg.rank, alpha=alpha, dropout=float(cfg.dropout), targets=["to_k"])
-    t_params = inject_lora(model, spec, "motion", target_names=t_names)
+    init = seed_generator(cfg.seed)  # the LoRAs' random start: the run's seed, so a run repeats
+    t_params = inject_lora(model, spec, "motion", target_names=t_names, generator=init)
     s_params: list = []
     if cfg.spatial_path:
         s_names = spatial_lora_targets(bb, denoiser=model)
-        s_params = inject_lora(model, spec, "spatial", target_names=s_names)
+        s_params = inject_lora(model, spec, "spatial", target_names=s_names, generator=init)
     groups = [{"params": t_params}] + ([{"params": s_params}] if s_params else [])
     sched = bb.noise_scheduler()
     T = int(sched.config.num_train_timesteps)

@@ -9,6 +9,7 @@ import argparse
 
 from .. import limits as lim
 
+from ..dispatch import is_unet_name
 from ..errors import DualAdapterError
 
 
@@ -35,7 +36,8 @@ def add_model_options(p: argparse.ArgumentParser, unets: bool = True) -> None:
 def preflight(args, frames: int | None = None, height: int | None = None, width: int | None = None):
     """Check ``--device`` and ``--model`` (its configs, no weights) before anything slow runs, and the video
     size when given (``None`` = the model's own). Returns the model's
-    :class:`~dual_adapter.backbones.cogvideox.ModelInfo`, whose ``default_size`` fills in sizes left unset.
+    :class:`~dual_adapter.backbones.cogvideox.ModelInfo`, whose ``default_size`` fills in sizes left unset (None for
+    a U-Net, whose size is checked once it is loaded).
 
     Raises:
         DualAdapterError: see :func:`~dual_adapter.backbones.base.check_device`,
@@ -46,6 +48,11 @@ def preflight(args, frames: int | None = None, height: int | None = None, width:
     from ..models import inspect_model
 
     check_device(args.device, "--device")
+    if is_unet_name(args.model):  # the U-Nets: the size is checked against the loaded model (no config reader)
+        if getattr(args, "transformer", None):
+            raise DualAdapterError("--transformer: a native single-file transformer is read for CogVideoX only; "
+                                   "drop --transformer")
+        return None
     mod = _other_backbone(args)
     if mod is not None:  # e.g. Wan: its own config reader and size rules
         if getattr(args, "transformer", None):
@@ -67,14 +74,19 @@ def _other_backbone(args):
     from ..backbones import backbone_modules, kind_of
 
     kind = kind_of(args.model)
-    return None if kind in ("cogvideox", "unet3d", "animatediff") else backbone_modules()[kind]
+    return None if kind == "cogvideox" or is_unet_name(args.model) else backbone_modules()[kind]
 
 
 def load_bundle(args):
     """Load ``--model``: a CogVideoX name or folder through :func:`dual_adapter.models.load_model`, another
-    transformer backbone (Wan) through its own module."""
+    transformer backbone (Wan) through its own module, a U-Net (ZeroScope / ModelScope, AnimateDiff) as its
+    backbone (:func:`dual_adapter.backbones.load_backbone`)."""
     from ..models import load_model
 
+    if is_unet_name(args.model):
+        from ..backbones import load_backbone
+
+        return load_backbone(args.model, dtype=args.dtype, device=args.device)
     mod = _other_backbone(args)
     if mod is not None:
         return mod.load(args.model, dtype=args.dtype, device=args.device,

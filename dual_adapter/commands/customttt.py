@@ -181,8 +181,14 @@ def run_influence(args) -> int:
                            latents=lat, space=args.space, top_k=args.top_k, num_frames=args.frames,
                            height=args.height, width=args.width, callback=_TextProgress("prompt-influence", args.quiet))
     print(res.table())
+    from ..dispatch import is_unet
+
     for c, blocks in res.recommended.items():
-        print(f"  {c}: train-lora --blocks {','.join(map(str, blocks))}")
+        ids = ','.join(map(str, blocks))
+        # on a U-Net a block is a text layer, and the selective LoRAs are customttt-animatediff's
+        hint = (f"customttt-animatediff --{'motion' if c == 'motion' else 'appearance'}-layers {ids}"
+                if is_unet(bundle) else f"train-lora --blocks {ids}")
+        print(f"  {c}: {hint}")
     if js is not None:
         from ..io import atomic_write_text
 
@@ -244,7 +250,8 @@ def run_merge(args) -> int:
         if pv is not None:
             report(args, res.train.preview_seconds, res.train.seconds, pv.folder)
     s = res.seconds
-    print(f"wrote {path} ({len(res.lora.modules)} modules, blocks {res.lora.blocks}; {res.train.steps_done} TTT steps, "
+    blocks = f", blocks {res.lora.blocks}" if res.lora.blocks is not None else ""
+    print(f"wrote {path} ({len(res.lora.modules)} modules{blocks}; {res.train.steps_done} TTT steps, "
           f"teachers {s['teachers']:.1f}s + TTT {s['ttt']:.1f}s); run folder {run.path}")
     if res.eval:
         b, e = res.eval["before"], res.eval["after"]

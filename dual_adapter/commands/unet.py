@@ -16,9 +16,9 @@ from ..errors import DualAdapterError
 
 
 def _is_unet(args) -> bool:
-    from ..backbones import kind_of
+    from ..dispatch import is_unet_name
 
-    return kind_of(args.model) in ("unet3d", "animatediff")
+    return is_unet_name(args.model)
 
 
 def _freeu(text: str):
@@ -55,9 +55,9 @@ def generate_patches(args, bundle) -> list:
 
 
 def load_unet(args):
-    from ..backbones import load_backbone
+    from ._common import load_bundle
 
-    return load_backbone(args.model, dtype=args.dtype, device=args.device)
+    return load_bundle(args)
 
 
 def run_generate_unet(args) -> int:

@@ -43,11 +43,12 @@ def merge_loras(loras: Sequence, strengths: Sequence[float] | None = None, metad
     ``B = cat([s_1 B_1, s_2 B_2, ...], dim 1)``, ``s_k = strength_k * alpha_k / rank_k``, so
     ``B A = sum_k s_k B_k A_k`` and the merged rank of that module is the sum of the ranks. The file's
     alpha equals each module's rank (scale 1, the convention of :func:`dual_adapter.lora.save_lora`).
-    Tensors are fp32.
+    Tensors are fp32; keys take the LoRAs' component prefix (``transformer`` on the DiTs, ``unet`` on the U-Nets).
 
     Raises:
-        DualAdapterError: no LoRAs, non-LoraFile inputs, strengths of the wrong length, or two LoRAs whose
-            shapes for the same module differ (trained on different models).
+        DualAdapterError: no LoRAs, non-LoraFile inputs, strengths of the wrong length, LoRAs of different
+            components (a DiT and a U-Net LoRA), or two LoRAs whose shapes for the same module differ (trained on
+            different models).
     """
     from ..lora import LoraFile
 
@@ -60,12 +61,16 @@ def merge_loras(loras: Sequence, strengths: Sequence[float] | None = None, metad
     strengths = [1.0] * len(loras) if strengths is None else [float(s) for s in strengths]
     if len(strengths) != len(loras):
         raise DualAdapterError(f"strengths: {len(strengths)} values for {len(loras)} LoRAs")
+    prefixes = sorted({lf.prefix for lf in loras})
+    if len(prefixes) > 1:
+        raise DualAdapterError(f"cannot merge LoRAs of different models: their keys start with {prefixes}")
+    prefix = prefixes[0]
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for lf, st in zip(loras, strengths):
         ranks, alphas = lf.ranks, lf.alphas
         for mod in lf.modules:
-            a = lf.state_dict[f"transformer.{mod}.lora_A.weight"].detach().float().cpu()
-            b = lf.state_dict[f"transformer.{mod}.lora_B.weight"].detach().float().cpu()
+            a = lf.tensor(mod, "A").detach().float().cpu()
+            b = lf.tensor(mod, "B").detach().float().cpu()
             s = st * float(alphas.get(mod, ranks[mod])) / ranks[mod]
             prev = parts.setdefault(mod, [])
             if prev and (prev[0][0].shape[1] != a.shape[1] or prev[0][1].shape[0] != b.shape[0]):
@@ -75,8 +80,8 @@ def merge_loras(loras: Sequence, strengths: Sequence[float] | None = None, metad
             prev.append((a, b * s))
     sd: dict[str, torch.Tensor] = {}
     for mod, ab in sorted(parts.items()):
-        sd[f"transformer.{mod}.lora_A.weight"] = torch.cat([a for a, _ in ab], 0).contiguous()
-        sd[f"transformer.{mod}.lora_B.weight"] = torch.cat([b for _, b in ab], 1).contiguous()
+        sd[f"{prefix}.{mod}.lora_A.weight"] = torch.cat([a for a, _ in ab], 0).contiguous()
+        sd[f"{prefix}.{mod}.lora_B.weight"] = torch.cat([b for _, b in ab], 1).contiguous()
     md = dict(metadata or {})
     ranks = {mod: int(sum(a.shape[0] for a, _ in ab)) for mod, ab in parts.items()}
     return LoraFile.from_state_dict(sd, md, alphas={m: float(r) for m, r in ranks.items()})
@@ -242,7 +247,7 @@ def _inject_trainable(model, lf, name: str, dropout: float) -> list[nn.Parameter
             m = layers[mod]
             for half, d in (("A", m.lora_A), ("B", m.lora_B)):
                 w = d[name].weight
-                w.copy_(lf.state_dict[f"transformer.{mod}.lora_{half}.weight"].to(w.device, w.dtype))
+                w.copy_(lf.tensor(mod, half).to(w.device, w.dtype))
             want = alphas[mod] / ranks[mod]
             if abs(m.scaling[name] - want) > 1e-6 * max(1.0, abs(want)):
                 raise DualAdapterError(f"internal: LoRA scale of {mod} is {m.scaling[name]}, expected {want}")
@@ -253,12 +258,8 @@ def _adapter_file(model, name: str):
     """The peft adapter ``name`` of ``model`` as a LoraFile with its scale folded into lora_B (alpha = rank)."""
     from ..lora import LoraFile, lora_modules, lora_state_dict
 
-    sd = lora_state_dict(model, name)
+    sd = lora_state_dict(model, name, fold=True)  # keys with the backbone's prefix (transformer / unet)
     layers = lora_modules(model, name)
-    for mod, m in layers.items():
-        k = f"transformer.{mod}.lora_B.weight"
-        sd[k] = sd[k].float() * float(m.scaling[name])
-        sd[f"transformer.{mod}.lora_A.weight"] = sd[f"transformer.{mod}.lora_A.weight"].float()
     return LoraFile.from_state_dict(sd, {}, alphas={mod: float(m.r[name]) for mod, m in layers.items()})
 
 
@@ -320,11 +321,13 @@ def check_merge_inputs(bundle, appearance, motion, *, appearance_prompt: str, mo
         raise DualAdapterError(f"reference='z_f_renoised' re-noises along a DDPM schedule (alphas_cumprod); "
                                f"{getattr(bb, 'family', bb.kind)} trains on flow matching: use reference='x0_pred' "
                                f"(the default) or 'z_f_as_x0'")
+    loras = {}
     for what, lf in (("appearance", appearance), ("motion", motion)):
         if not isinstance(lf, LoraFile):
             raise DualAdapterError(f"{what} LoRA: expected a LoraFile (from load_lora / train_lora), got "
                                    f"{type(lf).__name__}")
         check_compatible(lf, bb.denoiser)
+        loras[what] = lf.with_prefix(bb.lora_prefix)  # the denoiser's component name (transformer / unet)
     for what, p in (("appearance_prompt", appearance_prompt), ("motion_prompt", motion_prompt), ("prompt", prompt)):
         if not isinstance(p, str) or not p.strip():
             raise DualAdapterError(f"{what} must be a non-empty string")
@@ -341,8 +344,7 @@ def check_merge_inputs(bundle, appearance, motion, *, appearance_prompt: str, mo
                "negative": config.negative_prompt}
     emb = bb.encode_prompt([prompt, appearance_prompt, motion_prompt, config.negative_prompt])
     embeds = {"combined": emb[0:1], "appearance": emb[1:2], "motion": emb[2:3], "negative": emb[3:4]}
-    return MergeInputs(bb, config, {"appearance": appearance, "motion": motion}, prompts, embeds, (nf, h, w), nf_a,
-                       list(patches or ()))
+    return MergeInputs(bb, config, loras, prompts, embeds, (nf, h, w), nf_a, list(patches or ()))
 
 
 def teacher_references(inp: MergeInputs, noise_seed: int, callback: Callback | None = None,
@@ -563,8 +565,9 @@ def ttt_merge(
     preview=None,
 ) -> TTTResult:
     """CustomTTT's test-time-training merge of an appearance LoRA and a motion LoRA into one LoRA
-    (docs/customttt.md, sup), on any backbone whose LoRAs are :class:`~dual_adapter.lora.LoraFile` s
-    (CogVideoX, Wan). The steps, each a function of this module:
+    (docs/customttt.md, sup), on every backbone (CogVideoX, Wan, the U-Nets: AnimateDiff's published recipe is
+    this function with :meth:`dual_adapter.customttt.unet.CustomTTTUNetConfig.ttt_config`). The steps, each a
+    function of this module:
 
     1. :func:`check_merge_inputs`: LoRAs, prompts, sizes, options; the prompts encoded.
     2. :func:`teacher_references`: the appearance teacher (base + ``appearance`` under ``appearance_prompt``) and
@@ -575,7 +578,8 @@ def ttt_merge(
     4. :class:`TTTObjective`: each step re-noises both references with fresh noise and measures
        ``L = w_a L_a + w_m L_m`` under the combined ``prompt``. By default (``config.reference = "x0_pred"``) the
        references are the teachers' x0 predictions at step f and each term is the backbone's training objective
-       (:func:`dual_adapter.training.diffusion_loss`: CogVideoX's v-prediction loss, Wan's flow-matching loss) at a
+       (:func:`dual_adapter.training.diffusion_loss`: CogVideoX's v-prediction loss, Wan's flow-matching loss, the
+       U-Nets' epsilon loss) at a
        timestep drawn from ``renoise_timesteps``; ``"z_f_renoised"`` (DDPM schedules only) and ``"z_f_as_x0"`` are
        the other named choices (:class:`TTTConfig`).
     5. :func:`run_ttt`: ``config.steps`` steps of the shared loop (:func:`dual_adapter.training.train_loop`).

@@ -32,11 +32,12 @@ This project's readings where the paper leaves a choice open (each a named optio
   (:func:`dual_adapter.customttt.teacher_reference`, docs/customttt.md).
 * **prompt influence** = the one :func:`dual_adapter.customttt.prompt_influence`, one group per text layer.
 
-This module keeps the published recipe's own stages (the appearance LoRA trained without the motion modules, its
-U-Net LoRA files, one timestep and one noise drawn per reference in the merge); the teacher references, the
-student's mode and the objectives are :mod:`dual_adapter.customttt.merge`'s.
 * **re-noising** = t ~ U[0, 1000) (``t > t_f`` for ``z_f_renoised``); references are computed once; loss
   weights 1 and 1; the student in eval mode with LoRA dropout ``ttt_dropout`` (0), as on CogVideoX.
+
+This module keeps the published recipe's own LoRA stages (the appearance LoRA trained without the motion modules)
+and its settings (:class:`CustomTTTUNetConfig`); the merge is the one :func:`dual_adapter.customttt.ttt_merge`
+(:meth:`CustomTTTUNetConfig.ttt_config` carries the recipe's settings into it).
 """
 from __future__ import annotations
 
@@ -50,8 +51,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .config import REFERENCE_ALIASES, REFERENCES  # one set of reference definitions for every backbone
+from .config import REFERENCE_ALIASES, REFERENCES, TTTConfig  # one set of definitions for every backbone
 from ..errors import DualAdapterError
+from ..lora import LORA_FORMAT
+from ..seeds import derived_seed, seed_generator
 from ..unet_motion import UNET_LORA_FORMAT, UNetLora, UNetLoraPatch, adapter_state, motion_lora_targets, \
     spatial_lora_targets
 
@@ -163,6 +166,25 @@ class CustomTTTUNetConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise DualAdapterError(f"{k}={v!r}: must be an integer >= 0")
+
+    def ttt_config(self) -> TTTConfig:
+        """The settings of the one TTT merge (:class:`~dual_adapter.customttt.config.TTTConfig`) for this recipe:
+        ``ttt_steps`` steps of ``optimizer`` (:func:`pick_optimizer`) at ``ttt_lr`` with ``betas`` / ``weight_decay``
+        and no gradient clipping; teachers: ``teacher_steps`` of ``sampler_steps`` DDIM steps at CFG ``cfg``, each
+        from its own noise (seeds ``seed`` and ``seed + 1``); ``reference``, loss weights and ``ttt_dropout`` as
+        given; the re-noising draws seeded by ``seed + 2``; the video size ``num_frames`` x ``height`` x ``width``.
+
+        Raises:
+            DualAdapterError: ``optimizer="lion"`` without ``lion-pytorch`` (:func:`pick_optimizer`).
+        """
+        return TTTConfig(steps=int(self.ttt_steps), teacher_steps=int(self.teacher_steps),
+                         teacher_schedule=int(self.sampler_steps), teacher_scheduler="ddim", teacher_cfg=float(self.cfg),
+                         teacher_seed=int(self.seed), shared_teacher_noise=False, reference=self.reference,
+                         w_appearance=float(self.weight_appearance), w_motion=float(self.weight_motion),
+                         dropout=float(self.ttt_dropout), optimizer=pick_optimizer(self.optimizer),
+                         lr=float(self.ttt_lr), betas=tuple(self.betas), weight_decay=float(self.weight_decay),
+                         grad_clip=0.0, gradient_checkpointing=False, seed=derived_seed(self.seed, 2),
+                         num_frames=self.num_frames, height=self.height, width=self.width)
 
 
 @dataclass
@@ -300,7 +322,7 @@ def _train_role_lora(bb, latents: list, prompt: str, targets, role: str, *, lr, 
     text = bb.encode_prompt(prompt)
     model = shallow_copy_module(bb.denoiser).train()
     params = inject_lora(model, LoraSpec(rank=cfg.rank, alpha=float(cfg.rank), dropout=cfg.dropout, targets=["to_k"]),
-                         role, target_names=targets(model))
+                         role, target_names=targets(model), generator=seed_generator(cfg.seed))  # a run repeats
     sched = bb.noise_scheduler()
 
     def step_fn(k, g):
@@ -390,61 +412,49 @@ def ttt_loss(model, sched, ref: torch.Tensor, t_ref: int, text: torch.Tensor, t:
     return diffusion_loss(model, sched, ref, text, timesteps=t, noise=noise)
 
 
+def _checkpoint_of(state_path) -> Path | None:
+    """The merged-LoRA checkpoint whose state file (:func:`dual_adapter.lora.train_state_path`) is ``state_path``."""
+    if state_path is None:
+        return None
+    p = Path(state_path)
+    if p.name == "state.safetensors":  # a run folder's
+        return p.with_name("checkpoint.safetensors")
+    if p.name.endswith(".state.safetensors"):
+        return p.with_name(p.name[: -len(".state.safetensors")] + ".safetensors")
+    raise DualAdapterError(f"state_path {str(p)!r}: expected state.safetensors or <name>.state.safetensors")
+
+
 def ttt_merge(backbone, appearance: UNetLora, motion: UNetLora, *, appearance_prompt: str, motion_prompt: str,
               prompt: str, config: CustomTTTUNetConfig | None = None, callback=None,
               run: StageRun | None = None) -> tuple[UNetLora, list[dict], str]:
-    """The test-time-training merge (see module docstring). Returns ``(merged_lora, losses, optimizer_name)``.
-    ``run``: state file, resume and previews (:class:`StageRun`; the teachers run again on resume, same seeds).
+    """The test-time-training merge as published on AnimateDiff: the one
+    :func:`dual_adapter.customttt.ttt_merge` with the recipe's settings (:meth:`CustomTTTUNetConfig.ttt_config`).
+    Returns ``(merged_lora, losses, optimizer_name)``; the merged LoRA's metadata also records the recipe's
+    ``role``, ``layers``, ``reference`` and prompts. ``run``: state file, resume and previews (:class:`StageRun`;
+    the merged checkpoint is written beside the state file, and the teachers run again on resume, same seeds).
 
-    The student is in eval mode with LoRA dropout ``config.ttt_dropout`` (default 0), as on CogVideoX
-    (:func:`dual_adapter.customttt.student_mode`).
+    Raises:
+        DualAdapterError: a model that is not AnimateDiff; as :func:`dual_adapter.customttt.ttt_merge`.
     """
-    from .merge import student_mode
-    from ..lora import LoraSpec, inject_lora, lora_modules
-    from ..patches import shallow_copy_module
+    from .merge import ttt_merge as one_merge
 
     bb = _check_animatediff(backbone)
     cfg = config or CustomTTTUNetConfig()
     cfg.validate()
-    opt = pick_optimizer(cfg.optimizer)
-    ref_a, t_a = teacher_reference(bb, appearance, appearance_prompt, cfg, cfg.seed)
-    ref_m, t_m = teacher_reference(bb, motion, motion_prompt, cfg, cfg.seed + 1)
-    text = bb.encode_prompt(prompt)
-    model = shallow_copy_module(bb.denoiser)
-    params = []
-    for nm, lf in (("appearance", appearance), ("motion", motion)):
-        r = lf.rank
-        params += inject_lora(model, LoraSpec(rank=r, alpha=float(r), dropout=cfg.ttt_dropout, targets=["to_k"]), nm,
-                              target_names=lf.modules)
-        layers = lora_modules(model, nm)
-        with torch.no_grad():
-            for m in lf.modules:
-                layers[m].lora_A[nm].weight.copy_(lf.state_dict[f"unet.{m}.lora_A.weight"])
-                layers[m].lora_B[nm].weight.copy_(lf.state_dict[f"unet.{m}.lora_B.weight"])
-    student_mode(model, cfg.ttt_dropout)
-    sched = bb.noise_scheduler()
-    T = int(sched.config.num_train_timesteps)
-    dev = bb.device
-
-    def one(ref, t_f, g):
-        renoised = cfg.reference == "z_f_renoised" and t_f
-        t = torch.randint(int(t_f) + 1 if renoised else 0, T, (1,), generator=g)
-        noise = torch.randn(ref.shape, generator=g)
-        return ttt_loss(model, sched, ref.to(dev), t_f, text, t.to(dev), noise.to(dev), cfg.reference)
-
-    def step_fn(k, g):
-        la, lm = one(ref_a, t_a, g), one(ref_m, t_m, g)
-        return cfg.weight_appearance * la + cfg.weight_motion * lm, {"loss_appearance": float(la.detach()),
-                                                                      "loss_motion": float(lm.detach())}
-
-    res = _train(bb, model, params, step_fn, lr=cfg.ttt_lr, steps=cfg.ttt_steps, cfg=cfg, optimizer=opt,
-                 callback=callback, label="ttt", seed_offset=2, run=run, preview_prompt=prompt,
-                 preview_size=(cfg.height or bb.default_size[1], cfg.width or bb.default_size[2]))
-    sd = {**adapter_state(model, "appearance"), **adapter_state(model, "motion")}
-    meta = _lora_meta(bb, "merged", list(cfg.appearance_layers) + list(cfg.motion_layers), cfg, prompt=prompt,
-                      appearance_prompt=appearance_prompt, motion_prompt=motion_prompt, ttt_steps=cfg.ttt_steps,
-                      reference=cfg.reference, teacher_steps=cfg.teacher_steps, optimizer=res.optimizer_name)
-    return UNetLora(sd, meta, name="customttt_merged"), res.losses, res.optimizer_name
+    run = run or StageRun()
+    tc = cfg.ttt_config()
+    tc.checkpoint_every = int(run.checkpoint_every)
+    res = one_merge(bb, appearance, motion, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
+                    prompt=prompt, config=tc, callback=callback, checkpoint_path=_checkpoint_of(run.state_path),
+                    resume=bool(run.resume), preview=run.preview)
+    merged = res.lora
+    merged.name = "customttt_merged"
+    merged.metadata.update(_lora_meta(bb, "merged", list(cfg.appearance_layers) + list(cfg.motion_layers), cfg,
+                                      prompt=prompt, appearance_prompt=appearance_prompt, motion_prompt=motion_prompt,
+                                      ttt_steps=cfg.ttt_steps, reference=cfg.reference,
+                                      teacher_steps=cfg.teacher_steps, optimizer=res.train.optimizer_name))
+    merged.metadata["format"] = LORA_FORMAT
+    return merged, res.train.losses, res.train.optimizer_name
 
 
 def run_customttt(backbone, photos, clips, *, appearance_prompt: str, motion_prompt: str, prompt: str,

@@ -56,6 +56,23 @@ def _set_active(model: nn.Module, names: Sequence[str] | None = None) -> None:
             m.set_adapter(names)
 
 
+@contextlib.contextmanager
+def _drawing_from(generator: torch.Generator | None):
+    """Context: torch's global CPU random state replaced by ``generator``'s (peft's layer init draws from the global
+    state), ``generator`` advanced by what was drawn, and the global state restored afterwards."""
+    if generator is None:
+        yield
+        return
+    if generator.device.type != "cpu":
+        raise DualAdapterError(f"LoRA init generator: expected a CPU torch.Generator, got one on {generator.device}")
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(generator.get_state())
+        try:
+            yield
+        finally:
+            generator.set_state(torch.random.get_rng_state())
+
+
 def inject_lora(
     transformer: nn.Module,
     spec: LoraSpec,
@@ -66,6 +83,7 @@ def inject_lora(
     rank_pattern: Mapping[str, int] | None = None,
     alpha_pattern: Mapping[str, float] | None = None,
     dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
 ) -> list[nn.Parameter]:
     """Add a peft LoRA adapter named ``adapter_name`` to ``transformer`` **in place**.
 
@@ -84,6 +102,11 @@ def inject_lora(
         rank_pattern, alpha_pattern: per-module rank / alpha (full module name -> value) for LoRAs
             whose modules differ (files from other trainers).
         dtype: dtype of the new LoRA tensors (default: fp32 when trainable, else the base weights').
+        generator: a CPU ``torch.Generator`` (:func:`dual_adapter.seeds.seed_generator` of the run's seed) that
+            the random start of ``lora_A`` (peft's Kaiming-uniform init) draws from, and which is advanced by those
+            draws (so a second adapter injected with it continues the stream); torch's global random state is
+            left untouched. None: peft draws from the global state (fine when the weights are then overwritten,
+            as when a LoRA file is applied).
 
     Returns:
         The new LoRA parameters (``lora_A`` / ``lora_B`` weights), in module order.
@@ -100,7 +123,7 @@ def inject_lora(
     if adapter_name in _adapter_names(transformer):
         raise DualAdapterError(f"LoRA adapter name {adapter_name!r} is already used on this model")
     cfg = lora_config(spec, names, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
-    with _keep_requires_grad(transformer), warnings.catch_warnings():
+    with _keep_requires_grad(transformer), warnings.catch_warnings(), _drawing_from(generator):
         warnings.simplefilter("ignore")  # peft warns about re-using a model that already holds an adapter
         inject_adapter_in_model(cfg, transformer, adapter_name=adapter_name)
     _set_active(transformer)

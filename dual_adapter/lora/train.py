@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import DualAdapterError
-from ..seeds import derived_seed
+from ..seeds import seed_generator
 from .file import LoraFile, _folded, _module_of, load_lora, lora_metadata, save_lora
 from .inject import _adapter_names, _set_active, inject_lora, lora_modules, lora_state_dict
 from .spec import PRESETS, LoraSpec
@@ -376,16 +376,15 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
     model.eval()
     sspec = None
     spatial_params: list[nn.Parameter] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(cfg.seed))  # lora_A's random init: the same seed repeats the run
-        params = inject_lora(model, spec, "default")
-        param_groups = [{"params": params}]
-        if spatial_path:
-            sspec = copy.deepcopy(spatial_spec) if spatial_spec is not None else LoraSpec(
-                rank=spec.rank, alpha=spec.alpha, dropout=spec.dropout, targets=list(PRESETS["full"]),
-                blocks=spec.blocks)
-            spatial_params = inject_lora(model, sspec, "spatial")
-            param_groups.append({"params": spatial_params})
+    init = seed_generator(cfg.seed)  # lora_A's random init: the same seed repeats the run
+    params = inject_lora(model, spec, "default", generator=init)
+    param_groups = [{"params": params}]
+    if spatial_path:
+        sspec = copy.deepcopy(spatial_spec) if spatial_spec is not None else LoraSpec(
+            rank=spec.rank, alpha=spec.alpha, dropout=spec.dropout, targets=list(PRESETS["full"]),
+            blocks=spec.blocks)
+        spatial_params = inject_lora(model, sspec, "spatial", generator=init)
+        param_groups.append({"params": spatial_params})
     for m in lora_modules(model).values():
         for d in m.lora_dropout.values():
             d.train(True)
