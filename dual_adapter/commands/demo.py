@@ -74,8 +74,12 @@ def run(args) -> int:
     demo that fails before writing anything removes the folder it made (no empty ``demo_NNNNN_`` is left)."""
     import os
 
+    from ..dispatch import is_unet_name
+    from ..models import refuse_other_backbone
     from ._common import preflight
 
+    if is_unet_name(args.model):  # DualReal needs a transformer backbone: a U-Net is refused by name
+        refuse_other_backbone(args.model)
     preflight(args)
     created = not (args.out_dir and Path(args.out_dir).exists())
     out = Path(args.out_dir) if args.out_dir else _new_dir(Path(os.environ.get("DUAL_ADAPTER_OUTPUT", "output")))

@@ -73,7 +73,8 @@ def test_save_lora_then_load_lora_of_both_kinds(out_dir):
     listed = _choices(LN.LoadLoRA, "lora_name")
     assert cog_name in listed and unet_name in listed  # one Load LoRA for every backbone
     assert LN.LoadLoRA().load(cog_name)[0].rank == 2
-    assert type(LN.LoadLoRA().load(unet_name)[0]).__name__ == "UNetLora"
+    loaded = LN.LoadLoRA().load(unet_name)[0]  # one LoraFile type for every backbone; a U-Net's keys start unet.
+    assert type(loaded).__name__ == "LoraFile" and loaded.prefix == "unet"
 
 
 def test_train_then_load_through_the_run_folder(tiny, out_dir, one_thread):
