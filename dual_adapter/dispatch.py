@@ -378,7 +378,8 @@ def train_selective_lora(model, kind: str, prompt: str, *, photos: Sequence[torc
         run: a :class:`dual_adapter.runs.RunFolder` for the checkpoint / state file (None = none); ``resume``
             continues it.
         callback, preview, patches: progress callback, :class:`~dual_adapter.previews.PreviewOptions`, and the
-            patches already on the model (CogVideoX / Wan; they stay under the new LoRA).
+            patches already on the model (CogVideoX / Wan: they stay under the new LoRA; AnimateDiff: not used, a
+            warning says so).
 
     Returns:
         ``(lora, losses, completed)``: the LoRA, the ``{"step", "loss"}`` records and whether every step ran.
@@ -412,6 +413,9 @@ def train_selective_lora(model, kind: str, prompt: str, *, photos: Sequence[torc
             size = (int(height), int(width))
             data = [fit_frames(x.unsqueeze(0), *size)[0] if kind == "appearance" else fit_frames(x, *size)
                     for x in data]
+        if patches:
+            log.warning("model: the %d patch(es) applied to it are not used by the AnimateDiff recipe's LoRA "
+                        "training (it trains on the base model)", len(patches))
         stage = R.StageRun(state_path=run.state if run is not None else None, resume=bool(resume),
                            checkpoint_every=int(checkpoint_every), preview=preview)
         train = R.train_appearance_lora if kind == "appearance" else R.train_motion_lora

@@ -107,7 +107,8 @@ class DualAdapterPromptInfluence:
             "seeds": ("STRING", {"default": "0,1", "tooltip": "Noise seeds; draws = seeds x timesteps. Same seeds give "
                                  "the same scores."}),
             "space": (list(C.SPACES), {"default": "x0", "tooltip": "Compare clean-latent predictions (x0) or the raw "
-                                       "model output (v: the v-prediction on CogVideoX, the flow velocity on Wan)."}),
+                                       "model output (v: the v-prediction on CogVideoX, the flow velocity on Wan, the "
+                                       "noise prediction on AnimateDiff)."}),
         }, "optional": {
             "reference": ("LATENT", {"tooltip": "Optional clean latent (e.g. an encoded subject photo or clip, from "
                                      "Encode (VAE) with the same model) to noise instead of random latents."}),
