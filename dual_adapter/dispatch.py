@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_name", "is_unet_lora", "check_lora", "load_lora",
            "save_lora", "lora_patch", "save_lora_pair", "to_latent", "from_latent", "decode", "encode", "default_scheduler",
            "motion_preset",
-           "train_motion_lora"]
+           "train_motion_lora", "train_selective_lora", "ttt_config"]
 
 #: method -> the backbone kinds it runs on (None = every backbone)
 METHOD_KINDS: dict[str, tuple[str, ...] | None] = {
@@ -339,3 +339,165 @@ def train_motion_lora(model, clips: Sequence[torch.Tensor], prompt: str, *, pres
                            checkpoint_path=run.checkpoint if run is not None else None, resume=bool(resume),
                            num_frames=n, height=height or None, width=width or None, patches=patches, preview=preview)
     return lf, res.losses
+
+
+def _unet_recipe():
+    """The CustomTTT recipe as published on AnimateDiff (:mod:`dual_adapter.customttt.unet`): the only U-Net
+    CustomTTT runs on (:data:`METHOD_KINDS`)."""
+    from .customttt import unet as recipe
+
+    return recipe
+
+
+def train_selective_lora(model, kind: str, prompt: str, *, photos: Sequence[torch.Tensor] | None = None,
+                         clips: Sequence[torch.Tensor] | None = None, blocks: str = "", preset: str = "full",
+                         rank: int = 32, lr: float = 0.0, steps: int = 500, seed: int = 0, optimizer: str = "auto",
+                         height: int | None = None, width: int | None = None, checkpoint_every: int = 100, run=None,
+                         resume: bool = False, callback=None, preview=None, patches: Sequence = ()):
+    """Train a CustomTTT layer-selective LoRA on ``model`` (docs/customttt.md): an appearance LoRA on subject
+    ``photos`` (each ``[H, W, 3]``, 0..1, a 1-frame video) or a motion LoRA on ``clips`` (each ``[F, H, W, 3]``).
+
+    On CogVideoX / Wan a block is a transformer block (:func:`dual_adapter.customttt.train_selective_lora`; clips
+    cut to the largest 4k+1 the shortest allows, at most the model's frame count). On AnimateDiff a block is a
+    U-Net text layer and the published recipe trains (:func:`dual_adapter.customttt.unet.train_appearance_lora`:
+    the spatial attention of the layers with the motion modules bypassed; ``train_motion_lora``: the motion
+    modules' attention of the layers).
+
+    Args:
+        kind: ``"appearance"`` or ``"motion"``.
+        blocks: ``"2,6"``; empty = the backbone's default: every block on CogVideoX / Wan, the published layers on
+            AnimateDiff (appearance 2,6; motion 2,5).
+        preset: attention projections (``full``, ``tap``, ``k_out``); on AnimateDiff an appearance LoRA is
+            ``full`` only.
+        lr: 0 = the backbone's default for ``kind``: CogVideoX / Wan AdamW 1e-4 appearance, 5e-4 motion (Lion
+            1e-5 / 5e-5); AnimateDiff 1e-5 / 5e-5 (the authors').
+        optimizer: ``auto`` = the backbone's: AdamW on CogVideoX / Wan; on AnimateDiff Lion when ``lion-pytorch``
+            is installed, else AdamW (logged); or ``adamw`` / ``lion``.
+        rank, steps, seed: LoRA rank (32), optimiser steps (500), the run's seed (LoRA start, noise, timesteps).
+        height, width: pixels; None = the model's on CogVideoX / Wan, the frames' own size on AnimateDiff.
+        run: a :class:`dual_adapter.runs.RunFolder` for the checkpoint / state file (None = none); ``resume``
+            continues it.
+        callback, preview, patches: progress callback, :class:`~dual_adapter.previews.PreviewOptions`, and the
+            patches already on the model (CogVideoX / Wan: they stay under the new LoRA; AnimateDiff: not used, a
+            warning says so).
+
+    Returns:
+        ``(lora, losses, completed)``: the LoRA, the ``{"step", "loss"}`` records and whether every step ran.
+
+    Raises:
+        DualAdapterError: a backbone without CustomTTT (naming ``model``), a kind without its data, bad blocks
+            (naming the model's blocks / layers), preset, optimizer or settings.
+    """
+    from . import customttt as C
+    from .media import fit_frames
+
+    check_method(model, "CustomTTT")
+    if kind not in ("appearance", "motion"):
+        raise DualAdapterError(f"kind={kind!r}: expected 'appearance' or 'motion'")
+    data = list(photos or []) if kind == "appearance" else list(clips or [])
+    if not data:
+        raise DualAdapterError("photos: an appearance LoRA needs subject photos" if kind == "appearance" else
+                               "clip: a motion LoRA needs a motion clip")
+    bb = _bb(model)
+    if is_unet(model):
+        R = _unet_recipe()
+        if kind == "appearance" and preset != "full":
+            raise DualAdapterError(f"preset: {preset!r} is for motion LoRAs; an appearance LoRA on AnimateDiff "
+                                   "trains the spatial attention's q, k, v, out (set preset to full)")
+        default = R.CustomTTTUNetConfig()
+        layers = R.parse_layers(blocks) if str(blocks or "").strip() else getattr(default, f"{kind}_layers")
+        cfg = R.CustomTTTUNetConfig(**{f"{kind}_layers": layers, f"{kind}_steps": int(steps),
+                                       f"{kind}_lr": float(lr) or getattr(default, f"{kind}_lr")},
+                                    motion_preset=preset, rank=int(rank), optimizer=optimizer, seed=int(seed))
+        if height and width:
+            size = (int(height), int(width))
+            data = [fit_frames(x.unsqueeze(0), *size)[0] if kind == "appearance" else fit_frames(x, *size)
+                    for x in data]
+        if patches:
+            log.warning("model: the %d patch(es) applied to it are not used by the AnimateDiff recipe's LoRA "
+                        "training (it trains on the base model)", len(patches))
+        stage = R.StageRun(state_path=run.state if run is not None else None, resume=bool(resume),
+                           checkpoint_every=int(checkpoint_every), preview=preview)
+        train = R.train_appearance_lora if kind == "appearance" else R.train_motion_lora
+        lf, losses = train(bb, data, prompt, cfg, callback=callback, run=stage)
+        return lf, losses, True
+    if kind == "motion":
+        t = _temporal(model)
+        n = min((min(c.shape[0] for c in data) - 1) // t * t + 1, bb.default_size[0])
+        kw = dict(clips=[c[:n] for c in data], num_frames=n)
+    else:
+        kw = dict(photos=data)
+    spec = C.selective_spec(kind, blocks or None, rank=int(rank), targets=preset)
+    over = dict(steps=int(steps), seed=int(seed), checkpoint_every=int(checkpoint_every))
+    if lr:
+        over["lr"] = float(lr)
+    cfg = C.selective_train_config(kind, optimizer="adamw" if optimizer == "auto" else optimizer, **over)
+    lf, res = C.train_selective_lora(getattr(model, "bundle", model), kind, blocks or None, prompt=prompt, spec=spec,
+                                     cfg=cfg, callback=callback,
+                                     checkpoint_path=run.checkpoint if run is not None else None,
+                                     resume=bool(resume), preview=preview, height=height or None,
+                                     width=width or None, patches=patches, **kw)
+    return lf, res.losses, res.completed
+
+
+def ttt_config(model, *, steps: int = 30, teacher_steps: int = 5, teacher_schedule: int = 25,
+               teacher_cfg: float = 0.0, lr: float = 0.0, optimizer: str = "auto", seed: int = 0,
+               reference: str = "x0_pred", w_appearance: float = 1.0, w_motion: float = 1.0,
+               num_frames: int | None = None, height: int | None = None, width: int | None = None,
+               shared_teacher_noise: bool = True, gradient_checkpointing: bool = True, checkpoint_every: int = 10,
+               **options):
+    """The settings of the TTT merge (:class:`~dual_adapter.customttt.TTTConfig`) on ``model``: the given values
+    over the backbone's defaults (docs/customttt.md).
+
+    * CogVideoX / Wan: :class:`~dual_adapter.customttt.TTTConfig`'s: AdamW lr 1e-5, weight decay 1e-2 (Lion:
+      lr 1e-6, weight decay 0.1), teachers at CFG 6 from one shared noise (seed ``seed``), grad clip 1.0.
+    * AnimateDiff: the published recipe's (:meth:`dual_adapter.customttt.unet.CustomTTTUNetConfig.ttt_config`):
+      Lion (AdamW without ``lion-pytorch``, logged) lr 1e-6, betas (0.9, 0.99), weight decay 0.1, teachers at CFG
+      9 each from its own noise (seeds ``seed``, ``seed + 1``), re-noising draws from ``seed + 2``, no clipping.
+
+    Args:
+        steps, teacher_steps, teacher_schedule: TTT steps (30), f (5), the DDIM schedule f is taken from (25).
+        teacher_cfg, lr: 0 = the backbone's (above).
+        optimizer: ``auto`` = the backbone's (above), ``adamw`` or ``lion``.
+        reference, w_appearance, w_motion, num_frames, height, width, checkpoint_every: as
+            :class:`~dual_adapter.customttt.TTTConfig` (None sizes = the model's).
+        shared_teacher_noise, gradient_checkpointing: CogVideoX / Wan only (AnimateDiff: the recipe's, each teacher
+            its own noise, no checkpointing).
+        options: any other :class:`~dual_adapter.customttt.TTTConfig` field (``negative_prompt``,
+            ``renoise_timesteps``, ``regenerate_references``, ``eval_draws`` ...), on every backbone.
+
+    Raises:
+        DualAdapterError: a backbone without CustomTTT (naming ``model``); ``lion`` without ``lion-pytorch`` on
+            AnimateDiff; an unknown optimizer or setting.
+    """
+    import dataclasses
+
+    from .customttt import TTTConfig
+
+    check_method(model, "CustomTTT")
+    bad = set(options) - {f.name for f in dataclasses.fields(TTTConfig)}
+    if bad:
+        raise DualAdapterError(f"ttt_config: unknown setting(s) {', '.join(sorted(bad))}")
+    if optimizer not in ("auto", "adamw", "lion"):
+        raise DualAdapterError(f"optimizer {optimizer!r}: expected auto, adamw or lion")
+    if is_unet(model):
+        recipe = _unet_recipe().CustomTTTUNetConfig(
+            ttt_steps=int(steps), teacher_steps=int(teacher_steps), sampler_steps=int(teacher_schedule),
+            optimizer=optimizer, seed=int(seed), reference=reference, weight_appearance=float(w_appearance),
+            weight_motion=float(w_motion), num_frames=num_frames or None, height=height or None,
+            width=width or None)
+        if lr:
+            recipe.ttt_lr = float(lr)
+        if teacher_cfg:
+            recipe.cfg = float(teacher_cfg)
+        recipe.validate()
+        return dataclasses.replace(recipe.ttt_config(), checkpoint_every=int(checkpoint_every), **options)
+    opt = "adamw" if optimizer == "auto" else optimizer
+    lion = TTTConfig.authors() if opt == "lion" else TTTConfig()
+    return TTTConfig(steps=int(steps), teacher_steps=int(teacher_steps), teacher_schedule=int(teacher_schedule),
+                     teacher_cfg=float(teacher_cfg or TTTConfig.teacher_cfg), teacher_seed=int(seed),
+                     shared_teacher_noise=bool(shared_teacher_noise), reference=reference,
+                     w_appearance=float(w_appearance), w_motion=float(w_motion), optimizer=opt,
+                     lr=float(lr or lion.lr), weight_decay=lion.weight_decay, seed=int(seed),
+                     gradient_checkpointing=bool(gradient_checkpointing), num_frames=num_frames or None,
+                     height=height or None, width=width or None, checkpoint_every=int(checkpoint_every), **options)

@@ -562,30 +562,35 @@ def g_animatediff_customttt(classes) -> Graph:
     ph = g.node("DualAdapterLoadPhotos", title="Subject photos", path="examples/dog", height=32, width=32)
     clip = g.node("DualAdapterLoadClip", title="Motion clip", path="examples/guitar.mp4", frames=2, fps=8.0,
                   height=32, width=32)
-    pi = g.node("DualAdapterAnimateDiffPromptInfluence", model=m[0], concept_prompt="a photo of a tiger",
-                neutral_prompt="a photo of a koala", frames=2, timesteps=1)
-    g.node("PreviewAny", source=pi[0])
-    ap = g.node("DualAdapterAnimateDiffTrainAppearanceLoRA", model=m[0], photos=ph[0], prompt="a photo of a sks dog",
-                layers="2,6", steps=1, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
-    mo = g.node("DualAdapterAnimateDiffTrainMotionLoRA", model=m[0], clip=clip[0], prompt="a person is playing guitar",
-                layers="2,5", preset="full", steps=1, learning_rate=1e-3, rank=4, optimizer="auto", seed=0)
-    tt = g.node("DualAdapterAnimateDiffTTTMerge", model=m[0], appearance_lora=ap[0], motion_lora=mo[0],
-                appearance_prompt="a photo of a sks dog", motion_prompt="a person is playing guitar",
-                prompt="a sks dog is playing guitar", steps=1, learning_rate=1e-4, frames=2, reference="x0_pred",
-                teacher_steps=1, sampler_steps=2, optimizer="auto", seed=0)
+    ap_prompt, mo_prompt, prompt = "a photo of a sks dog", "a person is playing guitar", "a sks dog is playing guitar"
+    pi = g.node("DualAdapterPromptInfluence", model=m[0], appearance_prompt=ap_prompt, motion_prompt=mo_prompt,
+                neutral_prompt="", group_size=1, top_k=2, timesteps="500", seeds="0", space="v", frames=2)
+    g.node("PreviewImage", images=pi[1])
+    ap = g.node("DualAdapterTrainSelectiveLoRA", title="Appearance LoRA", model=m[0], kind="appearance",
+                prompt=ap_prompt, blocks="2,6", preset="full", rank=4, learning_rate=1e-3, steps=1, seed=0,
+                photos=ph[0])
+    mo = g.node("DualAdapterTrainSelectiveLoRA", title="Motion LoRA", model=m[0], kind="motion", prompt=mo_prompt,
+                blocks="2,5", preset="full", rank=4, learning_rate=1e-3, steps=1, seed=0, clip=clip[0])
+    tt = g.node("DualAdapterTTTMerge", model=m[0], appearance_lora=ap[0], appearance_prompt=ap_prompt,
+                motion_lora=mo[0], motion_prompt=mo_prompt, prompt=prompt, steps=1, teacher_steps=1,
+                learning_rate=1e-4, seed=0, teacher_schedule=2, reference="x0_pred", frames=2)
+    g.node("PreviewImage", images=tt[1])
     g.node("DualAdapterSaveLoRA", lora=tt[0], filename_prefix="customttt_merged", folder="output", precision="fp32")
     a = g.node("DualAdapterApplyLoRA", model=m[0], lora=tt[0], strength=1.0)
-    e = g.node("DualAdapterTextEncode", model=m[0], prompt="a sks dog is playing guitar", negative_prompt="")
+    e = g.node("DualAdapterTextEncode", model=m[0], prompt=prompt, negative_prompt="")
     s = g.node("DualAdapterSampler", model=a[0], embeds=e[0], frames=2, height=32, width=32, steps=2, cfg=9.0, seed=42,
                scheduler="ddim")
     d = g.node("DualAdapterVAEDecode", model=m[0], latent=s[0])
     g.node("SaveAnimatedWEBP", images=d[0], filename_prefix="dual_adapter/animatediff_customttt", fps=8.0)
     g.note("CustomTTT on AnimateDiff, as published", UNET_NOTE + (
-        "- the authors' setting: rank 32; appearance LoRA on layers 2,6 (lr 1e-5, 500 steps, motion modules off), "
-        "motion LoRA on layers 2,5 (lr 5e-5, 500 steps), Lion (installed: lion-pytorch) betas 0.9/0.99 wd 0.1; "
-        "TTT lr 1e-6 x 30 steps with teachers at 5 of 25 DDIM steps; sampling 25 DDIM steps, CFG 9;\n"
-        "- a layer is a U-Net block where text enters (0-based): 2 = down_blocks.2, 5 = up_blocks.2, 6 = up_blocks.3; "
-        "*Prompt Influence* shows each layer's share."))
+        "- the CustomTTT nodes are the ones of every backbone; on AnimateDiff a block is a U-Net block where text "
+        "enters (0-based: 2 = down_blocks.2, 5 = up_blocks.2, 6 = up_blocks.3), and *Prompt Influence* ranks them "
+        "(its appearance_blocks / motion_blocks outputs can feed the trainings' blocks);\n"
+        "- the authors' setting, which the nodes use on AnimateDiff when learning_rate is 0, blocks empty, "
+        "teacher_cfg 0 and optimizer auto: rank 32; appearance LoRA on layers 2,6 (lr 1e-5, 500 steps, motion "
+        "modules off), motion LoRA on layers 2,5 (lr 5e-5, 500 steps), Lion (installed: lion-pytorch) betas "
+        "0.9/0.99 wd 0.1; TTT lr 1e-6 x 30 steps with teachers at 5 of 25 DDIM steps, CFG 9; sampling 25 DDIM "
+        "steps, CFG 9."))
     return g
 
 

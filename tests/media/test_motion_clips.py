@@ -38,7 +38,7 @@ def test_a_still_is_refused_by_the_u_net_motion_trainers(classes, out_dir):
         classes["DualAdapterUNetTrainMotionLoRA"]().train(unet3d, still, "a dog", steps=1)
     (animatediff,) = classes["DualAdapterUNetVideoLoader"]().load("tiny-animatediff")
     with pytest.raises(DualAdapterError, match="still"):
-        classes["DualAdapterAnimateDiffTrainMotionLoRA"]().train(animatediff, still, "a dog", steps=1)
+        classes["DualAdapterTrainSelectiveLoRA"]().train(animatediff, "motion", "a dog", steps=1, clip=still)
 
 
 def test_a_looped_clip_is_announced_and_the_policy_is_a_cli_option(caplog, capsys, tmp_path):

@@ -115,36 +115,32 @@ def test_unet_motion_lora_node_resumes_bit_identical(out_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("stage", ["appearance", "motion", "ttt"])
-def test_animatediff_customttt_nodes_resume_bit_identical(stage, out_dir, monkeypatch):
+def test_customttt_nodes_resume_bit_identical_on_animatediff(stage, out_dir, monkeypatch):
+    """The CustomTTT nodes on AnimateDiff (the published recipe's stages and merge)."""
     from dual_adapter.backbones import load_backbone
-    from nodes import animatediff_nodes as U
+    from nodes.customttt_nodes import DualAdapterTrainSelectiveLoRA as Sel, DualAdapterTTTMerge as Merge
 
     ad = load_backbone("tiny-animatediff")
     model = PatchedModel(ad)
     x = _clip(2, (2, 32, 32, 3))
     app = mot = None
     if stage == "ttt":
-        (app,) = U.AnimateDiffTrainAppearanceLoRA().train(model, x[:1], "dog *", steps=1, rank=2, optimizer="adamw")
-        (mot,) = U.AnimateDiffTrainMotionLoRA().train(model, x, "turns", steps=1, rank=2, optimizer="adamw")
+        app, _ = Sel().train(model, "appearance", "dog *", steps=1, rank=2, photos=x[:1], optimizer="adamw")
+        mot, _ = Sel().train(model, "motion", "turns", steps=1, rank=2, clip=x, optimizer="adamw")
 
     def run(name, resume):
-        if stage == "appearance":
-            (lf,) = U.AnimateDiffTrainAppearanceLoRA().train(model, x[:1], "dog *", steps=4, rank=2, optimizer="adamw",
-                                                             learning_rate=1e-3, name=name, resume=resume,
-                                                             checkpoint_every=1)
-        elif stage == "motion":
-            (lf,) = U.AnimateDiffTrainMotionLoRA().train(model, x, "turns", steps=4, rank=2, optimizer="adamw",
-                                                         learning_rate=1e-3, name=name, resume=resume,
-                                                         checkpoint_every=1)
+        if stage == "ttt":
+            lf, _ = Merge().merge(model, app, "dog *", mot, "turns", "dog * turns", steps=4, learning_rate=1e-3,
+                                  frames=2, teacher_steps=1, teacher_schedule=2, optimizer="adamw", name=name,
+                                  resume=resume, checkpoint_every=1)
         else:
-            (lf,) = U.AnimateDiffTTTMerge().merge(model, app, mot, "dog *", "turns", "dog * turns", steps=4,
-                                                  learning_rate=1e-3, frames=2, teacher_steps=1, sampler_steps=2,
-                                                  optimizer="adamw", name=name, resume=resume, checkpoint_every=1)
+            data = {"photos": x[:1]} if stage == "appearance" else {"clip": x}
+            lf, _ = Sel().train(model, stage, "dog *" if stage == "appearance" else "turns", steps=4, rank=2,
+                                optimizer="adamw", learning_rate=1e-3, name=name, resume=resume, checkpoint_every=1,
+                                **data)
         return lf.state_dict
 
-    with torch.random.fork_rng():  # AnimateDiff LoRAs draw their init from the global generator; the state restores it
-        torch.manual_seed(0)
-        _resume_equals_straight(monkeypatch, out_dir, run)
+    _resume_equals_straight(monkeypatch, out_dir, run)
 
 
 def test_node_shows_live_loss_curve_and_previews(tiny, out_dir, monkeypatch):
