@@ -1,36 +1,9 @@
-"""Read photos and clips into frame tensors, shape them for CogVideoX, and write results.
+"""Read photos and clips into frame tensors (``[H, W, 3]`` / ``[F, H, W, 3]`` float32 in ``0..1``).
 
-Layouts used throughout (the ComfyUI ``IMAGE`` convention):
-
-* an image is ``[H, W, 3]`` float32 in ``0..1`` (RGB, sRGB-encoded);
-* a clip is ``[F, H, W, 3]`` float32 in ``0..1`` (F frames);
-* the CogVideoX VAE (diffusers ``AutoencoderKLCogVideoX``) takes ``[B, 3, F, H, W]`` in
-  ``-1..1``; :func:`frames_to_video_tensor` / :func:`video_tensor_to_frames` convert.
-
-Frame-rate and length policy of :func:`load_clip`, in one place:
-
-* ``fps=None`` keeps the source frame rate (every decoded frame from ``start_s`` on);
-* ``fps=r`` resamples: output frame ``k`` is the source frame whose timestamp is nearest to
-  ``start_s + k / r`` seconds (frames are repeated when ``r`` is above the source rate and
-  skipped when below; no blending);
-* ``num_frames=n`` takes exactly ``n`` output frames; ``None`` takes every output frame until
-  the clip ends;
-* a clip that runs out first is completed by ``short_policy``: ``"loop"`` repeats the frames
-  that were read from the first one again (a plain loop, not ping-pong: output frame ``i`` is
-  read frame ``i % m``), ``"hold"`` repeats the last frame, ``"error"`` raises; a loop or hold is
-  logged as a warning naming the clip and how many frames it had;
-* ``require_motion=True`` (motion clips for training) refuses a still: a single image, a
-  1-frame video, or a video whose frames are all identical (:func:`check_motion_frames`);
-* only what is needed is decoded: decoding stops as soon as the last wanted frame is known.
-
-CogVideoX takes ``4k + 1`` frames (its VAE compresses time by 4 and keeps the first frame):
-:func:`nearest_valid_frames` rounds a count to such a number.
-
-Every failure a user can cause raises :class:`~dual_adapter.errors.DualAdapterError` whose
-message names the file and what was expected; no raw PyAV or Pillow exception escapes.
-
-Size: reading, frame handling and writing (video, GIF, WEBP, images) are still one module; it becomes a
-``media/`` package (read / frames / write) keeping these names importable from ``dual_adapter.media``.
+Images (:func:`load_image`, :func:`load_images`, :func:`expand_folders`) through Pillow, with alpha composited on a
+background and embedded colour profiles converted to sRGB; clips (:func:`load_clip`, :func:`probe_clip`) through
+PyAV, or Pillow for GIF and animated WebP, with the frame-rate and length policy of :mod:`dual_adapter.media`.
+Every failure a user can cause raises :class:`~dual_adapter.errors.DualAdapterError` naming the file.
 """
 from __future__ import annotations
 
@@ -39,51 +12,30 @@ import logging
 import math
 import os
 import re
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import DualAdapterError
-from . import limits
-from .io import atomic_write, atomic_write_bytes
+from .. import limits
+from ..errors import DualAdapterError
+from .frames import (
+    _check_policy,
+    check_motion_frames,
+    pad_or_trim_frames,
+)
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "check_frame_values",
-    "check_motion_frames",
-    "IMAGE_EXTENSIONS",
-    "VIDEO_EXTENSIONS",
-    "SHORT_POLICIES",
-    "load_image",
-    "load_images",
-    "expand_folders",
-    "CLIP_EXTENSIONS",
-    "load_clip",
-    "probe_clip",
-    "fit_frames",
-    "pad_or_trim_frames",
-    "frames_to_video_tensor",
-    "video_tensor_to_frames",
-    "nearest_valid_frames",
-    "write_video",
-    "save_image",
-    "write_png_frames",
-]
+log = logging.getLogger(__package__)
 
 #: File extensions :func:`load_images` treats as images when it expands a directory.
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".tga", ".ppm", ".pgm"}
 )
-#: File extensions :func:`write_video` can write (``.mp4`` via PyAV/H.264, the others via Pillow).
-VIDEO_EXTENSIONS = frozenset({".mp4", ".gif", ".webp"})
+
+
 #: File extensions of clips :func:`load_clip` reads, for listing folders (Load Clip Frames, ``miniworld score``).
 CLIP_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".webp"})
-#: Accepted values of ``short_policy`` / ``policy``.
-SHORT_POLICIES = ("loop", "hold", "error")
+
 
 _NAMED_BACKGROUNDS = {
     "white": (1.0, 1.0, 1.0),
@@ -276,82 +228,6 @@ def load_images(paths_or_dirs, background="white", color_manage: bool = True) ->
     """
     files = expand_folders(paths_or_dirs, IMAGE_EXTENSIONS, "image")
     return [load_image(f, background=background, color_manage=color_manage) for f in files]
-
-
-# --------------------------------------------------------------------------------------
-# clips
-# --------------------------------------------------------------------------------------
-def _check_policy(policy: str) -> str:
-    if policy not in SHORT_POLICIES:
-        raise DualAdapterError(f"short_policy {policy!r} is not known; expected one of {SHORT_POLICIES}")
-    return policy
-
-
-def pad_or_trim_frames(frames: torch.Tensor, n: int, policy: str = "loop", name: str | None = None) -> torch.Tensor:
-    """Return exactly ``n`` frames: trim the tail, or complete a short clip by ``policy``.
-
-    Args:
-        frames: ``[M, ...]`` (typically ``[M, H, W, 3]``), ``M >= 1``.
-        n: wanted number of frames, ``>= 1``.
-        policy: ``"loop"`` (output frame ``i`` is ``frames[i % M]``: a plain loop from the start,
-            not ping-pong), ``"hold"`` (repeat the last frame) or ``"error"`` (raise when ``M < n``).
-        name: what the frames come from (a file path), used in error messages.
-
-    Returns:
-        ``[n, ...]`` tensor, same dtype/device (``frames`` itself when ``M == n``).
-
-    Raises:
-        DualAdapterError: ``n < 1``, no frames, unknown policy, or ``M < n`` with ``"error"``.
-    """
-    what = f"clip {name!r}" if name else "clip"
-    _check_policy(policy)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DualAdapterError(f"number of frames for {what} must be an integer >= 1, got {n!r}")
-    n = int(n)
-    m = int(frames.shape[0])
-    if m == 0:
-        raise DualAdapterError(f"{what} has no frames")
-    if m == n:
-        return frames
-    if m > n:
-        return frames[:n]
-    if policy == "error":
-        raise DualAdapterError(
-            f"{what} has only {m} frame(s) where {n} were asked for (short_policy='error'); "
-            f"ask for fewer frames, a lower fps, or use short_policy 'loop' or 'hold'"
-        )
-    if policy == "loop":
-        idx = torch.arange(n, device=frames.device) % m
-    else:  # hold
-        idx = torch.clamp(torch.arange(n, device=frames.device), max=m - 1)
-    return frames.index_select(0, idx)
-
-
-def check_motion_frames(frames: torch.Tensor, name: str = "motion clip") -> torch.Tensor:
-    """Refuse a still where a motion clip is expected (training on it would learn no motion).
-
-    Args:
-        frames: ``[F, H, W, 3]`` (or any ``[F, ...]``) frames of one clip.
-        name: what the frames are (an input name or a file), used in the message.
-
-    Returns:
-        ``frames`` unchanged.
-
-    Raises:
-        DualAdapterError: fewer than 2 frames, or every frame equal to the first (a photo, or a
-            still looped / held to length).
-    """
-    if not isinstance(frames, torch.Tensor) or frames.ndim < 2:
-        raise DualAdapterError(f"{name}: expected clip frames [F, H, W, 3], got "
-                               f"{list(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
-    n = int(frames.shape[0])
-    if n < 2:
-        raise DualAdapterError(f"{name} is a still ({n} frame): a motion clip needs a video of the motion "
-                               f"(MP4, AVI, WEBM...); photos of the subject go to the subject/identity input")
-    if bool((frames == frames[:1]).all()):
-        raise DualAdapterError(f"{name} is a still: all {n} frames are identical (a photo or a 1-frame video "
-                               f"repeated to length); a motion clip needs a video of the motion")
-    return frames
 
 
 def _open_container(path: Path):
@@ -727,328 +603,3 @@ def _decode_selected(frames, facts, num_frames, fps, start_s, path, max_out: int
         raise DualAdapterError(f"clip {str(path)!r} has {len(picked)} frames to return: at most {max_out} are read at "
                                f"once (see docs/limits.md); ask for a number of frames or a lower fps")
     return picked, n_decoded, reached_end
-
-
-# --------------------------------------------------------------------------------------
-# shaping
-# --------------------------------------------------------------------------------------
-def _check_frames(frames, what: str = "frames") -> torch.Tensor:
-    if not isinstance(frames, torch.Tensor):
-        raise DualAdapterError(f"{what} must be a torch.Tensor [F, H, W, 3], got {type(frames).__name__}")
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise DualAdapterError(f"{what} must have shape [F, H, W, 3], got {list(frames.shape)}")
-    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise DualAdapterError(f"{what} is empty: shape {list(frames.shape)}")
-    return frames
-
-
-#: How far frame values may stray outside ``0..1`` before they are refused as another range (they are clamped).
-FRAME_VALUE_SLACK = 0.5
-
-
-def check_frame_values(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
-    """Refuse frames that are not images in ``0..1``: NaN / inf values, or a range that is clearly another
-    convention (``0..255`` values, or ``-1..1`` VAE-space frames). Values within :data:`FRAME_VALUE_SLACK` of
-    ``0..1`` pass (the consumers clamp them).
-
-    Args:
-        frames: any float tensor of pixel values (``[F, H, W, 3]``, ``[H, W, 3]``...).
-        what: the input's name, for the message.
-
-    Returns:
-        ``frames`` unchanged.
-
-    Raises:
-        DualAdapterError: naming ``what``, how many values are non-finite, or the range found.
-    """
-    if not isinstance(frames, torch.Tensor) or not frames.numel():
-        return frames
-    x = frames.detach()
-    if not x.is_floating_point():
-        raise DualAdapterError(f"{what}: expected float pixel values in 0..1, got {x.dtype} (divide by 255 first)")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise DualAdapterError(f"{what}: {bad} of {x.numel()} values are NaN or infinite; the frames upstream are "
-                               f"broken (a diverged model or a failed decode), nothing is made from them")
-    lo, hi = float(x.min()), float(x.max())
-    if hi > 1.0 + FRAME_VALUE_SLACK or lo < -FRAME_VALUE_SLACK:
-        hint = (" (they look like 0..255 values: divide by 255)" if hi > 1.0 + FRAME_VALUE_SLACK and lo >= -0.5
-                else " (they look like -1..1 values: map them with (x + 1) / 2)" if lo >= -1.0 - FRAME_VALUE_SLACK
-                else "")
-        raise DualAdapterError(f"{what}: values range {lo:.3g} .. {hi:.3g}; images are 0..1{hint}")
-    return frames
-
-
-def fit_frames(frames: torch.Tensor, height: int, width: int, chunk: int = 32) -> torch.Tensor:
-    """Resize to cover ``height x width`` keeping the aspect ratio, then centre-crop.
-
-    The scale is ``max(height / H, width / W)`` so the resized frames cover the target in
-    both directions; the excess of the longer side is cropped equally from both ends, before
-    scaling, so memory never exceeds the input plus the output (bilinear interpolation with
-    antialiasing, ``torch.nn.functional.interpolate``).
-
-    Args:
-        frames: ``[N, H, W, 3]`` float in ``0..1`` (any float dtype/device).
-        height, width: target size in pixels (``>= 1``).
-        chunk: frames resized at once (bounds peak memory on long clips).
-
-    Returns:
-        ``[N, height, width, 3]`` float32 in ``0..1`` on the input device (a new tensor).
-
-    Raises:
-        DualAdapterError: wrong shape or non-positive target size.
-    """
-    frames = _check_frames(frames)
-    for name, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise DualAdapterError(f"fit_frames {name} must be an integer >= 1, got {v!r}")
-    height, width = int(height), int(width)
-    n, h, w, _ = frames.shape
-    scale = max(height / h, width / w)
-    # crop the source to the target's aspect first, then scale only that region: memory stays that of the input
-    # plus the output (scaling a 1 x 1000 strip to cover 480 x 720 first would make a 480 x 480000 image)
-    ch = min(h, max(1, int(round(height / scale))))
-    cw = min(w, max(1, int(round(width / scale))))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    out = torch.empty((n, height, width, 3), dtype=torch.float32, device=frames.device)
-    for i in range(0, n, max(1, int(chunk))):
-        x = frames[i : i + chunk, top : top + ch, left : left + cw].to(torch.float32).permute(0, 3, 1, 2)
-        if (ch, cw) != (height, width):
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        out[i : i + chunk] = x.permute(0, 2, 3, 1).clamp(0.0, 1.0)
-    return out
-
-
-def frames_to_video_tensor(frames: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``[F, H, W, 3]`` in ``0..1`` -> ``[1, 3, F, H, W]`` in ``-1..1`` (the CogVideoX VAE input).
-
-    Args:
-        frames: ``[F, H, W, 3]`` float in ``0..1``.
-        dtype: output dtype (default: float32 or the input's float dtype).
-
-    Raises:
-        DualAdapterError: wrong shape.
-    """
-    frames = _check_frames(frames)
-    if dtype is None:
-        dtype = frames.dtype if frames.is_floating_point() else torch.float32
-    x = frames.to(dtype).permute(3, 0, 1, 2).unsqueeze(0)
-    return (x * 2.0 - 1.0).contiguous()
-
-
-def video_tensor_to_frames(video: torch.Tensor) -> torch.Tensor:
-    """``[1, 3, F, H, W]`` (or ``[3, F, H, W]``) in ``-1..1`` -> ``[F, H, W, 3]`` float32 in ``0..1``.
-
-    The inverse of :func:`frames_to_video_tensor`; values are clamped to ``0..1`` (VAE decodes
-    overshoot slightly).
-
-    Raises:
-        DualAdapterError: wrong shape, or a batch of more than one video.
-    """
-    if not isinstance(video, torch.Tensor):
-        raise DualAdapterError(f"video must be a torch.Tensor [1, 3, F, H, W], got {type(video).__name__}")
-    if video.ndim == 5:
-        if video.shape[0] != 1:
-            raise DualAdapterError(
-                f"video has a batch of {video.shape[0]}; expected [1, 3, F, H, W] (split the batch first)"
-            )
-        video = video[0]
-    if video.ndim != 4 or video.shape[0] != 3:
-        raise DualAdapterError(f"video must have shape [1, 3, F, H, W] or [3, F, H, W], got {list(video.shape)}")
-    x = video.to(torch.float32).permute(1, 2, 3, 0)
-    return ((x + 1.0) * 0.5).clamp(0.0, 1.0).contiguous()
-
-
-def nearest_valid_frames(n: int, temporal_compression: int = 4, mode: str = "nearest") -> int:
-    """The frame count of the form ``temporal_compression * k + 1`` nearest to ``n``.
-
-    CogVideoX's VAE keeps the first frame and compresses the rest by 4 in time, so it takes
-    1, 5, 9, ..., 49 frames. ``mode="nearest"`` rounds ties up (``3 -> 5``); ``"down"`` gives
-    the largest valid count ``<= n``; ``"up"`` the smallest ``>= n``. Never less than 1.
-
-    Raises:
-        DualAdapterError: ``n < 1``, ``temporal_compression < 1`` or an unknown mode.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DualAdapterError(f"frame count must be an integer >= 1, got {n!r}")
-    c = temporal_compression
-    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
-        raise DualAdapterError(f"temporal_compression must be an integer >= 1, got {c!r}")
-    n, c = int(n), int(c)
-    down = ((n - 1) // c) * c + 1
-    up = down if down == n else down + c
-    if mode == "down":
-        return down
-    if mode == "up":
-        return up
-    if mode != "nearest":
-        raise DualAdapterError(f"mode {mode!r} is not known; expected 'nearest', 'down' or 'up'")
-    return up if (up - n) <= (n - down) else down
-
-
-# --------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------
-def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    check_frame_values(frames, "frames to write")  # NaN frames are refused, not written as black
-    x = frames.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round_()
-    return x.to(torch.uint8).numpy()
-
-
-def _atomic_file(path: Path, write_fn, overwrite: bool = False) -> Path:
-    """Write through ``write_fn(tmp_path)`` to a temp file beside ``path``, then rename (io.atomic_write)."""
-    return atomic_write(path, write_fn, overwrite)
-
-
-def write_video(
-    frames: torch.Tensor,
-    path,
-    fps: float = 8,
-    crf: int = 18,
-    overwrite: bool = False,
-) -> Path:
-    """Write frames as a video file, atomically, never replacing an existing file.
-
-    Args:
-        frames: ``[F, H, W, 3]`` float in ``0..1`` (clamped, rounded to 8 bit).
-        path: output file; the extension picks the format: ``.mp4`` (H.264, yuv420p, via PyAV;
-            odd widths/heights are padded to even by repeating the last row/column; one encoder
-            thread and no macroblock-tree, so the same frames give the same bytes), ``.gif``
-            (Pillow, 256-colour palette, looping) or ``.webp`` (Pillow, animated, lossless).
-        fps: frames per second (``> 0``).
-        crf: H.264 quality for ``.mp4`` (0 = lossless .. 51; 18 is visually near-lossless).
-        overwrite: replace an existing file (default: refuse).
-
-    The file is written to a temporary file in the same folder and moved into place with
-    ``os.replace``, so a reader never sees a half-written video.
-
-    Returns:
-        the ``Path`` written.
-
-    Raises:
-        DualAdapterError: wrong shape, bad fps, unsupported extension, existing file, or an
-            encoder failure.
-    """
-    frames = _check_frames(frames)
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in VIDEO_EXTENSIONS:
-        raise DualAdapterError(
-            f"cannot write video {str(path)!r}: extension {ext!r} is not supported; expected one of {sorted(VIDEO_EXTENSIONS)}"
-        )
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0 or not math.isfinite(fps):
-        raise DualAdapterError(f"fps for video {str(path)!r} must be a number > 0, got {fps!r}")
-    data = _to_uint8(frames)
-
-    if ext == ".mp4":
-        h, w = data.shape[1:3]
-        ph, pw = h % 2, w % 2
-        if ph or pw:
-            data = np.pad(data, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-
-        def _w(tmp):
-            import av
-
-            rate = Fraction(fps).limit_denominator(1001)
-            with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-                st = out.add_stream("libx264" if "libx264" in av.codecs_available else "h264", rate=rate)
-                st.width = int(data.shape[2])
-                st.height = int(data.shape[1])
-                st.pix_fmt = "yuv420p"
-                # Byte-reproducible output: one encoder thread (the default thread count differs between PyAV
-                # versions and machines) and no macroblock-tree rate control, which made identical runs write
-                # different bytes (measured: 2 of 8 runs of the same 9-frame video differed with it on).
-                st.codec_context.thread_count = 1
-                opts = {"crf": str(int(crf)), "threads": "1"}
-                if st.codec_context.name == "libx264":
-                    opts["x264-params"] = "mbtree=0:threads=1"
-                st.options = opts
-                for arr in data:
-                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-                    for pkt in st.encode(vf):
-                        out.mux(pkt)
-                for pkt in st.encode(None):
-                    out.mux(pkt)
-
-    else:
-        from PIL import Image
-
-        def _w(tmp):
-            imgs = [Image.fromarray(a, mode="RGB") for a in data]
-            duration = max(1, int(round(1000.0 / fps)))
-            kwargs = dict(save_all=True, append_images=imgs[1:], duration=duration, loop=0)
-            if ext == ".webp":
-                imgs[0].save(tmp, format="WEBP", lossless=True, **kwargs)
-            else:
-                imgs[0].save(tmp, format="GIF", optimize=False, **kwargs)
-
-    try:
-        return _atomic_file(path, _w, overwrite=overwrite)
-    except DualAdapterError:
-        raise
-    except Exception as e:
-        raise DualAdapterError(f"could not write video {str(path)!r}: {e}") from e
-
-
-def _encode_image(image: torch.Tensor, fmt: str) -> bytes:
-    from PIL import Image
-
-    arr = _to_uint8(image.unsqueeze(0))[0]
-    buf = io.BytesIO()
-    im = Image.fromarray(arr, mode="RGB")
-    if fmt == "JPEG":
-        im.save(buf, format=fmt, quality=95)
-    else:
-        im.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
-
-
-def save_image(image: torch.Tensor, path, overwrite: bool = False) -> Path:
-    """Save one ``[H, W, 3]`` float image in ``0..1`` (clamped, 8 bit), atomically.
-
-    The extension picks the format: ``.png`` (lossless), ``.jpg``/``.jpeg`` (quality 95),
-    ``.webp``, ``.bmp``. An existing file is refused unless ``overwrite=True``.
-
-    Returns:
-        the ``Path`` written.
-
-    Raises:
-        DualAdapterError: wrong shape, unsupported extension, or an existing file.
-    """
-    path = Path(path)
-    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[-1] != 3:
-        shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise DualAdapterError(f"image for {str(path)!r} must be a tensor [H, W, 3], got {shape}")
-    fmt = _IMAGE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise DualAdapterError(
-            f"cannot save image {str(path)!r}: extension {path.suffix!r} not supported; expected one of {sorted(_IMAGE_FORMATS)}"
-        )
-    return atomic_write_bytes(path, _encode_image(image, fmt), overwrite=overwrite)
-
-
-def write_png_frames(
-    frames: torch.Tensor, folder, prefix: str = "frame_", start: int = 0, overwrite: bool = False
-) -> list[Path]:
-    """Save each frame of ``[F, H, W, 3]`` (``0..1``) as ``folder/{prefix}{index:05d}.png``, atomically.
-
-    Every target name is checked before anything is written, so an existing file fails the
-    call without leaving a partial sequence (unless ``overwrite=True``).
-
-    Returns:
-        the list of ``Path`` written, in frame order.
-
-    Raises:
-        DualAdapterError: wrong shape or an existing file.
-    """
-    frames = _check_frames(frames)
-    folder = Path(folder)
-    paths = [folder / f"{prefix}{start + i:05d}.png" for i in range(frames.shape[0])]
-    if not overwrite:
-        for p in paths:
-            if p.exists():
-                raise DualAdapterError(f"output file {str(p)!r} already exists; choose another folder or prefix")
-    return [save_image(frames[i], p, overwrite=overwrite) for i, p in enumerate(paths)]
