@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..errors import DualAdapterError
 
+
 #: Accepted values of ``short_policy`` / ``policy``.
 SHORT_POLICIES = ("loop", "hold", "error")
 

@@ -19,13 +19,10 @@ import torch
 
 from .. import limits
 from ..errors import DualAdapterError
-from .frames import (
-    _check_policy,
-    check_motion_frames,
-    pad_or_trim_frames,
-)
+from .frames import _check_policy, check_motion_frames, pad_or_trim_frames
 
 log = logging.getLogger(__package__)
+
 
 #: File extensions :func:`load_images` treats as images when it expands a directory.
 IMAGE_EXTENSIONS = frozenset(

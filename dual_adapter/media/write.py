@@ -16,6 +16,7 @@ from ..errors import DualAdapterError
 from ..io import atomic_write, atomic_write_bytes
 from .frames import _check_frames, check_frame_values
 
+
 #: File extensions :func:`write_video` can write (``.mp4`` via PyAV/H.264, the others via Pillow).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".gif", ".webp"})
 
