@@ -297,4 +297,4 @@ def test_cogvideox_classes_are_named_only_in_backbones_and_the_compatibility_lay
             seen[rel] = refs
     assert not seen, f"CogVideoX internals outside dual_adapter/backbones/: {seen}"
     # and the checker does see them where they are
-    assert _cogvideox_refs(PKG / "native.py") and _cogvideox_refs(PKG / "backbones" / "cogvideox.py")
+    assert _cogvideox_refs(PKG / "native.py") and _cogvideox_refs(PKG / "backbones" / "cogvideox" / "interface.py")
