@@ -1,9 +1,9 @@
 """Video backbones behind one interface (:class:`~dual_adapter.backbones.base.VideoBackbone`).
 
-Every public module here (``cogvideox``, ``unet3d``, ``animatediff``) is one backbone and defines
+Every public module or package here (``cogvideox``, ``unet3d``, ``animatediff``) is one backbone and defines
 ``KIND``, ``FAMILY``, ``tiny_names()``, ``detect(folder) -> bool``, ``load(name_or_path, dtype,
 device, **kw)``, ``owns(denoiser) -> bool`` and ``for_denoiser(denoiser, scheduler_config=None)``.
-Modules are found automatically, so adding a backbone is adding one module (or, from outside the
+Modules and packages are found automatically, so adding a backbone is adding one module or package (or, from outside the
 package, :func:`register_backbone` with a module or namespace that defines the same names).
 
 Methods reach a model only through the interface: :func:`as_backbone` for a loaded model,
@@ -32,7 +32,7 @@ _REGISTERED: dict[str, ModuleType] = {}
 
 
 def backbone_modules() -> dict[str, ModuleType]:
-    """``KIND`` -> module, for every backbone module of this package (sorted by module name), then the
+    """``KIND`` -> module, for every backbone module or subpackage of this package (sorted by name), then the
     ones added with :func:`register_backbone`."""
     if not _FOUND:
         for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

@@ -2,9 +2,9 @@
 
 A method (TAP / AH motion LoRA, CustomTTT, ...) talks to a backbone only through
 :class:`VideoBackbone`; it never names ``transformer_blocks``, ``attn1`` or ``down_blocks``
-itself. One module per backbone implements it (``cogvideox.py``, ``unet3d.py``,
+itself. One module or package per backbone implements it (``cogvideox/``, ``unet3d.py``,
 ``animatediff.py``); :mod:`dual_adapter.backbones` finds them, so adding a backbone touches
-one new module and nothing else.
+one new module (or package) and nothing else.
 
 The interface, in the terms of the issue that asked for it:
 

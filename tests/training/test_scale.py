@@ -275,7 +275,7 @@ def test_micro_batches_share_the_global_batch(monkeypatch):
     from dual_adapter import training
 
     assert [p.tolist() for p in training.micro_batches(3, 3)] == [[0], [1], [2]]
-    monkeypatch.setattr(training, "dist_rank_world", lambda: (1, 2))
+    monkeypatch.setattr(training.distributed, "dist_rank_world", lambda: (1, 2))
     assert [p.tolist() for p in training.micro_batches(4, 1)] == [[2, 3]]
     assert [p.tolist() for p in training.micro_batches(6, 2)] == [[2, 3], [5]]  # parts [0,1] [2,3] [4] [5]
     assert [p.tolist() for p in training.micro_batches(1, 1)] == []  # rank 1 gets nothing: zero gradients
