@@ -142,12 +142,21 @@ def _projs(preset) -> tuple[str, ...]:
 
 def spatial_lora_targets(backbone, layers: Sequence[str] | None = None, targets: Sequence[str] = SPATIAL_PATH_TARGETS,
                          denoiser: nn.Module | None = None) -> list[str]:
-    """Full names of the spatial LoRA targets: ``targets`` inside every spatial ``Transformer2DModel`` block.
+    """Full names of the spatial LoRA targets: ``targets`` inside every spatial transformer block
+    (:meth:`~dual_adapter.backbones.base.VideoBackbone.spatial_transformers`: every ``Transformer2DModel`` of a
+    diffusers U-Net).
 
     ``layers``: only under these module-name prefixes (CustomTTT's appearance layers).
+
+    Raises:
+        DualAdapterError: a backbone without spatial transformers (naming ``spatial_path``), or none under
+            ``layers``.
     """
     bb = _unet_backbone(backbone)
     d = denoiser if denoiser is not None else bb.denoiser
+    if not bb.spatial_transformers(d):
+        raise DualAdapterError(f"spatial_path: model {bb.name!r} ({bb.family}) has no spatial transformers for "
+                               f"MotionDirector's spatial path; set spatial_path off")
     out = []
     for name in bb.spatial_transformers(d):
         if layers is not None and not any(name == p or name.startswith(p + ".") for p in layers):

@@ -308,6 +308,25 @@ class VideoBackbone:
         """Module name -> module that reads the text embedding (cross or joint attention)."""
         raise NotImplementedError
 
+    def spatial_transformers(self, denoiser: nn.Module | None = None) -> dict[str, nn.Module]:
+        """Module name -> per-frame transformer whose ``transformer_blocks[i].attn1`` / ``.ff`` projections
+        MotionDirector's spatial path trains (U-Nets: every ``Transformer2DModel``). Default: none (a backbone
+        without them trains TAP without the spatial path)."""
+        return {}
+
+    @contextlib.contextmanager
+    def without_temporal_modules(self, denoiser: nn.Module | None = None):
+        """Context manager: run ``denoiser`` (default :attr:`denoiser`) as an image model, every module that mixes
+        frames passing its input through (MotionDirector's spatial path; CustomTTT's appearance LoRA on
+        AnimateDiff). Yields the denoiser.
+
+        Raises:
+            DualAdapterError: this default: the backbone has no image mode.
+        """
+        raise DualAdapterError(f"model {self.name!r} ({self.family}) has no image mode (a forward with its temporal "
+                               f"modules bypassed); MotionDirector's spatial path needs one: set spatial_path off")
+        yield  # pragma: no cover - a generator, for contextmanager
+
     def text_argument(self) -> tuple[str, int | None]:
         """``(keyword, position)``: how the denoiser passes the text to a block of :meth:`blocks` that has text
         (a method that replaces one block's text, such as CustomTTT's prompt influence, looks for the keyword
