@@ -194,9 +194,10 @@ class _FakeBackbone(VideoBackbone):
     def __init__(self, denoiser=None, scheduler_config=None):
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            self.denoiser = denoiser if denoiser is not None else self.denoiser_class()
             self.text_table = torch.randn(256, TEXT_DIM)
-        self.denoiser.requires_grad_(False).eval()
+            if denoiser is None:  # a loaded model: frozen (a view of a given denoiser, e.g. a trainer's copy, is not)
+                denoiser = self.denoiser_class().requires_grad_(False).eval()
+        self.denoiser = denoiser
         self.vae, self.text_encoder, self.tokenizer = None, None, None
         self.name = f"tiny-{self.kind}"
         self.scheduler_config = dict(scheduler_config or {"num_train_timesteps": 1000,

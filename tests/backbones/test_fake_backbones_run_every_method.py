@@ -92,3 +92,117 @@ def test_motiondirectors_spatial_path_runs_where_the_backbone_has_an_image_mode(
         assert sorted(spatial.modules) == sorted(f"{a}.{p}" for a in bb.attention_modules("spatial")
                                                  for p in ("to_q", "to_k", "to_v", "to_out.0"))
         assert set(motion.modules) == {f"{a}.{p}" for a in bb.attention_modules("temporal") for p in ("to_k", "to_out.0")}
+
+
+# ------------------------------------------------------------------------------ 2. DualReal on the DiT
+
+
+def _dit_inputs(bb, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 4, 4, 4, generator=g), bb.encode_prompt(["dog * runs", "a person"]), torch.tensor([700, 150])
+
+
+def _randomise(module, std, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def test_zero_initialised_dualreal_adapters_leave_the_fake_dit_bit_identical(dit):
+    from dual_adapter.dualreal import DualRealAdapters, DualRealConfig, DualRealPatch
+
+    x, e, t = _dit_inputs(dit)
+    base = dit.predict(x, t, e)
+    cfg = DualRealConfig.for_transformer(dit.denoiser, form="zero_init", groups=2)
+    assert (cfg.dim, cfg.num_blocks, cfg.time_embed_dim) == dit.adapter_dims()
+    mod = DualRealAdapters(cfg)
+    for ref in (None, torch.randn(1, 1024)):
+        model = patched_copy(dit.denoiser, [DualRealPatch(mod, ref)])
+        assert torch.equal(dit.predict(x, t, e, denoiser=model), base)
+    own = {k for k in model.state_dict() if ".adapters." not in k and ".controller." not in k}
+    assert own == set(dit.denoiser.state_dict())  # the blocks' weights keep their module paths
+    _randomise(mod, 0.05)
+    assert not torch.allclose(dit.predict(x, t, e, denoiser=model), base)  # trained adapters do act
+
+
+def test_stageblender_weights_on_the_fake_dit_follow_its_formula(dit):
+    from dual_adapter.dualreal import DualRealAdapters, DualRealConfig, DualRealPatch, find_context
+
+    x, e, t = _dit_inputs(dit)
+    mod = DualRealAdapters(DualRealConfig.for_transformer(dit.denoiser, groups=2))
+    _randomise(mod, 0.2)
+    rec = []
+    model = patched_copy(dit.denoiser, [DualRealPatch(mod, recorder=rec)])
+    dit.predict(x, t, e, denoiser=model)
+    d = dit.denoiser  # block 0's inputs, as the fake's forward makes them
+    tokens = d.patch_embed(x.permute(0, 1, 3, 4, 2).reshape(2, -1, 4))
+    pool = torch.maximum(d.text_proj(e).amax(1), tokens.amax(1))
+    from fakes import time_features
+
+    temb = d.time_embed(time_features(t))
+    c = mod.controller
+    cp = c.pool_proj(pool)
+    shift, scale, gate = c.time_mod(F.silu(temb)).chunk(3, -1)
+    f = c.norm(cp) * (1 + scale) + shift
+    f = c.mlp_out(F.gelu(c.mlp_in(f), approximate="tanh")) + gate * cp
+    alpha = 0.2 * torch.sigmoid(c.head_out(F.relu(c.head_hidden(F.relu(f)))))
+    assert len(rec) == 1 and torch.allclose(rec[0], alpha.detach(), atol=1e-6)
+    assert not torch.allclose(rec[0][0], rec[0][1])  # per sample
+    ctx = find_context(model)
+    for i, g in enumerate(mod.block_group):  # block i: w_id = alpha[g(i)], w_mo = 0.2 - alpha[g(i)]
+        w_id, w_mo = ctx.weights(g, 2, "cpu")
+        assert torch.allclose(w_id.flatten(), alpha[:, g].detach(), atol=1e-6)
+        assert torch.allclose(w_mo.flatten(), 0.2 - alpha[:, g].detach(), atol=1e-6)
+
+
+def _dualreal_data(bb):
+    from dual_adapter.dualreal import DualRealData
+
+    photo = torch.zeros(1, 32, 32, 3)
+    photo[0, 8:24, 8:24] = torch.tensor([0.2, 0.4, 0.9])
+    g = torch.Generator().manual_seed(0)
+    return DualRealData(bb.encode_frames(photo), bb.encode_frames(_moving_clip()), bb.encode_prompt("dog *"),
+                        bb.encode_prompt("a square moves right"), torch.randn(1, 1024, generator=g), "dog *",
+                        "a square moves right", "test")
+
+
+def test_dualreal_training_on_the_fake_dit_masks_the_inactive_set_and_lowers_the_loss(dit):
+    from dual_adapter.dualreal import (DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealOptions,
+                                       DualRealPatch, train_dualreal_on_data)
+    from dual_adapter.training import TrainConfig
+
+    mod = DualRealAdapters(DualRealConfig.for_transformer(dit.denoiser, groups=2))
+    _randomise(mod, 0.02)
+    start = DualRealAdapterSet.from_module(mod)
+    data = _dualreal_data(dit)
+    opts = DualRealOptions(groups=2, motion_ratio=0.5, motion_batch=1)
+
+    def run(steps):  # constant lr: the first k steps of any run are the same steps
+        tc = TrainConfig(steps=steps, lr=1e-2, weight_decay=0.1, optimizer="adamw", lr_schedule="constant",
+                         warmup_steps=0, checkpoint_every=0, gradient_checkpointing=False, seed=0)
+        return train_dualreal_on_data(dit.denoiser, dit.scheduler_config, data, opts, tc, adapters=start)
+
+    states = [start.state_dict]
+    for k in range(1, 5):
+        res = run(k)
+        states.append(res.adapters.state_dict)
+    phases = [r["phase"] for r in res.losses]
+    # the set trained at step 1 carries AdamW momentum into step 2, where it is the inactive one
+    assert phases[0] != phases[1] and {"identity", "motion"} == set(phases), phases
+    for k, phase in enumerate(phases, 1):  # paper eqs. 4-6: the inactive set is bit-identical after every step
+        frozen, active = (".motion_", ".id_") if phase == "identity" else (".id_", ".motion_")
+        for key, v in states[k - 1].items():
+            if frozen in key:
+                assert torch.equal(v, states[k][key]), f"step {k} ({phase}): {key} changed"
+            elif active in key and "condition_linear" not in key:
+                assert not torch.equal(v, states[k][key]), f"step {k} ({phase}): {key} did not train"
+    assert res.adapters.meta["base_fingerprint"] == dit.fingerprint()
+
+    # a few more steps of each phase lower the objective on both data sets
+    trained = run(30).adapters
+    ref = data.clip_references[:1].unsqueeze(1)
+    for x0, text, c in ((data.photo_latents, data.identity_embeds, None), (data.clip_latents, data.motion_embeds, ref)):
+        was = _fixed_loss(dit, patched_copy(dit.denoiser, [DualRealPatch(start, c)]), x0, text)
+        now = _fixed_loss(dit, patched_copy(dit.denoiser, [DualRealPatch(trained, c)]), x0, text)
+        assert now < 0.95 * was, (was, now)
