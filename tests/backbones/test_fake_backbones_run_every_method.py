@@ -206,3 +206,71 @@ def test_dualreal_training_on_the_fake_dit_masks_the_inactive_set_and_lowers_the
         was = _fixed_loss(dit, patched_copy(dit.denoiser, [DualRealPatch(start, c)]), x0, text)
         now = _fixed_loss(dit, patched_copy(dit.denoiser, [DualRealPatch(trained, c)]), x0, text)
         assert now < 0.95 * was, (was, now)
+
+
+# ------------------------------------------------------------------------------ 3. CustomTTT on both
+
+
+def test_prompt_influence_scores_every_text_entry_block_of_both_fakes(fake):
+    from dual_adapter.customttt import prompt_influence, text_blocks
+
+    n = len(text_blocks(fake))
+    assert n == len([b for b in fake.blocks() if b.has_text]) and n >= 3
+    kw = dict(timesteps=(300, 700), seeds=(0,), num_frames=3, height=32, width=32)
+    res = prompt_influence(fake, {"appearance": "dog *", "motion": "a square moves right"}, "a photo", **kw)
+    assert res.groups == [[i] for i in range(n)]  # one score per block text enters
+    for c in ("appearance", "motion"):
+        assert len(res.scores[c]) == n and all(torch.isfinite(torch.tensor(res.scores[c])))
+        assert any(abs(s) > 1e-3 for s in res.scores[c]) and len(res.recommended[c]) == 2
+    # the concept injected at every text block at once is the concept run: score 1, closeness 1
+    every = prompt_influence(fake, "dog *", "a photo", groups=[list(range(n))], top_k=1, **kw)
+    assert every.scores["concept"][0] == pytest.approx(1.0, abs=1e-5)
+    assert every.closeness["concept"][0] == pytest.approx(1.0, abs=1e-3)
+
+
+def _random_lora(bb, modules, seed, rank=2):
+    from dual_adapter.lora import LoraFile
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for m in modules:
+        lin = bb.denoiser.get_submodule(m)
+        sd[f"{bb.lora_prefix}.{m}.lora_A.weight"] = torch.randn(rank, lin.in_features, generator=g) * 0.3
+        sd[f"{bb.lora_prefix}.{m}.lora_B.weight"] = torch.randn(lin.out_features, rank, generator=g) * 0.3
+    return LoraFile.from_state_dict(sd, {"backbone": bb.kind}, alphas={m: float(rank) for m in modules})
+
+
+def _two_loras(bb):
+    """An appearance LoRA on the first text blocks' attentions, a motion LoRA on the motion attention (TAP's
+    projections); they share the modules of one block where both reach it."""
+    text = [b.name for b in bb.blocks() if b.has_text]
+    cross = [n for n in bb.attention_modules("cross") if n.startswith(tuple(text[:2]))]
+    motion = list(bb.attention_modules(bb.motion_role))
+    appearance = [f"{a}.{p}" for a in cross for p in ("to_q", "to_k", "to_v")] + [f"{motion[0]}.to_q"]
+    return _random_lora(bb, appearance, 1), _random_lora(bb, [f"{a}.{p}" for a in motion for p in ("to_q", "to_k")], 2)
+
+
+def test_ttt_merge_on_both_fakes_lowers_its_objective_and_changes_only_lora_weights(fake):
+    from dual_adapter.customttt import TTTConfig, merge_loras, ttt_merge
+
+    app, mot = _two_loras(fake)
+    base = {k: v.clone() for k, v in fake.denoiser.state_dict().items()}
+    inputs = {id(lf): {k: v.clone() for k, v in lf.state_dict.items()} for lf in (app, mot)}
+    cfg = TTTConfig(steps=12, teacher_steps=2, teacher_schedule=4, teacher_cfg=2.0, lr=1e-2, weight_decay=0.0,
+                    eval_draws=6, gradient_checkpointing=False, num_frames=3, height=32, width=32)
+    res = ttt_merge(fake, app, mot, appearance_prompt="dog *", motion_prompt="a square moves right",
+                    prompt="dog * moves right", config=cfg)
+    assert res.train.completed and res.eval["after"]["loss"] < res.eval["before"]["loss"], res.eval
+    assert set(res.references) == {"appearance", "motion"}
+    assert all(r.shape == tuple(fake.latent_shape(1, 3, 32, 32)) for r in res.references.values())
+    # only LoRA weights changed: the base and the input LoRAs are as they were, the merged LoRA is not their sum
+    assert all(torch.equal(base[k], v) for k, v in fake.denoiser.state_dict().items())
+    assert all(torch.equal(inputs[id(lf)][k], v) for lf in (app, mot) for k, v in lf.state_dict.items())
+    exact = merge_loras([app, mot])
+    lf = res.lora
+    assert lf.prefix == fake.lora_prefix and sorted(lf.modules) == sorted(exact.modules)
+    assert any(not torch.equal(lf.state_dict[k], exact.state_dict[k]) for k in exact.state_dict)
+    # with no TTT step the result is the exact merge of the two inputs
+    none = ttt_merge(fake, app, mot, appearance_prompt="dog *", motion_prompt="a square moves right",
+                     prompt="dog * moves right", config=TTTConfig(steps=0, num_frames=3, height=32, width=32)).lora
+    assert all(torch.allclose(none.state_dict[k], v, atol=1e-6) for k, v in exact.state_dict.items())
