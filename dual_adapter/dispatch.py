@@ -26,18 +26,21 @@ from .experts import PerExpert, pair_files, per_expert_patch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHOD_KINDS", "check_method", "is_unet", "is_unet_name", "is_unet_lora", "check_lora", "load_lora",
+__all__ = ["METHOD_KINDS", "check_method", "has_method", "is_unet", "is_unet_name", "is_unet_lora", "check_lora", "load_lora",
            "save_lora", "lora_patch", "save_lora_pair", "to_latent", "from_latent", "decode", "encode", "default_scheduler",
            "motion_preset",
            "train_motion_lora", "train_selective_lora", "ttt_config"]
 
-#: method -> the backbone kinds it runs on (None = every backbone)
+#: method -> the built-in backbone kinds it runs on (None = every backbone). A backbone added later has a method where
+#: it answers for it (:func:`has_method`): DualReal on every backbone with block adapters, CustomTTT on every DiT.
 METHOD_KINDS: dict[str, tuple[str, ...] | None] = {
     "dualreal": ("cogvideox", "wan"),
     "appearance highway": ("unet3d",),
     "CustomTTT": ("cogvideox", "wan", "animatediff"),
     "motion LoRA": None,
 }
+#: the U-Nets CustomTTT runs on: the published recipe's (:mod:`dual_adapter.customttt.unet`)
+CUSTOMTTT_UNETS = ("animatediff",)
 
 
 def _bb(model):
@@ -75,11 +78,25 @@ def check_method(model, method: str, name: str = "model") -> None:
     """
     kinds = METHOD_KINDS[method]
     bb = _bb(model)
-    if kinds is not None and bb.kind not in kinds:
+    if not has_method(bb, method):
         from .backbones import backbone_modules
 
         fams = "; ".join(backbone_modules()[k].FAMILY for k in kinds if k in backbone_modules())
         raise DualAdapterError(f"{name}: {method} is defined on {fams}; {bb.name!r} is {bb.family}")
+
+
+def has_method(backbone, method: str) -> bool:
+    """Whether ``backbone`` (a :class:`~dual_adapter.backbones.base.VideoBackbone`) has ``method`` (a key of
+    :data:`METHOD_KINDS`), asked of the backbone: DualReal where it has block adapters
+    (:meth:`~dual_adapter.backbones.base.VideoBackbone.has_block_adapters`), CustomTTT on every DiT and on the U-Nets
+    of the published recipe (:data:`CUSTOMTTT_UNETS`), the appearance highway on its U-Net (UNet3D), a motion LoRA
+    everywhere."""
+    if method == "dualreal":
+        return backbone.has_block_adapters()
+    if method == "CustomTTT":
+        return not is_unet(backbone) or backbone.kind in CUSTOMTTT_UNETS
+    kinds = METHOD_KINDS[method]
+    return kinds is None or backbone.kind in kinds
 
 
 def is_unet_lora(lora) -> bool:

@@ -407,6 +407,11 @@ class VideoBackbone:
         d = self.pick_denoiser(denoiser)
         return d.get_submodule(self.blocks(d)[0].name.rsplit(".", 1)[0])
 
+    def has_block_adapters(self) -> bool:
+        """Whether block adapters (DualReal's DA-blocks) run on this backbone. Default: whether it implements
+        :meth:`adapted_block_forward` (with :meth:`adapter_dims`)."""
+        return type(self).adapted_block_forward is not VideoBackbone.adapted_block_forward
+
     def adapter_dims(self, denoiser: nn.Module | None = None) -> tuple[int, int, int]:
         """``(width D, blocks L, T)``: what block adapters are sized by; ``T`` is the width of the timestep
         features the StageBlender controller reads (CogVideoX: its ``time_embed_dim``)."""

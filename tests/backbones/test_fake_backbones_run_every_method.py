@@ -54,6 +54,20 @@ def _fixed_loss(bb, denoiser, latents, text, draws=8, seed=0):
                                       noise=eps))
 
 
+def test_the_entry_points_ask_the_backbone_which_methods_it_has(dit, unet):
+    """The one entry per method (:mod:`dual_adapter.dispatch`, used by the nodes) lets a new DiT with block adapters
+    run DualReal and CustomTTT without being named there; a U-Net without block adapters is refused DualReal."""
+    from dual_adapter import dispatch
+
+    assert dit.has_block_adapters() and not unet.has_block_adapters()
+    for method in ("dualreal", "CustomTTT", "motion LoRA"):
+        dispatch.check_method(dit, method)
+    dispatch.check_method(unet, "motion LoRA")
+    with pytest.raises(DualAdapterError, match=r"^model: dualreal is defined on CogVideoX.*'tiny-fakeunet' is Fake U-Net"):
+        dispatch.check_method(unet, "dualreal")
+    with pytest.raises(DualAdapterError, match=r"appearance highway is defined on ZeroScope"):
+        dispatch.check_method(dit, "appearance highway")
+
 # ------------------------------------------------------------------------------ 1. TAP on the U-Net's temporal attention
 
 
