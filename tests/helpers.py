@@ -36,6 +36,19 @@ def randomise(module: torch.nn.Module, std=0.05, seed=0):
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def stageblender_alpha(controller, pool: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    """The StageBlender's identity weights ``alpha [B, n]`` written out from its formula (docs/dualreal.md) for the
+    max-pooled block-0 tokens ``pool [B, D]`` and the timestep features ``temb [B, T]``."""
+    import torch.nn.functional as F
+
+    c = controller
+    cp = c.pool_proj(pool)
+    shift, scale, gate = c.time_mod(F.silu(temb)).chunk(3, -1)
+    f = c.norm(cp) * (1 + scale) + shift
+    f = c.mlp_out(F.gelu(c.mlp_in(f), approximate="tanh")) + gate * cp
+    return c.scale * torch.sigmoid(c.head_out(F.relu(c.head_hidden(F.relu(f)))))
+
+
 def forward_inputs(bundle, batch=2, seed=0):
     """Latents ``[batch, 3, 4, 8, 12]``, prompt embeddings and timesteps for one transformer forward."""
     from dual_adapter.backbones.cogvideox import encode_prompt

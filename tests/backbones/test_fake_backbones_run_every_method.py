@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from fakes import FakeDiTBackbone, FakeUNetBackbone, FakeUNetWithImageMode, registered
+from fakes import FakeDiTBackbone, FakeUNetBackbone, FakeUNetWithImageMode, registered, time_features
+from helpers import randomise as _randomise, stageblender_alpha
 
 from dual_adapter.errors import DualAdapterError
 from dual_adapter.patches import patched_copy
@@ -116,13 +116,6 @@ def _dit_inputs(bb, seed=0):
     return torch.randn(2, 3, 4, 4, 4, generator=g), bb.encode_prompt(["dog * runs", "a person"]), torch.tensor([700, 150])
 
 
-def _randomise(module, std, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 def test_zero_initialised_dualreal_adapters_leave_the_fake_dit_bit_identical(dit):
     from dual_adapter.dualreal import DualRealAdapters, DualRealConfig, DualRealPatch
 
@@ -152,15 +145,7 @@ def test_stageblender_weights_on_the_fake_dit_follow_its_formula(dit):
     d = dit.denoiser  # block 0's inputs, as the fake's forward makes them
     tokens = d.patch_embed(x.permute(0, 1, 3, 4, 2).reshape(2, -1, 4))
     pool = torch.maximum(d.text_proj(e).amax(1), tokens.amax(1))
-    from fakes import time_features
-
-    temb = d.time_embed(time_features(t))
-    c = mod.controller
-    cp = c.pool_proj(pool)
-    shift, scale, gate = c.time_mod(F.silu(temb)).chunk(3, -1)
-    f = c.norm(cp) * (1 + scale) + shift
-    f = c.mlp_out(F.gelu(c.mlp_in(f), approximate="tanh")) + gate * cp
-    alpha = 0.2 * torch.sigmoid(c.head_out(F.relu(c.head_hidden(F.relu(f)))))
+    alpha = stageblender_alpha(mod.controller, pool, d.time_embed(time_features(t)))
     assert len(rec) == 1 and torch.allclose(rec[0], alpha.detach(), atol=1e-6)
     assert not torch.allclose(rec[0][0], rec[0][1])  # per sample
     ctx = find_context(model)

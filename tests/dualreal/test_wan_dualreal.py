@@ -8,12 +8,12 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dual_adapter.dualreal import (DualRealAdapters, DualRealAdapterSet, DualRealConfig, DualRealOptions, DualRealPatch,
                                    block_groups, find_context, train_dualreal, train_dualreal_on_data)
 from dual_adapter.patches import patched_copy
 from dual_adapter.training import TrainConfig
+from helpers import randomise as _randomise, stageblender_alpha
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,13 +29,6 @@ def _inputs(wan, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(2, 3, 4, 8, 8, generator=g), wan.encode_prompt(["dog * runs", "a person"]),
             torch.tensor([700.0, 150.0]))
-
-
-def _randomise(module, std=0.05, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def test_zero_init_adapters_leave_wan_bit_identical_and_keep_module_paths(wan):
@@ -93,12 +86,7 @@ def test_stageblender_follows_its_formula_from_pooled_tokens_and_timestep_featur
     text = d.condition_embedder.text_embedder(e)                                      # its (projected) text tokens
     pool = torch.maximum(text.amax(1), tokens.amax(1))
     time = d.condition_embedder.timesteps_proj(t)                                     # sinusoidal, freq_dim wide
-    c = mod.controller
-    cp = c.pool_proj(pool)
-    shift, scale, gate = c.time_mod(F.silu(time)).chunk(3, -1)
-    f = c.norm(cp) * (1 + scale) + shift
-    f = c.mlp_out(F.gelu(c.mlp_in(f), approximate="tanh")) + gate * cp
-    alpha = 0.2 * torch.sigmoid(c.head_out(F.relu(c.head_hidden(F.relu(f)))))
+    alpha = stageblender_alpha(mod.controller, pool, time)
     assert len(rec) == 1 and torch.allclose(rec[0], alpha.detach(), atol=1e-6)
     assert not torch.allclose(rec[0][0], rec[0][1])  # per sample (its own timestep and tokens)
 
