@@ -37,6 +37,10 @@ The interface, in the terms of the issue that asked for it:
   :meth:`VideoBackbone.denoiser_for` (which one serves a timestep: the sampler asks it every step),
   :meth:`VideoBackbone.get_denoiser`, :meth:`VideoBackbone.expert` (a one-denoiser backbone trained on the
   timesteps its denoiser serves); one-denoiser backbones keep the defaults;
+* **optional parts** - block adapters (DualReal: :meth:`VideoBackbone.block_container`,
+  :meth:`VideoBackbone.adapter_dims`, :meth:`VideoBackbone.adapted_block_forward`; :meth:`VideoBackbone.has_block_adapters`
+  says whether they are there) and an image mode (MotionDirector's spatial path: :meth:`VideoBackbone.spatial_transformers`,
+  :meth:`VideoBackbone.without_temporal_modules`); the defaults say the backbone lacks them;
 * **what trained adapters depend on** - :meth:`VideoBackbone.width`, :meth:`VideoBackbone.architecture`
   and :meth:`VideoBackbone.fingerprint` (stored in adapter metadata, checked when one is applied),
   :attr:`VideoBackbone.motion_role` (the attention role a motion LoRA such as TAP targets).
