@@ -3,8 +3,8 @@ transformer (DiT) backbones (CogVideoX, Wan) and another for the U-Nets (ZeroSco
 choice is made here, from the model, and nowhere else (the nodes and commands call these functions).
 
 A model is what :func:`dual_adapter.models.load_video_model` returns (a CogVideoX bundle or a backbone), or a
-:class:`~dual_adapter.patches.PatchedModel` of one. A LoRA is a :class:`dual_adapter.lora.LoraFile` (DiT) or a
-:class:`dual_adapter.unet_motion.UNetLora` (U-Net). A method a backbone does not have (DualReal on a U-Net, the
+:class:`~dual_adapter.patches.PatchedModel` of one. A LoRA is a :class:`dual_adapter.lora.LoraFile` (one type for every
+backbone; a U-Net's keys start ``unet.``). A method a backbone does not have (DualReal on a U-Net, the
 appearance highway on anything but a UNet3D) raises :class:`~dual_adapter.errors.DualAdapterError` naming the
 input (:func:`check_method`). docs/backbones.md lists which method runs on which backbone.
 """
@@ -113,7 +113,7 @@ def check_lora(lora, name: str = "lora"):
     """
     if isinstance(lora, PerExpert) and all(isinstance(x, L.LoraFile) for _, x in lora.items()):
         return lora
-    if not isinstance(lora, (L.LoraFile, UM.UNetLora)):
+    if not isinstance(lora, L.LoraFile):
         raise DualAdapterError(f"{name}: expected a VIDEO_LORA (from Train Motion LoRA or Load LoRA), got "
                                f"{type(lora).__name__}")
     return lora
@@ -163,8 +163,8 @@ def save_lora(lora, path: str | Path, dtype: torch.dtype | None = None, key_form
 
 
 def lora_patch(lora, model, strength: float = 1.0, alpha_override: float = 0.0, existing: Sequence = ()):
-    """The model patch that adds ``lora`` at ``strength`` to ``model`` (a :class:`~dual_adapter.lora.LoraPatch` on a
-    DiT, a :class:`~dual_adapter.unet_motion.UNetLoraPatch` on a U-Net), after checking that the LoRA fits it.
+    """The model patch that adds ``lora`` at ``strength`` to ``model`` (a :class:`~dual_adapter.lora.LoraPatch`, on
+    every backbone), after checking that the LoRA fits it.
     ``alpha_override`` (> 0) replaces a DiT LoRA's alpha (scale alpha / rank). ``existing``: the patches already on
     the model (a DiT LoRA's adapter is named ``<name>_<k>``, k = the LoRA patches before it).
 
@@ -189,8 +189,8 @@ def lora_patch(lora, model, strength: float = 1.0, alpha_override: float = 0.0, 
     if is_unet_lora(lora):
         if alpha_override:
             raise DualAdapterError("alpha_override: U-Net LoRA files hold their scale folded in; set it to 0")
-        UM.check_unet_lora(lora, bb)
-        return UM.UNetLoraPatch(lora, float(strength), name=lora.name)
+        L.check_compatible(lora, bb)
+        return L.LoraPatch(lora, float(strength), name=lora.name)
     if alpha_override:
         lora = with_alpha(lora, float(alpha_override))
     L.check_compatible(lora, bb.denoiser)

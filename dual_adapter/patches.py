@@ -105,7 +105,7 @@ def patches_for(patches: Iterable, name: str) -> list:
 
 
 class PatchedModel:
-    """A loaded model plus the patches to apply when it runs (the ``COGVIDEOX_MODEL`` payload).
+    """A loaded model plus the patches to apply when it runs (the ``VIDEO_MODEL`` payload of the nodes).
 
     Immutable: :meth:`with_patch` returns a new object, so a ComfyUI node that "applies" an adapter
     never mutates its input, and the frozen weights are shared by every variant.

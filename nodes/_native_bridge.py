@@ -49,7 +49,7 @@ def check_fidelity(model, allow_divergent: bool = False, trained_fingerprint: st
         if d.severity == "refuse" and not allow_divergent:
             raise DualAdapterError(f"core ComfyUI's CogVideoX runs another model than the one the pack's adapters "
                                    f"are trained on: {d}. Set allow_divergent to apply anyway, or use the pack's own "
-                                   f"Load CogVideoX")
+                                   f"Load Video Model")
         log.warning("native CogVideoX differs from diffusers: %s", d)
         out.append(str(d))
     return out

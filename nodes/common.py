@@ -12,7 +12,7 @@ from dual_adapter.patches import PatchedModel
 
 
 #: the pack's own ComfyUI types, declared once: a loaded video model of any backbone (a PatchedModel of a CogVideoX
-#: bundle or a backbone), a LoRA of any backbone (LoraFile or UNetLora), a text encoding of the model's encoder
+#: bundle or a backbone), a LoRA of any backbone (LoraFile), a text encoding of the model's encoder
 VIDEO_MODEL = "VIDEO_MODEL"
 VIDEO_LORA = "VIDEO_LORA"
 VIDEO_EMBEDS = "VIDEO_EMBEDS"

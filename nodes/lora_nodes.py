@@ -1,8 +1,7 @@
 """LoRA nodes for every backbone: Train Motion LoRA (TAP), Save LoRA, Load LoRA, Apply LoRA, Apply Appearance
 Highway.
 
-VIDEO_LORA carries a :class:`dual_adapter.lora.LoraFile` (CogVideoX / Wan) or a :class:`dual_adapter.unet_motion.UNetLora`
-(U-Nets); :mod:`dual_adapter.dispatch` picks the implementation from the model. Apply LoRA returns a new VIDEO_MODEL
+VIDEO_LORA carries a :class:`dual_adapter.lora.LoraFile` (one type for every backbone); :mod:`dual_adapter.dispatch` picks the implementation from the model. Apply LoRA returns a new VIDEO_MODEL
 with the LoRA's patch added; the loaded model is never changed and several Apply LoRA nodes stack.
 """
 from __future__ import annotations

@@ -63,6 +63,7 @@ def load_unet(args):
 def run_generate_unet(args) -> int:
     """``generate`` on a U-Net backbone: prompt (+ ``--lora`` motion LoRAs, ``--ah``) -> video file."""
     from .. import media, unet_motion, unet_sampling
+    from ..lora import LoraPatch
     from ..lora import parse_lora_arg
     from ..progress import TextProgress as _TextProgress
 
@@ -76,7 +77,7 @@ def run_generate_unet(args) -> int:
     for item in getattr(args, "lora", None) or []:
         path, strength = parse_lora_arg(item)
         lf = unet_motion.load_unet_lora(path, bb)
-        patches.append(unet_motion.UNetLoraPatch(lf, strength, name=Path(path).stem))
+        patches.append(LoraPatch(lf, strength, name=Path(path).stem))
     if getattr(args, "ah", False):
         if bb.kind != "unet3d":
             raise DualAdapterError(f"--ah: the authors' AH is defined on the UNet3D (ZeroScope/ModelScope); "
@@ -209,6 +210,7 @@ def register(sub) -> None:
 def run_customttt(args) -> int:
     from .. import customttt_unet as ct
     from .. import media, unet_motion, unet_sampling
+    from ..lora import LoraPatch
     from ..progress import TextProgress as _TextProgress
 
     out = Path(args.out)
@@ -238,7 +240,7 @@ def run_customttt(args) -> int:
     unet_motion.save_unet_lora(res.merged, out)
     lat = unet_sampling.sample(bb, bb.encode_prompt(args.prompt), None, num_frames=n, height=h, width=w,
                                steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler="ddim",
-                               patches=[unet_motion.UNetLoraPatch(res.merged)])
+                               patches=[LoraPatch(res.merged)])
     media.write_video(bb.decode_latents(lat)[0], video, fps=args.fps)
     print(f"wrote {out} (merged LoRA, {len(res.merged.modules)} modules; optimizer {res.optimizer}) and {video}")
     return 0

@@ -53,10 +53,9 @@ from torch import nn
 
 from .config import REFERENCE_ALIASES, REFERENCES, TTTConfig  # one set of definitions for every backbone
 from ..errors import DualAdapterError
-from ..lora import LORA_FORMAT
+from ..lora import LORA_FORMAT, LoraFile, LoraPatch
 from ..seeds import derived_seed, seed_generator
-from ..unet_motion import UNET_LORA_FORMAT, UNetLora, UNetLoraPatch, adapter_state, motion_lora_targets, \
-    spatial_lora_targets
+from ..unet_motion import UNET_LORA_FORMAT, adapter_state, motion_lora_targets, spatial_lora_targets
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +188,9 @@ class CustomTTTUNetConfig:
 
 @dataclass
 class CustomTTTUNetResult:
-    appearance: UNetLora
-    motion: UNetLora
-    merged: UNetLora
+    appearance: LoraFile
+    motion: LoraFile
+    merged: LoraFile
     optimizer: str
     losses: dict = field(default_factory=dict)
 
@@ -311,7 +310,7 @@ def _lora_meta(bb, role, layers, cfg, **extra):
 
 def _train_role_lora(bb, latents: list, prompt: str, targets, role: str, *, lr, steps, cfg: CustomTTTUNetConfig,
                      callback, seed_offset: int, bypass_motion: bool, run=None, size=None,
-                     **meta) -> tuple[UNetLora, list[dict]]:
+                     **meta) -> tuple[LoraFile, list[dict]]:
     """Train one CustomTTT LoRA (``role`` "appearance" / "motion") on ``latents`` (each ``[1, C, F, h, w]``): each
     step one random item at one ``t``, the backbone's own objective (:meth:`VideoBackbone.training_loss`), on a
     weight-sharing copy of the denoiser whose ``targets(copy)`` modules get the LoRA; ``bypass_motion`` runs the
@@ -334,11 +333,11 @@ def _train_role_lora(bb, latents: list, prompt: str, targets, role: str, *, lr, 
                  label=role, seed_offset=seed_offset, run=run, preview_prompt=prompt, preview_size=size)
     layers = cfg.appearance_layers if role == "appearance" else cfg.motion_layers
     meta = _lora_meta(bb, role, layers, cfg, prompt=prompt, **meta, optimizer=res.optimizer_name)
-    return UNetLora(adapter_state(model, role), meta, name=f"{role}_lora"), res.losses
+    return LoraFile(adapter_state(model, role), meta, name=f"{role}_lora"), res.losses
 
 
 def train_appearance_lora(backbone, photos: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
-                          *, callback=None, run: StageRun | None = None) -> tuple[UNetLora, list[dict]]:
+                          *, callback=None, run: StageRun | None = None) -> tuple[LoraFile, list[dict]]:
     """Appearance LoRA on the appearance layers, trained on photos ``[H, W, 3]`` (0..1) as 1-frame videos with
     the motion modules bypassed (previews sample with them, as the LoRA is used). ``run``: state file, resume and
     previews (:class:`StageRun`). Returns ``(lora, losses)``."""
@@ -360,7 +359,7 @@ def train_appearance_lora(backbone, photos: Sequence[torch.Tensor], prompt: str,
 
 
 def train_motion_lora(backbone, clips: Sequence[torch.Tensor], prompt: str, config: CustomTTTUNetConfig | None = None,
-                      *, callback=None, run: StageRun | None = None) -> tuple[UNetLora, list[dict]]:
+                      *, callback=None, run: StageRun | None = None) -> tuple[LoraFile, list[dict]]:
     """Motion LoRA on the motion modules of the motion layers, trained on clips ``[F, H, W, 3]`` (0..1).
     ``run``: state file, resume and previews (:class:`StageRun`)."""
     bb = _check_animatediff(backbone)
@@ -381,7 +380,7 @@ def train_motion_lora(backbone, clips: Sequence[torch.Tensor], prompt: str, conf
                             size=tuple(clips[0].shape[1:3]))
 
 
-def teacher_reference(bb, lora: UNetLora, prompt: str, cfg: CustomTTTUNetConfig, seed: int) -> tuple[torch.Tensor, int]:
+def teacher_reference(bb, lora: LoraFile, prompt: str, cfg: CustomTTTUNetConfig, seed: int) -> tuple[torch.Tensor, int]:
     """Denoise ``teacher_steps`` of ``sampler_steps`` DDIM steps (CFG ``cfg.cfg``) with base + ``lora`` from noise
     ``seed``: :func:`dual_adapter.customttt.teacher_reference`, the definition every backbone shares.
 
@@ -395,7 +394,7 @@ def teacher_reference(bb, lora: UNetLora, prompt: str, cfg: CustomTTTUNetConfig,
     return shared(bb, None, bb.encode_prompt(prompt), None, teacher_steps=cfg.teacher_steps,
                   teacher_schedule=cfg.sampler_steps, scheduler="ddim", cfg=cfg.cfg, seed=seed,
                   num_frames=cfg.num_frames or f0, height=cfg.height or h0, width=cfg.width or w0,
-                  reference=cfg.reference, patches=[UNetLoraPatch(lora)])
+                  reference=cfg.reference, patches=[LoraPatch(lora)])
 
 
 def ttt_loss(model, sched, ref: torch.Tensor, t_ref: int, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
@@ -424,9 +423,9 @@ def _checkpoint_of(state_path) -> Path | None:
     raise DualAdapterError(f"state_path {str(p)!r}: expected state.safetensors or <name>.state.safetensors")
 
 
-def ttt_merge(backbone, appearance: UNetLora, motion: UNetLora, *, appearance_prompt: str, motion_prompt: str,
+def ttt_merge(backbone, appearance: LoraFile, motion: LoraFile, *, appearance_prompt: str, motion_prompt: str,
               prompt: str, config: CustomTTTUNetConfig | None = None, callback=None,
-              run: StageRun | None = None) -> tuple[UNetLora, list[dict], str]:
+              run: StageRun | None = None) -> tuple[LoraFile, list[dict], str]:
     """The test-time-training merge as published on AnimateDiff: the one
     :func:`dual_adapter.customttt.ttt_merge` with the recipe's settings (:meth:`CustomTTTUNetConfig.ttt_config`).
     Returns ``(merged_lora, losses, optimizer_name)``; the merged LoRA's metadata also records the recipe's

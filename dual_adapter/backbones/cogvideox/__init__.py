@@ -3,7 +3,7 @@ methods need to know about CogVideoX lives here.
 
 Loading (a diffusers folder, the offline ``tiny`` variants; the shipped ``mini`` model and native single
 files are resolved above, in :mod:`dual_adapter.models`), the
-:class:`CogVideoXBundle` (what the ComfyUI type ``COGVIDEOX_MODEL`` carries), T5 text encoding, frame-count
+:class:`CogVideoXBundle` (what the nodes' ``VIDEO_MODEL`` carries for CogVideoX), T5 text encoding, frame-count
 and size rules, the transformer call (RoPE), the schedulers and the training objective (v-prediction,
 ``1 / (1 - alphas_cumprod)`` weighted x0 error), the 3D VAE (encode / decode).
 

@@ -1,4 +1,4 @@
-"""The :class:`CogVideoXBundle` (what the ComfyUI type ``COGVIDEOX_MODEL`` carries: transformer, VAE, T5 encoder,
+"""The :class:`CogVideoXBundle` (what the nodes' ``VIDEO_MODEL`` carries for CogVideoX: transformer, VAE, T5 encoder,
 tokenizer and scheduler config of one loaded model), the parts a model folder must have and the released models'
 scheduler config.
 """
