@@ -707,18 +707,8 @@ def _train_dualreal(bundle, subject_images, identity_prompt, motion_clips, motio
         emb = bundle.encode_prompt(preview.prompt or f"{identity_prompt}, {motion_prompt}")
         previewer = Previewer(preview, backbone_renderer(bundle, emb, preview, height=options.height or h0,
                                                          width=options.width or w0))
-    moved = {}
-    if release and not bundle.cpu_offload and bundle.device != "cpu":
-        for part in ("vae", "text_encoder"):
-            m = getattr(bundle, part, None)
-            if m is not None:
-                moved[part] = next(m.parameters()).device
-        bundle.release(*moved)
-    try:
-        with bundle.use("denoiser") as base:
-            return train_dualreal_on_data(base, bundle.scheduler_config, data, options, train, adapters=adapters,
-                                          callback=callback, out=out, resume=resume, base_model=bundle.name,
-                                          preview=previewer, run=run)
-    finally:
-        for part, d in moved.items():  # leave the bundle as it was, for sampling in the same process
-            getattr(bundle, part).to(d)
+    # the VAE and text encoder leave the accelerator while training and come back for sampling in the same process
+    with bundle.released("vae", "text_encoder", when=release), bundle.use("denoiser") as base:
+        return train_dualreal_on_data(base, bundle.scheduler_config, data, options, train, adapters=adapters,
+                                      callback=callback, out=out, resume=resume, base_model=bundle.name,
+                                      preview=previewer, run=run)

@@ -260,26 +260,15 @@ def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_
     meta = dict(prompt=prompt, train=dict(num_frames=[int(c.shape[0]) for c in prepared], height=height, width=width,
                                           clips=len(prepared), photos=len(photos)))
 
-    offloaded = []
-    if getattr(bb, "device", "cpu") != "cpu" and not getattr(bb, "cpu_offload", False):
-        # free accelerator memory for training (T5-XXL is ~9 GB in bf16); put them back afterwards
-        for part in ("text_encoder", "vae"):
-            m = getattr(bb, part, None)
-            if m is not None and next(m.parameters()).device.type != "cpu":
-                offloaded.append((part, next(m.parameters()).device))
-        bb.release(*[p for p, _ in offloaded])
-    try:
-        with bb.use("denoiser") as transformer:
-            return train_lora_on_latents(
-                transformer, bb.scheduler_config, latents=latents, prompt_embeds=emb, kinds=kinds,
-                frame_latents=frame_latents, spec=spec, cfg=cfg, spatial_path=spatial_path,
-                debiased_loss=debiased_loss, callback=callback, checkpoint_path=checkpoint_path, resume=resume,
-                patches=patches, spatial_spec=spatial_spec, fixed_batch=fixed_batch,
-                base_model=base_model or getattr(bb, "name", None), metadata=meta, batch_size=batch_size,
-                grad_accum=grad_accum, preview=previewer)
-    finally:
-        for part, d in offloaded:
-            getattr(bb, part).to(d)
+    # free accelerator memory for training (T5-XXL is ~9 GB in bf16); they are put back afterwards
+    with bb.released("text_encoder", "vae"), bb.use("denoiser") as transformer:
+        return train_lora_on_latents(
+            transformer, bb.scheduler_config, latents=latents, prompt_embeds=emb, kinds=kinds,
+            frame_latents=frame_latents, spec=spec, cfg=cfg, spatial_path=spatial_path,
+            debiased_loss=debiased_loss, callback=callback, checkpoint_path=checkpoint_path, resume=resume,
+            patches=patches, spatial_spec=spatial_spec, fixed_batch=fixed_batch,
+            base_model=base_model or getattr(bb, "name", None), metadata=meta, batch_size=batch_size,
+            grad_accum=grad_accum, preview=previewer)
 
 
 def train_lora_on_latents(
