@@ -215,8 +215,18 @@ def training_conditioning(net, latents: torch.Tensor) -> ImageConditioning | Non
         first = bb.decode_latents(latents[i: i + 1, :1].detach())[0]  # [1, H, W, 3]
         n = (latents.shape[1] - 1) * step + 1
         conds.append(image_conditioning(bb, first, n, first.shape[1], first.shape[2]))
-    return ImageConditioning(concat=torch.cat([c.concat for c in conds]),
-                             image_embeds=torch.cat([c.image_embeds for c in conds]))
+    return ImageConditioning.cat(conds)
+
+
+def item_conditioning(net, latents: torch.Tensor) -> ImageConditioning | None:
+    """What a trainer computes once per training item (clean latents ``[B, F, C, h, w]``): Wan 2.1 I2V's
+    :func:`training_conditioning` (a VAE decode and a full-length VAE and image-encoder encode); None on Wan 2.2
+    TI2V (its conditioning is a slice of each step's latents) and text-to-video Wan.
+
+    Raises:
+        DualAdapterError: as :func:`training_conditioning`.
+    """
+    return training_conditioning(net, latents) if is_i2v(net) else None
 
 
 def finish_sample(latents: torch.Tensor, cond: ImageConditioning | None) -> torch.Tensor:

@@ -220,6 +220,24 @@ class ImageConditioning:
                 raise DualAdapterError(f"image conditioning {k} has batch {b}; cannot serve a batch of {batch}")
         return ImageConditioning(**out)
 
+    @staticmethod
+    def cat(conds: Sequence["ImageConditioning | None"]) -> "ImageConditioning | None":
+        """The conditionings of several samples joined on the batch axis (each field of every one, in order);
+        None where any is None (no conditioning) or none are given.
+
+        Raises:
+            DualAdapterError: conditionings with different fields set.
+        """
+        conds = list(conds)
+        if not conds or any(c is None for c in conds):
+            return None
+        if len(conds) == 1:
+            return conds[0]
+        keys = {tuple(c.tensors()) for c in conds}
+        if len(keys) > 1:
+            raise DualAdapterError(f"cannot join image conditionings with different fields: {sorted(keys)}")
+        return ImageConditioning(**{k: torch.cat([c.tensors()[k] for c in conds]) for k in next(iter(keys))})
+
     def select(self, index: torch.Tensor) -> "ImageConditioning":
         """The conditioning of the samples ``index`` (fields of batch 1 are kept as they are)."""
         return ImageConditioning(**{k: (v if v.shape[0] == 1 else v[index.to(v.device)])
@@ -531,6 +549,14 @@ class VideoBackbone:
     def training_conditioning(self, latents: torch.Tensor, denoiser: nn.Module | None = None):
         """The conditioning a trainer gives an image-to-video denoiser for a clip of clean ``latents`` (the clip's
         first frame as the image); None on text-to-video models (this default)."""
+        return None
+
+    def item_conditioning(self, latents: torch.Tensor, denoiser: nn.Module | None = None):
+        """The conditioning of training items ``latents [B, F, C, h, w]`` that a trainer computes once, before its
+        training loop (while the VAE is still on the accelerator), and passes as ``cond=`` to every step of those
+        items: equal to :meth:`training_conditioning` where that needs more than the latents (Wan 2.1 I2V decodes the
+        first frame and encodes it with the VAE and the image encoder). None (this default): nothing worth
+        precomputing; the objective builds the conditioning from each step's latents itself."""
         return None
 
     def finish_sample(self, latents: torch.Tensor, cond: ImageConditioning | None) -> torch.Tensor:

@@ -554,6 +554,10 @@ class WanBackbone(VideoBackbone):
     def training_conditioning(self, latents, denoiser=None):
         return _wan_i2v.training_conditioning(self.pick_denoiser(denoiser), latents)
 
+    def item_conditioning(self, latents, denoiser=None):
+        """See :func:`._wan_i2v.item_conditioning` (Wan 2.1 I2V only)."""
+        return _wan_i2v.item_conditioning(self.pick_denoiser(denoiser), latents)
+
     def finish_sample(self, latents, cond):
         return _wan_i2v.finish_sample(latents, cond)
 

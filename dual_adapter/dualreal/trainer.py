@@ -150,6 +150,9 @@ class DualRealData:
         identity_prompt, motion_prompt, reference_encoder: recorded in the adapters' metadata.
         photo_latent_std, clip_latent_std: the VAE posterior's std, shaped like the latents (which are
             then the posterior mean = mode), for ``latent_sampling="sample"``; ``None``: not computed.
+        photo_conditioning, clip_conditioning: the image conditioning of each photo / clip (batch P / M,
+            :meth:`~dual_adapter.backbones.base.VideoBackbone.item_conditioning` of the latents: Wan 2.1 I2V's
+            first frame, computed once), or ``None``: the objective builds it from each step's latents.
     """
 
     photo_latents: torch.Tensor
@@ -162,6 +165,8 @@ class DualRealData:
     reference_encoder: str | None = None
     photo_latent_std: torch.Tensor | None = None
     clip_latent_std: torch.Tensor | None = None
+    photo_conditioning: Any = None
+    clip_conditioning: Any = None
 
 
 @dataclass
@@ -363,9 +368,12 @@ def prepare_dualreal_data(
         enc_name = str(getattr(reference_encoder, "name", type(reference_encoder).__name__))
     id_e = bundle.encode_prompt(identity_prompt)
     mo_e = bundle.encode_prompt(motion_prompt)
-    return DualRealData(torch.cat(pl, 0), torch.cat(cl, 0), id_e, mo_e,
+    photo_latents, clip_latents = torch.cat(pl, 0), torch.cat(cl, 0)
+    # once, from the posterior mean (Wan 2.1 I2V: the decoded first frame), while the VAE is on the accelerator
+    return DualRealData(photo_latents, clip_latents, id_e, mo_e,
                         refs.to(bundle.device) if refs is not None else None, identity_prompt, motion_prompt,
-                        enc_name, torch.cat(pstd, 0) if pstd else None, torch.cat(cstd, 0) if cstd else None)
+                        enc_name, torch.cat(pstd, 0) if pstd else None, torch.cat(cstd, 0) if cstd else None,
+                        bundle.item_conditioning(photo_latents), bundle.item_conditioning(clip_latents))
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +521,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
                              release_loaded=train.fsdp_release_loaded)
     noise_sched = backbone_for(transformer, scheduler_config).noise_scheduler()
 
-    def loss_of(x0, emb, c, g):
+    def loss_of(x0, emb, c, g, cond=None):
         """The batch's loss (:func:`~dual_adapter.training.batch_diffusion_loss`: micro-batches with
         ``grad_accum`` > 1 or several processes, each with its clips' reference embeddings) and the
         StageBlender's identity weights of the micro-batches run here."""
@@ -527,7 +535,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
                 alphas.append(ctx.alpha)
 
         loss = batch_diffusion_loss(model, noise_sched, x0, emb, g, grad_accum=options.grad_accum,
-                                    before=before, after=after)
+                                    before=before, after=after, cond=cond)
         if not loss.requires_grad:  # already backpropagated in micro-batches
             alphas = [a.detach() for a in alphas]
         return loss, (torch.cat(alphas) if len(alphas) > 1 else alphas[0] if alphas else None)
@@ -556,6 +564,7 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
             idx = torch.randint(0, M, (options.motion_batch,), generator=g)
             x0 = draw(data.clip_latents, data.clip_latent_std, idx, g)
             emb = data.motion_embeds
+            cond = data.clip_conditioning
             c = None
             if refs is not None:
                 c = refs[idx.to(refs.device)].float().unsqueeze(1)  # [b, 1, 1024]
@@ -566,9 +575,10 @@ def _train_on_data(transformer, scheduler_config, data, options, train, *, adapt
             idx = torch.randint(0, P, (options.identity_batch,), generator=g)
             x0 = draw(data.photo_latents, data.photo_latent_std, idx, g)
             emb = data.identity_embeds
+            cond = data.photo_conditioning
             c = None
         set_phase_trainable(module, motion)
-        loss, alpha = loss_of(x0, emb, c, g)
+        loss, alpha = loss_of(x0, emb, c, g, None if cond is None else cond.select(idx))
         info = {"phase": "motion" if motion else "identity"}
         if alpha is not None:
             info["w_id"] = alpha.detach().mean()  # read back with the loss (no sync per step)

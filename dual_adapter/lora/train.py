@@ -251,6 +251,9 @@ def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_
         kinds.append("photo")
         frame_latents.append(None)
     emb = bb.encode_prompt(prompt)
+    # the image conditioning of each item, once, while the VAE is on the accelerator (Wan 2.1 I2V; None elsewhere)
+    conds = [bb.item_conditioning(x) for x in latents]
+    frame_conds = [bb.item_conditioning(f) if f is not None else None for f in frame_latents]
     previewer = None
     if preview is not None and preview.enabled:
         from ..previews import Previewer, backbone_renderer
@@ -268,7 +271,7 @@ def _train_lora(bb, prepared, photos, prompt, spec, cfg, spatial_path, debiased_
             debiased_loss=debiased_loss, callback=callback, checkpoint_path=checkpoint_path, resume=resume,
             patches=patches, spatial_spec=spatial_spec, fixed_batch=fixed_batch,
             base_model=base_model or getattr(bb, "name", None), metadata=meta, batch_size=batch_size,
-            grad_accum=grad_accum, preview=previewer)
+            grad_accum=grad_accum, preview=previewer, conditioning=conds, frame_conditioning=frame_conds)
 
 
 def train_lora_on_latents(
@@ -294,6 +297,8 @@ def train_lora_on_latents(
     batch_size: int = 1,
     grad_accum: int = 1,
     preview=None,
+    conditioning: Sequence | None = None,
+    frame_conditioning: Sequence | None = None,
 ) -> tuple[LoraFile, "TrainResult"]:
     """The training core of :func:`train_lora`, on precomputed latents (also used by the benchmarks).
 
@@ -309,6 +314,12 @@ def train_lora_on_latents(
             clips when ``spatial_path``), or None.
         metadata: extra metadata merged into the LoRA's (``train`` dicts are merged).
         preview: a :class:`~dual_adapter.previews.Previewer` (bound here to the model being trained), or None.
+        conditioning: per sample, its image conditioning (an image-to-video model's
+            :class:`~dual_adapter.backbones.base.ImageConditioning` of batch 1, from
+            :meth:`~dual_adapter.backbones.base.VideoBackbone.item_conditioning`) or None; None (or a None entry):
+            the objective builds it from the step's latents (on Wan 2.1 I2V a VAE decode and encode every step).
+        frame_conditioning: per sample, the conditioning of its ``frame_latents`` (batch ``F``) or None; as
+            ``conditioning``, for the spatial path.
         Others: as :func:`train_lora`.
 
     Returns:
@@ -336,11 +347,24 @@ def train_lora_on_latents(
                                f"one tensor), got {', '.join(sizes)}; use batch_size=1 (grad_accum then has nothing "
                                f"to split), clips of the same length, or photos only")
     emb = prompt_embeds
+    conds = _per_item(conditioning, len(items), "conditioning")
+    frame_conds = _per_item(frame_conditioning, len(items), "frame_conditioning")
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
     with _checkpoint_run(checkpoint_path, resume):
         return _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg,
                                  spatial_path, debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec,
-                                 fixed_batch, base_model, metadata, batch_size, grad_accum, preview)
+                                 fixed_batch, base_model, metadata, batch_size, grad_accum, preview, conds,
+                                 frame_conds)
+
+
+def _per_item(values, n: int, name: str) -> list:
+    """``values`` as one entry per training sample (None: ``n`` Nones)."""
+    if values is None:
+        return [None] * n
+    values = list(values)
+    if len(values) != n:
+        raise DualAdapterError(f"{name}: got {len(values)} entries, expected one per training sample ({n})")
+    return values
 
 
 def _check_batching(batch_size, grad_accum) -> None:
@@ -351,9 +375,10 @@ def _check_batching(batch_size, grad_accum) -> None:
 
 def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_latents, spec, cfg, spatial_path,
                       debiased_loss, callback, checkpoint_path, resume, patches, spatial_spec, fixed_batch, base_model,
-                      metadata, batch_size, grad_accum, preview=None):
+                      metadata, batch_size, grad_accum, preview, conds, frame_conds):
     from ..patches import shallow_copy_module
     from ..backbones import backbone_for
+    from ..backbones.base import ImageConditioning
     from ..training import (all_reduce_grads, batch_diffusion_loss, check_micro_batches, dist_rank_world,
                            save_train_state, shard_frozen_weights, step_generator, train_loop)
 
@@ -425,7 +450,9 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
             frames = torch.cat([frame_latents[i][j: j + 1] for i, j in zip(idx, js)])
             _set_active(model, ["spatial"])
             try:
-                ls = batch_diffusion_loss(model, sched, frames, emb, gen, grad_accum=grad_accum)
+                fc = ImageConditioning.cat([None if frame_conds[i] is None else frame_conds[i].select(torch.tensor([j]))
+                                            for i, j in zip(idx, js)])
+                ls = batch_diffusion_loss(model, sched, frames, emb, gen, grad_accum=grad_accum, cond=fc)
                 if ls.requires_grad:
                     ls.backward()  # the spatial path's gradient, kept apart from the clip loss's (see below)
             finally:
@@ -440,7 +467,8 @@ def _train_on_latents(transformer, scheduler_config, items, emb, kinds, frame_la
             p_t = bb.time_patch(model)
             n_frames = -(-x0.shape[1] // p_t) * p_t  # after the 1.5 models' padding
             error_fn = debiased_error(int(torch.randint(n_frames, (1,), generator=gen)))
-        loss = batch_diffusion_loss(model, sched, x0, emb, gen, grad_accum=grad_accum, error_fn=error_fn)
+        loss = batch_diffusion_loss(model, sched, x0, emb, gen, grad_accum=grad_accum, error_fn=error_fn,
+                                    cond=ImageConditioning.cat([conds[i] for i in idx]))
         return loss, info
 
     def before_optimizer_step(step: int, info: dict):

@@ -85,6 +85,7 @@ def batch_diffusion_loss(
     error_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     before: Callable[[torch.Tensor], None] | None = None,
     after: Callable[[], None] | None = None,
+    cond=None,
 ) -> torch.Tensor:
     """The loss of one training batch (:func:`diffusion_loss`), run as micro-batches when asked to.
 
@@ -101,6 +102,9 @@ def batch_diffusion_loss(
         before: ``before(idx)`` is called before each micro-batch's forward with its sample indices ``[b_i]``
             (a trainer sets per-sample conditioning, e.g. DualReal's reference embeddings).
         after: called after each micro-batch's forward (e.g. to collect a value the forward left behind).
+        cond: the batch's image conditioning (:class:`~dual_adapter.backbones.base.ImageConditioning`, batch 1 or
+            B; each micro-batch gets its samples'), e.g. precomputed by the trainer with
+            :meth:`~dual_adapter.backbones.base.VideoBackbone.item_conditioning`; None: as :func:`diffusion_loss`.
 
     Returns:
         With ``grad_accum`` 1 in one process: the loss with its graph (the caller, e.g. :func:`train_loop`,
@@ -111,7 +115,8 @@ def batch_diffusion_loss(
     if min(int(grad_accum), B) <= 1 and dist_rank_world()[1] == 1:
         if before is not None:
             before(torch.arange(B))
-        loss = diffusion_loss(model, noise_scheduler, latents, prompt_embeds, generator=generator, error_fn=error_fn)
+        loss = diffusion_loss(model, noise_scheduler, latents, prompt_embeds, generator=generator, error_fn=error_fn,
+                              cond=cond)
         if after is not None:
             after()
         return loss
@@ -127,7 +132,8 @@ def batch_diffusion_loss(
             before(part)
         emb = prompt_embeds[part.to(prompt_embeds.device)] if prompt_embeds.shape[0] == B > 1 else prompt_embeds
         loss = diffusion_loss(model, noise_scheduler, latents[part.to(latents.device)], emb, timesteps=t[part],
-                              noise=noise[part], error_fn=error_fn) * (len(part) / B)
+                              noise=noise[part], error_fn=error_fn,
+                              cond=None if cond is None else cond.select(part)) * (len(part) / B)
         if after is not None:
             after()
         with torch.autocast(latents.device.type, enabled=False):  # backward as train_loop runs it: outside autocast
