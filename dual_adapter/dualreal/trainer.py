@@ -92,7 +92,8 @@ class DualRealOptions:
         clip_fps: frame rate for ``clip_sampling="fps"`` (8).
         latent_sampling: ``"sample"`` (default, the authors': a fresh VAE posterior sample
             ``mean + std * eps`` per step, from the mean / std computed once) or ``"mode"`` (the posterior
-            mode, encoded once: the same latent every step).
+            mode, encoded once: the same latent every step). Wan 2.1 I2V's conditioning on a clip's first frame
+            is computed once, before training, from the posterior mean in both.
         grad_accum: run each step's batch as this many micro-batches, accumulating gradients (1 = one
             pass). The authors' motion batch 3 with ``grad_accum=3`` runs as 3 x 1 within the memory of
             batch 1, and gives the batch-3 gradient (up to float rounding). Capped at the batch size.
