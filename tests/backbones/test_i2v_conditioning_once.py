@@ -54,9 +54,18 @@ def _vae_calls_in_loop(bb, monkeypatch, trainer_module):
     monkeypatch.undo()
 
 
-def _per_step(monkeypatch, bb):
-    """The objective's own per-step conditioning: no item conditioning precomputed."""
-    monkeypatch.setattr(type(bb), "item_conditioning", lambda self, latents, denoiser=None: None, raising=False)
+def _once_and_per_step(bb, monkeypatch, trainer_module, run):
+    """``run()``'s losses as the trainer runs it (no VAE call in the loop) and with the objective's own per-step
+    conditioning (no item conditioning precomputed: the VAE runs in the loop)."""
+    with _vae_calls_in_loop(bb, monkeypatch, trainer_module) as calls:
+        once = run()
+    assert calls["encode"] == calls["decode"] == 0, calls
+    with monkeypatch.context() as m:
+        m.setattr(type(bb), "item_conditioning", lambda self, latents, denoiser=None: None, raising=False)
+        with _vae_calls_in_loop(bb, m, trainer_module) as calls:
+            per_step = run()
+    assert calls["decode"] > 0 and calls["encode"] > 0, "the per-step fallback no longer runs"
+    return once, per_step
 
 
 def _cfg(steps=3):
@@ -83,14 +92,7 @@ def test_lora_training_calls_no_vae_in_the_loop_and_keeps_the_losses(bb, monkeyp
         return [r["loss"] for r in lora.train_lora(bb, clips=clips, photos=photos, prompt="a dog", cfg=_cfg(),
                                                    num_frames=F, height=H, width=W, **kw)[1].losses]
 
-    with _vae_calls_in_loop(bb, monkeypatch, training) as calls:
-        once = run()
-    assert calls["encode"] == calls["decode"] == 0, calls
-    with monkeypatch.context() as m:
-        _per_step(m, bb)
-        with _vae_calls_in_loop(bb, m, training) as calls:
-            per_step = run()
-    assert calls["decode"] > 0 and calls["encode"] > 0, "the per-step fallback no longer runs"
+    once, per_step = _once_and_per_step(bb, monkeypatch, training, run)
     assert once == per_step  # bit-identical: the conditioning is a deterministic function of the item's latents
     assert all(torch.isfinite(torch.tensor(once)))
 
@@ -110,14 +112,7 @@ def test_dualreal_training_calls_no_vae_in_the_loop_and_keeps_the_losses(bb, mon
                              train=_cfg(4))
         return [(r["phase"], r["loss"]) for r in res.losses]
 
-    with _vae_calls_in_loop(bb, monkeypatch, trainer) as calls:
-        once = run()
-    assert calls["encode"] == calls["decode"] == 0, calls
-    with monkeypatch.context() as m:
-        _per_step(m, bb)
-        with _vae_calls_in_loop(bb, m, trainer) as calls:
-            per_step = run()
-    assert calls["decode"] > 0, "the per-step fallback no longer runs"
+    once, per_step = _once_and_per_step(bb, monkeypatch, trainer, run)
     assert {p for p, _ in once} == {"identity", "motion"}, once
     assert once == per_step
 
