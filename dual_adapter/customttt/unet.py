@@ -397,20 +397,6 @@ def teacher_reference(bb, lora: LoraFile, prompt: str, cfg: CustomTTTUNetConfig,
                   reference=cfg.reference, patches=[LoraPatch(lora)])
 
 
-def ttt_loss(model, sched, ref: torch.Tensor, t_ref: int, text: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-             reference: str) -> torch.Tensor:
-    """The student's loss toward one teacher's reference at timestep ``t [1]`` with noise ``noise``, as on
-    CogVideoX: ``x0_pred`` / ``z_f_as_x0``: the backbone's objective with ``ref`` as ``x_0``
-    (``x_t = add_noise(ref, noise, t)``); ``z_f_renoised``: ``ref`` is a sample at ``t_ref < t``, re-noised
-    with ``q(x_t | x_{t_ref})`` and the student's DDIM step back to ``t_ref`` compared with it."""
-    from .merge import _renoised_loss
-    from ..training import diffusion_loss
-
-    if reference == "z_f_renoised" and t_ref:
-        return _renoised_loss(model, sched, ref, int(t_ref), text, t, noise).mean()
-    return diffusion_loss(model, sched, ref, text, timesteps=t, noise=noise)
-
-
 def _checkpoint_of(state_path) -> Path | None:
     """The merged-LoRA checkpoint whose state file (:func:`dual_adapter.lora.train_state_path`) is ``state_path``."""
     if state_path is None:

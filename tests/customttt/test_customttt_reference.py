@@ -11,7 +11,9 @@ from dual_adapter import customttt_unet as CT
 from dual_adapter import unet_motion as UM
 from dual_adapter import unet_sampling
 from dual_adapter.backbones import load_backbone
+from dual_adapter.customttt.merge import _renoised_loss
 from dual_adapter.patches import patched_copy
+from dual_adapter.training import diffusion_loss
 
 PROMPT = "a person is playing guitar"
 
@@ -98,7 +100,11 @@ def test_student_re_noises_the_reference_as_defined(ad, reference):
     noise = torch.randn(ref.shape, generator=g)
     t_ref, t = (761, 900) if reference == "z_f_renoised" else (0, 400)
     seen, h = _capture(model)
-    CT.ttt_loss(model, sched, ref, t_ref, ad.encode_prompt(PROMPT), torch.tensor([t]), noise, reference)
+    text, tt = ad.encode_prompt(PROMPT), torch.tensor([t])
+    if reference == "z_f_renoised":  # the two losses the one TTT merge's objective calls (TTTObjective.loss)
+        _renoised_loss(model, sched, ref, t_ref, text, tt, noise)
+    else:
+        diffusion_loss(model, sched, ref, text, timesteps=tt, noise=noise)
     h.remove()
     ac = sched.alphas_cumprod
     if reference == "x0_pred":
