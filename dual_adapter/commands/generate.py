@@ -62,9 +62,10 @@ def run(args) -> int:
     from .. import media, sampling
     from ..backbones import as_backbone
 
-    from .unet import _is_unet, run_generate_unet
+    from ..dispatch import is_unet_name
+    from .unet import run_generate_unet
 
-    if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
+    if is_unet_name(args.model):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
         return run_generate_unet(args)
     out = Path(args.out)
     if out.exists():

@@ -125,9 +125,10 @@ def run_train(args) -> int:
     from ._parallel import train_runs
     from .dualreal import _validate_cli
     from ._common import preflight
-    from .unet import _is_unet, run_train_unet
+    from ..dispatch import is_unet_name
+    from .unet import run_train_unet
 
-    if _is_unet(args):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
+    if is_unet_name(args.model):  # ZeroScope / ModelScope UNet3D, AnimateDiff (commands/unet.py)
         used = [o for o, on in (("--batch", args.batch != 1), ("--grad-accum", args.grad_accum != 1),
                                 ("--fsdp", args.fsdp), ("--fp8-base", args.fp8_base),
                                 ("--block-swap", args.block_swap)) if on]

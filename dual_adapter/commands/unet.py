@@ -13,12 +13,7 @@ from pathlib import Path
 
 from .. import limits as lim
 from ..errors import DualAdapterError
-
-
-def _is_unet(args) -> bool:
-    from ..dispatch import is_unet_name
-
-    return is_unet_name(args.model)
+from ._common import load_bundle
 
 
 def _freeu(text: str):
@@ -54,17 +49,10 @@ def generate_patches(args, bundle) -> list:
     return []
 
 
-def load_unet(args):
-    from ._common import load_bundle
-
-    return load_bundle(args)
-
-
 def run_generate_unet(args) -> int:
     """``generate`` on a U-Net backbone: prompt (+ ``--lora`` motion LoRAs, ``--ah``) -> video file."""
     from .. import media, unet_motion, unet_sampling
-    from ..lora import LoraPatch
-    from ..lora import parse_lora_arg
+    from ..lora import LoraPatch, parse_lora_arg
     from ..progress import TextProgress as _TextProgress
 
     out = Path(args.out)
@@ -72,7 +60,7 @@ def run_generate_unet(args) -> int:
         raise DualAdapterError(f"--out {str(out)!r} already exists; choose another file name")
     if out.suffix.lower() not in (".mp4", ".gif", ".webp"):
         raise DualAdapterError(f"--out {str(out)!r}: expected a .mp4, .gif or .webp file name")
-    bb = load_unet(args)
+    bb = load_bundle(args)
     patches = []
     for item in getattr(args, "lora", None) or []:
         path, strength = parse_lora_arg(item)
@@ -136,7 +124,7 @@ def _train_unet(args, out: Path, run, spatial_out: Path) -> int:
     from .. import media, unet_motion
     from ..progress import TextProgress as _TextProgress
 
-    bb = load_unet(args)
+    bb = load_bundle(args)
     f0, h0, w0 = bb.default_size
     n, h, w = args.frames or f0, args.height or h0, args.width or w0
     bb.check_video_size(n, h, w)
@@ -220,7 +208,7 @@ def run_customttt(args) -> int:
     for p in (out, video):
         if p.exists():
             raise DualAdapterError(f"{str(p)!r} already exists; choose another --out")
-    bb = load_unet(args)
+    bb = load_bundle(args)
     if bb.kind != "animatediff":
         raise DualAdapterError(f"customttt-animatediff needs an AnimateDiff model; {args.model!r} is {bb.family}")
     f0, h0, w0 = bb.default_size
